@@ -1,0 +1,408 @@
+"""One typed configuration tree, presets, and ``key=value`` overrides.
+
+A run is configured by a preset (``configs/<name>.yaml`` inside the package) or a YAML file of the
+user's, then by ``section.key=value`` overrides from the command line. Every key is declared here
+with its type and, for choices, the valid values, so that a typo fails at once with the list of
+valid keys instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from contrastlab.errors import UserError
+
+DatasetName = Literal["synthetic", "cifar10", "cifar100", "stl10", "imagefolder"]
+AugmentName = Literal["moco_v1", "moco_v2", "none"]
+Atomic = Literal["color", "rotation", "texture"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are loaded."""
+
+    name: DatasetName = "synthetic"
+    path: str | None = None  # dataset root; for imagefolder the folder itself (or one with train/ and test/)
+    download: bool = False  # torchvision datasets: download if missing (needs internet)
+    image_size: int = 32  # side of the training crops
+    in_memory: bool | None = None  # hold decoded uint8 images in RAM; None = when images are <= 96 px
+    skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
+    num_workers: int = 2
+    synthetic_train: int = 5000  # synthetic: number of training images
+    synthetic_test: int = 1000  # synthetic: number of held-out images
+    synthetic_seed: int = 0  # synthetic: the data set's own seed (not the training seed)
+    holdout_fraction: float = 0.1  # imagefolder without a test/ split: fraction held out for kNN
+
+
+@dataclass
+class AugmentConfig:
+    """The views of MoCo (v1 or v2 recipe); LooC uses ``looc.augmentations`` on top."""
+
+    recipe: AugmentName = "moco_v2"
+    crop_scale_min: float = 0.2
+    rotation: bool = False  # add random 0/90/180/270 rotation to every view (the "MoCo + rotation" baseline)
+    blur: bool | None = None  # None = the recipe's default (v2: yes, except at <= 64 px)
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    width: float = 1.0  # channel multiplier of the ResNet stages (1.0 = torchvision's widths)
+    cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32-96 px images
+    head: Literal["linear", "mlp"] = "mlp"
+    head_hidden: int = 2048
+    dim: int = 128
+    bn_splits: int = 1  # split batch norm on one device (the CIFAR reference uses 8); 1 = plain BN
+    shuffle_bn: bool = True  # under DDP: shuffle keys across processes before the key encoder
+
+
+@dataclass
+class MocoConfig:
+    queue_size: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.2
+    symmetric: bool = False
+
+
+@dataclass
+class FTConfig:
+    """Feature Transformation (Zhu et al., ICCV 2021); see ``transforms/feature.py``."""
+
+    pos: Literal["none", "extrapolate", "interpolate"] = "none"
+    neg: Literal["none", "interpolate"] = "none"
+    alpha_pos: float = 2.0
+    alpha_neg: float = 1.6
+    distribution: Literal["beta", "uniform"] = "beta"
+    granularity: Literal["step", "sample", "element"] = "step"
+    renormalize: bool = False
+    start_epoch: int = 0
+
+
+@dataclass
+class LoocConfig:
+    """Leave-one-out contrastive learning (Xiao et al., ICLR 2021); see ``methods/looc.py``."""
+
+    augmentations: list[str] = field(default_factory=lambda: ["color"])
+    plus_plus: bool = False  # LooC++: each head owns a copy of the last backbone stage
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.03  # for batch_size as given (no automatic scaling)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: list[int] = field(default_factory=lambda: [120, 160])
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool | None = None  # bf16 autocast; None = on for CUDA
+    channels_last: bool | None = None  # None = on for CUDA
+    log_every: int = 20  # steps between metric lines
+    checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
+    knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
+    resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
+    progress: bool = True
+
+
+@dataclass
+class ScoresConfig:
+    record: bool = True  # record pos/neg score statistics every step
+    bins: int = 200
+    low: float = -1.0
+    high: float = 1.0
+
+
+@dataclass
+class Config:
+    method: Literal["moco", "looc"] = "moco"
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    ft: FTConfig = field(default_factory=FTConfig)
+    looc: LoocConfig = field(default_factory=LoocConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scores: ScoresConfig = field(default_factory=ScoresConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# Short names accepted on the command line, and what they stand for.
+ALIASES = {"dataset": "data.name", "epochs": "optim.epochs", "batch_size": "optim.batch_size"}
+
+_ATOMIC = set(get_args(Atomic))
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("contrastlab") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, origin: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{origin} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{origin} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    """Read a preset or YAML file, following its optional ``base:`` key (another preset or file)."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise UserError(f"config file {name_or_path} does not exist")
+        data = _read_yaml(path.read_text(), str(path))
+    else:
+        if name_or_path not in preset_names():
+            raise UserError(
+                f"unknown preset '{name_or_path}'{_suggest(name_or_path, preset_names())}; "
+                f"valid presets: {', '.join(preset_names())} (or a path to a .yaml file)"
+            )
+        text = (resources.files("contrastlab") / "configs" / f"{name_or_path}.yaml").read_text()
+        data = _read_yaml(text, f"preset {name_or_path}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if base in seen:
+        raise UserError(f"config {name_or_path} has a circular 'base:' chain through {base}")
+    merged = _load_source(base, seen + (name_or_path,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(target: dict, source: dict) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+# ----------------------------------------------------------------------------------------------
+# Building and validating
+# ----------------------------------------------------------------------------------------------
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint, converting where the meaning is unambiguous."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            valid = ", ".join(str(c) for c in choices)
+            raise UserError(f"{key}={value!r} is not valid{_suggest(str(value), map(str, choices))}; "
+                            f"valid values: {valid}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{key} cannot be {value!r}")
+    if origin is list:
+        (item,) = get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[]") for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise UserError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(
+                f"unknown config key '{full}'{_suggest(key, names)}; valid keys"
+                f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"'{full}' is a section; set its keys as {full}.KEY=VALUE")
+            kwargs[key] = _build(hint, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, hint, full)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise UserError(f"{key} must be positive, got {value}")
+
+    positive("optim.epochs", cfg.optim.epochs)
+    positive("optim.batch_size", cfg.optim.batch_size)
+    positive("optim.lr", cfg.optim.lr)
+    positive("moco.queue_size", cfg.moco.queue_size)
+    positive("moco.temperature", cfg.moco.temperature)
+    positive("model.dim", cfg.model.dim)
+    positive("model.width", cfg.model.width)
+    positive("data.image_size", cfg.data.image_size)
+    positive("model.bn_splits", cfg.model.bn_splits)
+    positive("scores.bins", cfg.scores.bins)
+    if not 0.0 <= cfg.moco.momentum <= 1.0:
+        raise UserError(f"moco.momentum must be in [0, 1], got {cfg.moco.momentum}")
+    if cfg.optim.batch_size % cfg.model.bn_splits:
+        raise UserError(
+            f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by model.bn_splits "
+            f"({cfg.model.bn_splits}) so that every split-BN chunk has the same size"
+        )
+    for key in ("alpha_pos", "alpha_neg"):
+        positive(f"ft.{key}", getattr(cfg.ft, key))
+    if not 0.0 <= cfg.data.holdout_fraction < 1.0:
+        raise UserError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
+    bad = [a for a in cfg.looc.augmentations if a not in _ATOMIC]
+    if bad:
+        raise UserError(f"looc.augmentations: unknown augmentation '{bad[0]}'; "
+                        f"valid: {', '.join(sorted(_ATOMIC))}")
+    if cfg.method == "looc" and not cfg.looc.augmentations:
+        raise UserError("looc.augmentations is empty; name at least one of color, rotation, texture")
+    if len(set(cfg.looc.augmentations)) != len(cfg.looc.augmentations):
+        raise UserError(f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}")
+    if cfg.scores.low >= cfg.scores.high:
+        raise UserError("scores.low must be smaller than scores.high")
+    if cfg.data.name == "imagefolder" and not cfg.data.path:
+        raise UserError("dataset=imagefolder needs data.path=DIR (a folder of images or class folders)")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key=value (e.g. optim.lr=0.1)")
+    key, raw = text.split("=", 1)
+    key = ALIASES.get(key.strip(), key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"'{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated ``Config`` from a preset name or YAML path plus ``key=value`` overrides."""
+    data = _load_source(source) if source else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a config saved in a run directory or a checkpoint."""
+    cfg = _build(Config, data)
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def all_keys() -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default) for every key: the reference table in docs/config.md."""
+    out = []
+
+    def walk(cls, prefix: str) -> None:
+        hints = get_type_hints(cls)
+        default = cls()
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{f.name}.")
+            else:
+                out.append((f"{prefix}{f.name}", _type_name(hint), getattr(default, f.name)))
+
+    walk(Config, "")
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return " | ".join(str(a) for a in get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(hint)).replace("NoneType", "null")
+    if origin is list:
+        return f"list[{_type_name(get_args(hint)[0])}]"
+    return getattr(hint, "__name__", str(hint))
