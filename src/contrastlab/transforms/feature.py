@@ -1,0 +1,262 @@
+"""Feature Transformation (Zhu et al., ICCV 2021): harder positives and more diverse negatives.
+
+The transformation acts on the unit-norm embeddings just before the InfoNCE logits:
+
+* positive extrapolation (paper §2), λ_ex = 1 + Beta(α_ex, α_ex) ∈ [1, 2]::
+
+      q̂ = λ·q + (1 − λ)·k        k̂ = λ·k + (1 − λ)·q
+
+  which pushes the pair apart along its difference, so the positive score q̂·k̂ always drops;
+* positive interpolation (a variant in the reference code): the same formula with λ ∈ [0, 1];
+* negative interpolation (paper §3), λ_in = Beta(α_in, α_in) ∈ [0, 1] and a random permutation π of
+  the K queue slots::
+
+      n̂_j = λ·n_j + (1 − λ)·n_π(j)
+
+The method then scores ``l_pos = (q̂ * k̂).sum(1)`` and ``l_neg = q̂ @ n̂.T``. Everything here is
+a few element-wise ops on the features' device: λ and π are drawn there (never a K×d sample on the
+host), nothing reads a value back to the host, and the queue itself is never written to.
+See docs/feature-transformation.md for the closed forms and the config keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from contrastlab.config import FTConfig
+
+__all__ = [
+    "FTOutput",
+    "extrapolate_positive",
+    "feature_transform",
+    "interpolate_negatives",
+    "interpolate_positive",
+    "is_active",
+    "lambda_shape",
+    "sample_beta",
+    "sample_lambda",
+    "transform_features",
+]
+
+
+@dataclass
+class FTOutput:
+    """The transformed features of one step, with the random draws that produced them.
+
+    ``lam_pos`` / ``lam_neg`` have the shape of their granularity (``[]``, ``[rows, 1]`` or
+    ``[rows, d]``) and are ``None`` where that side is off, as is ``perm`` without negative mixing.
+    """
+
+    q: Tensor
+    k: Tensor
+    negatives: Tensor
+    lam_pos: Tensor | None = None
+    lam_neg: Tensor | None = None
+    perm: Tensor | None = None
+
+    def as_tuple(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.q, self.k, self.negatives
+
+    def log_values(self) -> dict[str, Tensor]:
+        """Mean λ of each active side as 0-dim device tensors (call ``.item()`` only when logging)."""
+        out = {}
+        if self.lam_pos is not None:
+            out["ft/lam_pos"] = self.lam_pos.detach().mean()
+        if self.lam_neg is not None:
+            out["ft/lam_neg"] = self.lam_neg.detach().mean()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing λ
+# ----------------------------------------------------------------------------------------------
+
+
+def is_active(cfg: FTConfig, epoch: int) -> bool:
+    """Whether the transformation changes anything at this epoch."""
+    return (cfg.pos != "none" or cfg.neg != "none") and epoch >= cfg.start_epoch
+
+
+def lambda_shape(granularity: str, rows: int, dim: int) -> tuple[int, ...]:
+    """Shape of λ for ``rows`` vectors of size ``dim``; it broadcasts against ``[rows, dim]``.
+
+    "step": one scalar for the whole batch (or queue), as in the published runs;
+    "sample": one per vector; "element": one per coordinate.
+    """
+    if granularity == "step":
+        return ()
+    if granularity == "sample":
+        return (rows, 1)
+    if granularity == "element":
+        return (rows, dim)
+    raise ValueError(f"unknown granularity {granularity!r}; valid: step, sample, element")
+
+
+def sample_beta(
+    shape: tuple[int, ...],
+    alpha: float,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Beta(α, α) samples drawn on ``device``, as X / (X + Y) with X, Y ~ Gamma(α, 1).
+
+    The Gamma ratio (rather than ``torch.distributions.Beta``) keeps the draw on the device, takes a
+    ``generator`` for reproducible runs, and validates nothing on the host.
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    concentration = torch.full((2, *shape), float(alpha), device=device, dtype=dtype)
+    x, y = torch._standard_gamma(concentration, generator=generator).unbind(0)
+    total = x + y
+    # Both draws can underflow to 0 for a tiny α; Beta(α, α) is symmetric, so 0.5 is a fair fallback.
+    return torch.where(total > 0, x / total.clamp_min(torch.finfo(dtype).tiny), 0.5)
+
+
+def sample_lambda(
+    shape: tuple[int, ...],
+    alpha: float,
+    distribution: str = "beta",
+    *,
+    low: float = 0.0,
+    high: float = 1.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """λ = low + (high − low)·X with X ~ Beta(α, α) or Uniform(0, 1) (α is then unused).
+
+    Extrapolation uses ``low=1, high=2`` (λ_ex = 1 + Beta), interpolation the default ``[0, 1]``.
+    """
+    if distribution == "beta":
+        x = sample_beta(shape, alpha, device=device, dtype=dtype, generator=generator)
+    elif distribution == "uniform":
+        x = torch.rand(shape, device=device, dtype=dtype, generator=generator)
+    else:
+        raise ValueError(f"unknown distribution {distribution!r}; valid: beta, uniform")
+    if low == 0.0 and high == 1.0:
+        return x
+    return low + (high - low) * x
+
+
+# ----------------------------------------------------------------------------------------------
+# The transformations (pure functions of the features and the draws)
+# ----------------------------------------------------------------------------------------------
+
+
+def _mix_pair(q: Tensor, k: Tensor, lam: Tensor | float) -> tuple[Tensor, Tensor]:
+    # Gradient reaches q through q̂ (factor λ) and through k̂ (factor 1 − λ).
+    return lam * q + (1 - lam) * k, lam * k + (1 - lam) * q
+
+
+def extrapolate_positive(q: Tensor, k: Tensor, lam: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Harder positives (paper §2): q̂ = λq + (1−λ)k, k̂ = λk + (1−λ)q with λ ∈ [1, 2].
+
+    For unit vectors with s = q·k: q̂·k̂ = s − 2λ(λ−1)(1−s) ≤ s and ‖q̂‖² = 1 + 2λ(λ−1)(1−s).
+    """
+    return _mix_pair(q, k, lam)
+
+
+def interpolate_positive(q: Tensor, k: Tensor, lam: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Easier positives (the reference code's variant): the same formula with λ ∈ [0, 1].
+
+    Both vectors move towards each other, so q̂·k̂ ≥ s; the closed forms above still hold.
+    """
+    return _mix_pair(q, k, lam)
+
+
+def interpolate_negatives(negatives: Tensor, lam: Tensor | float, perm: Tensor) -> Tensor:
+    """More diverse negatives (paper §3): n̂_j = λ·n_j + (1−λ)·n_π(j), as a new tensor.
+
+    ``lam`` is a scalar, ``[K, 1]`` or ``[K, d]``; ``perm`` a permutation of ``range(K)``.
+    The input (the queue) is only read.
+    """
+    return lam * negatives + (1 - lam) * negatives[perm]
+
+
+# ----------------------------------------------------------------------------------------------
+# One step
+# ----------------------------------------------------------------------------------------------
+
+
+def feature_transform(
+    q: Tensor,
+    k: Tensor,
+    negatives: Tensor,
+    cfg: FTConfig,
+    epoch: int,
+    *,
+    generator: torch.Generator | None = None,
+    lam_pos: Tensor | float | None = None,
+    lam_neg: Tensor | float | None = None,
+    perm: Tensor | None = None,
+) -> FTOutput:
+    """Apply ``cfg`` to one step's features and return them with the draws used.
+
+    ``q`` [B, d] carries gradient; ``k`` [B, d] and ``negatives`` [K, d] are constants (they are
+    detached here). When the transformation is off, or ``epoch < cfg.start_epoch``, the inputs are
+    returned as they are (same objects). ``lam_pos``, ``lam_neg`` and ``perm`` replace the random
+    draws (tests, ablations); ``generator`` must live on the features' device.
+
+    The mixing runs in float32, or float64 if the features are float64, so that λ keeps its
+    precision under bf16 autocast; the outputs have that dtype.
+    """
+    if not is_active(cfg, epoch):
+        return FTOutput(q, k, negatives)
+
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    device = q.device
+    q = q.to(dtype)
+    k = k.detach().to(dtype)
+    negatives = negatives.detach().to(dtype)
+
+    def draw(rows: int, alpha: float, low: float, high: float) -> Tensor:
+        shape = lambda_shape(cfg.granularity, rows, q.shape[1])
+        return sample_lambda(shape, alpha, cfg.distribution, low=low, high=high,
+                             device=device, dtype=dtype, generator=generator)
+
+    out = FTOutput(q, k, negatives)
+    if cfg.pos != "none":
+        if lam_pos is None:
+            low, high = (1.0, 2.0) if cfg.pos == "extrapolate" else (0.0, 1.0)
+            lam_pos = draw(q.shape[0], cfg.alpha_pos, low, high)
+        mix = extrapolate_positive if cfg.pos == "extrapolate" else interpolate_positive
+        out.q, out.k = mix(q, k, lam_pos)
+        out.lam_pos = torch.as_tensor(lam_pos, dtype=dtype, device=device)
+    if cfg.neg != "none":
+        if lam_neg is None:
+            lam_neg = draw(negatives.shape[0], cfg.alpha_neg, 0.0, 1.0)
+        if perm is None:
+            perm = torch.randperm(negatives.shape[0], device=device, generator=generator)
+        out.negatives = interpolate_negatives(negatives, lam_neg, perm)
+        out.lam_neg = torch.as_tensor(lam_neg, dtype=dtype, device=device)
+        out.perm = perm
+    if cfg.renormalize:
+        if cfg.pos != "none":
+            out.q = F.normalize(out.q, dim=1)
+            out.k = F.normalize(out.k, dim=1)
+        if cfg.neg != "none":
+            out.negatives = F.normalize(out.negatives, dim=1)
+    return out
+
+
+def transform_features(
+    q: Tensor,
+    k: Tensor,
+    negatives: Tensor,
+    cfg: FTConfig,
+    epoch: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(q̂, k̂, n̂)`` for ``l_pos = (q̂ * k̂).sum(1)`` and ``l_neg = q̂ @ n̂.T``.
+
+    The same objects come back, at no cost, when the transformation is off. Use
+    :func:`feature_transform` to also get the λ values and the permutation.
+    """
+    return feature_transform(q, k, negatives, cfg, epoch, generator=generator).as_tuple()
