@@ -119,6 +119,7 @@ class TrainConfig:
     knn_temperature: float = 0.1
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
     resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
+    overwrite: bool = False  # start afresh even if the run directory already holds checkpoints
     progress: bool = True
 
 

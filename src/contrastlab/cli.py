@@ -1,0 +1,123 @@
+"""The ``contrastlab`` command: train, demo, eval, scores, report, export, presets, config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from contrastlab.errors import UserError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="pretrain an encoder",
+                       description="Pretrain an encoder. Settings come from a preset or YAML file, "
+                       "then from key=value overrides (e.g. optim.lr=0.1 dataset=cifar10).")
+    p.add_argument("--config", "-c", default=None, metavar="PRESET_OR_YAML",
+                   help="a preset name (see `contrastlab presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from contrastlab.config import load_config
+    from contrastlab.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    from contrastlab import distributed
+
+    if distributed.rank() == 0:
+        knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
+        print(f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.0f} s: "
+              f"final loss {result.final_loss:.4f}{knn}")
+        print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved configuration of a preset + overrides")
+    p.add_argument("--config", "-c", default=None, metavar="PRESET_OR_YAML")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_config)
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from contrastlab.config import config_to_dict, load_config
+
+    print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    return 0
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the built-in presets")
+    p.set_defaults(func=_cmd_presets)
+
+
+def _cmd_presets(args) -> int:
+    from importlib import resources
+
+    from contrastlab.config import preset_names
+
+    for name in preset_names():
+        text = (resources.files("contrastlab") / "configs" / f"{name}.yaml").read_text()
+        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+        print(f"{name:24s} {first}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="a few minutes of MoCo v2 on the built-in synthetic dataset")
+    p.add_argument("--out-dir", default="runs", help="where the run directory goes (default: runs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from contrastlab.demo import run_demo
+
+    run_demo(args.out_dir, args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contrastlab",
+        description="Contrastive self-supervised learning of image representations: MoCo v1/v2, "
+                    "Feature Transformation, LooC / LooC++.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_demo(sub)
+    _add_config(sub)
+    _add_presets(sub)
+    try:
+        from contrastlab.eval.commands import register as register_eval
+    except ImportError:
+        register_eval = None
+    if register_eval is not None:
+        register_eval(sub)
+    try:
+        from contrastlab.viz.commands import register as register_viz
+    except ImportError:
+        register_viz = None
+    if register_viz is not None:
+        register_viz(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

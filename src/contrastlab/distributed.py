@@ -1,0 +1,90 @@
+"""Helpers for training under ``torchrun``: process group, gathering, and shuffle BN.
+
+Every helper also works in a single process (no process group), so that the methods have one code
+path for one CPU, one GPU and many GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device_kind: str) -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns this process's device: ``cuda:LOCAL_RANK`` on GPUs (nccl), the CPU otherwise (gloo).
+    """
+    use_cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return torch.device("cuda" if use_cuda else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not is_distributed():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    return torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def gather_cat(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0, in rank order (no gradient)."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def shuffle_batch(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Shuffle a batch before the key encoder; returns ``(shuffled local batch, undo index)``.
+
+    Under DDP the whole global batch is permuted and each process encodes a slice of it (MoCo's
+    shuffle BN): a process's BN statistics then come from keys whose queries live elsewhere. In a
+    single process the local batch is permuted, which matters with split BN.
+    """
+    if not is_distributed():
+        perm = torch.randperm(x.shape[0], device=x.device)
+        return x[perm], torch.argsort(perm)
+    everything = gather_cat(x)
+    perm = torch.randperm(everything.shape[0], device=x.device)
+    dist.broadcast(perm, src=0)  # every process must use rank 0's permutation
+    undo = torch.argsort(perm)
+    local = perm.view(world_size(), -1)[rank()]
+    return everything[local], undo
+
+
+@torch.no_grad()
+def unshuffle_batch(x: Tensor, undo: Tensor) -> Tensor:
+    """Invert ``shuffle_batch`` on the key encoder's output (local rows back in local order)."""
+    if not is_distributed():
+        return x[undo]
+    everything = gather_cat(x)
+    local = undo.view(world_size(), -1)[rank()]
+    return everything[local]

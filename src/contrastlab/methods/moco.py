@@ -1,0 +1,177 @@
+"""MoCo v1/v2: Momentum Contrast (He et al., CVPR 2020; Chen et al., 2020).
+
+Reading guide, in the order of the paper:
+  1. a query encoder f_q and a key encoder f_k of the same architecture (``Encoder``);
+  2. f_k follows f_q by a moving average, never by gradients (``momentum_update``);
+  3. q = f_q(x_q), k = f_k(x_k), both L2-normalized; k is computed without gradient, with shuffle BN
+     (or split BN on one device) so batch statistics cannot reveal the positive (``encode_keys``);
+  4. logits [q·k, q·queue] / T and cross-entropy with the positive at index 0 (``contrast``); the
+     Feature Transformation hook sits between the features and the logits;
+  5. the batch's keys, gathered from every process, replace the oldest entries of the queue
+     (``enqueue``, any queue size and batch size).
+The queue and its pointer are buffers, so they are saved in checkpoints and restored on resume.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastlab import distributed
+from contrastlab.config import Config, ModelConfig
+from contrastlab.models import build_backbone, build_head
+from contrastlab.models.split_bn import split_bn_layer
+from contrastlab.scores import ScoreStats, score_stats
+from contrastlab.transforms.feature import transform_features
+
+
+@dataclass
+class StepOutput:
+    """What a method's forward returns to the trainer."""
+
+    loss: Tensor
+    # (space, stage) -> statistics; stage is "raw" (cosine scores) or "effective" (after FT)
+    scores: dict[tuple[str, str], ScoreStats] = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """Backbone followed by a projection head; outputs unit vectors."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.backbone, self.feature_dim = build_backbone(cfg, norm_layer=split_bn_layer(cfg.bn_splits))
+        self.head = build_head(cfg, self.feature_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+
+def make_momentum_copy(module: nn.Module) -> nn.Module:
+    """A copy that is never trained by gradient (the key encoder)."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, momentum_copy: nn.Module, m: float) -> None:
+    """θ_k ← m·θ_k + (1 − m)·θ_q for every parameter (one fused call over all tensors)."""
+    params_k = [p for p in momentum_copy.parameters()]
+    params_q = [p.detach() for p in online.parameters()]
+    torch._foreach_lerp_(params_k, params_q, 1.0 - m)
+
+
+def random_unit_queue(size: int, dim: int) -> Tensor:
+    return F.normalize(torch.randn(size, dim), dim=1)
+
+
+@torch.no_grad()
+def enqueue(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
+    """Write ``keys`` over the oldest queue entries, wrapping around the end; advance ``ptr``.
+
+    Works for any queue size K and any number of keys n (if n > K only the newest K are kept).
+    ``ptr`` stays a device tensor, so this never waits for the device.
+    """
+    size, n = queue.shape[0], keys.shape[0]
+    start = ptr
+    if n > size:
+        keys, start = keys[n - size:], ptr + (n - size)
+    slots = (start + torch.arange(keys.shape[0], device=queue.device)) % size
+    queue.index_copy_(0, slots, keys.to(queue.dtype))
+    ptr.copy_((ptr + n) % size)
+
+
+def _concat_stats(parts: list[ScoreStats]) -> ScoreStats:
+    """Statistics of two loss directions (symmetric loss) as one batch of queries."""
+    if len(parts) == 1:
+        return parts[0]
+    return ScoreStats(
+        pos=torch.cat([p.pos for p in parts]),
+        neg_mean=torch.cat([p.neg_mean for p in parts]),
+        neg_var=torch.cat([p.neg_var for p in parts]),
+        pos_hist=sum(p.pos_hist for p in parts),
+        neg_hist=sum(p.neg_hist for p in parts),
+    )
+
+
+class MoCo(nn.Module):
+    """MoCo with a query encoder, a momentum key encoder and one queue of negatives."""
+
+    spaces = ("z",)
+    feature_spaces = ("backbone", "z")
+    num_views = 2
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder_q = Encoder(cfg.model)
+        self.encoder_k = make_momentum_copy(self.encoder_q)
+        self.register_buffer("queue", random_unit_queue(cfg.moco.queue_size, cfg.model.dim))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder_q.backbone
+
+    # -- the training step ------------------------------------------------------------------
+    def forward(self, views: list[Tensor], epoch: int = 0) -> StepOutput:
+        x_q, x_k = views[0], views[1]
+        momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
+        loss, stats, k = self.contrast(x_q, x_k, epoch)
+        if self.cfg.moco.symmetric:  # the same pair with the roles of the views swapped
+            loss_21, stats_21, k_21 = self.contrast(x_k, x_q, epoch)
+            loss = loss + loss_21
+            stats = {key: _concat_stats([stats[key], stats_21[key]]) for key in stats}
+            k = torch.cat([k, k_21])
+        enqueue(self.queue, self.queue_ptr, distributed.gather_cat(k))
+        return StepOutput(loss=loss, scores=stats)
+
+    @torch.no_grad()
+    def encode_keys(self, x_k: Tensor) -> Tensor:
+        shuffle = distributed.is_distributed() and self.cfg.model.shuffle_bn
+        if shuffle or self.cfg.model.bn_splits > 1:
+            x_k, undo = distributed.shuffle_batch(x_k)
+            return distributed.unshuffle_batch(self.encoder_k(x_k), undo)
+        return self.encoder_k(x_k)
+
+    def contrast(self, x_q: Tensor, x_k: Tensor, epoch: int):
+        """InfoNCE of queries x_q against keys x_k and the queue; returns (loss, stats, keys)."""
+        q = self.encoder_q(x_q)
+        k = self.encode_keys(x_k).to(q.dtype)
+        negatives = self.queue.clone().to(q.dtype)  # the queue changes in place after this step
+        q_hat, k_hat, n_hat = transform_features(q, k, negatives, self.cfg.ft, epoch)
+        l_pos = torch.einsum("nc,nc->n", q_hat, k_hat)
+        l_neg = torch.einsum("nc,kc->nk", q_hat, n_hat)
+        logits = torch.cat([l_pos[:, None], l_neg], dim=1) / self.cfg.moco.temperature
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        loss = F.cross_entropy(logits, labels)  # autocast runs cross-entropy in float32
+        transformed = not (q_hat is q and k_hat is k and n_hat is negatives)
+        return loss, self.pair_stats(q, k, negatives, l_pos, l_neg, transformed), k
+
+    def pair_stats(self, q, k, negatives, l_pos, l_neg, transformed: bool) -> dict:
+        """Raw (cosine, before FT) and effective (in the loss) score statistics of this step."""
+        sc = self.cfg.scores
+        if not sc.record:
+            return {}
+        eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high)
+        if not transformed:
+            raw = eff  # no transformation this step: raw and effective scores are the same
+        else:
+            with torch.no_grad():
+                raw = score_stats((q * k).sum(1), q @ negatives.T, sc.bins, sc.low, sc.high)
+        return {("z", "raw"): raw, ("z", "effective"): eff}
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, x: Tensor, space: str = "backbone") -> Tensor:
+        """Frozen features of the query encoder: the pooled backbone output, or the projection."""
+        if space == "backbone":
+            return self.encoder_q.backbone(x)
+        if space == "z":
+            return self.encoder_q(x)
+        raise ValueError(f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}")

@@ -1,0 +1,52 @@
+"""Split batch norm: MoCo's single-device stand-in for shuffle BN.
+
+With one device there is no other process to shuffle keys with. Normalizing each of ``num_splits``
+sub-batches with its own statistics (and shuffling the key batch before the key encoder) keeps a
+query and its key in different sub-batches, so the statistics cannot leak which key is the positive.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are per sub-batch.
+
+    Sub-batch ``s`` holds samples ``s, s + S, s + 2S, ...`` (``S = num_splits``): viewing the batch
+    ``[N, C, H, W]`` as ``[N / S, S * C, H, W]`` makes each sub-batch a block of channels, so one call
+    of the fused batch-norm kernel normalizes all of them at once. Evaluation uses the running
+    statistics, which are the mean over sub-batches.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.num_splits == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        s = self.num_splits
+        if n % s:
+            raise ValueError(f"split batch norm: batch of {n} does not split into {s} equal parts")
+        running_mean = self.running_mean.repeat(s)
+        running_var = self.running_var.repeat(s)
+        y = F.batch_norm(
+            x.reshape(n // s, c * s, h, w), running_mean, running_var,
+            self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
+        ).view(n, c, h, w)
+        with torch.no_grad():
+            self.running_mean.copy_(running_mean.view(s, c).mean(0))
+            self.running_var.copy_(running_var.view(s, c).mean(0))
+            self.num_batches_tracked += 1
+        return y
+
+
+def split_bn_layer(num_splits: int):
+    """A ``norm_layer`` factory for torchvision's ResNet."""
+    if num_splits == 1:
+        return nn.BatchNorm2d
+    return lambda channels: SplitBatchNorm2d(channels, num_splits)
