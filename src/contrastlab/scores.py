@@ -1,9 +1,16 @@
-"""Positive and negative pair scores: per-step statistics (and, below, their recording)."""
+"""Positive and negative pair scores: per-step statistics, their recording and loading.
+
+The file layout is specified in docs/scores-format.md.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,4 +47,506 @@ def score_stats(pos: Tensor, neg: Tensor, bins: int = 200, low: float = -1.0, hi
         neg_var=neg_var,
         pos_hist=torch.histc(pos.clamp(low, high), bins=bins, min=low, max=high),
         neg_hist=torch.histc(neg.clamp(low, high), bins=bins, min=low, max=high),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording (layout: docs/scores-format.md)
+# ----------------------------------------------------------------------------------------------
+
+FORMAT = "contrastlab-scores-v1"
+STAGES = ("raw", "effective")
+KINDS = ("pos", "neg")
+QUANTITIES = ("pos", "neg_mean", "neg_var")
+QUANTILES = (0.1, 0.5, 0.9)
+QUERY_DTYPE = np.float32
+# Buffered per-query rows (on the device) before they are moved to the host inside an interval.
+_MAX_BUFFERED_ROWS = 1 << 20
+
+
+def _dist():
+    """(rank, world size) when torch.distributed runs, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _same_stats(a: ScoreStats, b: ScoreStats) -> bool:
+    """True when two stats hold the very same tensors (FT off: effective *is* raw)."""
+    if a is b:
+        return True
+    return all(
+        x is y or (x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride())
+        for x, y in ((a.pos, b.pos), (a.neg_mean, b.neg_mean), (a.neg_var, b.neg_var))
+    )
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write atomically, so that a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _save_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class ScoreRecorder:
+    """Buffers the per-step score statistics on the device and writes them to ``run_dir/scores``.
+
+    ``update`` is called every step and only queues device work (a stack and two adds per
+    space/stage), so the host never waits for the device there. Every ``log_every`` updates (an
+    *interval*) the buffered per-query rows are gathered from all processes and copied to the host
+    in one go, and the interval's histograms are summed across processes. ``end_epoch`` writes the
+    epoch's files. Every rank must call every method (they run collectives); only rank 0 writes.
+    """
+
+    def __init__(self, run_dir: Path, cfg, log_every: int, tb_writer=None):
+        self.enabled = bool(cfg.record)
+        self.dir = Path(run_dir) / "scores"
+        self.bins, self.low, self.high = int(cfg.bins), float(cfg.low), float(cfg.high)
+        self.log_every = max(1, int(log_every))
+        self.tb = tb_writer
+        self.rank, self.world = _dist()
+        self.spaces: list[str] = []
+        self._keys: list[tuple[int, int]] = []  # (space code, stage code) in order of first sight
+        self._device: torch.device | None = None
+        self._flush_every: int | None = None  # steps between host copies inside an interval
+        self._hist_dtype = torch.float64
+        self._new_epoch()
+        self._new_interval()
+        # Epoch histograms of this run, {epoch: array [spaces, stages, kinds, bins]}; rank 0 only.
+        self._epoch_hists: dict[int, np.ndarray] = {}
+        self._epochs_written: list[int] = []
+        if self.enabled and self.rank == 0:
+            self._resume()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _new_interval(self) -> None:
+        self._segments: list[tuple[int, int, int, int]] = []  # (space, stage, step, rows) on device
+        self._buffer: list[Tensor] = []  # [3, rows] per segment
+        self._buffered_rows = 0
+        self._unflushed = 0
+        self._host_parts: list[dict[str, np.ndarray]] = []  # gathered rows of this interval
+        self._interval_hist: dict[tuple[int, int], Tensor] = {}  # key -> [2, bins] on device
+        self._same: dict[tuple[int, int], bool] = {}  # key -> effective was raw at every step
+        self._first_step: int | None = None
+        self._last_step: int | None = None
+        self._updates = 0
+
+    def _new_epoch(self) -> None:
+        self._epoch: int | None = None
+        self._query_parts: list[dict[str, np.ndarray]] = []
+        self._interval_rows: list[dict[str, np.ndarray]] = []
+
+    def _resume(self) -> None:
+        """Keep the epochs that an earlier (interrupted) run of this directory already wrote."""
+        meta_path = self.dir / "meta.json"
+        if not meta_path.is_file():
+            return
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return
+        if (meta.get("format") != FORMAT or meta.get("bins") != self.bins
+                or meta.get("low") != self.low or meta.get("high") != self.high):
+            return
+        self.spaces = list(meta.get("spaces", []))
+        self._epochs_written = [int(e) for e in meta.get("epochs", [])]
+        hist_path = self.dir / "hist.npz"
+        if hist_path.is_file():
+            with np.load(hist_path) as f:
+                for e, counts in zip(f["epoch"], f["counts"]):
+                    self._epoch_hists[int(e)] = counts
+
+    def _key(self, space: str, stage: str) -> tuple[int, int]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown score stage {stage!r}; expected one of {STAGES}")
+        if space not in self.spaces:
+            self.spaces.append(space)
+        key = (self.spaces.index(space), STAGES.index(stage))
+        if key not in self._keys:
+            self._keys.append(key)
+        return key
+
+    # -- the trainer's calls ---------------------------------------------------------------------
+
+    def update(self, step: int, epoch: int, stats: dict[tuple[str, str], ScoreStats]) -> None:
+        """Queue one step's statistics; no host synchronization except every ``log_every`` calls."""
+        if not self.enabled or not stats:
+            return
+        if self._epoch is not None and epoch != self._epoch:
+            self.end_epoch(self._epoch)  # the trainer skipped end_epoch: do not mix epochs
+        self._epoch = epoch
+        if self._first_step is None:
+            self._first_step = step
+        self._last_step = step
+        for (space, stage), st in sorted(stats.items(), key=lambda kv: STAGES.index(kv[0][1])):
+            key = self._key(space, stage)
+            if st.pos_hist.numel() != self.bins:
+                raise ValueError(f"scores for {space}/{stage} have {st.pos_hist.numel()} histogram "
+                                 f"bins but scores.bins is {self.bins}")
+            if self._device is None:
+                self._device = st.pos.device
+                if self._device.type == "mps":
+                    self._hist_dtype = torch.float32  # no float64 there
+            raw = stats.get((space, "raw")) if stage == "effective" else None
+            same = raw is not None and _same_stats(st, raw)
+            self._same[key] = self._same.get(key, True) and same
+            if not same:  # an effective stage identical to raw is not stored twice
+                self._buffer.append(torch.stack([st.pos, st.neg_mean, st.neg_var]).to(torch.float32))
+                self._segments.append((key[0], key[1], step, st.pos.numel()))
+                self._buffered_rows += st.pos.numel()
+            hist = self._interval_hist.get(key)
+            if hist is None:
+                hist = self._interval_hist[key] = torch.zeros(
+                    2, self.bins, dtype=self._hist_dtype, device=self._device)
+            hist[0].add_(st.pos_hist)
+            hist[1].add_(st.neg_hist)
+        self._updates += 1
+        self._unflushed += 1
+        if self._flush_every is None:
+            # Decided from the first step, which is alike on every rank, so that all ranks flush
+            # (a collective) at the same steps even when a last batch is short.
+            self._flush_every = max(1, _MAX_BUFFERED_ROWS // max(1, self._buffered_rows))
+        if self._updates >= self.log_every:
+            self._close_interval()
+        elif self._unflushed >= self._flush_every:
+            self._flush_queries()
+
+    def end_epoch(self, epoch: int) -> None:
+        """Close the last interval and write the epoch's files (rank 0)."""
+        if not self.enabled:
+            return
+        self._close_interval()
+        if self._epoch is None:
+            self._epoch = epoch
+        if self.rank == 0 and (self._query_parts or self._interval_rows):
+            self._write_epoch(self._epoch)
+        self._new_epoch()
+
+    def close(self) -> None:
+        """Write what is left (a partial epoch) and flush TensorBoard."""
+        if not self.enabled:
+            return
+        if self._epoch is not None:
+            self.end_epoch(self._epoch)
+        if self.tb is not None and self.rank == 0:
+            self.tb.flush()
+
+    # -- intervals -------------------------------------------------------------------------------
+
+    def _flush_queries(self) -> None:
+        """Gather the buffered per-query rows from all processes and copy them to the host."""
+        if not self._buffer and self.world == 1:
+            self._unflushed = 0
+            return
+        dev = self._device or torch.device("cpu")
+        data = torch.cat(self._buffer, dim=1) if self._buffer else torch.zeros(3, 0, device=dev)
+        seg = torch.tensor(self._segments, dtype=torch.int64).reshape(-1, 4).to(dev)
+        ranks = None
+        if self.world > 1:
+            data, seg, ranks = _gather_rows(data, seg, self.world)
+        self._buffer, self._segments, self._buffered_rows, self._unflushed = [], [], 0, 0
+        if self.rank != 0:
+            return
+        data = data.cpu().numpy()
+        seg = seg.cpu().numpy()
+        rows = seg[:, 3]
+        part = {
+            "step": np.repeat(seg[:, 2], rows).astype(np.int64),
+            "rank": (np.zeros(rows.sum(), np.int16) if ranks is None
+                     else np.repeat(ranks.cpu().numpy(), rows).astype(np.int16)),
+            "space": np.repeat(seg[:, 0], rows).astype(np.int16),
+            "stage": np.repeat(seg[:, 1], rows).astype(np.int8),
+        }
+        for i, name in enumerate(QUANTITIES):
+            part[name] = data[i].astype(QUERY_DTYPE, copy=False)
+        self._host_parts.append(part)
+
+    def _close_interval(self) -> None:
+        if self._updates == 0:
+            return
+        self._flush_queries()
+        keys = sorted(self._interval_hist)
+        hist = torch.stack([self._interval_hist[k] for k in keys])  # [keys, 2, bins]
+        if self.world > 1:
+            torch.distributed.all_reduce(hist)
+        if self.rank == 0:
+            self._summarize_interval(keys, hist.cpu().numpy().astype(np.float64))
+        self._new_interval()
+
+    def _summarize_interval(self, keys, hist: np.ndarray) -> None:
+        parts = self._host_parts
+        rows = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]} if parts else None
+        if rows is not None:
+            rows["epoch"] = np.full(rows["step"].shape, self._epoch, np.int32)
+            self._query_parts.append(rows)
+        table: dict[str, list] = {c: [] for c in INTERVAL_COLUMNS}
+        for k, (space, stage) in enumerate(keys):
+            same = stage == 1 and self._same.get((space, stage), False)
+            src_stage = 0 if same else stage
+            if rows is not None:
+                mask = (rows["space"] == space) & (rows["stage"] == src_stage)
+            n = int(mask.sum()) if rows is not None else 0
+            table["epoch"].append(self._epoch)
+            table["first_step"].append(self._first_step)
+            table["last_step"].append(self._last_step)
+            table["space"].append(space)
+            table["stage"].append(stage)
+            table["n"].append(n)
+            table["same_as_raw"].append(same)
+            for q in QUANTITIES:
+                values = rows[q][mask].astype(np.float64) if n else np.full(1, np.nan)
+                table[f"{q}_mean"].append(values.mean())
+                for p, v in zip(QUANTILES, np.quantile(values, QUANTILES)):
+                    table[f"{q}_q{round(p * 100):02d}"].append(v)
+            if self.tb is not None and n:
+                tag = f"scores/{self.spaces[space]}/{STAGES[stage]}"
+                if not same:
+                    for q in QUANTITIES:
+                        self.tb.add_scalar(f"{tag}/{q}_mean", table[f"{q}_mean"][-1], self._last_step)
+        arrays = {c: np.asarray(v, dtype=INTERVAL_COLUMNS[c]) for c, v in table.items()}
+        arrays["pos_hist"] = hist[:, 0]
+        arrays["neg_hist"] = hist[:, 1]
+        self._interval_rows.append(arrays)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _write_epoch(self, epoch: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tag = f"epoch{epoch:04d}"
+        queries = _concat(self._query_parts, QUERY_COLUMNS)
+        intervals = _concat(self._interval_rows, INTERVAL_COLUMNS)
+        if not self._interval_rows:
+            intervals["pos_hist"] = intervals["neg_hist"] = np.zeros((0, self.bins))
+        _save_npz(self.dir / f"queries-{tag}.npz", queries)
+        _save_npz(self.dir / f"intervals-{tag}.npz", intervals)
+
+        counts = np.zeros((len(self.spaces), len(STAGES), len(KINDS), self.bins))
+        for i in range(len(intervals["space"])):
+            s, g = intervals["space"][i], intervals["stage"][i]
+            counts[s, g, 0] += intervals["pos_hist"][i]
+            counts[s, g, 1] += intervals["neg_hist"][i]
+        # A resumed run re-trains from an earlier epoch: what was written after it is abandoned.
+        for later in [e for e in self._epoch_hists if e > epoch]:
+            del self._epoch_hists[later]
+        for later in [e for e in self._epochs_written if e > epoch]:
+            for prefix in ("queries", "intervals"):
+                (self.dir / f"{prefix}-epoch{later:04d}.npz").unlink(missing_ok=True)
+        self._epochs_written = sorted({e for e in self._epochs_written if e <= epoch} | {epoch})
+        self._epoch_hists[epoch] = counts
+        epochs = sorted(self._epoch_hists)
+        stacked = np.zeros((len(epochs), len(self.spaces), len(STAGES), len(KINDS), self.bins))
+        for i, e in enumerate(epochs):
+            c = self._epoch_hists[e]
+            stacked[i, : c.shape[0]] = c  # spaces first seen later are zero in earlier epochs
+        _save_npz(self.dir / "hist.npz", {
+            "epoch": np.asarray(epochs, np.int32),
+            "counts": stacked,
+            "edges": np.linspace(self.low, self.high, self.bins + 1),
+        })
+        _save_json(self.dir / "meta.json", {
+            "format": FORMAT,
+            "bins": self.bins, "low": self.low, "high": self.high,
+            "spaces": self.spaces, "stages": list(STAGES), "kinds": list(KINDS),
+            "query_dtype": np.dtype(QUERY_DTYPE).name,
+            "quantiles": list(QUANTILES),
+            "log_every": self.log_every, "world_size": self.world,
+            "epochs": self._epochs_written,
+        })
+        if self.tb is not None:
+            self._tb_histograms(epoch, counts)
+
+    def _tb_histograms(self, epoch: int, counts: np.ndarray) -> None:
+        edges = np.linspace(self.low, self.high, self.bins + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        for s, space in enumerate(self.spaces):
+            for g, stage in enumerate(STAGES):
+                for k, kind in enumerate(KINDS):
+                    c = counts[s, g, k]
+                    nz = np.flatnonzero(c)
+                    if nz.size == 0:
+                        continue
+                    lo, hi = nz[0], nz[-1] + 1
+                    self.tb.add_histogram_raw(
+                        f"scores/{space}/{stage}/{kind}", min=float(edges[lo]), max=float(edges[hi]),
+                        num=float(c.sum()), sum=float((c * centers).sum()),
+                        sum_squares=float((c * centers**2).sum()),
+                        bucket_limits=edges[lo + 1: hi + 1].tolist(), bucket_counts=c[lo:hi].tolist(),
+                        global_step=epoch)
+
+
+QUERY_COLUMNS = {
+    "step": np.int64, "epoch": np.int32, "rank": np.int16, "space": np.int16, "stage": np.int8,
+    "pos": QUERY_DTYPE, "neg_mean": QUERY_DTYPE, "neg_var": QUERY_DTYPE,
+}
+INTERVAL_COLUMNS = {
+    "epoch": np.int32, "first_step": np.int64, "last_step": np.int64, "space": np.int16,
+    "stage": np.int8, "n": np.int64, "same_as_raw": np.bool_,
+    **{f"{q}_{s}": np.float64 for q in QUANTITIES
+       for s in ["mean"] + [f"q{round(p * 100):02d}" for p in QUANTILES]},
+}
+
+
+def _concat(parts: list[dict[str, np.ndarray]], columns: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for name, dtype in columns.items():
+        arrays = [p[name] for p in parts]
+        out[name] = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+    for name in ("pos_hist", "neg_hist"):
+        if parts and name in parts[0]:
+            out[name] = np.concatenate([p[name] for p in parts])
+    return out
+
+
+def _gather_rows(data: Tensor, seg: Tensor, world: int) -> tuple[Tensor, Tensor, Tensor]:
+    """All-gather rows whose number differs between processes (a short last batch): pad, trim.
+
+    Returns the rows and segments of all ranks, and the rank of each segment.
+    """
+    dist = torch.distributed
+    sizes = torch.tensor([data.shape[1], seg.shape[0]], dtype=torch.int64, device=data.device)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+    dist.all_gather(all_sizes, sizes)
+    all_sizes = torch.stack(all_sizes).cpu().tolist()
+    max_rows = max(s[0] for s in all_sizes)
+    max_seg = max(s[1] for s in all_sizes)
+    pad_data = torch.zeros(3, max_rows, dtype=data.dtype, device=data.device)
+    pad_data[:, : data.shape[1]] = data
+    pad_seg = torch.zeros(max_seg, 4, dtype=seg.dtype, device=seg.device)
+    pad_seg[: seg.shape[0]] = seg
+    datas = [torch.empty_like(pad_data) for _ in range(world)]
+    segs = [torch.empty_like(pad_seg) for _ in range(world)]
+    dist.all_gather(datas, pad_data)
+    dist.all_gather(segs, pad_seg)
+    data = torch.cat([d[:, : n] for d, (n, _) in zip(datas, all_sizes)], dim=1)
+    seg = torch.cat([s[: m] for s, (_, m) in zip(segs, all_sizes)])
+    ranks = torch.cat([torch.full((m,), r, dtype=torch.int64) for r, (_, m) in enumerate(all_sizes)])
+    return data, seg, ranks
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreRecord:
+    """The recorded scores of one run: flat numpy columns, each table's columns of equal length.
+
+    ``queries`` has one row per query, space, stage and step (``pandas.DataFrame(record.queries)``
+    works); ``intervals`` has one row per log interval, space and stage, with means and quantiles.
+    """
+
+    meta: dict
+    queries: dict[str, np.ndarray]
+    intervals: dict[str, np.ndarray]
+
+    @property
+    def spaces(self) -> list[str]:
+        return list(self.meta["spaces"])
+
+    def _codes(self, space: str, stage: str) -> tuple[int, int]:
+        if space not in self.meta["spaces"]:
+            raise KeyError(f"no scores for space {space!r}; recorded: {self.meta['spaces']}")
+        return self.meta["spaces"].index(space), STAGES.index(stage)
+
+    def query(self, space: str, stage: str = "raw") -> dict[str, np.ndarray]:
+        """Rows of one space and stage, ordered by step; for steps where the effective scores were
+        the raw ones (nothing stored), ``stage="effective"`` returns the raw rows."""
+        s, g = self._codes(space, stage)
+        q = self.queries
+        mask = (q["space"] == s) & (q["stage"] == g)
+        if g == 1:
+            raw = (q["space"] == s) & (q["stage"] == 0)
+            mask |= raw & ~np.isin(q["step"], np.unique(q["step"][mask]))
+        idx = np.flatnonzero(mask)
+        idx = idx[np.argsort(q["step"][idx], kind="stable")]
+        return {name: col[idx] for name, col in q.items()}
+
+    def interval(self, space: str, stage: str = "raw") -> dict[str, np.ndarray]:
+        """Interval summaries of one space and stage, ordered by step."""
+        s, g = self._codes(space, stage)
+        t = self.intervals
+        idx = np.flatnonzero((t["space"] == s) & (t["stage"] == g))
+        idx = idx[np.argsort(t["last_step"][idx], kind="stable")]
+        return {name: col[idx] for name, col in t.items()}
+
+
+@dataclass
+class ScoreHistograms:
+    """Histograms of all pos and neg scores: per epoch, and per log interval.
+
+    ``counts[e, space, stage, kind]`` are the counts of epoch ``epoch[e]``, ``kind`` 0 = pos and
+    1 = neg, over ``edges``; ``interval_counts[r]`` ([kind, bins]) belongs to row r of ``intervals``.
+    """
+
+    meta: dict
+    edges: np.ndarray
+    epoch: np.ndarray
+    counts: np.ndarray
+    intervals: dict[str, np.ndarray]
+    interval_counts: np.ndarray
+
+
+def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
+    from contrastlab.errors import UserError
+
+    folder = Path(run_dir) / "scores"
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{run_dir} has no recorded scores ({meta_path} is missing); "
+                        "train with scores.record=true")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise UserError(f"{meta_path} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT}")
+    return folder, meta
+
+
+def _load_tables(folder: Path, prefix: str, epochs, columns: dict, extra=()) -> dict[str, np.ndarray]:
+    parts = []
+    for e in epochs:
+        path = folder / f"{prefix}-epoch{int(e):04d}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as f:
+                parts.append({n: f[n] for n in (*columns, *extra) if n in f.files})
+    out = _concat(parts, columns)
+    for name in extra:
+        if name not in out:
+            out[name] = np.zeros((0, 0))
+    return out
+
+
+def load_scores(run_dir: Path | str, epochs: list[int] | None = None) -> ScoreRecord:
+    """Read ``run_dir/scores`` (all epochs, or only ``epochs``) into flat numpy columns."""
+    folder, meta = _scores_dir(Path(run_dir))
+    chosen = meta["epochs"] if epochs is None else [e for e in meta["epochs"] if e in set(epochs)]
+    queries = _load_tables(folder, "queries", chosen, QUERY_COLUMNS)
+    intervals = _load_tables(folder, "intervals", chosen, INTERVAL_COLUMNS)
+    return ScoreRecord(meta=meta, queries=queries, intervals=intervals)
+
+
+def load_histograms(run_dir: Path | str) -> ScoreHistograms:
+    """Read the per-epoch and per-interval histograms of ``run_dir/scores``."""
+    folder, meta = _scores_dir(Path(run_dir))
+    bins = meta["bins"]
+    with np.load(folder / "hist.npz", allow_pickle=False) as f:
+        edges, epoch, counts = f["edges"], f["epoch"], f["counts"]
+    table = _load_tables(folder, "intervals", meta["epochs"], INTERVAL_COLUMNS, ("pos_hist", "neg_hist"))
+    pos, neg = table.pop("pos_hist"), table.pop("neg_hist")
+    keep = ("epoch", "first_step", "last_step", "space", "stage", "same_as_raw")
+    if pos.size == 0:
+        pos = neg = np.zeros((0, bins))
+    return ScoreHistograms(
+        meta=meta, edges=edges, epoch=epoch, counts=counts,
+        intervals={k: table[k] for k in keep}, interval_counts=np.stack([pos, neg], axis=1),
     )

@@ -1,0 +1,199 @@
+"""Score statistics, the recorder's files and loaders, and gathering under DDP."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from contrastlab.errors import UserError
+from contrastlab.scores import (
+    ScoreRecorder, ScoreStats, load_histograms, load_scores, score_stats,
+)
+
+BINS, LOW, HIGH = 20, -1.0, 1.0
+
+
+def _cfg(bins=BINS, record=True):
+    return SimpleNamespace(record=record, bins=bins, low=LOW, high=HIGH)
+
+
+def test_score_stats_matches_naive_float64():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(7, generator=g) * 2.4 - 1.2  # some outside [-1, 1]: counted in the end bins
+    neg = torch.rand(7, 50, generator=g) * 2.4 - 1.2
+    st = score_stats(pos, neg, bins=BINS, low=LOW, high=HIGH)
+    p64, n64 = pos.double().numpy(), neg.double().numpy()
+    for i in range(7):
+        row = n64[i]
+        mean = sum(row) / len(row)
+        var = sum((x - mean) ** 2 for x in row) / len(row)
+        assert st.neg_mean[i].item() == pytest.approx(mean, abs=1e-6)
+        assert st.neg_var[i].item() == pytest.approx(var, abs=1e-6)
+    np.testing.assert_array_equal(st.pos.numpy(), pos.numpy())
+    for got, values in ((st.pos_hist, p64), (st.neg_hist, n64.ravel())):
+        expected, _ = np.histogram(np.clip(values, LOW, HIGH), bins=BINS, range=(LOW, HIGH))
+        np.testing.assert_array_equal(got.numpy(), expected)
+    assert st.pos_hist.sum().item() == 7 and st.neg_hist.sum().item() == 7 * 50
+
+
+def _stats(seed: int, b: int = 4, n: int = 30) -> tuple[ScoreStats, np.ndarray, np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(b, generator=g) * 2 - 1
+    neg = torch.rand(b, n, generator=g) * 2 - 1
+    return score_stats(pos, neg, bins=BINS), pos.numpy(), neg.numpy()
+
+
+def _feed(rec: ScoreRecorder, steps_per_epoch=5, epochs=2, ft=True, seed_base=0, b=4):
+    """Feed known stats; return {(epoch, stage): expected hist [2, bins]} and the fed pos values."""
+    expected, fed = {}, []
+    step = 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps_per_epoch):
+            raw, pos, neg = _stats(seed_base + step, b)
+            eff = _stats(seed_base + 1000 + step, b)[0] if ft else raw
+            rec.update(step, epoch, {("z", "raw"): raw, ("z", "effective"): eff})
+            for stage, st in (("raw", raw), ("effective", eff)):
+                h = expected.setdefault((epoch, stage), np.zeros((2, BINS)))
+                h += np.stack([st.pos_hist.numpy(), st.neg_hist.numpy()])
+            fed.append((step, epoch, raw, eff))
+            step += 1
+        rec.end_epoch(epoch)
+    rec.close()
+    return expected, fed
+
+
+@pytest.mark.parametrize("ft", [True, False])
+def test_recorder_round_trip(tmp_path, ft):
+    rec = ScoreRecorder(tmp_path, _cfg(), log_every=2)
+    expected, fed = _feed(rec, ft=ft)
+    record = load_scores(tmp_path)
+    assert record.meta["spaces"] == ["z"] and record.meta["epochs"] == [1, 2]
+    for table in (record.queries, record.intervals):
+        lengths = {len(v) for v in table.values()}
+        assert len(lengths) == 1
+        assert all(v.ndim == 1 and v.dtype != object for v in table.values())
+    raw = record.query("z", "raw")
+    eff = record.query("z", "effective")
+    assert len(raw["pos"]) == 10 * 4 and len(eff["pos"]) == 10 * 4
+    # With FT off, effective rows are not stored twice but read back as the raw ones.
+    assert len(record.queries["pos"]) == (80 if ft else 40)
+    for step, epoch, r, e in fed:
+        m = raw["step"] == step
+        assert (raw["epoch"][m] == epoch).all()
+        np.testing.assert_array_equal(raw["pos"][m], r.pos.numpy())
+        np.testing.assert_array_equal(raw["neg_mean"][m], r.neg_mean.numpy())
+        np.testing.assert_array_equal(raw["neg_var"][m], r.neg_var.numpy())
+        np.testing.assert_array_equal(eff["pos"][m], e.pos.numpy())
+    # Intervals: 5 steps per epoch in intervals of 2 -> 3 intervals per epoch (2 + 2 + 1 steps).
+    iv = record.interval("z", "raw")
+    assert list(iv["first_step"]) == [0, 2, 4, 5, 7, 9] and list(iv["n"]) == [8, 8, 4, 8, 8, 4]
+    first = raw["pos"][raw["step"] < 2].astype(np.float64)
+    assert iv["pos_mean"][0] == pytest.approx(first.mean())
+    assert iv["pos_q90"][0] == pytest.approx(np.quantile(first, 0.9))
+    assert list(record.interval("z", "effective")["same_as_raw"]) == [not ft] * 6
+
+    hist = load_histograms(tmp_path)
+    assert list(hist.epoch) == [1, 2] and hist.counts.shape == (2, 1, 2, 2, BINS)
+    np.testing.assert_allclose(hist.edges, np.linspace(-1, 1, BINS + 1))
+    for e, epoch in enumerate((1, 2)):
+        for g, stage in enumerate(("raw", "effective")):
+            np.testing.assert_array_equal(hist.counts[e, 0, g], expected[(epoch, stage)])
+        assert hist.counts[e, 0, 0, 0].sum() == 5 * 4 and hist.counts[e, 0, 0, 1].sum() == 5 * 4 * 30
+    # Interval histograms add up to the epoch's.
+    rows = (hist.intervals["epoch"] == 1) & (hist.intervals["stage"] == 0)
+    np.testing.assert_array_equal(hist.interval_counts[rows].sum(0), expected[(1, "raw")])
+    assert all(v.dtype != object for v in hist.intervals.values())
+
+
+def test_files_are_plain_numpy(tmp_path):
+    _feed(ScoreRecorder(tmp_path, _cfg(), log_every=3), epochs=1)
+    for path in (tmp_path / "scores").glob("*.npz"):
+        with np.load(path, allow_pickle=False) as f:  # no object arrays, no pickle
+            assert all(f[n].dtype != object for n in f.files)
+    assert not list((tmp_path / "scores").glob("*.tmp"))
+    meta = json.loads((tmp_path / "scores" / "meta.json").read_text())
+    assert meta["bins"] == BINS and meta["stages"] == ["raw", "effective"]
+
+
+def test_resume_replaces_later_epochs(tmp_path):
+    _feed(ScoreRecorder(tmp_path, _cfg(), log_every=2), epochs=2)
+    rec = ScoreRecorder(tmp_path, _cfg(), log_every=2)  # resumed after epoch 1
+    rec.update(5, 2, {("z", "raw"): _stats(99)[0]})
+    rec.close()
+    hist = load_histograms(tmp_path)
+    assert list(hist.epoch) == [1, 2] and hist.counts[1, 0, 0, 0].sum() == 4
+    assert set(load_scores(tmp_path).queries["step"][load_scores(tmp_path).queries["epoch"] == 2]) == {5}
+
+
+def test_disabled_and_missing(tmp_path):
+    rec = ScoreRecorder(tmp_path, _cfg(record=False), log_every=2)
+    rec.update(0, 1, {("z", "raw"): _stats(0)[0]})
+    rec.close()
+    assert not (tmp_path / "scores").exists()
+    with pytest.raises(UserError):
+        load_scores(tmp_path)
+
+
+def test_tensorboard_calls(tmp_path):
+    class Writer:
+        def __init__(self):
+            self.scalars, self.hists = [], []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append(tag)
+
+        def add_histogram_raw(self, tag, **kw):
+            assert len(kw["bucket_limits"]) == len(kw["bucket_counts"])
+            self.hists.append(tag)
+
+        def flush(self):
+            pass
+
+    w = Writer()
+    _feed(ScoreRecorder(tmp_path, _cfg(), log_every=2, tb_writer=w), epochs=1, ft=False)
+    assert "scores/z/raw/pos_mean" in w.scalars and "scores/z/raw/neg_var_mean" in w.scalars
+    assert not any("effective" in t for t in w.scalars)  # identical to raw: not drawn twice
+    assert "scores/z/effective/neg" in w.hists
+
+
+# -- DDP ------------------------------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        rec = ScoreRecorder(Path(run_dir), _cfg(), log_every=2)
+        for step in range(3):
+            b = 3 if (step == 2 and rank == 1) else 4  # rank 1's last batch is short
+            pos = torch.full((b,), 0.1 * rank + 0.01 * step)
+            neg = torch.full((b, 5), -0.5 + rank * 0.5)
+            rec.update(step, 1, {("z", "raw"): score_stats(pos, neg, bins=BINS)})
+        rec.end_epoch(1)
+        rec.close()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_gather(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    q = load_scores(tmp_path).queries
+    assert len(q["pos"]) == 4 + 4 + 4 + 4 + 4 + 3
+    for rank in (0, 1):
+        mine = q["rank"] == rank
+        np.testing.assert_allclose(q["pos"][mine & (q["step"] == 2)], 0.1 * rank + 0.02)
+        np.testing.assert_allclose(q["neg_mean"][mine], -0.5 + rank * 0.5)
+    hist = load_histograms(tmp_path)
+    neg = hist.counts[0, 0, 0, 1]
+    assert neg.sum() == 23 * 5
+    assert neg[np.searchsorted(hist.edges, -0.5, side="right") - 1] == 12 * 5
+    assert hist.counts[0, 0, 0, 0].sum() == 23
