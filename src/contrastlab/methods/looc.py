@@ -1,0 +1,257 @@
+"""LooC / LooC++: leave-one-out contrastive learning (Xiao et al., ICLR 2021; docs/looc.md).
+
+Reading guide, next to the paper:
+  1. views (``data/looc_views.py``): query q, key k0 (everything redrawn) and one key k_i per atomic
+     augmentation i that shares only augmentation i's parameters with q;
+  2. network (``LoocEncoder``): a shared backbone and n + 1 MLP heads giving the spaces
+     Z_0 (invariant to every augmentation) and Z_i (sensitive to augmentation i); LooC++ gives each
+     head its own copy of the last backbone stage; a momentum copy of all of it encodes the keys;
+  3. loss (``looc_loss``, the paper's Eq. 2): in Z_0 the positive is k0 and the negatives are
+     queue 0; in Z_i the positive is k_i and the negatives are queue i plus the same image's other
+     keys k_j (j != i), which differ from q in augmentation i;
+  4. queues: one per space; after the step k0 enters queue 0 and k_i enters queue i (the key that
+     is the positive in that space), gathered from every process under DDP.
+The keys go through the key encoder only, in one batched forward without gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastlab import distributed
+from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig
+from contrastlab.errors import UserError
+from contrastlab.methods.moco import (
+    StepOutput,
+    enqueue,
+    make_momentum_copy,
+    momentum_update,
+    random_unit_queue,
+)
+from contrastlab.models import build_backbone, build_head
+from contrastlab.models.split_bn import split_bn_layer
+from contrastlab.scores import ScoreStats, score_stats
+from contrastlab.transforms.feature import transform_features
+
+Z0 = "z0"
+
+
+def _trunk(net: nn.Module, x: Tensor) -> Tensor:
+    """A torchvision ResNet up to and including layer3 (LooC++'s shared part)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer3(net.layer2(net.layer1(x)))
+
+
+class LoocEncoder(nn.Module):
+    """Backbone and ``num_heads`` projection heads; ``forward`` returns ``[num_heads, B, dim]`` unit vectors.
+
+    LooC: every head reads the pooled backbone output V. LooC++ (``plus_plus``): conv1..layer3 are
+    shared and head i > 0 reads its own copy of layer4 (``branches[i - 1]``, initialized from the
+    shared one); head 0 reads the backbone's own layer4, so ``backbone`` stays a complete
+    torchvision ResNet (fc = Identity) whose output is the Z_0 branch's pooled layer4.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_heads: int, plus_plus: bool):
+        super().__init__()
+        self.plus_plus = plus_plus
+        self.backbone, self.feature_dim = build_backbone(cfg, norm_layer=split_bn_layer(cfg.bn_splits))
+        self.heads = nn.ModuleList(build_head(cfg, self.feature_dim) for _ in range(num_heads))
+        self.branches = nn.ModuleList()
+        if plus_plus:
+            for _ in range(num_heads - 1):
+                # starts as the shared layer4, then trains on its own
+                self.branches.append(copy.deepcopy(self.backbone.layer4))
+
+    def pooled(self, x: Tensor) -> list[Tensor]:
+        """The pooled feature vector each head reads: one shared V (LooC) or one per head (LooC++)."""
+        if not self.plus_plus:
+            return [self.backbone(x)]
+        h = _trunk(self.backbone, x)
+        stages = [self.backbone.layer4, *self.branches]
+        return [torch.flatten(self.backbone.avgpool(stage(h)), 1) for stage in stages]
+
+    def project(self, pooled: list[Tensor]) -> Tensor:
+        if len(pooled) == 1:
+            pooled = pooled * len(self.heads)
+        return torch.stack([F.normalize(head(v), dim=1) for head, v in zip(self.heads, pooled)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.pooled(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss (Eq. 2) for given embeddings: a pure function, so it can be checked on its own.
+# ----------------------------------------------------------------------------------------------
+
+
+def looc_loss(
+    zq: Tensor,
+    zk: Tensor,
+    queues: Tensor,
+    temperature: float,
+    ft: FTConfig | None = None,
+    epoch: int = 0,
+    spaces: tuple[str, ...] | None = None,
+    scores: ScoresConfig | None = None,
+) -> tuple[Tensor, dict[tuple[str, str], ScoreStats]]:
+    """Eq. 2 of the paper, averaged over the batch.
+
+    ``zq`` [S, B, d]: query embeddings in each space (S = n + 1, space 0 = Z_0).
+    ``zk`` [S, S, B, d]: ``zk[i, j]`` = key k_j embedded in space i by the key encoder.
+    ``queues`` [S, K, d]: the negatives of each space (read only).
+
+    Space 0: logits [q·k0, q·queue_0] / T. Space i: [q·k_i, q·k_j (j != i), q·queue_i] / T; the
+    cross-entropy with label 0 is -log E_ii / (sum_j E_ij + N_i). The loss is the mean over the
+    n + 1 spaces. Feature Transformation, when on, acts in every space on (q, k_i, queue_i); the
+    same image's other keys are scored against the transformed query as they are.
+    """
+    num_spaces = zq.shape[0]
+    spaces = spaces or tuple(f"z{i}" for i in range(num_spaces))
+    ft = ft or FTConfig()
+    loss_dtype = torch.float64 if zq.dtype == torch.float64 else torch.float32
+    total = zq.new_zeros((), dtype=loss_dtype)
+    stats: dict[tuple[str, str], ScoreStats] = {}
+    for i in range(num_spaces):
+        q = zq[i]
+        k = zk[i, i].to(q.dtype)
+        negatives = queues[i].to(q.dtype)
+        others = zk[i, [j for j in range(num_spaces) if j != i]].to(q.dtype) if i > 0 else None  # [n, B, d]
+        q_hat, k_hat, n_hat = transform_features(q, k, negatives, ft, epoch)
+        l_pos = torch.einsum("bc,bc->b", q_hat, k_hat)
+        l_neg = torch.einsum("bc,kc->bk", q_hat, n_hat)
+        if others is not None:
+            l_neg = torch.cat([torch.einsum("bc,jbc->bj", q_hat, others), l_neg], dim=1)
+        logits = torch.cat([l_pos[:, None], l_neg], dim=1) / temperature
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        total = total + F.cross_entropy(logits.to(loss_dtype), labels)
+        if scores is not None and scores.record:
+            transformed = not (q_hat is q and k_hat is k and n_hat is negatives)
+            stats.update(_space_stats(spaces[i], q, k, negatives, others, l_pos, l_neg, transformed, scores))
+    return total / num_spaces, stats
+
+
+def _space_stats(space, q, k, negatives, others, l_pos, l_neg, transformed, sc: ScoresConfig) -> dict:
+    """Raw (cosine, before FT) and effective (in the loss) scores; negatives = other keys + queue."""
+    eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high)
+    if not transformed:
+        raw = eff
+    else:
+        with torch.no_grad():
+            neg = q @ negatives.T
+            if others is not None:
+                neg = torch.cat([torch.einsum("bc,jbc->bj", q, others), neg], dim=1)
+            raw = score_stats((q * k).sum(1), neg, sc.bins, sc.low, sc.high)
+    return {(space, "raw"): raw, (space, "effective"): eff}
+
+
+# ----------------------------------------------------------------------------------------------
+# The method
+# ----------------------------------------------------------------------------------------------
+
+
+class LooC(nn.Module):
+    """LooC / LooC++ with a momentum key encoder and one queue per embedding space.
+
+    ``queue`` [n + 1, K, dim] and ``queue_ptr`` [n + 1] are buffers (row s = space ``spaces[s]``),
+    saved in checkpoints like MoCo's.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.augmentations = tuple(cfg.looc.augmentations)
+        self.plus_plus = cfg.looc.plus_plus
+        self.spaces = (Z0, *self.augmentations)
+        self.feature_spaces = ("backbone", *self.spaces) + (("concat",) if self.plus_plus else ())
+        self.num_views = len(self.augmentations) + 2  # q, k0, k_1..k_n
+        num_spaces = len(self.spaces)
+        self.encoder_q = LoocEncoder(cfg.model, num_spaces, self.plus_plus)
+        self.encoder_k = make_momentum_copy(self.encoder_q)
+        queue = torch.stack([random_unit_queue(cfg.moco.queue_size, cfg.model.dim) for _ in range(num_spaces)])
+        self.register_buffer("queue", queue)
+        self.register_buffer("queue_ptr", torch.zeros(num_spaces, dtype=torch.long))
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query backbone: a torchvision ResNet with fc = Identity (for LooC++ the Z_0 branch)."""
+        return self.encoder_q.backbone
+
+    # -- the training step ------------------------------------------------------------------
+    def forward(self, views: list[Tensor], epoch: int = 0) -> StepOutput:
+        if len(views) != self.num_views:
+            raise ValueError(f"LooC with {list(self.augmentations)} needs {self.num_views} views "
+                             f"[q, k0, k_1..k_n], got {len(views)}")
+        momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
+        zq = self.encoder_q(views[0])  # [S, B, d]
+        zk = self.encode_keys(views[1:]).to(zq.dtype)  # [S spaces, S key views, B, d]
+        negatives = self.queue.clone()  # the queues change in place after this step
+        loss, stats = looc_loss(zq, zk, negatives, self.cfg.moco.temperature, self.cfg.ft, epoch,
+                                self.spaces, self.cfg.scores)
+        self.enqueue_keys(zk)
+        return StepOutput(loss=loss, scores=stats)
+
+    @torch.no_grad()
+    def encode_keys(self, key_views: list[Tensor]) -> Tensor:
+        """All keys through the key encoder in one batch: ``[S, S, B, d]``, [space, key view]."""
+        b = key_views[0].shape[0]
+        x = torch.cat(key_views)
+        # As in MoCo: shuffle BN across processes under DDP, a local shuffle for split BN.
+        model = self.cfg.model
+        if model.shuffle_bn and (distributed.is_distributed() or model.bn_splits > 1):
+            x, undo = distributed.shuffle_batch(x)
+            z = distributed.unshuffle_batch(self.encoder_k(x).transpose(0, 1), undo).transpose(0, 1)
+        else:
+            z = self.encoder_k(x)
+        return z.reshape(z.shape[0], len(key_views), b, z.shape[-1])
+
+    @torch.no_grad()
+    def enqueue_keys(self, zk: Tensor) -> None:
+        """Queue s receives the key that was the positive in space s: k0 -> queue 0, k_i -> queue i."""
+        num_spaces = zk.shape[0]
+        positives = torch.stack([zk[s, s] for s in range(num_spaces)], dim=1)  # [B, S, d]
+        positives = distributed.gather_cat(positives.contiguous())
+        for s in range(num_spaces):
+            enqueue(self.queue[s], self.queue_ptr[s], positives[:, s])
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, x: Tensor, space: str = "backbone") -> Tensor:
+        """Frozen features of the query encoder.
+
+        "backbone": pooled backbone output V (LooC++: the Z_0 branch's pooled layer4); "z0",
+        "color", ...: the unit-norm embedding of that space; "concat" (LooC++ only): the n + 1
+        pooled layer4 outputs side by side, the paper's LooC++ feature.
+        """
+        enc = self.encoder_q
+        if space == "backbone":
+            return enc.backbone(x)
+        if space == "concat" and self.plus_plus:
+            return torch.cat(enc.pooled(x), dim=1)
+        if space in self.spaces:
+            i = self.spaces.index(space)
+            pooled = enc.pooled(x)
+            v = pooled[i] if self.plus_plus else pooled[0]
+            return F.normalize(enc.heads[i](v), dim=1)
+        raise ValueError(f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}")
+
+    def feature_dim(self, space: str) -> int:
+        if space == "backbone":
+            return self.encoder_q.feature_dim
+        if space == "concat" and self.plus_plus:
+            return self.encoder_q.feature_dim * len(self.spaces)
+        if space in self.spaces:
+            return self.cfg.model.dim
+        raise ValueError(f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}")
+
+
+def build_looc(cfg: Config) -> LooC:
+    if not cfg.looc.augmentations:
+        raise UserError("looc.augmentations is empty; name at least one of color, rotation, texture")
+    if cfg.moco.symmetric:
+        raise UserError("moco.symmetric=true is not defined for LooC (the keys k_i are tied to the "
+                        "query view); set moco.symmetric=false")
+    return LooC(cfg)

@@ -1,0 +1,221 @@
+"""LooC / LooC++: Eq. 2 against a naive reference, per-space queues, gradients, feature spaces."""
+
+import math
+
+import pytest
+import torch
+
+from contrastlab.config import load_config
+from contrastlab.errors import UserError
+from contrastlab.methods import build_method
+from contrastlab.methods.looc import LooC, build_looc, looc_loss
+
+B, SIZE = 4, 16
+
+
+def tiny_cfg(augs=("color", "rotation"), plus_plus=False, *extra):
+    return load_config(None, [
+        "method=looc", f"looc.augmentations=[{','.join(augs)}]", f"looc.plus_plus={str(plus_plus).lower()}",
+        "model.backbone=resnet18", "model.width=0.125", "model.cifar_stem=true", "model.head=mlp",
+        "model.head_hidden=16", "model.dim=8", "model.bn_splits=1", "moco.queue_size=10",
+        "moco.temperature=0.2", "moco.momentum=0.99", "data.image_size=16", *extra,
+    ])
+
+
+def make_views(n_aug, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, 3, SIZE, SIZE, generator=g) for _ in range(n_aug + 2)]
+
+
+def unit(*shape, g):
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def naive_loss(zq, zk, queues, tau):
+    """Eq. 2 with explicit loops: E_ij = exp(z_i(q)·z_i(k_j)/τ), N_i = Σ_queue exp(z_i(q)·n/τ)."""
+    num_spaces, batch = zq.shape[0], zq.shape[1]
+    total = 0.0
+    for b in range(batch):
+        per_image = 0.0
+        for i in range(num_spaces):
+            q = [float(v) for v in zq[i, b]]
+            dot = lambda u: sum(a * c for a, c in zip(q, [float(v) for v in u]))
+            e = [math.exp(dot(zk[i, j, b]) / tau) for j in range(num_spaces)]
+            n_i = sum(math.exp(dot(queues[i, m]) / tau) for m in range(queues.shape[1]))
+            if i == 0:
+                per_image += math.log(e[0] / (e[0] + n_i))
+            else:
+                per_image += math.log(e[i] / (sum(e) + n_i))
+        total += -per_image / num_spaces
+    return total / batch
+
+
+def test_loss_matches_naive_eq2():
+    g = torch.Generator().manual_seed(0)
+    s, d, k = 4, 5, 7  # n = 3 atomic augmentations
+    zq, zk, queues = unit(s, B, d, g=g), unit(s, s, B, d, g=g), unit(s, k, d, g=g)
+    loss, stats = looc_loss(zq, zk, queues, 0.2)
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(naive_loss(zq, zk, queues, 0.2), rel=1e-12)
+    assert stats == {}
+
+
+def test_model_loss_matches_reference_and_stats():
+    for plus_plus in (False, True):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(("color", "rotation", "texture"), plus_plus)
+        model = LooC(cfg).eval()  # running BN statistics: each view encodes independently of the batch
+        views = make_views(3)
+        queues = model.queue.clone().double()
+        out = model(views)
+        with torch.no_grad():
+            zq = model.encoder_q(views[0]).double()
+            zk = torch.stack([model.encoder_k(v) for v in views[1:]], dim=1).double()
+        assert out.loss.item() == pytest.approx(naive_loss(zq, zk, queues, 0.2), rel=1e-5)
+        assert set(out.scores) == {(s, st) for s in ("z0", "color", "rotation", "texture")
+                                   for st in ("raw", "effective")}
+        # negatives for the statistics: queue only in Z_0; queue + the other 3 keys in Z_i
+        assert out.scores[("z0", "raw")].neg_hist.sum().item() == B * 10
+        assert out.scores[("color", "raw")].neg_hist.sum().item() == B * (10 + 3)
+        assert torch.allclose(out.scores[("color", "raw")].pos.double(), (zq[1] * zk[1, 1]).sum(1), atol=1e-5)
+
+
+def test_feature_transformation_in_every_space():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(("color", "rotation"), False, "ft.pos=extrapolate", "ft.neg=interpolate")
+    model = LooC(cfg)
+    out = model(make_views(2))
+    assert torch.isfinite(out.loss)
+    for space in ("z0", "color", "rotation"):
+        raw, eff = out.scores[(space, "raw")], out.scores[(space, "effective")]
+        assert raw is not eff
+        assert (eff.pos <= raw.pos + 1e-5).all()  # extrapolation makes positives harder
+
+
+def test_queue_per_space_with_wraparound():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(("color", "texture"), False, "moco.queue_size=6")
+    model = LooC(cfg).eval()
+    first, second = make_views(2, 1), make_views(2, 2)
+    before = model.queue.clone()
+    model(first)
+    with torch.no_grad():
+        keys1 = model.encode_keys(first[1:])
+    for s in range(3):
+        assert torch.allclose(model.queue[s, :4], keys1[s, s], atol=1e-6)  # k_s entered queue s
+        assert torch.equal(model.queue[s, 4:], before[s, 4:])
+    assert model.queue_ptr.tolist() == [4, 4, 4]
+    model(second)
+    with torch.no_grad():
+        keys2 = model.encode_keys(second[1:])
+    for s in range(3):
+        assert torch.allclose(model.queue[s, 4:], keys2[s, s, :2], atol=1e-6)
+        assert torch.allclose(model.queue[s, :2], keys2[s, s, 2:], atol=1e-6)
+        assert torch.allclose(model.queue[s, 2:4], keys1[s, s, 2:], atol=1e-6)
+    assert model.queue_ptr.tolist() == [2, 2, 2]
+    assert {"queue", "queue_ptr"} <= set(model.state_dict())
+    # different spaces hold different keys
+    assert not torch.allclose(model.queue[1, :2], model.queue[2, :2])
+
+
+def test_no_gradient_to_keys_or_key_encoder():
+    torch.manual_seed(0)
+    model = LooC(tiny_cfg(("color", "rotation"), True))
+    views = [v.requires_grad_(True) for v in make_views(2)]
+    out = model(views)
+    out.loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.encoder_k.parameters())
+    assert views[0].grad is not None
+    assert all(v.grad is None for v in views[1:])  # keys never enter the graph
+    named = dict(model.encoder_q.named_parameters())
+    assert all(p.grad is not None for n, p in named.items() if "heads" in n or "branches" in n)
+    assert model.encode_keys(views[1:]).requires_grad is False
+
+
+def test_momentum_update_moves_key_encoder():
+    torch.manual_seed(0)
+    model = LooC(tiny_cfg(("color",)))
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(1.0)
+    k_before = [p.clone() for p in model.encoder_k.parameters()]
+    model(make_views(1))
+    for pk, pq, old in zip(model.encoder_k.parameters(), model.encoder_q.parameters(), k_before):
+        assert torch.allclose(pk, 0.99 * old + 0.01 * pq, atol=1e-6)
+
+
+def test_looc_plus_plus_layer4_copies_are_independent():
+    torch.manual_seed(0)
+    model = LooC(tiny_cfg(("color", "rotation"), True))
+    enc = model.encoder_q
+    stages = [enc.backbone.layer4, *enc.branches]
+    assert len(stages) == 3
+    ptrs = {p.data_ptr() for st in stages for p in st.parameters()}
+    assert len(ptrs) == sum(1 for st in stages for _ in st.parameters())  # no shared storage
+    for st in enc.branches:  # initialized from the shared stage
+        for a, b in zip(st.parameters(), enc.backbone.layer4.parameters()):
+            assert torch.equal(a, b)
+    opt = torch.optim.SGD(enc.parameters(), lr=0.5)
+    model(make_views(2)).loss.backward()
+    opt.step()
+    w = [next(st.parameters()) for st in stages]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    # the key encoder has its own copies too
+    assert len(model.encoder_k.branches) == 2
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+def test_feature_spaces_and_dims(plus_plus):
+    torch.manual_seed(0)
+    model = build_method(tiny_cfg(("color", "rotation"), plus_plus)).eval()
+    assert isinstance(model, LooC) and model.num_views == 4
+    assert model.spaces == ("z0", "color", "rotation")
+    expected = ("backbone", "z0", "color", "rotation") + (("concat",) if plus_plus else ())
+    assert model.feature_spaces == expected
+    x = torch.randn(3, 3, SIZE, SIZE)
+    feat = model.encoder_q.feature_dim  # 64 for resnet18 at width 0.125
+    assert feat == 64
+    for space in model.feature_spaces:
+        f = model.features(x, space)
+        assert f.shape == (3, model.feature_dim(space))
+    if plus_plus:
+        assert model.feature_dim("concat") == 3 * feat
+        # "backbone" is the Z_0 branch; "concat" starts with it
+        assert torch.allclose(model.features(x, "concat")[:, :feat], model.features(x, "backbone"))
+    assert torch.allclose(model.features(x, "color").norm(dim=1), torch.ones(3))
+    assert model.backbone(x).shape == (3, feat)
+    with pytest.raises(ValueError):
+        model.features(x, "texture")
+
+
+def test_build_rejects_symmetric_and_wrong_view_count():
+    with pytest.raises(UserError):
+        build_looc(tiny_cfg(("color",), False, "moco.symmetric=true"))
+    model = build_looc(tiny_cfg(("color",)))
+    with pytest.raises(ValueError):
+        model(make_views(2))
+
+
+def test_split_bn_training_step():
+    torch.manual_seed(0)
+    model = LooC(tiny_cfg(("rotation",), False, "model.bn_splits=2", "optim.batch_size=4"))
+    out = model(make_views(1))
+    assert torch.isfinite(out.loss)
+
+
+PRESETS = {
+    "color": ["color"], "rotation": ["rotation"], "texture": ["texture"],
+    "color_rotation": ["color", "rotation"], "all": ["color", "rotation", "texture"],
+}
+
+
+@pytest.mark.parametrize("suffix", list(PRESETS))
+def test_presets(suffix):
+    for prefix, plus_plus in (("looc", False), ("loocpp", True)):
+        cfg = load_config(f"{prefix}_{suffix}")
+        assert cfg.method == "looc" and cfg.name == f"{prefix}_{suffix}"
+        assert cfg.looc.augmentations == PRESETS[suffix] and cfg.looc.plus_plus is plus_plus
+        assert cfg.moco.temperature == 0.2 and cfg.model.head == "mlp" and not cfg.moco.symmetric
+    tiny = load_config(f"loocpp_{suffix}", ["model.width=0.0625", "model.head_hidden=8", "moco.queue_size=8"])
+    assert build_method(tiny).num_views == len(PRESETS[suffix]) + 2
