@@ -183,7 +183,8 @@ def test_negative_mixing_matches_naive_loop_and_leaves_queue_alone(granularity):
         expected[j] = lj * queue[j] + (1 - lj) * queue[out.perm[j]]
     torch.testing.assert_close(out.negatives, expected, rtol=0, atol=1e-15)
     # The same permutation through the pure function.
-    torch.testing.assert_close(interpolate_negatives(queue, lam, out.perm), expected, rtol=0, atol=0)
+    again = interpolate_negatives(queue, lam, out.perm)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
 
 
 def test_negative_mixing_alone_keeps_positives():
@@ -304,7 +305,8 @@ class _RecordDevices(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         flat = result if isinstance(result, (tuple, list)) else [result]
-        self.outputs += [(str(func), t.device, t.numel()) for t in flat if isinstance(t, torch.Tensor)]
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        self.outputs += [(str(func), t.device, t.numel()) for t in tensors]
         return result
 
 

@@ -62,7 +62,7 @@ class FTOutput:
         return self.q, self.k, self.negatives
 
     def log_values(self) -> dict[str, Tensor]:
-        """Mean λ of each active side as 0-dim device tensors (call ``.item()`` only when logging)."""
+        """Mean λ of each active side, as 0-dim device tensors (``.item()`` them when logging)."""
         out = {}
         if self.lam_pos is not None:
             out["ft/lam_pos"] = self.lam_pos.detach().mean()
@@ -114,7 +114,7 @@ def sample_beta(
     concentration = torch.full((2, *shape), float(alpha), device=device, dtype=dtype)
     x, y = torch._standard_gamma(concentration, generator=generator).unbind(0)
     total = x + y
-    # Both draws can underflow to 0 for a tiny α; Beta(α, α) is symmetric, so 0.5 is a fair fallback.
+    # Both draws can underflow to 0 for a tiny α; Beta(α, α) is symmetric, so 0.5 is fair.
     return torch.where(total > 0, x / total.clamp_min(torch.finfo(dtype).tiny), 0.5)
 
 
