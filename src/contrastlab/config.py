@@ -62,7 +62,7 @@ class ModelConfig:
     head_hidden: int = 2048
     dim: int = 128
     bn_splits: int = 1  # split batch norm on one device (the CIFAR reference uses 8); 1 = plain BN
-    shuffle_bn: bool = True  # under DDP: shuffle keys across processes before the key encoder
+    shuffle_bn: bool = True  # shuffle keys before the key encoder: across processes under DDP, within the batch with split BN
 
 
 @dataclass

@@ -133,8 +133,10 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def encode_keys(self, x_k: Tensor) -> Tensor:
-        shuffle = distributed.is_distributed() and self.cfg.model.shuffle_bn
-        if shuffle or self.cfg.model.bn_splits > 1:
+        # Shuffle BN across processes under DDP; on one device, split BN needs a local shuffle
+        # so that a query and its key land in different sub-batches.
+        model = self.cfg.model
+        if model.shuffle_bn and (distributed.is_distributed() or model.bn_splits > 1):
             x_k, undo = distributed.shuffle_batch(x_k)
             return distributed.unshuffle_batch(self.encoder_k(x_k), undo)
         return self.encoder_k(x_k)

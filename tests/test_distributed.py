@@ -1,0 +1,119 @@
+"""Two processes on the CPU (gloo): MoCo under DDP agrees with one process on the global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from contrastlab import distributed
+from contrastlab.methods.moco import MoCo
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def global_batches(steps: int, batch: int):
+    g = torch.Generator().manual_seed(123)
+    return [(torch.randn(batch, 3, 16, 16, generator=g), torch.randn(batch, 3, 16, 16, generator=g))
+            for _ in range(steps)]
+
+
+def _worker(rank: int, port: int, configs: dict, steps: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        for name, cfg in configs.items():
+            _train_steps(rank, cfg, steps, os.path.join(out_dir, f"{name}-rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_steps(rank: int, cfg, steps: int, out_file: str) -> None:
+    # The shuffle-BN permutation must be undone exactly: local rows come back in local order.
+    local = torch.arange(6.0).view(3, 2) + 100 * rank
+    shuffled, undo = distributed.shuffle_batch(local)
+    restored = distributed.unshuffle_batch(shuffled, undo)
+
+    torch.manual_seed(0)
+    model = MoCo(cfg)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    losses = []
+    for x_q, x_k in global_batches(steps, cfg.optim.batch_size):
+        # rank r holds the samples r, r + 2, ... (the sub-batches of split BN with 2 splits)
+        out = ddp([x_q[rank::WORLD], x_k[rank::WORLD]])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    torch.save({"restored": restored, "local": local, "shuffled": shuffled, "losses": losses,
+                "queue": model.queue.clone(), "ptr": model.queue_ptr.clone(),
+                "params": [p.detach().clone() for p in model.encoder_q.parameters()]},
+               out_file)
+
+
+COMMON = ["moco.queue_size=20", "optim.batch_size=8"]
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """One pair of processes runs every configuration below (starting processes is the slow part)."""
+    from contrastlab.config import load_config
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("ddp")
+    configs = {
+        "shuffle": load_config("moco_v2_cifar", [*TINY, *COMMON, "model.bn_splits=1", "model.shuffle_bn=true"]),
+        "plain": load_config("moco_v2_cifar", [*TINY, *COMMON, "model.bn_splits=1", "model.shuffle_bn=false"]),
+    }
+    mp.spawn(_worker, args=(free_port(), configs, STEPS, str(out)), nprocs=WORLD, join=True)
+    return {name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(WORLD)]
+            for name in configs}
+
+
+@pytest.mark.parametrize("name", ["shuffle", "plain"])
+def test_ddp_queues_identical_and_shuffle_undone(ddp_runs, name):
+    ranks = ddp_runs[name]
+    for r in ranks:
+        torch.testing.assert_close(r["restored"], r["local"])
+    # the shuffled rows are a permutation of the global batch, split across the processes
+    all_rows = torch.cat([r["shuffled"] for r in ranks])[:, 0].sort().values
+    torch.testing.assert_close(all_rows, torch.cat([r["local"] for r in ranks])[:, 0].sort().values)
+    torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"], rtol=0, atol=0)
+    assert int(ranks[0]["ptr"]) == int(ranks[1]["ptr"]) == (STEPS * 8) % 20
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_ddp_loss_equals_single_process_on_global_batch(ddp_runs, tiny_config):
+    """Without key shuffling, DDP with per-process BN is split BN with one split per process."""
+    ranks = ddp_runs["plain"]
+    single_cfg = tiny_config("model.bn_splits=2", "model.shuffle_bn=false", *COMMON)
+    torch.manual_seed(0)
+    model = MoCo(single_cfg)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for step, (x_q, x_k) in enumerate(global_batches(STEPS, 8)):
+        out = model([x_q, x_k])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        ddp_loss = sum(r["losses"][step] for r in ranks) / WORLD
+        assert out.loss.item() == pytest.approx(ddp_loss, rel=1e-5, abs=1e-6)
+    for a, b in zip(model.encoder_q.parameters(), ranks[0]["params"]):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-5)
+    # the last step's keys entered the same slots (in rank order under DDP, batch order here)
+    slots = [(16 + i) % 20 for i in range(8)]
+    torch.testing.assert_close(model.queue[slots].sort(dim=0).values,
+                               ranks[0]["queue"][slots].sort(dim=0).values, rtol=1e-4, atol=1e-5)
