@@ -219,3 +219,78 @@ def test_presets(suffix):
         assert cfg.moco.temperature == 0.2 and cfg.model.head == "mlp" and not cfg.moco.symmetric
     tiny = load_config(f"loocpp_{suffix}", ["model.width=0.0625", "model.head_hidden=8", "moco.queue_size=8"])
     assert build_method(tiny).num_views == len(PRESETS[suffix]) + 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Two processes (gloo, CPU): DDP with per-process BN equals split BN with one split per process.
+# ----------------------------------------------------------------------------------------------
+
+
+def looc_global_batches(steps: int, batch: int, n_views: int):
+    g = torch.Generator().manual_seed(7)
+    return [[torch.randn(batch, 3, 16, 16, generator=g) for _ in range(n_views)] for _ in range(steps)]
+
+
+def _looc_worker(rank: int, port: int, cfgs: dict, steps: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        result = {}
+        for name, cfg in cfgs.items():
+            torch.manual_seed(0)
+            model = LooC(cfg)
+            ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+            losses = []
+            for views in looc_global_batches(steps, cfg.optim.batch_size, model.num_views):
+                out = ddp([v[rank::2] for v in views])  # rank r holds samples r, r + 2, ...
+                opt.zero_grad()
+                out.loss.backward()
+                opt.step()
+                losses.append(out.loss.item())
+            result[name] = {"losses": losses, "queue": model.queue.clone(), "ptr": model.queue_ptr.clone(),
+                            "params": [p.detach().clone() for p in model.encoder_q.parameters()]}
+        torch.save(result, os.path.join(out_dir, f"looc_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes(tiny_config, tmp_path):
+    import torch.multiprocessing as mp
+    from test_distributed import free_port
+
+    common = ["method=looc", "looc.augmentations=[color,rotation]", "looc.plus_plus=true",
+              "moco.queue_size=20", "optim.batch_size=8"]
+    cfgs = {"plain": tiny_config("model.bn_splits=1", "model.shuffle_bn=false", *common),
+            "shuffled": tiny_config("model.bn_splits=1", "model.shuffle_bn=true", *common)}
+    mp.spawn(_looc_worker, args=(free_port(), cfgs, 2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"looc_rank{r}.pt", weights_only=True) for r in range(2)]
+
+    for name in cfgs:  # every process holds the same queues (gathered keys) and parameters
+        a, b = ranks[0][name], ranks[1][name]
+        torch.testing.assert_close(a["queue"], b["queue"], rtol=0, atol=0)
+        assert a["ptr"].tolist() == b["ptr"].tolist() == [(2 * 8) % 20] * 3
+        for pa, pb in zip(a["params"], b["params"]):
+            torch.testing.assert_close(pa, pb)
+
+    # one process, the global batch, split BN with two splits: the same training
+    torch.manual_seed(0)
+    model = LooC(tiny_config("model.bn_splits=2", "model.shuffle_bn=false", *common))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for step, views in enumerate(looc_global_batches(2, 8, model.num_views)):
+        out = model(views)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        ddp_loss = sum(r["plain"]["losses"][step] for r in ranks) / 2
+        assert out.loss.item() == pytest.approx(ddp_loss, rel=1e-5, abs=1e-6)
+    for a, b in zip(model.encoder_q.parameters(), ranks[0]["plain"]["params"]):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-5)
+    # per space, the same keys entered the queue (rank order under DDP, batch order here)
+    torch.testing.assert_close(model.queue.sort(dim=1).values, ranks[0]["plain"]["queue"].sort(dim=1).values,
+                               rtol=1e-4, atol=1e-5)
