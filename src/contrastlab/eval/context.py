@@ -1,0 +1,180 @@
+"""What every evaluation command shares: the model, its data, transforms and feature extraction."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+
+from contrastlab.errors import UserError
+from contrastlab.eval.features import extract_features, feature_cache_parts
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+class WithTransform(Dataset):
+    """A view of a dataset with another transform; the underlying images are shared, not copied."""
+
+    def __init__(self, base: Dataset, transform: Callable | None):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+def subset_indices(n: int, limit: int | None, seed: int) -> list[int] | None:
+    """A fixed random subset of ``limit`` indices (sorted), or None for all of them."""
+    if limit is None or limit >= n:
+        return None
+    if limit < 1:
+        raise UserError(f"a sample limit must be at least 1, got {limit}")
+    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """A loaded checkpoint plus the options common to every protocol."""
+
+    model: nn.Module
+    cfg: Any  # contrastlab.config.Config of the checkpoint
+    checkpoint: Path | None
+    data_cfg: Any  # the evaluation dataset's DataConfig (the checkpoint's own by default)
+    space: str = "backbone"
+    device: str = "cpu"
+    batch_size: int = 256
+    num_workers: int = 0
+    cache: str | None = None
+    progress: bool = True
+    norm: str = "checkpoint"  # "checkpoint": the training statistics; "target": the dataset's own
+    max_train: int | None = None
+    max_test: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        self._raw: dict[str, Dataset] = {}
+        if self.space not in getattr(self.model, "feature_spaces", ("backbone",)):
+            raise UserError(f"feature space '{self.space}' does not exist for this model; valid "
+                            f"spaces: {', '.join(self.model.feature_spaces)}")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, dataset: str | None = None,
+                        data_path: str | None = None, device: str = "auto", **kwargs) -> "EvalContext":
+        from contrastlab.checkpoint import load_model
+
+        device = resolve_device(device)
+        model, cfg = load_model(path, device)
+        data_cfg = dataclasses.replace(cfg.data)
+        if dataset is not None and dataset != data_cfg.name:
+            data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
+        elif data_path is not None:
+            data_cfg = dataclasses.replace(data_cfg, path=data_path)
+        if data_cfg.name == "imagefolder" and not data_cfg.path:
+            raise UserError("--dataset imagefolder needs --data-path DIR")
+        if kwargs.get("num_workers") is None:
+            kwargs["num_workers"] = data_cfg.num_workers
+        return cls(model=model, cfg=cfg, checkpoint=Path(path), data_cfg=data_cfg, device=device,
+                   **kwargs)
+
+    # -- data ----------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.cfg.data.image_size)
+
+    def raw(self, split: str) -> Dataset:
+        """The split's dataset yielding raw images (uint8 tensors or PIL), loaded once."""
+        if split not in self._raw:
+            from contrastlab.data.datasets import build_dataset
+
+            ds = build_dataset(self.data_cfg, split, None)
+            if not ds.num_classes or bool((ds.labels < 0).all()):
+                raise UserError(f"the {split} split of dataset '{self.data_cfg.name}' has no labels; "
+                                "evaluation needs class labels (class subfolders for imagefolder)")
+            self._raw[split] = ds
+        return self._raw[split]
+
+    def num_classes(self) -> int:
+        return int(self.raw("train").num_classes)
+
+    def stats(self, ds: Dataset) -> tuple[tuple, tuple]:
+        """Normalization statistics: the training dataset's (default) or the target's own."""
+        if self.norm == "target":
+            return ds.mean, ds.std
+        from contrastlab.data.datasets import dataset_stats
+
+        if self.cfg.data.name == self.data_cfg.name == "imagefolder" and \
+                self.cfg.data.path == self.data_cfg.path:
+            return ds.mean, ds.std
+        return dataset_stats(self.cfg.data.name, self.cfg.data.image_size)
+
+    def eval_transform(self, ds: Dataset) -> Callable:
+        from contrastlab.data.augment import build_eval_transform
+
+        mean, std = self.stats(ds)
+        return build_eval_transform(self.image_size, mean, std, ds.image_size)
+
+    def train_transform(self, ds: Dataset) -> Callable:
+        """Crop + flip for MoCo's linear protocol. Small images (<= 96 px): pad-and-crop, as is
+        usual on CIFAR; larger: RandomResizedCrop (scale 0.08–1) as on ImageNet."""
+        from contrastlab.data.augment import SMALL_IMAGE
+
+        mean, std = self.stats(ds)
+        size = self.image_size
+        if ds.image_size is not None and ds.image_size <= SMALL_IMAGE:
+            steps = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
+                     v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect")]
+        else:
+            steps = [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True)]
+        return v2.Compose(steps + [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                                   v2.Normalize(list(mean), list(std)), v2.ToPureTensor()])
+
+    def indices(self, split: str) -> list[int] | None:
+        limit = self.max_train if split == "train" else self.max_test
+        return subset_indices(len(self.raw(split)), limit, self.seed)
+
+    def view(self, split: str, transform: Callable | None) -> Dataset:
+        ds = WithTransform(self.raw(split), transform)
+        idx = self.indices(split)
+        return ds if idx is None else Subset(ds, idx)
+
+    # -- features ------------------------------------------------------------------------------
+    def extract_kwargs(self) -> dict:
+        return {"batch_size": self.batch_size, "device": self.device, "num_workers": self.num_workers,
+                "progress": self.progress, "cache": self.cache}
+
+    def cache_parts(self, split: str, transform: Any, **extra: Any) -> dict | None:
+        if self.cache is None:
+            return None
+        return feature_cache_parts(self.checkpoint, self.data_cfg, split, transform, self.space,
+                                   limit=self.max_train if split == "train" else self.max_test,
+                                   subset_seed=self.seed, **extra)
+
+    def features(self, split: str) -> tuple[Tensor, Tensor]:
+        """Frozen features and labels of a split under the evaluation transform."""
+        transform = self.eval_transform(self.raw(split))
+        return extract_features(self.model, self.view(split, transform), self.space,
+                                desc=f"{split} features", cache_parts=self.cache_parts(split, transform),
+                                **self.extract_kwargs())
+
+    def describe(self) -> dict:
+        return {"checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "method": self.cfg.method, "run": self.cfg.name, "space": self.space,
+                "dataset": self.data_cfg.name, "data_path": self.data_cfg.path,
+                "image_size": self.image_size, "norm": self.norm,
+                "max_train": self.max_train, "max_test": self.max_test}

@@ -1,0 +1,65 @@
+"""Results as JSON (for the HTML report and scripts) and as markdown tables (for people)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def default_run_dir(checkpoint: str | os.PathLike) -> Path:
+    """The run directory of a checkpoint: ``runs/<name>/`` for ``runs/<name>/checkpoints/x.pt``."""
+    parent = Path(checkpoint).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def result_path(checkpoint: str | os.PathLike, protocol: str, out: str | None = None) -> Path:
+    """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report)."""
+    if out:
+        return Path(out)
+    return default_run_dir(checkpoint) / "eval" / f"{protocol}.json"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null; tensors and numpy scalars as numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(result: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pm(mean: float, ci: float | None) -> str:
+    """``mean ± ci`` for tables."""
+    if ci is None or (isinstance(ci, float) and not math.isfinite(ci)):
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(ci)}"

@@ -1,0 +1,103 @@
+"""Export a trained backbone for other tools: torchvision, Detectron2, safetensors.
+
+What is exported is the query encoder's backbone (``model.backbone``): a torchvision ``ResNet``
+whose classifier is ``nn.Identity``. For LooC++ that is the shared trunk with the invariant head's
+copy of ``layer4``. Projection heads, the momentum encoder and the queues are left out.
+
+* ``torchvision``: ``torch.save`` of a plain state dict with torchvision's key names and **no
+  ``fc`` keys** — a self-supervised model has no classifier, and a made-up one would load silently
+  and predict nonsense. Load it with::
+
+      net = torchvision.models.resnet18()
+      net.fc = torch.nn.Identity()                 # the backbone outputs pooled features
+      # CIFAR stem only (model.cifar_stem=true):
+      net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); net.maxpool = torch.nn.Identity()
+      net.load_state_dict(torch.load("backbone.pt", weights_only=True), strict=True)
+
+  To fine-tune a classifier instead, load with ``strict=False`` into a model with a new ``fc``
+  (then ``missing_keys`` is exactly ``["fc.weight", "fc.bias"]``). A width multiplier other than 1
+  changes the channel counts; build the same architecture (``contrastlab.models.build_backbone``).
+* ``detectron2``: a pickle of ``{"model": {name: numpy array}, "__author__": "contrastlab",
+  "matching_heuristics": True}`` with Detectron2's ResNet names, as MoCo's
+  ``convert-pretrain-to-detectron2.py`` produces (``num_batches_tracked`` is dropped).
+* ``safetensors``: the same tensors and names as ``torchvision``, plus string metadata (backbone,
+  width, CIFAR stem); needs the optional extra ``pip install safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from contrastlab.errors import UserError
+
+FORMATS = ("torchvision", "detectron2", "safetensors")
+
+
+def backbone_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
+    """The backbone's weights and buffers without the classifier, as contiguous CPU tensors."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()
+            if not k.startswith("fc.")}
+
+
+def detectron2_key(key: str) -> str:
+    """torchvision ResNet name → Detectron2 ResNet name.
+
+    ``layerN`` → ``res{N+1}``, anything outside the stages goes under ``stem.``;
+    ``downsample.0`` → ``shortcut``, ``downsample.1`` → ``shortcut.norm``, ``bnI`` → ``convI.norm``.
+    """
+    head, _, rest = key.partition(".")
+    match = re.fullmatch(r"layer(\d+)", head)
+    key = f"res{int(match.group(1)) + 1}.{rest}" if match else f"stem.{key}"
+    key = key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+    return re.sub(r"(^|\.)bn(\d+)\.", r"\1conv\2.norm.", key)
+
+
+def detectron2_dict(state: dict[str, Tensor]) -> dict:
+    model = {detectron2_key(k): v.numpy() for k, v in state.items()
+             if not k.endswith("num_batches_tracked")}
+    return {"model": model, "__author__": "contrastlab", "matching_heuristics": True}
+
+
+def export_backbone(backbone: nn.Module, fmt: str, out: str | os.PathLike,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write ``backbone``'s weights to ``out`` in format ``fmt``; returns the path."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    state = backbone_state_dict(backbone)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if fmt == "torchvision":
+        torch.save(state, tmp)
+    elif fmt == "detectron2":
+        with open(tmp, "wb") as f:
+            pickle.dump(detectron2_dict(state), f)
+    else:
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise UserError("--format safetensors needs the safetensors package: "
+                            "pip install safetensors (or pip install 'contrastlab[safetensors]')") from None
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, out)
+    return out
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
+    """Load a contrastlab checkpoint and export its query backbone."""
+    from contrastlab.checkpoint import load_model
+
+    if fmt not in FORMATS:  # fail before the (slow) model rebuild
+        raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    model, cfg = load_model(checkpoint, "cpu")
+    meta = {"format": "contrastlab-backbone", "backbone": cfg.model.backbone,
+            "width": str(cfg.model.width), "cifar_stem": json.dumps(cfg.model.cifar_stem),
+            "method": cfg.method, "image_size": str(cfg.data.image_size)}
+    return export_backbone(model.backbone, fmt, out, meta)
