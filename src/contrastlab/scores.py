@@ -526,11 +526,15 @@ def _load_tables(folder: Path, prefix: str, epochs, columns: dict, extra=()) -> 
     return out
 
 
-def load_scores(run_dir: Path | str, epochs: list[int] | None = None) -> ScoreRecord:
-    """Read ``run_dir/scores`` (all epochs, or only ``epochs``) into flat numpy columns."""
+def load_scores(run_dir: Path | str, epochs: list[int] | None = None, queries: bool = True) -> ScoreRecord:
+    """Read ``run_dir/scores`` (all epochs, or only ``epochs``) into flat numpy columns.
+
+    ``queries=False`` reads only the small interval table (the per-query table of a long run can
+    take gigabytes); ``record.queries`` then has its columns, empty.
+    """
     folder, meta = _scores_dir(Path(run_dir))
     chosen = meta["epochs"] if epochs is None else [e for e in meta["epochs"] if e in set(epochs)]
-    queries = _load_tables(folder, "queries", chosen, QUERY_COLUMNS)
+    queries = _load_tables(folder, "queries", chosen if queries else [], QUERY_COLUMNS)
     intervals = _load_tables(folder, "intervals", chosen, INTERVAL_COLUMNS)
     return ScoreRecord(meta=meta, queries=queries, intervals=intervals)
 

@@ -1,0 +1,191 @@
+"""One self-contained HTML page per run: config, training curves, score figures, evaluations.
+
+Everything is inline (CSS in a <style> element, figures as base64 PNG data URIs, no scripts), so
+the file can be mailed, archived or opened offline and shows the same everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from contrastlab.errors import UserError
+from contrastlab.viz.score_plots import Run, flatten, load_run, score_figures
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1400px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+.sub { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 3px 10px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.changed td { font-weight: 600; }
+.configs { display: flex; flex-wrap: wrap; gap: 0 2em; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
+.missing { color: #888; font-style: italic; }
+"""
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(fig: Figure, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_value(v) for v in value)
+    return "null" if value is None else str(value)
+
+
+def _cell(value) -> str:
+    num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="num">{html.escape(_value(value))}</td>' if num else f"<td>{html.escape(_value(value))}</td>"
+
+
+def _defaults() -> dict:
+    """Flattened default config, to mark what a run changed; empty if it cannot be built."""
+    try:
+        from contrastlab.config import Config, config_to_dict
+
+        return flatten(config_to_dict(Config()))
+    except Exception:  # the report must still render for an older or foreign config
+        return {}
+
+
+def _config_section(run: Run) -> str:
+    if not run.config:
+        return '<p class="missing">no config.yaml</p>'
+    defaults = _defaults()
+    sections: dict[str, list[tuple[str, object]]] = {}
+    for key, value in run.config.items():
+        head, _, rest = key.partition(".")
+        sections.setdefault(head if rest else "general", []).append((rest or key, value))
+    parts = []
+    for name, items in sections.items():
+        rows = []
+        for key, value in items:
+            full = key if name == "general" else f"{name}.{key}"
+            changed = full in defaults and defaults[full] != value
+            cls = ' class="changed"' if changed else ""
+            rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{_cell(value)}</tr>")
+        parts.append(f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>')
+    note = '<p class="sub">Bold: changed from the default.</p>' if defaults else ""
+    return note + f'<div class="configs">{"".join(parts)}</div>'
+
+
+def training_figure(run: Run) -> Figure | None:
+    """Loss, learning rate, images/s and kNN accuracy from metrics.jsonl; None if nothing logged."""
+    train = [m for m in run.metrics if m.get("event") == "train"]
+    epochs = [m for m in run.metrics if m.get("event") == "epoch"]
+    knn = [m for m in run.metrics if m.get("event") == "knn"]
+    if not (train or epochs or knn):
+        return None
+    fig = Figure(figsize=(14, 7), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+
+    def series(lines, x, y):
+        pts = [(m[x], m[y]) for m in lines
+               if isinstance(m.get(x), (int, float)) and isinstance(m.get(y), (int, float))]
+        return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
+
+    xs, ys = series(train, "step", "loss")
+    axes[0].plot(xs, ys, lw=1, label="per log interval")
+    xs, ys = series(epochs, "step", "loss")
+    axes[0].plot(xs, ys, "o-", lw=1.5, label="epoch mean")
+    axes[0].set(title="loss", xlabel="step")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(*series(train, "step", "lr"), lw=1.2)
+    axes[1].set(title="learning rate", xlabel="step")
+    axes[2].plot(*series(train, "step", "images_per_s"), lw=1)
+    axes[2].set(title="images / s", xlabel="step")
+    axes[3].plot(*series(knn, "epoch", "knn_top1"), "o-", lw=1.5)
+    axes[3].set(title="kNN top-1 (%)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if not ax.lines or not any(len(line.get_xdata()) for line in ax.lines):
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    return fig
+
+
+def _eval_section(run: Run) -> str:
+    files = sorted((run.path / "eval").glob("*.json")) if (run.path / "eval").is_dir() else []
+    if not files:
+        return '<p class="missing">no evaluation results (eval/*.json)</p>'
+    parts = []
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            parts.append(f"<h3>{html.escape(path.name)}</h3><p class=\"missing\">unreadable: "
+                         f"{html.escape(str(e))}</p>")
+            continue
+        flat = flatten(data) if isinstance(data, dict) else {"value": data}
+        rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in flat.items())
+        parts.append(f"<h3>{html.escape(path.stem)}</h3><table>{rows}</table>")
+    return "".join(parts)
+
+
+def _checkpoint_section(run: Run) -> str:
+    folder = run.path / "checkpoints"
+    files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        return '<p class="missing">no checkpoints</p>'
+    rows = []
+    for p in files:
+        st = p.stat()
+        when = datetime.fromtimestamp(st.st_mtime).strftime("%Y-%m-%d %H:%M")
+        rows.append(f"<tr><td>{html.escape(p.name)}</td><td class=\"num\">{st.st_size / 2**20:.1f} MiB"
+                    f"</td><td>{when}</td></tr>")
+    return f"<table><tr><th>file</th><th>size</th><th>modified</th></tr>{''.join(rows)}</table>"
+
+
+def _scores_section(run: Run) -> str:
+    if run.record is None:
+        return '<p class="missing">no recorded scores (scores/meta.json)</p>'
+    return "".join(_img(fig, stem) for stem, fig in score_figures([run]))
+
+
+def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
+    """Write the run's HTML report (default ``run_dir/report.html``) and return its path."""
+    run = load_run(run_dir)
+    if not (run.config or run.metrics or run.record is not None):
+        raise UserError(f"{run.path} does not look like a run directory "
+                        "(no config.yaml, metrics.jsonl or scores/)")
+    out = Path(out) if out is not None else run.path / "report.html"
+    title = html.escape(run.name)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    summary = f"final kNN top-1: {run.knn:.2f}%" if run.knn is not None else "no kNN result"
+    curves = training_figure(run)
+    sections = [
+        ("Configuration", _config_section(run)),
+        ("Training", _img(curves, "training curves") if curves is not None
+         else '<p class="missing">no metrics.jsonl</p>'),
+        ("Pos and neg scores", _scores_section(run)),
+        ("Evaluation", _eval_section(run)),
+        ("Checkpoints", _checkpoint_section(run)),
+    ]
+    body = "".join(f"<h2>{name}</h2>\n{content}\n" for name, content in sections)
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>contrastlab report: {title}</title><style>{_CSS}</style></head>\n<body>\n"
+            f"<h1>{title}</h1><p class=\"sub\">{html.escape(str(run.path))} · {summary} · "
+            f"generated {stamp}</p>\n{body}</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,282 @@
+"""Figures of the recorded pos/neg scores, for one run or several overlaid.
+
+(a) ``curves_figure``: pos score, neg mean and neg variance against the step, with the 10-90 %
+    band across the queries of each log interval, raw and (when it differs) effective;
+(b) ``distributions_figure``: the full pos and neg score distributions, one ridge per epoch;
+(c) several runs in one figure, each labelled with what sets it apart and its final kNN accuracy.
+Figures are plain ``matplotlib.figure.Figure`` objects (Agg canvas, no pyplot state), so that the
+HTML report can embed the same drawings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from contrastlab.errors import UserError
+from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
+
+# Config keys that never explain a difference between runs.
+_IGNORED_KEYS = {"name", "out_dir", "train.resume", "train.progress", "data.num_workers",
+                 "train.device", "data.path"}
+_QUANTITIES = (("pos", "pos score"), ("neg_mean", "neg score, mean"), ("neg_var", "neg score, variance"))
+_MAX_RIDGES = 10
+_POS_COLOR, _NEG_COLOR = "#d9534f", "#3a6ea5"
+
+
+@dataclass
+class Run:
+    """What the plots need from one run directory; every part may be missing."""
+
+    path: Path
+    name: str
+    config: dict = field(default_factory=dict)  # flattened: "moco.momentum" -> 0.99
+    metrics: list[dict] = field(default_factory=list)
+    record: ScoreRecord | None = None  # interval table only
+    hists: ScoreHistograms | None = None
+
+    @property
+    def knn(self) -> float | None:
+        """The last kNN top-1 accuracy logged, if any."""
+        for line in reversed(self.metrics):
+            value = line.get("knn_top1")
+            if line.get("event") == "knn" and isinstance(value, (int, float)):
+                return float(value)
+        return None
+
+    @property
+    def spaces(self) -> list[str]:
+        return self.record.spaces if self.record is not None else []
+
+
+def flatten(data, prefix: str = "") -> dict:
+    """Nested dicts to dotted keys (lists stay values)."""
+    out = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif prefix:
+        out[prefix[:-1]] = data
+    return out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The JSON objects of a metrics.jsonl; blank, broken or non-object lines are skipped."""
+    lines = []
+    if not path.is_file():
+        return lines
+    for text in path.read_text(errors="replace").splitlines():
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue  # e.g. a line cut short by a crash
+        if isinstance(obj, dict):
+            lines.append(obj)
+    return lines
+
+
+def load_run(run_dir: Path | str, scores: bool = True) -> Run:
+    """Read a run directory; a missing directory is the user's error, missing parts are not."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"run directory {path} does not exist")
+    run = Run(path=path, name=path.resolve().name)
+    cfg_path = path / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"{cfg_path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        run.config = flatten(cfg) if isinstance(cfg, dict) else {}
+    run.metrics = read_metrics(path / "metrics.jsonl")
+    if scores and (path / "scores" / "meta.json").is_file():
+        run.record = load_scores(path, queries=False)
+        run.hists = load_histograms(path)
+    return run
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(_short(v) for v in value)
+    return str(value)
+
+
+def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
+    """Given labels, or: run name, the config values that differ between runs, final kNN top-1."""
+    if labels:
+        if len(labels) != len(runs):
+            raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
+        return list(labels)
+    keys = sorted({k for r in runs for k in r.config} - _IGNORED_KEYS)
+    differing = [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1] if len(runs) > 1 else []
+    out = []
+    for run in runs:
+        parts = [f"{k}={_short(run.config.get(k))}" for k in differing[:4]]
+        if len(differing) > 4:
+            parts.append("…")
+        label = run.name + (f" ({', '.join(parts)})" if parts else "")
+        if run.knn is not None:
+            label += f", kNN {run.knn:.1f}%"
+        out.append(label)
+    return out
+
+
+def _color(i: int) -> str:
+    return f"C{i % 10}"
+
+
+def _differs(run: Run, space: str) -> bool:
+    """Whether the effective scores of ``space`` ever differed from the raw ones."""
+    if run.record is None or space not in run.spaces:
+        return False
+    eff = run.record.interval(space, "effective")
+    return bool(len(eff["same_as_raw"]) and not eff["same_as_raw"].all())
+
+
+def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
+    """(a)+(c): pos, neg mean and neg variance over training, one colour per run."""
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    any_effective = False
+    handles = []
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        if space not in run.spaces:
+            continue
+        stages = ["raw"] + (["effective"] if _differs(run, space) else [])
+        any_effective |= len(stages) > 1
+        for stage in stages:
+            t = run.record.interval(space, stage)
+            keep = t["n"] > 0
+            x = t["last_step"][keep]
+            for ax, (q, _) in zip(axes, _QUANTITIES):
+                dashed = stage == "effective"
+                (line,) = ax.plot(x, t[f"{q}_mean"][keep], color=_color(i), lw=1.6,
+                                  ls="--" if dashed else "-", label=label if not dashed else None)
+                ax.fill_between(x, t[f"{q}_q10"][keep], t[f"{q}_q90"][keep], color=_color(i),
+                                alpha=0.08 if dashed else 0.18, lw=0)
+                if ax is axes[0] and not dashed:
+                    handles.append(line)
+    for ax, (_, title) in zip(axes, _QUANTITIES):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if _positive_var(runs, space):
+        axes[2].set_yscale("log")
+    note = "line: mean over queries; band: 10-90 % of queries per log interval"
+    if any_effective:
+        note += "; solid: raw cosine scores, dashed: effective (after feature transformation)"
+    fig.suptitle(f"scores in space '{space}'\n{note}", fontsize=10)
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2),
+                   fontsize=9, frameon=False)
+    return fig
+
+
+def _positive_var(runs: list[Run], space: str) -> bool:
+    """Log scale for the variance when it spans decades (a collapsing run: variance → 0)."""
+    values = []
+    for run in runs:
+        if space in run.spaces:
+            t = run.record.interval(space, "raw")
+            values.append(t["neg_var_mean"][t["n"] > 0])
+    v = np.concatenate(values) if values else np.zeros(0)
+    return bool(v.size and (v > 0).all() and v.max() / v.min() > 50)
+
+
+def _ridge_epochs(epochs: np.ndarray) -> list[int]:
+    """At most ``_MAX_RIDGES`` epochs, evenly spread, always the first and the last."""
+    if len(epochs) <= _MAX_RIDGES:
+        return list(range(len(epochs)))
+    return sorted(set(np.linspace(0, len(epochs) - 1, _MAX_RIDGES).round().astype(int).tolist()))
+
+
+def distributions_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
+    """(b)+(c): pos and neg score distributions per epoch, one ridge plot per run."""
+    shown = [(r, lab) for r, lab in zip(runs, labels) if r.hists is not None and space in r.spaces]
+    fig = Figure(figsize=(max(8.0, 4.6 * len(shown)), 6.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(shown)), sharex=True))
+    for ax, (run, label) in zip(axes, shown):
+        h = run.hists
+        s = h.meta["spaces"].index(space)
+        centers = (h.edges[:-1] + h.edges[1:]) / 2
+        picks = _ridge_epochs(h.epoch)
+        effective = _differs(run, space)
+        for row, e in enumerate(picks):
+            base = row * 1.0
+            for kind, color in ((0, _POS_COLOR), (1, _NEG_COLOR)):
+                for stage in (0, 1) if effective else (0,):
+                    c = h.counts[e, s, stage, kind]
+                    if c.max() <= 0:
+                        continue
+                    y = base + 0.9 * c / c.max()
+                    if stage == 0:
+                        ax.fill_between(centers, base, y, color=color, alpha=0.35, lw=0)
+                        ax.plot(centers, y, color=color, lw=1.0)
+                    else:
+                        ax.plot(centers, y, color=color, lw=1.0, ls="--")
+            ax.axhline(base, color="0.8", lw=0.5)
+        ax.set_yticks(np.arange(len(picks)) + 0.3,
+                      [f"epoch {int(h.epoch[e])}" for e in picks], fontsize=8)
+        ax.set_ylim(-0.1, len(picks) + 0.05)
+        ax.set_xlim(h.edges[0], h.edges[-1])
+        ax.set_xlabel("cosine score")
+        ax.set_title(label, fontsize=9, wrap=True)
+        ax.grid(axis="x", alpha=0.3)
+    if not shown:
+        axes[0].text(0.5, 0.5, "no histograms recorded", ha="center", va="center")
+        axes[0].set_axis_off()
+    legend = [Patch(color=_POS_COLOR, alpha=0.5, label="pos scores"),
+              Patch(color=_NEG_COLOR, alpha=0.5, label="neg scores")]
+    if any(_differs(r, space) for r, _ in shown):
+        legend.append(Line2D([], [], color="0.3", ls="--", label="effective (after transformation)"))
+    fig.legend(handles=legend, loc="outside lower center", ncol=len(legend), frameon=False, fontsize=9)
+    fig.suptitle(f"score distributions in space '{space}' by epoch (each curve scaled to its peak)",
+                 fontsize=10)
+    return fig
+
+
+def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tuple[str, Figure]]:
+    """(file stem, figure) for every space of every run that recorded scores."""
+    labels = run_labels(runs, labels)
+    with_scores = [r for r in runs if r.record is not None]
+    if not with_scores:
+        raise UserError("none of the runs has recorded scores (scores/meta.json); "
+                        "train with scores.record=true")
+    spaces = list(dict.fromkeys(s for r in with_scores for s in r.spaces))
+    out = []
+    for space in spaces:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", space)
+        out.append((f"scores-{stem}-curves", curves_figure(runs, space, labels)))
+        out.append((f"scores-{stem}-distributions", distributions_figure(runs, space, labels)))
+    return out
+
+
+def plot_scores(run_dirs: list[Path | str], out_dir: Path | str | None = None,
+                labels: list[str] | None = None) -> list[Path]:
+    """Write the score figures of one or several runs as PNG files; returns their paths.
+
+    ``out_dir`` defaults to ``RUN/figures`` for one run and ``./score-plots`` for several.
+    """
+    if not run_dirs:
+        raise UserError("give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    if out_dir is None:
+        out_dir = runs[0].path / "figures" if len(runs) == 1 else Path("score-plots")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, fig in score_figures(runs, labels):
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths

@@ -1,0 +1,193 @@
+"""The HTML report: self-contained, well-formed, and loading cleanly in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from html.parser import HTMLParser
+
+import pytest
+
+from contrastlab.errors import UserError
+from contrastlab.viz.report import write_report
+
+
+class _Collect(HTMLParser):
+    """Tags, resource URLs and whether every opened element was closed in order."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.urls, self.tags = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "action", "poster") and value:
+                self.urls.append(value)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def test_report_is_self_contained(fake_runs):
+    path = write_report(fake_runs[1])
+    assert path == fake_runs[1] / "report.html"
+    text = path.read_text()
+    parser = _Collect()
+    parser.feed(text)
+    parser.close()
+    assert not parser.errors and not parser.stack
+    assert parser.urls and all(u.startswith("data:image/png;base64,") for u in parser.urls)
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert not re.search(r"(https?:)?//[a-z0-9]", text.split("<body>")[1].split("data:image")[0], re.I)
+    assert "url(" not in text
+    assert len(parser.urls) == 3  # training curves + the two score figures of space z
+    assert "momentum" in text and "56.20%" in text
+    assert "top1" in text and "settings.epochs" in text  # eval/linear.json, flattened
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in text  # values are escaped
+    assert "last.pt" in text
+
+
+def test_report_missing_run(tmp_path):
+    with pytest.raises(UserError):
+        write_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="run directory"):
+        write_report(tmp_path / "empty")
+
+
+# -- headless Chromium, driven over the DevTools protocol -----------------------------------------
+
+
+class _DevTools:
+    """A minimal DevTools client: one WebSocket to the browser, page sessions in "flatten" mode."""
+
+    def __init__(self, url: str):
+        host, port, path = re.match(r"ws://([^:/]+):(\d+)(/.*)", url).groups()
+        self.sock = socket.create_connection((host, int(port)), timeout=20)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.split(b" ")[1] == b"101", head
+        self.next_id, self.events = 0, []
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise RuntimeError("chromium closed the connection")
+            data += chunk
+        return data
+
+    def _send_frame(self, payload: bytes) -> None:
+        n = len(payload)
+        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
+                                bytes([0x80 | 126]) + struct.pack(">H", n) if n < 1 << 16 else
+                                bytes([0x80 | 127]) + struct.pack(">Q", n))
+        mask = os.urandom(4)
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _recv_message(self) -> dict:
+        data = b""
+        while True:
+            b0, b1 = self._exact(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._exact(8))[0]
+            payload = self._exact(n)
+            if b0 & 0x0F in (0x9, 0xA):  # ping/pong: not part of a message
+                continue
+            data += payload
+            if b0 & 0x80:
+                return json.loads(data)
+
+    def send(self, method, params=None, session=None):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        self._send_frame(json.dumps(msg).encode())
+        while True:
+            reply = self._recv_message()
+            if "method" in reply:
+                self.events.append(reply)
+            elif reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def wait_event(self, method):
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._recv_message())
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_report_in_headless_chromium(looc_run, tmp_path):
+    path = write_report(looc_run, tmp_path / "report.html")
+    profile = tmp_path / "profile"
+    proc = subprocess.Popen(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "about:blank"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"  # "PORT\n/devtools/browser/ID"
+        deadline = time.monotonic() + 30
+        while not (port_file.is_file() and len(port_file.read_text().split()) == 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
+            time.sleep(0.1)
+        port, browser_path = port_file.read_text().split()
+        dt = _DevTools(f"ws://127.0.0.1:{port}{browser_path}")
+        target = dt.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = dt.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            dt.send(f"{domain}.enable", session=session)
+        dt.send("Page.navigate", {"url": path.as_uri()}, session=session)
+        dt.wait_event("Page.loadEventFired")
+        result = dt.send("Runtime.evaluate", {
+            "expression": "JSON.stringify(Array.from(document.images).map("
+                          "i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]))",
+            "returnByValue": True}, session=session)
+        images = json.loads(result["result"]["value"])
+        title = dt.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
+                        session=session)["result"]["value"]
+        dt.sock.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert title == "contrastlab report: looc-ft"
+    # training curves + (curves, distributions) for each of the two spaces, all decoded
+    assert len(images) == 5
+    assert all(done and width > 100 and src == "data:image/png;base64," for done, width, src in images)
+    errors = [e for e in dt.events if e["method"] == "Runtime.exceptionThrown"
+              or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    assert not errors, errors
+    requests = [e["params"]["request"]["url"][:60] for e in dt.events
+                if e["method"] == "Network.requestWillBeSent"]
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests

@@ -1,0 +1,64 @@
+"""The `scores` command's figures, labels and errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from contrastlab.errors import UserError
+from contrastlab.viz.commands import plot_scores, register
+from contrastlab.viz.score_plots import load_run, run_labels
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_multi_run_plots(fake_runs, tmp_path):
+    paths = plot_scores(fake_runs, tmp_path / "out")
+    assert [p.name for p in paths] == ["scores-z-curves.png", "scores-z-distributions.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+def test_labels_name_setting_and_accuracy(fake_runs):
+    labels = run_labels([load_run(r) for r in fake_runs])
+    assert labels[0] == "m0.9 (moco.momentum=0.9), kNN 46.5%"
+    assert labels[1] == "m0.99 (moco.momentum=0.99), kNN 56.2%"
+    assert labels[2] == "m0.999 (moco.momentum=0.999)"  # no kNN line logged
+    assert run_labels([load_run(r) for r in fake_runs], ["a", "b", "c"]) == ["a", "b", "c"]
+    with pytest.raises(UserError):
+        run_labels([load_run(r) for r in fake_runs], ["a"])
+
+
+def test_one_figure_set_per_space_default_out(looc_run):
+    paths = plot_scores([looc_run])
+    assert {p.name for p in paths} == {
+        "scores-z0-curves.png", "scores-z0-distributions.png",
+        "scores-color-curves.png", "scores-color-distributions.png"}
+    assert all(p.parent == looc_run / "figures" and _is_png(p) for p in paths)
+
+
+def test_bad_run_dirs(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        plot_scores([tmp_path / "nope"], tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="recorded scores"):
+        plot_scores([tmp_path / "empty"], tmp_path)
+
+
+def test_cli_registration(monkeypatch, tmp_path, capsys):
+    import contrastlab.viz.commands as commands
+
+    calls = []
+    monkeypatch.setattr(commands, "plot_scores", lambda *a: calls.append(a) or [tmp_path / "x.png"])
+    monkeypatch.setattr(commands, "write_report", lambda *a: calls.append(a) or tmp_path / "r.html")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["scores", "a", "b", "--out", "o", "--labels", "fast", "slow"])
+    assert args.func(args) == 0
+    args = parser.parse_args(["report", "a"])
+    assert args.func(args) == 0
+    assert [str(p) for p in calls[0][0]] == ["a", "b"] and calls[0][1:] == ("o", ["fast", "slow"])
+    assert str(calls[1][0]) == "a" and calls[1][1] is None
+    assert "x.png" in capsys.readouterr().out
