@@ -1,0 +1,345 @@
+"""The training loop: one code path for one CPU, one GPU and many processes under torchrun.
+
+Reproducibility: every random source (data order, augmentations, queue shuffles, FT draws) is
+reseeded at the start of each epoch from ``(seed, epoch, rank)``, and checkpoints are taken at epoch
+boundaries, so a run resumed from a checkpoint continues exactly as if it had never stopped
+(bit-for-bit on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from contrastlab import distributed
+from contrastlab.checkpoint import (check_compatible, load_model_state, make_state, read_checkpoint,
+                                    save_checkpoint)
+from contrastlab.config import Config, save_config
+from contrastlab.data.augment import MultiView, build_eval_transform, build_train_transform
+from contrastlab.data.datasets import build_dataset
+from contrastlab.errors import TrainingDiverged, UserError
+from contrastlab.eval.features import extract_features
+from contrastlab.eval.knn import knn_accuracy
+from contrastlab.methods import build_method
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    steps: int
+    final_loss: float
+    knn_top1: float | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    seconds: float
+
+
+class WithTransform(Dataset):
+    """The same images under another transform (training views vs. evaluation crops)."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+        self.labels = getattr(base, "labels", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return self.transform(image), label
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(cfg: Config, epoch: int) -> int:
+    return cfg.seed * 1_000_003 + epoch * 7919 + distributed.rank() * 104_729
+
+
+def learning_rate(cfg: Config, epoch_progress: float) -> float:
+    """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay."""
+    o = cfg.optim
+    if epoch_progress < o.warmup_epochs:
+        return o.lr * epoch_progress / o.warmup_epochs
+    if o.schedule == "cosine":
+        span = max(o.epochs - o.warmup_epochs, 1e-8)
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch_progress - o.warmup_epochs) / span))
+    return o.lr * 0.1 ** sum(epoch_progress >= m for m in o.milestones)
+
+
+def build_view_transform(cfg: Config, model, dataset):
+    size = cfg.data.image_size
+    if cfg.method == "looc":
+        from contrastlab.data.looc_views import build_looc_views
+
+        return build_looc_views(cfg, size, dataset.mean, dataset.std)
+    return MultiView(build_train_transform(cfg.augment, size, dataset.mean, dataset.std), model.num_views)
+
+
+def eval_transform(cfg: Config, dataset):
+    return build_eval_transform(cfg.data.image_size, dataset.mean, dataset.std, dataset.image_size)
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.device = distributed.init_from_env(cfg.train.device)
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.is_main = distributed.is_main()
+        cuda = self.device.type == "cuda"
+        self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
+        self.channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else cuda
+
+        world = distributed.world_size()
+        if cfg.optim.batch_size % world:
+            raise UserError(f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by the "
+                            f"number of processes ({world})")
+        self.local_batch = cfg.optim.batch_size // world
+        if self.local_batch % cfg.model.bn_splits:
+            raise UserError(f"the per-process batch ({self.local_batch}) must be divisible by "
+                            f"model.bn_splits ({cfg.model.bn_splits})")
+
+        seed_everything(cfg.seed)  # identical initial weights on every process
+        self.model = build_method(cfg).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method = self.model
+        if distributed.is_distributed():
+            # The queue is kept identical on every process by gathering keys, so buffers need no
+            # broadcast (which would also copy the K x d queue every step).
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if cuda else None, broadcast_buffers=False)
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay)
+
+        self.train_images = build_dataset(cfg.data, "train")
+        if len(self.train_images) < cfg.optim.batch_size:
+            raise UserError(f"the training set has {len(self.train_images)} images, fewer than one "
+                            f"batch (optim.batch_size={cfg.optim.batch_size}); lower the batch size")
+        views = build_view_transform(cfg, self.method, self.train_images)
+        self.generator = torch.Generator()
+        sampler = DistributedSampler(WithTransform(self.train_images, views), seed=cfg.seed,
+                                     drop_last=True) if distributed.is_distributed() else None
+        self.sampler = sampler
+        self.loader = DataLoader(
+            WithTransform(self.train_images, views), batch_size=self.local_batch,
+            shuffle=sampler is None, sampler=sampler, drop_last=True,
+            num_workers=cfg.data.num_workers, pin_memory=cuda, generator=self.generator,
+            persistent_workers=False,  # workers are reseeded every epoch (exact resume)
+        )
+        self.steps_per_epoch = len(self.loader)
+        if cfg.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+
+        self.epoch, self.step, self.best_metric = 0, 0, None
+        self.last_knn: float | None = None
+        self.test_images = None  # loaded at the first kNN evaluation
+        self.writer = None
+        self.recorder = None
+
+    # -- set-up of the run directory --------------------------------------------------------
+    def prepare_run_dir(self) -> None:
+        cfg = self.cfg
+        last = self.ckpt_dir / "last.pt"
+        resume = cfg.train.resume
+        if resume == "auto":
+            resume = str(last) if last.exists() else None
+        elif resume is None and last.exists() and not cfg.train.overwrite:
+            raise UserError(f"run directory {self.run_dir} already holds checkpoints; pass "
+                            "train.resume=auto to continue it, name=NEW for a new run, or "
+                            "train.overwrite=true to start it afresh")
+        if resume:
+            self.resume_from(Path(resume))
+        elif self.is_main and cfg.train.overwrite and self.run_dir.exists():
+            for stale in ("metrics.jsonl", "scores", "tensorboard"):
+                p = self.run_dir / stale
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+        if cfg.scores.record:
+            from contrastlab.scores import ScoreRecorder
+
+            self.recorder = ScoreRecorder(self.run_dir, cfg.scores, cfg.train.log_every, self.writer)
+
+    def resume_from(self, path: Path) -> None:
+        state = read_checkpoint(path)
+        check_compatible(path, state, self.cfg)
+        load_model_state(self.method, state, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_metric = state.get("best_metric")
+        self.log({"event": "resume", "checkpoint": str(path), "epoch": self.epoch, "step": self.step})
+
+    # -- logging ----------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.writer.add_scalar(f"{record['event']}/{key}", value, record.get("step", self.step))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        self.prepare_run_dir()
+        start = time.time()
+        final_loss = float("nan")
+        for epoch in range(self.epoch, cfg.optim.epochs):
+            final_loss = self.train_epoch(epoch)
+            self.epoch = epoch + 1
+            knn_due = cfg.train.knn_every and (self.epoch % cfg.train.knn_every == 0
+                                               or self.epoch == cfg.optim.epochs)
+            if knn_due:
+                self.last_knn = self.knn_monitor()
+            save_due = self.epoch % cfg.train.checkpoint_every == 0 or self.epoch == cfg.optim.epochs
+            if save_due:
+                self.save(final_loss)
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.writer is not None:
+            self.writer.close()
+        return TrainResult(
+            run_dir=self.run_dir, epochs=self.epoch, steps=self.step, final_loss=final_loss,
+            knn_top1=self.last_knn, seconds=time.time() - start,
+            last_checkpoint=self.ckpt_dir / "last.pt" if (self.ckpt_dir / "last.pt").exists() else None,
+            best_checkpoint=self.ckpt_dir / "best.pt" if (self.ckpt_dir / "best.pt").exists() else None,
+        )
+
+    def train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        seed_everything(epoch_seed(cfg, epoch))
+        self.generator.manual_seed(epoch_seed(cfg, epoch))
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        interval_loss = torch.zeros((), device=self.device)
+        interval_images, interval_start = 0, time.time()
+        bar = None
+        if self.is_main and cfg.train.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                       dynamic_ncols=True, leave=False)
+        for i, (views, _) in enumerate(self.loader):
+            if i >= self.steps_per_epoch:
+                break
+            lr = learning_rate(cfg, epoch + i / self.steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            if self.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model(views, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            if self.recorder is not None:
+                self.recorder.update(self.step, epoch, out.scores)
+            loss = out.loss.detach()
+            loss_sum += loss
+            interval_loss += loss
+            interval_images += views[0].shape[0] * distributed.world_size()
+            if (i + 1) % cfg.train.log_every == 0 or i + 1 == self.steps_per_epoch:
+                steps = (i % cfg.train.log_every) + 1
+                mean_loss = (interval_loss / steps).item()  # the only host sync of the loop
+                self.check_finite(mean_loss, epoch)
+                rate = interval_images / max(time.time() - interval_start, 1e-9)
+                self.log({"event": "train", "epoch": epoch + 1, "step": self.step,
+                          "loss": mean_loss, "lr": lr, "images_per_s": rate})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+                interval_loss.zero_()
+                interval_images, interval_start = 0, time.time()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if self.recorder is not None:
+            self.recorder.end_epoch(epoch + 1)
+        epoch_loss = (loss_sum / self.steps_per_epoch).item()
+        self.check_finite(epoch_loss, epoch)
+        self.log({"event": "epoch", "epoch": epoch + 1, "step": self.step, "loss": epoch_loss})
+        return epoch_loss
+
+    def check_finite(self, value: float, epoch: int) -> None:
+        if math.isfinite(value):
+            return
+        last = self.ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written"
+        self.log({"event": "diverged", "epoch": epoch + 1, "step": self.step, "loss": str(value)})
+        raise TrainingDiverged(
+            f"the loss became {value} in epoch {epoch + 1} (step {self.step}); training stopped and "
+            f"{kept}; lower optim.lr, or check the data for broken images")
+
+    # -- monitoring and checkpoints ---------------------------------------------------------
+    def knn_monitor(self) -> float | None:
+        """Weighted kNN accuracy (k 200, T 0.1 by default) of backbone features on held-out data."""
+        acc = None
+        if self.is_main:
+            if self.test_images is None:
+                self.test_images = build_dataset(self.cfg.data, "test")
+            test_images = self.test_images
+            if self.train_images.num_classes and len(test_images):
+                bank = WithTransform(self.train_images, eval_transform(self.cfg, self.train_images))
+                test = WithTransform(test_images, eval_transform(self.cfg, self.train_images))
+                f_bank, y_bank = extract_features(self.method, bank, "backbone", device=self.device,
+                                                  progress=False)
+                f_test, y_test = extract_features(self.method, test, "backbone", device=self.device,
+                                                  progress=False)
+                acc = knn_accuracy(f_bank, y_bank, f_test, y_test, self.train_images.num_classes,
+                                   k=self.cfg.train.knn_k, temperature=self.cfg.train.knn_temperature)
+                self.log({"event": "knn", "epoch": self.epoch, "step": self.step, "knn_top1": acc})
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+        self.model.train()
+        return acc
+
+    def save(self, loss: float) -> None:
+        if not self.is_main:
+            return
+        metric = self.last_knn if self.last_knn is not None else -loss
+        improved = self.best_metric is None or metric >= self.best_metric
+        if improved:
+            self.best_metric = metric
+        state = make_state(self.cfg, self.method, self.optimizer, self.epoch, self.step,
+                           self.best_metric, {"loss": loss, "knn_top1": self.last_knn})
+        last = self.ckpt_dir / "last.pt"
+        save_checkpoint(last, state)
+        if improved:
+            save_checkpoint(self.ckpt_dir / "best.pt", state)
+        self.log({"event": "checkpoint", "epoch": self.epoch, "step": self.step, "path": str(last),
+                  "best": improved})
+
+
+def train(cfg: Config) -> TrainResult:
+    try:
+        return Trainer(cfg).fit()
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,104 @@
+"""The training loop: exact resume, divergence handling, checkpoint checks, run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from contrastlab.checkpoint import load_model, read_checkpoint
+from contrastlab.errors import TrainingDiverged, UserError
+from contrastlab.train import Trainer, learning_rate
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_config, monkeypatch):
+    common = ["optim.epochs=3", "train.checkpoint_every=1", "train.knn_every=0"]
+    straight = Trainer(tiny_config(*common, "name=straight")).fit()
+
+    cfg = tiny_config(*common, "name=stopped")
+    original = Trainer.train_epoch
+
+    def stop_in_epoch_two(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+
+    resumed = Trainer(tiny_config(*common, "name=stopped", "train.resume=auto")).fit()
+    assert resumed.steps == straight.steps
+    a = read_checkpoint(straight.last_checkpoint)
+    b = read_checkpoint(resumed.last_checkpoint)
+    _states_equal(a["model"], b["model"])  # weights, momentum encoder, queue and pointer
+    assert resumed.final_loss == straight.final_loss
+
+
+def test_training_writes_the_run_directory(tiny_config):
+    result = Trainer(tiny_config("name=full")).fit()
+    run = result.run_dir
+    assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "epoch", "knn", "checkpoint"} <= {e["event"] for e in events}
+    knn = [e["knn_top1"] for e in events if e["event"] == "knn"]
+    assert len(knn) == 2 and all(0 <= v <= 100 for v in knn)
+    assert result.best_checkpoint.is_file()
+    model, cfg = load_model(result.last_checkpoint)
+    assert cfg.model.dim == 8 and not model.training
+    # the checkpoint is a plain dict that loads without unpickling objects
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    assert "queue" in state["model"] and "queue_ptr" in state["model"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
+    cfg = tiny_config("optim.epochs=3", "train.checkpoint_every=1", "train.knn_every=0", "name=nan")
+    from contrastlab.methods.moco import MoCo
+
+    original = MoCo.forward
+    calls = {"n": 0}
+
+    def poisoned(self, views, epoch=0):
+        out = original(self, views, epoch)
+        calls["n"] += 1
+        if epoch == 1:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MoCo, "forward", poisoned)
+    last = cfg.run_dir / "checkpoints" / "last.pt"
+    with pytest.raises(TrainingDiverged, match="intact"):
+        Trainer(cfg).fit()
+    assert read_checkpoint(last)["epoch"] == 1  # epoch 1 is saved, nothing from the bad epoch
+    assert not list(last.parent.glob(".*tmp*"))
+
+
+def test_resuming_with_a_different_model_says_what_differs(tiny_config):
+    Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=a")).fit()
+    with pytest.raises(UserError, match=r"model.dim: checkpoint 8, now 16"):
+        Trainer(tiny_config("optim.epochs=2", "name=a", "model.dim=16", "train.resume=auto")).fit()
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tiny_config):
+    Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=b")).fit()
+    with pytest.raises(UserError, match="train.resume=auto"):
+        Trainer(tiny_config("optim.epochs=1", "name=b")).fit()
+
+
+def test_learning_rate_schedules(tiny_config):
+    cfg = tiny_config("optim.epochs=10", "optim.lr=1.0", "optim.warmup_epochs=2")
+    assert learning_rate(cfg, 0.0) == 0.0
+    assert learning_rate(cfg, 1.0) == pytest.approx(0.5)
+    assert learning_rate(cfg, 2.0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 10.0) == pytest.approx(0.0, abs=1e-12)
+    step = tiny_config("optim.epochs=10", "optim.lr=1.0", "optim.schedule=step", "optim.milestones=[4,8]")
+    assert [learning_rate(step, e) for e in (0, 4, 8.5)] == pytest.approx([1.0, 0.1, 0.01])
