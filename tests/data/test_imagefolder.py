@@ -1,0 +1,213 @@
+"""``dataset=imagefolder``: the three layouts, pixel formats, bad files, in-memory vs lazy loading."""
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastlab.config import DataConfig
+from contrastlab.data.datasets import ImageFileDataset, TensorImageDataset, build_dataset
+from contrastlab.errors import UserError
+
+SHARED_CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-test.tar.gz"
+
+
+def _noise(size=(16, 16), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def _tree(root: Path, classes=("cat", "dog", "eel"), per_class=10, size=(16, 16), seed=0) -> Path:
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            _save(_noise(size, seed + 100 * c + i), root / name / f"{i:03d}.png")
+    return root
+
+
+def _cfg(path, **kw) -> DataConfig:
+    return DataConfig(name="imagefolder", path=str(path), **kw)
+
+
+def _as_tensor(item) -> torch.Tensor:
+    return item if isinstance(item, torch.Tensor) else torch.from_numpy(np.array(item)).permute(2, 0, 1)
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    _save(_noise((64, 64), 7), path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# -- layouts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("test_name", ["test", "val"])
+def test_train_and_test_folders(tmp_path, test_name):
+    _tree(tmp_path / "train", per_class=4)
+    _tree(tmp_path / test_name, classes=("cat", "eel"), per_class=2, seed=50)
+    train, test = build_dataset(_cfg(tmp_path), "train"), build_dataset(_cfg(tmp_path), "test")
+    assert train.classes == test.classes == ["cat", "dog", "eel"]
+    assert len(train) == 12 and train.num_classes == 3 and train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(test) == 4 and test.labels.tolist() == [0, 0, 2, 2]  # indices follow train's classes
+    img, label = test[3]
+    assert img.dtype == torch.uint8 and img.shape == (3, 16, 16) and label == 2
+
+
+def test_test_class_unknown_to_train_is_an_error(tmp_path):
+    _tree(tmp_path / "train", classes=("cat",), per_class=2)
+    _tree(tmp_path / "test", classes=("cow",), per_class=2)
+    with pytest.raises(UserError, match="cow"):
+        build_dataset(_cfg(tmp_path), "test")
+
+
+def test_class_folders_get_a_stratified_deterministic_holdout(tmp_path):
+    _tree(tmp_path, per_class=10)
+    cfg = _cfg(tmp_path, holdout_fraction=0.2)
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert len(train) == 24 and len(test) == 6
+    assert torch.bincount(test.labels).tolist() == [2, 2, 2]
+    all_images = torch.cat([train.images, test.images]).flatten(1)
+    assert len(torch.unique(all_images, dim=0)) == 30  # disjoint, and together everything
+    assert torch.equal(build_dataset(cfg, "test").images, test.images)
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(10):
+        _save(_noise(seed=i), tmp_path / f"img{i}.jpg")
+    train = build_dataset(_cfg(tmp_path, holdout_fraction=0.2), "train")
+    test = build_dataset(_cfg(tmp_path, holdout_fraction=0.2), "test")
+    assert len(train) == 8 and len(test) == 2
+    assert train.num_classes == 0 and train.classes == [] and set(train.labels.tolist()) == {-1}
+    assert train[0][1] == -1
+
+
+def test_hidden_and_non_image_files_are_ignored(tmp_path):
+    _tree(tmp_path, per_class=3)
+    (tmp_path / "cat" / "._000.png").write_bytes(b"macOS resource fork")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    ds = build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "train")
+    assert len(ds) == 9 and ds.skipped == []
+
+
+# -- user errors ----------------------------------------------------------------------------------
+
+
+def test_missing_path_not_a_folder_and_empty_folder(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        build_dataset(_cfg(tmp_path / "nowhere"), "train")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="not a folder"):
+        build_dataset(_cfg(tmp_path / "file.png"), "train")
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    (empty / "readme.txt").write_text("hi")
+    with pytest.raises(UserError) as err:
+        build_dataset(_cfg(empty), "train")
+    assert "no images" in str(err.value) and ".jpg" in str(err.value) and ".png" in str(err.value)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_corrupt_and_truncated_images_fail_at_build_time_naming_the_file(tmp_path, in_memory):
+    _tree(tmp_path, per_class=3)
+    bad = _truncated_jpeg(tmp_path / "cat" / "truncated.jpg")
+    with pytest.raises(UserError) as err:
+        build_dataset(_cfg(tmp_path, in_memory=in_memory, holdout_fraction=0.0), "train")
+    message = str(err.value)
+    assert str(bad) in message and "data.skip_bad_images=true" in message and "\n" not in message
+
+    (tmp_path / "dog" / "corrupt.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(UserError, match="2 unreadable images"):
+        build_dataset(_cfg(tmp_path, in_memory=in_memory, holdout_fraction=0.0), "train")
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_skip_mode_counts_and_warns(tmp_path, in_memory):
+    _tree(tmp_path, per_class=3)
+    _truncated_jpeg(tmp_path / "cat" / "truncated.jpg")
+    (tmp_path / "dog" / "corrupt.png").write_bytes(b"garbage")
+    cfg = _cfg(tmp_path, in_memory=in_memory, skip_bad_images=True, holdout_fraction=0.0)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        ds = build_dataset(cfg, "train")
+    assert len(ds) == 9 and len(ds.skipped) == 2
+    assert {Path(p).name for p in ds.skipped} == {"truncated.jpg", "corrupt.png"}
+
+
+# -- pixels -----------------------------------------------------------------------------------------
+
+
+def test_every_pixel_format_becomes_8_bit_rgb(tmp_path):
+    folder = tmp_path / "formats"
+    _save(Image.new("L", (8, 8), 100), folder / "gray.png")
+    _save(Image.new("1", (8, 8), 1), folder / "bilevel.png")
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([10, 200, 30] + [0] * 765)
+    _save(palette, folder / "palette.png")
+    _save(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), folder / "cmyk.jpg")
+    rgba = Image.new("RGBA", (8, 8), (10, 20, 30, 255))
+    rgba.putpixel((0, 0), (10, 20, 30, 0))  # transparent: composited over white
+    _save(rgba, folder / "rgba.png")
+    _save(Image.fromarray(np.full((8, 8), 65535, np.uint16)), folder / "white16.png")
+    _save(Image.fromarray(np.full((8, 8), 32896, np.uint16)), folder / "mid16.png")
+    _save(Image.fromarray(np.full((8, 8), 1000, np.int32), mode="I"), folder / "int32.tif")
+
+    ds = build_dataset(_cfg(folder, holdout_fraction=0.0), "train")
+    assert isinstance(ds, TensorImageDataset) and ds.skipped == []
+    pixels = {Path(f).name: ds.images[i] for i, f in enumerate(sorted(folder.iterdir()))}
+    assert all(p.dtype == torch.uint8 and p.shape == (3, 8, 8) for p in pixels.values())
+
+    def rgb(name, y=4, x=4):
+        return pixels[name][:, y, x].tolist()
+
+    assert rgb("gray.png") == [100, 100, 100]
+    assert rgb("bilevel.png") == [255, 255, 255]
+    assert rgb("palette.png") == [10, 200, 30]
+    assert min(rgb("cmyk.jpg")) >= 250  # no ink is white
+    assert rgb("rgba.png") == [10, 20, 30] and rgb("rgba.png", 0, 0) == [255, 255, 255]
+    assert rgb("white16.png") == [255, 255, 255]  # 16-bit is scaled, not clipped
+    assert rgb("mid16.png") == [128, 128, 128]
+    assert rgb("int32.tif") == [4, 4, 4]  # 32-bit integers up to 65535 read as 16-bit
+
+
+def test_in_memory_and_lazy_loading_give_the_same_pixels(tmp_path):
+    _tree(tmp_path, per_class=4)
+    memory = build_dataset(_cfg(tmp_path, in_memory=True, holdout_fraction=0.25), "test")
+    lazy = build_dataset(_cfg(tmp_path, in_memory=False, holdout_fraction=0.25), "test")
+    assert isinstance(memory, TensorImageDataset) and isinstance(lazy, ImageFileDataset)
+    assert len(memory) == len(lazy) == 3 and torch.equal(memory.labels, lazy.labels)
+    assert memory.image_size == lazy.image_size == 16
+    for i in range(len(memory)):
+        assert torch.equal(_as_tensor(memory[i][0]), _as_tensor(lazy[i][0]))
+
+
+def test_large_images_load_lazily_and_mixed_sizes_are_squared_in_memory(tmp_path):
+    _save(_noise((120, 100), 1), tmp_path / "a" / "big.png")
+    _save(_noise((100, 150), 2), tmp_path / "b" / "tall.png")
+    lazy = build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "train")
+    assert isinstance(lazy, ImageFileDataset) and lazy.image_size is None
+    assert lazy[0][0].size == (120, 100)
+    memory = build_dataset(_cfg(tmp_path, holdout_fraction=0.0, in_memory=True, image_size=24), "train")
+    assert memory.images.shape == (2, 3, 24, 24) and memory.image_size == 24
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="no shared CIFAR-10 copy")
+def test_a_few_hundred_real_cifar_jpegs(tmp_path):
+    subprocess.run(["tar", "-xzf", str(SHARED_CIFAR), "-C", str(tmp_path), "--wildcards",
+                    "test/*/00[0-2]?.jpg"], check=True)
+    cfg = _cfg(tmp_path / "test", holdout_fraction=0.1)
+    train = build_dataset(cfg, "train")
+    assert train.classes[:2] == ["airplane", "automobile"] and train.num_classes == 10
+    assert isinstance(train, TensorImageDataset) and train.images.shape[1:] == (3, 32, 32)
+    assert len(train) == 270 and torch.bincount(train.labels).tolist() == [27] * 10
+    assert train.image_size == 32 and train.mean[0] == pytest.approx(0.4914)
+    mean = train.images.float().mean((0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor(train.mean), atol=0.08)
