@@ -27,6 +27,14 @@ from contrastlab.eval.knn import topk_accuracy
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
+def _blas_threads():
+    """Give BLAS the same thread budget as torch: oversubscribed BLAS threads made small fits
+    10-20x slower on busy machines, and ``torch.set_num_threads`` is the knob users already set."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+
+
 def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
@@ -51,8 +59,8 @@ class LogisticProbe:
 
     def _fit(self, C: float, x: np.ndarray, y: np.ndarray):
         clf = self._model(C)
-        with warnings.catch_warnings():  # lbfgs may stop at max_iter; the probe is still usable
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), _blas_threads():
+            warnings.simplefilter("ignore")  # lbfgs may stop at max_iter; the probe is still usable
             clf.fit(x, y)
         return clf
 
@@ -94,7 +102,8 @@ class LogisticProbe:
 
     def scores(self, feats: Tensor | np.ndarray) -> Tensor:
         x = self.scaler.transform(_numpy(feats).astype(np.float64))
-        logp = self.clf.predict_log_proba(x)
+        with _blas_threads():
+            logp = self.clf.predict_log_proba(x)
         out = np.full((x.shape[0], self.num_classes), -np.inf)
         out[:, self.clf.classes_] = logp
         return torch.from_numpy(out)

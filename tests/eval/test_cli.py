@@ -1,0 +1,114 @@
+"""End to end: a checkpoint from a tiny training run, evaluated through ``contrastlab.cli.main``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastlab.cli import main
+
+TINY = [
+    "dataset=synthetic", "data.synthetic_train=96", "data.synthetic_test=64", "data.num_workers=0",
+    "data.image_size=16", "model.width=0.0625", "model.cifar_stem=true", "model.head_hidden=16",
+    "model.dim=8", "model.bn_splits=2", "moco.queue_size=32", "optim.batch_size=16",
+    "optim.epochs=1", "train.max_steps_per_epoch=2", "train.knn_every=0", "train.progress=false",
+    "scores.bins=10",
+]
+COMMON = ["--workers", "0", "--no-progress", "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    torch.set_num_threads(1)
+    assert main(["train", "--config", "demo", *TINY, f"out_dir={root}", "name=tiny"]) == 0
+    return root / "tiny" / "checkpoints" / "last.pt"
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
+    run_dir = checkpoint.parent.parent
+    cache = str(tmp_path / "cache")
+    assert main(["eval", "knn", str(checkpoint), *COMMON, "--k", "10", "--cache", cache]) == 0
+    knn = _json(run_dir / "eval" / "knn.json")
+    assert knn["protocol"] == "knn" and 0 <= knn["summary"]["top1"] <= 100
+    assert "| top1 |" in capsys.readouterr().out
+    assert main(["eval", "linear", str(checkpoint), *COMMON, "--fast", "--cache", cache]) == 0
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test features, shared
+    assert main(["eval", "linear", str(checkpoint), *COMMON, "--epochs", "1",
+                 "--out", str(tmp_path / "lin.json")]) == 0
+    assert _json(tmp_path / "lin.json")["details"]["mode"] == "sgd"
+    assert main(["eval", "fewshot", str(checkpoint), *COMMON, "--shots", "2", "--trials", "2",
+                 "--ways", "3", "--episode-shots", "1", "--queries", "2", "--episodes", "5"]) == 0
+    few = _json(run_dir / "eval" / "fewshot.json")["summary"]
+    assert {"2-shot", "2-shot ci95", "3-way 1-shot"} <= set(few)
+    assert main(["eval", "factors", str(checkpoint), *COMMON, "--space", "z",
+                 "--factors", "color,rotation"]) == 0
+    assert set(_json(run_dir / "eval" / "factors.json")["summary"]) == {"color", "rotation"}
+    assert main(["eval", "corruption", str(checkpoint), *COMMON, "--classifier", "knn", "--k", "5",
+                 "--corruptions", "gaussian_noise,frost", "--severities", "1,5", "--max-test", "16"]) == 0
+    cor = _json(run_dir / "eval" / "corruption.json")
+    assert set(cor["details"]["corruptions"]) == {"gaussian_noise", "frost"}
+    assert "| gaussian_noise |" in capsys.readouterr().out
+
+
+def test_eval_rotation_and_errors(checkpoint, capsys):
+    assert main(["eval", "rotation", str(checkpoint), *COMMON, "--max-train", "32", "--max-test", "16"]) == 0
+    rot = _json(checkpoint.parent.parent / "eval" / "rotation.json")
+    assert rot["details"]["chance"] == 25.0 and rot["setup"]["max_train"] == 32
+    assert main(["eval", "knn", str(checkpoint), *COMMON, "--space", "nope"]) == 2
+    assert "valid spaces: backbone, z" in capsys.readouterr().err
+    assert main(["eval", "knn", "missing.pt", *COMMON]) == 2
+
+
+def _folder(root, classes, n, seed):
+    rng = np.random.default_rng(seed)
+    for c, colour in enumerate(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(rng.normal(colour, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")
+
+
+def test_eval_transfer(checkpoint, tmp_path):
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    _folder(tmp_path / "A", colours, 12, 0)
+    _folder(tmp_path / "B", colours, 8, 1)
+    out = tmp_path / "transfer.json"
+    assert main(["eval", "transfer", str(checkpoint), *COMMON, "--train-dir", str(tmp_path / "A"),
+                 "--test-dir", str(tmp_path / "B"), "--shots", "2", "--trials", "2",
+                 "--episodes", "3", "--out", str(out)]) == 0
+    res = _json(out)
+    assert res["summary"]["linear top1"] > 60.0  # colour classes: trivially separable
+    assert "skipped" in res["details"]["episodes"]  # 3 classes: no 5-way episodes
+
+
+def test_eval_all_and_export(checkpoint, tmp_path):
+    best = checkpoint.parent / "best.pt"
+    out = tmp_path / "cmp"
+    assert main(["eval", "all", str(checkpoint), str(best), *COMMON, "--protocols", "knn,linear",
+                 "--k", "5", "--out-dir", str(out), "--no-save"]) == 0
+    data = _json(out / "comparison.json")
+    assert [e["label"] for e in data["entries"]] == ["tiny/last", "tiny/best"]
+    assert "linear: top1" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 1000
+
+    from contrastlab.checkpoint import load_model
+    from contrastlab.models.backbones import build_backbone
+
+    model, cfg = load_model(checkpoint)
+    target = tmp_path / "backbone.pt"
+    assert main(["export", str(checkpoint), "--format", "torchvision", "--out", str(target)]) == 0
+    net, _ = build_backbone(cfg.model)
+    net.load_state_dict(torch.load(target, weights_only=True), strict=True)
+    net.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model.features(x))
+    assert main(["export", str(checkpoint), "--format", "detectron2", "--out", str(tmp_path / "d2.pkl")]) == 0

@@ -1,0 +1,112 @@
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from contrastlab.config import ModelConfig
+from contrastlab.errors import UserError
+from contrastlab.export import detectron2_key, export_backbone
+from contrastlab.models.backbones import build_backbone
+
+
+def _trained_looking(net: nn.Module) -> nn.Module:
+    """Non-default BN statistics, so that a forgotten buffer would change the outputs."""
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("cifar_stem", [False, True])
+def test_torchvision_export_loads_strict_and_matches(tmp_path, cifar_stem):
+    ours, dim = build_backbone(ModelConfig(backbone="resnet18", cifar_stem=cifar_stem))
+    ours = _trained_looking(ours)
+    path = export_backbone(ours, "torchvision", tmp_path / "backbone.pt")
+    state = torch.load(path, weights_only=True)
+    assert not any(k.startswith("fc.") for k in state)
+
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()  # as documented: the export has no classifier
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), ours(x))
+    assert net(x).shape == (2, dim)
+    # fine-tuning a new classifier: exactly the fc keys are missing
+    clf = torchvision.models.resnet18(num_classes=10)
+    if cifar_stem:
+        clf.conv1, clf.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    missing = clf.load_state_dict(state, strict=False)
+    assert sorted(missing.missing_keys) == ["fc.bias", "fc.weight"] and not missing.unexpected_keys
+
+
+def test_detectron2_key_names():
+    assert detectron2_key("conv1.weight") == "stem.conv1.weight"
+    assert detectron2_key("bn1.running_var") == "stem.conv1.norm.running_var"
+    assert detectron2_key("layer1.0.conv2.weight") == "res2.0.conv2.weight"
+    assert detectron2_key("layer1.1.bn2.bias") == "res2.1.conv2.norm.bias"
+    assert detectron2_key("layer2.0.downsample.0.weight") == "res3.0.shortcut.weight"
+    assert detectron2_key("layer4.0.downsample.1.running_mean") == "res5.0.shortcut.norm.running_mean"
+    assert detectron2_key("layer3.5.bn3.weight") == "res4.5.conv3.norm.weight"
+
+
+@pytest.mark.parametrize("arch,blocks,convs", [("resnet18", (2, 2, 2, 2), 2), ("resnet50", (3, 4, 6, 3), 3)])
+def test_detectron2_file(tmp_path, arch, blocks, convs):
+    net = getattr(torchvision.models, arch)()
+    net.fc = nn.Identity()
+    path = export_backbone(net, "detectron2", tmp_path / "d2.pkl")
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    assert data["__author__"] == "contrastlab" and data["matching_heuristics"] is True
+    names = set(data["model"])
+    expected = {"stem.conv1.weight", "stem.conv1.norm.weight", "stem.conv1.norm.bias",
+                "stem.conv1.norm.running_mean", "stem.conv1.norm.running_var"}
+    for stage, n in enumerate(blocks, start=2):
+        for b in range(n):
+            for c in range(1, convs + 1):
+                expected |= {f"res{stage}.{b}.conv{c}.weight", f"res{stage}.{b}.conv{c}.norm.weight",
+                             f"res{stage}.{b}.conv{c}.norm.bias", f"res{stage}.{b}.conv{c}.norm.running_mean",
+                             f"res{stage}.{b}.conv{c}.norm.running_var"}
+        if stage > 2 or convs == 3:
+            expected |= {f"res{stage}.0.shortcut.weight", f"res{stage}.0.shortcut.norm.weight",
+                         f"res{stage}.0.shortcut.norm.bias", f"res{stage}.0.shortcut.norm.running_mean",
+                         f"res{stage}.0.shortcut.norm.running_var"}
+    assert names == expected
+    w = data["model"]["res2.0.conv1.weight"]
+    assert type(w).__module__ == "numpy" and tuple(w.shape) == tuple(net.layer1[0].conv1.weight.shape)
+
+
+def test_safetensors_export(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    ours, _ = build_backbone(ModelConfig(backbone="resnet18", width=0.25, cifar_stem=True))
+    path = export_backbone(ours, "safetensors", tmp_path / "b.safetensors", {"cifar_stem": "true"})
+    loaded = st.load_file(str(path))
+    ref = {k: v for k, v in ours.state_dict().items() if not k.startswith("fc.")}
+    assert loaded.keys() == ref.keys() and all(torch.equal(loaded[k], ref[k]) for k in ref)
+
+
+def test_safetensors_missing_package_is_a_user_error(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name.startswith("safetensors"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    net = torchvision.models.resnet18()
+    with pytest.raises(UserError, match="pip install safetensors"):
+        export_backbone(net, "safetensors", tmp_path / "x.safetensors")
+    with pytest.raises(UserError, match="unknown export format"):
+        export_backbone(net, "onnx", tmp_path / "x.onnx")
