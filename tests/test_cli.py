@@ -54,3 +54,12 @@ def test_train_command_runs_end_to_end(tmp_path, capsys):
     assert code == 0
     assert "kNN top-1" in out and str(tmp_path / "cli") in out
     assert (tmp_path / "cli" / "config.yaml").is_file()
+
+
+def test_config_reference_in_docs_is_current():
+    from pathlib import Path
+
+    from contrastlab.config import reference_markdown
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    assert reference_markdown() in doc, "regenerate the table in docs/config.md (see its header)"

@@ -30,13 +30,13 @@ Atomic = Literal["color", "rotation", "texture"]
 class DataConfig:
     """Where the images come from and how they are loaded."""
 
-    name: DatasetName = "synthetic"
+    name: DatasetName = "synthetic"  # which dataset (see docs/datasets.md)
     path: str | None = None  # dataset root; for imagefolder the folder itself (or one with train/ and test/)
     download: bool = False  # torchvision datasets: download if missing (needs internet)
     image_size: int = 32  # side of the training crops
     in_memory: bool | None = None  # hold decoded uint8 images in RAM; None = when images are <= 96 px
     skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader worker processes for augmentation
     synthetic_train: int = 5000  # synthetic: number of training images
     synthetic_test: int = 1000  # synthetic: number of held-out images
     synthetic_seed: int = 0  # synthetic: the data set's own seed (not the training seed)
@@ -47,96 +47,96 @@ class DataConfig:
 class AugmentConfig:
     """The views of MoCo (v1 or v2 recipe); LooC uses ``looc.augmentations`` on top."""
 
-    recipe: AugmentName = "moco_v2"
-    crop_scale_min: float = 0.2
+    recipe: AugmentName = "moco_v2"  # augmentation recipe of each view
+    crop_scale_min: float = 0.2  # RandomResizedCrop scale range (min, 1)
     rotation: bool = False  # add random 0/90/180/270 rotation to every view (the "MoCo + rotation" baseline)
     blur: bool | None = None  # None = the recipe's default (v2: yes, except at <= 64 px)
 
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"  # torchvision ResNet
     width: float = 1.0  # channel multiplier of the ResNet stages (1.0 = torchvision's widths)
     cifar_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32-96 px images
-    head: Literal["linear", "mlp"] = "mlp"
-    head_hidden: int = 2048
-    dim: int = 128
+    head: Literal["linear", "mlp"] = "mlp"  # projection head: linear (MoCo v1) or MLP (v2)
+    head_hidden: int = 2048  # hidden width of the MLP head
+    dim: int = 128  # embedding dimension (queue entries have this size)
     bn_splits: int = 1  # split batch norm on one device (the CIFAR reference uses 8); 1 = plain BN
     shuffle_bn: bool = True  # shuffle keys before the key encoder: across processes under DDP, within the batch with split BN
 
 
 @dataclass
 class MocoConfig:
-    queue_size: int = 65536
-    momentum: float = 0.999
-    temperature: float = 0.2
-    symmetric: bool = False
+    queue_size: int = 65536  # K, negatives in the queue (any size; wraps around)
+    momentum: float = 0.999  # m of the key encoder's moving average
+    temperature: float = 0.2  # T of InfoNCE
+    symmetric: bool = False  # also the loss with the views swapped (2x cost, faster convergence)
 
 
 @dataclass
 class FTConfig:
     """Feature Transformation (Zhu et al., ICCV 2021); see ``transforms/feature.py``."""
 
-    pos: Literal["none", "extrapolate", "interpolate"] = "none"
-    neg: Literal["none", "interpolate"] = "none"
-    alpha_pos: float = 2.0
-    alpha_neg: float = 1.6
-    distribution: Literal["beta", "uniform"] = "beta"
-    granularity: Literal["step", "sample", "element"] = "step"
-    renormalize: bool = False
-    start_epoch: int = 0
+    pos: Literal["none", "extrapolate", "interpolate"] = "none"  # transformation of positive pairs
+    neg: Literal["none", "interpolate"] = "none"  # transformation of the negatives
+    alpha_pos: float = 2.0  # Beta(a, a) of the positive λ (extrapolation: 1 + Beta)
+    alpha_neg: float = 1.6  # Beta(a, a) of the negative λ
+    distribution: Literal["beta", "uniform"] = "beta"  # distribution of λ
+    granularity: Literal["step", "sample", "element"] = "step"  # one λ per step, sample or element
+    renormalize: bool = False  # L2-normalize the transformed features
+    start_epoch: int = 0  # first epoch (0-based) with transformations
 
 
 @dataclass
 class LoocConfig:
     """Leave-one-out contrastive learning (Xiao et al., ICLR 2021); see ``methods/looc.py``."""
 
-    augmentations: list[str] = field(default_factory=lambda: ["color"])
+    augmentations: list[str] = field(default_factory=lambda: ["color"])  # atomic augmentations with a space each
     plus_plus: bool = False  # LooC++: each head owns a copy of the last backbone stage
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 200
-    batch_size: int = 256
+    epochs: int = 200  # length of training
+    batch_size: int = 256  # global batch, split over processes
     lr: float = 0.03  # for batch_size as given (no automatic scaling)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: Literal["cosine", "step"] = "cosine"
-    milestones: list[int] = field(default_factory=lambda: [120, 160])
-    warmup_epochs: int = 0
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay
+    schedule: Literal["cosine", "step"] = "cosine"  # decay after warm-up
+    milestones: list[int] = field(default_factory=lambda: [120, 160])  # step schedule: x0.1 at these epochs
+    warmup_epochs: int = 0  # linear warm-up from 0
 
 
 @dataclass
 class TrainConfig:
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
     amp: bool | None = None  # bf16 autocast; None = on for CUDA
     channels_last: bool | None = None  # None = on for CUDA
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # neighbours of the kNN monitor
+    knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
     resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
     overwrite: bool = False  # start afresh even if the run directory already holds checkpoints
-    progress: bool = True
+    progress: bool = True  # progress bar with loss, lr and images/s
 
 
 @dataclass
 class ScoresConfig:
     record: bool = True  # record pos/neg score statistics every step
-    bins: int = 200
-    low: float = -1.0
-    high: float = 1.0
+    bins: int = 200  # histogram bins of pos/neg scores
+    low: float = -1.0  # histogram range (values outside count in the end bins)
+    high: float = 1.0  # upper end of the histogram range
 
 
 @dataclass
 class Config:
-    method: Literal["moco", "looc"] = "moco"
-    name: str = "run"
-    out_dir: str = "runs"
-    seed: int = 0
+    method: Literal["moco", "looc"] = "moco"  # the contrastive method
+    name: str = "run"  # run name: the run directory is out_dir/name
+    out_dir: str = "runs"  # where run directories go
+    seed: int = 0  # seeds weights, data order, augmentations and FT draws
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -407,3 +407,28 @@ def _type_name(hint: Any) -> str:
     if origin is list:
         return f"list[{_type_name(get_args(hint)[0])}]"
     return getattr(hint, "__name__", str(hint))
+
+
+def reference_markdown() -> str:
+    """The table of every key in docs/config.md, with each field's trailing comment as its meaning.
+
+    A test keeps docs/config.md equal to this, so the reference cannot drift from the code.
+    """
+    import inspect
+
+    hints = get_type_hints(Config)
+    sections = [("", Config)] + [(f.name, hints[f.name]) for f in dataclasses.fields(Config)
+                                 if dataclasses.is_dataclass(hints[f.name])]
+    comments = {}
+    for prefix, cls in sections:
+        for line in inspect.getsource(cls).splitlines():
+            body = line[4:]
+            if line.startswith("    ") and not body.startswith((" ", "#", '"')) and ":" in body and "#" in body:
+                key = body.split(":", 1)[0]
+                comments[f"{prefix}.{key}" if prefix else key] = body.split("#", 1)[1].strip()
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default in all_keys():
+        shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True)
+        shown = shown.strip().removesuffix("...").strip()
+        rows.append(f"| `{key}` | {type_name.replace(' | ', ' or ')} | `{shown}` | {comments.get(key, '')} |")
+    return "\n".join(rows) + "\n"

@@ -26,8 +26,10 @@ def untrained_knn(cfg) -> float:
     train = build_dataset(cfg.data, "train")
     test = build_dataset(cfg.data, "test")
     tf = eval_transform(cfg, train)
-    f_train, y_train = extract_features(model, WithTransform(train, tf), "backbone", progress=False)
-    f_test, y_test = extract_features(model, WithTransform(test, tf), "backbone", progress=False)
+    f_train, y_train = extract_features(model, WithTransform(train, tf), "backbone", progress=False,
+                                          num_workers=cfg.data.num_workers)
+    f_test, y_test = extract_features(model, WithTransform(test, tf), "backbone", progress=False,
+                                          num_workers=cfg.data.num_workers)
     return knn_accuracy(f_train, y_train, f_test, y_test, train.num_classes,
                         k=cfg.train.knn_k, temperature=cfg.train.knn_temperature)
 

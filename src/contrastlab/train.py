@@ -261,7 +261,7 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             if self.recorder is not None:
-                self.recorder.update(self.step, epoch, out.scores)
+                self.recorder.update(self.step, epoch + 1, out.scores)
             loss = out.loss.detach()
             loss_sum += loss
             interval_loss += loss
@@ -310,9 +310,9 @@ class Trainer:
                 bank = WithTransform(self.train_images, eval_transform(self.cfg, self.train_images))
                 test = WithTransform(test_images, eval_transform(self.cfg, self.train_images))
                 f_bank, y_bank = extract_features(self.method, bank, "backbone", device=self.device,
-                                                  progress=False)
+                                                  num_workers=self.cfg.data.num_workers, progress=False)
                 f_test, y_test = extract_features(self.method, test, "backbone", device=self.device,
-                                                  progress=False)
+                                                  num_workers=self.cfg.data.num_workers, progress=False)
                 acc = knn_accuracy(f_bank, y_bank, f_test, y_test, self.train_images.num_classes,
                                    k=self.cfg.train.knn_k, temperature=self.cfg.train.knn_temperature)
                 self.log({"event": "knn", "epoch": self.epoch, "step": self.step, "knn_top1": acc})
