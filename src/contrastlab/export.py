@@ -83,8 +83,8 @@ def export_backbone(backbone: nn.Module, fmt: str, out: str | os.PathLike,
         try:
             from safetensors.torch import save_file
         except ImportError:
-            raise UserError("--format safetensors needs the safetensors package: "
-                            "pip install safetensors (or pip install 'contrastlab[safetensors]')") from None
+            raise UserError("--format safetensors needs the safetensors package: pip install "
+                            "safetensors (or pip install 'contrastlab[safetensors]')") from None
         save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     os.replace(tmp, out)
     return out

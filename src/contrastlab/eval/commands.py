@@ -174,11 +174,13 @@ def _folder(data_cfg, folder: str, ref: str | None = None):
     if (root / "train").is_dir():
         raise UserError(f"{folder} has a train/ subfolder; pass the class folders' parent "
                         f"(e.g. {root / 'train'}) to --train-dir / --test-dir")
-    ds = build_dataset(dataclasses.replace(data_cfg, path=str(root), holdout_fraction=0.0), "train", None)
+    cfg = dataclasses.replace(data_cfg, path=str(root), holdout_fraction=0.0)
+    ds = build_dataset(cfg, "train", None)
     if not ds.num_classes:
         raise UserError(f"{folder} has no class subfolders; transfer evaluation needs labels")
     if ref is not None:
-        train_classes = sorted(p.name for p in Path(ref).iterdir() if p.is_dir() and not p.name.startswith("."))
+        train_classes = sorted(p.name for p in Path(ref).iterdir()
+                               if p.is_dir() and not p.name.startswith("."))
         if ds.classes != train_classes:
             missing = sorted(set(ds.classes) ^ set(train_classes))
             raise UserError(f"--train-dir and --test-dir must hold the same class folders; "
@@ -229,8 +231,9 @@ def register(subparsers) -> None:
     """Add ``eval`` (knn, linear, fewshot, rotation, corruption, factors, transfer, all) and
     ``export`` to an argparse subparsers object."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    ev = subparsers.add_parser("eval", help="evaluate a checkpoint's frozen features",
-                               description="Evaluation protocols on frozen features; see docs/evaluation.md.")
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint's frozen features",
+        description="Evaluation protocols on frozen features; see docs/evaluation.md.")
     sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     common = _common()
 
@@ -250,7 +253,8 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0, help="moco mode: weight decay")
     p.add_argument("--C", type=float, default=None,
                    help="fast mode: fixed inverse regularization (default: swept on a validation split)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="fast mode: validation share for the sweep")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fast mode: validation share for the sweep")
     p.set_defaults(func=_linear)
 
     p = sub.add_parser("fewshot", parents=[common], formatter_class=fmt,
@@ -275,7 +279,8 @@ def register(subparsers) -> None:
                        help="accuracy under the 15 ImageNet-C corruptions at 5 severities")
     p.add_argument("--classifier", choices=("linear", "knn"), default="linear",
                    help="trained on clean training features")
-    p.add_argument("--corruptions", type=_names, default=None, help="comma-separated subset (default: all 15)")
+    p.add_argument("--corruptions", type=_names, default=None,
+                   help="comma-separated subset (default: all 15)")
     p.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5])
     _knn_options(p)
     p.set_defaults(func=_corruption)
@@ -287,8 +292,10 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("transfer", parents=[common], formatter_class=fmt,
                        help="linear and few-shot evaluation on a pair of image folders")
-    p.add_argument("--train-dir", required=True, metavar="DIR", help="training images, one subfolder per class")
-    p.add_argument("--test-dir", required=True, metavar="DIR", help="test images, the same class subfolders")
+    p.add_argument("--train-dir", required=True, metavar="DIR",
+                   help="training images, one subfolder per class")
+    p.add_argument("--test-dir", required=True, metavar="DIR",
+                   help="test images, the same class subfolders")
     p.add_argument("--shots", type=_ints, default=[5, 10])
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--episodes", type=int, default=600)
@@ -313,6 +320,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", formatter_class=fmt,
                               help="export the backbone for torchvision, Detectron2 or safetensors")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--format", choices=("torchvision", "detectron2", "safetensors"), default="torchvision")
+    p.add_argument("--format", choices=("torchvision", "detectron2", "safetensors"),
+                   default="torchvision")
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=_export)

@@ -10,13 +10,20 @@ only, following the structure and the ImageNet-C severity tables, with these ada
   order. Photometric parameters (noise levels, contrast, brightness, JPEG quality, pixelation
   factor, zoom factors) are used as in ImageNet-C.
 * **glass_blur** replaces the sequential pixel swaps (a slow Python loop) by a vectorized local
-  shuffle: each pixel takes the value of a random neighbour within ``delta``, then Gaussian blur.
-  Its iteration counts are made non-decreasing with severity (2, 2, 3, 3, 3).
+  shuffle: each pixel takes the (bilinearly interpolated) value at a random offset of up to
+  ``delta · max(s, 0.25)`` pixels, then Gaussian blur; the floor keeps the shuffle visible on
+  32-px images. Its iteration counts are made non-decreasing with severity (2, 2, 3, 3, 3).
 * **motion_blur** and the snow streaks use a one-sided Gaussian line kernel at a random angle, the
   model of ImageMagick's motion blur that ImageNet-C calls.
-* **frost** uses procedurally synthesized ice patterns (fractal noise plus random thin crystal
-  branches, bluish white) instead of the six frost photographs; blending weights as ImageNet-C.
-* **fog** uses multi-octave value noise in place of the diamond-square plasma fractal.
+* **frost** uses procedurally synthesized ice (fractal haze plus random thin crystal branches,
+  bluish white) instead of the six frost photographs, alpha-composited with an opacity that grows
+  with severity (0.4, 0.55, 0.7, 0.8, 0.9) × the pattern's own opacity. ImageNet-C's additive
+  weights (1, 0.4) … (0.6, 0.75) are monotone only with the photographs' statistics.
+* **fog** uses multi-octave value noise in place of the diamond-square plasma fractal; the
+  strength rises by 0.5 per severity (1.5 … 3.5) and the roughness decay falls (2.0 … 1.6) so that
+  severity 5 is stronger than 4 (ImageNet-C repeats strength 2.5 at severities 3 and 4).
+* **snow**: ImageNet-C's table, with the image-brightening blend at severities 3 and 4 set to
+  0.66 and 0.62 (0.7 and 0.65 there) so that the change grows with severity.
 * **elastic_transform**: ImageNet-C's table is not monotone in severity and adds an affine jitter;
   here a smooth random displacement field (Gaussian-filtered, ``sigma = 0.05·size``) is scaled by an
   amplitude that grows with severity: ``(0.015, 0.025, 0.035, 0.05, 0.07)·size`` pixels.

@@ -87,7 +87,8 @@ class LogisticProbe:
             return float(self.Cs[0])
         counts = np.bincount(y)
         stratify = y if counts[counts > 0].min() >= 2 else None
-        n_val = max(int(round(self.val_fraction * len(y))), len(np.unique(y)) if stratify is not None else 1)
+        min_val = len(np.unique(y)) if stratify is not None else 1  # one per class to stratify
+        n_val = max(int(round(self.val_fraction * len(y))), min_val)
         if n_val >= len(y) - 1:
             return float(self.Cs[len(self.Cs) // 2])  # too few samples to validate: middle of the grid
         x_tr, x_val, y_tr, y_val = train_test_split(x, y, test_size=n_val, random_state=self.seed,

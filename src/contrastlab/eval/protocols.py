@@ -136,7 +136,8 @@ def run_corruption(ctx: EvalContext, classifier: str = "linear",
                                                     "severities": list(severities)})
 
 
-def run_factors(ctx: EvalContext, names: Sequence[str] = ("shape", "color", "texture", "rotation")) -> dict:
+def run_factors(ctx: EvalContext,
+                names: Sequence[str] = ("shape", "color", "texture", "rotation")) -> dict:
     from contrastlab.eval.factors import FACTORS, factor_probes
     from contrastlab.eval.rotation import rotation_probe
 
