@@ -190,7 +190,7 @@ def make_synthetic(n: int, image_size: int = 32, seed: int = 0) -> SyntheticData
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
 
     sup = 2 * image_size  # supersampled side
-    templates = _templates(4 * image_size)[:, None]  # [G, 1, T, T]
+    templates = _templates(sup)[:, None]  # [G, 1, T, T], as fine as the supersampled grid
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     pattern_gen = torch.Generator().manual_seed(pattern_seed)
     noise_gen = torch.Generator().manual_seed(noise_seed)
@@ -209,10 +209,11 @@ def make_synthetic(n: int, image_size: int = 32, seed: int = 0) -> SyntheticData
         mask = F.grid_sample(templates[shape[sl]], grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False)  # [m, 1, sup, sup]
         pattern = _textures(texture[sl], sup, sup / image_size, pattern_gen)[:, None]
-        background = pattern.mul_(bg_contrast[sl, None, None, None]).add_(bg_low[sl, None, None, None])
-        # background + mask * (colour - background), then 2x2 average: the anti-aliased picture
-        picture = (rgb[sl, :, None, None] - background).mul_(mask).add_(background)
-        picture = F.avg_pool2d(picture, 2)
+        # Anti-alias the two one-channel layers by 2x2 averaging, then compose at the output size.
+        mask, pattern = F.avg_pool2d(torch.cat([mask, pattern], 1), 2).unbind(1)
+        mask = mask[:, None]
+        background = pattern[:, None].mul_(bg_contrast[sl, None, None, None]).add_(bg_low[sl, None, None, None])
+        picture = (rgb[sl, :, None, None] - background).mul_(mask).add_(background)  # [m, 3, S, S]
         picture.add_(torch.randn(picture.shape, generator=noise_gen), alpha=0.03)
         images[sl] = picture.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     return SyntheticData(images=images, factors={"shape": shape, "color": color, "texture": texture})
