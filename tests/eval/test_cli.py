@@ -49,7 +49,7 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     assert {"2-shot", "2-shot ci95", "3-way 1-shot"} <= set(few)
     assert main(["eval", "factors", str(checkpoint), *COMMON, "--space", "z",
                  "--factors", "color,rotation"]) == 0
-    assert set(_json(run_dir / "eval" / "factors.json")["summary"]) == {"color", "rotation"}
+    assert set(_json(run_dir / "eval" / "factors-z.json")["summary"]) == {"color", "rotation"}
     assert main(["eval", "corruption", str(checkpoint), *COMMON, "--classifier", "knn", "--k", "5",
                  "--corruptions", "gaussian_noise,frost", "--severities", "1,5", "--max-test", "16"]) == 0
     cor = _json(run_dir / "eval" / "corruption.json")

@@ -76,7 +76,7 @@ def _finish(args, result: dict, checkpoint: str) -> int:
     from contrastlab.eval.results import result_path, write_json
 
     print(summary_table(result))
-    path = write_json(result, result_path(checkpoint, result["protocol"], args.out))
+    path = write_json(result, result_path(checkpoint, result["protocol"], args.out, args.space))
     print(f"\nresult written to {path}")
     return 0
 

@@ -101,7 +101,8 @@ def run_all(checkpoints: Sequence[str], protocols: Sequence[str], out_dir: str |
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
             if save_each:
-                entry["files"][proto] = str(write_json(result, result_path(ckpt, proto)))
+                path = result_path(ckpt, proto, space=ctx.space)
+                entry["files"][proto] = str(write_json(result, path))
         entries.append(entry)
     header, rows = comparison_rows(entries)
     table = markdown_table(header, rows)

@@ -15,11 +15,14 @@ def default_run_dir(checkpoint: str | os.PathLike) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def result_path(checkpoint: str | os.PathLike, protocol: str, out: str | None = None) -> Path:
-    """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report)."""
+def result_path(checkpoint: str | os.PathLike, protocol: str, out: str | None = None,
+                space: str = "backbone") -> Path:
+    """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
+    ``<protocol>-<space>.json`` for a space other than the backbone, so spaces do not overwrite."""
     if out:
         return Path(out)
-    return default_run_dir(checkpoint) / "eval" / f"{protocol}.json"
+    name = protocol if space == "backbone" else f"{protocol}-{space}"
+    return default_run_dir(checkpoint) / "eval" / f"{name}.json"
 
 
 def _clean(value: Any) -> Any:
