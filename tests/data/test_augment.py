@@ -17,7 +17,8 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def _image(size=32, seed=0):
-    return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=gen)
 
 
 def _normalized(img):
@@ -80,7 +81,8 @@ def test_blur_follows_the_recipe_and_the_image_size():
     assert _has(build_train_transform(v2_cfg, 96, MEAN, STD), v2.GaussianBlur)
     assert _has(build_train_transform(AugmentConfig(blur=True), 32, MEAN, STD), v2.GaussianBlur)
     assert not _has(build_train_transform(AugmentConfig(blur=False), 224, MEAN, STD), v2.GaussianBlur)
-    assert not _has(build_train_transform(AugmentConfig(recipe="moco_v1"), 224, MEAN, STD), v2.GaussianBlur)
+    v1_cfg = AugmentConfig(recipe="moco_v1")
+    assert not _has(build_train_transform(v1_cfg, 224, MEAN, STD), v2.GaussianBlur)
     assert blur_kernel_size(224) == 23 and blur_kernel_size(32) == 3 and blur_kernel_size(96) % 2 == 1
 
 

@@ -57,7 +57,8 @@ def test_train_and_test_folders(tmp_path, test_name):
     _tree(tmp_path / test_name, classes=("cat", "eel"), per_class=2, seed=50)
     train, test = build_dataset(_cfg(tmp_path), "train"), build_dataset(_cfg(tmp_path), "test")
     assert train.classes == test.classes == ["cat", "dog", "eel"]
-    assert len(train) == 12 and train.num_classes == 3 and train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(train) == 12 and train.num_classes == 3
+    assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert len(test) == 4 and test.labels.tolist() == [0, 0, 2, 2]  # indices follow train's classes
     img, label = test[3]
     assert img.dtype == torch.uint8 and img.shape == (3, 16, 16) and label == 2
@@ -79,6 +80,13 @@ def test_class_folders_get_a_stratified_deterministic_holdout(tmp_path):
     all_images = torch.cat([train.images, test.images]).flatten(1)
     assert len(torch.unique(all_images, dim=0)) == 30  # disjoint, and together everything
     assert torch.equal(build_dataset(cfg, "test").images, test.images)
+
+
+def test_train_folder_alone_gets_a_holdout_and_a_zero_fraction_an_empty_test_split(tmp_path):
+    _tree(tmp_path / "train", per_class=5)
+    assert len(build_dataset(_cfg(tmp_path, holdout_fraction=0.2), "test")) == 3
+    empty = build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "test")
+    assert len(empty) == 0 and empty.num_classes == 3
 
 
 def test_flat_folder_is_unlabelled(tmp_path):

@@ -91,7 +91,8 @@ class TensorImageDataset(_Described):
                  image_size: int | None, classes: Sequence[str] = (), factors: dict | None = None,
                  skipped: Sequence[str] = (), transform: Callable | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}")
         self.images = images
         self._describe(labels, num_classes, mean, std, image_size, classes, factors, skipped, transform)
         if len(self.labels) != len(images):
@@ -136,7 +137,8 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
         return _torchvision(cfg, split, transform)
     if cfg.name == "imagefolder":
         return _imagefolder(cfg, split, transform)
-    raise UserError(f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10, cifar100, stl10, imagefolder")
+    raise UserError(f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10, cifar100, stl10, "
+                    f"imagefolder")
 
 
 def derived_seed(seed: int, purpose: str) -> int:
@@ -172,7 +174,8 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
     try:
         if name == "stl10":
             # Pretraining uses the 5,000 labelled and 100,000 unlabelled images (labels -1).
-            ds = tvd.STL10(str(root), split="train+unlabeled" if train else "test", download=cfg.download)
+            stl_split = "train+unlabeled" if train else "test"
+            ds = tvd.STL10(str(root), split=stl_split, download=cfg.download)
             images, labels = torch.from_numpy(ds.data), torch.as_tensor(ds.labels)
         else:
             cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
@@ -181,10 +184,12 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
             labels = torch.as_tensor(ds.targets)
     except Exception as e:
         if not cfg.download:
-            raise UserError(f"{name} not found under {root}; pass data.download=true to download it "
-                            f"(needs internet) or point data.path at a folder that holds a copy") from None
+            raise UserError(f"{name} not found under {root}; pass data.download=true to download "
+                            f"it (needs internet) or point data.path at a folder that holds a "
+                            f"copy") from None
         raise UserError(f"downloading {name} to {root} failed ({_reason(e)}); check the internet "
-                        f"connection, or download it elsewhere and point data.path at the copy") from None
+                        f"connection, or download it elsewhere and point data.path at the "
+                        f"copy") from None
     mean, std = dataset_stats(name)
     return TensorImageDataset(images.contiguous(), labels, num_classes=len(ds.classes), mean=mean,
                               std=std, image_size=int(images.shape[-1]), classes=ds.classes,
@@ -260,7 +265,8 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
         raise UserError(f"data.path {root} does not exist; point data.path at a folder of images, of "
                         f"class folders, or with train/ and test/ folders")
     if not root.is_dir():
-        raise UserError(f"data.path {root} is not a folder; point it at a folder of images or class folders")
+        raise UserError(f"data.path {root} is not a folder; point it at a folder of images or of "
+                        f"class folders")
     train_dir = root / "train"
     if train_dir.is_dir():
         files, labels, classes = _scan(train_dir)
@@ -272,10 +278,7 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
     else:
         files, labels, classes = _scan(root)
     train_idx, test_idx = _holdout(labels, fraction)
-    chosen = train_idx if split == "train" else test_idx
-    if not chosen:
-        raise UserError(f"the {split} split of {root} is empty (data.holdout_fraction={fraction}); "
-                        f"raise data.holdout_fraction or add a test/ folder")
+    chosen = train_idx if split == "train" else test_idx  # empty test split: holdout_fraction=0
     return [files[i] for i in chosen], [labels[i] for i in chosen], classes
 
 
@@ -466,13 +469,19 @@ def _load_folder(files: list[str], cfg: DataConfig):
 def _imagefolder(cfg: DataConfig, split: str, transform):
     root = Path(cfg.path or "").expanduser()
     files, labels, classes = _imagefolder_split(root, split, cfg.holdout_fraction)
+    if not files:
+        mean, std = dataset_stats("imagefolder")
+        empty = torch.empty(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+        return TensorImageDataset(empty, [], num_classes=len(classes), mean=mean, std=std,
+                                  image_size=None, classes=classes, transform=transform)
     start = time.perf_counter()
     in_memory, arrays, sizes, bad = _load_folder(files, cfg)
 
     skipped = [files[i] for i in sorted(bad)]
     if bad:
         first = min(bad)
-        count = f"{len(bad)} unreadable images in {root}, the first" if len(bad) > 1 else "unreadable image"
+        count = (f"{len(bad)} unreadable images in {root}, the first" if len(bad) > 1
+                 else "unreadable image")
         if not cfg.skip_bad_images:
             raise UserError(f"{count}: {files[first]} ({bad[first]}); fix or delete it, or pass "
                             f"data.skip_bad_images=true to skip unreadable images")

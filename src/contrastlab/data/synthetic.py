@@ -212,7 +212,8 @@ def make_synthetic(n: int, image_size: int = 32, seed: int = 0) -> SyntheticData
         # Anti-alias the two one-channel layers by 2x2 averaging, then compose at the output size.
         mask, pattern = F.avg_pool2d(torch.cat([mask, pattern], 1), 2).unbind(1)
         mask = mask[:, None]
-        background = pattern[:, None].mul_(bg_contrast[sl, None, None, None]).add_(bg_low[sl, None, None, None])
+        background = pattern[:, None].mul_(bg_contrast[sl, None, None, None])
+        background.add_(bg_low[sl, None, None, None])
         picture = (rgb[sl, :, None, None] - background).mul_(mask).add_(background)  # [m, 3, S, S]
         picture.add_(torch.randn(picture.shape, generator=noise_gen), alpha=0.03)
         images[sl] = picture.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
