@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,14 +11,9 @@ import torch.multiprocessing as mp
 
 from contrastlab import distributed
 from contrastlab.methods.moco import MoCo
+from helpers import free_port
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def global_batches(steps: int, batch: int):
@@ -71,7 +65,7 @@ STEPS = 3
 def ddp_runs(tmp_path_factory):
     """One pair of processes runs every configuration below (starting processes is the slow part)."""
     from contrastlab.config import load_config
-    from conftest import TINY
+    from helpers import TINY
 
     out = tmp_path_factory.mktemp("ddp")
     configs = {

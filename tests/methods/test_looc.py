@@ -262,7 +262,7 @@ def _looc_worker(rank: int, port: int, cfgs: dict, steps: int, out_dir: str) -> 
 
 def test_ddp_two_processes(tiny_config, tmp_path):
     import torch.multiprocessing as mp
-    from test_distributed import free_port
+    from helpers import free_port
 
     common = ["method=looc", "looc.augmentations=[color,rotation]", "looc.plus_plus=true",
               "moco.queue_size=20", "optim.batch_size=8"]

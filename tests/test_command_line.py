@@ -46,7 +46,7 @@ def test_every_preset_loads():
 
 
 def test_train_command_runs_end_to_end(tmp_path, capsys):
-    from conftest import TINY
+    from helpers import TINY
 
     code = main(["train", "--config", "moco_v2_cifar", *TINY, "optim.epochs=1",
                  f"out_dir={tmp_path}", "name=cli"])
