@@ -1,0 +1,164 @@
+"""Run the experiments of docs/results.md: train every variant and seed, evaluate, tabulate.
+
+    python experiments/run.py ft               # MoCo v2 vs + Feature Transformation (CIFAR-10 subset)
+    python experiments/run.py momentum         # key-encoder momentum study, score curves
+    python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
+    python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
+
+Every step goes through the ``contrastlab`` command, exactly as a user would run it. A run whose
+results already exist is skipped, so an interrupted experiment continues where it stopped. Results go
+to ``runs/experiments/<experiment>/`` with a ``summary.md`` (mean ± sample std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "contrastlab"]
+CIFAR = "experiments/cifar_cpu.yaml"
+SYNTHETIC = "experiments/synthetic_cpu.yaml"
+FT = {"MoCo v2": [], "+ pos. extrapolation": ["ft.pos=extrapolate"],
+      "+ neg. interpolation": ["ft.neg=interpolate"],
+      "+ both": ["ft.pos=extrapolate", "ft.neg=interpolate"]}
+LOOC_SYNTHETIC = {
+    "MoCo": [],
+    "MoCo + rotation aug.": ["augment.rotation=true"],
+    "LooC (colour)": ["method=looc", "looc.augmentations=[color]"],
+    "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
+    "LooC (colour, rotation)": ["method=looc", "looc.augmentations=[color,rotation]"],
+    "LooC++ (colour, rotation)": ["method=looc", "looc.augmentations=[color,rotation]",
+                                  "looc.plus_plus=true"],
+}
+EXPERIMENTS = {
+    "ft": dict(config=CIFAR, variants=FT, seeds=[0, 1, 2], evals=["linear"]),
+    "momentum": dict(config=CIFAR, seeds=[0], evals=["linear"],
+                     variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.99, 0.999, 1.0)}),
+    "looc_synthetic": dict(config=SYNTHETIC, variants=LOOC_SYNTHETIC, seeds=[0, 1, 2],
+                           evals=["factors"]),
+    "looc_cifar": dict(config=CIFAR, seeds=[0, 1, 2], evals=["linear", "rotation"], variants={
+        "MoCo": [], "MoCo + rotation aug.": ["augment.rotation=true"],
+        "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"]}),
+}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_").replace("__", "_")
+
+
+def sh(args: list[str]) -> None:
+    print("$", " ".join(args[2:] if args[:2] == CLI[:2] else args), flush=True)
+    subprocess.run(args, check=True)
+
+
+def spaces_of(overrides: list[str]) -> list[str]:
+    """Feature spaces to probe: the backbone, and for LooC every head (and LooC++'s concat)."""
+    if "method=looc" not in overrides:
+        return ["backbone"]
+    augs = next(o for o in overrides if o.startswith("looc.augmentations="))
+    names = augs.split("=", 1)[1].strip("[]").split(",")
+    extra = ["concat"] if "looc.plus_plus=true" in overrides else []
+    return ["backbone", "z0", *names, *extra]
+
+
+def run_variant(exp: str, spec: dict, label: str, overrides: list[str], seed: int, root: Path,
+                extra: list[str]) -> Path:
+    name = f"{slug(label)}-s{seed}"
+    run_dir = root / name
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.exists():
+        sh([*CLI, "train", "--config", spec["config"], *overrides, *extra, f"seed={seed}",
+            f"out_dir={root}", f"name={name}", "train.overwrite=true"])
+    for protocol in spec["evals"]:
+        for space in spaces_of(overrides):
+            suffix = "" if space == "backbone" else f"-{space}"
+            if (run_dir / "eval" / f"{protocol}{suffix}.json").exists():
+                continue
+            args = [*CLI, "eval", protocol, str(ckpt), "--space", space, "--no-progress"]
+            if protocol == "linear":
+                args.append("--fast")
+            if protocol == "factors":
+                args += ["--dataset", "synthetic"]
+            sh(args)
+    return run_dir
+
+
+def final_knn(run_dir: Path) -> float | None:
+    knn = None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "knn":
+            knn = record["knn_top1"]
+    return knn
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def summarize(exp: str, spec: dict, runs: dict[str, list[Path]]) -> str:
+    n = len(spec["seeds"])
+    lines = []
+    if exp == "looc_synthetic":
+        lines += ["| method | space | shape | colour | texture | rotation |", "|---|---|---|---|---|---|"]
+        for label, dirs in runs.items():
+            for space in spaces_of(spec["variants"][label]):
+                suffix = "" if space == "backbone" else f"-{space}"
+                rows = [json.loads((d / "eval" / f"factors{suffix}.json").read_text())["summary"]
+                        for d in dirs]
+                cells = [mean_std([r[f] for r in rows]) for f in ("shape", "color", "texture", "rotation")]
+                lines.append(f"| {label} | {space} | " + " | ".join(cells) + " |")
+    else:
+        protocols = spec["evals"]
+        header = ["method", "kNN top-1"] + [{"linear": "linear top-1", "rotation": "rotation probe"}[p]
+                                            for p in protocols]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label, dirs in runs.items():
+            cells = [mean_std([final_knn(d) for d in dirs])]
+            for p in protocols:
+                cells.append(mean_std([json.loads((d / "eval" / f"{p}.json").read_text())["summary"]["top1"]
+                                       for d in dirs]))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean ± sample standard deviation over {n} seed(s) ({', '.join(map(str, spec['seeds']))}).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--root", default="runs/experiments")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the experiment's)")
+    parser.add_argument("overrides", nargs="*", help="extra key=value for every training run")
+    args = parser.parse_args()
+    spec = dict(EXPERIMENTS[args.experiment])
+    if args.seeds:
+        spec["seeds"] = [int(s) for s in args.seeds.split(",")]
+    root = Path(args.root) / args.experiment
+    start = time.time()
+    runs: dict[str, list[Path]] = {}
+    for seed in spec["seeds"]:  # seed-major: a partial experiment still covers every variant
+        for label, overrides in spec["variants"].items():
+            runs.setdefault(label, []).append(
+                run_variant(args.experiment, spec, label, overrides, seed, root, args.overrides))
+    table = summarize(args.experiment, spec, runs)
+    (root / "summary.md").write_text(table)
+    print(table)
+    print(f"{args.experiment}: {time.time() - start:.0f} s")
+    first = [dirs[0] for dirs in runs.values()]
+    sh([*CLI, "scores", *map(str, first), "--out", str(root / "figures"),
+        "--labels", *runs.keys()])
+
+
+if __name__ == "__main__":
+    main()
