@@ -37,7 +37,13 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         y = F.batch_norm(
             x.reshape(n // s, c * s, h, w), running_mean, running_var,
             self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
-        ).view(n, c, h, w)
+        )
+        # Back to [N, C, H, W] as a tensor of its own rather than a view: torchvision follows BN
+        # with an in-place ReLU, and an in-place op on a view makes autograd rebuild the whole
+        # base tensor in the backward pass (CopySlices: two extra full copies per layer, ~8% of
+        # a ResNet-18 step on CPU). ``_unsafe_view`` shares the storage all the same and its
+        # gradient is a plain reshape.
+        y = torch.ops.aten._unsafe_view(y, (n, c, h, w))
         with torch.no_grad():
             self.running_mean.copy_(running_mean.view(s, c).mean(0))
             self.running_var.copy_(running_var.view(s, c).mean(0))

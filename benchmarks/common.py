@@ -1,0 +1,227 @@
+"""Shared helpers of the benchmarks: machine description, interleaved timing, peak memory.
+
+The machines these run on are often shared, so every benchmark
+
+* runs its variants in interleaved rounds (the order rotates from round to round), so that a burst
+  of load from another process hits all variants alike;
+* reports the median and the best time of each variant, and ratios as the median of the per-round
+  ratios (paired within a round);
+* records the load average before and after.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around the measured steps; on CPU the
+torch allocator keeps no peak, so each variant runs in a child process (``child_peak_memory``) that
+reports the rise of its peak resident set size (``ru_maxrss``) over the resident size it had after
+set-up, i.e. the memory the step itself needs on top of the model, optimizer and inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+MEMORY_TAG = "PEAK_MEMORY_JSON "
+
+
+# ----------------------------------------------------------------------------------------------
+# The machine
+# ----------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "ram_gib": round(_ram_gib() or 0.0, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": str(device),
+        "load_before": load_average(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_header(title: str, info: dict, settings: dict) -> None:
+    print(f"== {title}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+@dataclass
+class Timings:
+    """Per-round wall and CPU seconds per call of each variant (same rounds for all)."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.wall[name])
+
+    def best(self, name: str) -> float:
+        return min(self.wall[name])
+
+    def cpu_median(self, name: str) -> float:
+        return statistics.median(self.cpu[name])
+
+    def ratio(self, num: str, den: str) -> float:
+        """Median over rounds of wall(num) / wall(den), each round's pair measured side by side."""
+        return statistics.median(a / b for a, b in zip(self.wall[num], self.wall[den]))
+
+    def ratios(self, num: str, den: str) -> list[float]:
+        return [a / b for a, b in zip(self.wall[num], self.wall[den])]
+
+
+def interleaved(
+    variants: dict[str, Callable[[], None]],
+    *,
+    rounds: int,
+    calls: int = 1,
+    warmup: int = 1,
+    device: torch.device = torch.device("cpu"),
+    verbose: bool = True,
+) -> Timings:
+    """Time each variant ``calls`` times per round, rounds interleaved, order rotated per round.
+
+    Each variant is first called ``warmup`` times (allocator, oneDNN primitive caches, optimizer
+    state). Returns seconds per call, one entry per round.
+    """
+    names = list(variants)
+    for name in names:
+        for _ in range(warmup):
+            variants[name]()
+        synchronize(device)
+    out = Timings({n: [] for n in names}, {n: [] for n in names})
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            synchronize(device)
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            for _ in range(calls):
+                variants[name]()
+            synchronize(device)
+            out.wall[name].append((time.perf_counter() - t0) / calls)
+            out.cpu[name].append((cpu_seconds() - c0) / calls)
+        if verbose:
+            cells = "  ".join(f"{n} {out.wall[n][-1] * 1e3:8.1f} ms" for n in names)
+            print(f"  round {r + 1}/{rounds}: {cells}  (load {load_average()})", flush=True)
+    return out
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak memory
+# ----------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux (bytes on macOS)
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def report_child_memory(step: Callable[[], None], steps: int = 2, device=torch.device("cpu")) -> None:
+    """In a child process: run ``step`` and print the peak memory as a tagged JSON line.
+
+    Call after the model, optimizer and inputs exist. Reports the peak resident set size of the
+    process and its rise over the resident size before the first step (CPU), or the peak of
+    ``torch.cuda.max_memory_allocated`` above what was allocated before (CUDA).
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        result = {"kind": "cuda_max_memory_allocated", "peak_mib": peak / 2**20,
+                  "step_mib": (peak - base) / 2**20}
+    else:
+        base = _rss_bytes()
+        for _ in range(steps):
+            step()
+        peak = _maxrss_bytes()
+        result = {"kind": "cpu_maxrss", "peak_mib": peak / 2**20, "step_mib": (peak - base) / 2**20}
+    print(MEMORY_TAG + json.dumps(result), flush=True)
+
+
+def child_peak_memory(argv: list[str], timeout: float = 600) -> dict | None:
+    """Run ``python argv...`` (a benchmark in its child mode) and read its memory report."""
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(MEMORY_TAG):
+            return json.loads(line[len(MEMORY_TAG):])
+    sys.stderr.write(f"memory child {argv} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n")
+    return None
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
