@@ -155,9 +155,10 @@ def main() -> None:
     (root / "summary.md").write_text(table)
     print(table)
     print(f"{args.experiment}: {time.time() - start:.0f} s")
+    # score curves of the first seed of every variant, overlaid; the labels name the settings
+    # that differ and each run's final kNN accuracy
     first = [dirs[0] for dirs in runs.values()]
-    sh([*CLI, "scores", *map(str, first), "--out", str(root / "figures"),
-        "--labels", *runs.keys()])
+    sh([*CLI, "scores", *map(str, first), "--out", str(root / "figures")])
 
 
 if __name__ == "__main__":

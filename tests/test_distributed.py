@@ -111,3 +111,23 @@ def test_ddp_loss_equals_single_process_on_global_batch(ddp_runs, tiny_config):
     slots = [(16 + i) % 20 for i in range(8)]
     torch.testing.assert_close(model.queue[slots].sort(dim=0).values,
                                ranks[0]["queue"][slots].sort(dim=0).values, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_trains_with_two_processes(tmp_path):
+    """The documented command: torchrun -m contrastlab train, gloo on the CPU."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import TINY
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nproc_per_node", "2",
+           "--master_port", str(free_port()), "-m", "contrastlab", "train", "--config", "moco_v2_cifar",
+           *TINY, "model.bn_splits=1", "optim.epochs=1", f"out_dir={tmp_path}", "name=ddp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("run directory:") == 1  # only the main process reports
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 96 // 16  # the global batch of 16 is split over the two processes

@@ -24,9 +24,7 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
-    from contrastlab import distributed
-
-    if distributed.rank() == 0:
+    if result.is_main:
         knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
         print(f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.0f} s: "
               f"final loss {result.final_loss:.4f}{knn}")

@@ -62,6 +62,16 @@ def gather_cat(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def mean_over_processes(x: Tensor) -> Tensor:
+    """The mean of a tensor over every process (the tensor itself in a single process)."""
+    if not is_distributed():
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+@torch.no_grad()
 def shuffle_batch(x: Tensor) -> tuple[Tensor, Tensor]:
     """Shuffle a batch before the key encoder; returns ``(shuffled local batch, undo index)``.
 

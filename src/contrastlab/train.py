@@ -8,6 +8,7 @@ boundaries, so a run resumed from a checkpoint continues exactly as if it had ne
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -43,6 +44,7 @@ class TrainResult:
     last_checkpoint: Path | None
     best_checkpoint: Path | None
     seconds: float
+    is_main: bool = True  # False on the other processes under torchrun
 
 
 class WithTransform(Dataset):
@@ -122,8 +124,12 @@ class Trainer:
         if distributed.is_distributed():
             # The queue is kept identical on every process by gathering keys, so buffers need no
             # broadcast (which would also copy the K x d queue every step).
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if cuda else None, broadcast_buffers=False)
+            ddp = torch.nn.parallel.DistributedDataParallel
+            no_buffer_sync = ({"forward_sync_buffers": False}  # torch >= 2.14 spelling
+                              if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                              else {"broadcast_buffers": False})
+            self.model = ddp(self.model, device_ids=[self.device.index] if cuda else None,
+                             **no_buffer_sync)
         params = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay)
@@ -224,7 +230,7 @@ class Trainer:
             self.writer.close()
         return TrainResult(
             run_dir=self.run_dir, epochs=self.epoch, steps=self.step, final_loss=final_loss,
-            knn_top1=self.last_knn, seconds=time.time() - start,
+            knn_top1=self.last_knn, seconds=time.time() - start, is_main=self.is_main,
             last_checkpoint=self.ckpt_dir / "last.pt" if (self.ckpt_dir / "last.pt").exists() else None,
             best_checkpoint=self.ckpt_dir / "best.pt" if (self.ckpt_dir / "best.pt").exists() else None,
         )
@@ -268,7 +274,8 @@ class Trainer:
             interval_images += views[0].shape[0] * distributed.world_size()
             if (i + 1) % cfg.train.log_every == 0 or i + 1 == self.steps_per_epoch:
                 steps = (i % cfg.train.log_every) + 1
-                mean_loss = (interval_loss / steps).item()  # the only host sync of the loop
+                # the mean over every process, so that all of them see a NaN and stop together
+                mean_loss = (distributed.mean_over_processes(interval_loss) / steps).item()
                 self.check_finite(mean_loss, epoch)
                 rate = interval_images / max(time.time() - interval_start, 1e-9)
                 self.log({"event": "train", "epoch": epoch + 1, "step": self.step,
@@ -283,7 +290,7 @@ class Trainer:
             bar.close()
         if self.recorder is not None:
             self.recorder.end_epoch(epoch + 1)
-        epoch_loss = (loss_sum / self.steps_per_epoch).item()
+        epoch_loss = (distributed.mean_over_processes(loss_sum) / self.steps_per_epoch).item()
         self.check_finite(epoch_loss, epoch)
         self.log({"event": "epoch", "epoch": epoch + 1, "step": self.step, "loss": epoch_loss})
         return epoch_loss
