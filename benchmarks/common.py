@@ -10,7 +10,7 @@ The machines these run on are often shared, so every benchmark
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around the measured steps; on CPU the
 torch allocator keeps no peak, so each variant runs in a child process (``child_peak_memory``) that
-reports the rise of its peak resident set size (``ru_maxrss``) over the resident size it had after
+reports the rise of its peak resident set size (VmHWM) over the resident size it had after
 set-up, i.e. the memory the step itself needs on top of the model, optimizer and inputs.
 """
 
@@ -175,14 +175,32 @@ def fmt_ms(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _maxrss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux (bytes on macOS)
-    scale = 1 if sys.platform == "darwin" else 1024
+    """Peak resident set size of this process.
+
+    VmHWM where there is /proc: ``ru_maxrss`` survives ``execve`` on Linux, so in a child started
+    from a big parent it would report the parent's peak.
+    """
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
@@ -208,7 +226,7 @@ def report_child_memory(step: Callable[[], None], steps: int = 2, device=torch.d
         for _ in range(steps):
             step()
         peak = _maxrss_bytes()
-        result = {"kind": "cpu_maxrss", "peak_mib": peak / 2**20, "step_mib": (peak - base) / 2**20}
+        result = {"kind": "cpu_peak_rss", "peak_mib": peak / 2**20, "step_mib": (peak - base) / 2**20}
     print(MEMORY_TAG + json.dumps(result), flush=True)
 
 

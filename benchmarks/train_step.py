@@ -175,7 +175,9 @@ def data_pipeline(args) -> dict[int, float]:
     n = args.batch * (args.data_batches + 1)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     rates = {}
-    for workers in (0, 2):
+    threads = torch.get_num_threads()
+    for workers, main_threads in ((0, threads), (0, 1), (2, threads)):
+        torch.set_num_threads(main_threads)  # workers run with one thread each
         loader = torch.utils.data.DataLoader(InMemoryImages(images, views), batch_size=args.batch,
                                              shuffle=True, drop_last=True, num_workers=workers)
         it = iter(loader)
@@ -184,9 +186,11 @@ def data_pipeline(args) -> dict[int, float]:
         count = 0
         for batch, _ in it:
             count += batch[0].shape[0]
-        rates[workers] = count / (time.perf_counter() - t0)
-        print(f"  data pipeline, {workers} workers: {rates[workers]:.0f} images/s "
-              f"(2 views each, {count} images)", flush=True)
+        rates[(workers, main_threads)] = count / (time.perf_counter() - t0)
+        where = f"main process with {main_threads} torch thread(s)" if not workers else "workers"
+        print(f"  data pipeline, {workers} workers ({where}): {rates[(workers, main_threads)]:.0f} "
+              f"images/s (2 views each, {count} images)", flush=True)
+    torch.set_num_threads(threads)
     return rates
 
 
@@ -214,6 +218,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-data", action="store_true")
     ap.add_argument("--no-lightly", action="store_true")
+    ap.add_argument("--no-timing", action="store_true", help="skip the step timing (memory/data only)")
     ap.add_argument("--data-batches", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 3 data batches")
@@ -238,20 +243,21 @@ def main() -> None:
         "rounds": args.rounds, "steps_per_round": args.steps, "channels_last": setup.channels_last,
         "amp_bf16": setup.amp})
 
-    steps = {name: setup.build(name) for name in names}
-    t = common.interleaved(steps, rounds=args.rounds, calls=args.steps, warmup=args.warmup, device=device)
-    print("step times (median over rounds; best; CPU seconds per step):")
-    for name in names:
+    steps = {} if args.no_timing else {name: setup.build(name) for name in names}
+    t = None if args.no_timing else common.interleaved(steps, rounds=args.rounds, calls=args.steps, warmup=args.warmup, device=device)
+    if t is not None:
+        print("step times (median over rounds; best; CPU seconds per step):")
+    for name in names if t is not None else []:
         print(f"  {name:20s} {common.fmt_ms(t.median(name)):>10s}  {args.batch / t.median(name):6.1f} img/s"
               f"   best {args.batch / t.best(name):6.1f} img/s   cpu {t.cpu_median(name):.2f} s")
-    if "lightly" in names:
+    if "lightly" in names and t is not None:
         for name in names:
             if name != "lightly":
                 r = t.ratios("lightly", name)
                 print(f"  speed-up {name} vs lightly: {t.ratio('lightly', name):.2f}x "
                       f"(per round: {', '.join(f'{x:.2f}' for x in r)}; target >= 1.3x)")
 
-    if args.flops:
+    if args.flops and t is not None:
         flops = count_flops(steps["contrastlab"])
         print(f"  contrastlab step: {flops / 1e9:.1f} GFLOP ({flops / args.batch / 1e9:.2f} GFLOP/image); "
               f"achieved {flops / t.median('contrastlab') / 1e9:.0f} GFLOP/s at the median time")
@@ -266,7 +272,7 @@ def main() -> None:
                 argv += ["--threads", str(args.threads)]
             m = common.child_peak_memory(argv)
             if m:
-                label = "above set-up" if m["kind"] == "cpu_maxrss" else "above allocated before"
+                label = "above set-up" if m["kind"] == "cpu_peak_rss" else "above allocated before"
                 print(f"  {name:20s} peak {m['peak_mib']:7.0f} MiB ({m['kind']}), "
                       f"{m['step_mib']:6.0f} MiB {label}", flush=True)
 
