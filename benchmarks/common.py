@@ -95,8 +95,8 @@ def print_header(title: str, info: dict, settings: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
+def synchronize(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -136,7 +136,7 @@ def interleaved(
     rounds: int,
     calls: int = 1,
     warmup: int = 1,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     verbose: bool = True,
 ) -> Timings:
     """Time each variant ``calls`` times per round, rounds interleaved, order rotated per round.
@@ -151,7 +151,7 @@ def interleaved(
         synchronize(device)
     out = Timings({n: [] for n in names}, {n: [] for n in names})
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             synchronize(device)
             c0, t0 = cpu_seconds(), time.perf_counter()
@@ -204,14 +204,16 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def report_child_memory(step: Callable[[], None], steps: int = 2, device=torch.device("cpu")) -> None:
+def report_child_memory(
+    step: Callable[[], None], steps: int = 2, device: torch.device | None = None
+) -> None:
     """In a child process: run ``step`` and print the peak memory as a tagged JSON line.
 
     Call after the model, optimizer and inputs exist. Reports the peak resident set size of the
     process and its rise over the resident size before the first step (CPU), or the peak of
     ``torch.cuda.max_memory_allocated`` above what was allocated before (CUDA).
     """
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -219,14 +221,21 @@ def report_child_memory(step: Callable[[], None], steps: int = 2, device=torch.d
             step()
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        result = {"kind": "cuda_max_memory_allocated", "peak_mib": peak / 2**20,
-                  "step_mib": (peak - base) / 2**20}
+        result = {
+            "kind": "cuda_max_memory_allocated",
+            "peak_mib": peak / 2**20,
+            "step_mib": (peak - base) / 2**20,
+        }
     else:
         base = _rss_bytes()
         for _ in range(steps):
             step()
         peak = _maxrss_bytes()
-        result = {"kind": "cpu_peak_rss", "peak_mib": peak / 2**20, "step_mib": (peak - base) / 2**20}
+        result = {
+            "kind": "cpu_peak_rss",
+            "peak_mib": peak / 2**20,
+            "step_mib": (peak - base) / 2**20,
+        }
     print(MEMORY_TAG + json.dumps(result), flush=True)
 
 
@@ -235,8 +244,10 @@ def child_peak_memory(argv: list[str], timeout: float = 600) -> dict | None:
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith(MEMORY_TAG):
-            return json.loads(line[len(MEMORY_TAG):])
-    sys.stderr.write(f"memory child {argv} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n")
+            return json.loads(line[len(MEMORY_TAG) :])
+    sys.stderr.write(
+        f"memory child {argv} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n"
+    )
     return None
 
 

@@ -53,8 +53,16 @@ class Projection(nn.Module):
         return F.normalize(self.fc(x), dim=1)
 
 
-def make_step(preset: str, overrides: list[str], device: torch.device, amp: bool, *,
-              backbone_free: bool, batch: int, channels_last: bool = False):
+def make_step(
+    preset: str,
+    overrides: list[str],
+    device: torch.device,
+    amp: bool,
+    *,
+    backbone_free: bool,
+    batch: int,
+    channels_last: bool = False,
+):
     torch.manual_seed(0)
     cfg = load_config(preset, [f"optim.batch_size={batch}", *overrides])
     model = build_method(cfg)
@@ -70,8 +78,9 @@ def make_step(preset: str, overrides: list[str], device: torch.device, amp: bool
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.06,
-                          momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.06, momentum=0.9, weight_decay=5e-4
+    )
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -85,18 +94,28 @@ def make_step(preset: str, overrides: list[str], device: torch.device, amp: bool
 
 def compare(title: str, off, on, *, rounds: int, calls: int, device) -> float:
     print(f"{title}:", flush=True)
-    t = common.interleaved({"ft_off": off, "ft_on": on}, rounds=rounds, calls=calls, warmup=2,
-                           device=device, verbose=False)
+    t = common.interleaved(
+        {"ft_off": off, "ft_on": on},
+        rounds=rounds,
+        calls=calls,
+        warmup=2,
+        device=device,
+        verbose=False,
+    )
     ratio = t.ratio("ft_on", "ft_off")
     rs = sorted(t.ratios("ft_on", "ft_off"))
     q1, q3 = rs[len(rs) // 4], rs[(3 * len(rs)) // 4]
-    print(f"  FT off {common.fmt_ms(t.median('ft_off'))} (best {common.fmt_ms(t.best('ft_off'))}), "
-          f"FT on {common.fmt_ms(t.median('ft_on'))} (best {common.fmt_ms(t.best('ft_on'))})")
-    print(f"  overhead {100 * (ratio - 1):+.1f}% (median of {rounds} per-round ratios; quartiles "
-          f"{100 * (q1 - 1):+.1f}% .. {100 * (q3 - 1):+.1f}%; best-vs-best "
-          f"{100 * (t.best('ft_on') / t.best('ft_off') - 1):+.1f}%); "
-          f"added {common.fmt_ms(t.median('ft_on') - t.median('ft_off'))} per step; target <= 3%",
-          flush=True)
+    print(
+        f"  FT off {common.fmt_ms(t.median('ft_off'))} (best {common.fmt_ms(t.best('ft_off'))}), "
+        f"FT on {common.fmt_ms(t.median('ft_on'))} (best {common.fmt_ms(t.best('ft_on'))})"
+    )
+    print(
+        f"  overhead {100 * (ratio - 1):+.1f}% (median of {rounds} per-round ratios; quartiles "
+        f"{100 * (q1 - 1):+.1f}% .. {100 * (q3 - 1):+.1f}%; best-vs-best "
+        f"{100 * (t.best('ft_on') / t.best('ft_off') - 1):+.1f}%); "
+        f"added {common.fmt_ms(t.median('ft_on') - t.median('ft_off'))} per step; target <= 3%",
+        flush=True,
+    )
     return ratio
 
 
@@ -104,7 +123,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rounds", type=int, default=15, help="rounds of the backbone-free steps")
-    ap.add_argument("--calls", type=int, default=3, help="backbone-free steps per variant per round")
+    ap.add_argument(
+        "--calls", type=int, default=3, help="backbone-free steps per variant per round"
+    )
     ap.add_argument("--preset-rounds", type=int, default=4, help="rounds of the full CIFAR step")
     ap.add_argument("--preset-batch", type=int, default=128)
     ap.add_argument("--no-preset", action="store_true", help="skip the full CIFAR-preset step")
@@ -118,26 +139,58 @@ def main() -> None:
     device = torch.device(args.device)
     amp = device.type == "cuda"
     info = common.machine_info(device)
-    common.print_header("Feature Transformation overhead", info, {
-        "ft": "pos extrapolate Beta(2,2) + neg interpolate Beta(1.6,1.6), one lambda per step",
-        "scores_recorded": not args.no_scores, "amp_bf16": amp})
+    common.print_header(
+        "Feature Transformation overhead",
+        info,
+        {
+            "ft": "pos extrapolate Beta(2,2) + neg interpolate Beta(1.6,1.6), one lambda per step",
+            "scores_recorded": not args.no_scores,
+            "amp_bf16": amp,
+        },
+    )
     extra = ["scores.record=false"] if args.no_scores else []
     # moco_v2 preset's FT settings, on the CIFAR preset's model (any backbone; it is replaced)
     for queue, batch in ((65536, 256), (4096, 128)):
         sizes = [f"moco.queue_size={queue}", "model.dim=128", *extra]
         off = make_step("moco_v2_cifar", sizes, device, amp, backbone_free=True, batch=batch)
         on = make_step("moco_v2_cifar_ft", sizes, device, amp, backbone_free=True, batch=batch)
-        compare(f"backbone-free step, K {queue}, d 128, batch {batch}", off, on,
-                rounds=args.rounds, calls=args.calls, device=device)
+        compare(
+            f"backbone-free step, K {queue}, d 128, batch {batch}",
+            off,
+            on,
+            rounds=args.rounds,
+            calls=args.calls,
+            device=device,
+        )
         del off, on
     if not args.no_preset:
         cl = device.type == "cuda"
-        off = make_step("moco_v2_cifar", extra, device, amp, backbone_free=False,
-                        batch=args.preset_batch, channels_last=cl)
-        on = make_step("moco_v2_cifar_ft", extra, device, amp, backbone_free=False,
-                       batch=args.preset_batch, channels_last=cl)
-        compare(f"full step, moco_v2_cifar vs moco_v2_cifar_ft, batch {args.preset_batch}", off, on,
-                rounds=args.preset_rounds, calls=1, device=device)
+        off = make_step(
+            "moco_v2_cifar",
+            extra,
+            device,
+            amp,
+            backbone_free=False,
+            batch=args.preset_batch,
+            channels_last=cl,
+        )
+        on = make_step(
+            "moco_v2_cifar_ft",
+            extra,
+            device,
+            amp,
+            backbone_free=False,
+            batch=args.preset_batch,
+            channels_last=cl,
+        )
+        compare(
+            f"full step, moco_v2_cifar vs moco_v2_cifar_ft, batch {args.preset_batch}",
+            off,
+            on,
+            rounds=args.preset_rounds,
+            calls=1,
+            device=device,
+        )
     print(f"load average before: {info['load_before']}; after: {common.load_average()}")
 
 

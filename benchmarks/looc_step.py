@@ -41,19 +41,28 @@ from contrastlab.methods import build_method  # noqa: E402
 AUGMENTATIONS = {1: "[color]", 2: "[color,rotation]", 3: "[color,rotation,texture]"}
 
 
-def make_step(preset: str, overrides: list[str], batch: int, device: torch.device, amp: bool,
-              channels_last: bool):
+def make_step(
+    preset: str,
+    overrides: list[str],
+    batch: int,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+):
     torch.manual_seed(0)
     cfg = load_config(preset, [f"optim.batch_size={batch}", *overrides])
     model = build_method(cfg).to(device).train()
     g = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = [torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
-             for _ in range(model.num_views)]
+    views = [
+        torch.randn(batch, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
+        for _ in range(model.num_views)
+    ]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.06,
-                          momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.06, momentum=0.9, weight_decay=5e-4
+    )
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -81,31 +90,50 @@ def main() -> None:
     device = torch.device(args.device)
     amp = cl = device.type == "cuda"
     info = common.machine_info(device)
-    common.print_header("LooC / LooC++ step vs MoCo", info, {
-        "batch": args.batch, "rounds": args.rounds, "queue": 4096, "bn_splits": 8,
-        "amp_bf16": amp, "channels_last": cl})
+    common.print_header(
+        "LooC / LooC++ step vs MoCo",
+        info,
+        {
+            "batch": args.batch,
+            "rounds": args.rounds,
+            "queue": 4096,
+            "bn_splits": 8,
+            "amp_bf16": amp,
+            "channels_last": cl,
+        },
+    )
 
     ns = [int(v) for v in args.n.split(",")]
     head = ["model.head=mlp", "model.head_hidden=512", "model.dim=128", "moco.temperature=0.2"]
     steps = {"moco": make_step("moco_v2_cifar", head, args.batch, device, amp, cl)}
-    for pp in ([False] if args.no_plus_plus else [False, True]):
+    for pp in [False] if args.no_plus_plus else [False, True]:
         for n in ns:
             name = f"{'loocpp' if pp else 'looc'}_{n}"
-            steps[name] = make_step("looc_color", [f"looc.augmentations={AUGMENTATIONS[n]}",
-                                                   f"looc.plus_plus={str(pp).lower()}"],
-                                    args.batch, device, amp, cl)
+            steps[name] = make_step(
+                "looc_color",
+                [f"looc.augmentations={AUGMENTATIONS[n]}", f"looc.plus_plus={str(pp).lower()}"],
+                args.batch,
+                device,
+                amp,
+                cl,
+            )
     t = common.interleaved(steps, rounds=args.rounds, warmup=1, device=device)
     print(f"  {'variant':10s} {'median':>10s} {'best':>10s} {'ratio':>7s} {'target':>7s}")
     for name in steps:
         if name == "moco":
-            print(f"  {name:10s} {common.fmt_ms(t.median(name)):>10s} {common.fmt_ms(t.best(name)):>10s}")
+            print(
+                f"  {name:10s} {common.fmt_ms(t.median(name)):>10s} {common.fmt_ms(t.best(name)):>10s}"
+            )
             continue
         n = int(name.rsplit("_", 1)[1])
         ratio, target = t.ratio(name, "moco"), 1 + 0.3 * n
         verdict = "ok" if ratio <= target else "MISSED"
         rs = ", ".join(f"{r:.2f}" for r in t.ratios(name, "moco"))
-        print(f"  {name:10s} {common.fmt_ms(t.median(name)):>10s} {common.fmt_ms(t.best(name)):>10s} "
-              f"{ratio:6.2f}x {target:6.2f}x  {verdict}  (per round: {rs})", flush=True)
+        print(
+            f"  {name:10s} {common.fmt_ms(t.median(name)):>10s} {common.fmt_ms(t.best(name)):>10s} "
+            f"{ratio:6.2f}x {target:6.2f}x  {verdict}  (per round: {rs})",
+            flush=True,
+        )
     print(f"load average before: {info['load_before']}; after: {common.load_average()}")
 
 

@@ -65,12 +65,16 @@ def main() -> None:
         cfg = SimpleNamespace(record=True, bins=200, low=-1.0, high=1.0)
         base = min(timed(None) for _ in range(2))
         rec = min(timed(ScoreRecorder(Path(tmp), cfg, args.log_every)) for _ in range(2))
-    print(f"device={dev} B={args.batch} K={args.queue} d={args.dim} steps={args.steps} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"device={dev} B={args.batch} K={args.queue} d={args.dim} steps={args.steps} "
+        f"threads={torch.get_num_threads()}"
+    )
     print(f"step without recording: {base * 1e3:.1f} ms")
     print(f"step with recording:    {rec * 1e3:.1f} ms")
-    print(f"overhead: {(rec - base) * 1e3:.1f} ms per step = {100 * (rec / base - 1):.1f} % "
-          "of this encoder-free step")
+    print(
+        f"overhead: {(rec - base) * 1e3:.1f} ms per step = {100 * (rec / base - 1):.1f} % "
+        "of this encoder-free step"
+    )
 
 
 if __name__ == "__main__":

@@ -51,10 +51,19 @@ MOMENTUM, TEMPERATURE = 0.99, 0.1
 
 
 def contrastlab_config(batch: int, queue: int, extra: list[str] = ()):
-    return load_config("moco_v2_cifar", [
-        "model.head=mlp", f"model.head_hidden={HEAD_HIDDEN}", f"model.dim={DIM}",
-        f"optim.batch_size={batch}", f"moco.queue_size={queue}", f"moco.momentum={MOMENTUM}",
-        f"moco.temperature={TEMPERATURE}", *extra])
+    return load_config(
+        "moco_v2_cifar",
+        [
+            "model.head=mlp",
+            f"model.head_hidden={HEAD_HIDDEN}",
+            f"model.dim={DIM}",
+            f"optim.batch_size={batch}",
+            f"moco.queue_size={queue}",
+            f"moco.momentum={MOMENTUM}",
+            f"moco.temperature={TEMPERATURE}",
+            *extra,
+        ],
+    )
 
 
 class Setup:
@@ -124,7 +133,9 @@ class Setup:
                 return self.projection_head_momentum(key).detach()
 
         model = self._finish(LightlyMoCo(backbone))
-        criterion = NTXentLoss(temperature=TEMPERATURE, memory_bank_size=(self.args.queue, DIM)).to(self.device)
+        criterion = NTXentLoss(temperature=TEMPERATURE, memory_bank_size=(self.args.queue, DIM)).to(
+            self.device
+        )
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD)
         x_q, x_k = self.inputs()
 
@@ -173,13 +184,20 @@ def data_pipeline(args) -> dict[int, float]:
     cfg = contrastlab_config(args.batch, args.queue)
     views = MultiView(build_train_transform(cfg.augment, 32, CIFAR10_MEAN, CIFAR10_STD), 2)
     n = args.batch * (args.data_batches + 1)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     rates = {}
     threads = torch.get_num_threads()
     for workers, main_threads in ((0, threads), (0, 1), (2, threads)):
         torch.set_num_threads(main_threads)  # workers run with one thread each
-        loader = torch.utils.data.DataLoader(InMemoryImages(images, views), batch_size=args.batch,
-                                             shuffle=True, drop_last=True, num_workers=workers)
+        loader = torch.utils.data.DataLoader(
+            InMemoryImages(images, views),
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+        )
         it = iter(loader)
         next(it)  # worker start-up and the first batch are not counted
         t0 = time.perf_counter()
@@ -188,8 +206,11 @@ def data_pipeline(args) -> dict[int, float]:
             count += batch[0].shape[0]
         rates[(workers, main_threads)] = count / (time.perf_counter() - t0)
         where = f"main process with {main_threads} torch thread(s)" if not workers else "workers"
-        print(f"  data pipeline, {workers} workers ({where}): {rates[(workers, main_threads)]:.0f} "
-              f"images/s (2 views each, {count} images)", flush=True)
+        print(
+            f"  data pipeline, {workers} workers ({where}): {rates[(workers, main_threads)]:.0f} "
+            f"images/s (2 views each, {count} images)",
+            flush=True,
+        )
     torch.set_num_threads(threads)
     return rates
 
@@ -211,16 +232,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one step each)")
     ap.add_argument("--steps", type=int, default=1, help="steps per variant per round")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                    help="auto: on for CUDA only (contrastlab's default); applied to every variant")
+    ap.add_argument(
+        "--channels-last",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto: on for CUDA only (contrastlab's default); applied to every variant",
+    )
     ap.add_argument("--all", action="store_true", help="also time contrastlab with plain BN")
     ap.add_argument("--flops", action="store_true", help="count the FLOPs of contrastlab's step")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-data", action="store_true")
     ap.add_argument("--no-lightly", action="store_true")
-    ap.add_argument("--no-timing", action="store_true", help="skip the step timing (memory/data only)")
+    ap.add_argument(
+        "--no-timing", action="store_true", help="skip the step timing (memory/data only)"
+    )
     ap.add_argument("--data-batches", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     ap.add_argument("--quick", action="store_true", help="2 rounds, 3 data batches")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -238,47 +267,83 @@ def main() -> None:
     names = ["contrastlab"] + (["contrastlab_plainbn"] if args.all else [])
     names += [] if args.no_lightly else ["lightly"]
     info = common.machine_info(device)
-    common.print_header("MoCo v2 training step (ResNet-18 CIFAR stem)", info, {
-        "batch": args.batch, "queue": args.queue, "head": f"512-{HEAD_HIDDEN}-{DIM}",
-        "rounds": args.rounds, "steps_per_round": args.steps, "channels_last": setup.channels_last,
-        "amp_bf16": setup.amp})
+    common.print_header(
+        "MoCo v2 training step (ResNet-18 CIFAR stem)",
+        info,
+        {
+            "batch": args.batch,
+            "queue": args.queue,
+            "head": f"512-{HEAD_HIDDEN}-{DIM}",
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "channels_last": setup.channels_last,
+            "amp_bf16": setup.amp,
+        },
+    )
 
     steps = {} if args.no_timing else {name: setup.build(name) for name in names}
-    t = None if args.no_timing else common.interleaved(steps, rounds=args.rounds, calls=args.steps, warmup=args.warmup, device=device)
+    t = (
+        None
+        if args.no_timing
+        else common.interleaved(
+            steps, rounds=args.rounds, calls=args.steps, warmup=args.warmup, device=device
+        )
+    )
     if t is not None:
         print("step times (median over rounds; best; CPU seconds per step):")
     for name in names if t is not None else []:
-        print(f"  {name:20s} {common.fmt_ms(t.median(name)):>10s}  {args.batch / t.median(name):6.1f} img/s"
-              f"   best {args.batch / t.best(name):6.1f} img/s   cpu {t.cpu_median(name):.2f} s")
+        print(
+            f"  {name:20s} {common.fmt_ms(t.median(name)):>10s}  {args.batch / t.median(name):6.1f} img/s"
+            f"   best {args.batch / t.best(name):6.1f} img/s   cpu {t.cpu_median(name):.2f} s"
+        )
     if "lightly" in names and t is not None:
         for name in names:
             if name != "lightly":
                 r = t.ratios("lightly", name)
-                print(f"  speed-up {name} vs lightly: {t.ratio('lightly', name):.2f}x "
-                      f"(per round: {', '.join(f'{x:.2f}' for x in r)}; target >= 1.3x)")
+                print(
+                    f"  speed-up {name} vs lightly: {t.ratio('lightly', name):.2f}x "
+                    f"(per round: {', '.join(f'{x:.2f}' for x in r)}; target >= 1.3x)"
+                )
 
     if args.flops and t is not None:
         flops = count_flops(steps["contrastlab"])
-        print(f"  contrastlab step: {flops / 1e9:.1f} GFLOP ({flops / args.batch / 1e9:.2f} GFLOP/image); "
-              f"achieved {flops / t.median('contrastlab') / 1e9:.0f} GFLOP/s at the median time")
+        print(
+            f"  contrastlab step: {flops / 1e9:.1f} GFLOP ({flops / args.batch / 1e9:.2f} GFLOP/image); "
+            f"achieved {flops / t.median('contrastlab') / 1e9:.0f} GFLOP/s at the median time"
+        )
 
     if not args.no_memory:
         del steps
         print("peak memory (each variant in a child process, 2 steps):")
         for name in names:
-            argv = [__file__, "--memory-child", name, "--device", args.device, "--batch", str(args.batch),
-                    "--queue", str(args.queue), "--channels-last", args.channels_last]
+            argv = [
+                __file__,
+                "--memory-child",
+                name,
+                "--device",
+                args.device,
+                "--batch",
+                str(args.batch),
+                "--queue",
+                str(args.queue),
+                "--channels-last",
+                args.channels_last,
+            ]
             if args.threads:
                 argv += ["--threads", str(args.threads)]
             m = common.child_peak_memory(argv)
             if m:
                 label = "above set-up" if m["kind"] == "cpu_peak_rss" else "above allocated before"
-                print(f"  {name:20s} peak {m['peak_mib']:7.0f} MiB ({m['kind']}), "
-                      f"{m['step_mib']:6.0f} MiB {label}", flush=True)
+                print(
+                    f"  {name:20s} peak {m['peak_mib']:7.0f} MiB ({m['kind']}), "
+                    f"{m['step_mib']:6.0f} MiB {label}",
+                    flush=True,
+                )
 
     if not args.no_data:
-        print("data pipeline (MoCo v2 CIFAR views, in-memory uint8, batch "
-              f"{args.batch}):", flush=True)
+        print(
+            f"data pipeline (MoCo v2 CIFAR views, in-memory uint8, batch {args.batch}):", flush=True
+        )
         data_pipeline(args)
     print(f"load average before: {info['load_before']}; after: {common.load_average()}")
 

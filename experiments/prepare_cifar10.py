@@ -21,8 +21,12 @@ def main() -> None:
     parser.add_argument("--src", default="../shared/data", help="folder with cifar10-*.tar.gz")
     parser.add_argument("--dest", default="data/cifar10")
     parser.add_argument("--per-class", type=int, default=500, help="training images per class")
-    parser.add_argument("--test-per-class", type=int, default=None,
-                        help="test images per class in the subset (default: the whole test set)")
+    parser.add_argument(
+        "--test-per-class",
+        type=int,
+        default=None,
+        help="test images per class in the subset (default: the whole test set)",
+    )
     args = parser.parse_args()
     dest = Path(args.dest)
     for split in ("train", "test"):

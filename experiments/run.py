@@ -23,27 +23,48 @@ from pathlib import Path
 CLI = [sys.executable, "-m", "contrastlab"]
 CIFAR = "experiments/cifar_cpu.yaml"
 SYNTHETIC = "experiments/synthetic_cpu.yaml"
-FT = {"MoCo v2": [], "+ pos. extrapolation": ["ft.pos=extrapolate"],
-      "+ neg. interpolation": ["ft.neg=interpolate"],
-      "+ both": ["ft.pos=extrapolate", "ft.neg=interpolate"]}
+FT = {
+    "MoCo v2": [],
+    "+ pos. extrapolation": ["ft.pos=extrapolate"],
+    "+ neg. interpolation": ["ft.neg=interpolate"],
+    "+ both": ["ft.pos=extrapolate", "ft.neg=interpolate"],
+}
 LOOC_SYNTHETIC = {
     "MoCo": [],
     "MoCo + rotation aug.": ["augment.rotation=true"],
     "LooC (colour)": ["method=looc", "looc.augmentations=[color]"],
     "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
     "LooC (colour, rotation)": ["method=looc", "looc.augmentations=[color,rotation]"],
-    "LooC++ (colour, rotation)": ["method=looc", "looc.augmentations=[color,rotation]",
-                                  "looc.plus_plus=true"],
+    "LooC++ (colour, rotation)": [
+        "method=looc",
+        "looc.augmentations=[color,rotation]",
+        "looc.plus_plus=true",
+    ],
 }
 EXPERIMENTS = {
     "ft": dict(config=CIFAR, variants=FT, seeds=[0, 1, 2], evals=["linear"]),
-    "momentum": dict(config=CIFAR, seeds=[0], evals=["linear"],
-                     variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.99, 0.999, 1.0)}),
-    "looc_synthetic": dict(config=SYNTHETIC, variants=LOOC_SYNTHETIC, seeds=[0, 1, 2],
-                           evals=["factors"]),
-    "looc_cifar": dict(config=CIFAR, seeds=[0, 1, 2], evals=["linear", "rotation"], variants={
-        "MoCo": [], "MoCo + rotation aug.": ["augment.rotation=true"],
-        "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"]}),
+    # m = 0.99 is the "ft" experiment's MoCo v2 run (the same settings): see reuse_runs
+    "momentum": dict(
+        config=CIFAR,
+        seeds=[0],
+        evals=["linear"],
+        variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
+        reuse={"m=0.99": ("ft", "MoCo v2")},
+    ),
+    "looc_synthetic": dict(
+        config=SYNTHETIC, variants=LOOC_SYNTHETIC, seeds=[0, 1, 2], evals=["factors"]
+    ),
+    # MoCo is the "ft" experiment's MoCo v2 run (the same settings), evaluated here for rotation too
+    "looc_cifar": dict(
+        config=CIFAR,
+        seeds=[0, 1, 2],
+        evals=["linear", "rotation"],
+        variants={
+            "MoCo + rotation aug.": ["augment.rotation=true"],
+            "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
+        },
+        reuse={"MoCo": ("ft", "MoCo v2")},
+    ),
 }
 
 
@@ -66,14 +87,27 @@ def spaces_of(overrides: list[str]) -> list[str]:
     return ["backbone", "z0", *names, *extra]
 
 
-def run_variant(exp: str, spec: dict, label: str, overrides: list[str], seed: int, root: Path,
-                extra: list[str]) -> Path:
+def run_variant(
+    exp: str, spec: dict, label: str, overrides: list[str], seed: int, root: Path, extra: list[str]
+) -> Path:
     name = f"{slug(label)}-s{seed}"
     run_dir = root / name
     ckpt = run_dir / "checkpoints" / "last.pt"
     if not ckpt.exists():
-        sh([*CLI, "train", "--config", spec["config"], *overrides, *extra, f"seed={seed}",
-            f"out_dir={root}", f"name={name}", "train.overwrite=true"])
+        sh(
+            [
+                *CLI,
+                "train",
+                "--config",
+                spec["config"],
+                *overrides,
+                *extra,
+                f"seed={seed}",
+                f"out_dir={root}",
+                f"name={name}",
+                "train.overwrite=true",
+            ]
+        )
     for protocol in spec["evals"]:
         for space in spaces_of(overrides):
             suffix = "" if space == "backbone" else f"-{space}"
@@ -110,27 +144,44 @@ def summarize(exp: str, spec: dict, runs: dict[str, list[Path]]) -> str:
     n = len(spec["seeds"])
     lines = []
     if exp == "looc_synthetic":
-        lines += ["| method | space | shape | colour | texture | rotation |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| method | space | shape | colour | texture | rotation |",
+            "|---|---|---|---|---|---|",
+        ]
         for label, dirs in runs.items():
-            for space in spaces_of(spec["variants"][label]):
+            for space in spaces_of(spec["variants"].get(label, [])):
                 suffix = "" if space == "backbone" else f"-{space}"
-                rows = [json.loads((d / "eval" / f"factors{suffix}.json").read_text())["summary"]
-                        for d in dirs]
-                cells = [mean_std([r[f] for r in rows]) for f in ("shape", "color", "texture", "rotation")]
+                rows = [
+                    json.loads((d / "eval" / f"factors{suffix}.json").read_text())["summary"]
+                    for d in dirs
+                ]
+                cells = [
+                    mean_std([r[f] for r in rows])
+                    for f in ("shape", "color", "texture", "rotation")
+                ]
                 lines.append(f"| {label} | {space} | " + " | ".join(cells) + " |")
     else:
         protocols = spec["evals"]
-        header = ["method", "kNN top-1"] + [{"linear": "linear top-1", "rotation": "rotation probe"}[p]
-                                            for p in protocols]
+        header = ["method", "kNN top-1"] + [
+            {"linear": "linear top-1", "rotation": "rotation probe"}[p] for p in protocols
+        ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for label, dirs in runs.items():
             cells = [mean_std([final_knn(d) for d in dirs])]
             for p in protocols:
-                cells.append(mean_std([json.loads((d / "eval" / f"{p}.json").read_text())["summary"]["top1"]
-                                       for d in dirs]))
+                cells.append(
+                    mean_std(
+                        [
+                            json.loads((d / "eval" / f"{p}.json").read_text())["summary"]["top1"]
+                            for d in dirs
+                        ]
+                    )
+                )
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± sample standard deviation over {n} seed(s) ({', '.join(map(str, spec['seeds']))}).")
+    lines.append(
+        f"Mean ± sample standard deviation over {n} seed(s) ({', '.join(map(str, spec['seeds']))})."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--root", default="runs/experiments")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the experiment's)")
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default: the experiment's)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra key=value for every training run")
     args = parser.parse_args()
     spec = dict(EXPERIMENTS[args.experiment])
@@ -148,9 +201,24 @@ def main() -> None:
     start = time.time()
     runs: dict[str, list[Path]] = {}
     for seed in spec["seeds"]:  # seed-major: a partial experiment still covers every variant
+        for label, (source, source_label) in spec.get("reuse", {}).items():
+            # a run of another experiment with exactly these settings: evaluated, not retrained
+            source_spec = EXPERIMENTS[source]
+            runs.setdefault(label, []).append(
+                run_variant(
+                    args.experiment,
+                    {**source_spec, "evals": spec["evals"]},
+                    source_label,
+                    source_spec["variants"][source_label],
+                    seed,
+                    Path(args.root) / source,
+                    args.overrides,
+                )
+            )
         for label, overrides in spec["variants"].items():
             runs.setdefault(label, []).append(
-                run_variant(args.experiment, spec, label, overrides, seed, root, args.overrides))
+                run_variant(args.experiment, spec, label, overrides, seed, root, args.overrides)
+            )
     table = summarize(args.experiment, spec, runs)
     (root / "summary.md").write_text(table)
     print(table)

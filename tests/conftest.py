@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from contrastlab.config import load_config
 from helpers import TINY
 
+from contrastlab.config import load_config
 
 
 @pytest.fixture(autouse=True)

@@ -11,17 +11,29 @@ from contrastlab.cli import main
 from contrastlab.config import load_config
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["train", "--config", "moco_v3"], "unknown preset 'moco_v3'"),
-    (["train", "--config", "moco_v2_cifar", "optim.lrr=0.1"], "unknown config key 'optim.lrr'"),
-    (["train", "--config", "moco_v2_cifar", "method=simclr"], "valid values: moco, looc"),
-    (["train", "--config", "moco_v2_cifar", "optim.lr=fast"], "optim.lr must be a number"),
-    (["train", "--config", "moco_v2_cifar", "moco.momentum=1.5"], "moco.momentum must be in [0, 1]"),
-    (["train", "--config", "moco_v2_cifar", "dataset=imagenet"], "valid values: synthetic, cifar10"),
-    (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
-    (["train", "--config", "moco_v2_cifar", "dataset=imagefolder", "data.path=/no/such/dir"], "/no/such/dir"),
-    (["train", "--config", "moco_v2_cifar", "lr"], "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "--config", "moco_v3"], "unknown preset 'moco_v3'"),
+        (["train", "--config", "moco_v2_cifar", "optim.lrr=0.1"], "unknown config key 'optim.lrr'"),
+        (["train", "--config", "moco_v2_cifar", "method=simclr"], "valid values: moco, looc"),
+        (["train", "--config", "moco_v2_cifar", "optim.lr=fast"], "optim.lr must be a number"),
+        (
+            ["train", "--config", "moco_v2_cifar", "moco.momentum=1.5"],
+            "moco.momentum must be in [0, 1]",
+        ),
+        (
+            ["train", "--config", "moco_v2_cifar", "dataset=imagenet"],
+            "valid values: synthetic, cifar10",
+        ),
+        (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
+        (
+            ["train", "--config", "moco_v2_cifar", "dataset=imagefolder", "data.path=/no/such/dir"],
+            "/no/such/dir",
+        ),
+        (["train", "--config", "moco_v2_cifar", "lr"], "must look like key=value"),
+    ],
+)
 def test_bad_input_is_one_error_line(args, expected, capsys, tmp_path):
     code = main([*args, f"out_dir={tmp_path}"] if args[-1] != "lr" else args)
     err = capsys.readouterr().err.strip()
@@ -31,8 +43,20 @@ def test_bad_input_is_one_error_line(args, expected, capsys, tmp_path):
 
 
 def test_error_from_the_installed_command_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "contrastlab", "train", "--config", "moco_v2_cifar",
-                           "ft.pos=extrapolat"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "contrastlab",
+            "train",
+            "--config",
+            "moco_v2_cifar",
+            "ft.pos=extrapolat",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "did you mean 'extrapolate'" in proc.stderr
@@ -48,8 +72,17 @@ def test_every_preset_loads():
 def test_train_command_runs_end_to_end(tmp_path, capsys):
     from helpers import TINY
 
-    code = main(["train", "--config", "moco_v2_cifar", *TINY, "optim.epochs=1",
-                 f"out_dir={tmp_path}", "name=cli"])
+    code = main(
+        [
+            "train",
+            "--config",
+            "moco_v2_cifar",
+            *TINY,
+            "optim.epochs=1",
+            f"out_dir={tmp_path}",
+            "name=cli",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "kNN top-1" in out and str(tmp_path / "cli") in out

@@ -8,18 +8,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from contrastlab import distributed
 from contrastlab.methods.moco import MoCo
-from helpers import free_port
 
 WORLD = 2
 
 
 def global_batches(steps: int, batch: int):
     g = torch.Generator().manual_seed(123)
-    return [(torch.randn(batch, 3, 16, 16, generator=g), torch.randn(batch, 3, 16, 16, generator=g))
-            for _ in range(steps)]
+    return [
+        (torch.randn(batch, 3, 16, 16, generator=g), torch.randn(batch, 3, 16, 16, generator=g))
+        for _ in range(steps)
+    ]
 
 
 def _worker(rank: int, port: int, configs: dict, steps: int, out_dir: str) -> None:
@@ -51,10 +53,18 @@ def _train_steps(rank: int, cfg, steps: int, out_file: str) -> None:
         out.loss.backward()
         opt.step()
         losses.append(out.loss.item())
-    torch.save({"restored": restored, "local": local, "shuffled": shuffled, "losses": losses,
-                "queue": model.queue.clone(), "ptr": model.queue_ptr.clone(),
-                "params": [p.detach().clone() for p in model.encoder_q.parameters()]},
-               out_file)
+    torch.save(
+        {
+            "restored": restored,
+            "local": local,
+            "shuffled": shuffled,
+            "losses": losses,
+            "queue": model.queue.clone(),
+            "ptr": model.queue_ptr.clone(),
+            "params": [p.detach().clone() for p in model.encoder_q.parameters()],
+        },
+        out_file,
+    )
 
 
 COMMON = ["moco.queue_size=20", "optim.batch_size=8"]
@@ -64,17 +74,24 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     """One pair of processes runs every configuration below (starting processes is the slow part)."""
-    from contrastlab.config import load_config
     from helpers import TINY
+
+    from contrastlab.config import load_config
 
     out = tmp_path_factory.mktemp("ddp")
     configs = {
-        "shuffle": load_config("moco_v2_cifar", [*TINY, *COMMON, "model.bn_splits=1", "model.shuffle_bn=true"]),
-        "plain": load_config("moco_v2_cifar", [*TINY, *COMMON, "model.bn_splits=1", "model.shuffle_bn=false"]),
+        "shuffle": load_config(
+            "moco_v2_cifar", [*TINY, *COMMON, "model.bn_splits=1", "model.shuffle_bn=true"]
+        ),
+        "plain": load_config(
+            "moco_v2_cifar", [*TINY, *COMMON, "model.bn_splits=1", "model.shuffle_bn=false"]
+        ),
     }
     mp.spawn(_worker, args=(free_port(), configs, STEPS, str(out)), nprocs=WORLD, join=True)
-    return {name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(WORLD)]
-            for name in configs}
+    return {
+        name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(WORLD)]
+        for name in configs
+    }
 
 
 @pytest.mark.parametrize("name", ["shuffle", "plain"])
@@ -109,8 +126,12 @@ def test_ddp_loss_equals_single_process_on_global_batch(ddp_runs, tiny_config):
         torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-5)
     # the last step's keys entered the same slots (in rank order under DDP, batch order here)
     slots = [(16 + i) % 20 for i in range(8)]
-    torch.testing.assert_close(model.queue[slots].sort(dim=0).values,
-                               ranks[0]["queue"][slots].sort(dim=0).values, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.queue[slots].sort(dim=0).values,
+        ranks[0]["queue"][slots].sort(dim=0).values,
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_torchrun_trains_with_two_processes(tmp_path):
@@ -123,9 +144,23 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     from helpers import TINY
 
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nproc_per_node", "2",
-           "--master_port", str(free_port()), "-m", "contrastlab", "train", "--config", "moco_v2_cifar",
-           *TINY, "model.bn_splits=1", "optim.epochs=1", f"out_dir={tmp_path}", "name=ddp"]
+    cmd = [
+        str(torchrun) if torchrun.exists() else shutil.which("torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "contrastlab",
+        "train",
+        "--config",
+        "moco_v2_cifar",
+        *TINY,
+        "model.bn_splits=1",
+        "optim.epochs=1",
+        f"out_dir={tmp_path}",
+        "name=ddp",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("run directory:") == 1  # only the main process reports

@@ -13,7 +13,11 @@ import torch
 
 from contrastlab.errors import UserError
 from contrastlab.scores import (
-    ScoreRecorder, ScoreStats, load_histograms, load_scores, score_stats,
+    ScoreRecorder,
+    ScoreStats,
+    load_histograms,
+    load_scores,
+    score_stats,
 )
 
 BINS, LOW, HIGH = 20, -1.0, 1.0
@@ -104,7 +108,9 @@ def test_recorder_round_trip(tmp_path, ft):
     for e, epoch in enumerate((1, 2)):
         for g, stage in enumerate(("raw", "effective")):
             np.testing.assert_array_equal(hist.counts[e, 0, g], expected[(epoch, stage)])
-        assert hist.counts[e, 0, 0, 0].sum() == 5 * 4 and hist.counts[e, 0, 0, 1].sum() == 5 * 4 * 30
+        assert (
+            hist.counts[e, 0, 0, 0].sum() == 5 * 4 and hist.counts[e, 0, 0, 1].sum() == 5 * 4 * 30
+        )
     # Interval histograms add up to the epoch's.
     rows = (hist.intervals["epoch"] == 1) & (hist.intervals["stage"] == 0)
     np.testing.assert_array_equal(hist.interval_counts[rows].sum(0), expected[(1, "raw")])
@@ -128,7 +134,9 @@ def test_resume_replaces_later_epochs(tmp_path):
     rec.close()
     hist = load_histograms(tmp_path)
     assert list(hist.epoch) == [1, 2] and hist.counts[1, 0, 0, 0].sum() == 4
-    assert set(load_scores(tmp_path).queries["step"][load_scores(tmp_path).queries["epoch"] == 2]) == {5}
+    assert set(
+        load_scores(tmp_path).queries["step"][load_scores(tmp_path).queries["epoch"] == 2]
+    ) == {5}
 
 
 def test_disabled_and_missing(tmp_path):
@@ -167,7 +175,8 @@ def test_tensorboard_calls(tmp_path):
 
 def _ddp_worker(rank: int, world: int, port: int, run_dir: str) -> None:
     torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         rec = ScoreRecorder(Path(run_dir), _cfg(), log_every=2)
         for step in range(3):

@@ -100,5 +100,7 @@ def test_learning_rate_schedules(tiny_config):
     assert learning_rate(cfg, 1.0) == pytest.approx(0.5)
     assert learning_rate(cfg, 2.0) == pytest.approx(1.0)
     assert learning_rate(cfg, 10.0) == pytest.approx(0.0, abs=1e-12)
-    step = tiny_config("optim.epochs=10", "optim.lr=1.0", "optim.schedule=step", "optim.milestones=[4,8]")
+    step = tiny_config(
+        "optim.epochs=10", "optim.lr=1.0", "optim.schedule=step", "optim.milestones=[4,8]"
+    )
     assert [learning_rate(step, e) for e in (0, 4, 8.5)] == pytest.approx([1.0, 0.1, 0.01])

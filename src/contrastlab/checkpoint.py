@@ -20,8 +20,16 @@ FORMAT = "contrastlab-checkpoint-v1"
 # Config keys that change the shape or meaning of the saved state: a checkpoint can only be
 # resumed or evaluated with the same values.
 ARCHITECTURE_KEYS = (
-    "method", "model.backbone", "model.width", "model.cifar_stem", "model.head", "model.head_hidden",
-    "model.dim", "moco.queue_size", "looc.augmentations", "looc.plus_plus",
+    "method",
+    "model.backbone",
+    "model.width",
+    "model.cifar_stem",
+    "model.head",
+    "model.head_hidden",
+    "model.dim",
+    "moco.queue_size",
+    "looc.augmentations",
+    "looc.plus_plus",
 )
 
 
@@ -36,8 +44,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def make_state(cfg: Config, model: nn.Module, optimizer, epoch: int, step: int,
-               best_metric: float | None, metrics: dict | None = None) -> dict:
+def make_state(
+    cfg: Config,
+    model: nn.Module,
+    optimizer,
+    epoch: int,
+    step: int,
+    best_metric: float | None,
+    metrics: dict | None = None,
+) -> dict:
     return {
         "format": FORMAT,
         "config": config_to_dict(cfg),
@@ -58,7 +73,9 @@ def read_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first}; is it a contrastlab checkpoint?") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: {first}; is it a contrastlab checkpoint?"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a contrastlab checkpoint (expected format {FORMAT})")
     return state
@@ -71,15 +88,20 @@ def _get(d: dict, dotted: str):
 
 
 def config_differences(saved: dict, current: dict, keys=ARCHITECTURE_KEYS) -> list[str]:
-    return [f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}"
-            for k in keys if _get(saved, k) != _get(current, k)]
+    return [
+        f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}"
+        for k in keys
+        if _get(saved, k) != _get(current, k)
+    ]
 
 
 def check_compatible(path: Path, state: dict, cfg: Config) -> None:
     diffs = config_differences(state["config"], config_to_dict(cfg))
     if diffs:
-        raise UserError(f"checkpoint {path} comes from a different model ({'; '.join(diffs)}); "
-                        "use a new run name, or the same settings")
+        raise UserError(
+            f"checkpoint {path} comes from a different model ({'; '.join(diffs)}); "
+            "use a new run name, or the same settings"
+        )
 
 
 def load_model_state(model: nn.Module, state: dict, path: Path) -> None:

@@ -9,11 +9,19 @@ from contrastlab.errors import UserError
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="pretrain an encoder",
-                       description="Pretrain an encoder. Settings come from a preset or YAML file, "
-                       "then from key=value overrides (e.g. optim.lr=0.1 dataset=cifar10).")
-    p.add_argument("--config", "-c", default=None, metavar="PRESET_OR_YAML",
-                   help="a preset name (see `contrastlab presets`) or a YAML file")
+    p = sub.add_parser(
+        "train",
+        help="pretrain an encoder",
+        description="Pretrain an encoder. Settings come from a preset or YAML file, "
+        "then from key=value overrides (e.g. optim.lr=0.1 dataset=cifar10).",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        metavar="PRESET_OR_YAML",
+        help="a preset name (see `contrastlab presets`) or a YAML file",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_cmd_train)
 
@@ -26,8 +34,10 @@ def _cmd_train(args) -> int:
     result = train(cfg)
     if result.is_main:
         knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
-        print(f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.0f} s: "
-              f"final loss {result.final_loss:.4f}{knn}")
+        print(
+            f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.0f} s: "
+            f"final loss {result.final_loss:.4f}{knn}"
+        )
         print(f"run directory: {result.run_dir}")
     return 0
 
@@ -44,7 +54,10 @@ def _cmd_config(args) -> int:
 
     from contrastlab.config import config_to_dict, load_config
 
-    print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    print(
+        yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False),
+        end="",
+    )
     return 0
 
 
@@ -83,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contrastlab",
         description="Contrastive self-supervised learning of image representations: MoCo v1/v2, "
-                    "Feature Transformation, LooC / LooC++.")
+        "Feature Transformation, LooC / LooC++.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_demo(sub)

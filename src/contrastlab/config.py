@@ -31,10 +31,14 @@ class DataConfig:
     """Where the images come from and how they are loaded."""
 
     name: DatasetName = "synthetic"  # which dataset (see docs/datasets.md)
-    path: str | None = None  # dataset root; for imagefolder the folder itself (or one with train/ and test/)
+    path: str | None = (
+        None  # dataset root; for imagefolder the folder itself (or one with train/ and test/)
+    )
     download: bool = False  # torchvision datasets: download if missing (needs internet)
     image_size: int = 32  # side of the training crops
-    in_memory: bool | None = None  # hold decoded uint8 images in RAM; None = when images are <= 96 px
+    in_memory: bool | None = (
+        None  # hold decoded uint8 images in RAM; None = when images are <= 96 px
+    )
     skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
     num_workers: int = 2  # DataLoader worker processes for augmentation
     synthetic_train: int = 5000  # synthetic: number of training images
@@ -49,8 +53,14 @@ class AugmentConfig:
 
     recipe: AugmentName = "moco_v2"  # augmentation recipe of each view
     crop_scale_min: float = 0.2  # RandomResizedCrop scale range (min, 1)
-    rotation: bool = False  # add random 0/90/180/270 rotation to every view (the "MoCo + rotation" baseline)
+    rotation: bool = (
+        False  # add random 0/90/180/270 rotation to every view (the "MoCo + rotation" baseline)
+    )
     blur: bool | None = None  # None = the recipe's default (v2: yes, except at <= 64 px)
+    hue: float | None = (
+        None  # hue jitter, at most 0.5 (= any hue); None = the recipe's (v1 0.4, v2 0.1)
+    )
+    grayscale_p: float | None = None  # probability of grayscale; None = the recipe's 0.2
 
 
 @dataclass
@@ -91,7 +101,9 @@ class FTConfig:
 class LoocConfig:
     """Leave-one-out contrastive learning (Xiao et al., ICLR 2021); see ``methods/looc.py``."""
 
-    augmentations: list[str] = field(default_factory=lambda: ["color"])  # atomic augmentations with a space each
+    augmentations: list[str] = field(
+        default_factory=lambda: ["color"]
+    )  # atomic augmentations with a space each
     plus_plus: bool = False  # LooC++: each head owns a copy of the last backbone stage
 
 
@@ -103,7 +115,9 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
     schedule: Literal["cosine", "step"] = "cosine"  # decay after warm-up
-    milestones: list[int] = field(default_factory=lambda: [120, 160])  # step schedule: x0.1 at these epochs
+    milestones: list[int] = field(
+        default_factory=lambda: [120, 160]
+    )  # step schedule: x0.1 at these epochs
     warmup_epochs: int = 0  # linear warm-up from 0
 
 
@@ -228,8 +242,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         choices = get_args(hint)
         if value not in choices:
             valid = ", ".join(str(c) for c in choices)
-            raise UserError(f"{key}={value!r} is not valid{_suggest(str(value), map(str, choices))}; "
-                            f"valid values: {valid}")
+            raise UserError(
+                f"{key}={value!r} is not valid{_suggest(str(value), map(str, choices))}; "
+                f"valid values: {valid}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         args = get_args(hint)
@@ -319,16 +335,26 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
     bad = [a for a in cfg.looc.augmentations if a not in _ATOMIC]
     if bad:
-        raise UserError(f"looc.augmentations: unknown augmentation '{bad[0]}'; "
-                        f"valid: {', '.join(sorted(_ATOMIC))}")
+        raise UserError(
+            f"looc.augmentations: unknown augmentation '{bad[0]}'; "
+            f"valid: {', '.join(sorted(_ATOMIC))}"
+        )
     if cfg.method == "looc" and not cfg.looc.augmentations:
-        raise UserError("looc.augmentations is empty; name at least one of color, rotation, texture")
+        raise UserError(
+            "looc.augmentations is empty; name at least one of color, rotation, texture"
+        )
     if len(set(cfg.looc.augmentations)) != len(cfg.looc.augmentations):
         raise UserError(f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}")
+    if cfg.augment.hue is not None and not 0.0 <= cfg.augment.hue <= 0.5:
+        raise UserError(f"augment.hue must be in [0, 0.5], got {cfg.augment.hue}")
+    if cfg.augment.grayscale_p is not None and not 0.0 <= cfg.augment.grayscale_p <= 1.0:
+        raise UserError(f"augment.grayscale_p must be in [0, 1], got {cfg.augment.grayscale_p}")
     if cfg.scores.low >= cfg.scores.high:
         raise UserError("scores.low must be smaller than scores.high")
     if cfg.data.name == "imagefolder" and not cfg.data.path:
-        raise UserError("dataset=imagefolder needs data.path=DIR (a folder of images or class folders)")
+        raise UserError(
+            "dataset=imagefolder needs data.path=DIR (a folder of images or class folders)"
+        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -417,18 +443,28 @@ def reference_markdown() -> str:
     import inspect
 
     hints = get_type_hints(Config)
-    sections = [("", Config)] + [(f.name, hints[f.name]) for f in dataclasses.fields(Config)
-                                 if dataclasses.is_dataclass(hints[f.name])]
+    sections = [("", Config)] + [
+        (f.name, hints[f.name])
+        for f in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(hints[f.name])
+    ]
     comments = {}
     for prefix, cls in sections:
         for line in inspect.getsource(cls).splitlines():
             body = line[4:]
-            if line.startswith("    ") and not body.startswith((" ", "#", '"')) and ":" in body and "#" in body:
+            if (
+                line.startswith("    ")
+                and not body.startswith((" ", "#", '"'))
+                and ":" in body
+                and "#" in body
+            ):
                 key = body.split(":", 1)[0]
                 comments[f"{prefix}.{key}" if prefix else key] = body.split("#", 1)[1].strip()
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, type_name, default in all_keys():
         shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True)
         shown = shown.strip().removesuffix("...").strip()
-        rows.append(f"| `{key}` | {type_name.replace(' | ', ' or ')} | `{shown}` | {comments.get(key, '')} |")
+        rows.append(
+            f"| `{key}` | {type_name.replace(' | ', ' or ')} | `{shown}` | {comments.get(key, '')} |"
+        )
     return "\n".join(rows) + "\n"

@@ -19,35 +19,57 @@ from contrastlab.methods import build_method
 from contrastlab.train import Trainer, WithTransform, eval_transform, seed_everything
 
 
-def untrained_knn(cfg) -> float:
-    """kNN accuracy of a randomly initialized encoder of the same architecture and seed."""
+def untrained_knn(cfg) -> tuple[float, int]:
+    """kNN accuracy (and class count) of a randomly initialized encoder of the same architecture."""
     seed_everything(cfg.seed)
     model = build_method(cfg).eval()
     train = build_dataset(cfg.data, "train")
     test = build_dataset(cfg.data, "test")
     tf = eval_transform(cfg, train)
-    f_train, y_train = extract_features(model, WithTransform(train, tf), "backbone", progress=False,
-                                          num_workers=cfg.data.num_workers)
-    f_test, y_test = extract_features(model, WithTransform(test, tf), "backbone", progress=False,
-                                          num_workers=cfg.data.num_workers)
-    return knn_accuracy(f_train, y_train, f_test, y_test, train.num_classes,
-                        k=cfg.train.knn_k, temperature=cfg.train.knn_temperature)
+    f_train, y_train = extract_features(
+        model,
+        WithTransform(train, tf),
+        "backbone",
+        progress=False,
+        num_workers=cfg.data.num_workers,
+    )
+    f_test, y_test = extract_features(
+        model, WithTransform(test, tf), "backbone", progress=False, num_workers=cfg.data.num_workers
+    )
+    acc = knn_accuracy(
+        f_train,
+        y_train,
+        f_test,
+        y_test,
+        train.num_classes,
+        k=cfg.train.knn_k,
+        temperature=cfg.train.knn_temperature,
+    )
+    return acc, train.num_classes
 
 
 def run_demo(out_dir: str = "runs", overrides=()) -> dict:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     cfg = load_config("demo", [f"out_dir={out_dir}", "train.overwrite=true", *overrides])
-    print(f"contrastlab demo: MoCo v2 on {cfg.data.synthetic_train} synthetic {cfg.data.image_size}px "
-          f"images, {cfg.optim.epochs} epochs, {cfg.model.backbone} x{cfg.model.width} (CPU)")
-    before = untrained_knn(cfg)
+    print(
+        f"contrastlab demo: MoCo v2 on {cfg.data.synthetic_train} synthetic {cfg.data.image_size}px "
+        f"images, {cfg.optim.epochs} epochs, {cfg.model.backbone} x{cfg.model.width} (CPU)"
+    )
+    before, num_classes = untrained_knn(cfg)
     print(f"kNN top-1 of the untrained encoder: {before:.2f}%")
     result = Trainer(cfg).fit()
     after = result.knn_top1
-    print(f"kNN top-1 after {result.epochs} epochs ({result.seconds:.0f} s): {after:.2f}% "
-          f"(untrained {before:.2f}%, chance {100 / 10:.0f}%)")
+    print(
+        f"kNN top-1 after {result.epochs} epochs ({result.seconds:.0f} s): {after:.2f}% "
+        f"(untrained {before:.2f}%, chance {100 / num_classes:.0f}%)"
+    )
     run_dir = Path(result.run_dir)
-    outputs = {"config": run_dir / "config.yaml", "metrics": run_dir / "metrics.jsonl",
-               "checkpoint": result.last_checkpoint, "tensorboard": run_dir / "tensorboard"}
+    outputs = {
+        "config": run_dir / "config.yaml",
+        "metrics": run_dir / "metrics.jsonl",
+        "checkpoint": result.last_checkpoint,
+        "tensorboard": run_dir / "tensorboard",
+    }
     try:
         from contrastlab.viz.commands import plot_scores, write_report
     except ImportError:

@@ -42,8 +42,11 @@ FORMATS = ("torchvision", "detectron2", "safetensors")
 
 def backbone_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
     """The backbone's weights and buffers without the classifier, as contiguous CPU tensors."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()
-            if not k.startswith("fc.")}
+    return {
+        k: v.detach().cpu().contiguous().clone()
+        for k, v in backbone.state_dict().items()
+        if not k.startswith("fc.")
+    }
 
 
 def detectron2_key(key: str) -> str:
@@ -60,13 +63,17 @@ def detectron2_key(key: str) -> str:
 
 
 def detectron2_dict(state: dict[str, Tensor]) -> dict:
-    model = {detectron2_key(k): v.numpy() for k, v in state.items()
-             if not k.endswith("num_batches_tracked")}
+    model = {
+        detectron2_key(k): v.numpy()
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
     return {"model": model, "__author__": "contrastlab", "matching_heuristics": True}
 
 
-def export_backbone(backbone: nn.Module, fmt: str, out: str | os.PathLike,
-                    metadata: dict[str, str] | None = None) -> Path:
+def export_backbone(
+    backbone: nn.Module, fmt: str, out: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
     """Write ``backbone``'s weights to ``out`` in format ``fmt``; returns the path."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
@@ -83,8 +90,10 @@ def export_backbone(backbone: nn.Module, fmt: str, out: str | os.PathLike,
         try:
             from safetensors.torch import save_file
         except ImportError:
-            raise UserError("--format safetensors needs the safetensors package: pip install "
-                            "safetensors (or pip install 'contrastlab[safetensors]')") from None
+            raise UserError(
+                "--format safetensors needs the safetensors package: pip install "
+                "safetensors (or pip install 'contrastlab[safetensors]')"
+            ) from None
         save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     os.replace(tmp, out)
     return out
@@ -97,7 +106,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.Pat
     if fmt not in FORMATS:  # fail before the (slow) model rebuild
         raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
     model, cfg = load_model(checkpoint, "cpu")
-    meta = {"format": "contrastlab-backbone", "backbone": cfg.model.backbone,
-            "width": str(cfg.model.width), "cifar_stem": json.dumps(cfg.model.cifar_stem),
-            "method": cfg.method, "image_size": str(cfg.data.image_size)}
+    meta = {
+        "format": "contrastlab-backbone",
+        "backbone": cfg.model.backbone,
+        "width": str(cfg.model.width),
+        "cifar_stem": json.dumps(cfg.model.cifar_stem),
+        "method": cfg.method,
+        "image_size": str(cfg.data.image_size),
+    }
     return export_backbone(model.backbone, fmt, out, meta)

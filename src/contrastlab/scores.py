@@ -33,7 +33,9 @@ class ScoreStats:
 
 
 @torch.no_grad()
-def score_stats(pos: Tensor, neg: Tensor, bins: int = 200, low: float = -1.0, high: float = 1.0) -> ScoreStats:
+def score_stats(
+    pos: Tensor, neg: Tensor, bins: int = 200, low: float = -1.0, high: float = 1.0
+) -> ScoreStats:
     """Summarize scores (not logits: no temperature) of B queries: ``pos`` [B], ``neg`` [B, N].
 
     Runs on the scores' device without a host synchronization, so it can be called every step.
@@ -153,8 +155,12 @@ class ScoreRecorder:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             return
-        if (meta.get("format") != FORMAT or meta.get("bins") != self.bins
-                or meta.get("low") != self.low or meta.get("high") != self.high):
+        if (
+            meta.get("format") != FORMAT
+            or meta.get("bins") != self.bins
+            or meta.get("low") != self.low
+            or meta.get("high") != self.high
+        ):
             return
         self.spaces = list(meta.get("spaces", []))
         self._epochs_written = [int(e) for e in meta.get("epochs", [])]
@@ -189,8 +195,10 @@ class ScoreRecorder:
         for (space, stage), st in sorted(stats.items(), key=lambda kv: STAGES.index(kv[0][1])):
             key = self._key(space, stage)
             if st.pos_hist.numel() != self.bins:
-                raise ValueError(f"scores for {space}/{stage} have {st.pos_hist.numel()} histogram "
-                                 f"bins but scores.bins is {self.bins}")
+                raise ValueError(
+                    f"scores for {space}/{stage} have {st.pos_hist.numel()} histogram "
+                    f"bins but scores.bins is {self.bins}"
+                )
             if self._device is None:
                 self._device = st.pos.device
                 if self._device.type == "mps":
@@ -199,13 +207,16 @@ class ScoreRecorder:
             same = raw is not None and _same_stats(st, raw)
             self._same[key] = self._same.get(key, True) and same
             if not same:  # an effective stage identical to raw is not stored twice
-                self._buffer.append(torch.stack([st.pos, st.neg_mean, st.neg_var]).to(torch.float32))
+                self._buffer.append(
+                    torch.stack([st.pos, st.neg_mean, st.neg_var]).to(torch.float32)
+                )
                 self._segments.append((key[0], key[1], step, st.pos.numel()))
                 self._buffered_rows += st.pos.numel()
             hist = self._interval_hist.get(key)
             if hist is None:
                 hist = self._interval_hist[key] = torch.zeros(
-                    2, self.bins, dtype=self._hist_dtype, device=self._device)
+                    2, self.bins, dtype=self._hist_dtype, device=self._device
+                )
             hist[0].add_(st.pos_hist)
             hist[1].add_(st.neg_hist)
         self._updates += 1
@@ -260,8 +271,11 @@ class ScoreRecorder:
         rows = seg[:, 3]
         part = {
             "step": np.repeat(seg[:, 2], rows).astype(np.int64),
-            "rank": (np.zeros(rows.sum(), np.int16) if ranks is None
-                     else np.repeat(ranks.cpu().numpy(), rows).astype(np.int16)),
+            "rank": (
+                np.zeros(rows.sum(), np.int16)
+                if ranks is None
+                else np.repeat(ranks.cpu().numpy(), rows).astype(np.int16)
+            ),
             "space": np.repeat(seg[:, 0], rows).astype(np.int16),
             "stage": np.repeat(seg[:, 1], rows).astype(np.int8),
         }
@@ -288,7 +302,7 @@ class ScoreRecorder:
             rows["epoch"] = np.full(rows["step"].shape, self._epoch, np.int32)
             self._query_parts.append(rows)
         table: dict[str, list] = {c: [] for c in INTERVAL_COLUMNS}
-        for k, (space, stage) in enumerate(keys):
+        for space, stage in keys:
             same = stage == 1 and self._same.get((space, stage), False)
             src_stage = 0 if same else stage
             if rows is not None:
@@ -310,7 +324,9 @@ class ScoreRecorder:
                 tag = f"scores/{self.spaces[space]}/{STAGES[stage]}"
                 if not same:
                     for q in QUANTITIES:
-                        self.tb.add_scalar(f"{tag}/{q}_mean", table[f"{q}_mean"][-1], self._last_step)
+                        self.tb.add_scalar(
+                            f"{tag}/{q}_mean", table[f"{q}_mean"][-1], self._last_step
+                        )
         arrays = {c: np.asarray(v, dtype=INTERVAL_COLUMNS[c]) for c, v in table.items()}
         arrays["pos_hist"] = hist[:, 0]
         arrays["neg_hist"] = hist[:, 1]
@@ -346,20 +362,31 @@ class ScoreRecorder:
         for i, e in enumerate(epochs):
             c = self._epoch_hists[e]
             stacked[i, : c.shape[0]] = c  # spaces first seen later are zero in earlier epochs
-        _save_npz(self.dir / "hist.npz", {
-            "epoch": np.asarray(epochs, np.int32),
-            "counts": stacked,
-            "edges": np.linspace(self.low, self.high, self.bins + 1),
-        })
-        _save_json(self.dir / "meta.json", {
-            "format": FORMAT,
-            "bins": self.bins, "low": self.low, "high": self.high,
-            "spaces": self.spaces, "stages": list(STAGES), "kinds": list(KINDS),
-            "query_dtype": np.dtype(QUERY_DTYPE).name,
-            "quantiles": list(QUANTILES),
-            "log_every": self.log_every, "world_size": self.world,
-            "epochs": self._epochs_written,
-        })
+        _save_npz(
+            self.dir / "hist.npz",
+            {
+                "epoch": np.asarray(epochs, np.int32),
+                "counts": stacked,
+                "edges": np.linspace(self.low, self.high, self.bins + 1),
+            },
+        )
+        _save_json(
+            self.dir / "meta.json",
+            {
+                "format": FORMAT,
+                "bins": self.bins,
+                "low": self.low,
+                "high": self.high,
+                "spaces": self.spaces,
+                "stages": list(STAGES),
+                "kinds": list(KINDS),
+                "query_dtype": np.dtype(QUERY_DTYPE).name,
+                "quantiles": list(QUANTILES),
+                "log_every": self.log_every,
+                "world_size": self.world,
+                "epochs": self._epochs_written,
+            },
+        )
         if self.tb is not None:
             self._tb_histograms(epoch, counts)
 
@@ -375,22 +402,41 @@ class ScoreRecorder:
                         continue
                     lo, hi = nz[0], nz[-1] + 1
                     self.tb.add_histogram_raw(
-                        f"scores/{space}/{stage}/{kind}", min=float(edges[lo]), max=float(edges[hi]),
-                        num=float(c.sum()), sum=float((c * centers).sum()),
+                        f"scores/{space}/{stage}/{kind}",
+                        min=float(edges[lo]),
+                        max=float(edges[hi]),
+                        num=float(c.sum()),
+                        sum=float((c * centers).sum()),
                         sum_squares=float((c * centers**2).sum()),
-                        bucket_limits=edges[lo + 1: hi + 1].tolist(), bucket_counts=c[lo:hi].tolist(),
-                        global_step=epoch)
+                        bucket_limits=edges[lo + 1 : hi + 1].tolist(),
+                        bucket_counts=c[lo:hi].tolist(),
+                        global_step=epoch,
+                    )
 
 
 QUERY_COLUMNS = {
-    "step": np.int64, "epoch": np.int32, "rank": np.int16, "space": np.int16, "stage": np.int8,
-    "pos": QUERY_DTYPE, "neg_mean": QUERY_DTYPE, "neg_var": QUERY_DTYPE,
+    "step": np.int64,
+    "epoch": np.int32,
+    "rank": np.int16,
+    "space": np.int16,
+    "stage": np.int8,
+    "pos": QUERY_DTYPE,
+    "neg_mean": QUERY_DTYPE,
+    "neg_var": QUERY_DTYPE,
 }
 INTERVAL_COLUMNS = {
-    "epoch": np.int32, "first_step": np.int64, "last_step": np.int64, "space": np.int16,
-    "stage": np.int8, "n": np.int64, "same_as_raw": np.bool_,
-    **{f"{q}_{s}": np.float64 for q in QUANTITIES
-       for s in ["mean"] + [f"q{round(p * 100):02d}" for p in QUANTILES]},
+    "epoch": np.int32,
+    "first_step": np.int64,
+    "last_step": np.int64,
+    "space": np.int16,
+    "stage": np.int8,
+    "n": np.int64,
+    "same_as_raw": np.bool_,
+    **{
+        f"{q}_{s}": np.float64
+        for q in QUANTITIES
+        for s in ["mean"] + [f"q{round(p * 100):02d}" for p in QUANTILES]
+    },
 }
 
 
@@ -398,7 +444,9 @@ def _concat(parts: list[dict[str, np.ndarray]], columns: dict) -> dict[str, np.n
     out = {}
     for name, dtype in columns.items():
         arrays = [p[name] for p in parts]
-        out[name] = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+        out[name] = (
+            np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+        )
     for name in ("pos_hist", "neg_hist"):
         if parts and name in parts[0]:
             out[name] = np.concatenate([p[name] for p in parts])
@@ -425,9 +473,11 @@ def _gather_rows(data: Tensor, seg: Tensor, world: int) -> tuple[Tensor, Tensor,
     segs = [torch.empty_like(pad_seg) for _ in range(world)]
     dist.all_gather(datas, pad_data)
     dist.all_gather(segs, pad_seg)
-    data = torch.cat([d[:, : n] for d, (n, _) in zip(datas, all_sizes)], dim=1)
-    seg = torch.cat([s[: m] for s, (_, m) in zip(segs, all_sizes)])
-    ranks = torch.cat([torch.full((m,), r, dtype=torch.int64) for r, (_, m) in enumerate(all_sizes)])
+    data = torch.cat([d[:, :n] for d, (n, _) in zip(datas, all_sizes)], dim=1)
+    seg = torch.cat([s[:m] for s, (_, m) in zip(segs, all_sizes)])
+    ranks = torch.cat(
+        [torch.full((m,), r, dtype=torch.int64) for r, (_, m) in enumerate(all_sizes)]
+    )
     return data, seg, ranks
 
 
@@ -501,8 +551,10 @@ def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
     folder = Path(run_dir) / "scores"
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        raise UserError(f"{run_dir} has no recorded scores ({meta_path} is missing); "
-                        "train with scores.record=true")
+        raise UserError(
+            f"{run_dir} has no recorded scores ({meta_path} is missing); "
+            "train with scores.record=true"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
@@ -512,7 +564,9 @@ def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
     return folder, meta
 
 
-def _load_tables(folder: Path, prefix: str, epochs, columns: dict, extra=()) -> dict[str, np.ndarray]:
+def _load_tables(
+    folder: Path, prefix: str, epochs, columns: dict, extra=()
+) -> dict[str, np.ndarray]:
     parts = []
     for e in epochs:
         path = folder / f"{prefix}-epoch{int(e):04d}.npz"
@@ -526,7 +580,9 @@ def _load_tables(folder: Path, prefix: str, epochs, columns: dict, extra=()) -> 
     return out
 
 
-def load_scores(run_dir: Path | str, epochs: list[int] | None = None, queries: bool = True) -> ScoreRecord:
+def load_scores(
+    run_dir: Path | str, epochs: list[int] | None = None, queries: bool = True
+) -> ScoreRecord:
     """Read ``run_dir/scores`` (all epochs, or only ``epochs``) into flat numpy columns.
 
     ``queries=False`` reads only the small interval table (the per-query table of a long run can
@@ -545,12 +601,18 @@ def load_histograms(run_dir: Path | str) -> ScoreHistograms:
     bins = meta["bins"]
     with np.load(folder / "hist.npz", allow_pickle=False) as f:
         edges, epoch, counts = f["edges"], f["epoch"], f["counts"]
-    table = _load_tables(folder, "intervals", meta["epochs"], INTERVAL_COLUMNS, ("pos_hist", "neg_hist"))
+    table = _load_tables(
+        folder, "intervals", meta["epochs"], INTERVAL_COLUMNS, ("pos_hist", "neg_hist")
+    )
     pos, neg = table.pop("pos_hist"), table.pop("neg_hist")
     keep = ("epoch", "first_step", "last_step", "space", "stage", "same_as_raw")
     if pos.size == 0:
         pos = neg = np.zeros((0, bins))
     return ScoreHistograms(
-        meta=meta, edges=edges, epoch=epoch, counts=counts,
-        intervals={k: table[k] for k in keep}, interval_counts=np.stack([pos, neg], axis=1),
+        meta=meta,
+        edges=edges,
+        epoch=epoch,
+        counts=counts,
+        intervals={k: table[k] for k in keep},
+        interval_counts=np.stack([pos, neg], axis=1),
     )

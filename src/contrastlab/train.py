@@ -23,8 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from contrastlab import distributed
-from contrastlab.checkpoint import (check_compatible, load_model_state, make_state, read_checkpoint,
-                                    save_checkpoint)
+from contrastlab.checkpoint import (
+    check_compatible,
+    load_model_state,
+    make_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 from contrastlab.config import Config, save_config
 from contrastlab.data.augment import MultiView, build_eval_transform, build_train_transform
 from contrastlab.data.datasets import build_dataset
@@ -89,7 +94,9 @@ def build_view_transform(cfg: Config, model, dataset):
         from contrastlab.data.looc_views import build_looc_views
 
         return build_looc_views(cfg, size, dataset.mean, dataset.std)
-    return MultiView(build_train_transform(cfg.augment, size, dataset.mean, dataset.std), model.num_views)
+    return MultiView(
+        build_train_transform(cfg.augment, size, dataset.mean, dataset.std), model.num_views
+    )
 
 
 def eval_transform(cfg: Config, dataset):
@@ -105,16 +112,22 @@ class Trainer:
         self.is_main = distributed.is_main()
         cuda = self.device.type == "cuda"
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
-        self.channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else cuda
+        self.channels_last = (
+            cfg.train.channels_last if cfg.train.channels_last is not None else cuda
+        )
 
         world = distributed.world_size()
         if cfg.optim.batch_size % world:
-            raise UserError(f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by the "
-                            f"number of processes ({world})")
+            raise UserError(
+                f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by the "
+                f"number of processes ({world})"
+            )
         self.local_batch = cfg.optim.batch_size // world
         if self.local_batch % cfg.model.bn_splits:
-            raise UserError(f"the per-process batch ({self.local_batch}) must be divisible by "
-                            f"model.bn_splits ({cfg.model.bn_splits})")
+            raise UserError(
+                f"the per-process batch ({self.local_batch}) must be divisible by "
+                f"model.bn_splits ({cfg.model.bn_splits})"
+            )
 
         seed_everything(cfg.seed)  # identical initial weights on every process
         self.model = build_method(cfg).to(self.device)
@@ -125,28 +138,47 @@ class Trainer:
             # The queue is kept identical on every process by gathering keys, so buffers need no
             # broadcast (which would also copy the K x d queue every step).
             ddp = torch.nn.parallel.DistributedDataParallel
-            no_buffer_sync = ({"forward_sync_buffers": False}  # torch >= 2.14 spelling
-                              if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                              else {"broadcast_buffers": False})
-            self.model = ddp(self.model, device_ids=[self.device.index] if cuda else None,
-                             **no_buffer_sync)
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}  # torch >= 2.14 spelling
+                if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.model = ddp(
+                self.model, device_ids=[self.device.index] if cuda else None, **no_buffer_sync
+            )
         params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            params,
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        )
 
         self.train_images = build_dataset(cfg.data, "train")
         if len(self.train_images) < cfg.optim.batch_size:
-            raise UserError(f"the training set has {len(self.train_images)} images, fewer than one "
-                            f"batch (optim.batch_size={cfg.optim.batch_size}); lower the batch size")
+            raise UserError(
+                f"the training set has {len(self.train_images)} images, fewer than one "
+                f"batch (optim.batch_size={cfg.optim.batch_size}); lower the batch size"
+            )
         views = build_view_transform(cfg, self.method, self.train_images)
         self.generator = torch.Generator()
-        sampler = DistributedSampler(WithTransform(self.train_images, views), seed=cfg.seed,
-                                     drop_last=True) if distributed.is_distributed() else None
+        sampler = (
+            DistributedSampler(
+                WithTransform(self.train_images, views), seed=cfg.seed, drop_last=True
+            )
+            if distributed.is_distributed()
+            else None
+        )
         self.sampler = sampler
         self.loader = DataLoader(
-            WithTransform(self.train_images, views), batch_size=self.local_batch,
-            shuffle=sampler is None, sampler=sampler, drop_last=True,
-            num_workers=cfg.data.num_workers, pin_memory=cuda, generator=self.generator,
+            WithTransform(self.train_images, views),
+            batch_size=self.local_batch,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            pin_memory=cuda,
+            generator=self.generator,
             persistent_workers=False,  # workers are reseeded every epoch (exact resume)
         )
         self.steps_per_epoch = len(self.loader)
@@ -167,9 +199,11 @@ class Trainer:
         if resume == "auto":
             resume = str(last) if last.exists() else None
         elif resume is None and last.exists() and not cfg.train.overwrite:
-            raise UserError(f"run directory {self.run_dir} already holds checkpoints; pass "
-                            "train.resume=auto to continue it, name=NEW for a new run, or "
-                            "train.overwrite=true to start it afresh")
+            raise UserError(
+                f"run directory {self.run_dir} already holds checkpoints; pass "
+                "train.resume=auto to continue it, name=NEW for a new run, or "
+                "train.overwrite=true to start it afresh"
+            )
         if resume:
             self.resume_from(Path(resume))
         elif self.is_main and cfg.train.overwrite and self.run_dir.exists():
@@ -185,7 +219,9 @@ class Trainer:
         if cfg.scores.record:
             from contrastlab.scores import ScoreRecorder
 
-            self.recorder = ScoreRecorder(self.run_dir, cfg.scores, cfg.train.log_every, self.writer)
+            self.recorder = ScoreRecorder(
+                self.run_dir, cfg.scores, cfg.train.log_every, self.writer
+            )
 
     def resume_from(self, path: Path) -> None:
         state = read_checkpoint(path)
@@ -194,7 +230,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state.get("best_metric")
-        self.log({"event": "resume", "checkpoint": str(path), "epoch": self.epoch, "step": self.step})
+        self.log(
+            {"event": "resume", "checkpoint": str(path), "epoch": self.epoch, "step": self.step}
+        )
 
     # -- logging ----------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -206,7 +244,9 @@ class Trainer:
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.writer.add_scalar(f"{record['event']}/{key}", value, record.get("step", self.step))
+                    self.writer.add_scalar(
+                        f"{record['event']}/{key}", value, record.get("step", self.step)
+                    )
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -217,11 +257,14 @@ class Trainer:
         for epoch in range(self.epoch, cfg.optim.epochs):
             final_loss = self.train_epoch(epoch)
             self.epoch = epoch + 1
-            knn_due = cfg.train.knn_every and (self.epoch % cfg.train.knn_every == 0
-                                               or self.epoch == cfg.optim.epochs)
+            knn_due = cfg.train.knn_every and (
+                self.epoch % cfg.train.knn_every == 0 or self.epoch == cfg.optim.epochs
+            )
             if knn_due:
                 self.last_knn = self.knn_monitor()
-            save_due = self.epoch % cfg.train.checkpoint_every == 0 or self.epoch == cfg.optim.epochs
+            save_due = (
+                self.epoch % cfg.train.checkpoint_every == 0 or self.epoch == cfg.optim.epochs
+            )
             if save_due:
                 self.save(final_loss)
         if self.recorder is not None:
@@ -229,10 +272,19 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return TrainResult(
-            run_dir=self.run_dir, epochs=self.epoch, steps=self.step, final_loss=final_loss,
-            knn_top1=self.last_knn, seconds=time.time() - start, is_main=self.is_main,
-            last_checkpoint=self.ckpt_dir / "last.pt" if (self.ckpt_dir / "last.pt").exists() else None,
-            best_checkpoint=self.ckpt_dir / "best.pt" if (self.ckpt_dir / "best.pt").exists() else None,
+            run_dir=self.run_dir,
+            epochs=self.epoch,
+            steps=self.step,
+            final_loss=final_loss,
+            knn_top1=self.last_knn,
+            seconds=time.time() - start,
+            is_main=self.is_main,
+            last_checkpoint=self.ckpt_dir / "last.pt"
+            if (self.ckpt_dir / "last.pt").exists()
+            else None,
+            best_checkpoint=self.ckpt_dir / "best.pt"
+            if (self.ckpt_dir / "best.pt").exists()
+            else None,
         )
 
     def train_epoch(self, epoch: int) -> float:
@@ -249,8 +301,12 @@ class Trainer:
         if self.is_main and cfg.train.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                       dynamic_ncols=True, leave=False)
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                dynamic_ncols=True,
+                leave=False,
+            )
         for i, (views, _) in enumerate(self.loader):
             if i >= self.steps_per_epoch:
                 break
@@ -278,8 +334,16 @@ class Trainer:
                 mean_loss = (distributed.mean_over_processes(interval_loss) / steps).item()
                 self.check_finite(mean_loss, epoch)
                 rate = interval_images / max(time.time() - interval_start, 1e-9)
-                self.log({"event": "train", "epoch": epoch + 1, "step": self.step,
-                          "loss": mean_loss, "lr": lr, "images_per_s": rate})
+                self.log(
+                    {
+                        "event": "train",
+                        "epoch": epoch + 1,
+                        "step": self.step,
+                        "loss": mean_loss,
+                        "lr": lr,
+                        "images_per_s": rate,
+                    }
+                )
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
                 interval_loss.zero_()
@@ -299,11 +363,16 @@ class Trainer:
         if math.isfinite(value):
             return
         last = self.ckpt_dir / "last.pt"
-        kept = f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint was written"
+        kept = (
+            f"the last good checkpoint {last} is intact"
+            if last.exists()
+            else "no checkpoint was written"
+        )
         self.log({"event": "diverged", "epoch": epoch + 1, "step": self.step, "loss": str(value)})
         raise TrainingDiverged(
             f"the loss became {value} in epoch {epoch + 1} (step {self.step}); training stopped and "
-            f"{kept}; lower optim.lr, or check the data for broken images")
+            f"{kept}; lower optim.lr, or check the data for broken images"
+        )
 
     # -- monitoring and checkpoints ---------------------------------------------------------
     def knn_monitor(self) -> float | None:
@@ -316,12 +385,31 @@ class Trainer:
             if self.train_images.num_classes and len(test_images):
                 bank = WithTransform(self.train_images, eval_transform(self.cfg, self.train_images))
                 test = WithTransform(test_images, eval_transform(self.cfg, self.train_images))
-                f_bank, y_bank = extract_features(self.method, bank, "backbone", device=self.device,
-                                                  num_workers=self.cfg.data.num_workers, progress=False)
-                f_test, y_test = extract_features(self.method, test, "backbone", device=self.device,
-                                                  num_workers=self.cfg.data.num_workers, progress=False)
-                acc = knn_accuracy(f_bank, y_bank, f_test, y_test, self.train_images.num_classes,
-                                   k=self.cfg.train.knn_k, temperature=self.cfg.train.knn_temperature)
+                f_bank, y_bank = extract_features(
+                    self.method,
+                    bank,
+                    "backbone",
+                    device=self.device,
+                    num_workers=self.cfg.data.num_workers,
+                    progress=False,
+                )
+                f_test, y_test = extract_features(
+                    self.method,
+                    test,
+                    "backbone",
+                    device=self.device,
+                    num_workers=self.cfg.data.num_workers,
+                    progress=False,
+                )
+                acc = knn_accuracy(
+                    f_bank,
+                    y_bank,
+                    f_test,
+                    y_test,
+                    self.train_images.num_classes,
+                    k=self.cfg.train.knn_k,
+                    temperature=self.cfg.train.knn_temperature,
+                )
                 self.log({"event": "knn", "epoch": self.epoch, "step": self.step, "knn_top1": acc})
         if distributed.is_distributed():
             torch.distributed.barrier()
@@ -335,14 +423,28 @@ class Trainer:
         improved = self.best_metric is None or metric >= self.best_metric
         if improved:
             self.best_metric = metric
-        state = make_state(self.cfg, self.method, self.optimizer, self.epoch, self.step,
-                           self.best_metric, {"loss": loss, "knn_top1": self.last_knn})
+        state = make_state(
+            self.cfg,
+            self.method,
+            self.optimizer,
+            self.epoch,
+            self.step,
+            self.best_metric,
+            {"loss": loss, "knn_top1": self.last_knn},
+        )
         last = self.ckpt_dir / "last.pt"
         save_checkpoint(last, state)
         if improved:
             save_checkpoint(self.ckpt_dir / "best.pt", state)
-        self.log({"event": "checkpoint", "epoch": self.epoch, "step": self.step, "path": str(last),
-                  "best": improved})
+        self.log(
+            {
+                "event": "checkpoint",
+                "epoch": self.epoch,
+                "step": self.step,
+                "path": str(last),
+                "best": improved,
+            }
+        )
 
 
 def train(cfg: Config) -> TrainResult:

@@ -22,7 +22,9 @@ def _image(size=32, seed=0):
 
 
 def _normalized(img):
-    return (img.float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    return (img.float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[
+        :, None, None
+    ]
 
 
 def _has(transform, kind) -> bool:
@@ -30,6 +32,7 @@ def _has(transform, kind) -> bool:
         if isinstance(t, kind):
             return True
         return any(walk(c) for c in getattr(t, "transforms", []))
+
     return walk(transform)
 
 
@@ -77,13 +80,19 @@ def test_rotation_option_turns_views_by_multiples_of_90_degrees():
 
 def test_blur_follows_the_recipe_and_the_image_size():
     v2_cfg = AugmentConfig(recipe="moco_v2")
-    assert not _has(build_train_transform(v2_cfg, 32, MEAN, STD), v2.GaussianBlur)  # CIFAR reference
+    assert not _has(
+        build_train_transform(v2_cfg, 32, MEAN, STD), v2.GaussianBlur
+    )  # CIFAR reference
     assert _has(build_train_transform(v2_cfg, 96, MEAN, STD), v2.GaussianBlur)
     assert _has(build_train_transform(AugmentConfig(blur=True), 32, MEAN, STD), v2.GaussianBlur)
-    assert not _has(build_train_transform(AugmentConfig(blur=False), 224, MEAN, STD), v2.GaussianBlur)
+    assert not _has(
+        build_train_transform(AugmentConfig(blur=False), 224, MEAN, STD), v2.GaussianBlur
+    )
     v1_cfg = AugmentConfig(recipe="moco_v1")
     assert not _has(build_train_transform(v1_cfg, 224, MEAN, STD), v2.GaussianBlur)
-    assert blur_kernel_size(224) == 23 and blur_kernel_size(32) == 3 and blur_kernel_size(96) % 2 == 1
+    assert (
+        blur_kernel_size(224) == 23 and blur_kernel_size(32) == 3 and blur_kernel_size(96) % 2 == 1
+    )
 
 
 def test_eval_transform_is_deterministic_and_keeps_small_images_whole():
@@ -98,4 +107,6 @@ def test_eval_transform_of_large_images_resizes_then_centre_crops():
     tf = build_eval_transform(224, MEAN, STD, native_size=None)
     out = tf(photo)
     assert out.shape == (3, 224, 224) and torch.equal(out, tf(photo))
-    assert _has(tf, v2.Resize) and [t.size for t in tf.transforms if isinstance(t, v2.Resize)] == [[256]]
+    assert _has(tf, v2.Resize) and [t.size for t in tf.transforms if isinstance(t, v2.Resize)] == [
+        [256]
+    ]

@@ -38,7 +38,11 @@ def _cfg(path, **kw) -> DataConfig:
 
 
 def _as_tensor(item) -> torch.Tensor:
-    return item if isinstance(item, torch.Tensor) else torch.from_numpy(np.array(item)).permute(2, 0, 1)
+    return (
+        item
+        if isinstance(item, torch.Tensor)
+        else torch.from_numpy(np.array(item)).permute(2, 0, 1)
+    )
 
 
 def _truncated_jpeg(path: Path) -> Path:
@@ -203,14 +207,26 @@ def test_large_images_load_lazily_and_mixed_sizes_are_squared_in_memory(tmp_path
     lazy = build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "train")
     assert isinstance(lazy, ImageFileDataset) and lazy.image_size is None
     assert lazy[0][0].size == (120, 100)
-    memory = build_dataset(_cfg(tmp_path, holdout_fraction=0.0, in_memory=True, image_size=24), "train")
+    memory = build_dataset(
+        _cfg(tmp_path, holdout_fraction=0.0, in_memory=True, image_size=24), "train"
+    )
     assert memory.images.shape == (2, 3, 24, 24) and memory.image_size == 24
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="no shared CIFAR-10 copy")
 def test_a_few_hundred_real_cifar_jpegs(tmp_path):
-    subprocess.run(["tar", "-xzf", str(SHARED_CIFAR), "-C", str(tmp_path), "--wildcards",
-                    "test/*/00[0-2]?.jpg"], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "-xzf",
+            str(SHARED_CIFAR),
+            "-C",
+            str(tmp_path),
+            "--wildcards",
+            "test/*/00[0-2]?.jpg",
+        ],
+        check=True,
+    )
     cfg = _cfg(tmp_path / "test", holdout_fraction=0.1)
     train = build_dataset(cfg, "train")
     assert train.classes[:2] == ["airplane", "automobile"] and train.num_classes == 10

@@ -28,8 +28,9 @@ def make(augs, size=32, **aug):
     return LoocViews(augs, size, MEAN, STD, AugmentConfig(**aug))
 
 
-@pytest.mark.parametrize("augs", [["color"], ["rotation"], ["texture"], ["color", "rotation"], ALL,
-                                  ["texture", "color"]])
+@pytest.mark.parametrize(
+    "augs", [["color"], ["rotation"], ["texture"], ["color", "rotation"], ALL, ["texture", "color"]]
+)
 def test_views_count_shape_and_order(augs):
     torch.manual_seed(0)
     views = make(augs)(random_image())
@@ -93,7 +94,12 @@ def test_k_i_rendered_with_q_other_params_reproduces_q():
 def orientation(view: torch.Tensor) -> int:
     """Which side of the image is bright: 0 top, 1 left, 2 bottom, 3 right (rot90 is counter-clockwise)."""
     h = view.shape[-1] // 2
-    sides = [view[:, :h, :].mean(), view[:, :, :h].mean(), view[:, h:, :].mean(), view[:, :, h:].mean()]
+    sides = [
+        view[:, :h, :].mean(),
+        view[:, :, :h].mean(),
+        view[:, h:, :].mean(),
+        view[:, :, h:].mean(),
+    ]
     return int(torch.stack(sides).argmax())
 
 
@@ -154,9 +160,13 @@ def test_blur_rule_and_base_colour():
     assert not make(["rotation"], size=32).blur  # MoCo v2 rule: no blur at <= 64 px
     assert make(["rotation"], size=96).blur
     assert make(["rotation"], size=32, blur=True).blur
-    assert "color" in make(["rotation"]).ops  # colour of the base recipe still runs, without a space
+    assert (
+        "color" in make(["rotation"]).ops
+    )  # colour of the base recipe still runs, without a space
     assert "color" not in make(["rotation"], recipe="none").ops
-    assert "rotation" not in make(["color"]).ops and "rotation" in make(["color"], rotation=True).ops
+    assert (
+        "rotation" not in make(["color"]).ops and "rotation" in make(["color"], rotation=True).ops
+    )
 
 
 def test_pil_input_and_factory():

@@ -51,12 +51,15 @@ def test_types_sizes_and_balanced_factors():
 def test_factors_are_visible_in_the_pixels():
     train, test = make_synthetic(1000, seed=0), make_synthetic(300, seed=1)
     ft, fs = train.factors, test.factors
-    colour = _nearest_centroid_accuracy(_object_colour(train.images), ft["color"],
-                                        _object_colour(test.images), fs["color"], 8)
-    shape = _nearest_centroid_accuracy(_object_mask(train.images), ft["shape"],
-                                       _object_mask(test.images), fs["shape"], 10)
-    texture = _nearest_centroid_accuracy(_spectrum(train.images), ft["texture"],
-                                         _spectrum(test.images), fs["texture"], 4)
+    colour = _nearest_centroid_accuracy(
+        _object_colour(train.images), ft["color"], _object_colour(test.images), fs["color"], 8
+    )
+    shape = _nearest_centroid_accuracy(
+        _object_mask(train.images), ft["shape"], _object_mask(test.images), fs["shape"], 10
+    )
+    texture = _nearest_centroid_accuracy(
+        _spectrum(train.images), ft["texture"], _spectrum(test.images), fs["texture"], 4
+    )
     assert colour > 0.9  # chance 0.125
     assert shape > 0.3  # chance 0.1; a raw-pixel centroid is a weak classifier under jitter
     assert texture > 0.8  # chance 0.25

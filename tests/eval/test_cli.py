@@ -10,10 +10,22 @@ from PIL import Image
 from contrastlab.cli import main
 
 TINY = [
-    "dataset=synthetic", "data.synthetic_train=96", "data.synthetic_test=64", "data.num_workers=0",
-    "data.image_size=16", "model.width=0.0625", "model.cifar_stem=true", "model.head_hidden=16",
-    "model.dim=8", "model.bn_splits=2", "moco.queue_size=32", "optim.batch_size=16",
-    "optim.epochs=1", "train.max_steps_per_epoch=2", "train.knn_every=0", "train.progress=false",
+    "dataset=synthetic",
+    "data.synthetic_train=96",
+    "data.synthetic_test=64",
+    "data.num_workers=0",
+    "data.image_size=16",
+    "model.width=0.0625",
+    "model.cifar_stem=true",
+    "model.head_hidden=16",
+    "model.dim=8",
+    "model.bn_splits=2",
+    "moco.queue_size=32",
+    "optim.batch_size=16",
+    "optim.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.knn_every=0",
+    "train.progress=false",
     "scores.bins=10",
 ]
 COMMON = ["--workers", "0", "--no-progress", "--batch-size", "64"]
@@ -40,25 +52,96 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     assert "| top1 |" in capsys.readouterr().out
     assert main(["eval", "linear", str(checkpoint), *COMMON, "--fast", "--cache", cache]) == 0
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test features, shared
-    assert main(["eval", "linear", str(checkpoint), *COMMON, "--epochs", "1",
-                 "--out", str(tmp_path / "lin.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "linear",
+                str(checkpoint),
+                *COMMON,
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "lin.json"),
+            ]
+        )
+        == 0
+    )
     assert _json(tmp_path / "lin.json")["details"]["mode"] == "sgd"
-    assert main(["eval", "fewshot", str(checkpoint), *COMMON, "--shots", "2", "--trials", "2",
-                 "--ways", "3", "--episode-shots", "1", "--queries", "2", "--episodes", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "fewshot",
+                str(checkpoint),
+                *COMMON,
+                "--shots",
+                "2",
+                "--trials",
+                "2",
+                "--ways",
+                "3",
+                "--episode-shots",
+                "1",
+                "--queries",
+                "2",
+                "--episodes",
+                "5",
+            ]
+        )
+        == 0
+    )
     few = _json(run_dir / "eval" / "fewshot.json")["summary"]
     assert {"2-shot", "2-shot ci95", "3-way 1-shot"} <= set(few)
-    assert main(["eval", "factors", str(checkpoint), *COMMON, "--space", "z",
-                 "--factors", "color,rotation"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "factors",
+                str(checkpoint),
+                *COMMON,
+                "--space",
+                "z",
+                "--factors",
+                "color,rotation",
+            ]
+        )
+        == 0
+    )
     assert set(_json(run_dir / "eval" / "factors-z.json")["summary"]) == {"color", "rotation"}
-    assert main(["eval", "corruption", str(checkpoint), *COMMON, "--classifier", "knn", "--k", "5",
-                 "--corruptions", "gaussian_noise,frost", "--severities", "1,5", "--max-test", "16"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "corruption",
+                str(checkpoint),
+                *COMMON,
+                "--classifier",
+                "knn",
+                "--k",
+                "5",
+                "--corruptions",
+                "gaussian_noise,frost",
+                "--severities",
+                "1,5",
+                "--max-test",
+                "16",
+            ]
+        )
+        == 0
+    )
     cor = _json(run_dir / "eval" / "corruption.json")
     assert set(cor["details"]["corruptions"]) == {"gaussian_noise", "frost"}
     assert "| gaussian_noise |" in capsys.readouterr().out
 
 
 def test_eval_rotation_and_errors(checkpoint, capsys):
-    assert main(["eval", "rotation", str(checkpoint), *COMMON, "--max-train", "32", "--max-test", "16"]) == 0
+    assert (
+        main(
+            ["eval", "rotation", str(checkpoint), *COMMON, "--max-train", "32", "--max-test", "16"]
+        )
+        == 0
+    )
     rot = _json(checkpoint.parent.parent / "eval" / "rotation.json")
     assert rot["details"]["chance"] == 25.0 and rot["setup"]["max_train"] == 32
     assert main(["eval", "knn", str(checkpoint), *COMMON, "--space", "nope"]) == 2
@@ -81,9 +164,29 @@ def test_eval_transfer(checkpoint, tmp_path):
     _folder(tmp_path / "A", colours, 12, 0)
     _folder(tmp_path / "B", colours, 8, 1)
     out = tmp_path / "transfer.json"
-    assert main(["eval", "transfer", str(checkpoint), *COMMON, "--train-dir", str(tmp_path / "A"),
-                 "--test-dir", str(tmp_path / "B"), "--shots", "2", "--trials", "2",
-                 "--episodes", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "transfer",
+                str(checkpoint),
+                *COMMON,
+                "--train-dir",
+                str(tmp_path / "A"),
+                "--test-dir",
+                str(tmp_path / "B"),
+                "--shots",
+                "2",
+                "--trials",
+                "2",
+                "--episodes",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = _json(out)
     assert res["summary"]["linear top1"] > 60.0  # colour classes: trivially separable
     assert "skipped" in res["details"]["episodes"]  # 3 classes: no 5-way episodes
@@ -92,8 +195,25 @@ def test_eval_transfer(checkpoint, tmp_path):
 def test_eval_all_and_export(checkpoint, tmp_path):
     best = checkpoint.parent / "best.pt"
     out = tmp_path / "cmp"
-    assert main(["eval", "all", str(checkpoint), str(best), *COMMON, "--protocols", "knn,linear",
-                 "--k", "5", "--out-dir", str(out), "--no-save"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "all",
+                str(checkpoint),
+                str(best),
+                *COMMON,
+                "--protocols",
+                "knn,linear",
+                "--k",
+                "5",
+                "--out-dir",
+                str(out),
+                "--no-save",
+            ]
+        )
+        == 0
+    )
     data = _json(out / "comparison.json")
     assert [e["label"] for e in data["entries"]] == ["tiny/last", "tiny/best"]
     assert "linear: top1" in (out / "comparison.md").read_text()
@@ -111,4 +231,9 @@ def test_eval_all_and_export(checkpoint, tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(net(x), model.features(x))
-    assert main(["export", str(checkpoint), "--format", "detectron2", "--out", str(tmp_path / "d2.pkl")]) == 0
+    assert (
+        main(
+            ["export", str(checkpoint), "--format", "detectron2", "--out", str(tmp_path / "d2.pkl")]
+        )
+        == 0
+    )

@@ -55,11 +55,15 @@ def test_detectron2_key_names():
     assert detectron2_key("layer1.0.conv2.weight") == "res2.0.conv2.weight"
     assert detectron2_key("layer1.1.bn2.bias") == "res2.1.conv2.norm.bias"
     assert detectron2_key("layer2.0.downsample.0.weight") == "res3.0.shortcut.weight"
-    assert detectron2_key("layer4.0.downsample.1.running_mean") == "res5.0.shortcut.norm.running_mean"
+    assert (
+        detectron2_key("layer4.0.downsample.1.running_mean") == "res5.0.shortcut.norm.running_mean"
+    )
     assert detectron2_key("layer3.5.bn3.weight") == "res4.5.conv3.norm.weight"
 
 
-@pytest.mark.parametrize("arch,blocks,convs", [("resnet18", (2, 2, 2, 2), 2), ("resnet50", (3, 4, 6, 3), 3)])
+@pytest.mark.parametrize(
+    "arch,blocks,convs", [("resnet18", (2, 2, 2, 2), 2), ("resnet50", (3, 4, 6, 3), 3)]
+)
 def test_detectron2_file(tmp_path, arch, blocks, convs):
     net = getattr(torchvision.models, arch)()
     net.fc = nn.Identity()
@@ -68,21 +72,36 @@ def test_detectron2_file(tmp_path, arch, blocks, convs):
         data = pickle.load(f)
     assert data["__author__"] == "contrastlab" and data["matching_heuristics"] is True
     names = set(data["model"])
-    expected = {"stem.conv1.weight", "stem.conv1.norm.weight", "stem.conv1.norm.bias",
-                "stem.conv1.norm.running_mean", "stem.conv1.norm.running_var"}
+    expected = {
+        "stem.conv1.weight",
+        "stem.conv1.norm.weight",
+        "stem.conv1.norm.bias",
+        "stem.conv1.norm.running_mean",
+        "stem.conv1.norm.running_var",
+    }
     for stage, n in enumerate(blocks, start=2):
         for b in range(n):
             for c in range(1, convs + 1):
-                expected |= {f"res{stage}.{b}.conv{c}.weight", f"res{stage}.{b}.conv{c}.norm.weight",
-                             f"res{stage}.{b}.conv{c}.norm.bias", f"res{stage}.{b}.conv{c}.norm.running_mean",
-                             f"res{stage}.{b}.conv{c}.norm.running_var"}
+                expected |= {
+                    f"res{stage}.{b}.conv{c}.weight",
+                    f"res{stage}.{b}.conv{c}.norm.weight",
+                    f"res{stage}.{b}.conv{c}.norm.bias",
+                    f"res{stage}.{b}.conv{c}.norm.running_mean",
+                    f"res{stage}.{b}.conv{c}.norm.running_var",
+                }
         if stage > 2 or convs == 3:
-            expected |= {f"res{stage}.0.shortcut.weight", f"res{stage}.0.shortcut.norm.weight",
-                         f"res{stage}.0.shortcut.norm.bias", f"res{stage}.0.shortcut.norm.running_mean",
-                         f"res{stage}.0.shortcut.norm.running_var"}
+            expected |= {
+                f"res{stage}.0.shortcut.weight",
+                f"res{stage}.0.shortcut.norm.weight",
+                f"res{stage}.0.shortcut.norm.bias",
+                f"res{stage}.0.shortcut.norm.running_mean",
+                f"res{stage}.0.shortcut.norm.running_var",
+            }
     assert names == expected
     w = data["model"]["res2.0.conv1.weight"]
-    assert type(w).__module__ == "numpy" and tuple(w.shape) == tuple(net.layer1[0].conv1.weight.shape)
+    assert type(w).__module__ == "numpy" and tuple(w.shape) == tuple(
+        net.layer1[0].conv1.weight.shape
+    )
 
 
 def test_safetensors_export(tmp_path):

@@ -34,7 +34,9 @@ def test_extract_batches_spaces_and_cache(tmp_path):
     cache = FeatureCache(tmp_path / "cache")
     model.calls = 0
     extract_features(model, ds, batch_size=4, progress=False, cache=cache, cache_parts=parts)
-    f3, y3 = extract_features(model, ds, batch_size=4, progress=False, cache=cache, cache_parts=parts)
+    f3, y3 = extract_features(
+        model, ds, batch_size=4, progress=False, cache=cache, cache_parts=parts
+    )
     assert model.calls == 3 and torch.equal(f3, f) and torch.equal(y3, y)  # second call: cache hit
     other = feature_cache_parts(ckpt, {"name": "toy"}, "test", "T()", "backbone")
     extract_features(model, ds, batch_size=4, progress=False, cache=cache, cache_parts=other)
@@ -47,4 +49,6 @@ def test_unknown_space_and_empty_dataset():
     with pytest.raises(UserError, match="valid spaces: backbone, double"):
         extract_features(Counting(), TensorDataset(torch.zeros(2, 1)), "z", progress=False)
     with pytest.raises(UserError, match="empty"):
-        extract_features(Counting(), TensorDataset(torch.zeros(0, 1), torch.zeros(0)), progress=False)
+        extract_features(
+            Counting(), TensorDataset(torch.zeros(0, 1), torch.zeros(0)), progress=False
+        )

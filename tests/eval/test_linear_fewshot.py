@@ -36,12 +36,24 @@ class Linear(torch.nn.Module):
 def test_linear_sgd_moco_protocol_learns_and_steps_lr(blobs):
     f, y = blobs(64, 3, 10, sep=4.0)
     model = Linear()
-    res = linear_sgd(model, TensorDataset(f[:150], y[:150]), TensorDataset(f[150:], y[150:]), 3,
-                     epochs=10, lr=0.5, batch_size=32, progress=False)
+    res = linear_sgd(
+        model,
+        TensorDataset(f[:150], y[:150]),
+        TensorDataset(f[150:], y[150:]),
+        3,
+        epochs=10,
+        lr=0.5,
+        batch_size=32,
+        progress=False,
+    )
     assert res["top1"] > 95.0
     assert res["milestones"] == [6, 8]
     lrs = [h["lr"] for h in res["history"]]
-    assert lrs[0] == pytest.approx(0.5) and lrs[6] == pytest.approx(0.05) and lrs[8] == pytest.approx(0.005)
+    assert (
+        lrs[0] == pytest.approx(0.5)
+        and lrs[6] == pytest.approx(0.05)
+        and lrs[8] == pytest.approx(0.005)
+    )
 
 
 def test_mean_ci95_matches_student_t(blobs):

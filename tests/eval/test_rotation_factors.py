@@ -37,7 +37,12 @@ def test_factor_probes(blobs):
     f, shape = blobs(50, 4, 12, sep=5.0)
     color = torch.randint(0, 3, (200,), generator=torch.Generator().manual_seed(0))
     facts = {"shape": shape, "color": color}
-    res = factor_probes(f[:120], {k: v[:120] for k, v in facts.items()}, f[120:],
-                        {k: v[120:] for k, v in facts.items()}, ["shape", "color"])
+    res = factor_probes(
+        f[:120],
+        {k: v[:120] for k, v in facts.items()},
+        f[120:],
+        {k: v[120:] for k, v in facts.items()},
+        ["shape", "color"],
+    )
     assert res["shape"]["top1"] > 95.0
     assert res["color"]["top1"] < 60.0 and res["color"]["num_classes"] == 3

@@ -14,12 +14,26 @@ B, SIZE = 4, 16
 
 
 def tiny_cfg(augs=("color", "rotation"), plus_plus=False, *extra):
-    return load_config(None, [
-        "method=looc", f"looc.augmentations=[{','.join(augs)}]", f"looc.plus_plus={str(plus_plus).lower()}",
-        "model.backbone=resnet18", "model.width=0.125", "model.cifar_stem=true", "model.head=mlp",
-        "model.head_hidden=16", "model.dim=8", "model.bn_splits=1", "moco.queue_size=10",
-        "moco.temperature=0.2", "moco.momentum=0.99", "data.image_size=16", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            "method=looc",
+            f"looc.augmentations=[{','.join(augs)}]",
+            f"looc.plus_plus={str(plus_plus).lower()}",
+            "model.backbone=resnet18",
+            "model.width=0.125",
+            "model.cifar_stem=true",
+            "model.head=mlp",
+            "model.head_hidden=16",
+            "model.dim=8",
+            "model.bn_splits=1",
+            "moco.queue_size=10",
+            "moco.temperature=0.2",
+            "moco.momentum=0.99",
+            "data.image_size=16",
+            *extra,
+        ],
+    )
 
 
 def make_views(n_aug, seed=0):
@@ -40,7 +54,10 @@ def naive_loss(zq, zk, queues, tau):
         per_image = 0.0
         for i in range(num_spaces):
             q = [float(v) for v in zq[i, b]]
-            dot = lambda u: sum(a * c for a, c in zip(q, [float(v) for v in u]))
+
+            def dot(u, q=q):
+                return sum(a * c for a, c in zip(q, [float(v) for v in u]))
+
             e = [math.exp(dot(zk[i, j, b]) / tau) for j in range(num_spaces)]
             n_i = sum(math.exp(dot(queues[i, m]) / tau) for m in range(queues.shape[1]))
             if i == 0:
@@ -65,7 +82,9 @@ def test_model_loss_matches_reference_and_stats():
     for plus_plus in (False, True):
         torch.manual_seed(0)
         cfg = tiny_cfg(("color", "rotation", "texture"), plus_plus)
-        model = LooC(cfg).eval()  # running BN statistics: each view encodes independently of the batch
+        model = LooC(
+            cfg
+        ).eval()  # running BN statistics: each view encodes independently of the batch
         views = make_views(3)
         queues = model.queue.clone().double()
         out = model(views)
@@ -73,12 +92,15 @@ def test_model_loss_matches_reference_and_stats():
             zq = model.encoder_q(views[0]).double()
             zk = torch.stack([model.encoder_k(v) for v in views[1:]], dim=1).double()
         assert out.loss.item() == pytest.approx(naive_loss(zq, zk, queues, 0.2), rel=1e-5)
-        assert set(out.scores) == {(s, st) for s in ("z0", "color", "rotation", "texture")
-                                   for st in ("raw", "effective")}
+        assert set(out.scores) == {
+            (s, st) for s in ("z0", "color", "rotation", "texture") for st in ("raw", "effective")
+        }
         # negatives for the statistics: queue only in Z_0; queue + the other 3 keys in Z_i
         assert out.scores[("z0", "raw")].neg_hist.sum().item() == B * 10
         assert out.scores[("color", "raw")].neg_hist.sum().item() == B * (10 + 3)
-        assert torch.allclose(out.scores[("color", "raw")].pos.double(), (zq[1] * zk[1, 1]).sum(1), atol=1e-5)
+        assert torch.allclose(
+            out.scores[("color", "raw")].pos.double(), (zq[1] * zk[1, 1]).sum(1), atol=1e-5
+        )
 
 
 def test_feature_transformation_in_every_space():
@@ -205,8 +227,11 @@ def test_split_bn_training_step():
 
 
 PRESETS = {
-    "color": ["color"], "rotation": ["rotation"], "texture": ["texture"],
-    "color_rotation": ["color", "rotation"], "all": ["color", "rotation", "texture"],
+    "color": ["color"],
+    "rotation": ["rotation"],
+    "texture": ["texture"],
+    "color_rotation": ["color", "rotation"],
+    "all": ["color", "rotation", "texture"],
 }
 
 
@@ -217,7 +242,9 @@ def test_presets(suffix):
         assert cfg.method == "looc" and cfg.name == f"{prefix}_{suffix}"
         assert cfg.looc.augmentations == PRESETS[suffix] and cfg.looc.plus_plus is plus_plus
         assert cfg.moco.temperature == 0.2 and cfg.model.head == "mlp" and not cfg.moco.symmetric
-    tiny = load_config(f"loocpp_{suffix}", ["model.width=0.0625", "model.head_hidden=8", "moco.queue_size=8"])
+    tiny = load_config(
+        f"loocpp_{suffix}", ["model.width=0.0625", "model.head_hidden=8", "moco.queue_size=8"]
+    )
     assert build_method(tiny).num_views == len(PRESETS[suffix]) + 2
 
 
@@ -228,7 +255,9 @@ def test_presets(suffix):
 
 def looc_global_batches(steps: int, batch: int, n_views: int):
     g = torch.Generator().manual_seed(7)
-    return [[torch.randn(batch, 3, 16, 16, generator=g) for _ in range(n_views)] for _ in range(steps)]
+    return [
+        [torch.randn(batch, 3, 16, 16, generator=g) for _ in range(n_views)] for _ in range(steps)
+    ]
 
 
 def _looc_worker(rank: int, port: int, cfgs: dict, steps: int, out_dir: str) -> None:
@@ -253,8 +282,12 @@ def _looc_worker(rank: int, port: int, cfgs: dict, steps: int, out_dir: str) -> 
                 out.loss.backward()
                 opt.step()
                 losses.append(out.loss.item())
-            result[name] = {"losses": losses, "queue": model.queue.clone(), "ptr": model.queue_ptr.clone(),
-                            "params": [p.detach().clone() for p in model.encoder_q.parameters()]}
+            result[name] = {
+                "losses": losses,
+                "queue": model.queue.clone(),
+                "ptr": model.queue_ptr.clone(),
+                "params": [p.detach().clone() for p in model.encoder_q.parameters()],
+            }
         torch.save(result, os.path.join(out_dir, f"looc_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -264,10 +297,17 @@ def test_ddp_two_processes(tiny_config, tmp_path):
     import torch.multiprocessing as mp
     from helpers import free_port
 
-    common = ["method=looc", "looc.augmentations=[color,rotation]", "looc.plus_plus=true",
-              "moco.queue_size=20", "optim.batch_size=8"]
-    cfgs = {"plain": tiny_config("model.bn_splits=1", "model.shuffle_bn=false", *common),
-            "shuffled": tiny_config("model.bn_splits=1", "model.shuffle_bn=true", *common)}
+    common = [
+        "method=looc",
+        "looc.augmentations=[color,rotation]",
+        "looc.plus_plus=true",
+        "moco.queue_size=20",
+        "optim.batch_size=8",
+    ]
+    cfgs = {
+        "plain": tiny_config("model.bn_splits=1", "model.shuffle_bn=false", *common),
+        "shuffled": tiny_config("model.bn_splits=1", "model.shuffle_bn=true", *common),
+    }
     mp.spawn(_looc_worker, args=(free_port(), cfgs, 2, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"looc_rank{r}.pt", weights_only=True) for r in range(2)]
 
@@ -292,5 +332,9 @@ def test_ddp_two_processes(tiny_config, tmp_path):
     for a, b in zip(model.encoder_q.parameters(), ranks[0]["plain"]["params"]):
         torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-5)
     # per space, the same keys entered the queue (rank order under DDP, batch order here)
-    torch.testing.assert_close(model.queue.sort(dim=1).values, ranks[0]["plain"]["queue"].sort(dim=1).values,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.queue.sort(dim=1).values,
+        ranks[0]["plain"]["queue"].sort(dim=1).values,
+        rtol=1e-4,
+        atol=1e-5,
+    )

@@ -29,9 +29,14 @@ def _double_moco(cfg):
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_loss_matches_naive_reference(tiny_config, symmetric):
-    cfg = tiny_config("model.bn_splits=1", "moco.momentum=1.0", f"moco.symmetric={str(symmetric).lower()}")
+    cfg = tiny_config(
+        "model.bn_splits=1", "moco.momentum=1.0", f"moco.symmetric={str(symmetric).lower()}"
+    )
     model = _double_moco(cfg)
-    x_q, x_k = torch.randn(6, 3, 16, 16, dtype=torch.float64), torch.randn(6, 3, 16, 16, dtype=torch.float64)
+    x_q, x_k = (
+        torch.randn(6, 3, 16, 16, dtype=torch.float64),
+        torch.randn(6, 3, 16, 16, dtype=torch.float64),
+    )
     queue_before = model.queue.clone()
     with torch.no_grad():
         q1, k1 = model.encoder_q(x_q), model.encoder_k(x_k)
@@ -68,7 +73,9 @@ def naive_enqueue(queue, ptr, keys):
     return queue, ptr
 
 
-@pytest.mark.parametrize("size,batches", [(5, [3, 3, 3]), (8, [4, 4, 4]), (5, [7, 2]), (6, [1, 6, 13])])
+@pytest.mark.parametrize(
+    "size,batches", [(5, [3, 3, 3]), (8, [4, 4, 4]), (5, [7, 2]), (6, [1, 6, 13])]
+)
 def test_enqueue_wraps_around_for_any_sizes(size, batches):
     queue = torch.zeros(size, 2)
     ptr = torch.zeros((), dtype=torch.long)

@@ -22,7 +22,9 @@ def test_split_bn_equals_per_chunk_bn():
         chunk = x[s::splits]  # sub-batch s holds samples s, s + S, ...
         mean = chunk.mean(dim=(0, 2, 3))
         var = chunk.var(dim=(0, 2, 3), unbiased=False)
-        expected = (chunk - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + split.eps)
+        expected = (chunk - mean[None, :, None, None]) / torch.sqrt(
+            var[None, :, None, None] + split.eps
+        )
         expected = expected * split.weight[None, :, None, None] + split.bias[None, :, None, None]
         torch.testing.assert_close(y[s::splits], expected)
         running_means.append(0.9 * 0 + 0.1 * mean)

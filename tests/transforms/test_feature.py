@@ -135,8 +135,9 @@ def test_uniform_and_extrapolation_moments():
 def test_each_side_uses_its_own_alpha():
     # Element granularity gives many draws from one step: Var = 1/(4(2α+1)) tells the α apart.
     q, k, queue = features(b=512, k=1024, d=64)
-    cfg = FTConfig(pos="interpolate", neg="interpolate", granularity="element",
-                   alpha_pos=0.5, alpha_neg=5.0)
+    cfg = FTConfig(
+        pos="interpolate", neg="interpolate", granularity="element", alpha_pos=0.5, alpha_neg=5.0
+    )
     out = feature_transform(q, k, queue, cfg, epoch=0, generator=gen(5))
     assert abs(out.lam_pos.var().item() - 1 / 8) < 0.005
     assert abs(out.lam_neg.var().item() - 1 / 44) < 0.002
@@ -233,8 +234,9 @@ def test_gradcheck_full_infonce(granularity, renormalize):
     draws = feature_transform(q, k, queue, cfg, epoch=0, generator=gen(4))
 
     def loss(q_):
-        out = feature_transform(q_, k, queue, cfg, 0, lam_pos=draws.lam_pos,
-                                lam_neg=draws.lam_neg, perm=draws.perm)
+        out = feature_transform(
+            q_, k, queue, cfg, 0, lam_pos=draws.lam_pos, lam_neg=draws.lam_neg, perm=draws.perm
+        )
         return info_nce(*out.as_tuple())
 
     assert torch.autograd.gradcheck(loss, (q,))
@@ -251,8 +253,16 @@ def test_lambda_one_is_plain_moco_exactly():
         cfg = dataclasses.replace(FT_ON, granularity=granularity)
         b_shape = lambda_shape(granularity, 16, 32)
         n_shape = lambda_shape(granularity, 64, 32)
-        out = feature_transform(q, k, queue, cfg, 0, lam_pos=torch.ones(b_shape),
-                                lam_neg=torch.ones(n_shape), perm=torch.randperm(64))
+        out = feature_transform(
+            q,
+            k,
+            queue,
+            cfg,
+            0,
+            lam_pos=torch.ones(b_shape),
+            lam_neg=torch.ones(n_shape),
+            perm=torch.randperm(64),
+        )
         assert torch.equal(out.q, q) and torch.equal(out.k, k) and torch.equal(out.negatives, queue)
         assert torch.equal(info_nce(*out.as_tuple()), info_nce(q, k, queue))
 

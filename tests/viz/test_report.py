@@ -51,7 +51,9 @@ def test_report_is_self_contained(fake_runs):
     assert not parser.errors and not parser.stack
     assert parser.urls and all(u.startswith("data:image/png;base64,") for u in parser.urls)
     assert "script" not in parser.tags and "link" not in parser.tags
-    assert not re.search(r"(https?:)?//[a-z0-9]", text.split("<body>")[1].split("data:image")[0], re.I)
+    assert not re.search(
+        r"(https?:)?//[a-z0-9]", text.split("<body>")[1].split("data:image")[0], re.I
+    )
     assert "url(" not in text
     assert len(parser.urls) == 3  # training curves + the two score figures of space z
     assert "momentum" in text and "56.20%" in text
@@ -78,9 +80,13 @@ class _DevTools:
         host, port, path = re.match(r"ws://([^:/]+):(\d+)(/.*)", url).groups()
         self.sock = socket.create_connection((host, int(port)), timeout=20)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += self.sock.recv(1)
@@ -98,9 +104,13 @@ class _DevTools:
 
     def _send_frame(self, payload: bytes) -> None:
         n = len(payload)
-        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
-                                bytes([0x80 | 126]) + struct.pack(">H", n) if n < 1 << 16 else
-                                bytes([0x80 | 127]) + struct.pack(">Q", n))
+        head = bytes([0x81]) + (
+            bytes([0x80 | n])
+            if n < 126
+            else bytes([0x80 | 126]) + struct.pack(">H", n)
+            if n < 1 << 16
+            else bytes([0x80 | 127]) + struct.pack(">Q", n)
+        )
         mask = os.urandom(4)
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
@@ -146,11 +156,24 @@ def test_report_in_headless_chromium(looc_run, tmp_path):
     path = write_report(looc_run, tmp_path / "report.html")
     profile = tmp_path / "profile"
     proc = subprocess.Popen(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", "about:blank"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = profile / "DevToolsActivePort"  # "PORT\n/devtools/browser/ID"
         deadline = time.monotonic() + 30
@@ -160,18 +183,28 @@ def test_report_in_headless_chromium(looc_run, tmp_path):
         port, browser_path = port_file.read_text().split()
         dt = _DevTools(f"ws://127.0.0.1:{port}{browser_path}")
         target = dt.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = dt.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = dt.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log", "Network"):
             dt.send(f"{domain}.enable", session=session)
         dt.send("Page.navigate", {"url": path.as_uri()}, session=session)
         dt.wait_event("Page.loadEventFired")
-        result = dt.send("Runtime.evaluate", {
-            "expression": "JSON.stringify(Array.from(document.images).map("
-                          "i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]))",
-            "returnByValue": True}, session=session)
+        result = dt.send(
+            "Runtime.evaluate",
+            {
+                "expression": "JSON.stringify(Array.from(document.images).map("
+                "i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]))",
+                "returnByValue": True,
+            },
+            session=session,
+        )
         images = json.loads(result["result"]["value"])
-        title = dt.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
-                        session=session)["result"]["value"]
+        title = dt.send(
+            "Runtime.evaluate",
+            {"expression": "document.title", "returnByValue": True},
+            session=session,
+        )["result"]["value"]
         dt.sock.close()
     finally:
         proc.terminate()
@@ -183,11 +216,20 @@ def test_report_in_headless_chromium(looc_run, tmp_path):
     assert title == "contrastlab report: looc-ft"
     # training curves + (curves, distributions) for each of the two spaces, all decoded
     assert len(images) == 5
-    assert all(done and width > 100 and src == "data:image/png;base64," for done, width, src in images)
-    errors = [e for e in dt.events if e["method"] == "Runtime.exceptionThrown"
-              or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
-              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    assert all(
+        done and width > 100 and src == "data:image/png;base64," for done, width, src in images
+    )
+    errors = [
+        e
+        for e in dt.events
+        if e["method"] == "Runtime.exceptionThrown"
+        or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
     assert not errors, errors
-    requests = [e["params"]["request"]["url"][:60] for e in dt.events
-                if e["method"] == "Network.requestWillBeSent"]
+    requests = [
+        e["params"]["request"]["url"][:60]
+        for e in dt.events
+        if e["method"] == "Network.requestWillBeSent"
+    ]
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

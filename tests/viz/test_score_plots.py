@@ -34,8 +34,11 @@ def test_labels_name_setting_and_accuracy(fake_runs):
 def test_one_figure_set_per_space_default_out(looc_run):
     paths = plot_scores([looc_run])
     assert {p.name for p in paths} == {
-        "scores-z0-curves.png", "scores-z0-distributions.png",
-        "scores-color-curves.png", "scores-color-distributions.png"}
+        "scores-z0-curves.png",
+        "scores-z0-distributions.png",
+        "scores-color-curves.png",
+        "scores-color-distributions.png",
+    }
     assert all(p.parent == looc_run / "figures" and _is_png(p) for p in paths)
 
 

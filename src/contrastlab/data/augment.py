@@ -83,7 +83,8 @@ def build_train_transform(aug: AugmentConfig, image_size: int, mean, std) -> Cal
     GaussianBlur σ∈[0.1, 2] p=0.5, flip. ``blur=None`` blurs with v2 only above 64 px (the CIFAR
     reference has no blur); ``blur=True/False`` forces it on or off for either recipe.
     ``none``: resize + centre crop to ``image_size`` (a no-op when sizes match) and normalize.
-    ``aug.rotation`` appends a random 0/90/180/270° rotation to every view.
+    ``aug.rotation`` appends a random 0/90/180/270° rotation to every view. ``aug.hue`` and
+    ``aug.grayscale_p`` replace the recipe's hue jitter and grayscale probability.
     """
     # Crop on uint8 (fast native resize), then convert once: colour ops on float tensors avoid a
     # uint8 round trip per jitter factor and are about 1.5x faster at 32 px.
@@ -91,14 +92,21 @@ def build_train_transform(aug: AugmentConfig, image_size: int, mean, std) -> Cal
     if aug.recipe == "none":
         steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), _TO_FLOAT]
     else:
-        steps += [v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), antialias=True),
-                  _TO_FLOAT]
+        steps += [
+            v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), antialias=True),
+            _TO_FLOAT,
+        ]
+        gray = 0.2 if aug.grayscale_p is None else aug.grayscale_p
         if aug.recipe == "moco_v1":
-            steps += [v2.RandomGrayscale(p=0.2), v2.ColorJitter(0.4, 0.4, 0.4, 0.4)]
+            hue = 0.4 if aug.hue is None else aug.hue
+            steps += [v2.RandomGrayscale(p=gray), v2.ColorJitter(0.4, 0.4, 0.4, hue)]
             blur = bool(aug.blur)
         elif aug.recipe == "moco_v2":
-            steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                      v2.RandomGrayscale(p=0.2)]
+            hue = 0.1 if aug.hue is None else aug.hue
+            steps += [
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, hue)], p=0.8),
+                v2.RandomGrayscale(p=gray),
+            ]
             blur = image_size > 64 if aug.blur is None else aug.blur
         else:
             raise ValueError(f"unknown augmentation recipe {aug.recipe!r}")

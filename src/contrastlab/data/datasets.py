@@ -68,9 +68,18 @@ def dataset_stats(name: str, native_size: int | None = None) -> tuple[tuple, tup
 class _Described(Dataset):
     """The attributes every dataset carries, whatever its storage."""
 
-    def _describe(self, labels, num_classes: int, mean, std, image_size: int | None,
-                  classes: Sequence[str] = (), factors: dict | None = None,
-                  skipped: Sequence[str] = (), transform: Callable | None = None) -> None:
+    def _describe(
+        self,
+        labels,
+        num_classes: int,
+        mean,
+        std,
+        image_size: int | None,
+        classes: Sequence[str] = (),
+        factors: dict | None = None,
+        skipped: Sequence[str] = (),
+        transform: Callable | None = None,
+    ) -> None:
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.num_classes = int(num_classes)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -87,14 +96,28 @@ class _Described(Dataset):
 class TensorImageDataset(_Described):
     """Decoded images held in memory as one ``uint8`` tensor ``[N, 3, H, W]``."""
 
-    def __init__(self, images: torch.Tensor, labels, *, num_classes: int, mean, std,
-                 image_size: int | None, classes: Sequence[str] = (), factors: dict | None = None,
-                 skipped: Sequence[str] = (), transform: Callable | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels,
+        *,
+        num_classes: int,
+        mean,
+        std,
+        image_size: int | None,
+        classes: Sequence[str] = (),
+        factors: dict | None = None,
+        skipped: Sequence[str] = (),
+        transform: Callable | None = None,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
         self.images = images
-        self._describe(labels, num_classes, mean, std, image_size, classes, factors, skipped, transform)
+        self._describe(
+            labels, num_classes, mean, std, image_size, classes, factors, skipped, transform
+        )
         if len(self.labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(self.labels)} labels")
 
@@ -106,19 +129,33 @@ class TensorImageDataset(_Described):
 class ImageFileDataset(_Described):
     """Image files decoded on access into RGB PIL images (for folders too big to hold decoded)."""
 
-    def __init__(self, files: Sequence[str], labels, *, num_classes: int, mean, std,
-                 image_size: int | None, classes: Sequence[str] = (), skipped: Sequence[str] = (),
-                 transform: Callable | None = None):
+    def __init__(
+        self,
+        files: Sequence[str],
+        labels,
+        *,
+        num_classes: int,
+        mean,
+        std,
+        image_size: int | None,
+        classes: Sequence[str] = (),
+        skipped: Sequence[str] = (),
+        transform: Callable | None = None,
+    ):
         self.files = list(files)
-        self._describe(labels, num_classes, mean, std, image_size, classes, None, skipped, transform)
+        self._describe(
+            labels, num_classes, mean, std, image_size, classes, None, skipped, transform
+        )
 
     def __getitem__(self, i: int):
         path = self.files[i]
         try:
             img = load_rgb(path)
         except Exception as e:  # the file changed since the dataset was checked
-            raise UserError(f"cannot read image {path} ({_reason(e)}); it was readable when the "
-                            f"dataset was built, so it changed since: fix or delete it") from None
+            raise UserError(
+                f"cannot read image {path} ({_reason(e)}); it was readable when the "
+                f"dataset was built, so it changed since: fix or delete it"
+            ) from None
         return (self.transform(img) if self.transform is not None else img), int(self.labels[i])
 
 
@@ -137,8 +174,9 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
         return _torchvision(cfg, split, transform)
     if cfg.name == "imagefolder":
         return _imagefolder(cfg, split, transform)
-    raise UserError(f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10, cifar100, stl10, "
-                    f"imagefolder")
+    raise UserError(
+        f"unknown dataset '{cfg.name}'; valid: synthetic, cifar10, cifar100, stl10, imagefolder"
+    )
 
 
 def derived_seed(seed: int, purpose: str) -> int:
@@ -152,9 +190,17 @@ def _synthetic(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
     seed = cfg.synthetic_seed if split == "train" else derived_seed(cfg.synthetic_seed, "test")
     data = make_synthetic(n, cfg.image_size, seed)
     mean, std = dataset_stats("synthetic")
-    return TensorImageDataset(data.images, data.factors["shape"], num_classes=FACTOR_CLASSES["shape"],
-                              mean=mean, std=std, image_size=cfg.image_size, classes=SHAPE_NAMES,
-                              factors=data.factors, transform=transform)
+    return TensorImageDataset(
+        data.images,
+        data.factors["shape"],
+        num_classes=FACTOR_CLASSES["shape"],
+        mean=mean,
+        std=std,
+        image_size=cfg.image_size,
+        classes=SHAPE_NAMES,
+        factors=data.factors,
+        transform=transform,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,8 +214,10 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
     root = Path(cfg.path or "./data").expanduser()
     name = cfg.name
     if root.exists() and not root.is_dir():
-        raise UserError(f"data.path {root} is not a folder; point data.path at the folder that "
-                        f"holds (or should receive) {name}")
+        raise UserError(
+            f"data.path {root} is not a folder; point data.path at the folder that "
+            f"holds (or should receive) {name}"
+        )
     train = split == "train"
     try:
         if name == "stl10":
@@ -184,16 +232,27 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
             labels = torch.as_tensor(ds.targets)
     except Exception as e:
         if not cfg.download:
-            raise UserError(f"{name} not found under {root}; pass data.download=true to download "
-                            f"it (needs internet) or point data.path at a folder that holds a "
-                            f"copy") from None
-        raise UserError(f"downloading {name} to {root} failed ({_reason(e)}); check the internet "
-                        f"connection, or download it elsewhere and point data.path at the "
-                        f"copy") from None
+            raise UserError(
+                f"{name} not found under {root}; pass data.download=true to download "
+                f"it (needs internet) or point data.path at a folder that holds a "
+                f"copy"
+            ) from None
+        raise UserError(
+            f"downloading {name} to {root} failed ({_reason(e)}); check the internet "
+            f"connection, or download it elsewhere and point data.path at the "
+            f"copy"
+        ) from None
     mean, std = dataset_stats(name)
-    return TensorImageDataset(images.contiguous(), labels, num_classes=len(ds.classes), mean=mean,
-                              std=std, image_size=int(images.shape[-1]), classes=ds.classes,
-                              transform=transform)
+    return TensorImageDataset(
+        images.contiguous(),
+        labels,
+        num_classes=len(ds.classes),
+        mean=mean,
+        std=std,
+        image_size=int(images.shape[-1]),
+        classes=ds.classes,
+        transform=transform,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,13 +285,18 @@ def _scan(folder: Path, classes: Sequence[str] | None = None):
     top = sorted(str(p) for p in folder.iterdir() if p.is_file() and _is_image(p.name))
     if per_class:
         if top:
-            warnings.warn(f"{folder} holds class folders and also {len(top)} loose images; the loose "
-                          f"images are ignored", stacklevel=3)
+            warnings.warn(
+                f"{folder} holds class folders and also {len(top)} loose images; the loose "
+                f"images are ignored",
+                stacklevel=3,
+            )
         names = sorted(per_class) if classes is None else list(classes)
         unknown = sorted(set(per_class) - set(names))
         if unknown:
-            raise UserError(f"class folder '{unknown[0]}' in {folder} has no counterpart in the "
-                            f"training split; use the same class folders in train/ and test/")
+            raise UserError(
+                f"class folder '{unknown[0]}' in {folder} has no counterpart in the "
+                f"training split; use the same class folders in train/ and test/"
+            )
         index = {c: i for i, c in enumerate(names)}
         files, labels = [], []
         for c in sorted(per_class):
@@ -241,8 +305,10 @@ def _scan(folder: Path, classes: Sequence[str] | None = None):
         return files, labels, names
     if top:
         return top, [-1] * len(top), []
-    raise UserError(f"no images in {folder}: expected class subfolders or image files ending in "
-                    f"{', '.join(_EXTENSIONS)}")
+    raise UserError(
+        f"no images in {folder}: expected class subfolders or image files ending in "
+        f"{', '.join(_EXTENSIONS)}"
+    )
 
 
 def _holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[int]]:
@@ -262,11 +328,14 @@ def _holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[in
 def _imagefolder_split(root: Path, split: str, fraction: float):
     """(files, labels, classes) of ``split`` for the three supported layouts."""
     if not root.exists():
-        raise UserError(f"data.path {root} does not exist; point data.path at a folder of images, of "
-                        f"class folders, or with train/ and test/ folders")
+        raise UserError(
+            f"data.path {root} does not exist; point data.path at a folder of images, of "
+            f"class folders, or with train/ and test/ folders"
+        )
     if not root.is_dir():
-        raise UserError(f"data.path {root} is not a folder; point it at a folder of images or of "
-                        f"class folders")
+        raise UserError(
+            f"data.path {root} is not a folder; point it at a folder of images or of class folders"
+        )
     train_dir = root / "train"
     if train_dir.is_dir():
         files, labels, classes = _scan(train_dir)
@@ -429,7 +498,9 @@ def _load_folder(files: list[str], cfg: DataConfig):
         # One pass: decode while the images are small; any large image switches to lazy loading.
         probed = [_probe(f) for f in files]
         bad = {i: why for i, (_, why) in enumerate(probed) if why}
-        arrays = {i: r for i, (r, why) in enumerate(probed) if not why and isinstance(r, np.ndarray)}
+        arrays = {
+            i: r for i, (r, why) in enumerate(probed) if not why and isinstance(r, np.ndarray)
+        }
         large = {i: r for i, (r, why) in enumerate(probed) if not why and isinstance(r, tuple)}
         sizes = {i: (a.shape[1], a.shape[0]) for i, a in arrays.items()} | large
         if large:  # lazy after all: the small images are already checked, verify the large ones
@@ -472,39 +543,82 @@ def _imagefolder(cfg: DataConfig, split: str, transform):
     if not files:
         mean, std = dataset_stats("imagefolder")
         empty = torch.empty(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
-        return TensorImageDataset(empty, [], num_classes=len(classes), mean=mean, std=std,
-                                  image_size=None, classes=classes, transform=transform)
+        return TensorImageDataset(
+            empty,
+            [],
+            num_classes=len(classes),
+            mean=mean,
+            std=std,
+            image_size=None,
+            classes=classes,
+            transform=transform,
+        )
     start = time.perf_counter()
     in_memory, arrays, sizes, bad = _load_folder(files, cfg)
 
     skipped = [files[i] for i in sorted(bad)]
     if bad:
         first = min(bad)
-        count = (f"{len(bad)} unreadable images in {root}, the first" if len(bad) > 1
-                 else "unreadable image")
+        count = (
+            f"{len(bad)} unreadable images in {root}, the first"
+            if len(bad) > 1
+            else "unreadable image"
+        )
         if not cfg.skip_bad_images:
-            raise UserError(f"{count}: {files[first]} ({bad[first]}); fix or delete it, or pass "
-                            f"data.skip_bad_images=true to skip unreadable images")
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {root} "
-                      f"(first: {files[first]}: {bad[first]})", stacklevel=3)
+            raise UserError(
+                f"{count}: {files[first]} ({bad[first]}); fix or delete it, or pass "
+                f"data.skip_bad_images=true to skip unreadable images"
+            )
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image(s) of {len(files)} in {root} "
+            f"(first: {files[first]}: {bad[first]})",
+            stacklevel=3,
+        )
     keep = [i for i in range(len(files)) if i not in bad]
     if not keep:
-        raise UserError(f"none of the {len(files)} images of the {split} split in {root} is readable")
+        raise UserError(
+            f"none of the {len(files)} images of the {split} split in {root} is readable"
+        )
     kept_labels = [labels[i] for i in keep]
     distinct = {sizes[i] for i in keep}
     native = min(next(iter(distinct))) if len(distinct) == 1 else None  # shorter side
 
     if in_memory:
-        images = torch.from_numpy(np.stack([arrays[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
+        images = (
+            torch.from_numpy(np.stack([arrays[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
+        )
         side = native if native is not None else cfg.image_size
         mean, std = dataset_stats("imagefolder", side)
-        ds = TensorImageDataset(images, kept_labels, num_classes=len(classes), mean=mean, std=std,
-                                image_size=side, classes=classes, skipped=skipped, transform=transform)
+        ds = TensorImageDataset(
+            images,
+            kept_labels,
+            num_classes=len(classes),
+            mean=mean,
+            std=std,
+            image_size=side,
+            classes=classes,
+            skipped=skipped,
+            transform=transform,
+        )
     else:
         mean, std = dataset_stats("imagefolder", native)
-        ds = ImageFileDataset([files[i] for i in keep], kept_labels, num_classes=len(classes),
-                              mean=mean, std=std, image_size=native, classes=classes,
-                              skipped=skipped, transform=transform)
-    log.info("%s split of %s: %d images (%s), checked in %.1f s", split, root, len(ds),
-             "decoded in memory" if in_memory else "loaded lazily", time.perf_counter() - start)
+        ds = ImageFileDataset(
+            [files[i] for i in keep],
+            kept_labels,
+            num_classes=len(classes),
+            mean=mean,
+            std=std,
+            image_size=native,
+            classes=classes,
+            skipped=skipped,
+            transform=transform,
+        )
+    log.info(
+        "%s split of %s: %d images (%s), checked in %.1f s",
+        split,
+        root,
+        len(ds),
+        "decoded in memory" if in_memory else "loaded lazily",
+        time.perf_counter() - start,
+    )
     return ds

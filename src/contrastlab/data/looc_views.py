@@ -52,8 +52,15 @@ class ColorAug:
 
     name = "color"
 
-    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
-                 hue: float = 0.1, p: float = 0.8, p_gray: float = 0.2):
+    def __init__(
+        self,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        p: float = 0.8,
+        p_gray: float = 0.2,
+    ):
         self.ranges = (
             [max(0.0, 1 - brightness), 1 + brightness],
             [max(0.0, 1 - contrast), 1 + contrast],
@@ -120,7 +127,9 @@ class TextureAug:
 
     name = "texture"
 
-    def __init__(self, kernel_sizes: Sequence[int] = (3, 5, 7), alpha: tuple[float, float] = (0.0, 1.0)):
+    def __init__(
+        self, kernel_sizes: Sequence[int] = (3, 5, 7), alpha: tuple[float, float] = (0.0, 1.0)
+    ):
         self.kernel_sizes = tuple(kernel_sizes)
         self.alpha = alpha
 
@@ -180,12 +189,20 @@ class LoocViews:
     makes "k_rot has q's orientation" literal.
     """
 
-    def __init__(self, augmentations: Sequence[str], image_size: int, mean: Sequence[float],
-                 std: Sequence[float], aug_cfg: AugmentConfig | None = None):
+    def __init__(
+        self,
+        augmentations: Sequence[str],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        aug_cfg: AugmentConfig | None = None,
+    ):
         aug_cfg = aug_cfg or AugmentConfig()
         bad = [a for a in augmentations if a not in ATOMIC]
         if bad or len(set(augmentations)) != len(augmentations) or not augmentations:
-            raise ValueError(f"augmentations must be distinct names from {ATOMIC}, got {list(augmentations)}")
+            raise ValueError(
+                f"augmentations must be distinct names from {ATOMIC}, got {list(augmentations)}"
+            )
         self.augmentations = tuple(augmentations)
         self.image_size = int(image_size)
         self.mean = list(mean)
@@ -215,21 +232,27 @@ class LoocViews:
         return len(self.augmentations) + 2
 
     def __repr__(self) -> str:
-        return (f"LoocViews(augmentations={list(self.augmentations)}, image_size={self.image_size}, "
-                f"ops={list(self.ops)}, blur={self.blur})")
+        return (
+            f"LoocViews(augmentations={list(self.augmentations)}, image_size={self.image_size}, "
+            f"ops={list(self.ops)}, blur={self.blur})"
+        )
 
     # -- parameters ------------------------------------------------------------------------------
 
     def sample(self, img: Tensor) -> Params:
         """Draw the full parameter record of one view of ``img``."""
         p: Params = {
-            "crop": tuple(v2.RandomResizedCrop.get_params(img, list(self.crop_scale), list(self.crop_ratio))),
+            "crop": tuple(
+                v2.RandomResizedCrop.get_params(img, list(self.crop_scale), list(self.crop_ratio))
+            ),
             "flip": bool(torch.rand(()) < 0.5),
             "blur": None,
         }
         if self.blur:
-            p["blur"] = {"apply": bool(torch.rand(()) < 0.5),
-                         "sigma": float(torch.empty(()).uniform_(0.1, 2.0))}
+            p["blur"] = {
+                "apply": bool(torch.rand(()) < 0.5),
+                "sigma": float(torch.empty(()).uniform_(0.1, 2.0)),
+            }
         for name, op in self.ops.items():
             p[name] = op.sample()
         return p
@@ -292,14 +315,25 @@ def as_tensor_image(img) -> Tensor:
 def params_equal(a: Any, b: Any) -> bool:
     """Deep equality of parameter records (tensors compared exactly)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+        return (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.shape == b.shape
+            and bool(torch.equal(a, b))
+        )
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(params_equal(a[k], b[k]) for k in a)
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(params_equal(a[k], b[k]) for k in a)
+        )
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(params_equal, a, b))
     return a == b
 
 
-def build_looc_views(cfg: Config, image_size: int, mean: Sequence[float], std: Sequence[float]) -> LoocViews:
+def build_looc_views(
+    cfg: Config, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> LoocViews:
     """The dataset transform of a LooC run: n + 2 views per image."""
     return LoocViews(cfg.looc.augmentations, image_size, mean, std, cfg.augment)

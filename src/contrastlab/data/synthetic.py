@@ -23,7 +23,16 @@ import torch.nn.functional as F
 
 FACTOR_CLASSES = {"shape": 10, "color": 8, "texture": 4}
 SHAPE_NAMES = ("F", "L", "P", "R", "J", "7", "G", "Q", "4", "K")
-COLOR_NAMES = ("red", "amber", "lime", "green", "cyan", "azure", "violet", "pink")  # hues 0, 45, ...
+COLOR_NAMES = (
+    "red",
+    "amber",
+    "lime",
+    "green",
+    "cyan",
+    "azure",
+    "violet",
+    "pink",
+)  # hues 0, 45, ...
 TEXTURE_NAMES = ("stripes", "checker", "dots", "noise")
 
 _STROKE = 0.17  # half-width of a glyph stroke, in glyph units (the glyph box is [-1, 1]^2)
@@ -43,13 +52,23 @@ class SyntheticData:
 
 def _arc(cx: float, cy: float, r: float, a0: float, a1: float, steps: int = 10) -> list:
     """Points on a circle arc from angle a0 to a1 (degrees; 0 = +x, 90 = +y i.e. downwards)."""
-    return [(cx + r * math.cos(math.radians(a0 + (a1 - a0) * i / steps)),
-             cy + r * math.sin(math.radians(a0 + (a1 - a0) * i / steps))) for i in range(steps + 1)]
+    return [
+        (
+            cx + r * math.cos(math.radians(a0 + (a1 - a0) * i / steps)),
+            cy + r * math.sin(math.radians(a0 + (a1 - a0) * i / steps)),
+        )
+        for i in range(steps + 1)
+    ]
 
 
 def _glyph_strokes() -> list[list[list[tuple[float, float]]]]:
-    bowl = [(-0.45, -0.85), (0.15, -0.85), *_arc(0.15, -0.42, 0.43, -90, 90, 8)[1:-1],
-            (0.15, 0.01), (-0.45, 0.01)]
+    bowl = [
+        (-0.45, -0.85),
+        (0.15, -0.85),
+        *_arc(0.15, -0.42, 0.43, -90, 90, 8)[1:-1],
+        (0.15, 0.01),
+        (-0.45, 0.01),
+    ]
     return [
         # F
         [[(-0.45, 0.85), (-0.45, -0.85), (0.6, -0.85)], [(-0.45, -0.02), (0.35, -0.02)]],
@@ -60,7 +79,11 @@ def _glyph_strokes() -> list[list[list[tuple[float, float]]]]:
         # R
         [[(-0.45, 0.85), (-0.45, -0.85)], bowl, [(-0.05, 0.01), (0.6, 0.85)]],
         # J (top bar, stem on the right, hook to the left)
-        [[(-0.2, -0.85), (0.65, -0.85)], [(0.3, -0.85), (0.3, 0.4)], _arc(-0.1, 0.4, 0.4, 0, 180, 8)],
+        [
+            [(-0.2, -0.85), (0.65, -0.85)],
+            [(0.3, -0.85), (0.3, 0.4)],
+            _arc(-0.1, 0.4, 0.4, 0, 180, 8),
+        ],
         # 7 (with a crossbar on the diagonal)
         [[(-0.6, -0.85), (0.6, -0.85), (-0.15, 0.85)], [(-0.15, 0.05), (0.45, 0.05)]],
         # G
@@ -70,7 +93,11 @@ def _glyph_strokes() -> list[list[list[tuple[float, float]]]]:
         # 4
         [[(0.3, 0.85), (0.3, -0.85), (-0.65, 0.35), (0.65, 0.35)]],
         # K
-        [[(-0.45, -0.85), (-0.45, 0.85)], [(0.55, -0.85), (-0.45, 0.12)], [(-0.15, -0.12), (0.6, 0.85)]],
+        [
+            [(-0.45, -0.85), (-0.45, 0.85)],
+            [(0.55, -0.85), (-0.45, 0.12)],
+            [(-0.15, -0.12), (0.6, 0.85)],
+        ],
     ]
 
 
@@ -146,13 +173,17 @@ def _textures(kind: torch.Tensor, side: int, scale: float, gen: torch.Generator)
             along = torch.where(vertical[idx, None, None], x, y)
             out[idx] = ((along / period) % 1.0 < 0.5).float().expand(-1, side, side)
         elif k == 1:  # checker
-            out[idx] = ((torch.floor(x / period) + torch.floor(y / period)) % 2).expand(-1, side, side)
+            out[idx] = ((torch.floor(x / period) + torch.floor(y / period)) % 2).expand(
+                -1, side, side
+            )
         elif k == 2:  # dots on a coarser grid
             cell = period * 1.5
             dx, dy = (x / cell) % 1.0 - 0.5, (y / cell) % 1.0 - 0.5
             out[idx] = ((dx * dx + dy * dy) < 0.28**2).float()
         else:  # smooth blotches
-            blobs = F.interpolate(coarse[idx], size=(side, side), mode="bicubic", align_corners=False)
+            blobs = F.interpolate(
+                coarse[idx], size=(side, side), mode="bicubic", align_corners=False
+            )
             out[idx] = ((blobs[:, 0] - 0.5) * 1.6 + 0.5).clamp(0, 1)
     return out
 
@@ -206,8 +237,9 @@ def make_synthetic(n: int, image_size: int = 32, seed: int = 0) -> SyntheticData
         a, t = a / _EXTENT, t / _EXTENT  # glyph units -> the template's [-1, 1] grid
         theta = torch.cat([a, t], 2)
         grid = F.affine_grid(theta, [m, 1, sup, sup], align_corners=False)
-        mask = F.grid_sample(templates[shape[sl]], grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=False)  # [m, 1, sup, sup]
+        mask = F.grid_sample(
+            templates[shape[sl]], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # [m, 1, sup, sup]
         pattern = _textures(texture[sl], sup, sup / image_size, pattern_gen)[:, None]
         # Anti-alias the two one-channel layers by 2x2 averaging, then compose at the output size.
         mask, pattern = F.avg_pool2d(torch.cat([mask, pattern], 1), 2).unbind(1)
@@ -217,4 +249,6 @@ def make_synthetic(n: int, image_size: int = 32, seed: int = 0) -> SyntheticData
         picture = (rgb[sl, :, None, None] - background).mul_(mask).add_(background)  # [m, 3, S, S]
         picture.add_(torch.randn(picture.shape, generator=noise_gen), alpha=0.03)
         images[sl] = picture.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-    return SyntheticData(images=images, factors={"shape": shape, "color": color, "texture": texture})
+    return SyntheticData(
+        images=images, factors={"shape": shape, "color": color, "texture": texture}
+    )

@@ -17,7 +17,9 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'"
+        ) from None
 
 
 def _names(text: str) -> list[str]:
@@ -29,33 +31,69 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
     if checkpoint_nargs is None:
         p.add_argument("checkpoint", metavar="CHECKPOINT", help="a contrastlab checkpoint (.pt)")
     else:
-        p.add_argument("checkpoints", metavar="CHECKPOINT", nargs=checkpoint_nargs,
-                       help="contrastlab checkpoints (.pt)")
+        p.add_argument(
+            "checkpoints",
+            metavar="CHECKPOINT",
+            nargs=checkpoint_nargs,
+            help="contrastlab checkpoints (.pt)",
+        )
     g = p.add_argument_group("common options")
-    g.add_argument("--space", default="backbone",
-                   help="feature space: backbone (default); LooC adds z0, color, rotation, texture "
-                        "heads and, for LooC++, concat")
-    g.add_argument("--dataset", default=None,
-                   help="dataset to evaluate on (synthetic, cifar10, cifar100, stl10, imagefolder); "
-                        "default: the checkpoint's own")
+    g.add_argument(
+        "--space",
+        default="backbone",
+        help="feature space: backbone (default); LooC adds z0, color, rotation, texture "
+        "heads and, for LooC++, concat",
+    )
+    g.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset to evaluate on (synthetic, cifar10, cifar100, stl10, imagefolder); "
+        "default: the checkpoint's own",
+    )
     g.add_argument("--data-path", default=None, metavar="DIR", help="root folder of --dataset")
     g.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--workers", type=int, default=None,
-                   help="data-loading processes (default: the checkpoint's data.num_workers)")
-    g.add_argument("--cache", default=None, metavar="DIR",
-                   help="cache extracted features in DIR (keyed by checkpoint, dataset, transform, space)")
-    g.add_argument("--norm", choices=("checkpoint", "target"), default="checkpoint",
-                   help="normalize with the statistics the model was trained with (default) "
-                        "or the evaluation dataset's own")
-    g.add_argument("--max-train", type=int, default=None, metavar="N",
-                   help="use a fixed random subset of N training images (quick runs)")
-    g.add_argument("--max-test", type=int, default=None, metavar="N",
-                   help="use a fixed random subset of N test images (quick runs)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loading processes (default: the checkpoint's data.num_workers)",
+    )
+    g.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="cache extracted features in DIR (keyed by checkpoint, dataset, transform, space)",
+    )
+    g.add_argument(
+        "--norm",
+        choices=("checkpoint", "target"),
+        default="checkpoint",
+        help="normalize with the statistics the model was trained with (default) "
+        "or the evaluation dataset's own",
+    )
+    g.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a fixed random subset of N training images (quick runs)",
+    )
+    g.add_argument(
+        "--max-test",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a fixed random subset of N test images (quick runs)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    g.add_argument("--out", default=None, metavar="FILE",
-                   help="write the JSON result here (default: <run_dir>/eval/<protocol>.json)")
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the JSON result here (default: <run_dir>/eval/<protocol>.json)",
+    )
     return p
 
 
@@ -65,10 +103,20 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     return EvalContext.from_checkpoint(
-        checkpoint, dataset=dataset or args.dataset, data_path=data_path or args.data_path,
-        device=args.device, space=args.space, batch_size=args.batch_size,
-        num_workers=args.workers, cache=args.cache, progress=not args.no_progress, norm=args.norm,
-        max_train=args.max_train, max_test=args.max_test, seed=args.seed)
+        checkpoint,
+        dataset=dataset or args.dataset,
+        data_path=data_path or args.data_path,
+        device=args.device,
+        space=args.space,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        cache=args.cache,
+        progress=not args.no_progress,
+        norm=args.norm,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        seed=args.seed,
+    )
 
 
 def _finish(args, result: dict, checkpoint: str) -> int:
@@ -89,33 +137,51 @@ def _finish(args, result: dict, checkpoint: str) -> int:
 def _knn(args) -> int:
     from contrastlab.eval.protocols import run_knn
 
-    return _finish(args, run_knn(_context(args, args.checkpoint), args.k, args.temperature),
-                   args.checkpoint)
+    return _finish(
+        args, run_knn(_context(args, args.checkpoint), args.k, args.temperature), args.checkpoint
+    )
 
 
 def _linear_opts(args) -> dict:
-    return {"mode": args.mode, "epochs": args.epochs, "lr": args.lr, "momentum": args.momentum,
-            "weight_decay": args.weight_decay, "C": args.C, "val_fraction": args.val_fraction}
+    return {
+        "mode": args.mode,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "C": args.C,
+        "val_fraction": args.val_fraction,
+    }
 
 
 def _linear(args) -> int:
     from contrastlab.eval.protocols import run_linear
 
-    return _finish(args, run_linear(_context(args, args.checkpoint), **_linear_opts(args)),
-                   args.checkpoint)
+    return _finish(
+        args, run_linear(_context(args, args.checkpoint), **_linear_opts(args)), args.checkpoint
+    )
 
 
 def _fewshot_opts(args) -> dict:
-    return {"shots": args.shots, "trials": args.trials, "C": args.C, "n_way": args.ways,
-            "episode_shots": args.episode_shots, "queries": args.queries,
-            "num_episodes": args.episodes, "classifier": args.classifier, "which": args.which}
+    return {
+        "shots": args.shots,
+        "trials": args.trials,
+        "C": args.C,
+        "n_way": args.ways,
+        "episode_shots": args.episode_shots,
+        "queries": args.queries,
+        "num_episodes": args.episodes,
+        "classifier": args.classifier,
+        "which": args.which,
+    }
 
 
 def _fewshot(args) -> int:
     from contrastlab.eval.protocols import run_fewshot
 
-    return _finish(args, run_fewshot(_context(args, args.checkpoint), **_fewshot_opts(args)),
-                   args.checkpoint)
+    return _finish(
+        args, run_fewshot(_context(args, args.checkpoint), **_fewshot_opts(args)), args.checkpoint
+    )
 
 
 def _rotation(args) -> int:
@@ -125,8 +191,13 @@ def _rotation(args) -> int:
 
 
 def _corruption_opts(args) -> dict:
-    return {"classifier": args.classifier, "corruptions": args.corruptions,
-            "severities": args.severities, "k": args.k, "temperature": args.temperature}
+    return {
+        "classifier": args.classifier,
+        "corruptions": args.corruptions,
+        "severities": args.severities,
+        "k": args.k,
+        "temperature": args.temperature,
+    }
 
 
 def _corruption(args) -> int:
@@ -134,8 +205,11 @@ def _corruption(args) -> int:
 
     if any(s not in (1, 2, 3, 4, 5) for s in args.severities):
         raise UserError(f"--severities must be within 1..5, got {args.severities}")
-    return _finish(args, run_corruption(_context(args, args.checkpoint), **_corruption_opts(args)),
-                   args.checkpoint)
+    return _finish(
+        args,
+        run_corruption(_context(args, args.checkpoint), **_corruption_opts(args)),
+        args.checkpoint,
+    )
 
 
 def _factors(args) -> int:
@@ -151,10 +225,13 @@ def _transfer(args) -> int:
     from contrastlab.eval.protocols import run_transfer
 
     ctx = _context(args, args.checkpoint)
-    ctx.data_cfg = dataclasses.replace(ctx.cfg.data, name="imagefolder", path=None,
-                                       holdout_fraction=0.0)
-    ctx._raw = {"train": _folder(ctx.data_cfg, args.train_dir),
-                "test": _folder(ctx.data_cfg, args.test_dir, ref=args.train_dir)}
+    ctx.data_cfg = dataclasses.replace(
+        ctx.cfg.data, name="imagefolder", path=None, holdout_fraction=0.0
+    )
+    ctx._raw = {
+        "train": _folder(ctx.data_cfg, args.train_dir),
+        "test": _folder(ctx.data_cfg, args.test_dir, ref=args.train_dir),
+    }
     ctx.data_cfg = dataclasses.replace(ctx.data_cfg, path=f"{args.train_dir} -> {args.test_dir}")
     result = run_transfer(ctx, args.shots, args.trials, args.episodes)
     return _finish(args, result, args.checkpoint)
@@ -172,19 +249,24 @@ def _folder(data_cfg, folder: str, ref: str | None = None):
     if not root.is_dir():
         raise UserError(f"{folder} is not a folder; pass a folder with one subfolder per class")
     if (root / "train").is_dir():
-        raise UserError(f"{folder} has a train/ subfolder; pass the class folders' parent "
-                        f"(e.g. {root / 'train'}) to --train-dir / --test-dir")
+        raise UserError(
+            f"{folder} has a train/ subfolder; pass the class folders' parent "
+            f"(e.g. {root / 'train'}) to --train-dir / --test-dir"
+        )
     cfg = dataclasses.replace(data_cfg, path=str(root), holdout_fraction=0.0)
     ds = build_dataset(cfg, "train", None)
     if not ds.num_classes:
         raise UserError(f"{folder} has no class subfolders; transfer evaluation needs labels")
     if ref is not None:
-        train_classes = sorted(p.name for p in Path(ref).iterdir()
-                               if p.is_dir() and not p.name.startswith("."))
+        train_classes = sorted(
+            p.name for p in Path(ref).iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         if ds.classes != train_classes:
             missing = sorted(set(ds.classes) ^ set(train_classes))
-            raise UserError(f"--train-dir and --test-dir must hold the same class folders; "
-                            f"differing: {', '.join(missing[:5])}")
+            raise UserError(
+                f"--train-dir and --test-dir must hold the same class folders; "
+                f"differing: {', '.join(missing[:5])}"
+            )
     return ds
 
 
@@ -202,8 +284,14 @@ def _all(args) -> int:
         "corruption": lambda ctx: P.run_corruption(ctx, severities=args.severities),
         "factors": P.run_factors,
     }
-    res = run_all(args.checkpoints, args.protocols, args.out_dir,
-                  partial(_context, args), runners, save_each=not args.no_save)
+    res = run_all(
+        args.checkpoints,
+        args.protocols,
+        args.out_dir,
+        partial(_context, args),
+        runners,
+        save_each=not args.no_save,
+    )
     print(res["table"])
     print(f"\ncomparison written to {res['out_dir']}/comparison.{{md,json,png}}")
     return 0
@@ -224,7 +312,9 @@ def _export(args) -> int:
 
 def _knn_options(p) -> None:
     p.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
-    p.add_argument("--temperature", type=float, default=0.1, help="weights exp(sim / T) (default 0.1)")
+    p.add_argument(
+        "--temperature", type=float, default=0.1, help="weights exp(sim / T) (default 0.1)"
+    )
 
 
 def register(subparsers) -> None:
@@ -232,95 +322,172 @@ def register(subparsers) -> None:
     ``export`` to an argparse subparsers object."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     ev = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint's frozen features",
-        description="Evaluation protocols on frozen features; see docs/evaluation.md.")
+        "eval",
+        help="evaluate a checkpoint's frozen features",
+        description="Evaluation protocols on frozen features; see docs/evaluation.md.",
+    )
     sub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     common = _common()
 
-    p = sub.add_parser("knn", parents=[common], formatter_class=fmt,
-                       help="weighted kNN (MoCo's monitor: cosine, k 200, T 0.1)")
+    p = sub.add_parser(
+        "knn",
+        parents=[common],
+        formatter_class=fmt,
+        help="weighted kNN (MoCo's monitor: cosine, k 200, T 0.1)",
+    )
     _knn_options(p)
     p.set_defaults(func=_knn)
 
-    p = sub.add_parser("linear", parents=[common], formatter_class=fmt,
-                       help="linear classifier: MoCo's SGD protocol or fast logistic regression")
-    p.add_argument("--mode", choices=("moco", "fast"), default="moco",
-                   help="moco: SGD on images with crop/flip; fast: logistic regression on features")
-    p.add_argument("--fast", dest="mode", action="store_const", const="fast", help="same as --mode fast")
-    p.add_argument("--epochs", type=int, default=100, help="moco mode: epochs (steps at 60%% and 80%%)")
+    p = sub.add_parser(
+        "linear",
+        parents=[common],
+        formatter_class=fmt,
+        help="linear classifier: MoCo's SGD protocol or fast logistic regression",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("moco", "fast"),
+        default="moco",
+        help="moco: SGD on images with crop/flip; fast: logistic regression on features",
+    )
+    p.add_argument(
+        "--fast", dest="mode", action="store_const", const="fast", help="same as --mode fast"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=100, help="moco mode: epochs (steps at 60%% and 80%%)"
+    )
     p.add_argument("--lr", type=float, default=30.0, help="moco mode: SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="moco mode: SGD momentum")
     p.add_argument("--weight-decay", type=float, default=0.0, help="moco mode: weight decay")
-    p.add_argument("--C", type=float, default=None,
-                   help="fast mode: fixed inverse regularization (default: swept on a validation split)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="fast mode: validation share for the sweep")
+    p.add_argument(
+        "--C",
+        type=float,
+        default=None,
+        help="fast mode: fixed inverse regularization (default: swept on a validation split)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="fast mode: validation share for the sweep"
+    )
     p.set_defaults(func=_linear)
 
-    p = sub.add_parser("fewshot", parents=[common], formatter_class=fmt,
-                       help="all-way K-shot (LooC's Flowers protocol) and N-way K-shot episodes")
+    p = sub.add_parser(
+        "fewshot",
+        parents=[common],
+        formatter_class=fmt,
+        help="all-way K-shot (LooC's Flowers protocol) and N-way K-shot episodes",
+    )
     p.add_argument("--which", choices=("allway", "episodes", "both"), default="both")
     p.add_argument("--shots", type=_ints, default=[5, 10], help="all-way: K values")
     p.add_argument("--trials", type=int, default=5, help="all-way: random draws per K")
-    p.add_argument("--C", type=float, default=1.0, help="logistic regression's inverse regularization")
+    p.add_argument(
+        "--C", type=float, default=1.0, help="logistic regression's inverse regularization"
+    )
     p.add_argument("--ways", type=int, default=5, help="episodes: classes per episode")
     p.add_argument("--episode-shots", type=_ints, default=[1, 5], help="episodes: K values")
     p.add_argument("--queries", type=int, default=15, help="episodes: query images per class")
     p.add_argument("--episodes", type=int, default=600, help="episodes: how many")
-    p.add_argument("--classifier", choices=("centroid", "logistic"), default="centroid",
-                   help="episodes: classifier fitted on each support set")
+    p.add_argument(
+        "--classifier",
+        choices=("centroid", "logistic"),
+        default="centroid",
+        help="episodes: classifier fitted on each support set",
+    )
     p.set_defaults(func=_fewshot)
 
-    p = sub.add_parser("rotation", parents=[common], formatter_class=fmt,
-                       help="4-way rotation prediction probe (LooC's Table 1)")
+    p = sub.add_parser(
+        "rotation",
+        parents=[common],
+        formatter_class=fmt,
+        help="4-way rotation prediction probe (LooC's Table 1)",
+    )
     p.set_defaults(func=_rotation)
 
-    p = sub.add_parser("corruption", parents=[common], formatter_class=fmt,
-                       help="accuracy under the 15 ImageNet-C corruptions at 5 severities")
-    p.add_argument("--classifier", choices=("linear", "knn"), default="linear",
-                   help="trained on clean training features")
-    p.add_argument("--corruptions", type=_names, default=None,
-                   help="comma-separated subset (default: all 15)")
+    p = sub.add_parser(
+        "corruption",
+        parents=[common],
+        formatter_class=fmt,
+        help="accuracy under the 15 ImageNet-C corruptions at 5 severities",
+    )
+    p.add_argument(
+        "--classifier",
+        choices=("linear", "knn"),
+        default="linear",
+        help="trained on clean training features",
+    )
+    p.add_argument(
+        "--corruptions", type=_names, default=None, help="comma-separated subset (default: all 15)"
+    )
     p.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5])
     _knn_options(p)
     p.set_defaults(func=_corruption)
 
-    p = sub.add_parser("factors", parents=[common], formatter_class=fmt,
-                       help="linear probes for the synthetic dataset's factors")
+    p = sub.add_parser(
+        "factors",
+        parents=[common],
+        formatter_class=fmt,
+        help="linear probes for the synthetic dataset's factors",
+    )
     p.add_argument("--factors", type=_names, default=["shape", "color", "texture", "rotation"])
     p.set_defaults(func=_factors)
 
-    p = sub.add_parser("transfer", parents=[common], formatter_class=fmt,
-                       help="linear and few-shot evaluation on a pair of image folders")
-    p.add_argument("--train-dir", required=True, metavar="DIR",
-                   help="training images, one subfolder per class")
-    p.add_argument("--test-dir", required=True, metavar="DIR",
-                   help="test images, the same class subfolders")
+    p = sub.add_parser(
+        "transfer",
+        parents=[common],
+        formatter_class=fmt,
+        help="linear and few-shot evaluation on a pair of image folders",
+    )
+    p.add_argument(
+        "--train-dir", required=True, metavar="DIR", help="training images, one subfolder per class"
+    )
+    p.add_argument(
+        "--test-dir", required=True, metavar="DIR", help="test images, the same class subfolders"
+    )
     p.add_argument("--shots", type=_ints, default=[5, 10])
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--episodes", type=int, default=600)
     p.set_defaults(func=_transfer)
 
-    p = sub.add_parser("all", parents=[_common("+")], formatter_class=fmt,
-                       help="several protocols over several checkpoints: one table and one plot")
-    p.add_argument("--protocols", type=_names, default=["knn", "linear", "fewshot"],
-                   help="from knn, linear, fewshot, rotation, corruption, factors")
-    p.add_argument("--out-dir", default=None, metavar="DIR",
-                   help="where comparison.{md,json,png} go (default: --out, else ./eval_all)")
-    p.add_argument("--no-save", action="store_true",
-                   help="do not also write each result to <run_dir>/eval/<protocol>.json")
+    p = sub.add_parser(
+        "all",
+        parents=[_common("+")],
+        formatter_class=fmt,
+        help="several protocols over several checkpoints: one table and one plot",
+    )
+    p.add_argument(
+        "--protocols",
+        type=_names,
+        default=["knn", "linear", "fewshot"],
+        help="from knn, linear, fewshot, rotation, corruption, factors",
+    )
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        metavar="DIR",
+        help="where comparison.{md,json,png} go (default: --out, else ./eval_all)",
+    )
+    p.add_argument(
+        "--no-save",
+        action="store_true",
+        help="do not also write each result to <run_dir>/eval/<protocol>.json",
+    )
     p.add_argument("--linear-mode", choices=("moco", "fast"), default="fast")
     p.add_argument("--epochs", type=int, default=100, help="linear moco mode: epochs")
     p.add_argument("--trials", type=int, default=5, help="fewshot: all-way trials")
     p.add_argument("--episodes", type=int, default=600, help="fewshot: episodes")
-    p.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5], help="corruption severities")
+    p.add_argument(
+        "--severities", type=_ints, default=[1, 2, 3, 4, 5], help="corruption severities"
+    )
     _knn_options(p)
     p.set_defaults(func=_all)
 
-    p = subparsers.add_parser("export", formatter_class=fmt,
-                              help="export the backbone for torchvision, Detectron2 or safetensors")
+    p = subparsers.add_parser(
+        "export",
+        formatter_class=fmt,
+        help="export the backbone for torchvision, Detectron2 or safetensors",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--format", choices=("torchvision", "detectron2", "safetensors"),
-                   default="torchvision")
+    p.add_argument(
+        "--format", choices=("torchvision", "detectron2", "safetensors"), default="torchvision"
+    )
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=_export)

@@ -76,8 +76,14 @@ def bar_chart(entries: list[dict], path: Path) -> Path:
     return path
 
 
-def run_all(checkpoints: Sequence[str], protocols: Sequence[str], out_dir: str | os.PathLike,
-            make_context: Callable, runners: dict[str, Callable], save_each: bool = True) -> dict:
+def run_all(
+    checkpoints: Sequence[str],
+    protocols: Sequence[str],
+    out_dir: str | os.PathLike,
+    make_context: Callable,
+    runners: dict[str, Callable],
+    save_each: bool = True,
+) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
 
     ``make_context(checkpoint)`` builds an :class:`EvalContext`; ``runners[p](ctx)`` runs protocol
@@ -88,15 +94,22 @@ def run_all(checkpoints: Sequence[str], protocols: Sequence[str], out_dir: str |
 
     unknown = [p for p in protocols if p not in runners]
     if unknown:
-        raise UserError(f"unknown protocol '{unknown[0]}' for eval all; valid: {', '.join(runners)}")
+        raise UserError(
+            f"unknown protocol '{unknown[0]}' for eval all; valid: {', '.join(runners)}"
+        )
     if not checkpoints:
         raise UserError("eval all needs at least one checkpoint")
     out = Path(out_dir)
     entries, taken = [], set()
     for ckpt in checkpoints:
         ctx = make_context(ckpt)
-        entry = {"label": _label(Path(ckpt), ctx.cfg.name, taken), "checkpoint": str(ckpt),
-                 "method": ctx.cfg.method, "results": {}, "files": {}}
+        entry = {
+            "label": _label(Path(ckpt), ctx.cfg.name, taken),
+            "checkpoint": str(ckpt),
+            "method": ctx.cfg.method,
+            "results": {},
+            "files": {},
+        }
         for proto in protocols:
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
@@ -106,8 +119,11 @@ def run_all(checkpoints: Sequence[str], protocols: Sequence[str], out_dir: str |
         entries.append(entry)
     header, rows = comparison_rows(entries)
     table = markdown_table(header, rows)
-    data = {"protocols": list(protocols), "entries": entries,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    data = {
+        "protocols": list(protocols),
+        "entries": entries,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     write_json(data, out / "comparison.json")
     (out / "comparison.md").write_text(table + "\n")
     bar_chart(entries, out / "comparison.png")

@@ -21,7 +21,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+        raise UserError(
+            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
+        )
     return device
 
 
@@ -70,12 +72,20 @@ class EvalContext:
     def __post_init__(self):
         self._raw: dict[str, Dataset] = {}
         if self.space not in getattr(self.model, "feature_spaces", ("backbone",)):
-            raise UserError(f"feature space '{self.space}' does not exist for this model; valid "
-                            f"spaces: {', '.join(self.model.feature_spaces)}")
+            raise UserError(
+                f"feature space '{self.space}' does not exist for this model; valid "
+                f"spaces: {', '.join(self.model.feature_spaces)}"
+            )
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, dataset: str | None = None,
-                        data_path: str | None = None, device: str = "auto", **kwargs) -> "EvalContext":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        dataset: str | None = None,
+        data_path: str | None = None,
+        device: str = "auto",
+        **kwargs,
+    ) -> "EvalContext":
         from contrastlab.checkpoint import load_model
 
         device = resolve_device(device)
@@ -89,8 +99,9 @@ class EvalContext:
             raise UserError("--dataset imagefolder needs --data-path DIR")
         if kwargs.get("num_workers") is None:
             kwargs["num_workers"] = data_cfg.num_workers
-        return cls(model=model, cfg=cfg, checkpoint=Path(path), data_cfg=data_cfg, device=device,
-                   **kwargs)
+        return cls(
+            model=model, cfg=cfg, checkpoint=Path(path), data_cfg=data_cfg, device=device, **kwargs
+        )
 
     # -- data ----------------------------------------------------------------------------------
     @property
@@ -104,8 +115,10 @@ class EvalContext:
 
             ds = build_dataset(self.data_cfg, split, None)
             if not ds.num_classes or bool((ds.labels < 0).all()):
-                raise UserError(f"the {split} split of dataset '{self.data_cfg.name}' has no labels; "
-                                "evaluation needs class labels (class subfolders for imagefolder)")
+                raise UserError(
+                    f"the {split} split of dataset '{self.data_cfg.name}' has no labels; "
+                    "evaluation needs class labels (class subfolders for imagefolder)"
+                )
             self._raw[split] = ds
         return self._raw[split]
 
@@ -118,8 +131,10 @@ class EvalContext:
             return ds.mean, ds.std
         from contrastlab.data.datasets import dataset_stats
 
-        if self.cfg.data.name == self.data_cfg.name == "imagefolder" and \
-                self.cfg.data.path == self.data_cfg.path:
+        if (
+            self.cfg.data.name == self.data_cfg.name == "imagefolder"
+            and self.cfg.data.path == self.data_cfg.path
+        ):
             return ds.mean, ds.std
         return dataset_stats(self.cfg.data.name, self.cfg.data.image_size)
 
@@ -137,12 +152,23 @@ class EvalContext:
         mean, std = self.stats(ds)
         size = self.image_size
         if ds.image_size is not None and ds.image_size <= SMALL_IMAGE:
-            steps = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
-                     v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect")]
+            steps = [
+                v2.ToImage(),
+                v2.Resize(size, antialias=True),
+                v2.CenterCrop(size),
+                v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"),
+            ]
         else:
             steps = [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True)]
-        return v2.Compose(steps + [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
-                                   v2.Normalize(list(mean), list(std)), v2.ToPureTensor()])
+        return v2.Compose(
+            steps
+            + [
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(mean), list(std)),
+                v2.ToPureTensor(),
+            ]
+        )
 
     def indices(self, split: str) -> list[int] | None:
         limit = self.max_train if split == "train" else self.max_test
@@ -155,26 +181,50 @@ class EvalContext:
 
     # -- features ------------------------------------------------------------------------------
     def extract_kwargs(self) -> dict:
-        return {"batch_size": self.batch_size, "device": self.device, "num_workers": self.num_workers,
-                "progress": self.progress, "cache": self.cache}
+        return {
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "num_workers": self.num_workers,
+            "progress": self.progress,
+            "cache": self.cache,
+        }
 
     def cache_parts(self, split: str, transform: Any, **extra: Any) -> dict | None:
         if self.cache is None:
             return None
-        return feature_cache_parts(self.checkpoint, self.data_cfg, split, transform, self.space,
-                                   limit=self.max_train if split == "train" else self.max_test,
-                                   subset_seed=self.seed, **extra)
+        return feature_cache_parts(
+            self.checkpoint,
+            self.data_cfg,
+            split,
+            transform,
+            self.space,
+            limit=self.max_train if split == "train" else self.max_test,
+            subset_seed=self.seed,
+            **extra,
+        )
 
     def features(self, split: str) -> tuple[Tensor, Tensor]:
         """Frozen features and labels of a split under the evaluation transform."""
         transform = self.eval_transform(self.raw(split))
-        return extract_features(self.model, self.view(split, transform), self.space,
-                                desc=f"{split} features", cache_parts=self.cache_parts(split, transform),
-                                **self.extract_kwargs())
+        return extract_features(
+            self.model,
+            self.view(split, transform),
+            self.space,
+            desc=f"{split} features",
+            cache_parts=self.cache_parts(split, transform),
+            **self.extract_kwargs(),
+        )
 
     def describe(self) -> dict:
-        return {"checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "method": self.cfg.method, "run": self.cfg.name, "space": self.space,
-                "dataset": self.data_cfg.name, "data_path": self.data_cfg.path,
-                "image_size": self.image_size, "norm": self.norm,
-                "max_train": self.max_train, "max_test": self.max_test}
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "method": self.cfg.method,
+            "run": self.cfg.name,
+            "space": self.space,
+            "dataset": self.data_cfg.name,
+            "data_path": self.data_cfg.path,
+            "image_size": self.image_size,
+            "norm": self.norm,
+            "max_train": self.max_train,
+            "max_test": self.max_test,
+        }

@@ -48,10 +48,21 @@ from torch.utils.data import Dataset
 from contrastlab.errors import UserError
 
 CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast",
-    "elastic_transform", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
 )
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -70,8 +81,9 @@ def _blur(x: Array, sigma: float) -> Array:
 
 
 def _convolve(x: Array, kernel: Array) -> Array:
-    return np.stack([ndimage.convolve(x[..., ch], kernel, mode="reflect") for ch in range(x.shape[2])],
-                    axis=-1)
+    return np.stack(
+        [ndimage.convolve(x[..., ch], kernel, mode="reflect") for ch in range(x.shape[2])], axis=-1
+    )
 
 
 def _disk_kernel(radius: float, supersample: int = 8) -> Array:
@@ -80,10 +92,10 @@ def _disk_kernel(radius: float, supersample: int = 8) -> Array:
     step = 1.0 / supersample
     offs = (np.arange(supersample) + 0.5) * step - 0.5
     grid = np.arange(-half, half + 1)
-    yy = (grid[:, None, None, None] + offs[None, None, :, None])
-    xx = (grid[None, :, None, None] + offs[None, None, None, :])
+    yy = grid[:, None, None, None] + offs[None, None, :, None]
+    xx = grid[None, :, None, None] + offs[None, None, None, :]
     # radius is measured to pixel centres (as ImageNet-C's aliased disk), hence the half pixel
-    cover = ((yy ** 2 + xx ** 2) <= (radius + 0.5) ** 2).mean(axis=(2, 3))
+    cover = ((yy**2 + xx**2) <= (radius + 0.5) ** 2).mean(axis=(2, 3))
     return cover / cover.sum()
 
 
@@ -94,13 +106,17 @@ def _line_kernel(length: float, sigma: float, angle_deg: float) -> Array:
     kernel = np.zeros((size, size))
     n = max(2, int(math.ceil(length * 8)))
     t = np.linspace(0.0, length, n)
-    w = np.exp(-(t ** 2) / (2 * max(sigma, 1e-3) ** 2))
+    w = np.exp(-(t**2) / (2 * max(sigma, 1e-3) ** 2))
     theta = math.radians(angle_deg)
     ys, xs = half - t * math.sin(theta), half + t * math.cos(theta)
     y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
     fy, fx = ys - y0, xs - x0
-    for dy, dx, f in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                      (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+    for dy, dx, f in (
+        (0, 0, (1 - fy) * (1 - fx)),
+        (0, 1, (1 - fy) * fx),
+        (1, 0, fy * (1 - fx)),
+        (1, 1, fy * fx),
+    ):
         yy, xx = np.clip(y0 + dy, 0, size - 1), np.clip(x0 + dx, 0, size - 1)
         np.add.at(kernel, (yy, xx), w * f)
     return kernel / kernel.sum()
@@ -119,7 +135,9 @@ def _zoom_center(x: Array, z: float) -> Array:
     return ndimage.affine_transform(x, matrix, offset=offset, order=1, mode="nearest")
 
 
-def _value_noise(h: int, w: int, rng: np.random.Generator, decay: float, min_cell: int = 2) -> Array:
+def _value_noise(
+    h: int, w: int, rng: np.random.Generator, decay: float, min_cell: int = 2
+) -> Array:
     """Multi-octave value noise in [0, 1]; amplitude shrinks by ``decay`` per octave (a smaller
     decay gives rougher noise), the stand-in for the plasma fractal of ImageNet-C's fog."""
     size = max(h, w)
@@ -147,11 +165,11 @@ def _frost_pattern(h: int, w: int, rng: np.random.Generator) -> tuple[Array, Arr
     starts = rng.uniform(0, 1, (n_branches, 2)) * [h, w]
     angles = rng.uniform(0, 2 * math.pi, n_branches)
     t = np.linspace(0, 1, int(length * 3) + 2)
-    for (y, x), a, l in zip(starts, angles, rng.uniform(0.3, 1.0, n_branches) * length):
+    for (y, x), a, span in zip(starts, angles, rng.uniform(0.3, 1.0, n_branches) * length):
         for da in (0.0, 0.6, -0.6):  # a stem and two side twigs: the look of ice crystals
             frac = t if da == 0 else t * 0.5
-            ys = (y + frac * l * math.sin(a + da)).astype(int) % h
-            xs = (x + frac * l * math.cos(a + da)).astype(int) % w
+            ys = (y + frac * span * math.sin(a + da)).astype(int) % h
+            xs = (x + frac * span * math.cos(a + da)).astype(int) % w
             crystals[ys, xs] += 1.0
     crystals = ndimage.gaussian_filter(np.minimum(crystals, 3.0), 0.5 * max(1.0, min(h, w) / 112))
     crystals /= max(crystals.max(), 1e-8)
@@ -202,8 +220,13 @@ def glass_blur(x, i, rng, s):
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     for _ in range(iters):
         coords = [yy + rng.uniform(-delta, delta, (h, w)), xx + rng.uniform(-delta, delta, (h, w))]
-        out = np.stack([ndimage.map_coordinates(out[..., ch], coords, order=1, mode="reflect")
-                        for ch in range(out.shape[2])], axis=-1)
+        out = np.stack(
+            [
+                ndimage.map_coordinates(out[..., ch], coords, order=1, mode="reflect")
+                for ch in range(out.shape[2])
+            ],
+            axis=-1,
+        )
     return _blur(out, sigma * s)
 
 
@@ -213,8 +236,13 @@ def motion_blur(x, i, rng, s):
 
 
 def zoom_blur(x, i, rng, s):
-    zooms = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
-             np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[i]
+    zooms = (
+        np.arange(1, 1.11, 0.01),
+        np.arange(1, 1.16, 0.01),
+        np.arange(1, 1.21, 0.02),
+        np.arange(1, 1.26, 0.02),
+        np.arange(1, 1.31, 0.03),
+    )[i]
     out = x.copy()
     for z in zooms[1:]:
         out += _zoom_center(x, float(z))
@@ -223,9 +251,12 @@ def zoom_blur(x, i, rng, s):
 
 def snow(x, i, rng, s):
     loc, scale, zoom, threshold, radius, sigma, blend = (
-        (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-        (0.55, 0.3, 4, 0.9, 12, 8, 0.66), (0.55, 0.3, 4.5, 0.85, 12, 8, 0.62),
-        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))[i]
+        (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+        (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+        (0.55, 0.3, 4, 0.9, 12, 8, 0.66),
+        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.62),
+        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+    )[i]
     h, w = x.shape[:2]
     layer = rng.standard_normal((h, w)) * scale + loc
     layer = _zoom_center(layer, zoom)
@@ -276,8 +307,13 @@ def elastic_transform(x, i, rng, s):
         fields.append(f / max(f.std(), 1e-8) * amp)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     coords = [yy + fields[0], xx + fields[1]]
-    return np.stack([ndimage.map_coordinates(x[..., ch], coords, order=1, mode="reflect")
-                     for ch in range(x.shape[2])], axis=-1)
+    return np.stack(
+        [
+            ndimage.map_coordinates(x[..., ch], coords, order=1, mode="reflect")
+            for ch in range(x.shape[2])
+        ],
+        axis=-1,
+    )
 
 
 def pixelate(x, i, rng, s):
@@ -322,7 +358,9 @@ def corrupt(image: Array, name: str, severity: int, seed: int = 0) -> Array:
 def corrupt_tensor(image: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     """The same on a ``uint8`` tensor ``3×H×W`` (the dataset contract's image layout)."""
     arr = image.permute(1, 2, 0).cpu().numpy()
-    return torch.from_numpy(np.ascontiguousarray(corrupt(arr, name, severity, seed))).permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(corrupt(arr, name, severity, seed))).permute(
+        2, 0, 1
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,8 +375,10 @@ def to_uint8_chw(image: Any) -> Tensor:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8:
-            raise UserError("corruptions need uint8 images from the dataset; got "
-                            f"{image.dtype} (build the dataset without a transform)")
+            raise UserError(
+                "corruptions need uint8 images from the dataset; got "
+                f"{image.dtype} (build the dataset without a transform)"
+            )
         return image if image.shape[0] == 3 else image.expand(3, *image.shape[1:])
     raise UserError(f"cannot corrupt an image of type {type(image).__name__}")
 
@@ -347,8 +387,15 @@ class CorruptedDataset(Dataset):
     """Wraps a dataset of raw images: corrupts image ``i`` with seed ``seed + i``, then applies
     the evaluation transform. Corruption happens at the dataset's native resolution."""
 
-    def __init__(self, raw: Dataset, name: str, severity: int, transform: Callable | None,
-                 seed: int = 0, indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        raw: Dataset,
+        name: str,
+        severity: int,
+        transform: Callable | None,
+        seed: int = 0,
+        indices: Sequence[int] | None = None,
+    ):
         self.raw, self.name, self.severity = raw, name, severity
         self.transform, self.seed = transform, seed
         self.indices = list(range(len(raw))) if indices is None else list(indices)
@@ -364,11 +411,19 @@ class CorruptedDataset(Dataset):
         return (self.transform(img) if self.transform is not None else img), label
 
 
-def corruption_eval(model: nn.Module, classify: Callable[[Tensor], Tensor], raw_test: Dataset,
-                    transform: Callable, space: str = "backbone",
-                    corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES,
-                    indices: Sequence[int] | None = None, seed: int = 0,
-                    extract_kwargs: dict | None = None, cache_parts: dict | None = None) -> dict:
+def corruption_eval(
+    model: nn.Module,
+    classify: Callable[[Tensor], Tensor],
+    raw_test: Dataset,
+    transform: Callable,
+    space: str = "backbone",
+    corruptions: Sequence[str] = CORRUPTIONS,
+    severities: Sequence[int] = SEVERITIES,
+    indices: Sequence[int] | None = None,
+    seed: int = 0,
+    extract_kwargs: dict | None = None,
+    cache_parts: dict | None = None,
+) -> dict:
     """Accuracy per corruption and severity, per corruption (mean over severities), and overall.
 
     ``classify(feats) -> predicted labels`` is a classifier already trained on clean training
@@ -383,20 +438,39 @@ def corruption_eval(model: nn.Module, classify: Callable[[Tensor], Tensor], raw_
 
     def accuracy(name: str, severity: int) -> float:
         ds = CorruptedDataset(raw_test, name, severity, transform, seed, indices)
-        parts = None if cache_parts is None else {**cache_parts, "corruption": name,
-                                                    "severity": severity, "seed": seed,
-                                                    "indices": None if indices is None else len(ds)}
-        feats, labels = extract_features(model, ds, space, desc=f"{name} {severity}",
-                                         cache_parts=parts, **kwargs)
+        parts = (
+            None
+            if cache_parts is None
+            else {
+                **cache_parts,
+                "corruption": name,
+                "severity": severity,
+                "seed": seed,
+                "indices": None if indices is None else len(ds),
+            }
+        )
+        feats, labels = extract_features(
+            model, ds, space, desc=f"{name} {severity}", cache_parts=parts, **kwargs
+        )
         return 100.0 * (classify(feats).cpu() == labels).float().mean().item()
 
     result: dict = {"clean": accuracy("clean", 0), "corruptions": {}}
     for name in corruptions:
         per = {str(sev): accuracy(name, sev) for sev in severities}
-        result["corruptions"][name] = {"by_severity": per, "mean": float(np.mean(list(per.values())))}
+        result["corruptions"][name] = {
+            "by_severity": per,
+            "mean": float(np.mean(list(per.values()))),
+        }
     means = [v["mean"] for v in result["corruptions"].values()]
     result["mean"] = float(np.mean(means)) if means else float("nan")
-    result["severity_means"] = {
-        str(sev): float(np.mean([v["by_severity"][str(sev)] for v in result["corruptions"].values()]))
-        for sev in severities} if means else {}
+    result["severity_means"] = (
+        {
+            str(sev): float(
+                np.mean([v["by_severity"][str(sev)] for v in result["corruptions"].values()])
+            )
+            for sev in severities
+        }
+        if means
+        else {}
+    )
     return result

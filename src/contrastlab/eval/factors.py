@@ -18,8 +18,14 @@ from contrastlab.eval.linear import linear_fast
 FACTORS = ("shape", "color", "texture", "rotation")
 
 
-def factor_probes(train_feats: Tensor, train_factors: Mapping[str, Tensor], test_feats: Tensor,
-                  test_factors: Mapping[str, Tensor], names: Sequence[str], seed: int = 0) -> dict:
+def factor_probes(
+    train_feats: Tensor,
+    train_factors: Mapping[str, Tensor],
+    test_feats: Tensor,
+    test_factors: Mapping[str, Tensor],
+    names: Sequence[str],
+    seed: int = 0,
+) -> dict:
     """Top-1 accuracy (percent) of a fast linear probe per factor, with the chance level."""
     out = {}
     for name in names:
@@ -27,6 +33,10 @@ def factor_probes(train_feats: Tensor, train_factors: Mapping[str, Tensor], test
         num = int(max(int(y_tr.max()), int(y_te.max())) + 1)
         res = linear_fast(train_feats, y_tr, test_feats, y_te, num_classes=num, seed=seed)
         counts = y_te.bincount(minlength=num).float()
-        out[name] = {"top1": res["top1"], "C": res["C"], "num_classes": num,
-                     "chance": 100.0 * float(counts.max() / counts.sum())}
+        out[name] = {
+            "top1": res["top1"],
+            "C": res["C"],
+            "num_classes": num,
+            "chance": 100.0 * float(counts.max() / counts.sum()),
+        }
     return out

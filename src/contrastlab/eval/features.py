@@ -63,25 +63,40 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(parts)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"feats": feats, "labels": labels, "parts": json.dumps(parts, sort_keys=True,
-                                                                          default=repr)}, tmp)
+        torch.save(
+            {
+                "feats": feats,
+                "labels": labels,
+                "parts": json.dumps(parts, sort_keys=True, default=repr),
+            },
+            tmp,
+        )
         os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 def _to_tensor_batch(images: Any) -> Tensor:
     if not isinstance(images, Tensor):
-        raise UserError("the evaluation transform must produce tensors; got "
-                        f"{type(images).__name__} (check the dataset's transform)")
+        raise UserError(
+            "the evaluation transform must produce tensors; got "
+            f"{type(images).__name__} (check the dataset's transform)"
+        )
     return images
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: Dataset, space: str = "backbone",
-                     batch_size: int = 256, device: str | torch.device = "cpu",
-                     num_workers: int = 0, batch_fn: BatchFn | None = None,
-                     progress: bool = True, desc: str = "features",
-                     cache: FeatureCache | str | os.PathLike | None = None,
-                     cache_parts: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+def extract_features(
+    model: nn.Module,
+    dataset: Dataset,
+    space: str = "backbone",
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    batch_fn: BatchFn | None = None,
+    progress: bool = True,
+    desc: str = "features",
+    cache: FeatureCache | str | os.PathLike | None = None,
+    cache_parts: dict[str, Any] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Features ``float32 [N, D]`` (on the CPU) and labels ``int64 [N]`` of a whole dataset.
 
     ``batch_fn(images, labels) -> (images, labels)`` changes each normalized batch before the
@@ -91,8 +106,10 @@ def extract_features(model: nn.Module, dataset: Dataset, space: str = "backbone"
     """
     spaces = getattr(model, "feature_spaces", ("backbone",))
     if space not in spaces:
-        raise UserError(f"feature space '{space}' does not exist for this model; "
-                        f"valid spaces: {', '.join(spaces)}")
+        raise UserError(
+            f"feature space '{space}' does not exist for this model; "
+            f"valid spaces: {', '.join(spaces)}"
+        )
     if cache is not None and not isinstance(cache, FeatureCache):
         cache = FeatureCache(cache)
     if cache is not None and cache_parts is not None:
@@ -101,8 +118,13 @@ def extract_features(model: nn.Module, dataset: Dataset, space: str = "backbone"
             return hit
     model.eval()
     model.to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=torch.device(device).type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
     feats, labels = [], []
     for images, target in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = _to_tensor_batch(images)
@@ -120,8 +142,14 @@ def extract_features(model: nn.Module, dataset: Dataset, space: str = "backbone"
     return result
 
 
-def feature_cache_parts(checkpoint: str | os.PathLike | None, data_cfg: Any, split: str,
-                        transform: Any, space: str, **extra: Any) -> dict[str, Any] | None:
+def feature_cache_parts(
+    checkpoint: str | os.PathLike | None,
+    data_cfg: Any,
+    split: str,
+    transform: Any,
+    space: str,
+    **extra: Any,
+) -> dict[str, Any] | None:
     """The cache key's ingredients; ``None`` (no caching) when there is no checkpoint file."""
     ident = checkpoint_identity(checkpoint)
     if ident is None:
@@ -130,5 +158,11 @@ def feature_cache_parts(checkpoint: str | os.PathLike | None, data_cfg: Any, spl
     for key in ("num_workers", "in_memory", "download"):  # do not change the images
         if isinstance(data, dict):
             data.pop(key, None)
-    return {"checkpoint": ident, "data": data, "split": split, "transform": repr(transform),
-            "space": space, **extra}
+    return {
+        "checkpoint": ident,
+        "data": data,
+        "split": split,
+        "transform": repr(transform),
+        "space": space,
+        **extra,
+    }

@@ -43,9 +43,16 @@ def _by_class(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels) if c >= 0}
 
 
-def allway_kshot(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 shots: Sequence[int] = (5, 10), trials: int = 5, C: float = 1.0,
-                 seed: int = 0) -> dict:
+def allway_kshot(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    shots: Sequence[int] = (5, 10),
+    trials: int = 5,
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict:
     """K examples per class from the training split, a logistic probe, accuracy on the test split.
 
     With so few labels there is nothing to validate ``C`` on, so it is fixed (default 1.0 on
@@ -58,14 +65,21 @@ def allway_kshot(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
         raise UserError("few-shot evaluation needs at least two labelled classes")
     num_classes = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     rng = np.random.default_rng(seed)
-    out: dict = {"protocol": "all-way K-shot", "classifier": "logistic", "C": C, "trials": trials,
-                 "num_classes": len(groups), "shots": {}}
+    out: dict = {
+        "protocol": "all-way K-shot",
+        "classifier": "logistic",
+        "C": C,
+        "trials": trials,
+        "num_classes": len(groups),
+        "shots": {},
+    }
     for k in shots:
         accs = []
         short = sorted(c for c, idx in groups.items() if len(idx) < k)
         for _ in range(trials):
-            pick = np.concatenate([rng.choice(idx, size=min(k, len(idx)), replace=False)
-                                   for idx in groups.values()])
+            pick = np.concatenate(
+                [rng.choice(idx, size=min(k, len(idx)), replace=False) for idx in groups.values()]
+            )
             probe = LogisticProbe(C=C).fit(train_feats[pick], train_labels[pick], num_classes)
             accs.append(probe.accuracy(test_feats, test_labels))
         mean, ci = mean_ci95(accs)
@@ -81,9 +95,17 @@ def _centroid_predict(support: Tensor, support_y: Tensor, query: Tensor, n_way: 
     return (F.normalize(query, dim=1) @ centroids.T).argmax(dim=1)
 
 
-def episodes(feats: Tensor, labels: Tensor, n_way: int = 5, shots: Sequence[int] = (1, 5),
-             queries: int = 15, num_episodes: int = 600, classifier: str = "centroid",
-             C: float = 1.0, seed: int = 0) -> dict:
+def episodes(
+    feats: Tensor,
+    labels: Tensor,
+    n_way: int = 5,
+    shots: Sequence[int] = (1, 5),
+    queries: int = 15,
+    num_episodes: int = 600,
+    classifier: str = "centroid",
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict:
     """N-way K-shot episodes drawn from one labelled feature set (usually the test split).
 
     Only classes with at least ``K + queries`` images can be drawn. ``classifier`` is
@@ -95,14 +117,22 @@ def episodes(feats: Tensor, labels: Tensor, n_way: int = 5, shots: Sequence[int]
     feats = feats.float().cpu()
     groups = _by_class(labels.cpu().numpy())
     rng = np.random.default_rng(seed)
-    out: dict = {"protocol": "N-way K-shot episodes", "n_way": n_way, "queries": queries,
-                 "episodes": num_episodes, "classifier": classifier, "shots": {}}
+    out: dict = {
+        "protocol": "N-way K-shot episodes",
+        "n_way": n_way,
+        "queries": queries,
+        "episodes": num_episodes,
+        "classifier": classifier,
+        "shots": {},
+    }
     for k in shots:
         eligible = [c for c, idx in groups.items() if len(idx) >= k + queries]
         if len(eligible) < n_way:
-            raise UserError(f"{n_way}-way {k}-shot episodes with {queries} queries need {n_way} "
-                            f"classes with at least {k + queries} images each; only "
-                            f"{len(eligible)} have that many (lower --ways or --queries)")
+            raise UserError(
+                f"{n_way}-way {k}-shot episodes with {queries} queries need {n_way} "
+                f"classes with at least {k + queries} images each; only "
+                f"{len(eligible)} have that many (lower --ways or --queries)"
+            )
         accs = []
         for _ in range(num_episodes):
             classes = rng.choice(eligible, size=n_way, replace=False)

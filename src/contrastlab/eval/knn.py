@@ -13,8 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def knn_scores(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
-               k: int = 200, temperature: float = 0.1, chunk: int = 512) -> Tensor:
+def knn_scores(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 512,
+) -> Tensor:
     """Summed neighbour weights per class, ``[N_test, num_classes]`` (in the features' dtype)."""
     if train_feats.shape[0] == 0:
         raise ValueError("kNN needs at least one training sample")
@@ -26,7 +33,7 @@ def knn_scores(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, nu
     labels = train_labels.to(device).long()
     out = []
     for start in range(0, test_feats.shape[0], chunk):
-        query = F.normalize(test_feats[start:start + chunk], dim=1).to(train.dtype)
+        query = F.normalize(test_feats[start : start + chunk], dim=1).to(train.dtype)
         sim = query @ train.T  # [c, N_train]
         top_sim, top_idx = sim.topk(k, dim=1)  # sorted, largest first
         weights = (top_sim / temperature).exp()
@@ -39,17 +46,32 @@ def knn_scores(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, nu
 
 
 @torch.no_grad()
-def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, num_classes: int,
-                k: int = 200, temperature: float = 0.1, chunk: int = 512) -> Tensor:
+def knn_predict(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 512,
+) -> Tensor:
     """Predicted class of every test sample, ``LongTensor[N_test]`` on the test features' device."""
     scores = knn_scores(train_feats, train_labels, test_feats, num_classes, k, temperature, chunk)
     return scores.argmax(dim=1)
 
 
 @torch.no_grad()
-def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 512,
-                 topk: int = 1) -> float:
+def knn_accuracy(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 512,
+    topk: int = 1,
+) -> float:
     """Top-``topk`` accuracy in percent (top-1 by default, as the MoCo monitor reports)."""
     if test_feats.shape[0] == 0:
         return float("nan")

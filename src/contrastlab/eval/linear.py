@@ -46,8 +46,14 @@ class LogisticProbe:
     that never occur in the training labels, so top-k accuracies stay comparable.
     """
 
-    def __init__(self, C: float | None = None, Cs: Sequence[float] = DEFAULT_CS,
-                 val_fraction: float = 0.2, max_iter: int = 1000, seed: int = 0):
+    def __init__(
+        self,
+        C: float | None = None,
+        Cs: Sequence[float] = DEFAULT_CS,
+        val_fraction: float = 0.2,
+        max_iter: int = 1000,
+        seed: int = 0,
+    ):
         self.C, self.Cs, self.val_fraction = C, tuple(Cs), val_fraction
         self.max_iter, self.seed = max_iter, seed
         self.val_scores: dict[float, float] = {}
@@ -64,8 +70,12 @@ class LogisticProbe:
             clf.fit(x, y)
         return clf
 
-    def fit(self, feats: Tensor | np.ndarray, labels: Tensor | np.ndarray,
-            num_classes: int | None = None) -> "LogisticProbe":
+    def fit(
+        self,
+        feats: Tensor | np.ndarray,
+        labels: Tensor | np.ndarray,
+        num_classes: int | None = None,
+    ) -> "LogisticProbe":
         from sklearn.preprocessing import StandardScaler
 
         x = _numpy(feats).astype(np.float64)
@@ -90,9 +100,12 @@ class LogisticProbe:
         min_val = len(np.unique(y)) if stratify is not None else 1  # one per class to stratify
         n_val = max(int(round(self.val_fraction * len(y))), min_val)
         if n_val >= len(y) - 1:
-            return float(self.Cs[len(self.Cs) // 2])  # too few samples to validate: middle of the grid
-        x_tr, x_val, y_tr, y_val = train_test_split(x, y, test_size=n_val, random_state=self.seed,
-                                                    stratify=stratify)
+            return float(
+                self.Cs[len(self.Cs) // 2]
+            )  # too few samples to validate: middle of the grid
+        x_tr, x_val, y_tr, y_val = train_test_split(
+            x, y, test_size=n_val, random_state=self.seed, stratify=stratify
+        )
         if len(np.unique(y_tr)) < 2:
             return float(self.Cs[len(self.Cs) // 2])
         for C in self.Cs:
@@ -109,13 +122,23 @@ class LogisticProbe:
         out[:, self.clf.classes_] = logp
         return torch.from_numpy(out)
 
-    def accuracy(self, feats: Tensor | np.ndarray, labels: Tensor | np.ndarray, topk: int = 1) -> float:
+    def accuracy(
+        self, feats: Tensor | np.ndarray, labels: Tensor | np.ndarray, topk: int = 1
+    ) -> float:
         return topk_accuracy(self.scores(feats), torch.as_tensor(_numpy(labels)).long(), topk)
 
 
-def linear_fast(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                num_classes: int | None = None, C: float | None = None,
-                Cs: Sequence[float] = DEFAULT_CS, val_fraction: float = 0.2, seed: int = 0) -> dict:
+def linear_fast(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    num_classes: int | None = None,
+    C: float | None = None,
+    Cs: Sequence[float] = DEFAULT_CS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
     """Fit the fast probe on train features, report top-1/top-5 (percent) on test features."""
     probe = LogisticProbe(C=C, Cs=Cs, val_fraction=val_fraction, seed=seed)
     probe.fit(train_feats, train_labels, num_classes)
@@ -131,20 +154,40 @@ def linear_fast(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, t
     }
 
 
-def linear_sgd(model: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
-               space: str = "backbone", epochs: int = 100, lr: float = 30.0, momentum: float = 0.9,
-               weight_decay: float = 0.0, batch_size: int = 256,
-               milestones: Sequence[float] = (0.6, 0.8), device: str | torch.device = "cpu",
-               num_workers: int = 0, seed: int = 0, progress: bool = True) -> dict:
+def linear_sgd(
+    model: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    num_classes: int,
+    space: str = "backbone",
+    epochs: int = 100,
+    lr: float = 30.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    milestones: Sequence[float] = (0.6, 0.8),
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """MoCo's linear protocol: the encoder stays frozen (eval mode, no gradients), only a
     ``nn.Linear`` on its features is trained. ``train_set`` should carry the crop/flip transform."""
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     gen = torch.Generator().manual_seed(seed)
     model.eval().to(device)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False,
-                              num_workers=num_workers, generator=gen)
-    test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=num_workers,
+        generator=gen,
+    )
+    test_loader = DataLoader(
+        test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
 
     head: nn.Linear | None = None
     optimizer = scheduler = None
@@ -160,10 +203,13 @@ def linear_sgd(model: nn.Module, train_set: Dataset, test_set: Dataset, num_clas
                 head = nn.Linear(feats.shape[1], num_classes).to(device)
                 head.weight.data.normal_(0.0, 0.01)  # MoCo's initialization of the classifier
                 head.bias.data.zero_()
-                optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum,
-                                            weight_decay=weight_decay)
+                optimizer = torch.optim.SGD(
+                    head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+                )
                 scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=0.1)
-            loss = nn.functional.cross_entropy(head(feats), torch.as_tensor(labels).long().to(device))
+            loss = nn.functional.cross_entropy(
+                head(feats), torch.as_tensor(labels).long().to(device)
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -172,11 +218,18 @@ def linear_sgd(model: nn.Module, train_set: Dataset, test_set: Dataset, num_clas
         if head is None:
             raise UserError("the training split is empty")
         if not math.isfinite(total):
-            raise UserError(f"the linear classifier diverged at epoch {epoch + 1} (loss is not "
-                            f"finite); lower --lr (now {lr})")
+            raise UserError(
+                f"the linear classifier diverged at epoch {epoch + 1} (loss is not "
+                f"finite); lower --lr (now {lr})"
+            )
         scheduler.step()
-        history.append({"epoch": epoch + 1, "loss": total / max(seen, 1),
-                        "lr": optimizer.param_groups[0]["lr"]})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+        )
 
     head.eval()
     scores, targets = [], []
@@ -190,8 +243,14 @@ def linear_sgd(model: nn.Module, train_set: Dataset, test_set: Dataset, num_clas
         "mode": "sgd",
         "top1": topk_accuracy(scores_t, targets_t, 1),
         "top5": topk_accuracy(scores_t, targets_t, 5),
-        "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-        "batch_size": batch_size, "milestones": steps,
-        "final_loss": history[-1]["loss"], "history": history,
-        "num_train": len(train_set), "num_test": len(test_set),
+        "epochs": epochs,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "milestones": steps,
+        "final_loss": history[-1]["loss"],
+        "history": history,
+        "num_train": len(train_set),
+        "num_test": len(test_set),
     }

@@ -20,9 +20,13 @@ PROTOCOLS = ("knn", "linear", "fewshot", "rotation", "corruption", "factors", "t
 
 
 def _wrap(ctx: EvalContext, protocol: str, summary: dict, details: dict, options: dict) -> dict:
-    return {"protocol": protocol, "summary": summary, "details": details,
-            "setup": {**ctx.describe(), **options},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "protocol": protocol,
+        "summary": summary,
+        "details": details,
+        "setup": {**ctx.describe(), **options},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def run_knn(ctx: EvalContext, k: int = 200, temperature: float = 0.1) -> dict:
@@ -34,39 +38,78 @@ def run_knn(ctx: EvalContext, k: int = 200, temperature: float = 0.1) -> dict:
     scores = knn_scores(f_tr.to(dev), y_tr, f_te.to(dev), ctx.num_classes(), k, temperature)
     y = y_te.to(scores.device)
     summary = {"top1": topk_accuracy(scores, y, 1), "top5": topk_accuracy(scores, y, 5)}
-    return _wrap(ctx, "knn", summary, {"num_train": len(y_tr), "num_test": len(y_te)},
-                 {"k": k, "temperature": temperature})
+    return _wrap(
+        ctx,
+        "knn",
+        summary,
+        {"num_train": len(y_tr), "num_test": len(y_te)},
+        {"k": k, "temperature": temperature},
+    )
 
 
-def run_linear(ctx: EvalContext, mode: str = "moco", epochs: int = 100, lr: float = 30.0,
-               momentum: float = 0.9, weight_decay: float = 0.0, C: float | None = None,
-               val_fraction: float = 0.2) -> dict:
+def run_linear(
+    ctx: EvalContext,
+    mode: str = "moco",
+    epochs: int = 100,
+    lr: float = 30.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    C: float | None = None,
+    val_fraction: float = 0.2,
+) -> dict:
     from contrastlab.eval.linear import linear_fast, linear_sgd
 
     if mode == "fast":
         f_tr, y_tr = ctx.features("train")
         f_te, y_te = ctx.features("test")
-        res = linear_fast(f_tr, y_tr, f_te, y_te, ctx.num_classes(), C=C, val_fraction=val_fraction,
-                          seed=ctx.seed)
+        res = linear_fast(
+            f_tr, y_tr, f_te, y_te, ctx.num_classes(), C=C, val_fraction=val_fraction, seed=ctx.seed
+        )
         options = {"mode": "fast", "C": C, "val_fraction": val_fraction}
     elif mode == "moco":
         train = ctx.view("train", ctx.train_transform(ctx.raw("train")))
         test = ctx.view("test", ctx.eval_transform(ctx.raw("test")))
-        res = linear_sgd(ctx.model, train, test, ctx.num_classes(), ctx.space, epochs, lr, momentum,
-                         weight_decay, ctx.batch_size, device=ctx.device,
-                         num_workers=ctx.num_workers, seed=ctx.seed, progress=ctx.progress)
-        options = {"mode": "moco", "epochs": epochs, "lr": lr, "momentum": momentum,
-                   "weight_decay": weight_decay}
+        res = linear_sgd(
+            ctx.model,
+            train,
+            test,
+            ctx.num_classes(),
+            ctx.space,
+            epochs,
+            lr,
+            momentum,
+            weight_decay,
+            ctx.batch_size,
+            device=ctx.device,
+            num_workers=ctx.num_workers,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
+        options = {
+            "mode": "moco",
+            "epochs": epochs,
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+        }
     else:
         raise UserError(f"unknown linear mode '{mode}'; valid: moco, fast")
     summary = {"top1": res.pop("top1"), "top5": res.pop("top5")}
     return _wrap(ctx, "linear", summary, res, options)
 
 
-def run_fewshot(ctx: EvalContext, shots: Sequence[int] = (5, 10), trials: int = 5, C: float = 1.0,
-                n_way: int = 5, episode_shots: Sequence[int] = (1, 5), queries: int = 15,
-                num_episodes: int = 600, classifier: str = "centroid",
-                which: str = "both") -> dict:
+def run_fewshot(
+    ctx: EvalContext,
+    shots: Sequence[int] = (5, 10),
+    trials: int = 5,
+    C: float = 1.0,
+    n_way: int = 5,
+    episode_shots: Sequence[int] = (1, 5),
+    queries: int = 15,
+    num_episodes: int = 600,
+    classifier: str = "centroid",
+    which: str = "both",
+) -> dict:
     from contrastlab.eval.fewshot import allway_kshot, episodes
 
     details, summary = {}, {}
@@ -78,8 +121,9 @@ def run_fewshot(ctx: EvalContext, shots: Sequence[int] = (5, 10), trials: int = 
             summary[f"{k}-shot"] = v["mean"]
             summary[f"{k}-shot ci95"] = v["ci95"]
     if which in ("episodes", "both"):
-        details["episodes"] = episodes(f_te, y_te, n_way, episode_shots, queries, num_episodes,
-                                       classifier, C, ctx.seed)
+        details["episodes"] = episodes(
+            f_te, y_te, n_way, episode_shots, queries, num_episodes, classifier, C, ctx.seed
+        )
         for k, v in details["episodes"]["shots"].items():
             summary[f"{n_way}-way {k}-shot"] = v["mean"]
             summary[f"{n_way}-way {k}-shot ci95"] = v["ci95"]
@@ -92,9 +136,14 @@ def _rotation_features(ctx: EvalContext, split: str):
     from contrastlab.eval.rotation import rotation_features
 
     transform = ctx.eval_transform(ctx.raw(split))
-    return rotation_features(ctx.model, ctx.view(split, transform), ctx.space,
-                             cache_parts=ctx.cache_parts(split, transform),
-                             desc=f"{split} rotation features", **ctx.extract_kwargs())
+    return rotation_features(
+        ctx.model,
+        ctx.view(split, transform),
+        ctx.space,
+        cache_parts=ctx.cache_parts(split, transform),
+        desc=f"{split} rotation features",
+        **ctx.extract_kwargs(),
+    )
 
 
 def run_rotation(ctx: EvalContext) -> dict:
@@ -106,9 +155,14 @@ def run_rotation(ctx: EvalContext) -> dict:
     return _wrap(ctx, "rotation", {"top1": res.pop("top1")}, res, {})
 
 
-def run_corruption(ctx: EvalContext, classifier: str = "linear",
-                   corruptions: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
-                   k: int = 200, temperature: float = 0.1) -> dict:
+def run_corruption(
+    ctx: EvalContext,
+    classifier: str = "linear",
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    k: int = 200,
+    temperature: float = 0.1,
+) -> dict:
     from contrastlab.eval.corruption import CORRUPTIONS, corruption_eval
     from contrastlab.eval.knn import knn_predict
     from contrastlab.eval.linear import LogisticProbe
@@ -120,6 +174,7 @@ def run_corruption(ctx: EvalContext, classifier: str = "linear",
         def classify(f):
             return probe.scores(f).argmax(1)
     elif classifier == "knn":
+
         def classify(f):
             return knn_predict(f_tr, y_tr, f, ctx.num_classes(), k, temperature)
     else:
@@ -127,17 +182,28 @@ def run_corruption(ctx: EvalContext, classifier: str = "linear",
     raw = ctx.raw("test")
     transform = ctx.eval_transform(raw)
     parts = ctx.cache_parts("test", transform)
-    res = corruption_eval(ctx.model, classify, raw, transform, ctx.space,
-                          tuple(corruptions or CORRUPTIONS), tuple(severities),
-                          indices=ctx.indices("test"), seed=ctx.seed,
-                          extract_kwargs=ctx.extract_kwargs(), cache_parts=parts)
+    res = corruption_eval(
+        ctx.model,
+        classify,
+        raw,
+        transform,
+        ctx.space,
+        tuple(corruptions or CORRUPTIONS),
+        tuple(severities),
+        indices=ctx.indices("test"),
+        seed=ctx.seed,
+        extract_kwargs=ctx.extract_kwargs(),
+        cache_parts=parts,
+    )
     summary = {"clean": res["clean"], "mean": res["mean"]}
-    return _wrap(ctx, "corruption", summary, res, {"classifier": classifier,
-                                                    "severities": list(severities)})
+    return _wrap(
+        ctx, "corruption", summary, res, {"classifier": classifier, "severities": list(severities)}
+    )
 
 
-def run_factors(ctx: EvalContext,
-                names: Sequence[str] = ("shape", "color", "texture", "rotation")) -> dict:
+def run_factors(
+    ctx: EvalContext, names: Sequence[str] = ("shape", "color", "texture", "rotation")
+) -> dict:
     from contrastlab.eval.factors import FACTORS, factor_probes
     from contrastlab.eval.rotation import rotation_probe
 
@@ -145,8 +211,10 @@ def run_factors(ctx: EvalContext,
     if bad:
         raise UserError(f"unknown factor '{bad[0]}'; valid: {', '.join(FACTORS)}")
     if not getattr(ctx.raw("train"), "factors", None):
-        raise UserError(f"dataset '{ctx.data_cfg.name}' has no generating factors; "
-                        "eval factors needs --dataset synthetic")
+        raise UserError(
+            f"dataset '{ctx.data_cfg.name}' has no generating factors; "
+            "eval factors needs --dataset synthetic"
+        )
     static = [n for n in names if n != "rotation"]
     details: dict[str, Any] = {}
     if static:
@@ -158,7 +226,9 @@ def run_factors(ctx: EvalContext,
             facts = ctx.raw(split).factors
             return {n: facts[n] if idx is None else facts[n][idx] for n in static}
 
-        details.update(factor_probes(f_tr, factors("train"), f_te, factors("test"), static, ctx.seed))
+        details.update(
+            factor_probes(f_tr, factors("train"), f_te, factors("test"), static, ctx.seed)
+        )
     if "rotation" in names:
         f_tr, r_tr = _rotation_features(ctx, "train")
         f_te, r_te = _rotation_features(ctx, "test")
@@ -168,14 +238,24 @@ def run_factors(ctx: EvalContext,
     return _wrap(ctx, "factors", summary, details, {"factors": list(names)})
 
 
-def run_transfer(ctx: EvalContext, shots: Sequence[int] = (5, 10), trials: int = 5,
-                 num_episodes: int = 600) -> dict:
+def run_transfer(
+    ctx: EvalContext, shots: Sequence[int] = (5, 10), trials: int = 5, num_episodes: int = 600
+) -> dict:
     from contrastlab.eval.transfer import transfer_eval
 
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
-    res = transfer_eval(f_tr, y_tr, f_te, y_te, ctx.num_classes(), shots, trials,
-                        num_episodes=num_episodes, seed=ctx.seed)
+    res = transfer_eval(
+        f_tr,
+        y_tr,
+        f_te,
+        y_te,
+        ctx.num_classes(),
+        shots,
+        trials,
+        num_episodes=num_episodes,
+        seed=ctx.seed,
+    )
     summary = {"linear top1": res["linear"]["top1"], "linear top5": res["linear"]["top5"]}
     for k, v in res["fewshot"]["shots"].items():
         summary[f"{k}-shot"] = v["mean"]
@@ -198,12 +278,20 @@ def summary_table(result: dict) -> str:
             continue
         rows.append([key, pm(value, summary.get(f"{key} ci95"))])
     setup = result["setup"]
-    title = (f"**{result['protocol']}** — {setup.get('run')} ({setup.get('method')}), "
-             f"space `{setup.get('space')}`, dataset {setup.get('dataset')}")
+    title = (
+        f"**{result['protocol']}** — {setup.get('run')} ({setup.get('method')}), "
+        f"space `{setup.get('space')}`, dataset {setup.get('dataset')}"
+    )
     text = title + "\n\n" + markdown_table(["metric", "accuracy (%)"], rows)
     if result["protocol"] == "corruption":
         det = result["details"]
-        sevs = list(next(iter(det["corruptions"].values()))["by_severity"]) if det["corruptions"] else []
-        body = [[name, *v["by_severity"].values(), v["mean"]] for name, v in det["corruptions"].items()]
+        sevs = (
+            list(next(iter(det["corruptions"].values()))["by_severity"])
+            if det["corruptions"]
+            else []
+        )
+        body = [
+            [name, *v["by_severity"].values(), v["mean"]] for name, v in det["corruptions"].items()
+        ]
         text += "\n\n" + markdown_table(["corruption", *[f"s{s}" for s in sevs], "mean"], body)
     return text

@@ -15,8 +15,9 @@ def default_run_dir(checkpoint: str | os.PathLike) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def result_path(checkpoint: str | os.PathLike, protocol: str, out: str | None = None,
-                space: str = "backbone") -> Path:
+def result_path(
+    checkpoint: str | os.PathLike, protocol: str, out: str | None = None, space: str = "backbone"
+) -> Path:
     """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
     ``<protocol>-<space>.json`` for a space other than the backbone, so spaces do not overwrite."""
     if out:

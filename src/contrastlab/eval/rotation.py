@@ -31,20 +31,36 @@ def rotate_batch(images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, 
     return torch.cat(rotated), target
 
 
-def rotation_features(model: nn.Module, dataset: Dataset, space: str = "backbone",
-                      **kwargs: Any) -> tuple[Tensor, Tensor]:
+def rotation_features(
+    model: nn.Module, dataset: Dataset, space: str = "backbone", **kwargs: Any
+) -> tuple[Tensor, Tensor]:
     """Features of all four rotations of every image, with rotation labels 0..3."""
     parts = kwargs.pop("cache_parts", None)
     if parts is not None:
         parts = {**parts, "batch": "rot90x4"}
-    return extract_features(model, dataset, space, batch_fn=rotate_batch, cache_parts=parts,
-                            desc=kwargs.pop("desc", "rotation features"), **kwargs)
+    return extract_features(
+        model,
+        dataset,
+        space,
+        batch_fn=rotate_batch,
+        cache_parts=parts,
+        desc=kwargs.pop("desc", "rotation features"),
+        **kwargs,
+    )
 
 
-def rotation_probe(train_feats: Tensor, train_rot: Tensor, test_feats: Tensor, test_rot: Tensor,
-                   seed: int = 0, **kwargs: Any) -> dict:
+def rotation_probe(
+    train_feats: Tensor,
+    train_rot: Tensor,
+    test_feats: Tensor,
+    test_rot: Tensor,
+    seed: int = 0,
+    **kwargs: Any,
+) -> dict:
     """Accuracy (percent) of the fast linear probe predicting the rotation; chance is 25 %."""
-    res = linear_fast(train_feats, train_rot, test_feats, test_rot, num_classes=4, seed=seed, **kwargs)
+    res = linear_fast(
+        train_feats, train_rot, test_feats, test_rot, num_classes=4, seed=seed, **kwargs
+    )
     res.pop("top5", None)  # top-5 of a 4-way task is always 100
     res["chance"] = 25.0
     return res

@@ -58,7 +58,9 @@ class LoocEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig, num_heads: int, plus_plus: bool):
         super().__init__()
         self.plus_plus = plus_plus
-        self.backbone, self.feature_dim = build_backbone(cfg, norm_layer=split_bn_layer(cfg.bn_splits))
+        self.backbone, self.feature_dim = build_backbone(
+            cfg, norm_layer=split_bn_layer(cfg.bn_splits)
+        )
         self.heads = nn.ModuleList(build_head(cfg, self.feature_dim) for _ in range(num_heads))
         self.branches = nn.ModuleList()
         if plus_plus:
@@ -119,7 +121,9 @@ def looc_loss(
         q = zq[i]
         k = zk[i, i].to(q.dtype)
         negatives = queues[i].to(q.dtype)
-        others = zk[i, [j for j in range(num_spaces) if j != i]].to(q.dtype) if i > 0 else None  # [n, B, d]
+        others = (
+            zk[i, [j for j in range(num_spaces) if j != i]].to(q.dtype) if i > 0 else None
+        )  # [n, B, d]
         q_hat, k_hat, n_hat = transform_features(q, k, negatives, ft, epoch)
         l_pos = torch.einsum("bc,bc->b", q_hat, k_hat)
         l_neg = torch.einsum("bc,kc->bk", q_hat, n_hat)
@@ -130,11 +134,15 @@ def looc_loss(
         total = total + F.cross_entropy(logits.to(loss_dtype), labels)
         if scores is not None and scores.record:
             transformed = not (q_hat is q and k_hat is k and n_hat is negatives)
-            stats.update(_space_stats(spaces[i], q, k, negatives, others, l_pos, l_neg, transformed, scores))
+            stats.update(
+                _space_stats(spaces[i], q, k, negatives, others, l_pos, l_neg, transformed, scores)
+            )
     return total / num_spaces, stats
 
 
-def _space_stats(space, q, k, negatives, others, l_pos, l_neg, transformed, sc: ScoresConfig) -> dict:
+def _space_stats(
+    space, q, k, negatives, others, l_pos, l_neg, transformed, sc: ScoresConfig
+) -> dict:
     """Raw (cosine, before FT) and effective (in the loss) scores; negatives = other keys + queue."""
     eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high)
     if not transformed:
@@ -171,7 +179,9 @@ class LooC(nn.Module):
         num_spaces = len(self.spaces)
         self.encoder_q = LoocEncoder(cfg.model, num_spaces, self.plus_plus)
         self.encoder_k = make_momentum_copy(self.encoder_q)
-        queue = torch.stack([random_unit_queue(cfg.moco.queue_size, cfg.model.dim) for _ in range(num_spaces)])
+        queue = torch.stack(
+            [random_unit_queue(cfg.moco.queue_size, cfg.model.dim) for _ in range(num_spaces)]
+        )
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros(num_spaces, dtype=torch.long))
 
@@ -183,14 +193,24 @@ class LooC(nn.Module):
     # -- the training step ------------------------------------------------------------------
     def forward(self, views: list[Tensor], epoch: int = 0) -> StepOutput:
         if len(views) != self.num_views:
-            raise ValueError(f"LooC with {list(self.augmentations)} needs {self.num_views} views "
-                             f"[q, k0, k_1..k_n], got {len(views)}")
+            raise ValueError(
+                f"LooC with {list(self.augmentations)} needs {self.num_views} views "
+                f"[q, k0, k_1..k_n], got {len(views)}"
+            )
         momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
         zq = self.encoder_q(views[0])  # [S, B, d]
         zk = self.encode_keys(views[1:]).to(zq.dtype)  # [S spaces, S key views, B, d]
         negatives = self.queue.clone()  # the queues change in place after this step
-        loss, stats = looc_loss(zq, zk, negatives, self.cfg.moco.temperature, self.cfg.ft, epoch,
-                                self.spaces, self.cfg.scores)
+        loss, stats = looc_loss(
+            zq,
+            zk,
+            negatives,
+            self.cfg.moco.temperature,
+            self.cfg.ft,
+            epoch,
+            self.spaces,
+            self.cfg.scores,
+        )
         self.enqueue_keys(zk)
         return StepOutput(loss=loss, scores=stats)
 
@@ -236,7 +256,9 @@ class LooC(nn.Module):
             pooled = enc.pooled(x)
             v = pooled[i] if self.plus_plus else pooled[0]
             return F.normalize(enc.heads[i](v), dim=1)
-        raise ValueError(f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}")
+        raise ValueError(
+            f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}"
+        )
 
     def feature_dim(self, space: str) -> int:
         if space == "backbone":
@@ -245,13 +267,19 @@ class LooC(nn.Module):
             return self.encoder_q.feature_dim * len(self.spaces)
         if space in self.spaces:
             return self.cfg.model.dim
-        raise ValueError(f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}")
+        raise ValueError(
+            f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}"
+        )
 
 
 def build_looc(cfg: Config) -> LooC:
     if not cfg.looc.augmentations:
-        raise UserError("looc.augmentations is empty; name at least one of color, rotation, texture")
+        raise UserError(
+            "looc.augmentations is empty; name at least one of color, rotation, texture"
+        )
     if cfg.moco.symmetric:
-        raise UserError("moco.symmetric=true is not defined for LooC (the keys k_i are tied to the "
-                        "query view); set moco.symmetric=false")
+        raise UserError(
+            "moco.symmetric=true is not defined for LooC (the keys k_i are tied to the "
+            "query view); set moco.symmetric=false"
+        )
     return LooC(cfg)

@@ -43,7 +43,9 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone, self.feature_dim = build_backbone(cfg, norm_layer=split_bn_layer(cfg.bn_splits))
+        self.backbone, self.feature_dim = build_backbone(
+            cfg, norm_layer=split_bn_layer(cfg.bn_splits)
+        )
         self.head = build_head(cfg, self.feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,7 +82,7 @@ def enqueue(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
     size, n = queue.shape[0], keys.shape[0]
     start = ptr
     if n > size:
-        keys, start = keys[n - size:], ptr + (n - size)
+        keys, start = keys[n - size :], ptr + (n - size)
     slots = (start + torch.arange(keys.shape[0], device=queue.device)) % size
     queue.index_copy_(0, slots, keys.to(queue.dtype))
     ptr.copy_((ptr + n) % size)
@@ -176,4 +178,6 @@ class MoCo(nn.Module):
             return self.encoder_q.backbone(x)
         if space == "z":
             return self.encoder_q(x)
-        raise ValueError(f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}")
+        raise ValueError(
+            f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}"
+        )

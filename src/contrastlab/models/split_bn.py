@@ -35,8 +35,14 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         running_mean = self.running_mean.repeat(s)
         running_var = self.running_var.repeat(s)
         y = F.batch_norm(
-            x.reshape(n // s, c * s, h, w), running_mean, running_var,
-            self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
+            x.reshape(n // s, c * s, h, w),
+            running_mean,
+            running_var,
+            self.weight.repeat(s),
+            self.bias.repeat(s),
+            True,
+            self.momentum,
+            self.eps,
         )
         # Back to [N, C, H, W] as a tensor of its own rather than a view: torchvision follows BN
         # with an in-place ReLU, and an in-place op on a view makes autograd rebuild the whole

@@ -217,8 +217,16 @@ def feature_transform(
 
     def draw(rows: int, alpha: float, low: float, high: float) -> Tensor:
         shape = lambda_shape(cfg.granularity, rows, q.shape[1])
-        return sample_lambda(shape, alpha, cfg.distribution, low=low, high=high,
-                             device=device, dtype=dtype, generator=generator)
+        return sample_lambda(
+            shape,
+            alpha,
+            cfg.distribution,
+            low=low,
+            high=high,
+            device=device,
+            dtype=dtype,
+            generator=generator,
+        )
 
     out = FTOutput(q, k, negatives)
     if cfg.pos != "none":

@@ -13,21 +13,34 @@ __all__ = ["register", "plot_scores", "write_report"]
 def register(subparsers) -> None:
     """Add ``scores`` and ``report`` to an argparse subparsers object (``func`` takes the args)."""
     p = subparsers.add_parser(
-        "scores", help="plot the recorded pos/neg scores of one or more runs",
+        "scores",
+        help="plot the recorded pos/neg scores of one or more runs",
         description="Plot pos score, neg mean and neg variance over training and the score "
         "distributions per epoch; several runs are overlaid, each labelled with the settings "
-        "that differ and its final kNN accuracy. One figure set per embedding space.")
+        "that differ and its final kNN accuracy. One figure set per embedding space.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default: RUN/figures for one run, ./score-plots for several)")
-    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
-                   help="one legend label per run instead of the automatic ones")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RUN/figures for one run, ./score-plots for several)",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="one legend label per run instead of the automatic ones",
+    )
     p.set_defaults(func=_cmd_scores)
 
     p = subparsers.add_parser(
-        "report", help="write a self-contained HTML report of a run",
+        "report",
+        help="write a self-contained HTML report of a run",
         description="Write one HTML file (figures embedded, no external resources) with the "
-        "config, training curves, score figures, evaluation results and checkpoints of a run.")
+        "config, training curves, score figures, evaluation results and checkpoints of a run.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--out", default=None, metavar="FILE", help="default: RUN/report.html")
     p.set_defaults(func=_cmd_report)

@@ -53,7 +53,11 @@ def _value(value) -> str:
 
 def _cell(value) -> str:
     num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return f'<td class="num">{html.escape(_value(value))}</td>' if num else f"<td>{html.escape(_value(value))}</td>"
+    return (
+        f'<td class="num">{html.escape(_value(value))}</td>'
+        if num
+        else f"<td>{html.escape(_value(value))}</td>"
+    )
 
 
 def _defaults() -> dict:
@@ -82,7 +86,9 @@ def _config_section(run: Run) -> str:
             changed = full in defaults and defaults[full] != value
             cls = ' class="changed"' if changed else ""
             rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{_cell(value)}</tr>")
-        parts.append(f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>')
+        parts.append(
+            f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>'
+        )
     note = '<p class="sub">Bold: changed from the default.</p>' if defaults else ""
     return note + f'<div class="configs">{"".join(parts)}</div>'
 
@@ -98,8 +104,11 @@ def training_figure(run: Run) -> Figure | None:
     axes = fig.subplots(2, 2).ravel()
 
     def series(lines, x, y):
-        pts = [(m[x], m[y]) for m in lines
-               if isinstance(m.get(x), (int, float)) and isinstance(m.get(y), (int, float))]
+        pts = [
+            (m[x], m[y])
+            for m in lines
+            if isinstance(m.get(x), (int, float)) and isinstance(m.get(y), (int, float))
+        ]
         return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
 
     xs, ys = series(train, "step", "loss")
@@ -117,7 +126,15 @@ def training_figure(run: Run) -> Figure | None:
     for ax in axes:
         ax.grid(alpha=0.3)
         if not ax.lines or not any(len(line.get_xdata()) for line in ax.lines):
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            ax.text(
+                0.5,
+                0.5,
+                "not logged",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="0.5",
+            )
     return fig
 
 
@@ -130,8 +147,10 @@ def _eval_section(run: Run) -> str:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            parts.append(f"<h3>{html.escape(path.name)}</h3><p class=\"missing\">unreadable: "
-                         f"{html.escape(str(e))}</p>")
+            parts.append(
+                f'<h3>{html.escape(path.name)}</h3><p class="missing">unreadable: '
+                f"{html.escape(str(e))}</p>"
+            )
             continue
         flat = flatten(data) if isinstance(data, dict) else {"value": data}
         rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in flat.items())
@@ -148,8 +167,10 @@ def _checkpoint_section(run: Run) -> str:
     for p in files:
         st = p.stat()
         when = datetime.fromtimestamp(st.st_mtime).strftime("%Y-%m-%d %H:%M")
-        rows.append(f"<tr><td>{html.escape(p.name)}</td><td class=\"num\">{st.st_size / 2**20:.1f} MiB"
-                    f"</td><td>{when}</td></tr>")
+        rows.append(
+            f'<tr><td>{html.escape(p.name)}</td><td class="num">{st.st_size / 2**20:.1f} MiB'
+            f"</td><td>{when}</td></tr>"
+        )
     return f"<table><tr><th>file</th><th>size</th><th>modified</th></tr>{''.join(rows)}</table>"
 
 
@@ -163,8 +184,10 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     """Write the run's HTML report (default ``run_dir/report.html``) and return its path."""
     run = load_run(run_dir)
     if not (run.config or run.metrics or run.record is not None):
-        raise UserError(f"{run.path} does not look like a run directory "
-                        "(no config.yaml, metrics.jsonl or scores/)")
+        raise UserError(
+            f"{run.path} does not look like a run directory "
+            "(no config.yaml, metrics.jsonl or scores/)"
+        )
     out = Path(out) if out is not None else run.path / "report.html"
     title = html.escape(run.name)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -172,18 +195,24 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     curves = training_figure(run)
     sections = [
         ("Configuration", _config_section(run)),
-        ("Training", _img(curves, "training curves") if curves is not None
-         else '<p class="missing">no metrics.jsonl</p>'),
+        (
+            "Training",
+            _img(curves, "training curves")
+            if curves is not None
+            else '<p class="missing">no metrics.jsonl</p>',
+        ),
         ("Pos and neg scores", _scores_section(run)),
         ("Evaluation", _eval_section(run)),
         ("Checkpoints", _checkpoint_section(run)),
     ]
     body = "".join(f"<h2>{name}</h2>\n{content}\n" for name, content in sections)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>contrastlab report: {title}</title><style>{_CSS}</style></head>\n<body>\n"
-            f"<h1>{title}</h1><p class=\"sub\">{html.escape(str(run.path))} · {summary} · "
-            f"generated {stamp}</p>\n{body}</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>contrastlab report: {title}</title><style>{_CSS}</style></head>\n<body>\n"
+        f'<h1>{title}</h1><p class="sub">{html.escape(str(run.path))} · {summary} · '
+        f"generated {stamp}</p>\n{body}</body></html>\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -25,9 +25,20 @@ from contrastlab.errors import UserError
 from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
 
 # Config keys that never explain a difference between runs.
-_IGNORED_KEYS = {"name", "out_dir", "train.resume", "train.progress", "data.num_workers",
-                 "train.device", "data.path"}
-_QUANTITIES = (("pos", "pos score"), ("neg_mean", "neg score, mean"), ("neg_var", "neg score, variance"))
+_IGNORED_KEYS = {
+    "name",
+    "out_dir",
+    "train.resume",
+    "train.progress",
+    "data.num_workers",
+    "train.device",
+    "data.path",
+}
+_QUANTITIES = (
+    ("pos", "pos score"),
+    ("neg_mean", "neg score, mean"),
+    ("neg_var", "neg score, variance"),
+)
 _MAX_RIDGES = 10
 _POS_COLOR, _NEG_COLOR = "#d9534f", "#3a6ea5"
 
@@ -118,7 +129,9 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
             raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
         return list(labels)
     keys = sorted({k for r in runs for k in r.config} - _IGNORED_KEYS)
-    differing = [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1] if len(runs) > 1 else []
+    differing = (
+        [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1] if len(runs) > 1 else []
+    )
     out = []
     for run in runs:
         parts = [f"{k}={_short(run.config.get(k))}" for k in differing[:4]]
@@ -160,10 +173,22 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
             x = t["last_step"][keep]
             for ax, (q, _) in zip(axes, _QUANTITIES):
                 dashed = stage == "effective"
-                (line,) = ax.plot(x, t[f"{q}_mean"][keep], color=_color(i), lw=1.6,
-                                  ls="--" if dashed else "-", label=label if not dashed else None)
-                ax.fill_between(x, t[f"{q}_q10"][keep], t[f"{q}_q90"][keep], color=_color(i),
-                                alpha=0.08 if dashed else 0.18, lw=0)
+                (line,) = ax.plot(
+                    x,
+                    t[f"{q}_mean"][keep],
+                    color=_color(i),
+                    lw=1.6,
+                    ls="--" if dashed else "-",
+                    label=label if not dashed else None,
+                )
+                ax.fill_between(
+                    x,
+                    t[f"{q}_q10"][keep],
+                    t[f"{q}_q90"][keep],
+                    color=_color(i),
+                    alpha=0.08 if dashed else 0.18,
+                    lw=0,
+                )
                 if ax is axes[0] and not dashed:
                     handles.append(line)
     for ax, (_, title) in zip(axes, _QUANTITIES):
@@ -177,8 +202,13 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         note += "; solid: raw cosine scores, dashed: effective (after feature transformation)"
     fig.suptitle(f"scores in space '{space}'\n{note}", fontsize=10)
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2),
-                   fontsize=9, frameon=False)
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=min(len(handles), 2),
+            fontsize=9,
+            frameon=False,
+        )
     return fig
 
 
@@ -225,8 +255,9 @@ def distributions_figure(runs: list[Run], space: str, labels: list[str]) -> Figu
                     else:
                         ax.plot(centers, y, color=color, lw=1.0, ls="--")
             ax.axhline(base, color="0.8", lw=0.5)
-        ax.set_yticks(np.arange(len(picks)) + 0.3,
-                      [f"epoch {int(h.epoch[e])}" for e in picks], fontsize=8)
+        ax.set_yticks(
+            np.arange(len(picks)) + 0.3, [f"epoch {int(h.epoch[e])}" for e in picks], fontsize=8
+        )
         ax.set_ylim(-0.1, len(picks) + 0.05)
         ax.set_xlim(h.edges[0], h.edges[-1])
         ax.set_xlabel("cosine score")
@@ -235,13 +266,21 @@ def distributions_figure(runs: list[Run], space: str, labels: list[str]) -> Figu
     if not shown:
         axes[0].text(0.5, 0.5, "no histograms recorded", ha="center", va="center")
         axes[0].set_axis_off()
-    legend = [Patch(color=_POS_COLOR, alpha=0.5, label="pos scores"),
-              Patch(color=_NEG_COLOR, alpha=0.5, label="neg scores")]
+    legend = [
+        Patch(color=_POS_COLOR, alpha=0.5, label="pos scores"),
+        Patch(color=_NEG_COLOR, alpha=0.5, label="neg scores"),
+    ]
     if any(_differs(r, space) for r, _ in shown):
-        legend.append(Line2D([], [], color="0.3", ls="--", label="effective (after transformation)"))
-    fig.legend(handles=legend, loc="outside lower center", ncol=len(legend), frameon=False, fontsize=9)
-    fig.suptitle(f"score distributions in space '{space}' by epoch (each curve scaled to its peak)",
-                 fontsize=10)
+        legend.append(
+            Line2D([], [], color="0.3", ls="--", label="effective (after transformation)")
+        )
+    fig.legend(
+        handles=legend, loc="outside lower center", ncol=len(legend), frameon=False, fontsize=9
+    )
+    fig.suptitle(
+        f"score distributions in space '{space}' by epoch (each curve scaled to its peak)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -250,8 +289,9 @@ def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tupl
     labels = run_labels(runs, labels)
     with_scores = [r for r in runs if r.record is not None]
     if not with_scores:
-        raise UserError("none of the runs has recorded scores (scores/meta.json); "
-                        "train with scores.record=true")
+        raise UserError(
+            "none of the runs has recorded scores (scores/meta.json); train with scores.record=true"
+        )
     spaces = list(dict.fromkeys(s for r in with_scores for s in r.spaces))
     out = []
     for space in spaces:
@@ -261,8 +301,9 @@ def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tupl
     return out
 
 
-def plot_scores(run_dirs: list[Path | str], out_dir: Path | str | None = None,
-                labels: list[str] | None = None) -> list[Path]:
+def plot_scores(
+    run_dirs: list[Path | str], out_dir: Path | str | None = None, labels: list[str] | None = None
+) -> list[Path]:
     """Write the score figures of one or several runs as PNG files; returns their paths.
 
     ``out_dir`` defaults to ``RUN/figures`` for one run and ``./score-plots`` for several.
