@@ -31,14 +31,10 @@ class DataConfig:
     """Where the images come from and how they are loaded."""
 
     name: DatasetName = "synthetic"  # which dataset (see docs/datasets.md)
-    path: str | None = (
-        None  # dataset root; for imagefolder the folder itself (or one with train/ and test/)
-    )
+    path: str | None = None  # dataset root; imagefolder: the folder (see docs/datasets.md)
     download: bool = False  # torchvision datasets: download if missing (needs internet)
     image_size: int = 32  # side of the training crops
-    in_memory: bool | None = (
-        None  # hold decoded uint8 images in RAM; None = when images are <= 96 px
-    )
+    in_memory: bool | None = None  # decoded uint8 images in RAM; None = when <= 96 px
     skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
     num_workers: int = 2  # DataLoader worker processes for augmentation
     synthetic_train: int = 5000  # synthetic: number of training images
@@ -53,13 +49,9 @@ class AugmentConfig:
 
     recipe: AugmentName = "moco_v2"  # augmentation recipe of each view
     crop_scale_min: float = 0.2  # RandomResizedCrop scale range (min, 1)
-    rotation: bool = (
-        False  # add random 0/90/180/270 rotation to every view (the "MoCo + rotation" baseline)
-    )
+    rotation: bool = False  # random 0/90/180/270 rotation of every view ("MoCo + rotation")
     blur: bool | None = None  # None = the recipe's default (v2: yes, except at <= 64 px)
-    hue: float | None = (
-        None  # hue jitter, at most 0.5 (= any hue); None = the recipe's (v1 0.4, v2 0.1)
-    )
+    hue: float | None = None  # hue jitter, <= 0.5 (= any hue); None = recipe's (v1 0.4, v2 0.1)
     grayscale_p: float | None = None  # probability of grayscale; None = the recipe's 0.2
 
 
@@ -101,9 +93,7 @@ class FTConfig:
 class LoocConfig:
     """Leave-one-out contrastive learning (Xiao et al., ICLR 2021); see ``methods/looc.py``."""
 
-    augmentations: list[str] = field(
-        default_factory=lambda: ["color"]
-    )  # atomic augmentations with a space each
+    augmentations: list[str] = field(default_factory=lambda: ["color"])  # each gets a space
     plus_plus: bool = False  # LooC++: each head owns a copy of the last backbone stage
 
 
@@ -115,9 +105,7 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
     schedule: Literal["cosine", "step"] = "cosine"  # decay after warm-up
-    milestones: list[int] = field(
-        default_factory=lambda: [120, 160]
-    )  # step schedule: x0.1 at these epochs
+    milestones: list[int] = field(default_factory=lambda: [120, 160])  # step: x0.1 at these
     warmup_epochs: int = 0  # linear warm-up from 0
 
 
