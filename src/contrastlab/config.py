@@ -113,7 +113,7 @@ class OptimConfig:
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
     amp: bool | None = None  # bf16 autocast; None = on for CUDA
-    channels_last: bool | None = None  # None = on for CUDA
+    channels_last: bool | None = None  # None = on for CUDA, and on the CPU with plain BN
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never

@@ -112,8 +112,11 @@ class Trainer:
         self.is_main = distributed.is_main()
         cuda = self.device.type == "cuda"
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
+        # channels-last helps oneDNN's convolutions too, but split BN needs NCHW to stay a view
+        # (docs/benchmarks.md): on the CPU it is the default only with plain batch norm.
+        default_nhwc = cuda or cfg.model.bn_splits == 1
         self.channels_last = (
-            cfg.train.channels_last if cfg.train.channels_last is not None else cuda
+            cfg.train.channels_last if cfg.train.channels_last is not None else default_nhwc
         )
 
         world = distributed.world_size()
