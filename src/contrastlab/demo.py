@@ -13,10 +13,8 @@ import torch
 
 from contrastlab.config import load_config
 from contrastlab.data.datasets import build_dataset
-from contrastlab.eval.features import extract_features
-from contrastlab.eval.knn import knn_accuracy
 from contrastlab.methods import build_method
-from contrastlab.train import Trainer, WithTransform, eval_transform, seed_everything
+from contrastlab.train import Trainer, knn_monitor_accuracy, seed_everything
 
 
 def untrained_knn(cfg) -> tuple[float, int]:
@@ -25,27 +23,7 @@ def untrained_knn(cfg) -> tuple[float, int]:
     model = build_method(cfg).eval()
     train = build_dataset(cfg.data, "train")
     test = build_dataset(cfg.data, "test")
-    tf = eval_transform(cfg, train)
-    f_train, y_train = extract_features(
-        model,
-        WithTransform(train, tf),
-        "backbone",
-        progress=False,
-        num_workers=cfg.data.num_workers,
-    )
-    f_test, y_test = extract_features(
-        model, WithTransform(test, tf), "backbone", progress=False, num_workers=cfg.data.num_workers
-    )
-    acc = knn_accuracy(
-        f_train,
-        y_train,
-        f_test,
-        y_test,
-        train.num_classes,
-        k=cfg.train.knn_k,
-        temperature=cfg.train.knn_temperature,
-    )
-    return acc, train.num_classes
+    return knn_monitor_accuracy(model, cfg, train, test), train.num_classes
 
 
 def run_demo(out_dir: str = "runs", overrides=()) -> dict:

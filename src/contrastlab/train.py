@@ -103,6 +103,35 @@ def eval_transform(cfg: Config, dataset):
     return build_eval_transform(cfg.data.image_size, dataset.mean, dataset.std, dataset.image_size)
 
 
+def knn_monitor_accuracy(model, cfg: Config, train_images, test_images, device="cpu") -> float:
+    """Weighted kNN top-1 of backbone features: training images as the bank, test images as queries.
+
+    Both splits use the deterministic evaluation view (no augmentation).
+    """
+    transform = eval_transform(cfg, train_images)
+    features = [
+        extract_features(
+            model,
+            WithTransform(images, transform),
+            "backbone",
+            device=device,
+            num_workers=cfg.data.num_workers,
+            progress=False,
+        )
+        for images in (train_images, test_images)
+    ]
+    (f_bank, y_bank), (f_test, y_test) = features
+    return knn_accuracy(
+        f_bank,
+        y_bank,
+        f_test,
+        y_test,
+        train_images.num_classes,
+        k=cfg.train.knn_k,
+        temperature=cfg.train.knn_temperature,
+    )
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -386,32 +415,8 @@ class Trainer:
                 self.test_images = build_dataset(self.cfg.data, "test")
             test_images = self.test_images
             if self.train_images.num_classes and len(test_images):
-                bank = WithTransform(self.train_images, eval_transform(self.cfg, self.train_images))
-                test = WithTransform(test_images, eval_transform(self.cfg, self.train_images))
-                f_bank, y_bank = extract_features(
-                    self.method,
-                    bank,
-                    "backbone",
-                    device=self.device,
-                    num_workers=self.cfg.data.num_workers,
-                    progress=False,
-                )
-                f_test, y_test = extract_features(
-                    self.method,
-                    test,
-                    "backbone",
-                    device=self.device,
-                    num_workers=self.cfg.data.num_workers,
-                    progress=False,
-                )
-                acc = knn_accuracy(
-                    f_bank,
-                    y_bank,
-                    f_test,
-                    y_test,
-                    self.train_images.num_classes,
-                    k=self.cfg.train.knn_k,
-                    temperature=self.cfg.train.knn_temperature,
+                acc = knn_monitor_accuracy(
+                    self.method, self.cfg, self.train_images, test_images, self.device
                 )
                 self.log({"event": "knn", "epoch": self.epoch, "step": self.step, "knn_top1": acc})
         if distributed.is_distributed():
