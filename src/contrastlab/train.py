@@ -194,19 +194,17 @@ class Trainer:
             )
         views = build_view_transform(cfg, self.method, self.train_images)
         self.generator = torch.Generator()
-        sampler = (
-            DistributedSampler(
-                WithTransform(self.train_images, views), seed=cfg.seed, drop_last=True
-            )
+        training_views = WithTransform(self.train_images, views)
+        self.sampler = (
+            DistributedSampler(training_views, seed=cfg.seed, drop_last=True)
             if distributed.is_distributed()
             else None
         )
-        self.sampler = sampler
         self.loader = DataLoader(
-            WithTransform(self.train_images, views),
+            training_views,
             batch_size=self.local_batch,
-            shuffle=sampler is None,
-            sampler=sampler,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
             drop_last=True,
             num_workers=cfg.data.num_workers,
             pin_memory=cuda,
