@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--quick] [--device cpu|cuda] [--rounds 5] [--batch 128]
         [--queue 4096] [--channels-last auto|on|off] [--all] [--flops] [--no-memory] [--no-data]
-        [--no-lightly] [--threads N]
+        [--no-lightly] [--bf16] [--threads N]
 
 The step: ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool), MoCo v2 MLP head
 512 -> 512 -> 128, queue K (4096), batch 128 of 32x32 images already in memory; forward of both
@@ -25,6 +25,10 @@ views (two per image) from ``contrastlab.data.augment`` over an in-memory uint8 
 DataLoader with 0 and 2 workers.
 
 On CUDA both frameworks run under bf16 autocast with channels_last (contrastlab's CUDA defaults).
+On CPU they run in float32; ``--bf16`` adds ``*_bf16`` variants of each under CPU bf16 autocast
+(``train.amp=true``), which is fast on CPUs with native bf16 instructions (AVX512-BF16, AMX).
+``--channels-last auto`` follows the trainer: contrastlab uses channels_last on CUDA and, on CPU,
+with plain BN only; lightly's example uses it on CUDA only.
 """
 
 from __future__ import annotations
@@ -72,8 +76,15 @@ class Setup:
     def __init__(self, args, device: torch.device):
         self.args, self.device = args, device
         self.amp = device.type == "cuda"
-        cl = args.channels_last
-        self.channels_last = device.type == "cuda" if cl == "auto" else cl == "on"
+        self.channels_last = device.type == "cuda" if args.channels_last == "auto" else None
+
+    def configure(self, amp: bool, plain_bn: bool = False) -> None:
+        """Precision and memory format of the variant about to be built."""
+        self.amp = amp or self.device.type == "cuda"
+        if self.args.channels_last == "auto":  # as the trainer decides (train.channels_last=null)
+            self.channels_last = self.device.type == "cuda" or plain_bn
+        else:
+            self.channels_last = self.args.channels_last == "on"
 
     def inputs(self) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(1)
@@ -92,10 +103,10 @@ class Setup:
         cfg = contrastlab_config(self.args.batch, self.args.queue, extra)
         model = self._finish(build_method(cfg))
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD)
-        views = self.inputs()
+        views, amp = self.inputs(), self.amp
 
         def step():  # as Trainer.train_epoch runs it
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(views, 0)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -138,11 +149,12 @@ class Setup:
         )
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD)
         x_q, x_k = self.inputs()
+        amp = self.amp
 
         def step():
             update_momentum(model.backbone, model.backbone_momentum, m=MOMENTUM)
             update_momentum(model.projection_head, model.projection_head_momentum, m=MOMENTUM)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 query = model(x_q)
                 key = model.forward_momentum(x_k)
                 loss = criterion(query, key)
@@ -153,11 +165,18 @@ class Setup:
         return step
 
     def build(self, name: str):
-        if name == "contrastlab":
+        """``contrastlab``, ``contrastlab_plainbn`` or ``lightly``, with ``_bf16``: CPU autocast."""
+        base, bf16 = name.removesuffix("_bf16"), name.endswith("_bf16")
+        if base == "contrastlab":
+            self.configure(bf16)
             return self.contrastlab()
-        if name == "contrastlab_plainbn":
+        if base == "contrastlab_plainbn":
+            self.configure(bf16, plain_bn=True)
             return self.contrastlab(["model.bn_splits=1"])
-        if name == "lightly":
+        if base == "lightly":
+            self.configure(bf16)
+            if self.args.channels_last == "auto":
+                self.channels_last = self.device.type == "cuda"  # lightly's example: no NHWC on CPU
             return self.lightly()
         raise ValueError(name)
 
@@ -236,7 +255,11 @@ def main() -> None:
         "--channels-last",
         default="auto",
         choices=["auto", "on", "off"],
-        help="auto: on for CUDA only (contrastlab's default); applied to every variant",
+        help="auto: as each framework's default (contrastlab: CUDA, or CPU with plain BN; "
+        "lightly: CUDA); on/off: every variant",
+    )
+    ap.add_argument(
+        "--bf16", action="store_true", help="CPU: also time every variant under bf16 autocast"
     )
     ap.add_argument("--all", action="store_true", help="also time contrastlab with plain BN")
     ap.add_argument("--flops", action="store_true", help="count the FLOPs of contrastlab's step")
@@ -266,6 +289,8 @@ def main() -> None:
 
     names = ["contrastlab"] + (["contrastlab_plainbn"] if args.all else [])
     names += [] if args.no_lightly else ["lightly"]
+    if args.bf16 and device.type == "cpu":
+        names += [f"{name}_bf16" for name in names]
     info = common.machine_info(device)
     common.print_header(
         "MoCo v2 training step (ResNet-18 CIFAR stem)",
@@ -276,8 +301,10 @@ def main() -> None:
             "head": f"512-{HEAD_HIDDEN}-{DIM}",
             "rounds": args.rounds,
             "steps_per_round": args.steps,
-            "channels_last": setup.channels_last,
-            "amp_bf16": setup.amp,
+            "channels_last": args.channels_last,
+            "amp_bf16": "on"
+            if device.type == "cuda"
+            else ("fp32 and bf16" if args.bf16 else "off"),
         },
     )
 
@@ -296,12 +323,14 @@ def main() -> None:
             f"  {name:20s} {common.fmt_ms(t.median(name)):>10s}  {args.batch / t.median(name):6.1f} img/s"
             f"   best {args.batch / t.best(name):6.1f} img/s   cpu {t.cpu_median(name):.2f} s"
         )
-    if "lightly" in names and t is not None:
+    for ref in ("lightly", "lightly_bf16"):
+        if ref not in names or t is None:
+            continue
         for name in names:
-            if name != "lightly":
-                r = t.ratios("lightly", name)
+            if not name.startswith("lightly"):
+                r = t.ratios(ref, name)
                 print(
-                    f"  speed-up {name} vs lightly: {t.ratio('lightly', name):.2f}x "
+                    f"  speed-up {name} vs {ref}: {t.ratio(ref, name):.2f}x "
                     f"(per round: {', '.join(f'{x:.2f}' for x in r)}; target >= 1.3x)"
                 )
 

@@ -46,6 +46,21 @@ def test_score_stats_matches_naive_float64():
     assert st.pos_hist.sum().item() == 7 and st.neg_hist.sum().item() == 7 * 50
 
 
+def test_score_stats_in_range_and_collapsed():
+    """All scores in range (no clamp needed) and nearly equal, as in a collapsed space: the
+    variance must keep its relative precision, not cancel to zero or go negative."""
+    g = torch.Generator().manual_seed(1)
+    neg = 0.999 + 1e-4 * torch.randn(5, 4000, generator=g, dtype=torch.float64)
+    pos = torch.full((5,), 0.9995, dtype=torch.float64)
+    st = score_stats(pos.float(), neg.float(), bins=BINS, low=LOW, high=HIGH)
+    n32 = neg.float().double().numpy()  # what score_stats sees, in float64
+    np.testing.assert_allclose(st.neg_var.double().numpy(), n32.var(axis=1), rtol=1e-3)
+    np.testing.assert_allclose(st.neg_mean.double().numpy(), n32.mean(axis=1), rtol=1e-6)
+    expected, _ = np.histogram(n32.ravel(), bins=BINS, range=(LOW, HIGH))
+    np.testing.assert_array_equal(st.neg_hist.numpy(), expected)
+    assert st.pos_hist.sum().item() == 5
+
+
 def _stats(seed: int, b: int = 4, n: int = 30) -> tuple[ScoreStats, np.ndarray, np.ndarray]:
     g = torch.Generator().manual_seed(seed)
     pos = torch.rand(b, generator=g) * 2 - 1
