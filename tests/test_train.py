@@ -104,3 +104,17 @@ def test_learning_rate_schedules(tiny_config):
         "optim.epochs=10", "optim.lr=1.0", "optim.schedule=step", "optim.milestones=[4,8]"
     )
     assert [learning_rate(step, e) for e in (0, 4, 8.5)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_bf16_autocast_on_cpu(tiny_config):
+    """train.amp=true runs the CPU step under bf16 autocast; weights and queue stay float32."""
+    common = ["optim.epochs=1", "train.knn_every=0"]
+    fp32 = Trainer(tiny_config(*common, "name=fp32")).fit()
+    bf16 = Trainer(tiny_config(*common, "name=bf16", "train.amp=true")).fit()
+    assert bf16.steps == fp32.steps
+    assert torch.isfinite(torch.tensor(bf16.final_loss))
+    assert bf16.final_loss != fp32.final_loss  # bf16 arithmetic was used
+    assert bf16.final_loss == pytest.approx(fp32.final_loss, rel=0.05)
+    state = read_checkpoint(bf16.last_checkpoint)["model"]
+    assert all(t.dtype != torch.bfloat16 for t in state.values())
+    assert state["queue"].dtype == torch.float32
