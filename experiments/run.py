@@ -2,6 +2,8 @@
 
     python experiments/run.py ft               # MoCo v2 vs + Feature Transformation (CIFAR-10 subset)
     python experiments/run.py momentum         # key-encoder momentum study, score curves
+    python experiments/run.py ft_cifar_stem    # both again with the CIFAR stem and 180 steps
+    python experiments/run.py momentum_cifar_stem
     python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
     python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 CLI = [sys.executable, "-m", "contrastlab"]
 CIFAR = "experiments/cifar_cpu.yaml"
+CIFAR_STEM = "experiments/cifar_stem_cpu.yaml"
 SYNTHETIC = "experiments/synthetic_cpu.yaml"
 FT = {
     "MoCo v2": [],
@@ -50,6 +53,15 @@ EXPERIMENTS = {
         evals=["linear"],
         variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
         reuse={"m=0.99": ("ft", "MoCo v2")},
+    ),
+    # the same two studies with the CIFAR stem and 180 steps, where MoCo v2 learns (bf16 on CPU)
+    "ft_cifar_stem": dict(config=CIFAR_STEM, variants=FT, seeds=[0, 1, 2], evals=["linear"]),
+    "momentum_cifar_stem": dict(
+        config=CIFAR_STEM,
+        seeds=[0],
+        evals=["linear"],
+        variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
+        reuse={"m=0.99": ("ft_cifar_stem", "MoCo v2")},
     ),
     "looc_synthetic": dict(
         config=SYNTHETIC, variants=LOOC_SYNTHETIC, seeds=[0, 1, 2], evals=["factors"]
