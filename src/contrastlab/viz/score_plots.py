@@ -205,7 +205,8 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         fig.legend(
             handles=handles,
             loc="outside lower center",
-            ncol=min(len(handles), 2),
+            # two columns only when the labels are short enough to fit side by side
+            ncol=1 if max(len(h.get_label()) for h in handles) > 70 else min(len(handles), 2),
             fontsize=9,
             frameon=False,
         )
