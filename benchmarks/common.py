@@ -254,3 +254,21 @@ def child_peak_memory(argv: list[str], timeout: float = 600) -> dict | None:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+def add_allocator_flag(ap) -> None:
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="CPU: leave glibc's malloc as it is (by default the benchmark configures it as the "
+        "trainer does, train.keep_freed_memory=true; it applies to every variant in the process)",
+    )
+
+
+def configure_allocator(args, device: torch.device) -> str:
+    """As the trainer on the CPU: malloc keeps freed memory. Returns a label for the header."""
+    from contrastlab.allocator import keep_freed_memory
+
+    if device.type != "cpu" or args.default_malloc:
+        return "default"
+    return "keeps freed memory" if keep_freed_memory() else "default (mallopt unavailable)"

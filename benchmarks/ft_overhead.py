@@ -148,12 +148,14 @@ def main() -> None:
     ap.add_argument("--no-scores", action="store_true", help="scores.record=false in every variant")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="5 rounds, 2 preset rounds")
+    common.add_allocator_flag(ap)
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.preset_rounds, args.large_rounds = 5, 2, 1
     common.set_threads(args.threads)
     device = torch.device(args.device)
     amp = device.type == "cuda"
+    malloc = common.configure_allocator(args, device)
     info = common.machine_info(device)
     common.print_header(
         "Feature Transformation overhead",
@@ -162,6 +164,7 @@ def main() -> None:
             "ft": "pos extrapolate Beta(2,2) + neg interpolate Beta(1.6,1.6), one lambda per step",
             "scores_recorded": not args.no_scores,
             "amp_bf16": amp,
+            "malloc": malloc,
         },
     )
     no_scores = ["scores.record=false"]

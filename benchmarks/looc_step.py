@@ -83,12 +83,14 @@ def main() -> None:
     ap.add_argument("--no-plus-plus", action="store_true", help="skip LooC++")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="batch 32, 2 rounds")
+    common.add_allocator_flag(ap)
     args = ap.parse_args()
     if args.quick:
         args.batch, args.rounds = 32, 2
     common.set_threads(args.threads)
     device = torch.device(args.device)
     amp = cl = device.type == "cuda"
+    malloc = common.configure_allocator(args, device)
     info = common.machine_info(device)
     common.print_header(
         "LooC / LooC++ step vs MoCo",
@@ -99,6 +101,7 @@ def main() -> None:
             "queue": 4096,
             "bn_splits": 8,
             "amp_bf16": amp,
+            "malloc": malloc,
             "channels_last": cl,
         },
     )

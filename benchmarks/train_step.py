@@ -275,11 +275,13 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="2 rounds, 3 data batches")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    common.add_allocator_flag(ap)
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.data_batches = 2, 3
     common.set_threads(args.threads)
     device = torch.device(args.device)
+    malloc = common.configure_allocator(args, device)
     setup = Setup(args, device)
 
     if args.memory_child:  # child process: one variant's peak memory
@@ -298,6 +300,7 @@ def main() -> None:
         {
             "batch": args.batch,
             "queue": args.queue,
+            "malloc": malloc,
             "head": f"512-{HEAD_HIDDEN}-{DIM}",
             "rounds": args.rounds,
             "steps_per_round": args.steps,
@@ -360,6 +363,8 @@ def main() -> None:
             ]
             if args.threads:
                 argv += ["--threads", str(args.threads)]
+            if args.default_malloc:
+                argv.append("--default-malloc")
             m = common.child_peak_memory(argv)
             if m:
                 label = "above set-up" if m["kind"] == "cpu_peak_rss" else "above allocated before"

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from contrastlab import distributed
+from contrastlab.allocator import keep_freed_memory
 from contrastlab.checkpoint import (
     check_compatible,
     load_model_state,
@@ -140,6 +141,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.is_main = distributed.is_main()
         cuda = self.device.type == "cuda"
+        if not cuda and cfg.train.keep_freed_memory:
+            keep_freed_memory()  # 10-40% of a CPU step was page faults (docs/benchmarks.md)
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
         # channels-last helps oneDNN's convolutions too, but split BN needs NCHW to stay a view
         # (docs/benchmarks.md): on the CPU it is the default only with plain batch norm.
