@@ -4,10 +4,10 @@ glibc's malloc serves large blocks (from 128 KiB, rising with use up to 32 MiB) 
 returns them to the kernel on ``free``; it also trims the top of the heap once 128 KiB or more are
 free there. A training step allocates and frees the same activation tensors every time, so each
 step then faults every page of them in again: 100,000 to 2,000,000 minor page faults per step for
-a ResNet-18 step on 32 px images, 10-40% of the step time on a 2-core CPU
-(docs/benchmarks.md). Serving every block from the heap and never trimming it lets the next step
-reuse the same pages. The price is that the process keeps its peak memory until it exits (about
-5% above the default in the same benchmark).
+a ResNet-18 step on 32 px images, 3-25% of the step time on a 2-core CPU, the most for the largest
+batches (benchmarks/page_faults.py, docs/benchmarks.md). Serving every block from the heap and
+never trimming it lets the next step reuse the same pages. The price is that the process keeps its
+peak memory until it exits (5-10% more peak memory in the same benchmark).
 
 This is what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` in the environment, or a caching
 allocator such as jemalloc or tcmalloc, would do; ``mallopt`` does it from inside the process.

@@ -142,7 +142,7 @@ class Trainer:
         self.is_main = distributed.is_main()
         cuda = self.device.type == "cuda"
         if not cuda and cfg.train.keep_freed_memory:
-            keep_freed_memory()  # 10-40% of a CPU step was page faults (docs/benchmarks.md)
+            keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
         # channels-last helps oneDNN's convolutions too, but split BN needs NCHW to stay a view
         # (docs/benchmarks.md): on the CPU it is the default only with plain batch norm.

@@ -33,6 +33,7 @@ _IGNORED_KEYS = {
     "data.num_workers",
     "train.device",
     "data.path",
+    "train.keep_freed_memory",  # memory management only: same numbers either way
 }
 _QUANTITIES = (
     ("pos", "pos score"),
