@@ -5,6 +5,8 @@
 
 The step is the contrastive part only (logits against the queue, InfoNCE, backward to the query
 features), without an encoder, so the printed ratio is an upper bound on the overhead in training.
+It also times the pieces of ``score_stats`` against the plain alternatives on the same B x K score
+matrix (median of 10 calls), and negative interpolation as written out vs ``lerp``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from contrastlab.scores import ScoreRecorder, score_stats
+from contrastlab.scores import ScoreRecorder, histogram, score_stats
+from contrastlab.transforms.feature import interpolate_negatives
 
 
 def main() -> None:
@@ -75,6 +78,48 @@ def main() -> None:
         f"overhead: {(rec - base) * 1e3:.1f} ms per step = {100 * (rec / base - 1):.1f} % "
         "of this encoder-free step"
     )
+    components(queue, feats.detach())
+
+
+def median_ms(fn, calls: int = 10) -> float:
+    fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times)[calls // 2]
+
+
+def components(queue: torch.Tensor, feats: torch.Tensor) -> None:
+    """The pieces of score_stats and negative interpolation, each against the plain alternative."""
+    with torch.no_grad():
+        neg = F.normalize(feats, dim=1) @ queue.T
+        perm = torch.randperm(queue.shape[0])
+        lam = torch.tensor(0.3)
+
+        def two_pass():
+            mean = neg.mean(dim=1)
+            return torch.linalg.vector_norm(neg - mean[:, None], dim=1).square_() / neg.shape[1]
+
+        rows = {
+            "variance: torch.var_mean": lambda: torch.var_mean(neg, dim=1, correction=0),
+            "variance: mean + two-pass vector_norm (score_stats)": two_pass,
+            "range: clamp copy": lambda: neg.clamp(-1.0, 1.0),
+            "range: aminmax check (score_stats, CPU)": lambda: torch.aminmax(neg),
+            "histc alone": lambda: torch.histc(neg, bins=200, min=-1.0, max=1.0),
+            "histogram() (score_stats)": lambda: histogram(neg, 200, -1.0, 1.0),
+            "neg. interpolation: lam*n + (1-lam)*n[perm]": lambda: (
+                lam * queue + (1 - lam) * queue[perm]
+            ),
+            "neg. interpolation: lerp (interpolate_negatives)": lambda: interpolate_negatives(
+                queue, lam, perm
+            ),
+        }
+    print(f"pieces on the {neg.shape[0]} x {neg.shape[1]} scores (median of 10 calls):")
+    for name, fn in rows.items():
+        with torch.no_grad():
+            print(f"  {name:55s} {median_ms(fn):7.1f} ms")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--quick] [--device cpu|cuda] [--rounds 5] [--batch 128]
         [--queue 4096] [--channels-last auto|on|off] [--all] [--flops] [--no-memory] [--no-data]
-        [--no-lightly] [--bf16] [--threads N]
+        [--no-lightly] [--bf16] [--threads N] [--profile VARIANT]
 
 The step: ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool), MoCo v2 MLP head
 512 -> 512 -> 128, queue K (4096), batch 128 of 32x32 images already in memory; forward of both
@@ -75,8 +75,7 @@ class Setup:
 
     def __init__(self, args, device: torch.device):
         self.args, self.device = args, device
-        self.amp = device.type == "cuda"
-        self.channels_last = device.type == "cuda" if args.channels_last == "auto" else None
+        self.amp = self.channels_last = False  # set per variant by configure()
 
     def configure(self, amp: bool, plain_bn: bool = False) -> None:
         """Precision and memory format of the variant about to be built."""
@@ -274,6 +273,13 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
     ap.add_argument("--quick", action="store_true", help="2 rounds, 3 data batches")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="VARIANT",
+        help="print torch.profiler's operator table for one step of VARIANT (e.g. "
+        "contrastlab_plainbn) and exit",
+    )
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     common.add_allocator_flag(ap)
     args = ap.parse_args()
@@ -283,6 +289,16 @@ def main() -> None:
     device = torch.device(args.device)
     malloc = common.configure_allocator(args, device)
     setup = Setup(args, device)
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        step = setup.build(args.profile)
+        step(), step()  # warm-up: allocator, oneDNN primitives, optimizer state
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        return
 
     if args.memory_child:  # child process: one variant's peak memory
         step = setup.build(args.memory_child)

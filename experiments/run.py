@@ -44,25 +44,26 @@ LOOC_SYNTHETIC = {
         "looc.plus_plus=true",
     ],
 }
+
+
+def momentum_study(config: str, ft_experiment: str) -> dict:
+    """Key-encoder momentum m in {0.9, 0.99, 0.999, 1}, seed 0; m = 0.99 is the MoCo v2 run of
+    ``ft_experiment`` (the same settings), evaluated rather than retrained."""
+    return dict(
+        config=config,
+        seeds=[0],
+        evals=["linear"],
+        variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
+        reuse={"m=0.99": (ft_experiment, "MoCo v2")},
+    )
+
+
 EXPERIMENTS = {
     "ft": dict(config=CIFAR, variants=FT, seeds=[0, 1, 2], evals=["linear"]),
-    # m = 0.99 is the "ft" experiment's MoCo v2 run (the same settings): see reuse_runs
-    "momentum": dict(
-        config=CIFAR,
-        seeds=[0],
-        evals=["linear"],
-        variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
-        reuse={"m=0.99": ("ft", "MoCo v2")},
-    ),
+    "momentum": momentum_study(CIFAR, "ft"),
     # the same two studies with the CIFAR stem and 180 steps, where MoCo v2 learns (bf16 on CPU)
     "ft_cifar_stem": dict(config=CIFAR_STEM, variants=FT, seeds=[0, 1, 2], evals=["linear"]),
-    "momentum_cifar_stem": dict(
-        config=CIFAR_STEM,
-        seeds=[0],
-        evals=["linear"],
-        variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
-        reuse={"m=0.99": ("ft_cifar_stem", "MoCo v2")},
-    ),
+    "momentum_cifar_stem": momentum_study(CIFAR_STEM, "ft_cifar_stem"),
     "looc_synthetic": dict(
         config=SYNTHETIC, variants=LOOC_SYNTHETIC, seeds=[0, 1, 2], evals=["factors"]
     ),

@@ -35,8 +35,8 @@ def _blas_threads(x: np.ndarray):
     """One BLAS thread for small problems, torch's thread budget for large ones.
 
     lbfgs makes hundreds of small matrix products per fit; with more than one OpenBLAS thread each
-    pays the threads' start-up and spin cost: a 1600 x 128 fit took 0.04 s with one thread and
-    0.32 s with two on an idle 2-core machine (1.4 s with two while another process ran).
+    pays the threads' start-up and spin cost, which made small fits several times slower on an
+    idle 2-core machine and far slower on a busy one.
     """
     from threadpoolctl import threadpool_limits
 
