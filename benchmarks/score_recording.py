@@ -1,17 +1,18 @@
 """Cost of score recording: a MoCo-like logits step with and without ``score_stats`` + recorder.
 
     python benchmarks/score_recording.py [--device cpu|cuda] [--steps 20] [--batch 256]
-        [--queue 65536] [--dim 128]
+        [--queue 65536] [--dim 128] [--calls 20] [--default-malloc]
 
 The step is the contrastive part only (logits against the queue, InfoNCE, backward to the query
 features), without an encoder, so the printed ratio is an upper bound on the overhead in training.
 It also times the pieces of ``score_stats`` against the plain alternatives on the same B x K score
-matrix (median of 10 calls), and negative interpolation as written out vs ``lerp``.
+matrix (median of ``--calls`` interleaved calls), and negative interpolation as written out vs ``lerp``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +21,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from contrastlab.scores import ScoreRecorder, histogram, score_stats
-from contrastlab.transforms.feature import interpolate_negatives
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from contrastlab.scores import ScoreRecorder, histogram, score_stats  # noqa: E402
+from contrastlab.transforms.feature import interpolate_negatives  # noqa: E402
 
 
 def main() -> None:
@@ -32,8 +36,11 @@ def main() -> None:
     ap.add_argument("--queue", type=int, default=65536)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--calls", type=int, default=20, help="calls of each piece (interleaved)")
+    common.add_allocator_flag(ap)
     args = ap.parse_args()
     dev = torch.device(args.device)
+    malloc = common.configure_allocator(args, dev)
     g = torch.Generator(device="cpu").manual_seed(0)
     feats = torch.randn(args.batch, args.dim, generator=g).to(dev).requires_grad_()
     keys = F.normalize(torch.randn(args.batch, args.dim, generator=g), dim=1).to(dev)
@@ -70,7 +77,7 @@ def main() -> None:
         rec = min(timed(ScoreRecorder(Path(tmp), cfg, args.log_every)) for _ in range(2))
     print(
         f"device={dev} B={args.batch} K={args.queue} d={args.dim} steps={args.steps} "
-        f"threads={torch.get_num_threads()}"
+        f"threads={torch.get_num_threads()} malloc={malloc}"
     )
     print(f"step without recording: {base * 1e3:.1f} ms")
     print(f"step with recording:    {rec * 1e3:.1f} ms")
@@ -78,23 +85,15 @@ def main() -> None:
         f"overhead: {(rec - base) * 1e3:.1f} ms per step = {100 * (rec / base - 1):.1f} % "
         "of this encoder-free step"
     )
-    components(queue, feats.detach())
+    components(queue, feats.detach(), args.calls)
 
 
-def median_ms(fn, calls: int = 10) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[calls // 2]
-
-
-def components(queue: torch.Tensor, feats: torch.Tensor) -> None:
-    """The pieces of score_stats and negative interpolation, each against the plain alternative."""
+def components(queue: torch.Tensor, feats: torch.Tensor, calls: int) -> None:
+    """The pieces of score_stats and negative interpolation, each against the plain alternative
+    (all timed in interleaved rounds, one call each per round)."""
     with torch.no_grad():
         neg = F.normalize(feats, dim=1) @ queue.T
+        pos = neg[:, 0].clone()
         perm = torch.randperm(queue.shape[0])
         lam = torch.tensor(0.3)
 
@@ -105,10 +104,22 @@ def components(queue: torch.Tensor, feats: torch.Tensor) -> None:
         rows = {
             "variance: torch.var_mean": lambda: torch.var_mean(neg, dim=1, correction=0),
             "variance: mean + two-pass vector_norm (score_stats)": two_pass,
-            "range: clamp copy": lambda: neg.clamp(-1.0, 1.0),
-            "range: aminmax check (score_stats, CPU)": lambda: torch.aminmax(neg),
-            "histc alone": lambda: torch.histc(neg, bins=200, min=-1.0, max=1.0),
-            "histogram() (score_stats)": lambda: histogram(neg, 200, -1.0, 1.0),
+            "histogram: clamp + torch.histc": lambda: torch.histc(
+                neg.clamp(-1.0, 1.0), bins=200, min=-1.0, max=1.0
+            ),
+            "histogram: torch.histc alone (no clamp)": lambda: torch.histc(
+                neg, bins=200, min=-1.0, max=1.0
+            ),
+            "histogram: byte index + bincount (histogram(), CPU)": lambda: histogram(
+                neg, 200, -1.0, 1.0
+            ),
+            "statistics, each pass over the whole matrix": lambda: (
+                two_pass(),
+                histogram(neg, 200, -1.0, 1.0),
+            ),
+            "statistics in row blocks of 1M scores (score_stats, CPU)": lambda: score_stats(
+                pos, neg
+            ),
             "neg. interpolation: lam*n + (1-lam)*n[perm]": lambda: (
                 lam * queue + (1 - lam) * queue[perm]
             ),
@@ -116,10 +127,11 @@ def components(queue: torch.Tensor, feats: torch.Tensor) -> None:
                 queue, lam, perm
             ),
         }
-    print(f"pieces on the {neg.shape[0]} x {neg.shape[1]} scores (median of 10 calls):")
-    for name, fn in rows.items():
-        with torch.no_grad():
-            print(f"  {name:55s} {median_ms(fn):7.1f} ms")
+    with torch.no_grad():
+        t = common.interleaved(rows, rounds=calls, device=queue.device, verbose=False)
+    print(f"pieces on the {neg.shape[0]} x {neg.shape[1]} scores (median of {calls} calls):")
+    for name in rows:
+        print(f"  {name:58s} {t.median(name) * 1e3:7.1f} ms")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from contrastlab import scores
 from contrastlab.errors import UserError
 from contrastlab.scores import (
     ScoreRecorder,
     ScoreStats,
+    histogram,
     load_histograms,
     load_scores,
     score_stats,
@@ -27,7 +29,10 @@ def _cfg(bins=BINS, record=True):
     return SimpleNamespace(record=record, bins=bins, low=LOW, high=HIGH)
 
 
-def test_score_stats_matches_naive_float64():
+@pytest.mark.parametrize("block", [None, 100])  # 100: the CPU path's row blocks of 2 rows
+def test_score_stats_matches_naive_float64(block, monkeypatch):
+    if block:
+        monkeypatch.setattr(scores, "_CPU_BLOCK_SCORES", block)
     g = torch.Generator().manual_seed(0)
     pos = torch.rand(7, generator=g) * 2.4 - 1.2  # some outside [-1, 1]: counted in the end bins
     neg = torch.rand(7, 50, generator=g) * 2.4 - 1.2
@@ -59,6 +64,29 @@ def test_score_stats_in_range_and_collapsed():
     expected, _ = np.histogram(n32.ravel(), bins=BINS, range=(LOW, HIGH))
     np.testing.assert_array_equal(st.neg_hist.numpy(), expected)
     assert st.pos_hist.sum().item() == 5
+
+
+@pytest.mark.parametrize("bins", [16, 200, 300])  # 300: bin indices beyond one byte
+def test_histogram_bins_like_float64_reference(bins):
+    """Every value lands in the bin a float64 computation gives it: values spread over each bin
+    (away from its edges, where float32 rounding may legitimately differ), the edges themselves
+    where they are exact in float32, the range's ends, and values outside it."""
+    g = torch.Generator().manual_seed(bins)
+    width = (HIGH - LOW) / bins
+    which = torch.randint(0, bins, (5000,), generator=g, dtype=torch.float64)
+    inside = (
+        LOW + (which + 0.02 + 0.96 * torch.rand(5000, generator=g, dtype=torch.float64)) * width
+    )
+    exact_edges = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64)
+    outside = torch.tensor([-3.0, -1.0001, 1.0001, 2.5], dtype=torch.float64)
+    for values in (torch.cat([inside, exact_edges]), torch.cat([inside, outside])):
+        got = histogram(values.float(), bins, LOW, HIGH)
+        v64 = values.float().double().numpy()  # what histogram sees, in float64
+        expected = np.zeros(bins)
+        for v in np.clip(v64, LOW, HIGH):
+            expected[min(int((v - LOW) * bins / (HIGH - LOW)), bins - 1)] += 1
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), expected)
 
 
 def _stats(seed: int, b: int = 4, n: int = 30) -> tuple[ScoreStats, np.ndarray, np.ndarray]:
