@@ -4,7 +4,9 @@
     python experiments/run.py momentum         # key-encoder momentum study, score curves
     python experiments/run.py ft_cifar_stem    # both again with the CIFAR stem and 180 steps
     python experiments/run.py momentum_cifar_stem
+    python experiments/run.py ft_late_start    # FT switched on halfway through the CIFAR-stem runs
     python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
+    python experiments/run.py looc_synthetic_hue   # MoCo, LooC (colour) with hue jitter 0.5
     python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
 
 Every step goes through the ``contrastlab`` command, exactly as a user would run it. A run whose
@@ -64,8 +66,34 @@ EXPERIMENTS = {
     # the same two studies with the CIFAR stem and 180 steps, where MoCo v2 learns (bf16 on CPU)
     "ft_cifar_stem": dict(config=CIFAR_STEM, variants=FT, seeds=[0, 1, 2], evals=["linear"]),
     "momentum_cifar_stem": momentum_study(CIFAR_STEM, "ft_cifar_stem"),
+    # FT switched on halfway (ft.start_epoch=6: epochs 7-12 of 12), after plain MoCo v2; against
+    # the runs of ft_cifar_stem with FT from the first step
+    "ft_late_start": dict(
+        config=CIFAR_STEM,
+        seeds=[0, 1, 2],
+        evals=["linear"],
+        variants={
+            "+ pos. extrapolation from epoch 7": ["ft.pos=extrapolate", "ft.start_epoch=6"],
+            "+ both from epoch 7": ["ft.pos=extrapolate", "ft.neg=interpolate", "ft.start_epoch=6"],
+        },
+        reuse={
+            "MoCo v2": ("ft_cifar_stem", "MoCo v2"),
+            "+ pos. extrapolation from epoch 1": ("ft_cifar_stem", "+ pos. extrapolation"),
+        },
+    ),
     "looc_synthetic": dict(
         config=SYNTHETIC, variants=LOOC_SYNTHETIC, seeds=[0, 1, 2], evals=["factors"]
+    ),
+    # MoCo and LooC (colour) again with a hue jitter that erases the synthetic set's 8 hues
+    # (augment.hue=0.5: any hue), the premise of the paper's colour experiment
+    "looc_synthetic_hue": dict(
+        config=SYNTHETIC,
+        seeds=[0, 1, 2],
+        evals=["factors"],
+        variants={
+            label: ["augment.hue=0.5", *LOOC_SYNTHETIC[label]]
+            for label in ("MoCo", "LooC (colour)")
+        },
     ),
     # MoCo is the "ft" experiment's MoCo v2 run (the same settings), evaluated here for rotation too
     "looc_cifar": dict(
@@ -156,7 +184,7 @@ def mean_std(values: list[float]) -> str:
 def summarize(exp: str, spec: dict, runs: dict[str, list[Path]]) -> str:
     n = len(spec["seeds"])
     lines = []
-    if exp == "looc_synthetic":
+    if spec["evals"] == ["factors"]:
         lines += [
             "| method | space | shape | colour | texture | rotation |",
             "|---|---|---|---|---|---|",

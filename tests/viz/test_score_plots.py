@@ -8,7 +8,7 @@ import pytest
 
 from contrastlab.errors import UserError
 from contrastlab.viz.commands import plot_scores, register
-from contrastlab.viz.score_plots import load_run, run_labels
+from contrastlab.viz.score_plots import distributions_figure, load_run, run_labels
 
 
 def _is_png(path) -> bool:
@@ -29,6 +29,23 @@ def test_labels_name_setting_and_accuracy(fake_runs):
     assert run_labels([load_run(r) for r in fake_runs], ["a", "b", "c"]) == ["a", "b", "c"]
     with pytest.raises(UserError):
         run_labels([load_run(r) for r in fake_runs], ["a"])
+
+
+def test_long_labels_do_not_overlap(fake_runs):
+    """Run labels name every differing setting and can be long: the ridge panels' titles must
+    wrap rather than run into each other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs = [load_run(r) for r in fake_runs]
+    labels = [
+        f"run{i} (" + ", ".join(f"setting.number{k}={k}" for k in range(8)) + ")" for i in range(3)
+    ]
+    fig = distributions_figure(runs, "z", labels)
+    FigureCanvasAgg(fig).draw()
+    boxes = sorted((ax.title.get_window_extent() for ax in fig.axes), key=lambda b: b.x0)
+    assert len(boxes) == 3
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 <= right.x0, "panel titles overlap"
 
 
 def test_one_figure_set_per_space_default_out(looc_run):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,9 @@ _QUANTITIES = (
     ("neg_var", "neg score, variance"),
 )
 _MAX_RIDGES = 10
+# Characters per line of a ridge panel's title (a 4.6-inch panel at 9 pt): a run's label can be
+# long (it names every setting that differs), and unwrapped titles run into their neighbours.
+_TITLE_CHARS = 60
 _POS_COLOR, _NEG_COLOR = "#d9534f", "#3a6ea5"
 
 
@@ -263,7 +267,7 @@ def distributions_figure(runs: list[Run], space: str, labels: list[str]) -> Figu
         ax.set_ylim(-0.1, len(picks) + 0.05)
         ax.set_xlim(h.edges[0], h.edges[-1])
         ax.set_xlabel("cosine score")
-        ax.set_title(label, fontsize=9, wrap=True)
+        ax.set_title(textwrap.fill(label, _TITLE_CHARS), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     if not shown:
         axes[0].text(0.5, 0.5, "no histograms recorded", ha="center", va="center")
