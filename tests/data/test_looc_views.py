@@ -169,6 +169,20 @@ def test_blur_rule_and_base_colour():
     )
 
 
+def test_colour_strength_settings_reach_looc_views():
+    """augment.hue and augment.grayscale_p act on LooC's views as on MoCo's: hue 0.5 draws any
+    hue shift, grayscale_p 0 never greys."""
+    torch.manual_seed(0)
+    default = [make(["color"]).ops["color"].sample() for _ in range(300)]
+    assert max(abs(p["hue"]) for p in default) <= 0.1
+    assert any(p["gray"] for p in default)
+    wide = make(["color"], hue=0.5, grayscale_p=0.0).ops["color"]
+    drawn = [wide.sample() for _ in range(300)]
+    assert max(abs(p["hue"]) for p in drawn) > 0.4
+    assert not any(p["gray"] for p in drawn)
+    assert make(["rotation"], recipe="moco_v1").ops["color"].p == 1.0
+
+
 def test_pil_input_and_factory():
     from PIL import Image
 

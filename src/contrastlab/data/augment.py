@@ -75,6 +75,15 @@ def normalize(mean: Sequence[float], std: Sequence[float]) -> list:
 _TO_FLOAT = v2.ToDtype(torch.float32, scale=True)  # uint8 [0, 255] -> float32 [0, 1]
 
 
+def color_strengths(aug: AugmentConfig) -> tuple[float, float]:
+    """(hue jitter, grayscale probability) of the recipe, or ``aug.hue`` / ``aug.grayscale_p``."""
+    recipe_hue = 0.4 if aug.recipe == "moco_v1" else 0.1
+    return (
+        recipe_hue if aug.hue is None else aug.hue,
+        0.2 if aug.grayscale_p is None else aug.grayscale_p,
+    )
+
+
 def build_train_transform(aug: AugmentConfig, image_size: int, mean, std) -> Callable:
     """One augmented view following ``aug.recipe`` (see docs/datasets.md and papers' recipes).
 
@@ -96,13 +105,11 @@ def build_train_transform(aug: AugmentConfig, image_size: int, mean, std) -> Cal
             v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), antialias=True),
             _TO_FLOAT,
         ]
-        gray = 0.2 if aug.grayscale_p is None else aug.grayscale_p
+        hue, gray = color_strengths(aug)
         if aug.recipe == "moco_v1":
-            hue = 0.4 if aug.hue is None else aug.hue
             steps += [v2.RandomGrayscale(p=gray), v2.ColorJitter(0.4, 0.4, 0.4, hue)]
             blur = bool(aug.blur)
         elif aug.recipe == "moco_v2":
-            hue = 0.1 if aug.hue is None else aug.hue
             steps += [
                 v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, hue)], p=0.8),
                 v2.RandomGrayscale(p=gray),

@@ -8,7 +8,8 @@ record of augmentation i from q into k_i reproduces exactly the same change.
 
 Atomic augmentations (each gets its own embedding space in the method):
 
-* ``color``    ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, then RandomGrayscale(0.2) (MoCo v2).
+* ``color``    ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, then RandomGrayscale(0.2) (MoCo v2;
+  ``augment.hue`` and ``augment.grayscale_p`` change the hue jitter and grayscale probability).
 * ``rotation`` a rotation by k x 90 degrees, k uniform in {0, 1, 2, 3}.
 * ``texture``  a random convolution filter (Lee et al., "Network Randomization", ICLR 2020), a
   weight-free substitute for the paper's style-transfer texture randomization; see
@@ -31,6 +32,7 @@ import torchvision.transforms.v2.functional as F
 from torch import Tensor
 
 from contrastlab.config import AugmentConfig, Config
+from contrastlab.data.augment import blur_kernel_size, color_strengths
 
 ATOMIC = ("color", "rotation", "texture")
 
@@ -161,12 +163,6 @@ class TextureAug:
 # ----------------------------------------------------------------------------------------------
 
 
-def blur_kernel_size(image_size: int) -> int:
-    """About a tenth of the image side, odd, at least 3 (SimCLR's 23 px at 224 px)."""
-    k = max(3, int(0.1 * image_size))
-    return k if k % 2 else k + 1
-
-
 class LoocViews:
     """Dataset transform: ``img -> [q, k0, k_1, ..., k_n]``, n = ``len(augmentations)``.
 
@@ -178,7 +174,8 @@ class LoocViews:
       * colour: when listed as atomic, or as part of the base recipe (moco_v1/moco_v2) with no
         space of its own, drawn independently per view; the recipe sets the strengths
         (v2: ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; v1: ColorJitter(0.4, 0.4, 0.4, 0.4) p 1),
-        grayscale 0.2 in both;
+        grayscale 0.2 in both; ``aug_cfg.hue`` and ``aug_cfg.grayscale_p`` replace the hue jitter
+        and the grayscale probability, as for MoCo's views;
       * Gaussian blur (sigma 0.1-2, p 0.5): ``aug_cfg.blur``; None = MoCo v2's rule (on, except at
         <= 64 px; never for v1/none);
       * rotation: when listed as atomic, or drawn independently per view with
@@ -212,10 +209,9 @@ class LoocViews:
 
         self.ops: dict[str, Any] = {}
         if "color" in self.augmentations or aug_cfg.recipe != "none":
-            if aug_cfg.recipe == "moco_v1":
-                self.ops["color"] = ColorAug(0.4, 0.4, 0.4, 0.4, p=1.0)
-            else:
-                self.ops["color"] = ColorAug()
+            hue, gray = color_strengths(aug_cfg)  # the recipe's, or augment.hue / grayscale_p
+            p_jitter = 1.0 if aug_cfg.recipe == "moco_v1" else 0.8
+            self.ops["color"] = ColorAug(0.4, 0.4, 0.4, hue, p=p_jitter, p_gray=gray)
         if "texture" in self.augmentations:
             self.ops["texture"] = TextureAug()
         if "rotation" in self.augmentations or aug_cfg.rotation:
