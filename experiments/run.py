@@ -8,6 +8,7 @@
     python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
     python experiments/run.py looc_synthetic_hue   # MoCo, LooC (colour) with hue jitter 0.5
     python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
+    python experiments/run.py looc_cifar_stem  # the same with the CIFAR stem and 180 steps
 
 Every step goes through the ``contrastlab`` command, exactly as a user would run it. A run whose
 results already exist is skipped, so an interrupted experiment continues where it stopped. Results go
@@ -45,6 +46,11 @@ LOOC_SYNTHETIC = {
         "looc.augmentations=[color,rotation]",
         "looc.plus_plus=true",
     ],
+}
+
+LOOC_CIFAR = {  # and MoCo, reused from an FT experiment with the same settings
+    "MoCo + rotation aug.": ["augment.rotation=true"],
+    "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
 }
 
 
@@ -100,11 +106,16 @@ EXPERIMENTS = {
         config=CIFAR,
         seeds=[0, 1, 2],
         evals=["linear", "rotation"],
-        variants={
-            "MoCo + rotation aug.": ["augment.rotation=true"],
-            "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
-        },
+        variants=LOOC_CIFAR,
         reuse={"MoCo": ("ft", "MoCo v2")},
+    ),
+    # the same with the CIFAR stem and 180 steps, where MoCo v2 learns (bf16 on CPU)
+    "looc_cifar_stem": dict(
+        config=CIFAR_STEM,
+        seeds=[0, 1, 2],
+        evals=["linear", "rotation"],
+        variants=LOOC_CIFAR,
+        reuse={"MoCo": ("ft_cifar_stem", "MoCo v2")},
     ),
 }
 
