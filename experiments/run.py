@@ -48,11 +48,6 @@ LOOC_SYNTHETIC = {
     ],
 }
 
-LOOC_CIFAR = {  # and MoCo, reused from an FT experiment with the same settings
-    "MoCo + rotation aug.": ["augment.rotation=true"],
-    "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
-}
-
 
 def momentum_study(config: str, ft_experiment: str) -> dict:
     """Key-encoder momentum m in {0.9, 0.99, 0.999, 1}, seed 0; m = 0.99 is the MoCo v2 run of
@@ -63,6 +58,22 @@ def momentum_study(config: str, ft_experiment: str) -> dict:
         evals=["linear"],
         variants={f"m={m}": [f"moco.momentum={m}"] for m in (0.9, 0.999, 1.0)},
         reuse={"m=0.99": (ft_experiment, "MoCo v2")},
+    )
+
+
+def looc_cifar(config: str, ft_experiment: str) -> dict:
+    """MoCo + rotation augmentation and LooC (rotation) on CIFAR-10, 3 seeds, probed for classes
+    and rotation; MoCo is the MoCo v2 run of ``ft_experiment`` (the same settings), evaluated here
+    for rotation too."""
+    return dict(
+        config=config,
+        seeds=[0, 1, 2],
+        evals=["linear", "rotation"],
+        variants={
+            "MoCo + rotation aug.": ["augment.rotation=true"],
+            "LooC (rotation)": ["method=looc", "looc.augmentations=[rotation]"],
+        },
+        reuse={"MoCo": (ft_experiment, "MoCo v2")},
     )
 
 
@@ -101,22 +112,9 @@ EXPERIMENTS = {
             for label in ("MoCo", "LooC (colour)")
         },
     ),
-    # MoCo is the "ft" experiment's MoCo v2 run (the same settings), evaluated here for rotation too
-    "looc_cifar": dict(
-        config=CIFAR,
-        seeds=[0, 1, 2],
-        evals=["linear", "rotation"],
-        variants=LOOC_CIFAR,
-        reuse={"MoCo": ("ft", "MoCo v2")},
-    ),
+    "looc_cifar": looc_cifar(CIFAR, "ft"),
     # the same with the CIFAR stem and 180 steps, where MoCo v2 learns (bf16 on CPU)
-    "looc_cifar_stem": dict(
-        config=CIFAR_STEM,
-        seeds=[0, 1, 2],
-        evals=["linear", "rotation"],
-        variants=LOOC_CIFAR,
-        reuse={"MoCo": ("ft_cifar_stem", "MoCo v2")},
-    ),
+    "looc_cifar_stem": looc_cifar(CIFAR_STEM, "ft_cifar_stem"),
 }
 
 
@@ -140,7 +138,7 @@ def spaces_of(overrides: list[str]) -> list[str]:
 
 
 def run_variant(
-    exp: str, spec: dict, label: str, overrides: list[str], seed: int, root: Path, extra: list[str]
+    spec: dict, label: str, overrides: list[str], seed: int, root: Path, extra: list[str]
 ) -> Path:
     name = f"{slug(label)}-s{seed}"
     run_dir = root / name
@@ -192,7 +190,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def summarize(exp: str, spec: dict, runs: dict[str, list[Path]]) -> str:
+def summarize(spec: dict, runs: dict[str, list[Path]]) -> str:
     n = len(spec["seeds"])
     lines = []
     if spec["evals"] == ["factors"]:
@@ -258,7 +256,6 @@ def main() -> None:
             source_spec = EXPERIMENTS[source]
             runs.setdefault(label, []).append(
                 run_variant(
-                    args.experiment,
                     {**source_spec, "evals": spec["evals"]},
                     source_label,
                     source_spec["variants"][source_label],
@@ -269,9 +266,9 @@ def main() -> None:
             )
         for label, overrides in spec["variants"].items():
             runs.setdefault(label, []).append(
-                run_variant(args.experiment, spec, label, overrides, seed, root, args.overrides)
+                run_variant(spec, label, overrides, seed, root, args.overrides)
             )
-    table = summarize(args.experiment, spec, runs)
+    table = summarize(spec, runs)
     (root / "summary.md").write_text(table)
     print(table)
     print(f"{args.experiment}: {time.time() - start:.0f} s")
