@@ -36,7 +36,8 @@ class DataConfig:
     image_size: int = 32  # side of the training crops
     in_memory: bool | None = None  # decoded uint8 images in RAM; None = when <= 96 px
     skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
-    num_workers: int = 2  # DataLoader worker processes for augmentation
+    views: Literal["batched", "per_image"] = "batched"  # batched: views made per batch on the device (docs/datasets.md)
+    num_workers: int = 2  # DataLoader workers: decoding large images (and per_image views)
     synthetic_train: int = 5000  # synthetic: number of training images
     synthetic_test: int = 1000  # synthetic: number of held-out images
     synthetic_seed: int = 0  # synthetic: the data set's own seed (not the training seed)

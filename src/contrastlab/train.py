@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 
 from contrastlab import distributed
 from contrastlab.allocator import keep_freed_memory
@@ -32,12 +30,13 @@ from contrastlab.checkpoint import (
     save_checkpoint,
 )
 from contrastlab.config import Config, save_config
-from contrastlab.data.augment import MultiView, build_eval_transform, build_train_transform
-from contrastlab.data.datasets import build_dataset
+from contrastlab.data.augment import build_eval_transform
+from contrastlab.data.datasets import WithTransform, build_dataset
 from contrastlab.errors import TrainingDiverged, UserError
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.methods import build_method
+from contrastlab.views.pipeline import build_training_views
 
 
 @dataclass
@@ -51,21 +50,6 @@ class TrainResult:
     best_checkpoint: Path | None
     seconds: float
     is_main: bool = True  # False on the other processes under torchrun
-
-
-class WithTransform(Dataset):
-    """The same images under another transform (training views vs. evaluation crops)."""
-
-    def __init__(self, base: Dataset, transform):
-        self.base, self.transform = base, transform
-        self.labels = getattr(base, "labels", None)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i):
-        image, label = self.base[i]
-        return self.transform(image), label
 
 
 def seed_everything(seed: int) -> None:
@@ -87,17 +71,6 @@ def learning_rate(cfg: Config, epoch_progress: float) -> float:
         span = max(o.epochs - o.warmup_epochs, 1e-8)
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch_progress - o.warmup_epochs) / span))
     return o.lr * 0.1 ** sum(epoch_progress >= m for m in o.milestones)
-
-
-def build_view_transform(cfg: Config, model, dataset):
-    size = cfg.data.image_size
-    if cfg.method == "looc":
-        from contrastlab.data.looc_views import build_looc_views
-
-        return build_looc_views(cfg, size, dataset.mean, dataset.std)
-    return MultiView(
-        build_train_transform(cfg.augment, size, dataset.mean, dataset.std), model.num_views
-    )
 
 
 def eval_transform(cfg: Config, dataset):
@@ -195,26 +168,16 @@ class Trainer:
                 f"the training set has {len(self.train_images)} images, fewer than one "
                 f"batch (optim.batch_size={cfg.optim.batch_size}); lower the batch size"
             )
-        views = build_view_transform(cfg, self.method, self.train_images)
-        self.generator = torch.Generator()
-        training_views = WithTransform(self.train_images, views)
-        self.sampler = (
-            DistributedSampler(training_views, seed=cfg.seed, drop_last=True)
-            if distributed.is_distributed()
-            else None
+        # dataset -> views: batched on the device for images in memory (views/pipeline.py)
+        self.views = build_training_views(
+            cfg,
+            self.train_images,
+            self.method.num_views,
+            self.local_batch,
+            self.device,
+            distributed.is_distributed(),
         )
-        self.loader = DataLoader(
-            training_views,
-            batch_size=self.local_batch,
-            shuffle=self.sampler is None,
-            sampler=self.sampler,
-            drop_last=True,
-            num_workers=cfg.data.num_workers,
-            pin_memory=cuda,
-            generator=self.generator,
-            persistent_workers=False,  # workers are reseeded every epoch (exact resume)
-        )
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = len(self.views)
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
 
@@ -323,9 +286,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
         seed_everything(epoch_seed(cfg, epoch))
-        self.generator.manual_seed(epoch_seed(cfg, epoch))
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        self.views.set_epoch(epoch, epoch_seed(cfg, epoch))
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         interval_loss = torch.zeros((), device=self.device)
@@ -340,13 +301,12 @@ class Trainer:
                 dynamic_ncols=True,
                 leave=False,
             )
-        for i, (views, _) in enumerate(self.loader):
+        for i, views in enumerate(self.views):
             if i >= self.steps_per_epoch:
                 break
             lr = learning_rate(cfg, epoch + i / self.steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            views = [v.to(self.device, non_blocking=True) for v in views]
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

@@ -159,6 +159,21 @@ class ImageFileDataset(_Described):
         return (self.transform(img) if self.transform is not None else img), int(self.labels[i])
 
 
+class WithTransform(Dataset):
+    """The same images under another transform (training views vs. evaluation crops)."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+        self.labels = getattr(base, "labels", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return (self.transform(image) if self.transform is not None else image), label
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
+from contrastlab.data.datasets import WithTransform
 from contrastlab.errors import UserError
 from contrastlab.eval.features import extract_features, feature_cache_parts
 
@@ -25,20 +26,6 @@ def resolve_device(device: str) -> str:
             "--device cuda was requested but no CUDA GPU is available; use --device cpu"
         )
     return device
-
-
-class WithTransform(Dataset):
-    """A view of a dataset with another transform; the underlying images are shared, not copied."""
-
-    def __init__(self, base: Dataset, transform: Callable | None):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        image, label = self.base[i]
-        return (self.transform(image) if self.transform is not None else image), label
 
 
 def subset_indices(n: int, limit: int | None, seed: int) -> list[int] | None:

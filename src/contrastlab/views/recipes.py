@@ -1,0 +1,314 @@
+"""View recipes, split into *sampling* (per-sample parameters as tensors) and *rendering*.
+
+A recipe (``ViewRecipe``) names what one view does: MoCo v1 or v2 (He et al. 2020, Chen et al.
+2020, Algorithm 1 and the official ``main_moco.py`` augmentation lists), optionally with LooC's
+atomic augmentations (Xiao et al. 2021, Sec. 3; ``docs/looc.md``). ``sample_params`` draws every
+random choice of N views into a ``Params`` tree of tensors with torchvision's distributions;
+``render`` applies a tree to N images with the batched ops of ``views/ops.py``. Because the
+parameters are plain tensors grouped by augmentation, LooC's key k_i is q's group i copied into a
+fresh draw (``copy_group``): no loop over images, no host synchronization.
+
+Parameter groups (each a dict of tensors with leading dimension N):
+
+* ``crop``     ``boxes`` [N, 4] (top, left, height, width; ``RandomResizedCrop.get_params``),
+  ``flip`` [N] (``RandomHorizontalFlip``, p 0.5);
+* ``color``    ``apply`` [N] (``RandomApply(ColorJitter)``), ``factors`` [N, 4] (brightness,
+  contrast, saturation, hue), ``order`` [N, 4] (a permutation per sample), ``gray`` [N]
+  (``RandomGrayscale``);
+* ``blur``     ``apply`` [N] (p 0.5), ``sigma`` [N] (uniform 0.1-2.0);
+* ``rotation`` ``k`` [N] (uniform in 0..3, quarter turns counter-clockwise);
+* ``texture``  ``weight`` [N, 3, 3, 7, 7] (a random 3x3, 5x5 or 7x7 filter, zero-padded),
+  ``alpha`` [N] (uniform 0-1).
+
+Order of operations in ``render``: crop and flip, colour, texture, blur, rotation, normalize (flip
+commutes with the colour ops and the symmetric blur, so it is folded into the crop).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from contrastlab.config import AugmentConfig
+from contrastlab.data.augment import blur_kernel_size, color_strengths
+from contrastlab.views import ops
+
+Params = dict[str, dict[str, Tensor]]
+
+TEXTURE_KERNELS = (3, 5, 7)  # random-convolution filter sizes (Lee et al., ICLR 2020)
+CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its fallback
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """Everything that decides the distribution of one view; see the module docstring."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop: bool = True  # random resized crop + flip; False: images arrive cropped (and flipped)
+    center_crop: bool = False  # recipe "none": the centre square, resized, no flip
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    color: bool = True
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # b, c, s, hue strengths
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    gray_first: bool = False  # MoCo v1: RandomGrayscale before ColorJitter
+    blur: bool = False
+    blur_kernel: int = 3
+    rotation: bool = False
+    texture: bool = False
+    atomic: tuple[str, ...] = field(default=())  # LooC: the augmentations with a space of their own
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        present = {
+            "crop": True,
+            "color": self.color,
+            "blur": self.blur,
+            "rotation": self.rotation,
+            "texture": self.texture,
+        }
+        return tuple(g for g, on in present.items() if on)
+
+
+def recipe_from_config(
+    aug: AugmentConfig,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    atomic: Sequence[str] = (),
+    crop: bool = True,
+) -> ViewRecipe:
+    """The recipe of ``augment.*`` (and LooC's atomic augmentations), as in ``data/augment.py``.
+
+    ``moco_v1``: crop, grayscale 0.2, ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip (+ blur only
+    when ``augment.blur=true``). ``moco_v2``: crop, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale
+    0.2, blur σ 0.1-2 p 0.5 (``augment.blur``; default on above 64 px), flip. ``none``: the whole
+    image. ``augment.hue`` / ``augment.grayscale_p`` replace the recipe's strengths. Listing
+    ``color`` as atomic turns colour on even under ``none``; ``rotation`` and ``texture`` as atomic
+    (or ``augment.rotation``) add those ops to every view.
+    """
+    hue, gray = color_strengths(aug)
+    base = aug.recipe
+    blur = aug.blur
+    if blur is None:
+        blur = base == "moco_v2" and image_size > 64
+    return ViewRecipe(
+        image_size=int(image_size),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        crop=crop,
+        crop_scale=(aug.crop_scale_min, 1.0),
+        center_crop=base == "none",
+        color=base != "none" or "color" in atomic,
+        jitter=(0.4, 0.4, 0.4, hue),
+        jitter_p=1.0 if base == "moco_v1" else 0.8,
+        gray_p=gray,
+        gray_first=base == "moco_v1",
+        blur=bool(blur) and base != "none",
+        blur_kernel=blur_kernel_size(image_size),
+        rotation=bool(aug.rotation) or "rotation" in atomic,
+        texture="texture" in atomic,
+        atomic=tuple(atomic),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+
+
+def _uniform(n, lo, hi, gen: torch.Generator, *shape) -> Tensor:
+    return torch.rand((n, *shape), generator=gen, device=gen.device) * (hi - lo) + lo
+
+
+def _bernoulli(n: int, p: float, gen: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=gen, device=gen.device) < p
+
+
+def sample_crop_boxes(
+    n: int, height: int, width: int, scale, ratio, gen: torch.Generator
+) -> Tensor:
+    """``[n, 4]`` (top, left, h, w) with ``RandomResizedCrop.get_params``'s distribution.
+
+    Ten tries of an area fraction uniform in ``scale`` and a log-uniform aspect ratio in
+    ``ratio``; the first try that fits wins; if none fits, torchvision's fallback (the whole image,
+    or its centre clipped to the ratio range).
+    """
+    area = height * width
+    target = area * _uniform(n, scale[0], scale[1], gen, CROP_ATTEMPTS)
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen, CROP_ATTEMPTS))
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # index of the first fitting try
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    found = fits.any(dim=1)
+    # fallback, as torchvision: clip the whole image to the ratio range and centre it
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fw, fh = round(height * max(ratio)), height
+    else:
+        fw, fh = width, height
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, generator=gen, device=gen.device)
+    top = torch.floor(u[:, 0] * (height - h + 1))
+    left = torch.floor(u[:, 1] * (width - w + 1))
+    top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def sample_params(
+    recipe: ViewRecipe, n: int, height: int, width: int, gen: torch.Generator
+) -> Params:
+    """Draw the parameters of ``n`` views of images ``height`` x ``width`` from ``gen``."""
+    dev = gen.device
+    p: Params = {}
+    if recipe.crop and recipe.center_crop:
+        side = min(height, width)
+        box = torch.tensor([(height - side) // 2, (width - side) // 2, side, side], device=dev)
+        p["crop"] = {
+            "boxes": box.expand(n, 4),
+            "flip": torch.zeros(n, dtype=torch.bool, device=dev),
+        }
+    elif recipe.crop:
+        p["crop"] = {
+            "boxes": sample_crop_boxes(n, height, width, recipe.crop_scale, recipe.crop_ratio, gen),
+            "flip": _bernoulli(n, 0.5, gen),
+        }
+    else:  # cropped and flipped before (large images: in the loader's workers)
+        full = torch.tensor([0, 0, height, width], device=dev)
+        p["crop"] = {
+            "boxes": full.expand(n, 4),
+            "flip": torch.zeros(n, dtype=torch.bool, device=dev),
+        }
+    if recipe.color:
+        b, c, s, h = recipe.jitter
+        lows = torch.tensor([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h], device=dev)
+        highs = torch.tensor([1 + b, 1 + c, 1 + s, h], device=dev)
+        p["color"] = {
+            "apply": _bernoulli(n, recipe.jitter_p, gen),
+            "factors": torch.rand(n, 4, generator=gen, device=dev) * (highs - lows) + lows,
+            "order": torch.rand(n, 4, generator=gen, device=dev).argsort(dim=1),
+            "gray": _bernoulli(n, recipe.gray_p, gen),
+        }
+    if recipe.blur:
+        p["blur"] = {"apply": _bernoulli(n, 0.5, gen), "sigma": _uniform(n, 0.1, 2.0, gen)}
+    if recipe.rotation:
+        p["rotation"] = {"k": torch.randint(0, 4, (n,), generator=gen, device=dev)}
+    if recipe.texture:
+        p["texture"] = _sample_texture(n, gen)
+    return p
+
+
+def _sample_texture(n: int, gen: torch.Generator) -> dict[str, Tensor]:
+    dev, big = gen.device, max(TEXTURE_KERNELS)
+    size_index = torch.randint(0, len(TEXTURE_KERNELS), (n,), generator=gen, device=dev)
+    sizes = torch.tensor(TEXTURE_KERNELS, device=dev)[size_index]
+    weight = torch.randn(n, 3, 3, big, big, generator=gen, device=dev)
+    weight = weight * torch.sqrt(2.0 / (3 * sizes.float() ** 2)).view(-1, 1, 1, 1, 1)  # He normal
+    pos = (torch.arange(big, device=dev) - big // 2).abs()
+    inside = pos[None, :] <= (sizes[:, None] // 2)  # [n, big]
+    mask = (inside[:, :, None] & inside[:, None, :]).view(n, 1, 1, big, big)
+    return {"weight": weight * mask, "alpha": _uniform(n, 0.0, 1.0, gen)}
+
+
+def copy_group(params: Params, group: str, source: slice, target: slice) -> None:
+    """Give the views at ``target`` the parameters of ``group`` that the views at ``source`` have."""
+    for value in params[group].values():
+        value[target] = value[source]
+
+
+def select(params: Params, index) -> Params:
+    """The parameters of a subset of views."""
+    return {g: {k: v[index] for k, v in group.items()} for g, group in params.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+
+
+def render(recipe: ViewRecipe, images: Tensor, p: Params, normalize: bool = True) -> Tensor:
+    """Apply ``p`` to ``images`` (``[N, 3, H, W]``, uint8 or float in [0, 1]) -> ``[N, 3, S, S]``
+    float32, normalized with the recipe's mean and std unless ``normalize=False``."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    crop = p["crop"]
+    if recipe.crop or x.shape[-1] != recipe.image_size or x.shape[-2] != recipe.image_size:
+        x = ops.resized_crop(x, crop["boxes"], crop["flip"], recipe.image_size)
+    if "color" in p:
+        c = p["color"]
+        if recipe.gray_first:
+            x = ops.random_grayscale(x, c["gray"])
+        x = ops.color_jitter(x, c["apply"], c["factors"], c["order"])
+        if not recipe.gray_first:
+            x = ops.random_grayscale(x, c["gray"])
+    if "texture" in p:
+        x = ops.random_convolution(x, p["texture"]["weight"], p["texture"]["alpha"])
+    if "blur" in p:
+        x = ops.gaussian_blur(x, p["blur"]["sigma"], p["blur"]["apply"], recipe.blur_kernel)
+    if "rotation" in p:
+        x = ops.rotate90(x, p["rotation"]["k"])
+    x = x.clamp(0.0, 1.0)
+    if normalize:
+        mean = torch.tensor(recipe.mean, device=x.device)
+        std = torch.tensor(recipe.std, device=x.device)
+        x = ops.normalize(x, mean, std)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Views of a batch
+# ----------------------------------------------------------------------------------------------
+
+
+class BatchedViews:
+    """``views(images, gen)`` -> ``num_views`` tensors ``[B, 3, S, S]``: MoCo's independent views,
+    or with ``atomic`` set, LooC's ``[q, k0, k_1..k_n]`` where k_i shares exactly q's parameters of
+    augmentation i (``copy_group``) and draws everything else anew.
+
+    ``images``: ``[B, 3, H, W]`` uint8 on the device (or ``[B, V, 3, S, S]`` already cropped when
+    ``recipe.crop`` is false). All views of the batch are sampled and rendered in one call.
+    """
+
+    def __init__(self, recipe: ViewRecipe, num_views: int):
+        expected = len(recipe.atomic) + 2 if recipe.atomic else num_views
+        if num_views != expected:
+            raise ValueError(f"LooC with {recipe.atomic} makes {expected} views, not {num_views}")
+        missing = [a for a in recipe.atomic if a not in recipe.groups]
+        if missing:
+            raise ValueError(f"the recipe has no parameters for {missing}")
+        self.recipe = recipe
+        self.num_views = num_views
+
+    def params(self, batch: int, height: int, width: int, gen: torch.Generator) -> Params:
+        """Parameters of all views, view-major: rows ``[v * batch, (v + 1) * batch)`` are view v."""
+        p = sample_params(self.recipe, self.num_views * batch, height, width, gen)
+        query = slice(0, batch)
+        for i, name in enumerate(self.recipe.atomic):
+            view = 2 + i
+            copy_group(p, name, query, slice(view * batch, (view + 1) * batch))
+        return p
+
+    def __call__(self, images: Tensor, gen: torch.Generator) -> list[Tensor]:
+        if self.recipe.crop:
+            batch, _, height, width = images.shape
+            stacked = images.repeat(self.num_views, 1, 1, 1)
+        else:  # [B, V, 3, S, S] -> view-major [V * B, 3, S, S]
+            batch, _, _, height, width = images.shape
+            stacked = images.transpose(0, 1).reshape(-1, *images.shape[2:])
+        p = self.params(batch, height, width, gen)
+        return list(render(self.recipe, stacked, p).split(batch))
+
+    def __repr__(self) -> str:
+        return f"BatchedViews(num_views={self.num_views}, recipe={self.recipe})"

@@ -1,0 +1,104 @@
+"""Training batches: every image once per epoch, order and views reseeded per epoch, the three paths."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from contrastlab.config import AugmentConfig, load_config
+from contrastlab.data.datasets import TensorImageDataset, build_dataset
+from contrastlab.train import Trainer
+from contrastlab.views.pipeline import InMemoryViews, LoaderViews, build_training_views
+from contrastlab.views.recipes import BatchedViews, recipe_from_config
+
+
+def _numbered_images(n=40, size=8):
+    """Image i is the constant value i: a rendered view of recipe "none" tells which image it is."""
+    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
+
+
+def _identities(views: list[torch.Tensor]) -> torch.Tensor:
+    return views[0][:, 0, 0, 0].mul(255).round().long()  # mean 0, std 1: the raw value
+
+
+def _in_memory(n=40, batch=8):
+    recipe = recipe_from_config(AugmentConfig(recipe="none"), 8, (0, 0, 0), (1, 1, 1))
+    return InMemoryViews(_numbered_images(n), BatchedViews(recipe, 2), batch, "cpu", False, seed=0)
+
+
+def _epoch(pipeline, epoch, seed):
+    pipeline.set_epoch(epoch, seed)
+    return torch.cat([_identities(v) for v in pipeline])
+
+
+def test_an_epoch_sees_each_image_at_most_once_and_epochs_differ():
+    pipeline = _in_memory()
+    assert len(pipeline) == 5
+    first, again, second = _epoch(pipeline, 0, 11), _epoch(pipeline, 0, 11), _epoch(pipeline, 1, 12)
+    assert len(first) == 40 and len(set(first.tolist())) == 40
+    assert torch.equal(first, again)  # the seed alone decides the order
+    assert not torch.equal(first, second)
+
+
+def test_views_differ_between_epochs_and_repeat_with_the_seed():
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    recipe = recipe_from_config(AugmentConfig(), 16, (0.5,) * 3, (0.25,) * 3)
+    pipeline = InMemoryViews(images, BatchedViews(recipe, 2), 16, "cpu", False, seed=0)
+
+    def views(seed):
+        pipeline.set_epoch(0, seed)
+        ((q, k),) = list(pipeline)
+        return q, k
+
+    a, b, c = views(1), views(1), views(2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def _folder(root: Path, size: int, n=12) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n // 2):
+            arr = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=gen).numpy()
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("views", ["batched", "per_image"])
+def test_large_images_are_cropped_in_workers_and_finished_batched(tmp_path, views):
+    root = _folder(tmp_path / "big", size=120)
+    cfg = load_config(
+        "moco_v2",
+        [
+            f"data.path={root}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            f"data.views={views}",
+            "data.holdout_fraction=0",
+        ],
+    )
+    dataset = build_dataset(cfg.data, "train")
+    pipeline = build_training_views(cfg, dataset, 2, 4, "cpu", False)
+    assert isinstance(pipeline, LoaderViews) and (pipeline.views is None) == (views == "per_image")
+    pipeline.set_epoch(0, 0)
+    batches = list(pipeline)
+    assert len(batches) == 3
+    q, k = batches[0]
+    assert q.shape == k.shape == (4, 3, 32, 32) and q.dtype == torch.float32
+    assert not torch.equal(q, k)
+
+
+@pytest.mark.parametrize("views", ["batched", "per_image"])
+def test_both_paths_train(tiny_config, views):
+    result = Trainer(
+        tiny_config(f"data.views={views}", "optim.epochs=1", "train.knn_every=0")
+    ).fit()
+    assert result.steps == 6 and torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_in_memory_data_never_goes_through_dataloader_workers(tiny_config):
+    trainer = Trainer(tiny_config("data.num_workers=2"))
+    assert isinstance(trainer.views, InMemoryViews)
+    assert isinstance(trainer.train_images, TensorImageDataset)

@@ -1,0 +1,188 @@
+"""View recipes: parameter distributions against torchvision's samplers, whole views against
+torchvision's functional ops with the same parameters, and LooC's parameter sharing."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from scipy import stats
+from torchvision.transforms import v2
+
+from contrastlab.config import AugmentConfig
+from contrastlab.views.recipes import BatchedViews, recipe_from_config, render, sample_params
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+N = 4000
+P_MIN = 1e-3  # two-sample tests at a fixed seed: a right sampler passes with a wide margin
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _recipe(**aug):
+    return recipe_from_config(AugmentConfig(**aug), 32, MEAN, STD)
+
+
+@pytest.mark.parametrize("scale_min", [0.08, 0.2])
+@pytest.mark.parametrize("shape", [(32, 32), (40, 96)])
+def test_crop_boxes_follow_random_resized_crops_distribution(scale_min, shape):
+    height, width = shape
+    recipe = _recipe(crop_scale_min=scale_min)
+    boxes = sample_params(recipe, N, height, width, _gen())["crop"]["boxes"].double()
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    ref = torch.tensor(
+        [v2.RandomResizedCrop.get_params(image, [scale_min, 1.0], [3 / 4, 4 / 3]) for _ in range(N)]
+    ).double()
+    for a, b in [
+        (boxes[:, 2] * boxes[:, 3], ref[:, 2] * ref[:, 3]),  # area
+        (torch.log(boxes[:, 3] / boxes[:, 2]), torch.log(ref[:, 3] / ref[:, 2])),  # aspect
+        (boxes[:, 0] / (height - boxes[:, 2] + 1), ref[:, 0] / (height - ref[:, 2] + 1)),  # top
+        (boxes[:, 1] / (width - boxes[:, 3] + 1), ref[:, 1] / (width - ref[:, 3] + 1)),  # left
+    ]:
+        assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > P_MIN
+    inside = (boxes[:, 0] + boxes[:, 2] <= height) & (boxes[:, 1] + boxes[:, 3] <= width)
+    assert bool(inside.all()) and bool((boxes[:, :2] >= 0).all())
+
+
+def test_a_wrong_crop_scale_is_detected_by_the_distribution_test():
+    boxes = sample_params(_recipe(crop_scale_min=0.2), N, 32, 32, _gen())["crop"]["boxes"]
+    torch.manual_seed(0)
+    ref = torch.tensor(
+        [
+            v2.RandomResizedCrop.get_params(torch.zeros(3, 32, 32), [0.08, 1.0], [3 / 4, 4 / 3])
+            for _ in range(N)
+        ]
+    )
+    area, ref_area = (boxes[:, 2] * boxes[:, 3]).numpy(), (ref[:, 2] * ref[:, 3]).numpy()
+    assert stats.ks_2samp(area, ref_area).pvalue < P_MIN
+
+
+@pytest.mark.parametrize("hue", [0.1, 0.4])
+def test_jitter_factors_and_orders_follow_colorjitter(hue):
+    colour = sample_params(_recipe(hue=hue), N, 32, 32, _gen())["color"]
+    torch.manual_seed(0)
+    jitter = v2.ColorJitter(0.4, 0.4, 0.4, hue)
+    draws = [
+        v2.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+        for _ in range(N)
+    ]
+    ref = torch.tensor([d[1:] for d in draws])
+    for i in range(4):
+        assert stats.ks_2samp(colour["factors"][:, i].numpy(), ref[:, i].numpy()).pvalue > P_MIN
+    # each sample its own order: the 24 permutations as frequent as torchvision's, in ONE batch
+    code = lambda orders: (orders * torch.tensor([64, 16, 4, 1])).sum(1)  # noqa: E731
+    ours = torch.bincount(code(colour["order"]), minlength=256)
+    theirs = torch.bincount(code(torch.stack([d[0] for d in draws])), minlength=256)
+    used = (ours + theirs) > 0
+    assert int(used.sum()) == 24
+    table = np.stack([ours[used].numpy(), theirs[used].numpy()])
+    assert stats.chi2_contingency(table).pvalue > P_MIN
+
+
+def test_binary_choices_and_rotations_have_their_probabilities():
+    recipe = recipe_from_config(AugmentConfig(blur=True, rotation=True), 32, MEAN, STD)
+    p = sample_params(recipe, N, 32, 32, _gen())
+    for value, prob in [
+        (p["crop"]["flip"], 0.5),
+        (p["color"]["apply"], 0.8),
+        (p["color"]["gray"], 0.2),
+        (p["blur"]["apply"], 0.5),
+    ]:
+        assert stats.binomtest(int(value.sum()), N, prob).pvalue > P_MIN
+    assert (
+        stats.ks_2samp(
+            p["blur"]["sigma"].numpy(), np.random.default_rng(0).uniform(0.1, 2.0, N)
+        ).pvalue
+        > P_MIN
+    )
+    counts = torch.bincount(p["rotation"]["k"], minlength=4).numpy()
+    assert stats.chisquare(counts).pvalue > P_MIN and counts.sum() == N
+
+
+def _torchvision_view(img, recipe, p, i):
+    """One view rendered with torchvision's functional ops and the sampled parameters of view i."""
+    x = TF.to_dtype(img, torch.float32, scale=True)
+    top, left, h, w = p["crop"]["boxes"][i].tolist()
+    x = TF.resized_crop(x, top, left, h, w, [recipe.image_size] * 2, antialias=True)
+    c = p["color"]
+    if recipe.gray_first and c["gray"][i]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if c["apply"][i]:
+        fns = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        for op in c["order"][i].tolist():
+            x = fns[op](x, float(c["factors"][i, op]))
+    if not recipe.gray_first and c["gray"][i]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if "blur" in p and p["blur"]["apply"][i]:
+        s = float(p["blur"]["sigma"][i])
+        x = TF.gaussian_blur(x, [recipe.blur_kernel] * 2, [s, s])
+    if p["crop"]["flip"][i]:
+        x = TF.horizontal_flip(x)
+    if "rotation" in p:
+        x = torch.rot90(x, int(p["rotation"]["k"][i]), dims=(-2, -1))
+    return TF.normalize(x, list(MEAN), list(STD))
+
+
+@pytest.mark.parametrize(
+    "aug,size,native",
+    [
+        (dict(recipe="moco_v2"), 32, 32),
+        (dict(recipe="moco_v1"), 32, 32),
+        (dict(recipe="moco_v2", blur=True, rotation=True), 64, 96),
+    ],
+)
+def test_whole_views_match_torchvision_with_the_same_parameters(aug, size, native):
+    recipe = recipe_from_config(AugmentConfig(**aug), size, MEAN, STD)
+    images = torch.randint(0, 256, (16, 3, native, native), dtype=torch.uint8, generator=_gen(3))
+    p = sample_params(recipe, 16, native, native, _gen(4))
+    out = render(recipe, images, p)
+    ref = torch.stack([_torchvision_view(img, recipe, p, i) for i, img in enumerate(images)])
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1 / s for s in STD)
+
+
+@pytest.mark.parametrize(
+    "atomic", [("color",), ("rotation",), ("texture",), ("color", "rotation", "texture")]
+)
+def test_looc_keys_share_exactly_one_augmentation_with_the_query(atomic):
+    recipe = recipe_from_config(AugmentConfig(), 32, MEAN, STD, atomic)
+    views = BatchedViews(recipe, len(atomic) + 2)
+    batch = 64
+    p = views.params(batch, 32, 32, _gen())
+    chunk = lambda value, v: value[v * batch : (v + 1) * batch]  # noqa: E731
+    for v in range(1, len(atomic) + 2):
+        shared = atomic[v - 2] if v >= 2 else None
+        for group, values in p.items():
+            for name, value in values.items():
+                same = chunk(value, v) == chunk(value, 0)
+                if group == shared:
+                    assert bool(same.all()), (v, group, name)
+                elif value.is_floating_point() and name != "weight":
+                    assert not bool(same.any()), (v, group, name)  # drawn anew
+                elif name == "weight":
+                    assert not torch.equal(chunk(value, v), chunk(value, 0))
+                else:
+                    assert not bool(same.all()), (v, group, name)
+
+
+def test_views_are_reproducible_from_the_generator_and_differ_between_views():
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=_gen(5))
+    views = BatchedViews(_recipe(), 2)
+    a, b = views(images, _gen(7)), views(images, _gen(7))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], a[1])
+    c = views(images, _gen(8))
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (32, 3, 32, 32) and a[0].dtype == torch.float32
+
+
+def test_recipe_none_is_the_normalized_image():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=_gen(5))
+    recipe = _recipe(recipe="none")
+    (view,) = BatchedViews(recipe, 1)(images, _gen())
+    expected = TF.normalize(images.float() / 255, list(MEAN), list(STD))
+    assert torch.allclose(view, expected, atol=1e-6)
+    assert math.isclose(recipe.crop_scale[0], 0.2)
