@@ -118,3 +118,16 @@ def test_bf16_autocast_on_cpu(tiny_config):
     state = read_checkpoint(bf16.last_checkpoint)["model"]
     assert all(t.dtype != torch.bfloat16 for t in state.values())
     assert state["queue"].dtype == torch.float32
+
+
+def test_keep_every_keeps_snapshots_of_those_epochs(tiny_config):
+    result = Trainer(
+        tiny_config(
+            "optim.epochs=3", "train.checkpoint_every=5", "train.keep_every=2", "train.knn_every=0"
+        )
+    ).fit()
+    kept = sorted(p.name for p in result.run_dir.glob("checkpoints/epoch-*.pt"))
+    assert kept == ["epoch-0002.pt"]
+    snapshot = read_checkpoint(result.run_dir / "checkpoints" / "epoch-0002.pt")
+    assert snapshot["epoch"] == 2 and snapshot["step"] == 12
+    assert read_checkpoint(result.last_checkpoint)["epoch"] == 3

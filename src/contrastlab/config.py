@@ -36,7 +36,9 @@ class DataConfig:
     image_size: int = 32  # side of the training crops
     in_memory: bool | None = None  # decoded uint8 images in RAM; None = when <= 96 px
     skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
-    views: Literal["batched", "per_image"] = "batched"  # batched: views made per batch on the device (docs/datasets.md)
+    views: Literal["batched", "per_image"] = (
+        "batched"  # batched: views made per batch on the device (docs/datasets.md)
+    )
     num_workers: int = 2  # DataLoader workers: decoding large images (and per_image views)
     synthetic_train: int = 5000  # synthetic: number of training images
     synthetic_test: int = 1000  # synthetic: number of held-out images
@@ -118,6 +120,7 @@ class TrainConfig:
     keep_freed_memory: bool = True  # CPU: malloc reuses freed memory (no page faults per step)
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
+    keep_every: int = 0  # also keep checkpoints/epoch-NNNN.pt every N epochs (0 = never), e.g. to evaluate or analyze the encoder along training
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
     knn_k: int = 200  # neighbours of the kNN monitor
     knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor

@@ -258,8 +258,11 @@ class Trainer:
             )
             if knn_due:
                 self.last_knn = self.knn_monitor()
+            keep = cfg.train.keep_every
             save_due = (
-                self.epoch % cfg.train.checkpoint_every == 0 or self.epoch == cfg.optim.epochs
+                self.epoch % cfg.train.checkpoint_every == 0
+                or self.epoch == cfg.optim.epochs
+                or (keep and self.epoch % keep == 0)
             )
             if save_due:
                 self.save(final_loss)
@@ -405,6 +408,9 @@ class Trainer:
         save_checkpoint(last, state)
         if improved:
             save_checkpoint(self.ckpt_dir / "best.pt", state)
+        keep = self.cfg.train.keep_every
+        if keep and self.epoch % keep == 0:
+            save_checkpoint(self.ckpt_dir / f"epoch-{self.epoch:04d}.pt", state)
         self.log(
             {
                 "event": "checkpoint",

@@ -1,0 +1,185 @@
+"""Views per second: torchvision transforms per image in DataLoader workers against batched views.
+
+    python benchmarks/views.py [--batch 256] [--batches 8] [--rounds 3] [--workers 2] [--size 32]
+        [--device cpu|cuda] [--steps 6] [--no-steps]
+
+Part 1, the pipeline alone. Both paths make training batches of views from the same in-memory
+uint8 images (CIFAR-sized by default) with the same recipe:
+
+* ``per_image``: ``data.views=per_image``, torchvision ``transforms.v2`` per image in ``--workers``
+  DataLoader worker processes (one torch thread each), collated into batches;
+* ``batched``: ``data.views=batched``, per-sample parameters drawn as tensors and every view of the
+  batch rendered with batched ops in the main process (``views/``), no workers.
+
+Recipes: MoCo v2 (2 views), LooC with one atomic augmentation (colour: q, k0, k1) and with three
+(colour, rotation, texture: 5 views). Rounds are interleaved; rates count rendered views.
+
+Part 2, the share of a training step spent making views (``--steps`` steps after a warm-up) for the
+``demo`` and ``moco_v2_cifar_cpu`` presets as the trainer runs them (batched views, the presets'
+models, bf16 where the presets ask for it): the time of the view call over the time of the whole
+step (views, forward, backward, optimizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from contrastlab.allocator import keep_freed_memory  # noqa: E402
+from contrastlab.config import load_config  # noqa: E402
+from contrastlab.data.augment import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+from contrastlab.data.datasets import TensorImageDataset  # noqa: E402
+from contrastlab.views.pipeline import build_training_views  # noqa: E402
+
+RECIPES = {
+    "moco_v2": ["method=moco"],
+    "looc_n1": ["method=looc", "looc.augmentations=color"],
+    "looc_n3": ["method=looc", "looc.augmentations=color,rotation,texture"],
+}
+
+
+def images(n: int, size: int) -> TensorImageDataset:
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    return TensorImageDataset(
+        pixels, torch.zeros(n), num_classes=1, mean=CIFAR10_MEAN, std=CIFAR10_STD, image_size=size
+    )
+
+
+def pipeline(recipe: str, views: str, args, data, device):
+    cfg = load_config(
+        "moco_v2_cifar",
+        [
+            *RECIPES[recipe],
+            f"data.views={views}",
+            f"data.num_workers={args.workers}",
+            f"data.image_size={args.size}",
+        ],
+    )
+    num_views = 2 if cfg.method == "moco" else len(cfg.looc.augmentations) + 2
+    return build_training_views(cfg, data, num_views, args.batch, device, False), num_views
+
+
+def time_epoch(pipe, epoch: int, device) -> tuple[float, int]:
+    """Seconds for the batches after the first (worker start-up excluded), and views made."""
+    pipe.set_epoch(epoch, epoch)
+    it = iter(pipe)
+    next(it)
+    common.synchronize(device)
+    start, count = time.perf_counter(), 0
+    for batch in it:
+        count += sum(v.shape[0] for v in batch)
+    common.synchronize(device)
+    return time.perf_counter() - start, count
+
+
+def pipeline_rates(args, device) -> None:
+    data = images(args.batch * (args.batches + 1), args.size)
+    print(
+        f"\n1. views/s, batch {args.batch}, {args.batches} timed batches per round, {args.size} px"
+    )
+    for recipe in RECIPES:
+        rates = {"per_image": [], "batched": []}
+        pipes = {v: pipeline(recipe, v, args, data, device)[0] for v in rates}
+        for r in range(args.rounds):
+            for views in rates if r % 2 == 0 else reversed(list(rates)):
+                seconds, count = time_epoch(pipes[views], r, device)
+                rates[views].append(count / seconds)
+        per_image, batched = (statistics.median(rates[v]) for v in rates)
+        ratios = [b / p for b, p in zip(rates["batched"], rates["per_image"])]
+        print(
+            f"  {recipe:8s} per_image ({args.workers} workers) {per_image:8.0f} views/s   "
+            f"batched {batched:8.0f} views/s   ratio {statistics.median(ratios):5.1f}x "
+            f"(rounds {min(ratios):.1f}-{max(ratios):.1f}x)",
+            flush=True,
+        )
+
+
+def step_shares(args, device) -> None:
+    from contrastlab.train import Trainer
+
+    print(f"\n2. share of a training step spent making views ({args.steps} steps after 2)")
+    for preset, extra in (
+        ("demo", []),
+        (
+            "moco_v2_cifar_cpu",
+            ["dataset=synthetic", "data.synthetic_train=4096", "data.synthetic_test=16"],
+        ),
+    ):
+        cfg = load_config(
+            preset,
+            [
+                *extra,
+                "train.progress=false",
+                f"train.device={device.type}",
+                "out_dir=/tmp/contrastlab-bench",
+                "train.overwrite=true",
+            ],
+        )
+        trainer = Trainer(cfg)
+        pipe = trainer.views
+        render = pipe.views
+        spent = []
+
+        def timed(batch, gen):
+            common.synchronize(device)
+            t0 = time.perf_counter()
+            out = render(batch, gen)
+            common.synchronize(device)
+            spent.append(time.perf_counter() - t0)
+            return out
+
+        pipe.views = timed
+        trainer.steps_per_epoch = args.steps + 2
+        trainer.prepare_run_dir()
+        start = []
+        original = trainer.optimizer.step
+
+        def step(*a, **k):  # step boundaries: after each optimizer step
+            out = original(*a, **k)
+            common.synchronize(device)
+            start.append(time.perf_counter())
+            return out
+
+        trainer.optimizer.step = step
+        trainer.train_epoch(0)
+        steps = [b - a for a, b in zip(start[1:], start[2:])]
+        share = sum(spent[2 : 2 + len(steps)]) / sum(steps)
+        print(
+            f"  {preset:18s} batch {trainer.local_batch}: step {statistics.median(steps) * 1e3:7.1f} ms, "
+            f"views {statistics.median(spent[2:]) * 1e3:6.1f} ms = {100 * share:4.1f}% of the step",
+            flush=True,
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--no-steps", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the trainer does
+    info = common.machine_info(device)
+    common.print_header("views per second", info, vars(args))
+    pipeline_rates(args, device)
+    if not args.no_steps:
+        step_shares(args, device)
+
+
+if __name__ == "__main__":
+    main()
