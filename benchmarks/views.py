@@ -103,6 +103,31 @@ def pipeline_rates(args, device) -> None:
         )
 
 
+def time_views_and_steps(trainer, device) -> tuple[list[float], list[float]]:
+    """Wrap the trainer's view renderer and optimizer step with timers: returns the lists that
+    receive the seconds of each view call and the time at the end of each step."""
+    pipe, optimizer = trainer.views, trainer.optimizer
+    render, optimizer_step = pipe.views, optimizer.step
+    spent, ends = [], []
+
+    def timed_views(batch, gen):
+        common.synchronize(device)
+        t0 = time.perf_counter()
+        out = render(batch, gen)
+        common.synchronize(device)
+        spent.append(time.perf_counter() - t0)
+        return out
+
+    def timed_step(*a, **k):
+        out = optimizer_step(*a, **k)
+        common.synchronize(device)
+        ends.append(time.perf_counter())
+        return out
+
+    pipe.views, optimizer.step = timed_views, timed_step
+    return spent, ends
+
+
 def step_shares(args, device) -> None:
     from contrastlab.train import Trainer
 
@@ -125,33 +150,11 @@ def step_shares(args, device) -> None:
             ],
         )
         trainer = Trainer(cfg)
-        pipe = trainer.views
-        render = pipe.views
-        spent = []
-
-        def timed(batch, gen):
-            common.synchronize(device)
-            t0 = time.perf_counter()
-            out = render(batch, gen)
-            common.synchronize(device)
-            spent.append(time.perf_counter() - t0)
-            return out
-
-        pipe.views = timed
         trainer.steps_per_epoch = args.steps + 2
         trainer.prepare_run_dir()
-        start = []
-        original = trainer.optimizer.step
-
-        def step(*a, **k):  # step boundaries: after each optimizer step
-            out = original(*a, **k)
-            common.synchronize(device)
-            start.append(time.perf_counter())
-            return out
-
-        trainer.optimizer.step = step
+        spent, ends = time_views_and_steps(trainer, device)
         trainer.train_epoch(0)
-        steps = [b - a for a, b in zip(start[1:], start[2:])]
+        steps = [b - a for a, b in zip(ends[1:], ends[2:])]
         share = sum(spent[2 : 2 + len(steps)]) / sum(steps)
         print(
             f"  {preset:18s} batch {trainer.local_batch}: step {statistics.median(steps) * 1e3:7.1f} ms, "

@@ -186,3 +186,59 @@ def test_recipe_none_is_the_normalized_image():
     expected = TF.normalize(images.float() / 255, list(MEAN), list(STD))
     assert torch.allclose(view, expected, atol=1e-6)
     assert math.isclose(recipe.crop_scale[0], 0.2)
+
+
+def _per_image_record(p, i):
+    """Sample i of a batched parameter tree as a record of ``data/looc_views.LoocViews``."""
+    record = {
+        "crop": tuple(p["crop"]["boxes"][i].tolist()),
+        "flip": bool(p["crop"]["flip"][i]),
+        "blur": None,
+    }
+    if "blur" in p:
+        record["blur"] = {
+            "apply": bool(p["blur"]["apply"][i]),
+            "sigma": float(p["blur"]["sigma"][i]),
+        }
+    if "color" in p:
+        c = p["color"]
+        b, con, s, h = c["factors"][i].tolist()
+        record["color"] = {
+            "apply": bool(c["apply"][i]),
+            "brightness": b,
+            "contrast": con,
+            "saturation": s,
+            "hue": h,
+            "order": tuple(c["order"][i].tolist()),
+            "gray": bool(c["gray"][i]),
+        }
+    if "rotation" in p:
+        record["rotation"] = {"k": int(p["rotation"]["k"][i])}
+    if "texture" in p:
+        k = int(p["texture"]["size"][i])
+        pad = (7 - k) // 2
+        weight = p["texture"]["weight"][i][:, :, pad : pad + k, pad : pad + k]
+        record["texture"] = {
+            "kernel_size": k,
+            "weight": weight,
+            "alpha": float(p["texture"]["alpha"][i]),
+        }
+    return record
+
+
+@pytest.mark.parametrize("recipe", ["moco_v1", "moco_v2"])
+@pytest.mark.parametrize("atomic", [("color",), ("color", "rotation", "texture")])
+def test_batched_looc_views_equal_the_per_image_looc_views(recipe, atomic):
+    from contrastlab.data.looc_views import LoocViews
+
+    aug = AugmentConfig(recipe=recipe, blur=True)
+    batched = BatchedViews(recipe_from_config(aug, 32, MEAN, STD, atomic), len(atomic) + 2)
+    per_image = LoocViews(atomic, 32, MEAN, STD, aug)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=_gen(2))
+    p = batched.params(6, 32, 32, _gen(9))
+    stacked = images.repeat(len(atomic) + 2, 1, 1, 1)
+    out = render(batched.recipe, stacked, p)
+    for i in range(len(stacked)):
+        x = stacked[i].float() / 255
+        expected = per_image.render(x, _per_image_record(p, i))
+        assert (out[i] - expected).abs().max().item() <= 1e-4 / min(STD), i

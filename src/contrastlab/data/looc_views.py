@@ -46,7 +46,8 @@ Params = dict[str, Any]
 
 
 class ColorAug:
-    """Colour jitter (applied with probability ``p``) followed by random grayscale.
+    """Colour jitter (applied with probability ``p``) and random grayscale: grayscale after the
+    jitter (MoCo v2), or before it with ``gray_first`` (MoCo v1's order).
 
     The record holds every factor even when ``apply`` is false, so two records can always be
     compared field by field.
@@ -62,6 +63,7 @@ class ColorAug:
         hue: float = 0.1,
         p: float = 0.8,
         p_gray: float = 0.2,
+        gray_first: bool = False,
     ):
         self.ranges = (
             [max(0.0, 1 - brightness), 1 + brightness],
@@ -71,6 +73,7 @@ class ColorAug:
         )
         self.p = p
         self.p_gray = p_gray
+        self.gray_first = gray_first
 
     def sample(self) -> Params:
         order, b, c, s, h = v2.ColorJitter.get_params(*self.ranges)
@@ -85,6 +88,8 @@ class ColorAug:
         }
 
     def apply(self, img: Tensor, p: Params) -> Tensor:
+        if self.gray_first and p["gray"]:
+            img = F.rgb_to_grayscale(img, num_output_channels=3)
         if p["apply"]:
             ops = (
                 lambda x: F.adjust_brightness(x, p["brightness"]),
@@ -94,7 +99,7 @@ class ColorAug:
             )
             for i in p["order"]:
                 img = ops[i](img)
-        if p["gray"]:
+        if not self.gray_first and p["gray"]:
             img = F.rgb_to_grayscale(img, num_output_channels=3)
         return img
 
@@ -173,8 +178,8 @@ class LoocViews:
       * crop (RandomResizedCrop, scale ``aug_cfg.crop_scale_min``-1) and horizontal flip: always;
       * colour: when listed as atomic, or as part of the base recipe (moco_v1/moco_v2) with no
         space of its own, drawn independently per view; the recipe sets the strengths
-        (v2: ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; v1: ColorJitter(0.4, 0.4, 0.4, 0.4) p 1),
-        grayscale 0.2 in both; ``aug_cfg.hue`` and ``aug_cfg.grayscale_p`` replace the hue jitter
+        (v2: ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, then grayscale 0.2; v1: grayscale 0.2, then
+        ColorJitter(0.4, 0.4, 0.4, 0.4) p 1, as in MoCo's own v1 and v2 transforms); ``aug_cfg.hue`` and ``aug_cfg.grayscale_p`` replace the hue jitter
         and the grayscale probability, as for MoCo's views;
       * Gaussian blur (sigma 0.1-2, p 0.5): ``aug_cfg.blur``; None = MoCo v2's rule (on, except at
         <= 64 px; never for v1/none);
@@ -211,7 +216,8 @@ class LoocViews:
         if "color" in self.augmentations or aug_cfg.recipe != "none":
             hue, gray = color_strengths(aug_cfg)  # the recipe's, or augment.hue / grayscale_p
             p_jitter = 1.0 if aug_cfg.recipe == "moco_v1" else 0.8
-            self.ops["color"] = ColorAug(0.4, 0.4, 0.4, hue, p=p_jitter, p_gray=gray)
+            v1 = aug_cfg.recipe == "moco_v1"  # v1: grayscale before an always-on jitter
+            self.ops["color"] = ColorAug(0.4, 0.4, 0.4, hue, p=p_jitter, p_gray=gray, gray_first=v1)
         if "texture" in self.augmentations:
             self.ops["texture"] = TextureAug()
         if "rotation" in self.augmentations or aug_cfg.rotation:

@@ -56,11 +56,11 @@ def resized_crop(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
     Semantics of ``resized_crop(..., antialias=True)`` followed by ``horizontal_flip`` in
     ``torchvision.transforms.v2.functional``, on float images. ``x``: ``[N, C, H, W]`` float.
     """
-    n, _, height, width = x.shape
+    n, c, height, width = x.shape
     rows = resample_matrix(boxes[:, 0], boxes[:, 2], height, size)  # [N, S, H]
     cols = resample_matrix(boxes[:, 1], boxes[:, 3], width, size)  # [N, S, W]
     cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # mirror = reverse output columns
-    return rows[:, None] @ x @ cols.transpose(1, 2)[:, None]
+    return torch.einsum("nsh,nchw,ntw->ncst", rows, x, cols)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,9 +77,11 @@ def grayscale(x: Tensor) -> Tensor:
 
 
 def blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """``clamp(factor * x + (1 - factor) * other, 0, 1)`` per sample (torchvision's ``_blend``)."""
+    """``clamp(factor * x + (1 - factor) * other, 0, 1)`` per sample (torchvision's ``_blend``).
+
+    A factor of 1 returns ``x`` exactly (for finite ``other`` and ``x`` in [0, 1])."""
     f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1.0 - f) * other).clamp(0.0, 1.0)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -129,10 +131,23 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """``adjust_hue``: rotate the hue by ``shift`` turns (in [-0.5, 0.5]) in HSV space."""
-    hsv = rgb_to_hsv(x)
-    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
-    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], dim=1))
+    """``adjust_hue``: rotate the hue by ``shift`` turns (in [-0.5, 0.5]) in HSV space.
+
+    The same hexcone model as ``rgb_to_hsv`` / ``hsv_to_rgb``, without forming saturation:
+    value M = max(r, g, b) and chroma C = M - min(r, g, b) are kept, and channel n of the result
+    is ``M - C * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h') mod 6``, h' the shifted hue.
+    """
+    r, g, b = x.unbind(1)
+    top = x.amax(dim=1)
+    chroma = top - x.amin(dim=1)
+    red_max, green_max = top == r, top == g
+    numerator = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
+    offset = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0))
+    h6 = offset + numerator / torch.where(chroma == 0, 1.0, chroma)  # hue in sixths of a turn
+    h6 = (h6 + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h6, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return top.unsqueeze(1) - chroma.unsqueeze(1) * ramp
 
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's indices of its four factors
@@ -140,15 +155,13 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's indices of its
 
 def _linear_jitter(x: Tensor, op: Tensor, factor: Tensor, active: Tensor) -> Tensor:
     """Brightness, contrast or saturation (``op`` per sample) where ``active``: one blend with a
-    per-sample target (black, the mean luma, the luma)."""
+    per-sample target: black, the mean luma or the luma. Inactive samples blend with factor 1,
+    which leaves them exactly as they are."""
     luma = grayscale(x)
-    target = torch.where(
-        (op == CONTRAST).view(-1, 1, 1, 1),
-        luma.mean(dim=(1, 2, 3), keepdim=True).expand_as(luma),
-        torch.where((op == SATURATION).view(-1, 1, 1, 1), luma, torch.zeros_like(luma)),
-    )
-    blended = blend(x, target, torch.where(active, factor, torch.ones_like(factor)))
-    return torch.where(active.view(-1, 1, 1, 1), blended, x)
+    saturation = (op == SATURATION).to(x.dtype).view(-1, 1, 1, 1)
+    contrast = (op == CONTRAST).to(x.dtype).view(-1, 1, 1, 1)
+    target = luma * saturation + luma.mean(dim=(1, 2, 3), keepdim=True) * contrast
+    return blend(x, target, torch.where(active, factor, torch.ones_like(factor)))
 
 
 def color_jitter(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ Parameter groups (each a dict of tensors with leading dimension N):
 * ``blur``     ``apply`` [N] (p 0.5), ``sigma`` [N] (uniform 0.1-2.0);
 * ``rotation`` ``k`` [N] (uniform in 0..3, quarter turns counter-clockwise);
 * ``texture``  ``weight`` [N, 3, 3, 7, 7] (a random 3x3, 5x5 or 7x7 filter, zero-padded),
-  ``alpha`` [N] (uniform 0-1).
+  ``size`` [N] (its side: 3, 5 or 7), ``alpha`` [N] (uniform 0-1).
 
 Order of operations in ``render``: crop and flip, colour, texture, blur, rotation, normalize (flip
 commutes with the colour ops and the symmetric blur, so it is folded into the crop).
@@ -220,7 +220,7 @@ def _sample_texture(n: int, gen: torch.Generator) -> dict[str, Tensor]:
     pos = (torch.arange(big, device=dev) - big // 2).abs()
     inside = pos[None, :] <= (sizes[:, None] // 2)  # [n, big]
     mask = (inside[:, :, None] & inside[:, None, :]).view(n, 1, 1, big, big)
-    return {"weight": weight * mask, "alpha": _uniform(n, 0.0, 1.0, gen)}
+    return {"weight": weight * mask, "size": sizes, "alpha": _uniform(n, 0.0, 1.0, gen)}
 
 
 def copy_group(params: Params, group: str, source: slice, target: slice) -> None:
