@@ -10,7 +10,7 @@ from contrastlab.config import AugmentConfig, load_config
 from contrastlab.data.datasets import TensorImageDataset, build_dataset
 from contrastlab.train import Trainer
 from contrastlab.views.pipeline import InMemoryViews, LoaderViews, build_training_views
-from contrastlab.views.recipes import BatchedViews, recipe_from_config
+from contrastlab.views.recipes import BatchedViews, recipe_from_config, render
 
 
 def _numbered_images(n=40, size=8):
@@ -102,3 +102,23 @@ def test_in_memory_data_never_goes_through_dataloader_workers(tiny_config):
     trainer = Trainer(tiny_config("data.num_workers=2"))
     assert isinstance(trainer.views, InMemoryViews)
     assert isinstance(trainer.train_images, TensorImageDataset)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_views_never_wait_for_the_device_and_match_the_cpu():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    atomic = ("color", "rotation", "texture")
+    recipe = recipe_from_config(AugmentConfig(blur=True), 32, (0.5,) * 3, (0.25,) * 3, atomic)
+    views = BatchedViews(recipe, 5)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    on_device = images.cuda()
+    views(on_device, gen)  # warm-up: constants are made once per device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        params = views.params(64, 32, 32, gen)
+        out = render(recipe, on_device.repeat(5, 1, 1, 1), params)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    cpu_params = {g: {k: v.cpu() for k, v in d.items()} for g, d in params.items()}
+    expected = render(recipe, images.repeat(5, 1, 1, 1), cpu_params)
+    assert (out.cpu() - expected).abs().max().item() <= 1e-4 * 4

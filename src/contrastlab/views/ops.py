@@ -9,9 +9,23 @@ torchvision's ops image by image).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@functools.lru_cache(maxsize=None)
+def constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """A small constant tensor, made once per device: no host-to-device copy in a step (on CUDA a
+    copy from pageable memory would wait for the device)."""
+    return torch.tensor(values, device=device)
+
+
+def _hex_offsets(device) -> Tensor:  # channel offsets (r, g, b) of the hexcone's closed form
+    return constant((5.0, 3.0, 1.0), torch.device(device)).view(1, 3, 1, 1)
+
 
 # ITU-R 601-2 luma weights, as in torchvision's rgb_to_grayscale and PIL's convert("L").
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -124,7 +138,7 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
     ``v - v * s * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6`` for n = 5, 3, 1."""
     h, s, v = x.unbind(1)
     h6 = (h * 6.0).unsqueeze(1)
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h6, 6.0)
+    k = torch.remainder(_hex_offsets(x.device) + h6, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     v, s = v.unsqueeze(1), s.unsqueeze(1)
     return v - v * s * ramp
@@ -145,7 +159,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     offset = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0))
     h6 = offset + numerator / torch.where(chroma == 0, 1.0, chroma)  # hue in sixths of a turn
     h6 = (h6 + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h6, 6.0)
+    k = torch.remainder(_hex_offsets(x.device) + h6, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return top.unsqueeze(1) - chroma.unsqueeze(1) * ramp
 

@@ -176,7 +176,7 @@ def sample_params(
     p: Params = {}
     if recipe.crop and recipe.center_crop:
         side = min(height, width)
-        box = torch.tensor([(height - side) // 2, (width - side) // 2, side, side], device=dev)
+        box = ops.constant(((height - side) // 2, (width - side) // 2, side, side), dev)
         p["crop"] = {
             "boxes": box.expand(n, 4),
             "flip": torch.zeros(n, dtype=torch.bool, device=dev),
@@ -187,15 +187,15 @@ def sample_params(
             "flip": _bernoulli(n, 0.5, gen),
         }
     else:  # cropped and flipped before (large images: in the loader's workers)
-        full = torch.tensor([0, 0, height, width], device=dev)
+        full = ops.constant((0, 0, height, width), dev)
         p["crop"] = {
             "boxes": full.expand(n, 4),
             "flip": torch.zeros(n, dtype=torch.bool, device=dev),
         }
     if recipe.color:
         b, c, s, h = recipe.jitter
-        lows = torch.tensor([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h], device=dev)
-        highs = torch.tensor([1 + b, 1 + c, 1 + s, h], device=dev)
+        lows = ops.constant((max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h), dev)
+        highs = ops.constant((1 + b, 1 + c, 1 + s, h), dev)
         p["color"] = {
             "apply": _bernoulli(n, recipe.jitter_p, gen),
             "factors": torch.rand(n, 4, generator=gen, device=dev) * (highs - lows) + lows,
@@ -214,7 +214,7 @@ def sample_params(
 def _sample_texture(n: int, gen: torch.Generator) -> dict[str, Tensor]:
     dev, big = gen.device, max(TEXTURE_KERNELS)
     size_index = torch.randint(0, len(TEXTURE_KERNELS), (n,), generator=gen, device=dev)
-    sizes = torch.tensor(TEXTURE_KERNELS, device=dev)[size_index]
+    sizes = ops.constant(TEXTURE_KERNELS, dev)[size_index]
     weight = torch.randn(n, 3, 3, big, big, generator=gen, device=dev)
     weight = weight * torch.sqrt(2.0 / (3 * sizes.float() ** 2)).view(-1, 1, 1, 1, 1)  # He normal
     pos = (torch.arange(big, device=dev) - big // 2).abs()
@@ -261,9 +261,9 @@ def render(recipe: ViewRecipe, images: Tensor, p: Params, normalize: bool = True
         x = ops.rotate90(x, p["rotation"]["k"])
     x = x.clamp(0.0, 1.0)
     if normalize:
-        mean = torch.tensor(recipe.mean, device=x.device)
-        std = torch.tensor(recipe.std, device=x.device)
-        x = ops.normalize(x, mean, std)
+        x = ops.normalize(
+            x, ops.constant(recipe.mean, x.device), ops.constant(recipe.std, x.device)
+        )
     return x
 
 
