@@ -20,7 +20,7 @@ from contrastlab.config import load_config
         (["train", "--config", "moco_v2_cifar", "optim.lr=fast"], "optim.lr must be a number"),
         (
             ["train", "--config", "moco_v2_cifar", "moco.momentum=1.5"],
-            "moco.momentum must be in [0, 1]",
+            "moco.momentum must be a number in [0, 1]",
         ),
         (
             ["train", "--config", "moco_v2_cifar", "dataset=imagenet"],

@@ -1,19 +1,29 @@
-"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+"""Checkpoints: written durably, verified on load, read with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors and Python primitives (no pickled objects), so loading one
 never runs code from the file. The model state holds the momentum encoder and the queues.
+
+Durability follows what databases do: the state goes to a temporary file in the checkpoint's own
+directory, is flushed and ``fsync``-ed, renamed over the target, and the directory is ``fsync``-ed
+so that the rename itself survives a power cut. A SHA-256 of the payload (every tensor's bytes and
+every plain value, in a canonical order) is stored in the file and checked on load, so a damaged
+file is reported instead of loaded. Weights and buffers that are not finite are refused on save
+and on load: a diverged model never becomes "the last good checkpoint".
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from contrastlab.config import Config, config_from_dict, config_to_dict
-from contrastlab.errors import UserError
+from contrastlab.errors import TrainingDiverged, UserError
 
 FORMAT = "contrastlab-checkpoint-v1"
 
@@ -33,15 +43,146 @@ ARCHITECTURE_KEYS = (
 )
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename.
+TEMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>" next to their target
+CHECKSUM_KEY = "checksum"
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
-    The rename is atomic, so an interrupted save leaves the previous checkpoint intact.
+
+def _update_digest(h, value) -> None:
+    """Feed ``value`` (nested dicts, lists, tensors, plain values) into ``h`` in a canonical order."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            h.update(f"K{type(key).__name__}:{key!s}".encode())
+            _update_digest(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _update_digest(h, item)
+    else:
+        h.update(f"V{type(value).__name__}:{value!r}".encode())
+
+
+def payload_checksum(state: dict) -> str:
+    """SHA-256 (hex) of everything in a checkpoint except the checksum itself."""
+    h = hashlib.sha256()
+    _update_digest(h, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return h.hexdigest()
+
+
+def nonfinite_entries(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` holding NaN or +-inf."""
+    return [
+        name
+        for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all())
+    ]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary file that ``path`` is written through (same directory, so rename is atomic)."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporary files left in ``folder`` by an interrupted write; returns them."""
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(f".*{TEMP_MARK}*"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def durable_write(path: Path, write, also: tuple[Path, ...] = ()) -> None:
+    """Write ``path`` (and identical copies ``also``, renamed first) through a temporary file.
+
+    ``write(file)`` fills the temporary file; it is flushed and fsync-ed, each of ``also`` gets a
+    hard link (a copy where links are not supported) renamed into place, then ``path`` is renamed
+    into place and the directory fsync-ed. An error anywhere removes the temporary files and
+    leaves the previous files intact; a full disk is reported as one line.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    temps = [tmp]
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        for other in also:
+            other_tmp = temp_path(other)
+            temps.append(other_tmp)
+            other_tmp.unlink(missing_ok=True)
+            try:
+                os.link(tmp, other_tmp)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(tmp, other_tmp)
+                with open(other_tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(other_tmp, other)
+            _fsync_dir(other.parent)  # ``other`` is on disk before ``path`` is replaced
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            intact = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+            raise UserError(
+                f"no space left on device while writing {path}; {intact}; free some space and "
+                "resume with train.resume=auto"
+            ) from None
+        raise
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, state: dict, also: tuple[Path, ...] = ()) -> None:
+    """Write ``state`` durably to ``path`` (and to each of ``also`` first: e.g. ``best.pt``).
+
+    Refuses (``TrainingDiverged``) a model state with NaN or infinite weights or buffers, and
+    stores the payload's SHA-256 under ``"checksum"``, which ``read_checkpoint`` verifies.
+    """
+    path = Path(path)
+    bad = nonfinite_entries(state.get("model", {}))
+    if bad:
+        intact = (
+            f"the last good checkpoint {path} is intact" if path.exists() else "none was written"
+        )
+        raise TrainingDiverged(
+            f"the model holds NaN or infinite values ({_listed(bad)}) at epoch "
+            f"{state.get('epoch')}, step {state.get('step')}; it was not saved and {intact}; "
+            "lower optim.lr, or check the data for broken images"
+        )
+    state = {**state, CHECKSUM_KEY: payload_checksum(state)}
+    durable_write(path, lambda f: torch.save(state, f), also)
+
+
+def _listed(names: list[str], limit: int = 4) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def make_state(
@@ -65,20 +206,58 @@ def make_state(
     }
 
 
-def read_checkpoint(path: str | Path) -> dict:
+REQUIRED = {"config": dict, "model": dict}
+
+
+def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
+    """Load a checkpoint without unpickling objects; check its format, keys, checksum, values.
+
+    Every problem is a one-line ``UserError`` naming the file: missing, unreadable or damaged,
+    holding pickled Python objects (not loaded), tagged as a checkpoint but missing ``config`` or
+    ``model``, a checksum that does not match (a flipped byte), or non-finite weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise UserError(
+                f"{path} holds pickled Python objects, not only tensors and plain values, and was "
+                "not loaded (loading it could run code from the file); contrastlab checkpoints "
+                "never hold such objects"
+            ) from None
+        raise UserError(f"cannot read checkpoint {path}: the file is damaged ({_first(e)})") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"cannot read checkpoint {path}: {first}; is it a contrastlab checkpoint?"
+            f"cannot read checkpoint {path}: {_first(e)}; the file is damaged or not a "
+            "contrastlab checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a contrastlab checkpoint (expected format {FORMAT})")
+    for key, kind in REQUIRED.items():
+        if not isinstance(state.get(key), kind):
+            raise UserError(
+                f"{path} is tagged as a contrastlab checkpoint but has no '{key}' "
+                f"{kind.__name__}; the file is incomplete or was not written by contrastlab"
+            )
+    if verify and CHECKSUM_KEY in state and state[CHECKSUM_KEY] != payload_checksum(state):
+        raise UserError(
+            f"checkpoint {path} is damaged: its contents do not match the checksum stored in it"
+        )
+    bad = nonfinite_entries(state["model"])
+    if bad:
+        raise UserError(
+            f"checkpoint {path} holds NaN or infinite weights or buffers ({_listed(bad)}); "
+            "it comes from a diverged run and was not used"
+        )
     return state
+
+
+def _first(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _get(d: dict, dotted: str):
@@ -104,12 +283,36 @@ def check_compatible(path: Path, state: dict, cfg: Config) -> None:
         )
 
 
+def state_mismatches(model: nn.Module, saved: dict) -> list[str]:
+    """What keeps ``saved`` from loading into ``model``: missing and unexpected keys, shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [
+        f"{k} (checkpoint {list(saved[k].shape)}, model {list(own[k].shape)})"
+        for k in own
+        if k in saved
+        and isinstance(saved[k], torch.Tensor)
+        and tuple(saved[k].shape) != tuple(own[k].shape)
+    ]
+    out = []
+    if missing:
+        out.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        out.append(f"unexpected keys {_listed(unexpected)}")
+    if shapes:
+        out.append(f"different shapes {_listed(shapes, 3)}")
+    return out
+
+
 def load_model_state(model: nn.Module, state: dict, path: Path) -> None:
+    problems = state_mismatches(model, state["model"])
+    if problems:
+        raise UserError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}")
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
-        detail = str(e).splitlines()[0]
-        raise UserError(f"checkpoint {path} does not fit this model: {detail}") from None
+        raise UserError(f"checkpoint {path} does not fit this model: {_first(e)}") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from contrastlab.errors import UserError
@@ -121,10 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from contrastlab.errors import TrainingInterrupted
+
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:
+        from contrastlab.preemption import EXIT_STOPPED
+
+        if e.is_main:
+            print(str(e), file=sys.stderr)
+        return EXIT_STOPPED
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"error: no space left on device{where}; the checkpoints written so far are intact "
+            "(writes go through temporary files); free some space and resume with "
+            "train.resume=auto",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

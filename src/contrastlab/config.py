@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from contrastlab.errors import UserError
 DatasetName = Literal["synthetic", "cifar10", "cifar100", "stl10", "imagefolder"]
 AugmentName = Literal["moco_v1", "moco_v2", "none"]
 Atomic = Literal["color", "rotation", "texture"]
+_ATOMIC = set(get_args(Atomic))
 
 
 @dataclass
@@ -121,6 +123,7 @@ class TrainConfig:
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
     keep_every: int = 0  # also keep checkpoints/epoch-NNNN.pt every N epochs (0 = never), e.g. to evaluate or analyze the encoder along training
+    checkpoint_minutes: float = 30.0  # also a checkpoint inside an epoch after this much wall time; 0 = off
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
     knn_k: int = 200  # neighbours of the kNN monitor
     knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor
@@ -162,7 +165,6 @@ class Config:
 # Short names accepted on the command line, and what they stand for.
 ALIASES = {"dataset": "data.name", "epochs": "optim.epochs", "batch_size": "optim.batch_size"}
 
-_ATOMIC = set(get_args(Atomic))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,9 +177,31 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(
+                    f"key '{key}' appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                    "keep one of them"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
 def _read_yaml(text: str, origin: str) -> dict:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as e:
+        raise UserError(f"{origin}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{origin} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -191,7 +215,16 @@ def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     if name_or_path.endswith((".yaml", ".yml")) or path.exists():
         if not path.is_file():
             raise UserError(f"config file {name_or_path} does not exist")
-        data = _read_yaml(path.read_text(), str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                f"offset {e.start}); save it as UTF-8"
+            ) from None
+        except OSError as e:
+            raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+        data = _read_yaml(text, str(path))
     else:
         if name_or_path not in preset_names():
             raise UserError(
@@ -300,37 +333,219 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _validate(cfg: Config) -> None:
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            raise UserError(f"{key} must be positive, got {value}")
+# ----------------------------------------------------------------------------------------------
+# The valid values of every key
+# ----------------------------------------------------------------------------------------------
 
-    positive("optim.epochs", cfg.optim.epochs)
-    positive("optim.batch_size", cfg.optim.batch_size)
-    positive("optim.lr", cfg.optim.lr)
-    positive("moco.queue_size", cfg.moco.queue_size)
-    positive("moco.temperature", cfg.moco.temperature)
-    positive("model.dim", cfg.model.dim)
-    positive("model.width", cfg.model.width)
-    positive("data.image_size", cfg.data.image_size)
-    positive("model.bn_splits", cfg.model.bn_splits)
-    positive("scores.bins", cfg.scores.bins)
-    if not 0.0 <= cfg.moco.momentum <= 1.0:
-        raise UserError(f"moco.momentum must be in [0, 1], got {cfg.moco.momentum}")
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers from ``low`` to ``high`` (``None``: unbounded; ``open``: the end is excluded)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def ok(self, v) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_num(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_num(self.high)}"
+        return f"a finite {kind[2:] if kind.startswith('a ') else kind}"
+
+    def bad_values(self) -> list:
+        """Values just outside the range, and not-a-number for floats (for tests)."""
+        step = 1 if self.integer else 0.5
+        out = []
+        if self.low is not None:
+            out.append(self.low if self.low_open else self.low - step)
+        if self.high is not None:
+            out.append(self.high if self.high_open else self.high + step)
+        if self.integer:
+            return [int(v) for v in out]
+        return [float(v) for v in out] + [float("nan"), float("inf")]
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string: ``kind`` says which; ``bad`` are examples that must be refused (for tests)."""
+
+    kind: str
+    bad: tuple[str, ...] = ("",)
+
+    def ok(self, v) -> bool:
+        if not isinstance(v, str) or not v.strip():
+            return False
+        if self.kind == "run name":
+            parts = Path(v).parts
+            return (
+                not Path(v).is_absolute()
+                and not Path(v).anchor
+                and bool(parts)
+                and not any(part in (".", "..") for part in parts)
+                and "\\" not in v
+                and v == v.strip()
+            )
+        return True
+
+    def describe(self) -> str:
+        if self.kind == "run name":
+            return "a relative folder name inside out_dir (no '..', '.', '/' at the start or '\\')"
+        return f"a non-empty {self.kind}"
+
+    def bad_values(self) -> list:
+        return list(self.bad)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """One of ``values`` (for the items of a list; single keys use a Literal type)."""
+
+    values: tuple[str, ...]
+
+    def ok(self, v) -> bool:
+        return v in self.values
+
+    def describe(self) -> str:
+        return f"one of {', '.join(self.values)}"
+
+    def bad_values(self) -> list:
+        return ["no-such-" + self.values[0]]
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list whose items each satisfy ``item``."""
+
+    item: Any
+
+    def ok(self, v) -> bool:
+        return all(self.item.ok(x) for x in v)
+
+    def describe(self) -> str:
+        return f"a list whose items are each {self.item.describe()}"
+
+    def bad_values(self) -> list:
+        return [[x] for x in self.item.bad_values()]
+
+
+def _int(low=None, high=None) -> Range:
+    return Range(low, high, integer=True)
+
+
+POSITIVE = Range(0, None, low_open=True)
+FRACTION = Range(0, 1)
+
+# Every key whose type is not already a closed set of choices (a Literal or a bool) declares its
+# valid values here; a test walks the whole config tree and fails on a key that is missing.
+VALID: dict[str, Any] = {
+    "name": Text("run name", bad=("", ".", "..", "../x", "/abs", "a/../../b")),
+    "out_dir": Text("folder path"),
+    "seed": _int(0, 2**32 - 1),
+    "data.path": Text("folder path"),
+    "data.image_size": _int(8),
+    "data.num_workers": _int(0, 1024),
+    "data.synthetic_train": _int(1),
+    "data.synthetic_test": _int(1),
+    "data.synthetic_seed": _int(0, 2**32 - 1),
+    "data.holdout_fraction": Range(0, 1, high_open=True),
+    "augment.crop_scale_min": Range(0, 1, low_open=True),
+    "augment.hue": Range(0, 0.5),
+    "augment.grayscale_p": FRACTION,
+    "model.width": Range(0, 64, low_open=True),
+    "model.head_hidden": _int(1),
+    "model.dim": _int(1),
+    "model.bn_splits": _int(1),
+    "moco.queue_size": _int(1),
+    "moco.momentum": FRACTION,
+    "moco.temperature": POSITIVE,
+    "ft.alpha_pos": POSITIVE,
+    "ft.alpha_neg": POSITIVE,
+    "ft.start_epoch": _int(0),
+    "looc.augmentations": Items(Choices(tuple(sorted(_ATOMIC)))),
+    "optim.epochs": _int(1),
+    "optim.batch_size": _int(1),
+    "optim.lr": POSITIVE,
+    "optim.momentum": Range(0, 1, high_open=True),
+    "optim.weight_decay": Range(0, None),
+    "optim.milestones": Items(_int(1)),
+    "optim.warmup_epochs": _int(0),
+    "train.log_every": _int(1),
+    "train.checkpoint_every": _int(1),
+    "train.keep_every": _int(0),
+    "train.checkpoint_minutes": Range(0, None),
+    "train.knn_every": _int(0),
+    "train.knn_k": _int(1),
+    "train.knn_temperature": POSITIVE,
+    "train.max_steps_per_epoch": _int(1),
+    "train.resume": Text("checkpoint path or 'auto'"),
+    "scores.bins": _int(1, 100_000),
+    "scores.low": Range(),
+    "scores.high": Range(),
+}
+
+
+def declared_choices(hint: Any) -> bool:
+    """True when a type hint is itself a closed set of values (Literal, bool, optionally None)."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        return all(a is type(None) or declared_choices(a) for a in get_args(hint))
+    return hint is bool or get_origin(hint) is Literal
+
+
+def key_hints() -> dict[str, Any]:
+    """{dotted key: type hint} for every key of the config tree."""
+    out = {}
+
+    def walk(cls, prefix: str) -> None:
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                out[f"{prefix}{f.name}"] = hints[f.name]
+
+    walk(Config, "")
+    return out
+
+
+def get_dotted(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, spec in VALID.items():
+        value = get_dotted(cfg, key)
+        if value is None:
+            continue
+        if not spec.ok(value):
+            raise UserError(f"{key} must be {spec.describe()}, got {value!r}")
+
+
+def _validate(cfg: Config) -> None:
+    _check_ranges(cfg)
     if cfg.optim.batch_size % cfg.model.bn_splits:
         raise UserError(
             f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by model.bn_splits "
             f"({cfg.model.bn_splits}) so that every split-BN chunk has the same size"
-        )
-    for key in ("alpha_pos", "alpha_neg"):
-        positive(f"ft.{key}", getattr(cfg.ft, key))
-    if not 0.0 <= cfg.data.holdout_fraction < 1.0:
-        raise UserError(f"data.holdout_fraction must be in [0, 1), got {cfg.data.holdout_fraction}")
-    bad = [a for a in cfg.looc.augmentations if a not in _ATOMIC]
-    if bad:
-        raise UserError(
-            f"looc.augmentations: unknown augmentation '{bad[0]}'; "
-            f"valid: {', '.join(sorted(_ATOMIC))}"
         )
     if cfg.method == "looc" and not cfg.looc.augmentations:
         raise UserError(
@@ -338,10 +553,6 @@ def _validate(cfg: Config) -> None:
         )
     if len(set(cfg.looc.augmentations)) != len(cfg.looc.augmentations):
         raise UserError(f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}")
-    if cfg.augment.hue is not None and not 0.0 <= cfg.augment.hue <= 0.5:
-        raise UserError(f"augment.hue must be in [0, 0.5], got {cfg.augment.hue}")
-    if cfg.augment.grayscale_p is not None and not 0.0 <= cfg.augment.grayscale_p <= 1.0:
-        raise UserError(f"augment.grayscale_p must be in [0, 1], got {cfg.augment.grayscale_p}")
     if cfg.scores.low >= cfg.scores.high:
         raise UserError("scores.low must be smaller than scores.high")
     if cfg.data.name == "imagefolder" and not cfg.data.path:
@@ -453,11 +664,13 @@ def reference_markdown() -> str:
             ):
                 key = body.split(":", 1)[0]
                 comments[f"{prefix}.{key}" if prefix else key] = body.split("#", 1)[1].strip()
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    rows = ["| key | type | default | valid values | meaning |", "|---|---|---|---|---|"]
     for key, type_name, default in all_keys():
         shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True)
         shown = shown.strip().removesuffix("...").strip()
+        valid = VALID[key].describe() if key in VALID else "see type"
         rows.append(
-            f"| `{key}` | {type_name.replace(' | ', ' or ')} | `{shown}` | {comments.get(key, '')} |"
+            f"| `{key}` | {type_name.replace(' | ', ' or ')} | `{shown}` | {valid} "
+            f"| {comments.get(key, '')} |"
         )
     return "\n".join(rows) + "\n"

@@ -98,3 +98,26 @@ def unshuffle_batch(x: Tensor, undo: Tensor) -> Tensor:
     everything = gather_cat(x)
     local = undo.view(world_size(), -1)[rank()]
     return everything[local]
+
+
+def raise_together(fn) -> None:
+    """Run ``fn()`` on every process; if it raises a ``UserError`` on any, raise on all.
+
+    Checks that only the main process makes (the run directory) would otherwise leave the other
+    processes waiting in their first collective until the timeout.
+    """
+    from contrastlab.errors import UserError
+
+    error = None
+    try:
+        fn()
+    except UserError as e:
+        error = e
+    if is_distributed():
+        messages = [None] * world_size()
+        dist.all_gather_object(messages, None if error is None else str(error))
+        first = next((m for m in messages if m), None)
+        if error is None and first is not None:
+            raise UserError(first)
+    if error is not None:
+        raise error

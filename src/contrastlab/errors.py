@@ -11,3 +11,23 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (SIGTERM, SIGUSR1, Ctrl-C) after writing a checkpoint.
+
+    Not a ``UserError``: nothing is wrong. The command line prints the message (one line: where
+    the checkpoint is and how to resume) and exits with ``contrastlab.preemption.EXIT_STOPPED``.
+    ``is_main`` is False on the other processes under torchrun, which stay silent.
+    """
+
+    def __init__(self, message: str, is_main: bool = True):
+        super().__init__(message)
+        self.is_main = is_main
+
+
+def warn(message: str) -> None:
+    """One line of warning on stderr (``warning: <message>``)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

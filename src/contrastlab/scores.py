@@ -6,7 +6,6 @@ The file layout is specified in docs/scores-format.md.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,17 +147,24 @@ def _same_stats(a: ScoreStats, b: ScoreStats) -> bool:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically, so that a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    """Write durably (temporary file, fsync, rename), so that a crash never leaves half a file."""
+    from contrastlab.checkpoint import durable_write
+
+    durable_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _save_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    from contrastlab.checkpoint import durable_write
+
+    durable_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def _to_torch(tables: list[dict[str, np.ndarray]]) -> list[dict[str, Tensor]]:
+    return [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()} for t in tables]
+
+
+def _to_numpy(tables: list[dict[str, Tensor]]) -> list[dict[str, np.ndarray]]:
+    return [{k: v.numpy() for k, v in t.items()} for t in tables]
 
 
 class ScoreRecorder:
@@ -211,14 +217,23 @@ class ScoreRecorder:
         self._interval_rows: list[dict[str, np.ndarray]] = []
 
     def _resume(self) -> None:
-        """Keep the epochs that an earlier (interrupted) run of this directory already wrote."""
+        """Keep the epochs that an earlier (interrupted) run of this directory already wrote.
+
+        A damaged ``meta.json`` or ``hist.npz`` (a crash, a full disk) gives one warning line;
+        the epochs are then taken from the per-epoch interval files, which hold every histogram.
+        """
+        from contrastlab.errors import warn
+
         meta_path = self.dir / "meta.json"
         if not meta_path.is_file():
             return
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            return
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            warn(f"{meta_path} is damaged ({e}); the epochs are rebuilt from the interval files")
+            meta = self._meta_from_files()
         if (
             meta.get("format") != FORMAT
             or meta.get("bins") != self.bins
@@ -229,10 +244,113 @@ class ScoreRecorder:
         self.spaces = list(meta.get("spaces", []))
         self._epochs_written = [int(e) for e in meta.get("epochs", [])]
         hist_path = self.dir / "hist.npz"
-        if hist_path.is_file():
-            with np.load(hist_path) as f:
+        try:
+            with np.load(hist_path, allow_pickle=False) as f:
                 for e, counts in zip(f["epoch"], f["counts"]):
                     self._epoch_hists[int(e)] = counts
+            missing = set(self._epochs_written) - set(self._epoch_hists)
+            if missing:
+                raise ValueError(f"no histograms of epochs {sorted(missing)}")
+        except Exception as e:  # noqa: BLE001 - any damage is repaired the same way
+            if hist_path.exists() or self._epochs_written:
+                warn(f"{hist_path} is damaged ({_first_line(e)}); rebuilt from the interval files")
+            self._epoch_hists = {}
+            for epoch in list(self._epochs_written):
+                counts = self._counts_from_intervals(epoch)
+                if counts is None:
+                    warn(f"the scores of epoch {epoch} are damaged and left out")
+                    self._epochs_written.remove(epoch)
+                else:
+                    self._epoch_hists[epoch] = counts
+
+    def _meta_from_files(self) -> dict:
+        files = self.dir.glob("intervals-epoch*.npz")
+        epochs = sorted(int(p.stem[len("intervals-epoch") :]) for p in files)
+        return {
+            "format": FORMAT,
+            "bins": self.bins,
+            "low": self.low,
+            "high": self.high,
+            "spaces": [],
+            "epochs": epochs,
+        }
+
+    def _counts_from_intervals(self, epoch: int) -> np.ndarray | None:
+        try:
+            with np.load(self.dir / f"intervals-epoch{epoch:04d}.npz", allow_pickle=False) as f:
+                space, stage = f["space"], f["stage"]
+                pos, neg = f["pos_hist"], f["neg_hist"]
+        except Exception:  # noqa: BLE001
+            return None
+        spaces = max(len(self.spaces), int(space.max()) + 1 if space.size else 0)
+        counts = np.zeros((spaces, len(STAGES), len(KINDS), self.bins))
+        for i in range(len(space)):
+            counts[space[i], stage[i], 0] += pos[i]
+            counts[space[i], stage[i], 1] += neg[i]
+        return counts
+
+    # -- the state inside an epoch (checkpoints taken mid-epoch) ---------------------------------
+
+    def state_dict(self) -> dict | None:
+        """The partial epoch, for a checkpoint inside it (tensors and plain values).
+
+        Every rank must call it (buffered rows are gathered to rank 0, interval histograms summed
+        there); it returns the state on rank 0 and ``None`` elsewhere.
+        """
+        if not self.enabled:
+            return None
+        self._flush_queries()
+        keys = sorted(self._interval_hist)
+        if keys:
+            hist = torch.stack([self._interval_hist[k] for k in keys])
+            if self.world > 1:
+                torch.distributed.reduce(hist, dst=0)
+                if self.rank != 0:
+                    hist.zero_()  # rank 0 holds the sum; later steps add to it on every rank
+            for k, h in zip(keys, hist):
+                self._interval_hist[k] = h.clone()
+        if self.rank != 0:
+            return None
+        return {
+            "epoch": self._epoch,
+            "spaces": list(self.spaces),
+            "keys": [list(k) for k in self._keys],
+            "same": [[k[0], k[1], bool(v)] for k, v in self._same.items()],
+            "flush_every": self._flush_every,
+            "first_step": self._first_step,
+            "last_step": self._last_step,
+            "updates": self._updates,
+            "hist": [[k[0], k[1], self._interval_hist[k].cpu()] for k in keys],
+            "host_parts": _to_torch(self._host_parts),
+            "query_parts": _to_torch(self._query_parts),
+            "interval_rows": _to_torch(self._interval_rows),
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Continue the partial epoch of ``state`` (from ``state_dict`` on rank 0).
+
+        Every rank takes the counters (so that all flush and close intervals at the same steps);
+        the rows and histograms go to rank 0, the other ranks start from zero histograms.
+        """
+        if not self.enabled or not state:
+            return
+        self._device = torch.device(device)
+        if self._device.type == "mps":
+            self._hist_dtype = torch.float32
+        self.spaces = list(state["spaces"])
+        self._keys = [tuple(k) for k in state["keys"]]
+        self._same = {(a, b): bool(v) for a, b, v in state["same"]}
+        self._epoch = state["epoch"]
+        self._flush_every = state["flush_every"]
+        self._first_step, self._last_step = state["first_step"], state["last_step"]
+        self._updates = int(state["updates"])
+        for space, stage, hist in state["hist"]:
+            hist = hist.to(self._device, self._hist_dtype)
+            self._interval_hist[(space, stage)] = hist if self.rank == 0 else torch.zeros_like(hist)
+        if self.rank == 0:
+            self._host_parts = _to_numpy(state["host_parts"])
+            self._query_parts = _to_numpy(state["query_parts"])
+            self._interval_rows = _to_numpy(state["interval_rows"])
 
     def _key(self, space: str, stage: str) -> tuple[int, int]:
         if stage not in STAGES:
@@ -502,6 +620,11 @@ INTERVAL_COLUMNS = {
         for s in ["mean"] + [f"q{round(p * 100):02d}" for p in QUANTILES]
     },
 }
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _concat(parts: list[dict[str, np.ndarray]], columns: dict) -> dict[str, np.ndarray]:

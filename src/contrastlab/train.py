@@ -1,9 +1,12 @@
 """The training loop: one code path for one CPU, one GPU and many processes under torchrun.
 
 Reproducibility: every random source (data order, augmentations, queue shuffles, FT draws) is
-reseeded at the start of each epoch from ``(seed, epoch, rank)``, and checkpoints are taken at epoch
-boundaries, so a run resumed from a checkpoint continues exactly as if it had never stopped
-(bit-for-bit on CPU).
+reseeded at the start of each epoch from ``(seed, epoch, rank)``. Checkpoints are taken at epoch
+boundaries and, every ``train.checkpoint_minutes`` or on SIGTERM / SIGUSR1 / Ctrl-C, inside an
+epoch; those hold the position in the epoch's order and every random state (see
+``contrastlab.preemption``), so a run resumed from any checkpoint continues exactly as if it had
+never stopped (bit-for-bit on CPU with ``data.num_workers=0``; with worker processes the rest of
+an interrupted epoch gets other augmentations, because workers keep their random state).
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ import inspect
 import json
 import math
 import random
-import shutil
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from contrastlab import distributed
+from contrastlab import distributed, preemption, rundir
 from contrastlab.allocator import keep_freed_memory
 from contrastlab.checkpoint import (
     check_compatible,
@@ -32,7 +35,7 @@ from contrastlab.checkpoint import (
 from contrastlab.config import Config, save_config
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import WithTransform, build_dataset
-from contrastlab.errors import TrainingDiverged, UserError
+from contrastlab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.methods import build_method
@@ -109,10 +112,19 @@ def knn_monitor_accuracy(model, cfg: Config, train_images, test_images, device="
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        if cfg.train.device == "cuda" and not torch.cuda.is_available():
+            raise UserError(
+                "train.device=cuda but no CUDA GPU is available to PyTorch; use "
+                "train.device=auto or train.device=cpu"
+            )
         self.device = distributed.init_from_env(cfg.train.device)
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.is_main = distributed.is_main()
+        self.lock = rundir.RunLock(self.run_dir)
+        weakref.finalize(self, self.lock.release)
+        self.resume_state = None  # (path, state) to resume from, chosen before building anything
+        distributed.raise_together(self._claim_run_dir)
         cuda = self.device.type == "cuda"
         if not cuda and cfg.train.keep_freed_memory:
             keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
@@ -183,31 +195,38 @@ class Trainer:
 
         self.epoch, self.step, self.best_metric = 0, 0, None
         self.last_knn: float | None = None
+        self.position: dict | None = None  # where inside an epoch a resumed run continues
         self.test_images = None  # loaded at the first kNN evaluation
         self.writer = None
         self.recorder = None
+        self.stop_policy: preemption.StopPolicy | None = None
 
     # -- set-up of the run directory --------------------------------------------------------
-    def prepare_run_dir(self) -> None:
+    def _claim_run_dir(self) -> None:
+        """Before any data or model: writable, locked, no stale files, what to resume from."""
         cfg = self.cfg
-        last = self.ckpt_dir / "last.pt"
+        if self.is_main:
+            rundir.check_writable(self.run_dir)
+            self.lock.acquire()
+            rundir.remove_stale_files(self.run_dir)
         resume = cfg.train.resume
         if resume == "auto":
-            resume = str(last) if last.exists() else None
-        elif resume is None and last.exists() and not cfg.train.overwrite:
-            raise UserError(
-                f"run directory {self.run_dir} already holds checkpoints; pass "
-                "train.resume=auto to continue it, name=NEW for a new run, or "
-                "train.overwrite=true to start it afresh"
-            )
-        if resume:
-            self.resume_from(Path(resume))
-        elif self.is_main and cfg.train.overwrite and self.run_dir.exists():
-            for stale in ("metrics.jsonl", "scores", "tensorboard"):
-                p = self.run_dir / stale
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            self.resume_state = rundir.choose_checkpoint(self.run_dir, announce=self.is_main)
+        elif resume is not None:
+            self.resume_state = (Path(resume), read_checkpoint(resume))
+        elif not cfg.train.overwrite:
+            rundir.refuse_existing(self.run_dir)
+
+    def prepare_run_dir(self) -> None:
+        cfg = self.cfg
+        if self.resume_state is not None:
+            self.resume_from(*self.resume_state)
+            self.resume_state = None
+        elif self.is_main and cfg.train.overwrite:
+            rundir.clear_run(self.run_dir)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.repair_metrics(self.run_dir / "metrics.jsonl")
             save_config(cfg, self.run_dir / "config.yaml")
             from torch.utils.tensorboard import SummaryWriter
 
@@ -218,16 +237,39 @@ class Trainer:
             self.recorder = ScoreRecorder(
                 self.run_dir, cfg.scores, cfg.train.log_every, self.writer
             )
+            if self.position is not None and self.position.get("recorder"):
+                self.recorder.load_state_dict(self.position["recorder"], self.device)
 
-    def resume_from(self, path: Path) -> None:
-        state = read_checkpoint(path)
+    def resume_from(self, path: Path, state: dict) -> None:
+        for key in ("optimizer", "epoch", "step"):
+            if key not in state:
+                raise UserError(
+                    f"checkpoint {path} has no '{key}', so training cannot continue from it "
+                    "(it can still be evaluated or exported)"
+                )
         check_compatible(path, state, self.cfg)
         load_model_state(self.method, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state.get("best_metric")
+        self.last_knn = (state.get("metrics") or {}).get("knn_top1")
+        self.position = state.get("position")
+        if self.position is not None:
+            saved_world = len(self.position["rng"])
+            if saved_world != distributed.world_size():
+                raise UserError(
+                    f"checkpoint {path} was written inside an epoch by {saved_world} "
+                    f"process(es); resume it with the same number ({distributed.world_size()} now)"
+                )
+        where = {} if self.position is None else {"batch_in_epoch": self.position["batch"]}
         self.log(
-            {"event": "resume", "checkpoint": str(path), "epoch": self.epoch, "step": self.step}
+            {
+                "event": "resume",
+                "checkpoint": str(path),
+                "epoch": self.epoch,
+                "step": self.step,
+                **where,
+            }
         )
 
     # -- logging ----------------------------------------------------------------------------
@@ -246,8 +288,19 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train to ``optim.epochs``; raises ``TrainingInterrupted`` after a stop signal."""
+        try:
+            with preemption.StopSignals() as signals:
+                return self._fit(signals)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            self.lock.release()
+
+    def _fit(self, signals: preemption.StopSignals) -> TrainResult:
         cfg = self.cfg
         self.prepare_run_dir()
+        self.stop_policy = preemption.StopPolicy(signals, cfg.train.checkpoint_minutes)
         start = time.time()
         final_loss = float("nan")
         for epoch in range(self.epoch, cfg.optim.epochs):
@@ -264,12 +317,14 @@ class Trainer:
                 or self.epoch == cfg.optim.epochs
                 or (keep and self.epoch % keep == 0)
             )
-            if save_due:
-                self.save(final_loss)
+            save_now, stop = self.stop_policy.poll()
+            if save_due or save_now:
+                distributed.raise_together(lambda: self.save(final_loss))
+                self.stop_policy.saved()
+            if stop:
+                raise self.interrupted(f"after epoch {self.epoch}")
         if self.recorder is not None:
             self.recorder.close()
-        if self.writer is not None:
-            self.writer.close()
         return TrainResult(
             run_dir=self.run_dir,
             epochs=self.epoch,
@@ -286,6 +341,18 @@ class Trainer:
             else None,
         )
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """Every ``torch.Generator`` the trainer owns: its attributes, and those that an attribute
+        lists in its ``generators`` (the view pipeline's data order and view parameters). Their
+        states are saved in checkpoints taken inside an epoch and restored on resume."""
+        found = {}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Generator):
+                found[name] = value
+            elif isinstance(getattr(value, "generators", None), (list, tuple)):
+                found.update({f"{name}.{i}": g for i, g in enumerate(value.generators)})
+        return found
+
     def train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
         seed_everything(epoch_seed(cfg, epoch))
@@ -294,6 +361,18 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         interval_loss = torch.zeros((), device=self.device)
         interval_images, interval_start = 0, time.time()
+        first = 0  # batches of this epoch already trained (a run resumed inside the epoch)
+        position, self.position = self.position, None
+        if position is not None and int(position["epoch"]) == epoch:
+            first = int(position["batch"])
+            rng = position["rng"][distributed.rank()]
+            self.views.resume_at(
+                first, lambda: preemption.restore_rng(rng, self.generators(), self.device)
+            )
+            loop = position["loop"]
+            loss_sum.copy_(loop["loss_sum"])
+            interval_loss.copy_(loop["interval_loss"])
+            interval_images = int(loop["interval_images"])
         bar = None
         if self.is_main and cfg.train.progress:
             from tqdm import tqdm
@@ -303,8 +382,9 @@ class Trainer:
                 desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                 dynamic_ncols=True,
                 leave=False,
+                initial=first,
             )
-        for i, views in enumerate(self.views):
+        for i, views in enumerate(self.views, first):
             if i >= self.steps_per_epoch:
                 break
             lr = learning_rate(cfg, epoch + i / self.steps_per_epoch)
@@ -346,6 +426,21 @@ class Trainer:
                 interval_images, interval_start = 0, time.time()
             if bar is not None:
                 bar.update(1)
+            if self.stop_policy is not None and i + 1 < self.steps_per_epoch:
+                save_now, stop = self.stop_policy.poll()
+                if save_now:
+                    loop = {
+                        "loss_sum": loss_sum.detach().cpu(),
+                        "interval_loss": interval_loss.detach().cpu(),
+                        "interval_images": interval_images,
+                    }
+                    self.save_inside_epoch(epoch, i + 1, loop)
+                if stop:
+                    if bar is not None:
+                        bar.close()
+                    raise self.interrupted(
+                        f"in epoch {epoch + 1} after {i + 1} of its {self.steps_per_epoch} steps"
+                    )
         if bar is not None:
             bar.close()
         if self.recorder is not None:
@@ -393,21 +488,21 @@ class Trainer:
             return
         metric = self.last_knn if self.last_knn is not None else -loss
         improved = self.best_metric is None or metric >= self.best_metric
-        if improved:
-            self.best_metric = metric
         state = make_state(
             self.cfg,
             self.method,
             self.optimizer,
             self.epoch,
             self.step,
-            self.best_metric,
+            metric if improved else self.best_metric,
             {"loss": loss, "knn_top1": self.last_knn},
         )
         last = self.ckpt_dir / "last.pt"
-        save_checkpoint(last, state)
+        # best.pt first: a kill between the two renames leaves the newer state in best.pt,
+        # which train.resume=auto then picks
+        save_checkpoint(last, state, also=(self.ckpt_dir / "best.pt",) if improved else ())
         if improved:
-            save_checkpoint(self.ckpt_dir / "best.pt", state)
+            self.best_metric = metric
         keep = self.cfg.train.keep_every
         if keep and self.epoch % keep == 0:
             save_checkpoint(self.ckpt_dir / f"epoch-{self.epoch:04d}.pt", state)
@@ -419,6 +514,59 @@ class Trainer:
                 "path": str(last),
                 "best": improved,
             }
+        )
+
+
+    def save_inside_epoch(self, epoch: int, batch: int, loop: dict) -> None:
+        """A checkpoint after ``batch`` steps of (0-based) ``epoch``: what an exact resume needs.
+
+        Every process takes part (random states and score buffers are gathered); rank 0 writes.
+        """
+        rng = self.stop_policy.gather(preemption.capture_rng(self.generators(), self.device))
+        recorder = self.recorder.state_dict() if self.recorder is not None else None
+
+        def write() -> None:
+            if not self.is_main:
+                return
+            state = make_state(
+                self.cfg,
+                self.method,
+                self.optimizer,
+                epoch,
+                self.step,
+                self.best_metric,
+                {"loss": None, "knn_top1": self.last_knn},
+            )
+            state["position"] = {
+                "epoch": epoch,
+                "batch": batch,
+                "rng": rng,
+                "loop": loop,
+                "recorder": recorder,
+            }
+            save_checkpoint(self.ckpt_dir / "last.pt", state)
+            self.log(
+                {
+                    "event": "checkpoint",
+                    "epoch": epoch,
+                    "step": self.step,
+                    "path": str(self.ckpt_dir / "last.pt"),
+                    "batch_in_epoch": batch,
+                    "best": False,
+                }
+            )
+
+        distributed.raise_together(write)
+        self.stop_policy.saved()
+
+    def interrupted(self, where: str) -> TrainingInterrupted:
+        signal_name = self.stop_policy.signals.received or "a stop signal to another process"
+        self.log({"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step})
+        return TrainingInterrupted(
+            f"stopped by {signal_name} {where} (step {self.step}); checkpoint "
+            f"{self.ckpt_dir / 'last.pt'}; to continue, run the same command with "
+            "train.resume=auto",
+            is_main=self.is_main,
         )
 
 

@@ -21,12 +21,13 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2
 
 from contrastlab.data.augment import MultiView
 from contrastlab.data.datasets import WithTransform
+from contrastlab.preemption import ResumableOrder
 from contrastlab.views.recipes import BatchedViews, recipe_from_config
 
 
@@ -41,11 +42,24 @@ class _Reseeded:
     def generators(self) -> list[torch.Generator]:
         return [self.order_generator, self.view_generator]
 
+    _skip: int = 0  # batches of the next pass to leave out (a run resumed inside an epoch)
+    _before_first = None
+
     def set_epoch(self, epoch: int, seed: int) -> None:
         self.order_generator.manual_seed(seed)
         self.view_generator.manual_seed(seed + 1)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+
+    def resume_at(self, batches: int, before_first) -> None:
+        """Next pass only: skip ``batches`` without making them; call ``before_first()`` after the
+        epoch's order is drawn and before the first remaining batch (to restore random states)."""
+        self._skip, self._before_first = batches, before_first
+
+    def _take_resume(self) -> tuple[int, object]:
+        skip, hook = self._skip, self._before_first
+        self._skip, self._before_first = 0, None
+        return skip, hook
 
 
 class InMemoryViews(_Reseeded):
@@ -82,8 +96,11 @@ class InMemoryViews(_Reseeded):
         return n // self.batch_size
 
     def __iter__(self) -> Iterator[list[Tensor]]:
+        skip, hook = self._take_resume()
         order = self._order().to(self.device)
-        for b in range(len(self)):
+        if hook is not None:
+            hook()
+        for b in range(skip, len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.views(self.images[index], self.view_generator)
 
@@ -109,11 +126,14 @@ class LoaderViews(_Reseeded):
         self.sampler = DistributedSampler(data, seed=seed, drop_last=True) if distributed else None
         self.order_generator = torch.Generator()
         self.view_generator = torch.Generator(device=self.device)
+        # the order of shuffle=True (or of the DistributedSampler), able to skip ahead on resume
+        self.order = ResumableOrder(
+            self.sampler or RandomSampler(data, generator=self.order_generator)
+        )
         self.loader = DataLoader(
             data,
             batch_size=batch_size,
-            shuffle=self.sampler is None,
-            sampler=self.sampler,
+            sampler=self.order,
             drop_last=True,
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
@@ -125,6 +145,8 @@ class LoaderViews(_Reseeded):
         return len(self.loader)
 
     def __iter__(self) -> Iterator[list[Tensor]]:
+        skip, hook = self._take_resume()
+        self.order.resume_at(skip * self.loader.batch_size, hook)
         for batch, _ in self.loader:
             if self.views is None:
                 yield [v.to(self.device, non_blocking=True) for v in batch]

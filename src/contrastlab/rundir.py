@@ -1,0 +1,232 @@
+"""The run directory is the user's data: locked while a run writes it, checked before any work.
+
+* ``check_writable`` creates the run directory and ``checkpoints/`` and writes a probe file in
+  each, so that permission problems, a read-only filesystem or ``out_dir`` being a file are one
+  line before the data and model are built (not a traceback after an epoch).
+* ``RunLock`` is a lock file holding the owner's pid and host; a second ``train`` on the same
+  directory refuses, and a lock left by a dead process on this host is taken over with a warning.
+* ``clear_run`` (``train.overwrite=true``) deletes only the files contrastlab writes.
+* ``choose_checkpoint`` picks what ``train.resume=auto`` continues from: the newest readable of
+  ``last.pt`` and ``best.pt``, with a one-line warning when ``last.pt`` is damaged or missing.
+* ``repair_metrics`` checks ``metrics.jsonl`` before a run appends to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from contrastlab.checkpoint import TEMP_MARK, read_checkpoint, remove_stale_temps
+from contrastlab.errors import UserError, warn
+
+LOCK_NAME = ".contrastlab.lock"
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+# What contrastlab writes in a run directory (glob patterns, relative to it): all that
+# ``train.overwrite=true`` may delete.
+OWN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    *(f"checkpoints/{name}" for name in CHECKPOINT_NAMES),
+    "checkpoints/epoch-*.pt",  # train.keep_every
+    "scores/meta.json",
+    "scores/hist.npz",
+    "scores/queries-epoch*.npz",
+    "scores/intervals-epoch*.npz",
+    "tensorboard/events.out.tfevents.*",
+)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir/checkpoints`` and write a probe file in both; one-line error otherwise."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        probe = folder / f".probe{TEMP_MARK}{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((p for p in [folder, *folder.parents] if p.is_file()), folder)
+            raise UserError(
+                f"cannot use run directory {run_dir}: {blocker} is a file, not a folder; "
+                "choose another out_dir or name"
+            ) from None
+        except OSError as e:
+            raise UserError(
+                f"cannot write to {folder}: {e.strerror or e}; choose another out_dir or name, "
+                "or fix its permissions"
+            ) from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+class RunLock:
+    """An exclusive lock file ``run_dir/.contrastlab.lock`` with the holder's pid and host."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if not self._stale(holder):
+                    raise UserError(
+                        f"run directory {self.path.parent} is in use by process "
+                        f"{holder.get('pid')} on host {holder.get('host')} (lock file "
+                        f"{self.path}); wait for it, use another name=..., or delete the lock "
+                        "file if that process is gone"
+                    ) from None
+                warn(
+                    f"removing the stale lock {self.path} of process {holder.get('pid')} "
+                    f"on this host, which no longer runs"
+                )
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise UserError(f"could not take the lock {self.path}; another process took it first")
+
+    def _holder(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _stale(holder: dict) -> bool:
+        """True when the holder is known to be gone: a dead pid on this host, or an empty file."""
+        if not holder:
+            return True  # a crash between creating and writing the lock
+        if holder.get("host") != socket.gethostname():
+            return False  # another machine: its processes cannot be checked from here
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, TypeError, OverflowError):
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def remove_stale_files(run_dir: Path) -> None:
+    """Temporary files that interrupted writes left behind (checkpoints, scores, results)."""
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "scores", run_dir / "eval"):
+        remove_stale_temps(folder)
+        if folder.is_dir():
+            for p in folder.glob("*.tmp"):  # older naming of the score and result files
+                p.unlink(missing_ok=True)
+
+
+def clear_run(run_dir: Path) -> list[Path]:
+    """Delete what contrastlab wrote in ``run_dir`` (and folders left empty); returns the files."""
+    removed = []
+    for pattern in OWN_FILES:
+        for p in sorted(run_dir.glob(pattern)):
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                removed.append(p)
+    for sub in ("scores", "tensorboard"):
+        try:
+            (run_dir / sub).rmdir()  # only when empty: the user's own files stay
+        except OSError:
+            pass
+    return removed
+
+
+def existing_checkpoints(run_dir: Path) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    return [folder / n for n in CHECKPOINT_NAMES if (folder / n).is_file()]
+
+
+def refuse_existing(run_dir: Path) -> None:
+    """Without resume or overwrite, any checkpoint in the run directory stops the run."""
+    found = existing_checkpoints(run_dir)
+    if not found:
+        return
+    names = ", ".join(p.name for p in found)
+    if (run_dir / "checkpoints" / "last.pt") in found:
+        how = "train.resume=auto to continue it"
+    else:
+        how = f"train.resume={found[0]} to continue from it"
+    raise UserError(
+        f"run directory {run_dir} already holds checkpoints ({names}); pass {how}, name=NEW for "
+        "a new run, or train.overwrite=true to start it afresh"
+    )
+
+
+def choose_checkpoint(run_dir: Path, announce: bool = True) -> tuple[Path, dict] | None:
+    """``train.resume=auto``: the newest readable checkpoint (last.pt preferred), or None.
+
+    A damaged or missing ``last.pt`` next to a readable ``best.pt`` gives one warning line and
+    resumes from ``best.pt``; when none is readable, one error line names every problem.
+    """
+    found = existing_checkpoints(run_dir)
+    if not found:
+        return None
+    readable, problems = [], []
+    for path in found:
+        try:
+            state = read_checkpoint(path)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        readable.append((int(state.get("epoch", 0)), int(state.get("step", 0)), path, state))
+    if not readable:
+        raise UserError(f"no checkpoint of {run_dir} can be resumed: {' | '.join(problems)}")
+    last = run_dir / "checkpoints" / "last.pt"
+    readable.sort(key=lambda r: (r[0], r[1], r[2] == last))
+    epoch, step, path, state = readable[-1]
+    if path != last and announce:
+        if last not in found:
+            why = f"{last} is missing"
+        elif problems:
+            why = problems[0]
+        else:
+            why = f"{last} is older than {path.name} (a save was interrupted between the two)"
+        warn(f"{why}; resuming from {path} (epoch {epoch}, step {step}), the newest readable one")
+    return path, state
+
+
+def repair_metrics(path: Path) -> None:
+    """Warn (one line) about damaged lines in ``metrics.jsonl`` and end it with a newline.
+
+    The damaged lines are kept (readers skip them); a line cut short by a crash would otherwise
+    swallow the next record appended to it.
+    """
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    bad = []
+    for number, line in enumerate(data.splitlines(), 1):
+        try:
+            ok = isinstance(json.loads(line), dict) if line.strip() else True
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(number)
+    if data and not data.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    if bad:
+        warn(
+            f"{path} has {len(bad)} damaged line(s) (first: line {bad[0]}), e.g. from a crash "
+            "mid-write; they are kept and skipped when the file is read"
+        )
