@@ -148,10 +148,10 @@ def durable_write(path: Path, write, also: tuple[Path, ...] = ()) -> None:
         _fsync_dir(path.parent)
     except OSError as e:
         if e.errno in _NO_SPACE:
-            intact = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+            kept = f"the previous {path.name} is intact" if path.exists() else "it was not written"
             raise UserError(
-                f"no space left on device while writing {path}; {intact}; free some space and "
-                "resume with train.resume=auto"
+                f"no space left on device while writing {path}; {kept}, and so are the "
+                "checkpoints written before; free some space and resume with train.resume=auto"
             ) from None
         raise
     finally:

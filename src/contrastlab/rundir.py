@@ -73,7 +73,12 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "job": os.environ.get("SLURM_JOB_ID"),
+            "since": time.time(),
+        }
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -87,8 +92,8 @@ class RunLock:
                         "file if that process is gone"
                     ) from None
                 warn(
-                    f"removing the stale lock {self.path} of process {holder.get('pid')} "
-                    f"on this host, which no longer runs"
+                    f"removing the stale lock {self.path} of process {holder.get('pid')} on "
+                    f"{holder.get('host')}, which no longer runs"
                 )
                 self.path.unlink(missing_ok=True)
                 continue
@@ -110,6 +115,9 @@ class RunLock:
         """True when the holder is known to be gone: a dead pid on this host, or an empty file."""
         if not holder:
             return True  # a crash between creating and writing the lock
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and holder.get("job") == job and holder.get("pid") != os.getpid():
+            return True  # an earlier run of this (requeued) SLURM job, which has ended
         if holder.get("host") != socket.gethostname():
             return False  # another machine: its processes cannot be checked from here
         try:

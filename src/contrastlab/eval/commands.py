@@ -8,6 +8,8 @@ to ``--out FILE`` or, by default, to ``<run_dir>/eval/<protocol>.json`` next to 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from functools import partial
 
 from contrastlab.errors import UserError
@@ -97,11 +99,70 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# Numeric options and their valid values: (test, description). Checked before any work.
+_OPTION_RANGES = {
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "workers": (lambda v: v >= 0, "0 or more"),
+    "max_train": (lambda v: v >= 1, "at least 1"),
+    "max_test": (lambda v: v >= 1, "at least 1"),
+    "k": (lambda v: v >= 1, "at least 1"),
+    "temperature": (lambda v: v > 0 and math.isfinite(v), "a positive number"),
+    "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v > 0 and math.isfinite(v), "a positive number"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "0 or more"),
+    "C": (lambda v: v > 0 and math.isfinite(v), "a positive number"),
+    "trials": (lambda v: v >= 1, "at least 1"),
+    "ways": (lambda v: v >= 2, "at least 2"),
+    "queries": (lambda v: v >= 1, "at least 1"),
+    "episodes": (lambda v: v >= 1, "at least 1"),
+    "shots": (lambda v: len(v) > 0 and min(v) >= 1, "one or more K values, each at least 1"),
+    "episode_shots": (
+        lambda v: len(v) > 0 and min(v) >= 1,
+        "one or more K values, each at least 1",
+    ),
+}
+
+
+def check_options(args) -> None:
+    """Every numeric option of the parsed ``args`` in its valid range (one line otherwise)."""
+    for name, (ok, valid) in _OPTION_RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be {valid}, got {value}")
+
+
+def check_writable_output(path, folder: bool = False) -> None:
+    """Create the folder that a result goes to and write a probe there, before any work."""
+    from pathlib import Path
+
+    path = Path(path)
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name (e.g. {path / 'result.json'})")
+    probe = target / f".probe.tmp-{os.getpid()}"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+    except OSError as e:
+        raise UserError(f"cannot write the result to {target}: {e.strerror or e}") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _context(args, checkpoint: str, data_path: str | None = None, dataset: str | None = None):
     from contrastlab.eval.context import EvalContext
+    from contrastlab.eval.results import result_path
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_options(args)
+    if getattr(args, "func", None) is not _all:
+        protocol = getattr(args, "protocol", "eval")
+        check_writable_output(result_path(checkpoint, protocol, args.out, args.space))
     return EvalContext.from_checkpoint(
         checkpoint,
         dataset=dataset or args.dataset,
@@ -276,6 +337,8 @@ def _all(args) -> int:
 
     if args.out_dir is None:
         args.out_dir = args.out or "eval_all"
+    check_options(args)
+    check_writable_output(args.out_dir, folder=True)
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
         "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=args.epochs),
@@ -300,6 +363,7 @@ def _all(args) -> int:
 def _export(args) -> int:
     from contrastlab.export import export_checkpoint
 
+    check_writable_output(args.out)
     path = export_checkpoint(args.checkpoint, args.format, args.out)
     print(f"backbone written to {path} ({args.format})")
     return 0

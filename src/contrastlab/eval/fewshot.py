@@ -56,8 +56,8 @@ def allway_kshot(
     """K examples per class from the training split, a logistic probe, accuracy on the test split.
 
     With so few labels there is nothing to validate ``C`` on, so it is fixed (default 1.0 on
-    standardized features). A class with fewer than K training images contributes all it has;
-    the result lists such classes under ``short_classes``.
+    standardized features). Every class needs at least K training images: with fewer it would
+    not be a K-shot result, so that is a ``UserError`` naming the smallest class.
     """
     y = train_labels.cpu().numpy()
     groups = _by_class(y)
@@ -73,6 +73,15 @@ def allway_kshot(
         "num_classes": len(groups),
         "shots": {},
     }
+    smallest = min(len(idx) for idx in groups.values())
+    if min(shots) < 1 or max(shots) > smallest:
+        bad = min(shots) if min(shots) < 1 else max(shots)
+        short = sum(len(idx) < bad for idx in groups.values())
+        raise UserError(
+            f"{bad}-shot evaluation needs at least {max(bad, 1)} training image(s) of every class; "
+            f"{short} of {len(groups)} classes have fewer (the smallest has {smallest}); use "
+            f"--shots between 1 and {smallest}"
+        )
     for k in shots:
         accs = []
         short = sorted(c for c, idx in groups.items() if len(idx) < k)

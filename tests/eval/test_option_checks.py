@@ -1,0 +1,55 @@
+"""Evaluation options are checked before any work: one line, exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contrastlab.cli import main
+from contrastlab.errors import UserError
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a checkpoint is loaded: every check must come before that."""
+    import contrastlab.checkpoint as checkpoint
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the options were checked")
+
+    monkeypatch.setattr(checkpoint, "load_model", loaded)
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["eval", "knn", "CK", "--temperature", "0"], "--temperature must be a positive number"),
+        (["eval", "knn", "CK", "--workers", "-1"], "--workers must be 0 or more"),
+        (["eval", "knn", "CK", "--k", "0"], "--k must be at least 1"),
+        (["eval", "linear", "CK", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+        (["eval", "fewshot", "CK", "--shots", "0"], "--shots must be one or more K values"),
+        (["eval", "fewshot", "CK", "--episodes", "0"], "--episodes must be at least 1"),
+        (["eval", "all", "CK", "--k", "0"], "--k must be at least 1"),
+    ],
+)
+def test_bad_options_are_one_line_before_work(argv, expected, no_work, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("command", [["eval", "knn"], ["export"]])
+def test_an_unwritable_out_is_found_before_work(command, tmp_path, no_work, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main([*command, "CK", "--out", str(tmp_path / "file" / "result.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot write the result" in err
+
+
+def test_more_shots_than_images_per_class_is_an_error():
+    from contrastlab.eval.fewshot import allway_kshot
+
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(9, 4, generator=g), torch.arange(3).repeat(3)  # 3 per class
+    with pytest.raises(UserError, match="the smallest has 3"):
+        allway_kshot(feats, labels, feats, labels, shots=(10,), trials=1)

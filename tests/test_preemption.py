@@ -1,0 +1,185 @@
+"""Checkpoints inside an epoch, stop signals, and an exact resume from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY
+
+from contrastlab.checkpoint import read_checkpoint
+from contrastlab.errors import TrainingInterrupted
+from contrastlab.methods.moco import MoCo
+from contrastlab.train import Trainer
+
+COMMON = ["optim.epochs=2", "train.checkpoint_every=1", "train.knn_every=0"]
+
+
+def _equal_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _on_step(monkeypatch, step: int, action) -> None:
+    """Run ``action()`` after the forward pass of the given (1-based, global) step."""
+    original = MoCo.forward
+    calls = {"n": 0}
+
+    def forward(self, views, epoch=0):
+        out = original(self, views, epoch)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == step:
+                action()
+        return out
+
+    monkeypatch.setattr(MoCo, "forward", forward)
+
+
+@pytest.fixture
+def quiet_signals():
+    """Ignore the stop signals unless the trainer handles them (the old code did not)."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    yield
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def test_time_checkpoint_inside_an_epoch_resumes_bit_identically(tiny_config, monkeypatch):
+    straight = Trainer(tiny_config(*COMMON, "name=straight")).fit()
+
+    # a checkpoint after every step (any wall time is due), then a hard stop in step 4 of 6
+    cfg = tiny_config(*COMMON, "name=cut", "train.checkpoint_minutes=0.000001")
+
+    def crash():
+        raise RuntimeError("killed")
+
+    _on_step(monkeypatch, 4, crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+    state = read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")
+    assert state["epoch"] == 0 and state["step"] == 3 and state["position"]["batch"] == 3
+
+    resumed = Trainer(tiny_config(*COMMON, "name=cut", "train.resume=auto")).fit()
+    assert resumed.steps == straight.steps == 12
+    assert resumed.final_loss == straight.final_loss
+    a, b = read_checkpoint(straight.last_checkpoint), read_checkpoint(resumed.last_checkpoint)
+    _equal_states(a["model"], b["model"])
+    # the score record of the interrupted epoch is whole and the same
+    for name in ("queries-epoch0001.npz", "intervals-epoch0001.npz", "hist.npz"):
+        with np.load(straight.run_dir / "scores" / name) as x, np.load(
+            resumed.run_dir / "scores" / name
+        ) as y:
+            assert x.files == y.files
+            for key in x.files:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}:{key}")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_a_stop_signal_finishes_the_step_saves_and_stops(
+    tiny_config, monkeypatch, quiet_signals, sig
+):
+    cfg = tiny_config(*COMMON, f"name=stop-{sig}")
+    _on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), getattr(signal, sig)))
+    with pytest.raises(TrainingInterrupted) as info:
+        Trainer(cfg).fit()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert sig in message and "train.resume=auto" in message and "last.pt" in message
+    state = read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 2 and state["position"]["batch"] == 2  # the step that was running
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # handlers are put back
+    assert not (cfg.run_dir / ".contrastlab.lock").exists()
+
+
+def test_the_command_exits_with_its_own_status_on_sigterm(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "contrastlab",
+        "train",
+        "--config",
+        "moco_v2_cifar",
+        *TINY,
+        "optim.epochs=500",
+        "train.knn_every=0",
+        f"out_dir={tmp_path}",
+        "name=term",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    metrics = tmp_path / "term" / "metrics.jsonl"
+    deadline = time.time() + 600  # starting Python and torch can be slow on a loaded machine
+    while not (metrics.exists() and '"train"' in metrics.read_text()):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    logged = max(json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0], err[-2000:]
+    state = read_checkpoint(tmp_path / "term" / "checkpoints" / "last.pt")
+    events = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert events[-1]["event"] == "stopped" and events[-1]["step"] == state["step"]
+    # the step that was running when the signal came is finished, and no more (one log interval)
+    assert logged <= state["step"] <= logged + 3
+
+
+def _ddp_worker(rank: int, port: int, overrides: list, out: str) -> None:
+    from contrastlab.config import load_config
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    original = MoCo.forward
+    calls = {"n": 0}
+
+    def forward(self, views, epoch=0):
+        result = original(self, views, epoch)
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 2:  # only one process is signalled
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    MoCo.forward = forward
+    from contrastlab.train import train
+
+    try:
+        train(load_config("moco_v2_cifar", overrides))
+        outcome = {"stopped": False}
+    except TrainingInterrupted as e:
+        outcome = {"stopped": True, "is_main": e.is_main, "message": str(e)}
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+
+
+def test_under_ddp_every_process_stops_at_the_same_step(tmp_path):
+    import torch.multiprocessing as mp
+    from helpers import free_port
+
+    overrides = [*TINY, *COMMON, "model.bn_splits=1", f"out_dir={tmp_path}", "name=ddp"]
+    mp.spawn(_ddp_worker, args=(free_port(), overrides, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["stopped"] and r1["stopped"] and r0["is_main"] and not r1["is_main"]
+    assert "a stop signal to another process" in r0["message"]
+    state = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert state["step"] == 2 and len(state["position"]["rng"]) == 2

@@ -1,0 +1,276 @@
+"""Durable checkpoints and the run directory: damage, full disks, locks, names, old files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from contrastlab.checkpoint import load_model, read_checkpoint, save_checkpoint
+from contrastlab.cli import main
+from contrastlab.errors import TrainingDiverged, UserError
+from contrastlab.train import Trainer
+
+ONE = ["optim.epochs=1", "train.knn_every=0"]
+
+
+@pytest.fixture
+def trained(tiny_config):
+    """A finished one-epoch run: (its config overrides, its result)."""
+    result = Trainer(tiny_config(*ONE, "name=done")).fit()
+    return result
+
+
+def _no_temps(folder) -> bool:
+    return not [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".probe")]
+
+
+# -- reading checkpoints ---------------------------------------------------------------------------
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_reported(trained):
+    path = trained.last_checkpoint
+    queue = read_checkpoint(path)["model"]["queue"]
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(queue.numpy().tobytes()[:64])
+    assert at > 0
+    data[at + 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"last.pt is damaged: its contents do not match"):
+        read_checkpoint(path)
+
+
+def test_pickled_objects_are_refused_without_weights_only_advice(tmp_path, capsys):
+    import argparse
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "contrastlab-checkpoint-v1", "x": argparse.Namespace(a=1)}, path)
+    code = main(["export", str(path), "--out", str(tmp_path / "b.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "holds pickled Python objects" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("missing", ["config", "model"])
+def test_a_tagged_checkpoint_without_config_or_model_is_one_line(trained, tmp_path, missing):
+    state = torch.load(trained.last_checkpoint, weights_only=True)
+    del state[missing]
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    with pytest.raises(UserError, match=f"tagged as a contrastlab checkpoint but has no '{missing}"):
+        load_model(path)
+
+
+def test_does_not_fit_names_the_keys_and_shapes(trained):
+    from contrastlab.checkpoint import load_model_state
+    from contrastlab.config import config_from_dict
+    from contrastlab.methods import build_method
+
+    state = read_checkpoint(trained.last_checkpoint)
+    data = state["config"]
+    data["model"]["dim"] = 16
+    model = build_method(config_from_dict(data))
+    with pytest.raises(UserError) as info:
+        load_model_state(model, state, trained.last_checkpoint)
+    text = str(info.value)
+    assert "does not fit this model" in text and "queue" in text and "[40, 8]" in text
+    assert "[40, 16]" in text and len(text.splitlines()) == 1
+
+
+def test_non_finite_weights_are_refused_on_save_and_load(trained, tmp_path):
+    state = torch.load(trained.last_checkpoint, weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("running_var"))
+    state["model"][key][0] = float("inf")
+    with pytest.raises(TrainingDiverged, match=key.replace(".", r"\.")):
+        save_checkpoint(tmp_path / "x.pt", state)
+    assert not (tmp_path / "x.pt").exists() and _no_temps(tmp_path)
+    torch.save({k: v for k, v in state.items() if k != "checksum"}, tmp_path / "y.pt")
+    with pytest.raises(UserError, match="NaN or infinite"):
+        load_model(tmp_path / "y.pt")
+
+
+def test_a_diverged_buffer_is_not_saved_as_the_last_good_checkpoint(tiny_config, monkeypatch):
+    from contrastlab.methods.moco import MoCo
+
+    cfg = tiny_config("optim.epochs=2", "train.checkpoint_every=1", "train.knn_every=0", "name=inf")
+    original = MoCo.forward
+
+    def forward(self, views, epoch=0):
+        out = original(self, views, epoch)
+        if epoch == 1:
+            for m in self.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_var.fill_(float("inf"))  # the loss stays finite
+        return out
+
+    monkeypatch.setattr(MoCo, "forward", forward)
+    with pytest.raises(TrainingDiverged, match="intact"):
+        Trainer(cfg).fit()
+    assert read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+# -- writing checkpoints ---------------------------------------------------------------------------
+
+
+def test_best_is_written_before_last_and_temps_are_removed(tiny_config, monkeypatch, capsys):
+    cfg = tiny_config(*ONE, "name=order")
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("last.pt"):
+            raise KeyboardInterrupt  # killed between the two renames
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+    ckpt = cfg.run_dir / "checkpoints"
+    assert (ckpt / "best.pt").is_file() and not (ckpt / "last.pt").exists()
+    assert _no_temps(cfg.run_dir)
+    # resume=auto continues from best.pt, saying so in one line
+    result = Trainer(tiny_config(*ONE, "name=order", "train.resume=auto")).fit()
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "best.pt" in err and result.epochs == 1
+
+
+def test_stale_temp_files_are_removed_at_start(tiny_config):
+    cfg = tiny_config(*ONE, "name=stale")
+    ckpt = cfg.run_dir / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / ".last.pt.tmp-99999").write_bytes(b"x" * 1000)
+    (cfg.run_dir / "scores").mkdir()
+    (cfg.run_dir / "scores" / "hist.npz.tmp").write_bytes(b"x")
+    Trainer(cfg).fit()
+    assert _no_temps(cfg.run_dir)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(trained, monkeypatch, capsys):
+    before = trained.last_checkpoint.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = main(
+        [
+            "train",
+            "--config",
+            "moco_v2_cifar",
+            *_tiny(trained),
+            "optim.epochs=2",
+            "train.resume=auto",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no space left on device" in err and "intact" in err
+    assert trained.last_checkpoint.read_bytes() == before
+    assert _no_temps(trained.run_dir)
+
+
+def _tiny(result) -> list[str]:
+    from helpers import TINY
+
+    return [*TINY, "train.knn_every=0", f"out_dir={result.run_dir.parent}", "name=done"]
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_best(tiny_config, capsys):
+    run = Trainer(tiny_config(*ONE, "name=fb")).fit()
+    data = run.last_checkpoint.read_bytes()
+    os.unlink(run.last_checkpoint)  # best.pt is a hard link to the same file: keep it intact
+    run.last_checkpoint.write_bytes(data[: len(data) // 2])
+    cfg = tiny_config("optim.epochs=2", "train.knn_every=0", "name=fb", "train.resume=auto")
+    result = Trainer(cfg).fit()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([x for x in err if x.startswith("warning:")]) == 1
+    assert "resuming from" in err[-1] and result.epochs == 2
+
+
+# -- the run directory -----------------------------------------------------------------------------
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tiny_config):
+    cfg = tiny_config(*ONE, "name=locked")
+    cfg.run_dir.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (cfg.run_dir / ".contrastlab.lock").write_text(
+            f'{{"pid": {sleeper.pid}, "host": "{socket.gethostname()}"}}'
+        )
+        with pytest.raises(UserError, match=f"in use by process {sleeper.pid}"):
+            Trainer(cfg)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder is gone: its lock is stale and taken over
+    Trainer(cfg).fit()
+    assert not (cfg.run_dir / ".contrastlab.lock").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "/abs", "../../x", "a/../../b", ""])
+def test_names_stay_inside_out_dir(tiny_config, name):
+    with pytest.raises(UserError, match="name must be a relative folder name inside out_dir"):
+        tiny_config(f"name={name}")
+
+
+def test_overwrite_deletes_only_what_contrastlab_wrote(trained, tiny_config):
+    run = trained.run_dir
+    mine = [run / "notes.txt", run / "scores" / "mine.csv", run / "tensorboard" / "keep.txt"]
+    for p in mine:
+        p.write_text("user data")
+    Trainer(tiny_config(*ONE, "name=done", "train.overwrite=true", "scores.record=false")).fit()
+    assert all(p.read_text() == "user data" for p in mine)
+    assert not list((run / "scores").glob("*.npz"))  # the old run's score files are gone
+
+
+def test_best_without_last_is_not_silently_overwritten(trained, tiny_config):
+    best = trained.run_dir / "checkpoints" / "best.pt"
+    trained.last_checkpoint.unlink()
+    with pytest.raises(UserError, match=rf"best.pt.*train.resume={best}"):
+        Trainer(tiny_config(*ONE, "name=done"))
+
+
+def test_damaged_appended_files_give_one_warning_and_resume(tiny_config, capsys):
+    common = ["train.checkpoint_every=1", "train.knn_every=0", "name=dmg"]
+    run = Trainer(tiny_config("optim.epochs=1", *common)).fit().run_dir
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "st')  # cut short by a crash
+    (run / "scores" / "hist.npz").write_bytes(b"PK\x03\x04 broken")
+    capsys.readouterr()
+    Trainer(tiny_config("optim.epochs=2", *common, "train.resume=auto")).fit()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(x.startswith("warning:") for x in err), err
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert sum(1 for x in lines if x.startswith('{"event": "train", "st')) == 1
+    from contrastlab.scores import load_histograms
+
+    hists = load_histograms(run)
+    assert list(hists.epoch) == [1, 2] and np.all(hists.counts.sum(axis=-1) > 0)
+
+
+@pytest.mark.parametrize("blocker", ["out_dir", "checkpoints"])
+def test_an_unwritable_run_directory_stops_before_any_work(
+    tiny_config, tmp_path, monkeypatch, blocker
+):
+    import contrastlab.train as train_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data set was built before the run directory was checked")
+
+    monkeypatch.setattr(train_module, "build_dataset", no_data)
+    if blocker == "out_dir":
+        (tmp_path / "file").write_text("x")
+        cfg = tiny_config(*ONE, f"out_dir={tmp_path / 'file'}")
+    else:
+        cfg = tiny_config(*ONE, "name=ro")
+        cfg.run_dir.mkdir(parents=True)
+        (cfg.run_dir / "checkpoints").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        Trainer(cfg)
