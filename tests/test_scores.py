@@ -249,3 +249,72 @@ def test_ddp_gather(tmp_path):
     assert neg.sum() == 23 * 5
     assert neg[np.searchsorted(hist.edges, -0.5, side="right") - 1] == 12 * 5
     assert hist.counts[0, 0, 0, 0].sum() == 23
+
+
+# -- mean exp(score / T) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [None, 100])
+def test_exp_statistics_match_naive_float64(block, monkeypatch):
+    """exp(pos / T) and the mean over negatives of exp(neg / T), the terms the Feature
+    Transformation reference code keeps, against a loop in float64."""
+    if block:
+        monkeypatch.setattr(scores, "_CPU_BLOCK_SCORES", block)
+    g = torch.Generator().manual_seed(2)
+    pos = torch.rand(6, generator=g) * 2 - 1
+    neg = torch.rand(6, 40, generator=g) * 2 - 1
+    t = 0.07
+    st = score_stats(pos, neg, bins=BINS, temperature=t)
+    for i in range(6):
+        row = [float(v) for v in neg[i].double()]
+        expected = sum(np.exp(v / t) for v in row) / len(row)
+        assert st.neg_exp[i].item() == pytest.approx(expected, rel=1e-5)
+        assert st.pos_exp[i].item() == pytest.approx(np.exp(float(pos[i]) / t), rel=1e-5)
+    no_t = score_stats(pos, neg, bins=BINS)
+    assert torch.isnan(no_t.pos_exp).all() and torch.isnan(no_t.neg_exp).all()
+
+
+def test_exp_statistics_recorded_and_old_records_still_read(tmp_path):
+    """The recorder stores pos_exp / neg_exp per query and per interval; a record written in the
+    previous format (without them) still loads, with NaN in those columns."""
+    g = torch.Generator().manual_seed(4)
+    rec = ScoreRecorder(tmp_path, _cfg(), log_every=2)
+    fed = []
+    for step in range(4):
+        pos, neg = torch.rand(3, generator=g), torch.rand(3, 10, generator=g)
+        st = score_stats(pos, neg, bins=BINS, temperature=0.2)
+        rec.update(step, 1, {("z", "raw"): st})
+        fed.append(st)
+    rec.close()
+    record = load_scores(tmp_path)
+    assert record.meta["format"] == "contrastlab-scores-v2"
+    raw = record.query("z", "raw")
+    np.testing.assert_array_equal(raw["neg_exp"], torch.cat([s.neg_exp for s in fed]).numpy())
+    np.testing.assert_array_equal(raw["pos_exp"], torch.cat([s.pos_exp for s in fed]).numpy())
+    iv = record.interval("z", "raw")
+    first = torch.cat([s.neg_exp for s in fed[:2]]).double().numpy()
+    assert iv["neg_exp_mean"][0] == pytest.approx(first.mean())
+
+    # the same directory as the previous format wrote it: no exp columns, format v1
+    folder = tmp_path / "scores"
+    for path in folder.glob("*-epoch*.npz"):
+        with np.load(path) as f:
+            kept = {n: f[n] for n in f.files if "_exp" not in n}
+        np.savez(path, **kept)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["format"] = "contrastlab-scores-v1"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    old = load_scores(tmp_path)
+    np.testing.assert_array_equal(old.query("z", "raw")["pos"], raw["pos"])
+    assert np.isnan(old.queries["neg_exp"]).all() and len(old.queries["neg_exp"]) == 12
+    assert np.isnan(old.intervals["pos_exp_mean"]).all()
+    assert load_histograms(tmp_path).counts.shape == (1, 1, 2, 2, BINS)
+    # a resumed run appends to the old record
+    rec = ScoreRecorder(tmp_path, _cfg(), log_every=2)
+    pos, neg = torch.rand(3, generator=g), torch.rand(3, 10, generator=g)
+    rec.update(10, 2, {("z", "raw"): score_stats(pos, neg, bins=BINS, temperature=0.2)})
+    rec.close()
+    both = load_scores(tmp_path)
+    assert both.meta["epochs"] == [1, 2]
+    assert np.isfinite(both.queries["neg_exp"][both.queries["epoch"] == 2]).all()
+    assert np.isnan(both.queries["neg_exp"][both.queries["epoch"] == 1]).all()

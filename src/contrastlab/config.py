@@ -92,6 +92,9 @@ class FTConfig:
     granularity: Literal["step", "sample", "element"] = "step"  # one λ per step, sample or element
     renormalize: bool = False  # L2-normalize the transformed features
     start_epoch: int = 0  # first epoch (0-based) with transformations
+    granularity_pos: Literal["step", "sample", "element"] | None = None  # λ of positives; None = ft.granularity
+    granularity_neg: Literal["step", "sample", "element"] | None = None  # λ of negatives; None = ft.granularity
+    renormalize_negatives: bool = True  # with ft.renormalize: also the mixed negatives (the reference's postmix_norm: false)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class LoocConfig:
 
     augmentations: list[str] = field(default_factory=lambda: ["color"])  # each gets a space
     plus_plus: bool = False  # LooC++: each head owns a copy of the last backbone stage
+    z0_positives: Literal["all", "k0"] = "all"  # positives of q in Z_0: every key k0..kn (Eq. 2) or k0 only
 
 
 @dataclass

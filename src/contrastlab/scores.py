@@ -5,6 +5,7 @@ The file layout is specified in docs/scores-format.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ class ScoreStats:
     ``pos[i]`` is query i's score with its positive; ``neg_mean[i]`` and ``neg_var[i]`` are the mean
     and (population) variance of its scores with all of its negatives. The histograms count every
     positive and every negative score of the batch in ``bins`` equal bins over ``[low, high]``;
-    scores outside the range are counted in the end bins.
+    scores outside the range are counted in the end bins. ``pos_exp[i]`` = exp(pos[i] / T) and
+    ``neg_exp[i]`` = mean over the negatives of exp(score / T), the terms of InfoNCE's numerator and
+    denominator that the Feature Transformation reference code keeps; NaN when no temperature was
+    given.
     """
 
     pos: Tensor  # [B]
@@ -29,35 +33,59 @@ class ScoreStats:
     neg_var: Tensor  # [B]
     pos_hist: Tensor  # [bins], float32 counts
     neg_hist: Tensor  # [bins]
+    pos_exp: Tensor | None = None  # [B]; None is read as NaN
+    neg_exp: Tensor | None = None  # [B]
 
 
 @torch.no_grad()
 def score_stats(
-    pos: Tensor, neg: Tensor, bins: int = 200, low: float = -1.0, high: float = 1.0
+    pos: Tensor,
+    neg: Tensor,
+    bins: int = 200,
+    low: float = -1.0,
+    high: float = 1.0,
+    temperature: float | None = None,
 ) -> ScoreStats:
     """Summarize scores (not logits: no temperature) of B queries: ``pos`` [B], ``neg`` [B, N].
 
-    Runs on the scores' device without a host synchronization on accelerators, so it can be
-    called every step.
+    With ``temperature`` T, also exp(pos / T) and the mean of exp(neg / T) per query. Everything
+    is computed and returned in float32 with autocast off, so that a bf16 step cannot round the
+    statistics (pass float32 scores: bf16 ones are already rounded). Runs on the scores' device
+    without a host synchronization on accelerators, so it can be called every step.
     """
-    pos = pos.detach().float()
-    neg = neg.detach().float()
-    neg_mean = neg.mean(dim=1)
-    # The variance takes two passes (the mean, then the squared deviations from it) rather than
-    # torch.var_mean: as accurate when all scores are nearly equal (a collapsed space, variance
-    # ~1e-7) and about half the cost on CPU, where var_mean's Welford loop is slow.
-    if neg.device.type == "cpu":
-        sq_deviations, neg_hist = _deviations_and_histogram_cpu(neg, neg_mean, bins, low, high)
-    else:
-        sq_deviations = torch.linalg.vector_norm(neg - neg_mean[:, None], dim=1).square_()
-        neg_hist = histogram(neg, bins, low, high)
-    return ScoreStats(
-        pos=pos,
-        neg_mean=neg_mean,
-        neg_var=sq_deviations / max(neg.shape[1], 1),
-        pos_hist=histogram(pos, bins, low, high),
-        neg_hist=neg_hist,
-    )
+    with autocast_off(pos.device):
+        pos = pos.detach().float()
+        neg = neg.detach().float()
+        neg_mean = neg.mean(dim=1)
+        # The variance takes two passes (the mean, then the squared deviations from it) rather
+        # than torch.var_mean: as accurate when all scores are nearly equal (a collapsed space,
+        # variance ~1e-7) and about half the cost on CPU, where var_mean's Welford loop is slow.
+        if neg.device.type == "cpu":
+            sq_deviations, neg_hist, neg_exp = _deviations_and_histogram_cpu(
+                neg, neg_mean, bins, low, high, temperature
+            )
+        else:
+            sq_deviations = torch.linalg.vector_norm(neg - neg_mean[:, None], dim=1).square_()
+            neg_hist = histogram(neg, bins, low, high)
+            neg_exp = None if temperature is None else neg.div(temperature).exp_().mean(dim=1)
+        nan = torch.full_like(pos, float("nan"))
+        return ScoreStats(
+            pos=pos,
+            neg_mean=neg_mean,
+            neg_var=sq_deviations / max(neg.shape[1], 1),
+            pos_hist=histogram(pos, bins, low, high),
+            neg_hist=neg_hist,
+            pos_exp=nan if temperature is None else pos.div(temperature).exp(),
+            neg_exp=nan if neg_exp is None else neg_exp,
+        )
+
+
+def autocast_off(device: torch.device):
+    """A context with autocast disabled on ``device`` (no-op where autocast does not exist)."""
+    kind = device.type
+    if torch.amp.is_autocast_available(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def histogram(x: Tensor, bins: int, low: float, high: float) -> Tensor:
@@ -99,11 +127,13 @@ def _count_bins(index: Tensor, bins: int) -> Tensor:
 
 
 def _deviations_and_histogram_cpu(
-    neg: Tensor, neg_mean: Tensor, bins: int, low: float, high: float
-) -> tuple[Tensor, Tensor]:
-    """Per-row sums of squared deviations from ``neg_mean``, and the histogram of ``neg``."""
+    neg: Tensor, neg_mean: Tensor, bins: int, low: float, high: float, temperature=None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-row sums of squared deviations from ``neg_mean``, the histogram of ``neg``, and (with a
+    temperature) the per-row mean of exp(neg / T)."""
     rows, cols = neg.shape
-    dev_norm = torch.empty(rows)
+    dev_norm = torch.empty(rows, dtype=neg.dtype)
+    exp_mean = None if temperature is None else torch.empty(rows, dtype=neg.dtype)
     index = torch.empty(rows, cols, dtype=_index_dtype(bins))
     block = max(1, _CPU_BLOCK_SCORES // max(cols, 1))
     for r in range(0, rows, block):
@@ -111,18 +141,22 @@ def _deviations_and_histogram_cpu(
         torch.linalg.vector_norm(
             scores - neg_mean[r : r + block, None], dim=1, out=dev_norm[r : r + block]
         )
+        if exp_mean is not None:
+            torch.mean(scores.div(temperature).exp_(), dim=1, out=exp_mean[r : r + block])
         index[r : r + block] = _bin_index(scores, bins, low, high)  # the copy truncates
-    return dev_norm.square_(), _count_bins(index, bins)
+    return dev_norm.square_(), _count_bins(index, bins), exp_mean
 
 
 # ----------------------------------------------------------------------------------------------
 # Recording (layout: docs/scores-format.md)
 # ----------------------------------------------------------------------------------------------
 
-FORMAT = "contrastlab-scores-v1"
+FORMAT = "contrastlab-scores-v2"
+# Formats this module reads: v1 lacks pos_exp / neg_exp, which read back as NaN.
+READABLE_FORMATS = ("contrastlab-scores-v1", FORMAT)
 STAGES = ("raw", "effective")
 KINDS = ("pos", "neg")
-QUANTITIES = ("pos", "neg_mean", "neg_var")
+QUANTITIES = ("pos", "neg_mean", "neg_var", "pos_exp", "neg_exp")
 QUANTILES = (0.1, 0.5, 0.9)
 QUERY_DTYPE = np.float32
 # Buffered per-query rows (on the device) before they are moved to the host inside an interval.
@@ -235,7 +269,7 @@ class ScoreRecorder:
             warn(f"{meta_path} is damaged ({e}); the epochs are rebuilt from the interval files")
             meta = self._meta_from_files()
         if (
-            meta.get("format") != FORMAT
+            meta.get("format") not in READABLE_FORMATS
             or meta.get("bins") != self.bins
             or meta.get("low") != self.low
             or meta.get("high") != self.high
@@ -389,9 +423,7 @@ class ScoreRecorder:
             same = raw is not None and _same_stats(st, raw)
             self._same[key] = self._same.get(key, True) and same
             if not same:  # an effective stage identical to raw is not stored twice
-                self._buffer.append(
-                    torch.stack([st.pos, st.neg_mean, st.neg_var]).to(torch.float32)
-                )
+                self._buffer.append(torch.stack(_quantities(st)).to(torch.float32))
                 self._segments.append((key[0], key[1], step, st.pos.numel()))
                 self._buffered_rows += st.pos.numel()
             hist = self._interval_hist.get(key)
@@ -440,7 +472,11 @@ class ScoreRecorder:
             self._unflushed = 0
             return
         dev = self._device or torch.device("cpu")
-        data = torch.cat(self._buffer, dim=1) if self._buffer else torch.zeros(3, 0, device=dev)
+        data = (
+            torch.cat(self._buffer, dim=1)
+            if self._buffer
+            else torch.zeros(len(QUANTITIES), 0, device=dev)
+        )
         seg = torch.tensor(self._segments, dtype=torch.int64).reshape(-1, 4).to(dev)
         ranks = None
         if self.world > 1:
@@ -506,6 +542,8 @@ class ScoreRecorder:
                 tag = f"scores/{self.spaces[space]}/{STAGES[stage]}"
                 if not same:
                     for q in QUANTITIES:
+                        if np.isnan(table[f"{q}_mean"][-1]):
+                            continue  # no temperature given: nothing to draw
                         self.tb.add_scalar(
                             f"{tag}/{q}_mean", table[f"{q}_mean"][-1], self._last_step
                         )
@@ -605,6 +643,8 @@ QUERY_COLUMNS = {
     "pos": QUERY_DTYPE,
     "neg_mean": QUERY_DTYPE,
     "neg_var": QUERY_DTYPE,
+    "pos_exp": QUERY_DTYPE,  # since v2; NaN when read from a v1 record
+    "neg_exp": QUERY_DTYPE,
 }
 INTERVAL_COLUMNS = {
     "epoch": np.int32,
@@ -628,15 +668,30 @@ def _first_line(e: Exception) -> str:
 
 
 def _concat(parts: list[dict[str, np.ndarray]], columns: dict) -> dict[str, np.ndarray]:
+    """Columns of all parts end to end; a column a part lacks (an older format: the exp(score/T)
+    statistics) is NaN in its rows."""
     out = {}
     for name, dtype in columns.items():
-        arrays = [p[name] for p in parts]
+        arrays = [p[name] if name in p else _missing(p, dtype) for p in parts]
         out[name] = (
             np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
         )
     for name in ("pos_hist", "neg_hist"):
         if parts and name in parts[0]:
             out[name] = np.concatenate([p[name] for p in parts])
+    return out
+
+
+def _missing(part: dict[str, np.ndarray], dtype) -> np.ndarray:
+    rows = len(next(v for k, v in part.items() if k not in ("pos_hist", "neg_hist")))
+    return np.full(rows, np.nan, dtype)
+
+
+def _quantities(st: ScoreStats) -> list[Tensor]:
+    """The per-query vectors of ``st`` in the order of QUANTITIES (absent exp statistics: NaN)."""
+    out = [st.pos, st.neg_mean, st.neg_var]
+    for extra in (st.pos_exp, st.neg_exp):
+        out.append(torch.full_like(st.pos, float("nan")) if extra is None else extra)
     return out
 
 
@@ -652,7 +707,7 @@ def _gather_rows(data: Tensor, seg: Tensor, world: int) -> tuple[Tensor, Tensor,
     all_sizes = torch.stack(all_sizes).cpu().tolist()
     max_rows = max(s[0] for s in all_sizes)
     max_seg = max(s[1] for s in all_sizes)
-    pad_data = torch.zeros(3, max_rows, dtype=data.dtype, device=data.device)
+    pad_data = torch.zeros(data.shape[0], max_rows, dtype=data.dtype, device=data.device)
     pad_data[:, : data.shape[1]] = data
     pad_seg = torch.zeros(max_seg, 4, dtype=seg.dtype, device=seg.device)
     pad_seg[: seg.shape[0]] = seg
@@ -746,8 +801,11 @@ def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
         raise UserError(f"{meta_path} is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise UserError(
+            f"{meta_path} has format {meta.get('format')!r}; this version reads "
+            f"{', '.join(READABLE_FORMATS)} (update contrastlab to read newer records)"
+        )
     return folder, meta
 
 

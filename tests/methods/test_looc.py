@@ -46,8 +46,11 @@ def unit(*shape, g):
     return x / x.norm(dim=-1, keepdim=True)
 
 
-def naive_loss(zq, zk, queues, tau):
-    """Eq. 2 with explicit loops: E_ij = exp(z_i(q)·z_i(k_j)/τ), N_i = Σ_queue exp(z_i(q)·n/τ)."""
+def naive_loss(zq, zk, queues, tau, z0_positives="all"):
+    """Eq. 2 with explicit loops: E_ij = exp(z_i(q)·z_i(k_j)/τ), N_i = Σ_queue exp(z_i(q)·n/τ).
+
+    Z_0: "all" = Σ_j E_0j / (Σ_j E_0j + N_0) (every key a positive); "k0" = E_00 / (E_00 + N_0).
+    """
     num_spaces, batch = zq.shape[0], zq.shape[1]
     total = 0.0
     for b in range(batch):
@@ -60,7 +63,9 @@ def naive_loss(zq, zk, queues, tau):
 
             e = [math.exp(dot(zk[i, j, b]) / tau) for j in range(num_spaces)]
             n_i = sum(math.exp(dot(queues[i, m]) / tau) for m in range(queues.shape[1]))
-            if i == 0:
+            if i == 0 and z0_positives == "all":
+                per_image += math.log(sum(e) / (sum(e) + n_i))
+            elif i == 0:
                 per_image += math.log(e[0] / (e[0] + n_i))
             else:
                 per_image += math.log(e[i] / (sum(e) + n_i))
@@ -68,20 +73,48 @@ def naive_loss(zq, zk, queues, tau):
     return total / batch
 
 
-def test_loss_matches_naive_eq2():
+@pytest.mark.parametrize("z0_positives", ["all", "k0"])
+def test_loss_matches_naive_eq2(z0_positives):
     g = torch.Generator().manual_seed(0)
     s, d, k = 4, 5, 7  # n = 3 atomic augmentations
     zq, zk, queues = unit(s, B, d, g=g), unit(s, s, B, d, g=g), unit(s, k, d, g=g)
-    loss, stats = looc_loss(zq, zk, queues, 0.2)
+    kwargs = {} if z0_positives == "all" else {"z0_positives": z0_positives}  # "all": default
+    loss, stats = looc_loss(zq, zk, queues, 0.2, **kwargs)
     assert loss.dtype == torch.float64
-    assert loss.item() == pytest.approx(naive_loss(zq, zk, queues, 0.2), rel=1e-12)
+    expected = naive_loss(zq, zk, queues, 0.2, z0_positives)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert stats == {}
+    with pytest.raises(ValueError, match="z0_positives"):
+        looc_loss(zq, zk, queues, 0.2, z0_positives="k1")
 
 
-def test_model_loss_matches_reference_and_stats():
+def test_z0_multi_positive_gradient_matches_float64_reference():
+    """d loss / d z0(q) of the multi-positive Z_0 term against autograd through the naive sums."""
+    g = torch.Generator().manual_seed(3)
+    s, d, k = 3, 4, 5
+    zq = unit(s, B, d, g=g).requires_grad_(True)
+    zk, queues = unit(s, s, B, d, g=g), unit(s, k, d, g=g)
+    loss, _ = looc_loss(zq, zk, queues, 0.5)
+    (grad,) = torch.autograd.grad(loss, zq)
+    ref_q = zq.detach().clone().requires_grad_(True)
+    terms = []
+    for b in range(B):
+        for i in range(s):
+            e = torch.stack([torch.exp(ref_q[i, b] @ zk[i, j, b] / 0.5) for j in range(s)])
+            n_i = sum(torch.exp(ref_q[i, b] @ queues[i, m] / 0.5) for m in range(k))
+            num = e.sum() if i == 0 else e[i]
+            terms.append(-torch.log(num / (e.sum() + n_i)))
+    (ref_grad,) = torch.autograd.grad(torch.stack(terms).sum() / (s * B), ref_q)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("z0_positives", ["all", "k0"])
+def test_model_loss_matches_reference_and_stats(z0_positives):
     for plus_plus in (False, True):
         torch.manual_seed(0)
-        cfg = tiny_cfg(("color", "rotation", "texture"), plus_plus)
+        cfg = tiny_cfg(
+            ("color", "rotation", "texture"), plus_plus, f"looc.z0_positives={z0_positives}"
+        )
         model = LooC(
             cfg
         ).eval()  # running BN statistics: each view encodes independently of the batch
@@ -91,7 +124,8 @@ def test_model_loss_matches_reference_and_stats():
         with torch.no_grad():
             zq = model.encoder_q(views[0]).double()
             zk = torch.stack([model.encoder_k(v) for v in views[1:]], dim=1).double()
-        assert out.loss.item() == pytest.approx(naive_loss(zq, zk, queues, 0.2), rel=1e-5)
+        expected = naive_loss(zq, zk, queues, 0.2, z0_positives)
+        assert out.loss.item() == pytest.approx(expected, rel=1e-5)
         assert set(out.scores) == {
             (s, st) for s in ("z0", "color", "rotation", "texture") for st in ("raw", "effective")
         }
@@ -338,3 +372,41 @@ def test_ddp_two_processes(tiny_config, tmp_path):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("z0_positives", ["all", "k0"])
+def test_scores_float32_under_cpu_bf16_autocast(z0_positives):
+    """bf16 embeddings (a network under autocast) and float32 queues of nearly equal negatives:
+    the recorded negative variance of every space is the float64 one, not bf16-rounded."""
+    from contrastlab.config import ScoresConfig
+
+    g = torch.Generator().manual_seed(0)
+    s, d, k = 3, 16, 400
+    center = unit(d, g=g)
+
+    def around(spread, *shape):
+        noise = torch.randn(*shape, d, generator=g, dtype=torch.float64)
+        return torch.nn.functional.normalize(center + spread * noise, dim=-1)
+
+    zq, zk, queues = around(0.05, s, B), around(0.05, s, s, B), around(1e-4, s, k)
+    zq, zk, queues = zq.bfloat16(), zk.bfloat16(), queues.float()
+    spaces = ("z0", "color", "rotation")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = looc_loss(
+            zq, zk, queues, 0.2, spaces=spaces, scores=ScoresConfig(), z0_positives=z0_positives
+        )
+    q64, k64, n64 = zq.double(), zk.double(), queues.double()
+    assert loss.item() == pytest.approx(naive_loss(q64, k64, n64, 0.2, z0_positives), rel=1e-5)
+    scores0 = q64[0] @ n64[0].T  # Z_0: queue 0 only
+    assert scores0.var(1, unbiased=False).max() < 1e-7
+    torch.testing.assert_close(
+        stats[("z0", "raw")].neg_var.double(), scores0.var(1, unbiased=False), rtol=2e-2, atol=0
+    )
+    for i in (1, 2):  # Z_i: the other keys, then queue i
+        others = [j for j in range(s) if j != i]
+        neg = torch.einsum("bc,jbc->bj", q64[i], k64[i, others])
+        neg = torch.cat([neg, q64[i] @ n64[i].T], 1)
+        got = stats[(spaces[i], "raw")]
+        torch.testing.assert_close(got.neg_mean.double(), neg.mean(1), rtol=1e-6, atol=0)
+        var = neg.var(1, unbiased=False)
+        torch.testing.assert_close(got.neg_var.double(), var, rtol=1e-3, atol=0)

@@ -117,3 +117,54 @@ def test_features_spaces(tiny_config):
     z = model.features(x, "z")
     assert z.shape == (3, 8)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+
+
+class _AsNetworkOutput(torch.nn.Module):
+    """Stands in for an encoder under bf16 autocast: the input *is* the embedding, returned in
+    bf16 as a real network's head would return it."""
+
+    def forward(self, x):
+        return x.to(torch.bfloat16)
+
+
+def _collapsed(batch=6, queue=512, dim=16, spread=1e-4, seed=0):
+    """Queries and keys near one direction and a queue of negatives that nearly coincide, as in a
+    collapsed space (variance of the negative scores ~1e-8)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def around(center, spread, *shape):
+        noise = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return torch.nn.functional.normalize(center + spread * noise, dim=-1)
+
+    center = around(torch.zeros(dim, dtype=torch.float64), 1.0, dim)
+    q, k = around(center, 0.05, batch, dim), around(center, 0.05, batch, dim)
+    neg = around(center, spread, queue, dim)
+    # what the method sees: bf16 network outputs, a float32 queue
+    return q.to(torch.bfloat16), k.to(torch.bfloat16), neg.float()
+
+
+@pytest.mark.parametrize("ft", [False, True])
+def test_scores_and_logits_are_float32_under_cpu_bf16_autocast(tiny_config, ft):
+    """Under bf16 autocast the logits and the recorded statistics are computed in float32: the
+    tiny negative variance of a collapsed space is recorded as a float64 computation gives it."""
+    extra = ["ft.pos=extrapolate", "ft.neg=interpolate"] if ft else []
+    cfg = tiny_config("model.bn_splits=1", "model.dim=16", "moco.queue_size=512", *extra)
+    model = MoCo(cfg)
+    model.encoder_q, model.encoder_k = _AsNetworkOutput(), _AsNetworkOutput()
+    q, k, neg = _collapsed()
+    model.queue.copy_(neg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats, _ = model.contrast(q, k, epoch=0)
+    raw = stats[("z", "raw")]
+    q64, k64, n64 = q.double(), k.double(), neg.double()
+    scores64 = q64 @ n64.T
+    true_var = scores64.var(dim=1, unbiased=False)
+    assert true_var.max() < 1e-7  # the collapse signature the statistics must keep
+    torch.testing.assert_close(raw.neg_var.double(), true_var, rtol=2e-2, atol=0)
+    torch.testing.assert_close(raw.neg_mean.double(), scores64.mean(1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(raw.pos.double(), (q64 * k64).sum(1), rtol=1e-6, atol=0)
+    t = cfg.moco.temperature
+    expected_exp = (scores64 / t).exp().mean(1)
+    torch.testing.assert_close(raw.neg_exp.double(), expected_exp, rtol=1e-5, atol=0)
+    if not ft:  # the loss from float32 logits, against the float64 formula
+        assert loss.item() == pytest.approx(naive_infonce(q64, k64, n64, t), rel=1e-5)

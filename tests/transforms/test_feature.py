@@ -366,3 +366,95 @@ def test_presets_load_with_published_settings(name):
     assert not cfg.ft.renormalize
     base = load_config(name.removesuffix("_ft"), path)
     assert dataclasses.replace(cfg, name=base.name, ft=base.ft) == base  # only ft and name change
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference code's per-side options: dim_mask (granularity per side), postmix_norm
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dim_mask, pos_gran, neg_gran",
+    [
+        ("none", "step", "step"),
+        ("pos", "element", "step"),
+        ("neg", "step", "element"),
+        ("both", "element", "element"),
+    ],
+)
+def test_granularity_per_side_expresses_dim_mask(dim_mask, pos_gran, neg_gran):
+    """Each side draws λ at its own granularity; the base key fills in a side left unset."""
+    b, n, d = 16, 64, 8
+    q, k, queue = features(b=b, k=n, d=d)
+    cfg = FTConfig(
+        pos="extrapolate",
+        neg="interpolate",
+        granularity="step",
+        granularity_pos=None if pos_gran == "step" else pos_gran,
+        granularity_neg=None if neg_gran == "step" else neg_gran,
+    )
+    out = feature_transform(q, k, queue, cfg, epoch=0, generator=gen(3))
+    assert out.lam_pos.shape == {"step": (), "element": (b, d)}[pos_gran]
+    assert out.lam_neg.shape == {"step": (), "element": (n, d)}[neg_gran]
+    # with those draws, every element follows the formulas (float64 loops)
+    lp = out.lam_pos.expand(b, d) if pos_gran == "step" else out.lam_pos
+    ln = out.lam_neg.expand(n, d) if neg_gran == "step" else out.lam_neg
+    for i in range(b):
+        for c in range(d):
+            lam, qc, kc = float(lp[i, c]), float(q[i, c]), float(k[i, c])
+            assert float(out.q[i, c]) == pytest.approx(lam * qc + (1 - lam) * kc)
+            assert float(out.k[i, c]) == pytest.approx(lam * kc + (1 - lam) * qc)
+    for j in range(n):
+        m = int(out.perm[j])
+        for c in range(d):
+            lam = float(ln[j, c])
+            expected = lam * float(queue[j, c]) + (1 - lam) * float(queue[m, c])
+            assert float(out.negatives[j, c]) == pytest.approx(expected)
+
+
+def test_single_sided_element_draws_from_beta_2_2():
+    """The reference's single-sided runs: one λ per element from Beta(2, 2): mean 1/2, var 1/20."""
+    q, k, queue = features(b=8, k=4096, d=32)
+    cfg = FTConfig(neg="interpolate", alpha_neg=2.0, granularity_neg="element")
+    out = feature_transform(q, k, queue, cfg, epoch=0, generator=gen(5))
+    assert out.lam_pos is None and torch.equal(out.q, q) and torch.equal(out.k, k)
+    lam = out.lam_neg.double()
+    assert lam.shape == (4096, 32)
+    assert lam.mean().item() == pytest.approx(0.5, abs=0.005)
+    assert lam.var().item() == pytest.approx(1 / 20, rel=0.03)
+
+
+@pytest.mark.parametrize("renormalize_negatives", [True, False])
+def test_postmix_norm_renormalizes_q_and_k_only(renormalize_negatives):
+    """``renormalize_negatives=false`` is the reference's postmix_norm: q̂ and k̂ back on the unit
+    sphere, the mixed negatives left as they are; against float64 loops."""
+    b, n, d = 6, 10, 5
+    q, k, queue = features(b=b, k=n, d=d)
+    lam_pos = 1 + torch.rand(b, d, generator=gen(1), dtype=torch.float64)
+    lam_neg = torch.rand(n, d, generator=gen(2), dtype=torch.float64)
+    perm = torch.randperm(n, generator=gen(3))
+    cfg = FTConfig(
+        pos="extrapolate",
+        neg="interpolate",
+        renormalize=True,
+        renormalize_negatives=renormalize_negatives,
+    )
+    out = feature_transform(q, k, queue, cfg, 0, lam_pos=lam_pos, lam_neg=lam_neg, perm=perm)
+
+    def normalized(v):
+        norm = sum(x * x for x in v) ** 0.5
+        return [x / norm for x in v]
+
+    for i in range(b):
+        lam = [float(v) for v in lam_pos[i]]
+        qi, ki = [float(v) for v in q[i]], [float(v) for v in k[i]]
+        q_hat = normalized([l * a + (1 - l) * c for l, a, c in zip(lam, qi, ki)])
+        k_hat = normalized([l * c + (1 - l) * a for l, a, c in zip(lam, qi, ki)])
+        assert out.q[i].tolist() == pytest.approx(q_hat, abs=1e-12)
+        assert out.k[i].tolist() == pytest.approx(k_hat, abs=1e-12)
+    for j in range(n):
+        lam = [float(v) for v in lam_neg[j]]
+        a, c = [float(v) for v in queue[j]], [float(v) for v in queue[int(perm[j])]]
+        mixed = [l * x + (1 - l) * y for l, x, y in zip(lam, a, c)]
+        expected = normalized(mixed) if renormalize_negatives else mixed
+        assert out.negatives[j].tolist() == pytest.approx(expected, abs=1e-12)

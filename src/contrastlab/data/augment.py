@@ -126,8 +126,9 @@ def build_train_transform(aug: AugmentConfig, image_size: int, mean, std) -> Cal
     return v2.Compose(steps + normalize(mean, std))
 
 
-def build_eval_transform(image_size: int, mean, std, native_size: int | None) -> Callable:
-    """Deterministic evaluation view.
+def build_eval_geometry(image_size: int, native_size: int | None) -> Callable:
+    """The geometric part of the evaluation view: an image in, the ``uint8`` tensor ``3×S×S``
+    (S = ``image_size``) the network sees, before scaling and normalization.
 
     Small images (``native_size`` known and <= 96 px): the whole image resized to ``image_size``
     (a no-op when it already has that size). Large or unknown sizes: the ImageNet protocol, resize
@@ -137,5 +138,17 @@ def build_eval_transform(image_size: int, mean, std, native_size: int | None) ->
         resize = image_size
     else:
         resize = round(image_size * 256 / 224)
-    steps = [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), _TO_FLOAT]
-    return v2.Compose(steps + normalize(mean, std))
+    steps = [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose(steps + [v2.ToPureTensor()])
+
+
+def build_eval_finish(mean, std) -> Callable:
+    """The rest of the evaluation view: ``uint8`` tensor -> normalized ``float32`` tensor."""
+    return v2.Compose([_TO_FLOAT, *normalize(mean, std)])
+
+
+def build_eval_transform(image_size: int, mean, std, native_size: int | None) -> Callable:
+    """Deterministic evaluation view: :func:`build_eval_geometry` then :func:`build_eval_finish`
+    (corruptions go between the two, at the network's resolution)."""
+    geometry = build_eval_geometry(image_size, native_size).transforms[:-1]
+    return v2.Compose([*geometry, _TO_FLOAT, *normalize(mean, std)])

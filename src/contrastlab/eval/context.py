@@ -131,6 +131,14 @@ class EvalContext:
         mean, std = self.stats(ds)
         return build_eval_transform(self.image_size, mean, std, ds.image_size)
 
+    def eval_stages(self, ds: Dataset) -> tuple[Callable, Callable]:
+        """``eval_transform`` in two parts: (image -> uint8 tensor at the network's resolution,
+        uint8 tensor -> normalized float), so that corruptions can go in between."""
+        from contrastlab.data.augment import build_eval_finish, build_eval_geometry
+
+        mean, std = self.stats(ds)
+        return build_eval_geometry(self.image_size, ds.image_size), build_eval_finish(mean, std)
+
     def train_transform(self, ds: Dataset) -> Callable:
         """Crop + flip for MoCo's linear protocol. Small images (<= 96 px): pad-and-crop, as is
         usual on CIFAR; larger: RandomResizedCrop (scale 0.08–1) as on ImageNet."""

@@ -1,32 +1,47 @@
 """The 15 ImageNet-C corruptions (Hendrycks & Dietterich, ICLR 2019) and a robustness protocol.
 
+Where the corruption happens: as ImageNet-C does, on the image the network sees. ImageNet-C
+corrupts the 224 px centre crop after Resize(256) + CenterCrop(224); ``CorruptedDataset`` applies
+the evaluation view's geometry first (resize + centre crop, or the whole image resized for
+<= 96 px datasets), corrupts that ``uint8`` image, then scales and normalizes it.
+
+Severity tables (``TABLES``): images of side <= 64 px use CIFAR-10-C's tables (make_cifar_c.py,
+32 px base), larger ones ImageNet-C's (make_imagenet_c.py, 224 px base). With the ImageNet-C tables
+every corrupted image then goes through a JPEG round trip at quality 85, as ImageNet-C's images
+were saved; CIFAR-10-C was saved losslessly and so is not re-encoded.
+
 The reference implementation needs scikit-image, OpenCV, Wand and photographs of frost; the
 ``imagecorruptions`` package is unmaintained. These are written with numpy, scipy.ndimage and PIL
-only, following the structure and the ImageNet-C severity tables, with these adaptations:
+only, following the reference's structure and tables, with these adaptations:
 
-* **Spatial parameters are scaled** by ``s = min(H, W) / 224`` (ImageNet-C corrupts 224-px images),
-  so a corruption has the same relative extent on 32-px images. Blur kernels below one pixel are
-  built anti-aliased (area coverage), so small radii still blur a little and keep the severity
-  order. Photometric parameters (noise levels, contrast, brightness, JPEG quality, pixelation
-  factor, zoom factors) are used as in ImageNet-C.
-* **glass_blur** replaces the sequential pixel swaps (a slow Python loop) by a vectorized local
-  shuffle: each pixel takes the (bilinearly interpolated) value at a random offset of up to
-  ``delta · max(s, 0.25)`` pixels, then Gaussian blur; the floor keeps the shuffle visible on
-  32-px images. Its iteration counts are made non-decreasing with severity (2, 2, 3, 3, 3).
+* **Spatial parameters are scaled** by ``s = min(H, W) / base`` (224 or 32), so a corruption has
+  the same relative extent at another resolution; ``s = 1`` at 224 px (ImageNet tables) and at
+  32 px (CIFAR tables), where the spatial parameters are the reference's.
+* **defocus_blur**: the reference's kernel, a disk on the pixel lattice (x² + y² <= r²) smoothed by
+  a 3×3 (r <= 8) or 5×5 Gaussian of σ = alias_blur, applied with reflect-101 borders.
+* **zoom_blur**: the reference's average of the image and its centre zooms (the clean image counts
+  twice: once itself and once as the zoom by 1, i.e. weight 2 / (n + 1) for n zoom factors).
+* **glass_blur**: the reference's algorithm and tables (blur, sequential local pixel swaps, blur),
+  with the swaps done on a permutation of pixel indices. Neither table is monotone in how much the
+  image changes (more blur at one severity smooths away the swaps of the one before).
 * **motion_blur** and the snow streaks use a one-sided Gaussian line kernel at a random angle, the
-  model of ImageMagick's motion blur that ImageNet-C calls.
+  model of ImageMagick's motion blur that the reference calls.
 * **frost** uses procedurally synthesized ice (fractal haze plus random thin crystal branches,
   bluish white) instead of the six frost photographs, alpha-composited with an opacity that grows
-  with severity (0.4, 0.55, 0.7, 0.8, 0.9) × the pattern's own opacity. ImageNet-C's additive
-  weights (1, 0.4) … (0.6, 0.75) are monotone only with the photographs' statistics.
-* **fog** uses multi-octave value noise in place of the diamond-square plasma fractal; the
-  strength rises by 0.5 per severity (1.5 … 3.5) and the roughness decay falls (2.0 … 1.6) so that
-  severity 5 is stronger than 4 (ImageNet-C repeats strength 2.5 at severities 3 and 4).
-* **snow**: ImageNet-C's table, with the image-brightening blend at severities 3 and 4 set to
-  0.66 and 0.62 (0.7 and 0.65 there) so that the change grows with severity.
-* **elastic_transform**: ImageNet-C's table is not monotone in severity and adds an affine jitter;
-  here a smooth random displacement field (Gaussian-filtered, ``sigma = 0.05·size``) is scaled by an
-  amplitude that grows with severity: ``(0.015, 0.025, 0.035, 0.05, 0.07)·size`` pixels.
+  with severity: (0.4, 0.55, 0.7, 0.8, 0.9) for the ImageNet table and (0.25, 0.35, 0.45, 0.55,
+  0.65) for CIFAR (whose frost weights, 0.2-0.45, are about half ImageNet-C's). The reference's
+  additive weights are monotone only with the photographs' statistics.
+* **fog** uses multi-octave value noise in place of the diamond-square plasma fractal (the decay per
+  octave has the same meaning as the plasma's "wibble decay"). ImageNet: strength 1.5 … 3.5 in
+  steps of 0.5, decay 2.0 … 1.6, so that severity 5 is stronger than 4 (ImageNet-C repeats strength
+  2.5); CIFAR: CIFAR-10-C's table as it is.
+* **snow**: the reference's tables; for ImageNet the image-brightening blend at severities 3 and 4
+  is 0.66 and 0.62 (0.7 and 0.65 there) so that the change grows with severity.
+* **elastic_transform**: the reference's tables are not monotone in severity and add an affine
+  jitter; here a smooth random displacement field (Gaussian-filtered, ``sigma = 0.05·size``) is
+  scaled by an amplitude that grows with severity: ``(0.015, 0.025, 0.035, 0.05, 0.07)·size``
+  pixels, for both tables.
+* Values are rounded to uint8 (the reference truncates, which darkens by 0.5/255 on average).
 
 Every corruption is deterministic given ``seed``; with the same seed the random patterns are the
 same at every severity, so severities differ only in strength.
@@ -65,6 +80,9 @@ CORRUPTIONS = (
     "jpeg_compression",
 )
 SEVERITIES = (1, 2, 3, 4, 5)
+# Version of the corruption protocol; part of the feature-cache key, so that features cached by an
+# earlier protocol (corrupting the native image, ImageNet-C's zoom weights, ...) are not reused.
+PROTOCOL = "network-resolution-2"
 
 Array = np.ndarray
 
@@ -86,17 +104,31 @@ def _convolve(x: Array, kernel: Array) -> Array:
     )
 
 
-def _disk_kernel(radius: float, supersample: int = 8) -> Array:
-    """A normalized disk, anti-aliased by area coverage so that fractional radii blur smoothly."""
-    half = max(1, math.ceil(radius + 0.5))
-    step = 1.0 / supersample
-    offs = (np.arange(supersample) + 0.5) * step - 0.5
+def _gaussian_taps(ksize: int, sigma: float) -> Array:
+    """Normalized 1-D Gaussian of ``ksize`` taps (OpenCV's getGaussianKernel for sigma > 0)."""
+    t = np.arange(ksize) - (ksize - 1) / 2
+    g = np.exp(-(t**2) / (2 * max(sigma, 1e-6) ** 2))
+    return g / g.sum()
+
+
+def _disk_kernel(radius: float, alias_blur: float) -> Array:
+    """ImageNet-C's defocus kernel: the pixels whose centres lie within ``radius`` of the centre
+    (x² + y² <= r², normalized), on a 17×17 grid for r <= 8 (else 2⌈r⌉ + 1), smoothed by a
+    separable Gaussian of σ = ``alias_blur`` with 3 taps (r <= 8) or 5, reflect-101 borders."""
+    half = 8 if radius <= 8 else math.ceil(radius)
+    ksize = 3 if radius <= 8 else 5
     grid = np.arange(-half, half + 1)
-    yy = grid[:, None, None, None] + offs[None, None, :, None]
-    xx = grid[None, :, None, None] + offs[None, None, None, :]
-    # radius is measured to pixel centres (as ImageNet-C's aliased disk), hence the half pixel
-    cover = ((yy**2 + xx**2) <= (radius + 0.5) ** 2).mean(axis=(2, 3))
-    return cover / cover.sum()
+    disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).astype(np.float64)
+    disk /= disk.sum()
+    taps = _gaussian_taps(ksize, alias_blur)
+    pad = ksize // 2
+    for axis in (0, 1):
+        padded = np.pad(disk, [(pad, pad) if a == axis else (0, 0) for a in (0, 1)], "reflect")
+        disk = sum(
+            w * np.take(padded, np.arange(i, i + disk.shape[axis]), axis=axis)
+            for i, w in enumerate(taps)
+        )
+    return disk
 
 
 def _line_kernel(length: float, sigma: float, angle_deg: float) -> Array:
@@ -126,13 +158,16 @@ def _motion(x: Array, length: float, sigma: float, angle: float) -> Array:
     return _convolve(x, _line_kernel(length, sigma, angle))
 
 
-def _zoom_center(x: Array, z: float) -> Array:
-    """Zoom into the centre by factor ``z`` >= 1, keeping the size."""
+def _clipped_zoom(x: Array, z: float) -> Array:
+    """Zoom into the centre by ``z`` >= 1, keeping the size (ImageNet-C's clipped zoom): the
+    centre ⌈H / z⌉ × ⌈W / z⌉ pixels, bilinearly resized by ``z``, trimmed to H × W."""
     h, w = x.shape[:2]
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    matrix = [1 / z, 1 / z] + ([1] if x.ndim == 3 else [])
-    offset = [cy - cy / z, cx - cx / z] + ([0] if x.ndim == 3 else [])
-    return ndimage.affine_transform(x, matrix, offset=offset, order=1, mode="nearest")
+    ch, cw = math.ceil(h / z), math.ceil(w / z)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[top : top + ch, left : left + cw]
+    out = ndimage.zoom(crop, (z, z) + (1,) * (x.ndim - 2), order=1)
+    t, l = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+    return out[t : t + h, l : l + w]
 
 
 def _value_noise(
@@ -184,22 +219,19 @@ def _rgb_to_gray(x: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# the corruptions: f(x float [0,1] HxWx3, severity index 0..4, rng, s = size / 224) -> float
+# the corruptions: f(x float [0,1] HxWx3, c = the severity's table entry, rng, s = size / base)
 # ----------------------------------------------------------------------------------------------
 
 
-def gaussian_noise(x, i, rng, s):
-    c = (0.08, 0.12, 0.18, 0.26, 0.38)[i]
+def gaussian_noise(x, c, rng, s):
     return x + rng.standard_normal(x.shape) * c
 
 
-def shot_noise(x, i, rng, s):
-    c = (60, 25, 12, 5, 3)[i]
+def shot_noise(x, c, rng, s):
     return rng.poisson(np.clip(x, 0, 1) * c) / c
 
 
-def impulse_noise(x, i, rng, s):
-    amount = (0.03, 0.06, 0.09, 0.17, 0.27)[i]
+def impulse_noise(x, amount, rng, s):
     u = rng.uniform(size=x.shape)
     out = x.copy()
     out[u < amount / 2] = 0.0  # pepper
@@ -207,59 +239,56 @@ def impulse_noise(x, i, rng, s):
     return out
 
 
-def defocus_blur(x, i, rng, s):
-    radius, alias = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))[i]
-    return _blur(_convolve(x, _disk_kernel(radius * s)), alias * s)
+def defocus_blur(x, c, rng, s):
+    radius, alias = c
+    kernel = _disk_kernel(radius * s, alias * s)
+    return np.stack(
+        [ndimage.convolve(x[..., ch], kernel, mode="mirror") for ch in range(x.shape[2])], axis=-1
+    )
 
 
-def glass_blur(x, i, rng, s):
-    sigma, delta, iters = ((0.7, 1, 2), (0.9, 2, 2), (1.0, 2, 3), (1.1, 3, 3), (1.5, 4, 3))[i]
-    delta = delta * max(s, 0.25)  # at least a quarter pixel per unit, or 32-px images barely change
+def glass_blur(x, c, rng, s):
+    sigma, delta, iters = c
+    return _glass_blur_swaps(x, sigma * s, max(1, round(delta * s)), iters, rng)
+
+
+def _glass_blur_swaps(x: Array, sigma: float, delta: int, iters: int, rng) -> Array:
+    """The reference's glass blur: blur, quantize to uint8, then visit the pixels from the bottom-right corner to the top-left (``delta`` from
+    the border) and swap each with the pixel at an offset drawn from [-delta, delta) in each axis,
+    ``iters`` times over; blur again."""
     h, w = x.shape[:2]
-    out = _blur(x, sigma * s)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = (np.clip(_blur(x, sigma), 0, 1) * 255).astype(np.uint8)
+    # swap pixel indices in a Python list (a numpy element swap costs ~30x more), then gather once
+    order = list(range(h * w))
+    visits = [i * w + j for i in range(h - delta, delta, -1) for j in range(w - delta, delta, -1)]
     for _ in range(iters):
-        coords = [yy + rng.uniform(-delta, delta, (h, w)), xx + rng.uniform(-delta, delta, (h, w))]
-        out = np.stack(
-            [
-                ndimage.map_coordinates(out[..., ch], coords, order=1, mode="reflect")
-                for ch in range(out.shape[2])
-            ],
-            axis=-1,
-        )
-    return _blur(out, sigma * s)
+        offsets = rng.integers(-delta, delta, size=(len(visits), 2))
+        shifts = (offsets[:, 1] * w + offsets[:, 0]).tolist()  # (dx, dy): dy rows, dx columns
+        for p, shift in zip(visits, shifts):
+            order[p], order[p + shift] = order[p + shift], order[p]
+    img = img.reshape(h * w, -1)[order].reshape(x.shape)
+    return _blur(img.astype(np.float32) / 255.0, sigma)
 
 
-def motion_blur(x, i, rng, s):
-    radius, sigma = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))[i]
+def motion_blur(x, c, rng, s):
+    radius, sigma = c
     return _motion(x, radius * s, sigma * s, rng.uniform(-45, 45))
 
 
-def zoom_blur(x, i, rng, s):
-    zooms = (
-        np.arange(1, 1.11, 0.01),
-        np.arange(1, 1.16, 0.01),
-        np.arange(1, 1.21, 0.02),
-        np.arange(1, 1.26, 0.02),
-        np.arange(1, 1.31, 0.03),
-    )[i]
+def zoom_blur(x, zooms, rng, s):
+    # the clean image plus its zooms by every factor, the first of which is 1 (the clean image
+    # again): weight 2 / (n + 1) on the clean image, as in ImageNet-C
     out = x.copy()
-    for z in zooms[1:]:
-        out += _zoom_center(x, float(z))
-    return out / len(zooms)
+    for z in zooms:
+        out += _clipped_zoom(x, float(z))
+    return out / (len(zooms) + 1)
 
 
-def snow(x, i, rng, s):
-    loc, scale, zoom, threshold, radius, sigma, blend = (
-        (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
-        (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-        (0.55, 0.3, 4, 0.9, 12, 8, 0.66),
-        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.62),
-        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
-    )[i]
+def snow(x, c, rng, s):
+    loc, scale, zoom, threshold, radius, sigma, blend = c
     h, w = x.shape[:2]
     layer = rng.standard_normal((h, w)) * scale + loc
-    layer = _zoom_center(layer, zoom)
+    layer = _clipped_zoom(layer, zoom)
     layer[layer < threshold] = 0
     layer = np.clip(layer, 0, 1)[..., None]
     layer = _motion(layer, max(radius * s, 1.0), max(sigma * s, 0.5), rng.uniform(-135, -45))
@@ -267,39 +296,36 @@ def snow(x, i, rng, s):
     return x + layer + np.rot90(layer, 2)
 
 
-def frost(x, i, rng, s):
-    opacity = (0.4, 0.55, 0.7, 0.8, 0.9)[i]
+def frost(x, opacity, rng, s):
     ice, alpha = _frost_pattern(*x.shape[:2], rng)
     alpha = np.clip(opacity * alpha, 0, 1)[..., None]
     return (1 - alpha) * x + alpha * ice
 
 
-def fog(x, i, rng, s):
-    strength, decay = ((1.5, 2.0), (2.0, 1.9), (2.5, 1.8), (3.0, 1.7), (3.5, 1.6))[i]
+def fog(x, c, rng, s):
+    strength, decay = c
     peak = x.max()
     x = x + strength * _value_noise(*x.shape[:2], rng, decay)[..., None]
     return x * peak / (peak + strength)
 
 
-def brightness(x, i, rng, s):
+def brightness(x, c, rng, s):
     from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 
-    c = (0.1, 0.2, 0.3, 0.4, 0.5)[i]
     hsv = rgb_to_hsv(np.clip(x, 0, 1))
     hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
     return hsv_to_rgb(hsv)
 
 
-def contrast(x, i, rng, s):
-    c = (0.4, 0.3, 0.2, 0.1, 0.05)[i]
+def contrast(x, c, rng, s):
     means = x.mean(axis=(0, 1), keepdims=True)
     return (x - means) * c + means
 
 
-def elastic_transform(x, i, rng, s):
+def elastic_transform(x, c, rng, s):
     h, w = x.shape[:2]
     size = min(h, w)
-    amp = (0.015, 0.025, 0.035, 0.05, 0.07)[i] * size
+    amp = c * size
     sigma = max(1.0, 0.05 * size)
     fields = []
     for _ in range(2):
@@ -316,20 +342,94 @@ def elastic_transform(x, i, rng, s):
     )
 
 
-def pixelate(x, i, rng, s):
-    c = (0.6, 0.5, 0.4, 0.3, 0.25)[i]
+def pixelate(x, c, rng, s):
     h, w = x.shape[:2]
     img = Image.fromarray(_to_uint8(x))
     small = img.resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX)
     return np.asarray(small.resize((w, h), Image.BOX), dtype=np.float32) / 255.0
 
 
-def jpeg_compression(x, i, rng, s):
-    quality = (25, 18, 15, 10, 7)[i]
+def jpeg_compression(x, quality, rng, s):
+    return _jpeg(_to_uint8(x), quality).astype(np.float32) / 255.0
+
+
+def _jpeg(image: Array, quality: int) -> Array:
+    """A ``uint8`` H×W×3 image after a JPEG round trip (PIL, 4:2:0 as PIL saves by default)."""
     buf = io.BytesIO()
-    Image.fromarray(_to_uint8(x)).save(buf, "JPEG", quality=quality)
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    return np.array(Image.open(buf).convert("RGB"))  # a writable copy
+
+
+# Severity tables, one entry per severity 1..5 (see the module docstring for the substitutes).
+TABLES: dict[str, dict[str, tuple]] = {
+    "imagenet": {  # make_imagenet_c.py, for 224 px images
+        "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
+        "shot_noise": (60, 25, 12, 5, 3),
+        "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
+        "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
+        "glass_blur": ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
+        "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),
+        "zoom_blur": (
+            np.arange(1, 1.11, 0.01),
+            np.arange(1, 1.16, 0.01),
+            np.arange(1, 1.21, 0.02),
+            np.arange(1, 1.26, 0.02),
+            np.arange(1, 1.31, 0.03),
+        ),
+        "snow": (
+            (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+            (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+            (0.55, 0.3, 4, 0.9, 12, 8, 0.66),
+            (0.55, 0.3, 4.5, 0.85, 12, 8, 0.62),
+            (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+        ),
+        "frost": (0.4, 0.55, 0.7, 0.8, 0.9),
+        "fog": ((1.5, 2.0), (2.0, 1.9), (2.5, 1.8), (3.0, 1.7), (3.5, 1.6)),
+        "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
+        "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
+        "elastic_transform": (0.015, 0.025, 0.035, 0.05, 0.07),
+        "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),
+        "jpeg_compression": (25, 18, 15, 10, 7),
+    },
+    "cifar": {  # make_cifar_c.py, for 32 px images
+        "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+        "shot_noise": (500, 250, 100, 75, 50),
+        "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+        "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
+        "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
+        "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+        "zoom_blur": (
+            np.arange(1, 1.06, 0.01),
+            np.arange(1, 1.11, 0.01),
+            np.arange(1, 1.16, 0.01),
+            np.arange(1, 1.21, 0.01),
+            np.arange(1, 1.26, 0.01),
+        ),
+        "snow": (
+            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+        ),
+        "frost": (0.25, 0.35, 0.45, 0.55, 0.65),
+        "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
+        "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+        "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+        "elastic_transform": (0.015, 0.025, 0.035, 0.05, 0.07),
+        "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
+        "jpeg_compression": (80, 65, 58, 50, 40),
+    },
+}
+TABLE_BASE = {"imagenet": 224, "cifar": 32}  # the image side each table was made for
+FINAL_JPEG_QUALITY = {"imagenet": 85, "cifar": None}  # how each data set's images were saved
+CIFAR_TABLE_MAX_SIDE = 64  # images up to this side use CIFAR-10-C's tables
+
+
+def table_for(height: int, width: int) -> str:
+    """The severity table for an image of this size: "cifar" up to 64 px, else "imagenet"."""
+    return "cifar" if min(height, width) <= CIFAR_TABLE_MAX_SIDE else "imagenet"
 
 
 _FUNCS: dict[str, Callable] = {name: globals()[name] for name in CORRUPTIONS}
@@ -339,8 +439,17 @@ def _to_uint8(x: Array) -> Array:
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def corrupt(image: Array, name: str, severity: int, seed: int = 0) -> Array:
-    """Apply one corruption to a ``uint8`` image ``H×W×3`` (or ``H×W``); same shape and dtype out."""
+def corrupt(
+    image: Array, name: str, severity: int, seed: int = 0, table: str | None = None
+) -> Array:
+    """Apply one corruption to a ``uint8`` image ``H×W×3`` (or ``H×W``); same shape and dtype out.
+
+    Corrupt the image at the resolution the network sees (see ``CorruptedDataset``). ``table``:
+    "imagenet" (ImageNet-C's severities, spatial parameters scaled by min(H, W) / 224, then a JPEG
+    round trip at quality 85 as ImageNet-C's files were saved) or "cifar" (CIFAR-10-C's severities,
+    scaled by min(H, W) / 32, no re-encoding); ``None`` chooses by size (:func:`table_for`).
+    Raises ``UserError`` for an unknown corruption, severity or table.
+    """
     if name not in _FUNCS:
         raise UserError(f"unknown corruption '{name}'; valid: {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
@@ -349,18 +458,25 @@ def corrupt(image: Array, name: str, severity: int, seed: int = 0) -> Array:
     x = np.asarray(image, dtype=np.float32) / 255.0
     if gray:
         x = np.repeat(x[..., None], 3, axis=2)
-    s = min(x.shape[:2]) / 224.0
-    out = _FUNCS[name](x, severity - 1, np.random.default_rng(seed), s)
+    table = table or table_for(*x.shape[:2])
+    if table not in TABLES:
+        raise UserError(f"unknown corruption table '{table}'; valid: {', '.join(TABLES)}")
+    s = min(x.shape[:2]) / TABLE_BASE[table]
+    c = TABLES[table][name][severity - 1]
+    out = _FUNCS[name](x, c, np.random.default_rng(seed), s)
     out = _to_uint8(np.asarray(out, dtype=np.float32))
+    if FINAL_JPEG_QUALITY[table] is not None:
+        out = _jpeg(out, FINAL_JPEG_QUALITY[table])
     return out[..., 0] if gray else out
 
 
-def corrupt_tensor(image: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
+def corrupt_tensor(
+    image: Tensor, name: str, severity: int, seed: int = 0, table: str | None = None
+) -> Tensor:
     """The same on a ``uint8`` tensor ``3×H×W`` (the dataset contract's image layout)."""
     arr = image.permute(1, 2, 0).cpu().numpy()
-    return torch.from_numpy(np.ascontiguousarray(corrupt(arr, name, severity, seed))).permute(
-        2, 0, 1
-    )
+    out = corrupt(arr, name, severity, seed, table)
+    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,8 +500,14 @@ def to_uint8_chw(image: Any) -> Tensor:
 
 
 class CorruptedDataset(Dataset):
-    """Wraps a dataset of raw images: corrupts image ``i`` with seed ``seed + i``, then applies
-    the evaluation transform. Corruption happens at the dataset's native resolution."""
+    """Image ``i`` of a dataset of raw images, as the network sees it, corrupted with seed
+    ``seed + i``, then finished by ``transform``.
+
+    ``geometry`` (image -> ``uint8`` tensor ``3×S×S``) is the evaluation view's resize and crop, so
+    the corruption acts at the network's resolution, as ImageNet-C corrupts the 224 px centre crop;
+    ``transform`` then scales and normalizes. Without ``geometry`` the native image is corrupted.
+    ``table`` chooses the severity table (``None``: by the size of the corrupted image).
+    """
 
     def __init__(
         self,
@@ -395,9 +517,12 @@ class CorruptedDataset(Dataset):
         transform: Callable | None,
         seed: int = 0,
         indices: Sequence[int] | None = None,
+        geometry: Callable | None = None,
+        table: str | None = None,
     ):
         self.raw, self.name, self.severity = raw, name, severity
         self.transform, self.seed = transform, seed
+        self.geometry, self.table = geometry, table
         self.indices = list(range(len(raw))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -406,8 +531,12 @@ class CorruptedDataset(Dataset):
     def __getitem__(self, i: int):
         image, label = self.raw[self.indices[i]]
         img = to_uint8_chw(image)
+        if self.geometry is not None:
+            img = torch.as_tensor(self.geometry(img))
         if self.name != "clean":
-            img = corrupt_tensor(img, self.name, self.severity, self.seed + self.indices[i])
+            img = corrupt_tensor(
+                img, self.name, self.severity, self.seed + self.indices[i], self.table
+            )
         return (self.transform(img) if self.transform is not None else img), label
 
 
@@ -423,11 +552,16 @@ def corruption_eval(
     seed: int = 0,
     extract_kwargs: dict | None = None,
     cache_parts: dict | None = None,
+    geometry: Callable | None = None,
+    table: str | None = None,
 ) -> dict:
     """Accuracy per corruption and severity, per corruption (mean over severities), and overall.
 
     ``classify(feats) -> predicted labels`` is a classifier already trained on clean training
-    features (the fast linear probe or kNN). ``raw_test`` yields raw uint8 images.
+    features (the fast linear probe or kNN). ``raw_test`` yields raw uint8 images; ``geometry``
+    brings each to the network's resolution before it is corrupted and ``transform`` finishes it
+    (see ``CorruptedDataset``); without ``geometry``, ``transform`` is the whole evaluation view and
+    the native image is corrupted.
     """
     from contrastlab.eval.features import extract_features
 
@@ -437,7 +571,7 @@ def corruption_eval(
     kwargs = dict(extract_kwargs or {})
 
     def accuracy(name: str, severity: int) -> float:
-        ds = CorruptedDataset(raw_test, name, severity, transform, seed, indices)
+        ds = CorruptedDataset(raw_test, name, severity, transform, seed, indices, geometry, table)
         parts = (
             None
             if cache_parts is None
@@ -447,6 +581,10 @@ def corruption_eval(
                 "severity": severity,
                 "seed": seed,
                 "indices": None if indices is None else len(ds),
+                # where and how the images were corrupted (caches of older protocols differ)
+                "protocol": PROTOCOL,
+                "geometry": repr(geometry),
+                "table": table,
             }
         )
         feats, labels = extract_features(

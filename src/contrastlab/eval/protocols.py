@@ -163,7 +163,7 @@ def run_corruption(
     k: int = 200,
     temperature: float = 0.1,
 ) -> dict:
-    from contrastlab.eval.corruption import CORRUPTIONS, corruption_eval
+    from contrastlab.eval.corruption import CORRUPTIONS, corruption_eval, table_for
     from contrastlab.eval.knn import knn_predict
     from contrastlab.eval.linear import LogisticProbe
 
@@ -180,13 +180,13 @@ def run_corruption(
     else:
         raise UserError(f"unknown classifier '{classifier}'; valid: linear, knn")
     raw = ctx.raw("test")
-    transform = ctx.eval_transform(raw)
-    parts = ctx.cache_parts("test", transform)
+    geometry, finish = ctx.eval_stages(raw)  # corrupt between the two: at network resolution
+    parts = ctx.cache_parts("test", finish)
     res = corruption_eval(
         ctx.model,
         classify,
         raw,
-        transform,
+        finish,
         ctx.space,
         tuple(corruptions or CORRUPTIONS),
         tuple(severities),
@@ -194,7 +194,10 @@ def run_corruption(
         seed=ctx.seed,
         extract_kwargs=ctx.extract_kwargs(),
         cache_parts=parts,
+        geometry=geometry,
     )
+    res["resolution"] = ctx.image_size
+    res["table"] = table_for(ctx.image_size, ctx.image_size)
     summary = {"clean": res["clean"], "mean": res["mean"]}
     return _wrap(
         ctx, "corruption", summary, res, {"classifier": classifier, "severities": list(severities)}

@@ -6,9 +6,11 @@ Reading guide, next to the paper:
   2. network (``LoocEncoder``): a shared backbone and n + 1 MLP heads giving the spaces
      Z_0 (invariant to every augmentation) and Z_i (sensitive to augmentation i); LooC++ gives each
      head its own copy of the last backbone stage; a momentum copy of all of it encodes the keys;
-  3. loss (``looc_loss``, the paper's Eq. 2): in Z_0 the positive is k0 and the negatives are
-     queue 0; in Z_i the positive is k_i and the negatives are queue i plus the same image's other
-     keys k_j (j != i), which differ from q in augmentation i;
+  3. loss (``looc_loss``, the paper's Eq. 2): in Z_0, invariant to every augmentation, every key
+     k_0..k_n is a positive of q (a multi-positive numerator; ``looc.z0_positives=k0`` keeps k0
+     as the only one) and the negatives are queue 0; in Z_i the positive is k_i and the negatives
+     are queue i plus the same image's other keys k_j (j != i), which differ from q in
+     augmentation i. Scores are computed in float32 even under bf16 autocast (``pair_scores``);
   4. queues: one per space; after the step k0 enters queue 0 and k_i enters queue i (the key that
      is the positive in that space), gathered from every process under DDP.
 The keys go through the key encoder only, in one batched forward without gradient.
@@ -30,6 +32,7 @@ from contrastlab.methods.moco import (
     enqueue,
     make_momentum_copy,
     momentum_update,
+    pair_scores,
     random_unit_queue,
 )
 from contrastlab.models import build_backbone, build_head
@@ -99,6 +102,7 @@ def looc_loss(
     epoch: int = 0,
     spaces: tuple[str, ...] | None = None,
     scores: ScoresConfig | None = None,
+    z0_positives: str = "all",
 ) -> tuple[Tensor, dict[tuple[str, str], ScoreStats]]:
     """Eq. 2 of the paper, averaged over the batch.
 
@@ -106,11 +110,17 @@ def looc_loss(
     ``zk`` [S, S, B, d]: ``zk[i, j]`` = key k_j embedded in space i by the key encoder.
     ``queues`` [S, K, d]: the negatives of each space (read only).
 
-    Space 0: logits [q·k0, q·queue_0] / T. Space i: [q·k_i, q·k_j (j != i), q·queue_i] / T; the
-    cross-entropy with label 0 is -log E_ii / (sum_j E_ij + N_i). The loss is the mean over the
-    n + 1 spaces. Feature Transformation, when on, acts in every space on (q, k_i, queue_i); the
-    same image's other keys are scored against the transformed query as they are.
+    Space 0, ``z0_positives="all"`` (the paper's form): every key is a positive,
+    -log Σ_j E_0j / (Σ_j E_0j + N_0); ``"k0"``: only k0, -log E_00 / (E_00 + N_0). Space i:
+    logits [q·k_i, q·k_j (j != i), q·queue_i] / T and cross-entropy with label 0, i.e.
+    -log E_ii / (Σ_j E_ij + N_i). The loss is the mean over the n + 1 spaces. Feature
+    Transformation, when on, acts in every space on (q, k_i, queue_i); the same image's other keys
+    are scored against the transformed query as they are. Scores are float32 (float64 for float64
+    inputs) with autocast off. The recorded statistics of Z_0 use k0 as the positive and queue 0
+    as the negatives in both forms. Raises ``ValueError`` for an unknown ``z0_positives``.
     """
+    if z0_positives not in ("all", "k0"):
+        raise ValueError(f"unknown z0_positives {z0_positives!r}; valid: all, k0")
     num_spaces = zq.shape[0]
     spaces = spaces or tuple(f"z{i}" for i in range(num_spaces))
     ft = ft or FTConfig()
@@ -119,40 +129,56 @@ def looc_loss(
     stats: dict[tuple[str, str], ScoreStats] = {}
     for i in range(num_spaces):
         q = zq[i]
-        k = zk[i, i].to(q.dtype)
-        negatives = queues[i].to(q.dtype)
-        others = (
-            zk[i, [j for j in range(num_spaces) if j != i]].to(q.dtype) if i > 0 else None
-        )  # [n, B, d]
+        k = zk[i, i]
+        negatives = queues[i]
+        # the same image's other keys: negatives in Z_i, extra positives in Z_0 ("all")
+        others = zk[i, [j for j in range(num_spaces) if j != i]]  # [n, B, d]
+        multi = i == 0 and z0_positives == "all" and num_spaces > 1
+        if i == 0 and not multi:
+            others = None
         q_hat, k_hat, n_hat = transform_features(q, k, negatives, ft, epoch)
-        l_pos = torch.einsum("bc,bc->b", q_hat, k_hat)
-        l_neg = torch.einsum("bc,kc->bk", q_hat, n_hat)
-        if others is not None:
-            l_neg = torch.cat([torch.einsum("bc,jbc->bj", q_hat, others), l_neg], dim=1)
-        logits = torch.cat([l_pos[:, None], l_neg], dim=1) / temperature
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        total = total + F.cross_entropy(logits.to(loss_dtype), labels)
+        l_pos, l_neg = pair_scores(q_hat, k_hat, n_hat, others)
+        if multi:
+            n_extra = num_spaces - 1
+            positives = torch.cat([l_pos[:, None], l_neg[:, :n_extra]], dim=1) / temperature
+            l_neg = l_neg[:, n_extra:]  # queue 0 only
+            logits = torch.cat([positives, l_neg / temperature], dim=1).to(loss_dtype)
+            total = total + (
+                torch.logsumexp(logits, dim=1) - torch.logsumexp(positives.to(loss_dtype), dim=1)
+            ).mean()
+        else:
+            logits = torch.cat([l_pos[:, None], l_neg], dim=1) / temperature
+            labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            total = total + F.cross_entropy(logits.to(loss_dtype), labels)
         if scores is not None and scores.record:
             transformed = not (q_hat is q and k_hat is k and n_hat is negatives)
             stats.update(
-                _space_stats(spaces[i], q, k, negatives, others, l_pos, l_neg, transformed, scores)
+                _space_stats(
+                    spaces[i],
+                    (q, k, negatives, others if i > 0 else None),
+                    l_pos,
+                    l_neg,
+                    transformed,
+                    scores,
+                    temperature,
+                )
             )
     return total / num_spaces, stats
 
 
 def _space_stats(
-    space, q, k, negatives, others, l_pos, l_neg, transformed, sc: ScoresConfig
+    space, inputs, l_pos, l_neg, transformed, sc: ScoresConfig, temperature: float
 ) -> dict:
-    """Raw (cosine, before FT) and effective (in the loss) scores; negatives = other keys + queue."""
-    eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high)
+    """Raw (cosine, before FT) and effective (in the loss) scores; negatives = other keys + queue.
+
+    ``inputs`` = (q, k, negatives, other keys scored as negatives or None).
+    """
+    eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high, temperature)
     if not transformed:
         raw = eff
     else:
         with torch.no_grad():
-            neg = q @ negatives.T
-            if others is not None:
-                neg = torch.cat([torch.einsum("bc,jbc->bj", q, others), neg], dim=1)
-            raw = score_stats((q * k).sum(1), neg, sc.bins, sc.low, sc.high)
+            raw = score_stats(*pair_scores(*inputs), sc.bins, sc.low, sc.high, temperature)
     return {(space, "raw"): raw, (space, "effective"): eff}
 
 
@@ -210,6 +236,7 @@ class LooC(nn.Module):
             epoch,
             self.spaces,
             self.cfg.scores,
+            self.cfg.looc.z0_positives,
         )
         self.enqueue_keys(zk)
         return StepOutput(loss=loss, scores=stats)

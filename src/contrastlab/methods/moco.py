@@ -6,7 +6,9 @@ Reading guide, in the order of the paper:
   3. q = f_q(x_q), k = f_k(x_k), both L2-normalized; k is computed without gradient, with shuffle BN
      (or split BN on one device) so batch statistics cannot reveal the positive (``encode_keys``);
   4. logits [q·k, q·queue] / T and cross-entropy with the positive at index 0 (``contrast``); the
-     Feature Transformation hook sits between the features and the logits;
+     Feature Transformation hook sits between the features and the logits. The scores are
+     computed in float32 with autocast off (``pair_scores``), so that a bf16 step neither rounds
+     the logits nor the recorded score statistics;
   5. the batch's keys, gathered from every process, replace the oldest entries of the queue
      (``enqueue``, any queue size and batch size).
 The queue and its pointer are buffers, so they are saved in checkpoints and restored on resume.
@@ -25,7 +27,7 @@ from contrastlab import distributed
 from contrastlab.config import Config, ModelConfig
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
-from contrastlab.scores import ScoreStats, score_stats
+from contrastlab.scores import ScoreStats, autocast_off, score_stats
 from contrastlab.transforms.feature import transform_features
 
 
@@ -88,16 +90,46 @@ def enqueue(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
     ptr.copy_((ptr + n) % size)
 
 
+def pair_scores(
+    q: Tensor, k: Tensor, negatives: Tensor, others: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Scores of queries with their positives and negatives, in float32 with autocast off.
+
+    ``q``, ``k`` [B, d]; ``negatives`` [K, d]; ``others`` [n, B, d], optional extra negatives per
+    query (LooC: the same image's other keys), placed before the K shared ones. Returns
+    ``l_pos`` [B] = q·k and ``l_neg`` [B, n + K]. Under bf16 autocast a matmul returns bf16 (8 bits
+    of mantissa: a score near 1 is known to ±0.004), which would round the logits and hide the
+    variance of a collapsed space (~1e-8) in the recorded statistics; float32 costs little at
+    these sizes. float64 inputs stay float64. Gradient flows to ``q`` (and wherever else it is
+    required) as usual.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with autocast_off(q.device):
+        q, k, negatives = q.to(dtype), k.to(dtype), negatives.to(dtype)
+        l_pos = torch.einsum("nc,nc->n", q, k)
+        l_neg = q @ negatives.T
+        if others is not None:
+            l_neg = torch.cat([torch.einsum("nc,jnc->nj", q, others.to(dtype)), l_neg], dim=1)
+    return l_pos, l_neg
+
+
 def _concat_stats(parts: list[ScoreStats]) -> ScoreStats:
     """Statistics of two loss directions (symmetric loss) as one batch of queries."""
     if len(parts) == 1:
         return parts[0]
+
+    def cat(name: str):
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
     return ScoreStats(
-        pos=torch.cat([p.pos for p in parts]),
-        neg_mean=torch.cat([p.neg_mean for p in parts]),
-        neg_var=torch.cat([p.neg_var for p in parts]),
+        pos=cat("pos"),
+        neg_mean=cat("neg_mean"),
+        neg_var=cat("neg_var"),
         pos_hist=sum(p.pos_hist for p in parts),
         neg_hist=sum(p.neg_hist for p in parts),
+        pos_exp=cat("pos_exp"),
+        neg_exp=cat("neg_exp"),
     )
 
 
@@ -147,10 +179,11 @@ class MoCo(nn.Module):
         """InfoNCE of queries x_q against keys x_k and the queue; returns (loss, stats, keys)."""
         q = self.encoder_q(x_q)
         k = self.encode_keys(x_k).to(q.dtype)
-        negatives = self.queue.clone().to(q.dtype)  # the queue changes in place after this step
+        # The queue changes in place after this step. It stays float32 (not rounded to a bf16
+        # query's dtype): the negatives' spread is what the score statistics measure.
+        negatives = self.queue.clone()
         q_hat, k_hat, n_hat = transform_features(q, k, negatives, self.cfg.ft, epoch)
-        l_pos = torch.einsum("nc,nc->n", q_hat, k_hat)
-        l_neg = torch.einsum("nc,kc->nk", q_hat, n_hat)
+        l_pos, l_neg = pair_scores(q_hat, k_hat, n_hat)  # float32 even under autocast
         logits = torch.cat([l_pos[:, None], l_neg], dim=1) / self.cfg.moco.temperature
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         loss = F.cross_entropy(logits, labels)  # autocast runs cross-entropy in float32
@@ -162,12 +195,13 @@ class MoCo(nn.Module):
         sc = self.cfg.scores
         if not sc.record:
             return {}
-        eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high)
+        t = self.cfg.moco.temperature
+        eff = score_stats(l_pos, l_neg, sc.bins, sc.low, sc.high, t)
         if not transformed:
             raw = eff  # no transformation this step: raw and effective scores are the same
         else:
             with torch.no_grad():
-                raw = score_stats((q * k).sum(1), q @ negatives.T, sc.bins, sc.low, sc.high)
+                raw = score_stats(*pair_scores(q, k, negatives), sc.bins, sc.low, sc.high, t)
         return {("z", "raw"): raw, ("z", "effective"): eff}
 
     # -- evaluation -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "interpolate_positive",
     "is_active",
     "lambda_shape",
+    "side_granularity",
     "sample_beta",
     "sample_lambda",
     "transform_features",
@@ -79,6 +80,14 @@ class FTOutput:
 def is_active(cfg: FTConfig, epoch: int) -> bool:
     """Whether the transformation changes anything at this epoch."""
     return (cfg.pos != "none" or cfg.neg != "none") and epoch >= cfg.start_epoch
+
+
+def side_granularity(cfg: FTConfig, side: str) -> str:
+    """The granularity of λ on one side ("pos" or "neg"): ``ft.granularity_pos`` /
+    ``ft.granularity_neg`` when set, else ``ft.granularity``. The reference code's ``dim_mask``
+    (pos / neg / both / none: which sides draw one λ per element) is one of these combinations."""
+    own = cfg.granularity_pos if side == "pos" else cfg.granularity_neg
+    return own if own is not None else cfg.granularity
 
 
 def lambda_shape(granularity: str, rows: int, dim: int) -> tuple[int, ...]:
@@ -207,7 +216,10 @@ def feature_transform(
     draws (tests, ablations); ``generator`` must live on the features' device.
 
     The mixing runs in float32, or float64 if the features are float64, so that λ keeps its
-    precision under bf16 autocast; the outputs have that dtype.
+    precision under bf16 autocast; the outputs have that dtype. Each side draws λ at its own
+    granularity (:func:`side_granularity`). ``cfg.renormalize`` puts q̂ and k̂ back on the unit
+    sphere, and the mixed negatives too unless ``cfg.renormalize_negatives`` is false (the
+    reference code's ``postmix_norm``, which leaves the negatives as they are).
     """
     if not is_active(cfg, epoch):
         return FTOutput(q, k, negatives)
@@ -218,8 +230,8 @@ def feature_transform(
     k = k.detach().to(dtype)
     negatives = negatives.detach().to(dtype)
 
-    def draw(rows: int, alpha: float, low: float, high: float) -> Tensor:
-        shape = lambda_shape(cfg.granularity, rows, q.shape[1])
+    def draw(side: str, rows: int, alpha: float, low: float, high: float) -> Tensor:
+        shape = lambda_shape(side_granularity(cfg, side), rows, q.shape[1])
         return sample_lambda(
             shape,
             alpha,
@@ -235,13 +247,13 @@ def feature_transform(
     if cfg.pos != "none":
         if lam_pos is None:
             low, high = (1.0, 2.0) if cfg.pos == "extrapolate" else (0.0, 1.0)
-            lam_pos = draw(q.shape[0], cfg.alpha_pos, low, high)
+            lam_pos = draw("pos", q.shape[0], cfg.alpha_pos, low, high)
         mix = extrapolate_positive if cfg.pos == "extrapolate" else interpolate_positive
         out.q, out.k = mix(q, k, lam_pos)
         out.lam_pos = torch.as_tensor(lam_pos, dtype=dtype, device=device)
     if cfg.neg != "none":
         if lam_neg is None:
-            lam_neg = draw(negatives.shape[0], cfg.alpha_neg, 0.0, 1.0)
+            lam_neg = draw("neg", negatives.shape[0], cfg.alpha_neg, 0.0, 1.0)
         if perm is None:
             perm = torch.randperm(negatives.shape[0], device=device, generator=generator)
         out.negatives = interpolate_negatives(negatives, lam_neg, perm)
@@ -251,7 +263,7 @@ def feature_transform(
         if cfg.pos != "none":
             out.q = F.normalize(out.q, dim=1)
             out.k = F.normalize(out.k, dim=1)
-        if cfg.neg != "none":
+        if cfg.neg != "none" and cfg.renormalize_negatives:
             out.negatives = F.normalize(out.negatives, dim=1)
     return out
 
