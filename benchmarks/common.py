@@ -49,6 +49,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _bf16_instructions() -> str:
+    """The native bf16 instruction sets the CPU reports (what makes bf16 autocast fast)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return "unknown"
+    found = [name for name in ("avx512_bf16", "amx_bf16") if name in flags]
+    return "+".join(found) or "none"
+
+
 def _ram_gib() -> float | None:
     try:
         with open("/proc/meminfo") as f:
@@ -72,6 +85,7 @@ def machine_info(device: torch.device) -> dict:
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
         "cpu": _cpu_model(),
+        "cpu_bf16": _bf16_instructions(),
         "ram_gib": round(_ram_gib() or 0.0, 1),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

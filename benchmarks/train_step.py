@@ -70,6 +70,61 @@ def contrastlab_config(batch: int, queue: int, extra: list[str] = ()):
     )
 
 
+def lightly_moco(queue: int) -> tuple[nn.Module, nn.Module]:
+    """lightly's documented MoCo example on the ResNet-18 CIFAR stem: ``(model, criterion)``.
+
+    torchvision's ResNet-18 with a 3x3 stride-1 conv1 and no max-pool, ``MoCoProjectionHead(512,
+    HEAD_HIDDEN, DIM)``, momentum copies with ``deactivate_requires_grad``, and
+    ``NTXentLoss(memory_bank_size=(queue, DIM))`` (lightly's examples/pytorch/moco.py and its
+    CIFAR-10 benchmark).
+    """
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import MoCoProjectionHead
+    from lightly.models.utils import deactivate_requires_grad
+    from torchvision.models import resnet18
+
+    backbone = resnet18()
+    backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    backbone.maxpool = nn.Identity()
+    backbone.fc = nn.Identity()
+
+    class LightlyMoCo(nn.Module):  # the structure of lightly's MoCo example
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+            self.projection_head = MoCoProjectionHead(512, HEAD_HIDDEN, DIM)
+            self.backbone_momentum = copy.deepcopy(self.backbone)
+            self.projection_head_momentum = copy.deepcopy(self.projection_head)
+            deactivate_requires_grad(self.backbone_momentum)
+            deactivate_requires_grad(self.projection_head_momentum)
+
+        def forward(self, x):
+            return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+        def forward_momentum(self, x):
+            key = self.backbone_momentum(x).flatten(start_dim=1)
+            return self.projection_head_momentum(key).detach()
+
+    criterion = NTXentLoss(temperature=TEMPERATURE, memory_bank_size=(queue, DIM))
+    return LightlyMoCo(backbone), criterion
+
+
+def lightly_step(model, criterion, opt, x_q, x_k, amp: bool, device_type: str) -> torch.Tensor:
+    """One step of lightly's example loop: momentum update, forward of both encoders, loss, SGD."""
+    from lightly.models.utils import update_momentum
+
+    update_momentum(model.backbone, model.backbone_momentum, m=MOMENTUM)
+    update_momentum(model.projection_head, model.projection_head_momentum, m=MOMENTUM)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        query = model(x_q)
+        key = model.forward_momentum(x_k)
+        loss = criterion(query, key)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss
+
+
 class Setup:
     """Builds one variant's model, optimizer and inputs, and returns its step function."""
 
@@ -114,52 +169,15 @@ class Setup:
         return step
 
     def lightly(self):
-        from lightly.loss import NTXentLoss
-        from lightly.models.modules import MoCoProjectionHead
-        from lightly.models.utils import deactivate_requires_grad, update_momentum
-        from torchvision.models import resnet18
-
         torch.manual_seed(0)
-        backbone = resnet18()
-        backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        backbone.maxpool = nn.Identity()
-        backbone.fc = nn.Identity()
-
-        class LightlyMoCo(nn.Module):  # the structure of lightly's MoCo example
-            def __init__(self, backbone):
-                super().__init__()
-                self.backbone = backbone
-                self.projection_head = MoCoProjectionHead(512, HEAD_HIDDEN, DIM)
-                self.backbone_momentum = copy.deepcopy(self.backbone)
-                self.projection_head_momentum = copy.deepcopy(self.projection_head)
-                deactivate_requires_grad(self.backbone_momentum)
-                deactivate_requires_grad(self.projection_head_momentum)
-
-            def forward(self, x):
-                return self.projection_head(self.backbone(x).flatten(start_dim=1))
-
-            def forward_momentum(self, x):
-                key = self.backbone_momentum(x).flatten(start_dim=1)
-                return self.projection_head_momentum(key).detach()
-
-        model = self._finish(LightlyMoCo(backbone))
-        criterion = NTXentLoss(temperature=TEMPERATURE, memory_bank_size=(self.args.queue, DIM)).to(
-            self.device
-        )
+        model, criterion = lightly_moco(self.args.queue)
+        model, criterion = self._finish(model), criterion.to(self.device)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD)
         x_q, x_k = self.inputs()
-        amp = self.amp
+        amp, device_type = self.amp, self.device.type
 
         def step():
-            update_momentum(model.backbone, model.backbone_momentum, m=MOMENTUM)
-            update_momentum(model.projection_head, model.projection_head_momentum, m=MOMENTUM)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                query = model(x_q)
-                key = model.forward_momentum(x_k)
-                loss = criterion(query, key)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
+            lightly_step(model, criterion, opt, x_q, x_k, amp, device_type)
 
         return step
 
