@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -228,6 +229,24 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a number or a string Python reads as one, else None.
+
+    YAML 1.1 (PyYAML) reads ``5e-4`` and ``1e3`` as strings (it wants ``5.0e-4``); Python's
+    ``float()`` reads every form a Python user writes: ``5e-4``, ``1E3``, ``.5``, ``1_000``.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a type hint, converting where the meaning is unambiguous."""
     origin = get_origin(hint)
@@ -265,13 +284,22 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise UserError(f"{key} must be true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, str):
+            try:
+                return int(value.strip())  # exact for any size; "1_000" too
+            except ValueError:
+                pass
+        number = _number(value)
+        if number is None or not math.isfinite(number) or int(number) != number:
             raise UserError(f"{key} must be an integer, got {value!r}")
-        return int(value)
+        return int(value) if isinstance(value, int) else int(number)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None:
             raise UserError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise UserError(f"{key} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{key} must be a string, got {value!r}")
