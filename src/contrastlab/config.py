@@ -125,6 +125,8 @@ class TrainConfig:
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
     knn_k: int = 200  # neighbours of the kNN monitor
     knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor
+    knn_space: str = "backbone"  # feature space of the monitor's knn_top1: backbone, z (MoCo); backbone, z0, color, ..., concat (LooC)
+    knn_val_fraction: float = 0.1  # labelled training images whose kNN against the other training images chooses best.pt; 0 = no best.pt
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
     resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
     overwrite: bool = False  # start afresh even if the run directory already holds checkpoints
@@ -328,6 +330,18 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def feature_spaces(cfg: Config) -> tuple[str, ...]:
+    """The feature spaces the configured model offers (``model.feature_spaces`` of the method).
+
+    MoCo: the pooled backbone output and the unit-norm projection ``z``; LooC: the backbone, one
+    unit-norm space per head (``z0`` and the atomic augmentations) and, for LooC++, ``concat``.
+    """
+    if cfg.method == "looc":
+        extra = ("concat",) if cfg.looc.plus_plus else ()
+        return ("backbone", "z0", *cfg.looc.augmentations, *extra)
+    return ("backbone", "z")
+
+
 def _validate(cfg: Config) -> None:
     def positive(key: str, value: float) -> None:
         if value <= 0:
@@ -372,6 +386,16 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"augment.grayscale_p must be in [0, 1], got {cfg.augment.grayscale_p}")
     if cfg.scores.low >= cfg.scores.high:
         raise UserError("scores.low must be smaller than scores.high")
+    spaces = feature_spaces(cfg)
+    if cfg.train.knn_space not in spaces:
+        raise UserError(
+            f"train.knn_space={cfg.train.knn_space!r} is not a feature space of this "
+            f"{cfg.method} model{_suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}"
+        )
+    if not 0.0 <= cfg.train.knn_val_fraction < 1.0:
+        raise UserError(
+            f"train.knn_val_fraction must be in [0, 1), got {cfg.train.knn_val_fraction}"
+        )
     if cfg.data.name == "imagefolder" and not cfg.data.path:
         raise UserError(
             "dataset=imagefolder needs data.path=DIR (a folder of images or class folders)"
