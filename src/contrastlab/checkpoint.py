@@ -193,7 +193,10 @@ def make_state(
     step: int,
     best_metric: float | None,
     metrics: dict | None = None,
+    normalization: tuple | None = None,
 ) -> dict:
+    """The checkpoint dict. ``normalization`` = (mean, std) per channel that the training images
+    were normalized with; evaluation with ``--norm checkpoint`` uses exactly these."""
     return {
         "format": FORMAT,
         "config": config_to_dict(cfg),
@@ -203,6 +206,11 @@ def make_state(
         "step": step,
         "best_metric": best_metric,
         "metrics": metrics or {},
+        "normalization": (
+            {"mean": [float(v) for v in normalization[0]], "std": [float(v) for v in normalization[1]]}
+            if normalization is not None
+            else None
+        ),
     }
 
 
@@ -317,6 +325,14 @@ def load_model_state(model: nn.Module, state: dict, path: Path) -> None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the trained method from a checkpoint, in eval mode: returns ``(model, cfg)``."""
+    model, cfg, _ = load_model_and_normalization(path, device)
+    return model, cfg
+
+
+def load_model_and_normalization(path: str | Path, device: str | torch.device = "cpu"):
+    """``(model, cfg, (mean, std) or None)``: the model in eval mode and the per-channel statistics
+    its training images were normalized with (None for checkpoints written before they were
+    stored)."""
     from contrastlab.methods import build_method
 
     path = Path(path)
@@ -324,4 +340,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     cfg = config_from_dict(state["config"])
     model = build_method(cfg)
     load_model_state(model, state, path)
-    return model.to(device).eval(), cfg
+    norm = state.get("normalization")
+    stats = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
+    return model.to(device).eval(), cfg, stats

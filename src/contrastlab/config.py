@@ -131,6 +131,8 @@ class TrainConfig:
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
     knn_k: int = 200  # neighbours of the kNN monitor
     knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor
+    knn_space: str = "backbone"  # feature space of the monitor's knn_top1: backbone, z (MoCo); backbone, z0, color, ..., concat (LooC)
+    knn_val_fraction: float = 0.1  # labelled training images whose kNN against the other training images chooses best.pt; 0 = no best.pt
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
     resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
     overwrite: bool = False  # start afresh even if the run directory already holds checkpoints
@@ -265,6 +267,24 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a number or a string Python reads as one, else None.
+
+    YAML 1.1 (PyYAML) reads ``5e-4`` and ``1e3`` as strings (it wants ``5.0e-4``); Python's
+    ``float()`` reads every form a Python user writes: ``5e-4``, ``1E3``, ``.5``, ``1_000``.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a type hint, converting where the meaning is unambiguous."""
     origin = get_origin(hint)
@@ -302,13 +322,22 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise UserError(f"{key} must be true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, str):
+            try:
+                return int(value.strip())  # exact for any size; "1_000" too
+            except ValueError:
+                pass
+        number = _number(value)
+        if number is None or not math.isfinite(number) or int(number) != number:
             raise UserError(f"{key} must be an integer, got {value!r}")
-        return int(value)
+        return int(value) if isinstance(value, int) else int(number)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None:
             raise UserError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise UserError(f"{key} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{key} must be a string, got {value!r}")
@@ -335,6 +364,18 @@ def _build(cls, data: dict, prefix: str = ""):
         else:
             kwargs[key] = _coerce(value, hint, full)
     return cls(**kwargs)
+
+
+def feature_spaces(cfg: Config) -> tuple[str, ...]:
+    """The feature spaces the configured model offers (``model.feature_spaces`` of the method).
+
+    MoCo: the pooled backbone output and the unit-norm projection ``z``; LooC: the backbone, one
+    unit-norm space per head (``z0`` and the atomic augmentations) and, for LooC++, ``concat``.
+    """
+    if cfg.method == "looc":
+        extra = ("concat",) if cfg.looc.plus_plus else ()
+        return ("backbone", "z0", *cfg.looc.augmentations, *extra)
+    return ("backbone", "z")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,6 +539,8 @@ VALID: dict[str, Any] = {
     "train.knn_every": _int(0),
     "train.knn_k": _int(1),
     "train.knn_temperature": POSITIVE,
+    "train.knn_space": Text("feature space (checked against the model's spaces)"),
+    "train.knn_val_fraction": Range(0, 1, high_open=True),
     "train.max_steps_per_epoch": _int(1),
     "train.resume": Text("checkpoint path or 'auto'"),
     "scores.bins": _int(1, 100_000),
@@ -559,6 +602,12 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}")
     if cfg.scores.low >= cfg.scores.high:
         raise UserError("scores.low must be smaller than scores.high")
+    spaces = feature_spaces(cfg)
+    if cfg.train.knn_space not in spaces:
+        raise UserError(
+            f"train.knn_space={cfg.train.knn_space!r} is not a feature space of this "
+            f"{cfg.method} model{_suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}"
+        )
     if cfg.data.name == "imagefolder" and not cfg.data.path:
         raise UserError(
             "dataset=imagefolder needs data.path=DIR (a folder of images or class folders)"

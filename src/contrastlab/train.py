@@ -15,6 +15,8 @@ import inspect
 import json
 import math
 import random
+import shutil
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from contrastlab import distributed, preemption, rundir
 from contrastlab.allocator import keep_freed_memory
@@ -34,7 +37,7 @@ from contrastlab.checkpoint import (
 )
 from contrastlab.config import Config, save_config
 from contrastlab.data.augment import build_eval_transform
-from contrastlab.data.datasets import WithTransform, build_dataset
+from contrastlab.data.datasets import WithTransform, build_dataset, stratified_holdout
 from contrastlab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import knn_accuracy
@@ -80,32 +83,103 @@ def eval_transform(cfg: Config, dataset):
     return build_eval_transform(cfg.data.image_size, dataset.mean, dataset.std, dataset.image_size)
 
 
-def knn_monitor_accuracy(model, cfg: Config, train_images, test_images, device="cpu") -> float:
-    """Weighted kNN top-1 of backbone features: training images as the bank, test images as queries.
+def labelled_indices(labels) -> list[int]:
+    """Indices of the images that carry a class label (unlabelled images have label -1)."""
+    return (torch.as_tensor(labels) >= 0).nonzero().flatten().tolist()
 
-    Both splits use the deterministic evaluation view (no augmentation).
+
+def _monitor_features(model, dataset, space: str, device, num_workers: int) -> dict:
+    """{space: (features, labels)} for ``space`` and, where it costs no second pass, the others.
+
+    A projection space (MoCo's ``z``, LooC's ``z0``, ...) is computed from the pooled backbone
+    output, so one pass with a forward hook on ``model.backbone`` yields both. LooC++ computes its
+    heads without calling ``model.backbone`` as a module: there only ``space`` is extracted.
     """
-    transform = eval_transform(cfg, train_images)
-    features = [
-        extract_features(
-            model,
-            WithTransform(images, transform),
-            "backbone",
-            device=device,
-            num_workers=cfg.data.num_workers,
-            progress=False,
+    spaces = getattr(model, "feature_spaces", ("backbone",))
+    run = space
+    if space == "backbone" and not getattr(model, "plus_plus", False):
+        run = next((s for s in ("z", "z0") if s in spaces), "backbone")
+    captured: list[torch.Tensor] = []
+    hook = None
+    if run != "backbone" and isinstance(getattr(model, "backbone", None), torch.nn.Module):
+        hook = model.backbone.register_forward_hook(
+            lambda module, inputs, output: captured.append(output.float().flatten(1).cpu())
         )
-        for images in (train_images, test_images)
-    ]
-    (f_bank, y_bank), (f_test, y_test) = features
-    return knn_accuracy(
-        f_bank,
-        y_bank,
-        f_test,
-        y_test,
-        train_images.num_classes,
-        k=cfg.train.knn_k,
-        temperature=cfg.train.knn_temperature,
+    try:
+        feats, labels = extract_features(
+            model, dataset, run, device=device, num_workers=num_workers, progress=False
+        )
+    finally:
+        if hook is not None:
+            hook.remove()
+    out = {run: (feats, labels)}
+    if captured and sum(len(c) for c in captured) == len(feats):
+        out["backbone"] = (torch.cat(captured), labels)
+    return out
+
+
+def knn_monitor_metrics(model, cfg: Config, train_images, test_images, device="cpu") -> dict:
+    """The kNN monitor: weighted kNN top-1 (%) on held-out data, in one or more feature spaces.
+
+    Returns ``{"knn_top1": ..., "knn_top1_<space>": ..., "knn_val_top1": ...}`` (empty when the
+    data has no labelled images). ``knn_top1`` is in ``train.knn_space``: the labelled training
+    images are the bank, the labelled test images the queries, both under the deterministic
+    evaluation view (the official MoCo CIFAR-10 demo's monitor, which reads the normalized
+    128-d output of its encoder: ``knn_space=z``). ``knn_top1_<space>`` repeats it for every space
+    that came at no extra cost (see :func:`_monitor_features`). ``knn_val_top1``, the metric that
+    chooses ``best.pt``, never reads the test split: a stratified ``train.knn_val_fraction`` of the
+    labelled training images are the queries, the remaining training images the bank.
+
+    Images labelled -1 (unlabelled, e.g. STL-10's unlabelled split) never enter a bank or a metric.
+    """
+    t = cfg.train
+    transform = eval_transform(cfg, train_images)
+    feats = {}
+    for split, images in (("train", train_images), ("test", test_images)):
+        idx = labelled_indices(images.labels)
+        if not idx or not train_images.num_classes:
+            return {}
+        view = Subset(WithTransform(images, transform), idx)
+        feats[split] = _monitor_features(model, view, t.knn_space, device, cfg.data.num_workers)
+
+    def knn(bank, queries) -> float:
+        return knn_accuracy(
+            *bank, *queries, train_images.num_classes, k=t.knn_k, temperature=t.knn_temperature
+        )
+
+    metrics = {"knn_top1": knn(feats["train"][t.knn_space], feats["test"][t.knn_space])}
+    for space in sorted(feats["train"]):
+        metrics[f"knn_top1_{space}"] = knn(feats["train"][space], feats["test"][space])
+    if t.knn_val_fraction > 0:
+        f_bank, y_bank = feats["train"][t.knn_space]
+        rest, val = stratified_holdout(y_bank.tolist(), t.knn_val_fraction)
+        if val and rest:
+            metrics["knn_val_top1"] = knn((f_bank[rest], y_bank[rest]), (f_bank[val], y_bank[val]))
+    return metrics
+
+
+def knn_monitor_accuracy(model, cfg: Config, train_images, test_images, device="cpu") -> float:
+    """The monitor's headline ``knn_top1`` (see :func:`knn_monitor_metrics`); NaN without labels."""
+    metrics = knn_monitor_metrics(model, cfg, train_images, test_images, device)
+    return metrics.get("knn_top1", float("nan"))
+
+
+def plain_bn_warning(cfg: Config, world_size: int) -> str | None:
+    """The warning for a single process with plain BN and shuffle BN asked for, else None.
+
+    Shuffle BN needs either several processes (keys permuted across them) or split BN on one
+    device (``model.bn_splits`` > 1, keys shuffled between sub-batches). One process with plain BN
+    has neither: the key encoder's batch statistics can reveal the positive, the leak that MoCo's
+    authors measured at several points of accuracy (He et al. 2020, section 3.3).
+    """
+    m = cfg.model
+    if world_size > 1 or m.bn_splits > 1 or not m.shuffle_bn:
+        return None
+    return (
+        "warning: one process with plain batch norm (model.bn_splits=1) cannot shuffle BN, so the "
+        "key encoder's batch statistics leak the positive (MoCo measured a loss of several "
+        "points); on one GPU set model.bn_splits=8 (split BN), or train under torchrun with "
+        "several processes (model.shuffle_bn=false accepts plain BN knowingly)"
     )
 
 
@@ -193,10 +267,16 @@ class Trainer:
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
 
+        # Every split the run will read is built (so checked: a corrupt image stops the run here)
+        # before the first step, not at the first kNN monitor after hours of training.
+        self.test_images = (
+            build_dataset(cfg.data, "test") if cfg.train.knn_every and self.is_main else None
+        )
+
         self.epoch, self.step, self.best_metric = 0, 0, None
         self.last_knn: float | None = None
         self.position: dict | None = None  # where inside an epoch a resumed run continues
-        self.test_images = None  # loaded at the first kNN evaluation
+        self.knn_metrics: dict = {}  # the monitor's metrics of the current weights, or {}
         self.writer = None
         self.recorder = None
         self.stop_policy: preemption.StopPolicy | None = None
@@ -301,16 +381,19 @@ class Trainer:
         cfg = self.cfg
         self.prepare_run_dir()
         self.stop_policy = preemption.StopPolicy(signals, cfg.train.checkpoint_minutes)
+        warning = plain_bn_warning(cfg, distributed.world_size())
+        if warning and self.is_main:
+            print(warning, file=sys.stderr, flush=True)
+            self.log({"event": "warning", "step": self.step, "message": warning})
         start = time.time()
         final_loss = float("nan")
         for epoch in range(self.epoch, cfg.optim.epochs):
             final_loss = self.train_epoch(epoch)
             self.epoch = epoch + 1
+            self.knn_metrics = {}  # the weights changed: earlier metrics are stale
             knn_due = cfg.train.knn_every and (
                 self.epoch % cfg.train.knn_every == 0 or self.epoch == cfg.optim.epochs
             )
-            if knn_due:
-                self.last_knn = self.knn_monitor()
             keep = cfg.train.keep_every
             save_due = (
                 self.epoch % cfg.train.checkpoint_every == 0
@@ -318,11 +401,18 @@ class Trainer:
                 or (keep and self.epoch % keep == 0)
             )
             save_now, stop = self.stop_policy.poll()
-            if save_due or save_now:
+            save_due = save_due or save_now
+            if save_due:  # before the monitor, so that a failing monitor loses no work
                 distributed.raise_together(lambda: self.save(final_loss))
                 self.stop_policy.saved()
             if stop:
                 raise self.interrupted(f"after epoch {self.epoch}")
+            if knn_due:
+                self.knn_metrics = self.knn_monitor()
+                self.last_knn = self.knn_metrics.get("knn_top1")
+                # best.pt is judged on these very weights; last.pt gets the monitor's figures
+                rewrite = bool(save_due)
+                distributed.raise_together(lambda: self.save(final_loss, rewrite_last=rewrite))
         if self.recorder is not None:
             self.recorder.close()
         return TrainResult(
@@ -466,28 +556,41 @@ class Trainer:
         )
 
     # -- monitoring and checkpoints ---------------------------------------------------------
-    def knn_monitor(self) -> float | None:
-        """Weighted kNN accuracy (k 200, T 0.1 by default) of backbone features on held-out data."""
-        acc = None
+    def knn_monitor(self) -> dict:
+        """The kNN monitor's metrics of the current weights (:func:`knn_monitor_metrics`)."""
+        metrics = {}
         if self.is_main:
-            if self.test_images is None:
-                self.test_images = build_dataset(self.cfg.data, "test")
-            test_images = self.test_images
-            if self.train_images.num_classes and len(test_images):
-                acc = knn_monitor_accuracy(
-                    self.method, self.cfg, self.train_images, test_images, self.device
+            metrics = knn_monitor_metrics(
+                self.method, self.cfg, self.train_images, self.test_images, self.device
+            )
+            if metrics:
+                self.log(
+                    {
+                        "event": "knn",
+                        "epoch": self.epoch,
+                        "step": self.step,
+                        "knn_space": self.cfg.train.knn_space,
+                        **metrics,
+                    }
                 )
-                self.log({"event": "knn", "epoch": self.epoch, "step": self.step, "knn_top1": acc})
         if distributed.is_distributed():
             torch.distributed.barrier()
         self.model.train()
-        return acc
+        return metrics
 
-    def save(self, loss: float) -> None:
+    def save(self, loss: float, rewrite_last: bool = True) -> None:
+        """Write ``last.pt`` (when ``rewrite_last``) and, if improved, ``best.pt``.
+
+        ``best.pt`` is judged only on ``knn_val_top1`` measured on these very weights (never on a
+        metric of earlier weights, never on the test split that ``knn_top1`` reports): without a
+        fresh validation metric, no ``best.pt`` is written.
+        """
         if not self.is_main:
             return
-        metric = self.last_knn if self.last_knn is not None else -loss
-        improved = self.best_metric is None or metric >= self.best_metric
+        metric = self.knn_metrics.get("knn_val_top1")
+        improved = metric is not None and (self.best_metric is None or metric >= self.best_metric)
+        if not (rewrite_last or improved):
+            return
         state = make_state(
             self.cfg,
             self.method,
@@ -495,23 +598,27 @@ class Trainer:
             self.epoch,
             self.step,
             metric if improved else self.best_metric,
-            {"loss": loss, "knn_top1": self.last_knn},
+            {"loss": loss, **self.knn_metrics},
+            normalization=(self.train_images.mean, self.train_images.std),
         )
-        last = self.ckpt_dir / "last.pt"
+        last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
         # best.pt first: a kill between the two renames leaves the newer state in best.pt,
         # which train.resume=auto then picks
-        save_checkpoint(last, state, also=(self.ckpt_dir / "best.pt",) if improved else ())
+        if rewrite_last:
+            save_checkpoint(last, state, also=(best,) if improved else ())
+        elif improved:
+            save_checkpoint(best, state)
         if improved:
             self.best_metric = metric
         keep = self.cfg.train.keep_every
-        if keep and self.epoch % keep == 0:
+        if rewrite_last and keep and self.epoch % keep == 0:
             save_checkpoint(self.ckpt_dir / f"epoch-{self.epoch:04d}.pt", state)
         self.log(
             {
                 "event": "checkpoint",
                 "epoch": self.epoch,
                 "step": self.step,
-                "path": str(last),
+                "path": str(last) if rewrite_last else None,
                 "best": improved,
             }
         )

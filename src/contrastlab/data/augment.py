@@ -18,7 +18,9 @@ from contrastlab.config import AugmentConfig
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# The official MoCo CIFAR-10 demo's normalization (also torchvision's and kuangliu's CIFAR examples);
+# the per-pixel standard deviation over the training set is (0.2470, 0.2435, 0.2616).
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 STL10_MEAN = (0.4467, 0.4398, 0.4066)

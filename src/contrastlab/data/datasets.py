@@ -279,25 +279,92 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(_EXTENSIONS)
 
 
-def _images_under(folder: Path) -> list[str]:
+class _Visited:
+    """The real folders and files a scan has taken, so that each is read once.
+
+    Symbolic links are followed, but a link to a folder that contains it (a loop, which would
+    repeat its images without end) stops with an error naming it, and a folder or file reached a
+    second time by another path (two links to one folder, a test folder linking into train/) is
+    skipped with a warning: otherwise its images would count twice, under wrong labels, or on both
+    sides of the train/test split.
+    """
+
+    def __init__(self):
+        self.dirs: set[str] = set()
+        self.files: set[str] = set()
+        self.repeated: list[str] = []
+
+    def enter(self, path: str, parent_real: str | None) -> bool:
+        real = os.path.realpath(path)
+        if parent_real is not None and (
+            real == parent_real or parent_real.startswith(real.rstrip(os.sep) + os.sep)
+        ):
+            raise UserError(
+                f"symbolic link loop: {path} points to {real}, a folder that contains it; "
+                f"remove the link (or point it outside {real})"
+            )
+        if real in self.dirs:
+            self.repeated.append(path)
+            return False
+        self.dirs.add(real)
+        return True
+
+    def take(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        if real in self.files:
+            self.repeated.append(path)
+            return False
+        self.files.add(real)
+        return True
+
+
+def _images_under(folder: Path, visited: _Visited | None = None) -> list[str]:
     """Image files anywhere below ``folder``, sorted; hidden files and folders are ignored
-    (``._x.jpg`` files that macOS leaves on copied disks are not images)."""
+    (``._x.jpg`` files that macOS leaves on copied disks are not images). Every real folder and
+    file is read once (see :class:`_Visited`)."""
+    visited = _Visited() if visited is None else visited
+    if not visited.enter(str(folder), None):
+        return []
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+        real = os.path.realpath(dirpath)
+        dirnames[:] = [
+            d
+            for d in sorted(dirnames)
+            if not d.startswith(".") and visited.enter(os.path.join(dirpath, d), real)
+        ]
+        found += [
+            os.path.join(dirpath, f)
+            for f in sorted(filenames)
+            if _is_image(f) and visited.take(os.path.join(dirpath, f))
+        ]
     return found
 
 
-def _scan(folder: Path, classes: Sequence[str] | None = None):
+def _scan(folder: Path, classes: Sequence[str] | None = None, visited: _Visited | None = None):
     """(files, labels, classes) of one folder: class subfolders, or else a flat unlabelled folder.
 
     With ``classes`` given (the training split's), test class folders map onto those indices.
+    ``visited`` carries the folders and files already taken (by the training split's scan).
     """
+    visited = _Visited() if visited is None else visited
+    already = len(visited.repeated)
+    visited.enter(str(folder), None)
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = {p.name: _images_under(p) for p in subdirs}
+    per_class = {p.name: _images_under(p, visited) for p in subdirs}
     per_class = {k: v for k, v in per_class.items() if v}
-    top = sorted(str(p) for p in folder.iterdir() if p.is_file() and _is_image(p.name))
+    top = sorted(
+        str(p)
+        for p in folder.iterdir()
+        if p.is_file() and _is_image(p.name) and visited.take(str(p))
+    )
+    repeated = visited.repeated[already:]
+    if repeated:
+        warnings.warn(
+            f"{len(repeated)} folder(s) or image(s) under {folder} are reached a second time "
+            f"through symbolic links and are read once only (first: {repeated[0]})",
+            stacklevel=3,
+        )
     if per_class:
         if top:
             warnings.warn(
@@ -326,7 +393,7 @@ def _scan(folder: Path, classes: Sequence[str] | None = None):
     )
 
 
-def _holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[int]]:
+def stratified_holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[int]]:
     """Deterministic stratified split: round(fraction * n) of every class goes to the test side,
     leaving at least one image of each class for training."""
     labels_t = torch.as_tensor(labels, dtype=torch.long)
@@ -353,15 +420,16 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
         )
     train_dir = root / "train"
     if train_dir.is_dir():
-        files, labels, classes = _scan(train_dir)
+        visited = _Visited()
+        files, labels, classes = _scan(train_dir, visited=visited)
         test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
         if test_dir is not None:
             if split == "train":
                 return files, labels, classes
-            return _scan(test_dir, classes if classes else None)
+            return _scan(test_dir, classes if classes else None, visited)
     else:
         files, labels, classes = _scan(root)
-    train_idx, test_idx = _holdout(labels, fraction)
+    train_idx, test_idx = stratified_holdout(labels, fraction)
     chosen = train_idx if split == "train" else test_idx  # empty test split: holdout_fraction=0
     return [files[i] for i in chosen], [labels[i] for i in chosen], classes
 

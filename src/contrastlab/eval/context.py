@@ -37,6 +37,21 @@ def subset_indices(n: int, limit: int | None, seed: int) -> list[int] | None:
     return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
 
 
+def labelled_subset(labels: Tensor, limit: int | None, seed: int) -> list[int] | None:
+    """Indices of the labelled images (label >= 0), at most ``limit`` of them drawn at random.
+
+    None means every image (all are labelled and no limit applies). Images labelled -1 (the
+    unlabelled part of STL-10's training split, flat image folders) are never returned: they
+    must not enter a kNN bank, a probe or a metric.
+    """
+    labels = torch.as_tensor(labels)
+    keep = (labels >= 0).nonzero().flatten()
+    chosen = subset_indices(len(keep), limit, seed)
+    if chosen is None:
+        return None if len(keep) == len(labels) else keep.tolist()
+    return keep[chosen].tolist()
+
+
 @dataclasses.dataclass
 class EvalContext:
     """A loaded checkpoint plus the options common to every protocol."""
@@ -52,6 +67,7 @@ class EvalContext:
     cache: str | None = None
     progress: bool = True
     norm: str = "checkpoint"  # "checkpoint": the training statistics; "target": the dataset's own
+    train_stats: tuple | None = None  # (mean, std) stored in the checkpoint by the trainer
     max_train: int | None = None
     max_test: int | None = None
     seed: int = 0
@@ -73,10 +89,11 @@ class EvalContext:
         device: str = "auto",
         **kwargs,
     ) -> "EvalContext":
-        from contrastlab.checkpoint import load_model
+        from contrastlab.checkpoint import load_model_and_normalization
 
         device = resolve_device(device)
-        model, cfg = load_model(path, device)
+        model, cfg, train_stats = load_model_and_normalization(path, device)
+        kwargs.setdefault("train_stats", train_stats)
         data_cfg = dataclasses.replace(cfg.data)
         if dataset is not None and dataset != data_cfg.name:
             data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
@@ -113,9 +130,15 @@ class EvalContext:
         return int(self.raw("train").num_classes)
 
     def stats(self, ds: Dataset) -> tuple[tuple, tuple]:
-        """Normalization statistics: the training dataset's (default) or the target's own."""
+        """Normalization statistics: the training images' (default) or the target's own.
+
+        The training statistics are those stored in the checkpoint, whatever the dataset or path
+        given for evaluation; checkpoints that predate them get the training dataset's rule.
+        """
         if self.norm == "target":
             return ds.mean, ds.std
+        if self.train_stats is not None:
+            return tuple(self.train_stats[0]), tuple(self.train_stats[1])
         from contrastlab.data.datasets import dataset_stats
 
         if (
@@ -166,8 +189,9 @@ class EvalContext:
         )
 
     def indices(self, split: str) -> list[int] | None:
+        """The images of ``split`` that every protocol reads: the labelled ones, up to the limit."""
         limit = self.max_train if split == "train" else self.max_test
-        return subset_indices(len(self.raw(split)), limit, self.seed)
+        return labelled_subset(self.raw(split).labels, limit, self.seed)
 
     def view(self, split: str, transform: Callable | None) -> Dataset:
         ds = WithTransform(self.raw(split), transform)

@@ -13,6 +13,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def check_class_labels(labels, num_classes: int | None, what: str) -> None:
+    """Raise ``ValueError`` unless every label is a class index in ``[0, num_classes)``.
+
+    Unlabelled images carry label -1 (STL-10's unlabelled split, flat image folders); they must be
+    left out before a kNN bank, a probe or a metric is built (``labelled_indices`` in the trainer,
+    ``EvalContext.indices`` in evaluation), never counted as a class or as a miss.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bad = low if low < 0 else high
+        valid = f"[0, {num_classes})" if num_classes is not None else "non-negative"
+        raise ValueError(
+            f"{what} holds label {bad}, not a class index {valid}; leave unlabelled images "
+            "(label -1) out before computing it"
+        )
+
+
 def knn_scores(
     train_feats: Tensor,
     train_labels: Tensor,
@@ -27,6 +47,7 @@ def knn_scores(
         raise ValueError("kNN needs at least one training sample")
     if temperature <= 0:
         raise ValueError(f"kNN temperature must be positive, got {temperature}")
+    check_class_labels(train_labels, num_classes, "the kNN bank")
     k = max(1, min(int(k), train_feats.shape[0]))
     device = test_feats.device
     train = F.normalize(train_feats.to(device), dim=1)
@@ -81,6 +102,7 @@ def knn_accuracy(
 
 def topk_accuracy(scores: Tensor, labels: Tensor, topk: int = 1) -> float:
     """Percentage of rows whose true label is among the ``topk`` highest scores."""
+    check_class_labels(labels, scores.shape[1], "the labels of an accuracy")
     topk = min(topk, scores.shape[1])
     top = scores.topk(topk, dim=1).indices
     hit = (top == labels.view(-1, 1).long()).any(dim=1)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from contrastlab.errors import UserError
-from contrastlab.eval.knn import topk_accuracy
+from contrastlab.eval.knn import check_class_labels, topk_accuracy
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -92,6 +92,7 @@ class LogisticProbe:
 
         x = _numpy(feats).astype(np.float64)
         y = _numpy(labels).astype(np.int64)
+        check_class_labels(y, num_classes, "the training labels of a linear probe")
         if len(np.unique(y)) < 2:
             raise UserError("a linear probe needs at least two classes in the training labels")
         self.num_classes = int(num_classes if num_classes is not None else y.max() + 1)
@@ -226,9 +227,9 @@ def linear_sgd(
                     head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
                 )
                 scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=0.1)
-            loss = nn.functional.cross_entropy(
-                head(feats), torch.as_tensor(labels).long().to(device)
-            )
+            labels = torch.as_tensor(labels).long()
+            check_class_labels(labels, num_classes, "the training labels of a linear probe")
+            loss = nn.functional.cross_entropy(head(feats), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

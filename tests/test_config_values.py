@@ -1,0 +1,94 @@
+"""Configuration values: every numeric key reads the forms a Python user writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from contrastlab.config import Config, all_keys, load_config
+from contrastlab.errors import UserError
+
+
+def _numeric_kind(type_name: str) -> str | None:
+    parts = set(type_name.split(" | "))
+    if "float" in parts:
+        return "float"
+    if "int" in parts:
+        return "int"
+    return None
+
+
+def _scientific_overrides() -> dict[str, object]:
+    """key -> expected value, for every int or float key, written as 'MANTISSAe0' or '1e-1'.
+
+    PyYAML reads none of these as numbers (YAML 1.1 wants a dot and a signed exponent), so each
+    reaches the config as a string.
+    """
+    expected = {}
+    for key, type_name, default in all_keys():
+        kind = _numeric_kind(type_name)
+        if kind is None or isinstance(default, bool):
+            continue
+        if default is None:
+            expected[key] = 0.1 if kind == "float" else 10
+        else:
+            expected[key] = default
+    return expected
+
+
+def _text(value) -> str:
+    if value == 0.1:
+        return "1e-1"
+    if value == 10 and isinstance(value, int):
+        return "1e1"
+    return f"{value!r}e0"
+
+
+def _get(cfg: Config, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def test_every_numeric_key_accepts_scientific_notation_on_the_command_line():
+    expected = _scientific_overrides()
+    assert "optim.weight_decay" in expected and "optim.epochs" in expected
+    cfg = load_config(None, [f"{k}={_text(v)}" for k, v in expected.items()])
+    for key, value in expected.items():
+        got = _get(cfg, key)
+        assert got == value and type(got) is type(value), key
+
+
+def test_scientific_notation_in_a_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "base: moco_v2_cifar\n"
+        "optim: {weight_decay: 5e-4, lr: 6E-2, epochs: 2e2, milestones: [1e2, 1.5e2]}\n"
+        "moco: {queue_size: 4_096, temperature: .1}\n"
+    )
+    cfg = load_config(str(path), ["optim.warmup_epochs=1e0"])
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.lr == 0.06
+    assert cfg.optim.epochs == 200 and isinstance(cfg.optim.epochs, int)
+    assert cfg.optim.milestones == [100, 150] and cfg.optim.warmup_epochs == 1
+    assert cfg.moco.queue_size == 4096 and cfg.moco.temperature == 0.1
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lr=fast", "optim.lr must be a number"),
+        ("optim.lr=nan", "optim.lr must be a finite number"),
+        ("optim.weight_decay=.inf", "must be a finite number"),
+        ("optim.epochs=1.5e0", "optim.epochs must be an integer"),
+        ("optim.epochs=1e400", "optim.epochs must be an integer"),
+    ],
+)
+def test_numbers_that_are_not_numbers_or_not_finite_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config("moco_v2_cifar", [override])
+
+
+def test_large_integers_stay_exact():
+    cfg = load_config("moco_v2_cifar", ["seed=12345678901234567890123"])
+    assert cfg.seed == 12345678901234567890123
+
