@@ -91,4 +91,3 @@ def test_numbers_that_are_not_numbers_or_not_finite_are_refused(override, messag
 def test_large_integers_stay_exact():
     cfg = load_config("moco_v2_cifar", ["seed=12345678901234567890123"])
     assert cfg.seed == 12345678901234567890123
-

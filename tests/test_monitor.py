@@ -38,7 +38,9 @@ def _features(model, dataset, transform, space):
     """Features one image at a time (no loader, no batching)."""
     model.eval()
     with torch.no_grad():
-        rows = [model.features(transform(dataset[i][0])[None], space)[0] for i in range(len(dataset))]
+        rows = [
+            model.features(transform(dataset[i][0])[None], space)[0] for i in range(len(dataset))
+        ]
     return torch.stack(rows).numpy()
 
 
@@ -220,7 +222,10 @@ def test_best_metric_is_that_of_its_own_weights(tiny_config):
     from contrastlab.checkpoint import load_model
 
     cfg = tiny_config(
-        "optim.epochs=3", "train.knn_every=2", "train.checkpoint_every=1", "train.knn_val_fraction=0.3"
+        "optim.epochs=3",
+        "train.knn_every=2",
+        "train.checkpoint_every=1",
+        "train.knn_val_fraction=0.3",
     )
     result = Trainer(cfg).fit()
     best = read_checkpoint(result.best_checkpoint)

@@ -77,9 +77,10 @@ def test_time_checkpoint_inside_an_epoch_resumes_bit_identically(tiny_config, mo
     _equal_states(a["model"], b["model"])
     # the score record of the interrupted epoch is whole and the same
     for name in ("queries-epoch0001.npz", "intervals-epoch0001.npz", "hist.npz"):
-        with np.load(straight.run_dir / "scores" / name) as x, np.load(
-            resumed.run_dir / "scores" / name
-        ) as y:
+        with (
+            np.load(straight.run_dir / "scores" / name) as x,
+            np.load(resumed.run_dir / "scores" / name) as y,
+        ):
             assert x.files == y.files
             for key in x.files:
                 np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}:{key}")
@@ -117,9 +118,7 @@ def test_the_command_exits_with_its_own_status_on_sigterm(tmp_path):
         "name=term",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     metrics = tmp_path / "term" / "metrics.jsonl"
     deadline = time.time() + 600  # starting Python and torch can be slow on a loaded machine
     while not (metrics.exists() and '"train"' in metrics.read_text()):

@@ -152,7 +152,11 @@ def test_the_looc_imagenet100_command_is_the_papers_protocol():
     (cmd,) = [a for w, _, a in COMMANDS if "looc.md" in w and "IN100" in w]
     cfg = _resolve(cmd)
     assert _blurs(cfg) and cfg.augment.crop_scale_min == 0.2
-    assert (cfg.model.backbone, cfg.data.image_size, cfg.moco.queue_size) == ("resnet50", 224, 16384)
+    assert (cfg.model.backbone, cfg.data.image_size, cfg.moco.queue_size) == (
+        "resnet50",
+        224,
+        16384,
+    )
     assert (cfg.optim.epochs, cfg.optim.milestones, cfg.moco.momentum) == (500, [300, 400], 0.999)
 
 
@@ -162,8 +166,13 @@ def test_the_looc_imagenet100_command_is_the_papers_protocol():
 def test_one_process_with_plain_bn_warns_on_stderr_and_in_the_log(tiny_config, capsys):
     assert plain_bn_warning(load_config("moco_v2", ["data.path=/x"]), 1) is not None
     assert plain_bn_warning(load_config("moco_v2", ["data.path=/x"]), 8) is None
-    assert plain_bn_warning(load_config("moco_v2", ["data.path=/x", "model.bn_splits=8"]), 1) is None
-    assert plain_bn_warning(load_config("moco_v2", ["data.path=/x", "model.shuffle_bn=false"]), 1) is None
+    assert (
+        plain_bn_warning(load_config("moco_v2", ["data.path=/x", "model.bn_splits=8"]), 1) is None
+    )
+    assert (
+        plain_bn_warning(load_config("moco_v2", ["data.path=/x", "model.shuffle_bn=false"]), 1)
+        is None
+    )
     cfg = tiny_config("model.bn_splits=1", "optim.epochs=1", "train.knn_every=0")
     Trainer(cfg).fit()
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]

@@ -63,7 +63,9 @@ def test_a_tagged_checkpoint_without_config_or_model_is_one_line(trained, tmp_pa
     del state[missing]
     path = tmp_path / "partial.pt"
     torch.save(state, path)
-    with pytest.raises(UserError, match=f"tagged as a contrastlab checkpoint but has no '{missing}"):
+    with pytest.raises(
+        UserError, match=f"tagged as a contrastlab checkpoint but has no '{missing}"
+    ):
         load_model(path)
 
 

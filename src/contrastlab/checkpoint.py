@@ -207,7 +207,10 @@ def make_state(
         "best_metric": best_metric,
         "metrics": metrics or {},
         "normalization": (
-            {"mean": [float(v) for v in normalization[0]], "std": [float(v) for v in normalization[1]]}
+            {
+                "mean": [float(v) for v in normalization[0]],
+                "std": [float(v) for v in normalization[1]],
+            }
             if normalization is not None
             else None
         ),
@@ -236,7 +239,9 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
                 "not loaded (loading it could run code from the file); contrastlab checkpoints "
                 "never hold such objects"
             ) from None
-        raise UserError(f"cannot read checkpoint {path}: the file is damaged ({_first(e)})") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: the file is damaged ({_first(e)})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
         raise UserError(
             f"cannot read checkpoint {path}: {_first(e)}; the file is damaged or not a "

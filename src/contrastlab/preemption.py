@@ -88,7 +88,9 @@ class StopPolicy:
         )
         if self._group is not None:
             flags = torch.tensor([int(stop), int(due)])
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self._group)
+            torch.distributed.all_reduce(
+                flags, op=torch.distributed.ReduceOp.MAX, group=self._group
+            )
             stop, due = bool(flags[0]), bool(flags[1])
         return stop or due, stop
 

@@ -11,11 +11,11 @@ an interrupted epoch gets other augmentations, because workers keep their random
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
 import random
-import shutil
 import sys
 import time
 import weakref
@@ -403,7 +403,7 @@ class Trainer:
             save_now, stop = self.stop_policy.poll()
             save_due = save_due or save_now
             if save_due:  # before the monitor, so that a failing monitor loses no work
-                distributed.raise_together(lambda: self.save(final_loss))
+                distributed.raise_together(functools.partial(self.save, final_loss))
                 self.stop_policy.saved()
             if stop:
                 raise self.interrupted(f"after epoch {self.epoch}")
@@ -411,8 +411,8 @@ class Trainer:
                 self.knn_metrics = self.knn_monitor()
                 self.last_knn = self.knn_metrics.get("knn_top1")
                 # best.pt is judged on these very weights; last.pt gets the monitor's figures
-                rewrite = bool(save_due)
-                distributed.raise_together(lambda: self.save(final_loss, rewrite_last=rewrite))
+                save = functools.partial(self.save, final_loss, rewrite_last=bool(save_due))
+                distributed.raise_together(save)
         if self.recorder is not None:
             self.recorder.close()
         return TrainResult(
@@ -623,7 +623,6 @@ class Trainer:
             }
         )
 
-
     def save_inside_epoch(self, epoch: int, batch: int, loop: dict) -> None:
         """A checkpoint after ``batch`` steps of (0-based) ``epoch``: what an exact resume needs.
 
@@ -668,7 +667,9 @@ class Trainer:
 
     def interrupted(self, where: str) -> TrainingInterrupted:
         signal_name = self.stop_policy.signals.received or "a stop signal to another process"
-        self.log({"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step})
+        self.log(
+            {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
+        )
         return TrainingInterrupted(
             f"stopped by {signal_name} {where} (step {self.step}); checkpoint "
             f"{self.ckpt_dir / 'last.pt'}; to continue, run the same command with "

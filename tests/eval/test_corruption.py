@@ -101,8 +101,13 @@ def test_zoom_blur_weights_the_clean_image_like_imagenet_c(severity):
     weight 2 / (n + 1). CIFAR-10-C's factors at 32 px (no JPEG re-encoding there)."""
     img = natural_ish(1, 32, seed=3)[0]
     x = img.astype(np.float64) / 255
-    zooms = [np.arange(1, 1.06, 0.01), None, np.arange(1, 1.16, 0.01), None,
-             np.arange(1, 1.26, 0.01)][severity - 1]
+    zooms = [
+        np.arange(1, 1.06, 0.01),
+        None,
+        np.arange(1, 1.16, 0.01),
+        None,
+        np.arange(1, 1.26, 0.01),
+    ][severity - 1]
     expected = (x + sum(_reference_clipped_zoom(x, z) for z in zooms)) / (len(zooms) + 1)
     got = corrupt(img, "zoom_blur", severity, table="cifar").astype(int)
     assert np.abs(got - _round(expected).astype(int)).max() <= 1
@@ -114,8 +119,10 @@ def _reference_defocus_kernel(radius, alias):
     half = 8 if radius <= 8 else int(radius)
     taps = 3 if radius <= 8 else 5
     size = 2 * half + 1
-    disk = [[1.0 if (i - half) ** 2 + (j - half) ** 2 <= radius**2 else 0.0 for j in range(size)]
-            for i in range(size)]
+    disk = [
+        [1.0 if (i - half) ** 2 + (j - half) ** 2 <= radius**2 else 0.0 for j in range(size)]
+        for i in range(size)
+    ]
     total = sum(map(sum, disk))
     disk = [[v / total for v in row] for row in disk]
     g = [np.exp(-((t - taps // 2) ** 2) / (2 * alias**2)) for t in range(taps)]
@@ -157,8 +164,9 @@ def test_imagenet_table_ends_with_jpeg_q85_and_cifar_table_does_not():
     assert np.abs(corrupt(small, "contrast", 1).astype(int) - expected.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("size, table, c", [(32, "cifar", 0.75), (64, "cifar", 0.75),
-                                            (224, "imagenet", 0.4)])
+@pytest.mark.parametrize(
+    "size, table, c", [(32, "cifar", 0.75), (64, "cifar", 0.75), (224, "imagenet", 0.4)]
+)
 def test_severity_table_chosen_by_resolution(size, table, c):
     """Small images get CIFAR-10-C's severities, large ones ImageNet-C's (contrast severity 1)."""
     img = np.full((size, size, 3), 60, np.uint8)

@@ -102,8 +102,12 @@ def test_norm_checkpoint_uses_the_statistics_stored_with_the_checkpoint(tiny_con
 
     folder = _image_folder(tmp_path / "images")  # 40 px images: ImageNet statistics
     cfg = tiny_config(
-        "dataset=imagefolder", f"data.path={folder}", "data.image_size=32", "train.knn_every=0",
-        "optim.epochs=1", "data.holdout_fraction=0.25",
+        "dataset=imagefolder",
+        f"data.path={folder}",
+        "data.image_size=32",
+        "train.knn_every=0",
+        "optim.epochs=1",
+        "data.holdout_fraction=0.25",
     )
     ckpt = Trainer(cfg).fit().last_checkpoint
     stored = torch.load(ckpt, weights_only=True)["normalization"]

@@ -448,13 +448,13 @@ def test_postmix_norm_renormalizes_q_and_k_only(renormalize_negatives):
     for i in range(b):
         lam = [float(v) for v in lam_pos[i]]
         qi, ki = [float(v) for v in q[i]], [float(v) for v in k[i]]
-        q_hat = normalized([l * a + (1 - l) * c for l, a, c in zip(lam, qi, ki)])
-        k_hat = normalized([l * c + (1 - l) * a for l, a, c in zip(lam, qi, ki)])
+        q_hat = normalized([m * a + (1 - m) * c for m, a, c in zip(lam, qi, ki)])
+        k_hat = normalized([m * c + (1 - m) * a for m, a, c in zip(lam, qi, ki)])
         assert out.q[i].tolist() == pytest.approx(q_hat, abs=1e-12)
         assert out.k[i].tolist() == pytest.approx(k_hat, abs=1e-12)
     for j in range(n):
         lam = [float(v) for v in lam_neg[j]]
         a, c = [float(v) for v in queue[j]], [float(v) for v in queue[int(perm[j])]]
-        mixed = [l * x + (1 - l) * y for l, x, y in zip(lam, a, c)]
+        mixed = [m * x + (1 - m) * y for m, x, y in zip(lam, a, c)]
         expected = normalized(mixed) if renormalize_negatives else mixed
         assert out.negatives[j].tolist() == pytest.approx(expected, abs=1e-12)

@@ -166,8 +166,8 @@ def _clipped_zoom(x: Array, z: float) -> Array:
     top, left = (h - ch) // 2, (w - cw) // 2
     crop = x[top : top + ch, left : left + cw]
     out = ndimage.zoom(crop, (z, z) + (1,) * (x.ndim - 2), order=1)
-    t, l = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
-    return out[t : t + h, l : l + w]
+    top, left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+    return out[top : top + h, left : left + w]
 
 
 def _value_noise(

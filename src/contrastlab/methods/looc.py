@@ -143,9 +143,13 @@ def looc_loss(
             positives = torch.cat([l_pos[:, None], l_neg[:, :n_extra]], dim=1) / temperature
             l_neg = l_neg[:, n_extra:]  # queue 0 only
             logits = torch.cat([positives, l_neg / temperature], dim=1).to(loss_dtype)
-            total = total + (
-                torch.logsumexp(logits, dim=1) - torch.logsumexp(positives.to(loss_dtype), dim=1)
-            ).mean()
+            total = (
+                total
+                + (
+                    torch.logsumexp(logits, dim=1)
+                    - torch.logsumexp(positives.to(loss_dtype), dim=1)
+                ).mean()
+            )
         else:
             logits = torch.cat([l_pos[:, None], l_neg], dim=1) / temperature
             labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
