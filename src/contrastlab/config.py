@@ -25,6 +25,7 @@ from contrastlab.errors import UserError
 DatasetName = Literal["synthetic", "cifar10", "cifar100", "stl10", "imagefolder"]
 AugmentName = Literal["moco_v1", "moco_v2", "none"]
 Atomic = Literal["color", "rotation", "texture"]
+Granularity = Literal["step", "sample", "element"]
 _ATOMIC = set(get_args(Atomic))
 
 
@@ -92,15 +93,9 @@ class FTConfig:
     granularity: Literal["step", "sample", "element"] = "step"  # one λ per step, sample or element
     renormalize: bool = False  # L2-normalize the transformed features
     start_epoch: int = 0  # first epoch (0-based) with transformations
-    granularity_pos: Literal["step", "sample", "element"] | None = (
-        None  # λ of positives; None = ft.granularity
-    )
-    granularity_neg: Literal["step", "sample", "element"] | None = (
-        None  # λ of negatives; None = ft.granularity
-    )
-    renormalize_negatives: bool = (
-        True  # with ft.renormalize: also the mixed negatives (the reference's postmix_norm: false)
-    )
+    granularity_pos: Granularity | None = None  # λ of positives; None = ft.granularity
+    granularity_neg: Granularity | None = None  # λ of negatives; None = ft.granularity
+    renormalize_negatives: bool = True  # with renormalize: also negatives (postmix_norm: no)
 
 
 @dataclass
@@ -109,9 +104,7 @@ class LoocConfig:
 
     augmentations: list[str] = field(default_factory=lambda: ["color"])  # each gets a space
     plus_plus: bool = False  # LooC++: each head owns a copy of the last backbone stage
-    z0_positives: Literal["all", "k0"] = (
-        "all"  # positives of q in Z_0: every key k0..kn (Eq. 2) or k0 only
-    )
+    z0_positives: Literal["all", "k0"] = "all"  # Z_0 positives: all keys (Eq. 2) or k0
 
 
 @dataclass
@@ -135,9 +128,7 @@ class TrainConfig:
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
     keep_every: int = 0  # also keep checkpoints/epoch-NNNN.pt every N epochs (0 = never), e.g. to evaluate or analyze the encoder along training
-    checkpoint_minutes: float = (
-        30.0  # also a checkpoint inside an epoch after this much wall time; 0 = off
-    )
+    checkpoint_minutes: float = 30.0  # also checkpoint inside an epoch after this; 0 = off
     knn_every: int = 10  # epochs between kNN monitor runs; 0 = never
     knn_k: int = 200  # neighbours of the kNN monitor
     knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor
