@@ -121,4 +121,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     cfg = config_from_dict(state["config"])
     model = build_method(cfg)
     load_model_state(model, state, path)
+    if state.get("converted", {}).get("head") is False:
+        # converted without a projection head (contrastlab convert): its placeholder is no space
+        model.feature_spaces = ("backbone",)
     return model.to(device).eval(), cfg
