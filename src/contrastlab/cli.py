@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_presets(sub)
     _add_convert(sub)
+    from contrastlab.analysis import register as register_analysis
+
+    register_analysis(sub)
     try:
         from contrastlab.eval.commands import register as register_eval
     except ImportError:
