@@ -42,7 +42,8 @@ def _checkpoint(path, extra=(), seed=0):
 
 
 def _image(seed=0):
-    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen)
 
 
 def test_single_augmentation_records_differ_in_that_augmentation_only():

@@ -222,7 +222,8 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
     bank_feats = {s: [] for s in settings.spaces}
     for start in range(0, len(bank), b):
         idx = bank[start : start + b]
-        x, _ = make_views(images(idx), recipe_views, "bank", [_seed(settings, i, "bank") for i in idx])
+        seeds = [_seed(settings, i, "bank") for i in idx]
+        x, _ = make_views(images(idx), recipe_views, "bank", seeds)
         for s, f in _embed(ctx.model, x, settings.spaces, ctx.device).items():
             bank_feats[s].append(f)
         bar.update()
@@ -237,7 +238,8 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
         stats = {}
         for condition in (RECIPE, *CONDITIONS):
             maker = recipe_views if condition == RECIPE else single_views
-            xa, xb = make_views(imgs, maker, condition, [_seed(settings, i, condition) for i in idx])
+            seeds = [_seed(settings, i, condition) for i in idx]
+            xa, xb = make_views(imgs, maker, condition, seeds)
             fa = _embed(ctx.model, xa, settings.spaces, ctx.device)
             fb = _embed(ctx.model, xb, settings.spaces, ctx.device)
             for s in settings.spaces:
@@ -437,14 +439,18 @@ def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
         width = np.diff(h.edges)
         for kind, ls in ((0, "-"), (1, "--")):
             c = h.counts[0, k, 0, kind]
-            ax_d.plot(centers, c / max(c.sum(), 1) / width, color=_color(i), ls=ls, lw=1.5,
-                      label=label if kind == 0 else None)
+            density = c / max(c.sum(), 1) / width
+            ax_d.plot(
+                centers, density, color=_color(i), ls=ls, lw=1.5, label=label if kind == 0 else None
+            )
         s = enc["spaces"][space]
         y = len(runs) - 1 - i
         for part, color, dy in (("pos", _POS_COLOR, 0.15), ("neg", _NEG_COLOR, -0.15)):
             q = s[part]
-            ax_q.plot([q["q10"], q["q90"]], [y + dy] * 2, color=color, lw=6, alpha=0.5,
-                      solid_capstyle="butt")
+            ax_q.plot(
+                [q["q10"], q["q90"]], [y + dy] * 2, color=color, lw=6, alpha=0.5,
+                solid_capstyle="butt",
+            )
             ax_q.plot([q["q50"]], [y + dy], "|", color="k", ms=12)
         ticks.append((y, label))
     ax_d.set(xlabel="cosine score", ylabel="density", xlim=(-1, 1))
@@ -487,7 +493,9 @@ def sensitivity_figure(labels, result: dict, space: str) -> Figure:
     ax.set_ylabel("positive score (cosine)")
     ax.grid(axis="y", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, frameon=False, loc="outside lower center", ncol=min(n, 3))
+    fig.legend(
+        handles, names, fontsize=8, frameon=False, loc="outside lower center", ncol=min(n, 3)
+    )
     ax.set_title(
         f"space '{space}': positive score when the two views differ only in one augmentation\n"
         "(high = invariant to it; low = keeps it apart); dot: mean, bar: 10-90 % of images",
