@@ -345,6 +345,9 @@ def load_model_and_normalization(path: str | Path, device: str | torch.device = 
     cfg = config_from_dict(state["config"])
     model = build_method(cfg)
     load_model_state(model, state, path)
+    if state.get("converted", {}).get("head") is False:
+        # converted without a projection head (contrastlab convert): its placeholder is no space
+        model.feature_spaces = ("backbone",)
     norm = state.get("normalization")
     stats = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
     return model.to(device).eval(), cfg, stats

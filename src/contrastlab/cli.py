@@ -93,6 +93,55 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_convert(sub) -> None:
+    from contrastlab.convert import FORMATS
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a published encoder (MoCo, FT, lightly, solo-learn, torchvision)",
+        description="Read another project's checkpoint (weights_only=True) and write a "
+        "contrastlab checkpoint with its backbone and, where it has one, its projection head; "
+        "see docs/analysis.md.",
+    )
+    p.add_argument("src", metavar="SRC", help="the checkpoint file to convert")
+    p.add_argument(
+        "--from",
+        dest="fmt",
+        choices=("auto", *FORMATS),
+        default="auto",
+        help="source layout (default: auto, recognized from the keys)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="the contrastlab checkpoint (.pt)")
+    p.add_argument(
+        "--no-head", action="store_true", help="keep the backbone only, drop the projection head"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="the dataset the encoder was trained on, for its normalization statistics "
+        "(default: imagefolder at 224 px = ImageNet's; cifar10 at 32 px for a CIFAR stem)",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="its training crop size")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args) -> int:
+    from contrastlab.convert import convert_checkpoint
+
+    path, info = convert_checkpoint(
+        args.src, args.fmt, args.out, not args.no_head, args.dataset, args.image_size
+    )
+    m = info["model"]
+    head = f"{m['head']} head to {m['dim']}-d" if info["head"] else "no projection head"
+    stem = ", CIFAR stem" if m["cifar_stem"] else ""
+    print(
+        f"converted {info['format']} checkpoint: {m['backbone']} (width {m['width']:g}{stem}), "
+        f"{head}"
+    )
+    print(f"written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contrastlab",
@@ -104,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_config(sub)
     _add_presets(sub)
+    _add_convert(sub)
+    from contrastlab.analysis import register as register_analysis
+
+    register_analysis(sub)
     try:
         from contrastlab.eval.commands import register as register_eval
     except ImportError:

@@ -43,6 +43,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--out", default=None, metavar="FILE", help="default: RUN/report.html")
+    p.add_argument(
+        "--analysis",
+        default=None,
+        metavar="DIR",
+        help="include a `contrastlab analyze` folder (default: RUN/analysis if present)",
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -53,5 +59,5 @@ def _cmd_scores(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    print(write_report(Path(args.run), args.out))
+    print(write_report(Path(args.run), args.out, args.analysis))
     return 0

@@ -180,9 +180,46 @@ def _scores_section(run: Run) -> str:
     return "".join(_img(fig, stem) for stem, fig in score_figures([run]))
 
 
-def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
-    """Write the run's HTML report (default ``run_dir/report.html``) and return its path."""
+def _analysis_section(folder: Path | None) -> str:
+    """``contrastlab analyze`` results: per space the sensitivity table and the figures."""
+    if folder is None:
+        return '<p class="missing">no encoder analysis (contrastlab analyze)</p>'
+    from contrastlab.analysis import CONDITIONS, analysis_figures, load_analysis
+
+    result = load_analysis(folder)
+    parts = [f'<p class="sub">{html.escape(str(folder))}</p>']
+    for space in result["settings"]["spaces"]:
+        head = ["encoder", "pos (recipe)", "neg mean", *(f"pos, only {c}" for c in CONDITIONS)]
+        rows = []
+        for enc in result["encoders"]:
+            sp = enc["spaces"].get(space)
+            if sp is not None:
+                values = [sp["pos"]["mean"], sp["neg"]["mean"]]
+                values += [sp["sensitivity"][c]["mean"] for c in CONDITIONS]
+                rows.append(
+                    f"<tr><td>{html.escape(enc['label'])}</td>"
+                    + "".join(_cell(round(v, 4)) for v in values)
+                    + "</tr>"
+                )
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        parts.append(
+            f"<h3>space {html.escape(space)}</h3><table><tr>{th}</tr>{''.join(rows)}</table>"
+        )
+    parts += [_img(fig, stem) for stem, fig in analysis_figures(folder)]
+    return "".join(parts)
+
+
+def write_report(
+    run_dir: Path | str, out: Path | str | None = None, analysis: Path | str | None = None
+) -> Path:
+    """Write the run's HTML report (default ``run_dir/report.html``) and return its path.
+
+    ``analysis``: a ``contrastlab analyze`` output folder to include (default: ``run_dir/analysis``
+    when it holds one).
+    """
     run = load_run(run_dir)
+    if analysis is None and (run.path / "analysis" / "analysis.json").is_file():
+        analysis = run.path / "analysis"
     if not (run.config or run.metrics or run.record is not None):
         raise UserError(
             f"{run.path} does not look like a run directory "
@@ -203,6 +240,7 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
         ),
         ("Pos and neg scores", _scores_section(run)),
         ("Evaluation", _eval_section(run)),
+        ("Encoder analysis", _analysis_section(Path(analysis) if analysis else None)),
         ("Checkpoints", _checkpoint_section(run)),
     ]
     body = "".join(f"<h2>{name}</h2>\n{content}\n" for name, content in sections)

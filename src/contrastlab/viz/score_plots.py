@@ -236,8 +236,12 @@ def _ridge_epochs(epochs: np.ndarray) -> list[int]:
     return sorted(set(np.linspace(0, len(epochs) - 1, _MAX_RIDGES).round().astype(int).tolist()))
 
 
-def distributions_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
-    """(b)+(c): pos and neg score distributions per epoch, one ridge plot per run."""
+def distributions_figure(
+    runs: list[Run], space: str, labels: list[str], ridge_label=None
+) -> Figure:
+    """(b)+(c): pos and neg score distributions per epoch, one ridge plot per run.
+
+    ``ridge_label(epoch) -> str`` names a ridge (default ``"epoch N"``)."""
     shown = [(r, lab) for r, lab in zip(runs, labels) if r.hists is not None and space in r.spaces]
     fig = Figure(figsize=(max(8.0, 4.6 * len(shown)), 6.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(shown)), sharex=True))
@@ -262,7 +266,9 @@ def distributions_figure(runs: list[Run], space: str, labels: list[str]) -> Figu
                         ax.plot(centers, y, color=color, lw=1.0, ls="--")
             ax.axhline(base, color="0.8", lw=0.5)
         ax.set_yticks(
-            np.arange(len(picks)) + 0.3, [f"epoch {int(h.epoch[e])}" for e in picks], fontsize=8
+            np.arange(len(picks)) + 0.3,
+            [(ridge_label or "epoch {}".format)(int(h.epoch[e])) for e in picks],
+            fontsize=8,
         )
         ax.set_ylim(-0.1, len(picks) + 0.05)
         ax.set_xlim(h.edges[0], h.edges[-1])

@@ -1,0 +1,622 @@
+"""``contrastlab analyze``: the pos/neg score view of frozen encoders, side by side.
+
+For a fixed, seeded set of N images of a dataset, every encoder (a contrastlab checkpoint, trained
+here or converted with ``contrastlab convert``) embeds
+
+* two augmented views of each image (the checkpoint's augmentation recipe, or ``--recipe``):
+  the **positive** score is their cosine similarity;
+* one view of each of K other images (the *bank*): the **negative** scores are the cosines of the
+  first view with all K of them.
+
+These are the scores the training loop records (Zhu et al., ICCV 2021, Sec. 3: pos/neg score
+distributions), written in the same files (``docs/scores-format.md``: one epoch, one interval) so
+``contrastlab scores`` reads them too. **Per-augmentation sensitivity** (LooC, Xiao et al., ICLR
+2021, Sec. 3: what each augmentation-specific space should keep) is the positive score when the two
+views differ in one augmentation only: colour, rotation, crop or texture; everything else
+(the other parameters of the recipe) is shared by the two views, with rotation 0 and texture
+strength 0 where they are not the one that differs. A score near 1 means the space is invariant to
+that change, a low score that it keeps it apart.
+
+View parameters come from LooC's parameter records (``data/looc_views.py``), drawn with a seed per
+image and condition, so every encoder sees the same crops and colours (when their recipes agree),
+whatever the batch size or device. ``make_views`` is the one place that makes views.
+
+Layout of ``--out DIR``::
+
+    analysis.json                      settings, and per encoder and space: pos / neg summaries and
+                                       the sensitivity table
+    encoders/<name>/scores/            the recipe scores in the training format (epoch 0)
+    encoders/<name>/sensitivity.npz    per-image positive scores: one float32 [N] array per
+                                       "<space>/<condition>" (condition: recipe, color, ...)
+    encoders/<name>/config.yaml        the checkpoint's configuration
+    figures/analysis-<space>-*.png     distributions, overlay with quantile bands, sensitivity
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from contrastlab.errors import UserError
+
+CONDITIONS = ("color", "rotation", "crop", "texture")
+RECIPE = "recipe"
+_CONDITION_CODE = {RECIPE: 0, **{c: i + 1 for i, c in enumerate(CONDITIONS)}, "bank": 9}
+FORMAT = "contrastlab-analysis-v1"
+RECIPES = ("checkpoint", "moco_v1", "moco_v2")
+
+
+# ----------------------------------------------------------------------------------------------
+# Views: the one place that makes them (a batched views package can replace this function)
+# ----------------------------------------------------------------------------------------------
+
+
+def _neutral(record: dict) -> dict:
+    """The record with no rotation and no texture change (shared by both views of a condition)."""
+    if "rotation" in record:
+        record["rotation"] = {"k": 0}
+    if "texture" in record:
+        record["texture"] = dict(record["texture"], alpha=0.0)
+    return record
+
+
+def _differing(maker, img: Tensor, base: dict, condition: str) -> dict:
+    """A copy of ``base`` in which only ``condition`` is drawn anew (and differs from ``base``)."""
+    from contrastlab.data.looc_views import params_equal
+
+    other = copy.deepcopy(base)
+    if condition == "rotation":  # one of the three other orientations
+        other["rotation"] = {"k": (base["rotation"]["k"] + 1 + int(torch.randint(3, ()))) % 4}
+        return other
+    key = "crop" if condition == "crop" else condition
+    for _ in range(100):
+        fresh = maker.sample(img)[key]
+        if condition == "texture":  # a new filter, of nonzero strength
+            fresh["alpha"] = max(fresh["alpha"], 1e-3)
+        if not params_equal(fresh, base[key]):
+            other[key] = fresh
+            return other
+    raise RuntimeError(f"could not draw a {condition} different from the first view's")
+
+
+def make_views(
+    images: Sequence, maker, condition: str, seeds: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Two views of each image, stacked: ``([N, 3, S, S], [N, 3, S, S])``, normalized.
+
+    ``maker`` is a ``LoocViews`` (its ``sample`` / ``render``). ``condition`` ``"recipe"``: both
+    records drawn independently (the training pair); ``"bank"``: the first view only (the second
+    is the same tensor); ``color`` / ``rotation`` / ``crop`` / ``texture``: the second view copies
+    the first's record except that augmentation. Image i's records are drawn from
+    ``torch.manual_seed(seeds[i])`` (the global generator is restored afterwards).
+    """
+    from contrastlab.data.looc_views import as_tensor_image
+
+    first, second = [], []
+    with torch.random.fork_rng(devices=[]):
+        for img, seed in zip(images, seeds):
+            torch.manual_seed(int(seed))
+            img = as_tensor_image(img)
+            a = maker.sample(img)
+            if condition == RECIPE:
+                b = maker.sample(img)
+            elif condition == "bank":
+                b = None
+            else:
+                a = _neutral(a)
+                b = _differing(maker, img, a, condition)
+            first.append(maker.render(img, a))
+            second.append(first[-1] if b is None else maker.render(img, b))
+    return torch.stack(first), torch.stack(second)
+
+
+def view_makers(cfg, image_size: int, mean, std, recipe: str = "checkpoint"):
+    """(recipe views, single-augmentation views) for a checkpoint's config.
+
+    The recipe views are the checkpoint's training pair (MoCo: its ``augment.recipe``; LooC: q and
+    k0, every augmentation drawn anew); ``recipe`` other than "checkpoint" replaces the recipe.
+    """
+    from contrastlab.data.looc_views import ATOMIC, LoocViews
+
+    aug = cfg.augment if recipe == "checkpoint" else dataclasses.replace(cfg.augment, recipe=recipe)
+    if cfg.method == "looc":
+        atomic = list(cfg.looc.augmentations)
+    elif aug.recipe != "none":
+        atomic = ["color"]  # colour is part of the recipe anyway: it adds nothing
+    elif aug.rotation:
+        atomic = ["rotation"]
+    else:
+        raise UserError(
+            "the checkpoint's augment.recipe is none: there is no augmentation to make two "
+            "views with; choose one with --recipe moco_v2"
+        )
+    return (
+        LoocViews(atomic, image_size, mean, std, aug),
+        LoocViews(ATOMIC, image_size, mean, std, aug),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Settings:
+    """What fixes the analysis: the same settings give the same images and view parameters."""
+
+    dataset: str | None = None
+    data_path: str | None = None
+    split: str = "train"
+    images: int = 256  # N: images with two views each
+    negatives: int = 2048  # K: bank images, the negatives of every query
+    spaces: tuple[str, ...] = ("backbone",)
+    recipe: str = "checkpoint"
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 128
+    bins: int = 200
+    progress: bool = True
+
+
+def _seed(settings: Settings, image: int, condition: str) -> int:
+    return (settings.seed * 1_000_003 + image) * 16 + _CONDITION_CODE[condition]
+
+
+def select_images(n_available: int, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed, seeded indices of the N query images and the K bank images (disjoint)."""
+    need = settings.images + settings.negatives
+    if settings.images < 1 or settings.negatives < 1:
+        raise UserError("--images and --negatives must be at least 1")
+    if need > n_available:
+        raise UserError(
+            f"--images {settings.images} + --negatives {settings.negatives} = {need} images are "
+            f"needed but the {settings.split} split has {n_available}; lower them"
+        )
+    order = np.random.default_rng(settings.seed).permutation(n_available)
+    return order[: settings.images], order[settings.images : need]
+
+
+@torch.no_grad()
+def _embed(model, x: Tensor, spaces, device: str) -> dict[str, Tensor]:
+    x = x.to(device)
+    return {s: F.normalize(model.features(x, s).float(), dim=1) for s in spaces}
+
+
+def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path) -> dict:
+    """Scores of one encoder (an ``EvalContext``); writes ``out_dir`` and returns its summary."""
+    from contrastlab.config import ScoresConfig
+    from contrastlab.scores import ScoreRecorder, score_stats
+
+    for space in settings.spaces:
+        if space not in getattr(ctx.model, "feature_spaces", ("backbone",)):
+            raise UserError(
+                f"{ctx.checkpoint}: feature space '{space}' does not exist for this model; "
+                f"valid spaces: {', '.join(ctx.model.feature_spaces)}"
+            )
+    queries, bank = select_images(len(dataset), settings)
+    mean, std = ctx.stats(dataset)
+    recipe_views, single_views = view_makers(ctx.cfg, ctx.image_size, mean, std, settings.recipe)
+    b = settings.batch_size
+    n_batches = -(-len(queries) // b) + -(-len(bank) // b)
+    bar = tqdm(
+        total=n_batches, desc=f"analyze {label}", unit="batch", disable=not settings.progress
+    )
+
+    def images(idx):
+        return [dataset[int(i)][0] for i in idx]
+
+    bank_feats = {s: [] for s in settings.spaces}
+    for start in range(0, len(bank), b):
+        idx = bank[start : start + b]
+        seeds = [_seed(settings, i, "bank") for i in idx]
+        x, _ = make_views(images(idx), recipe_views, "bank", seeds)
+        for s, f in _embed(ctx.model, x, settings.spaces, ctx.device).items():
+            bank_feats[s].append(f)
+        bar.update()
+    bank_feats = {s: torch.cat(v) for s, v in bank_feats.items()}
+
+    scores_cfg = ScoresConfig(record=True, bins=settings.bins, low=-1.0, high=1.0)
+    recorder = ScoreRecorder(out_dir, scores_cfg, log_every=1 << 30)
+    pos = {f"{s}/{c}": [] for s in settings.spaces for c in (RECIPE, *CONDITIONS)}
+    for step, start in enumerate(range(0, len(queries), b)):
+        idx = queries[start : start + b]
+        imgs = images(idx)
+        stats = {}
+        for condition in (RECIPE, *CONDITIONS):
+            maker = recipe_views if condition == RECIPE else single_views
+            seeds = [_seed(settings, i, condition) for i in idx]
+            xa, xb = make_views(imgs, maker, condition, seeds)
+            fa = _embed(ctx.model, xa, settings.spaces, ctx.device)
+            fb = _embed(ctx.model, xb, settings.spaces, ctx.device)
+            for s in settings.spaces:
+                p = (fa[s] * fb[s]).sum(1)
+                pos[f"{s}/{condition}"].append(p.cpu())
+                if condition == RECIPE:
+                    neg = fa[s] @ bank_feats[s].T
+                    stats[(s, "raw")] = score_stats(p, neg, settings.bins, -1.0, 1.0)
+        recorder.update(step, 0, stats)
+        bar.update()
+    recorder.end_epoch(0)
+    recorder.close()
+    bar.close()
+
+    pos = {k: torch.cat(v).numpy().astype(np.float32) for k, v in pos.items()}
+    np.savez(out_dir / "sensitivity.npz", **pos)
+    import yaml
+
+    from contrastlab.config import config_to_dict
+
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(ctx.cfg), sort_keys=False))
+    return {"label": label, "dir": out_dir.name, **_summary(out_dir, pos, settings.spaces)}
+
+
+def _quantiles(values: np.ndarray) -> dict:
+    v = values.astype(np.float64)
+    q10, q50, q90 = np.quantile(v, [0.1, 0.5, 0.9])
+    return {"mean": float(v.mean()), "q10": float(q10), "q50": float(q50), "q90": float(q90)}
+
+
+def hist_quantiles(counts: np.ndarray, edges: np.ndarray, qs=(0.1, 0.5, 0.9)) -> list[float]:
+    """Quantiles of histogram counts, linear within a bin (accurate to a bin width)."""
+    cdf = np.concatenate([[0.0], np.cumsum(counts)]) / max(counts.sum(), 1)
+    return [float(np.interp(q, cdf, edges)) for q in qs]
+
+
+def _summary(enc_dir: Path, pos: dict[str, np.ndarray], spaces) -> dict:
+    from contrastlab.scores import load_histograms, load_scores
+
+    rec = load_scores(enc_dir, queries=True)
+    hists = load_histograms(enc_dir)
+    out = {}
+    for s in spaces:
+        q = rec.query(s, "raw")
+        k = hists.meta["spaces"].index(s)
+        neg_counts = hists.counts[0, k, 0, 1]
+        n10, n50, n90 = hist_quantiles(neg_counts, hists.edges)
+        centers = (hists.edges[:-1] + hists.edges[1:]) / 2
+        out[s] = {
+            "pos": _quantiles(q["pos"]),
+            "neg": {
+                "mean": float((neg_counts * centers).sum() / max(neg_counts.sum(), 1)),
+                "q10": n10,
+                "q50": n50,
+                "q90": n90,
+                "var_mean": float(q["neg_var"].astype(np.float64).mean()),
+            },
+            "sensitivity": {c: _quantiles(pos[f"{s}/{c}"]) for c in (RECIPE, *CONDITIONS)},
+        }
+    return {"spaces": out}
+
+
+def _dir_name(label: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "encoder"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def default_labels(checkpoints: Sequence[str]) -> list[str]:
+    """The run directory's name (``runs/<name>/checkpoints/x.pt``) or the file's stem."""
+    from contrastlab.eval.results import default_run_dir
+
+    labels = []
+    for c in checkpoints:
+        p = Path(c)
+        labels.append(default_run_dir(p).name if p.parent.name == "checkpoints" else p.stem)
+    if len(set(labels)) < len(labels):  # same names: add the file name
+        labels = [f"{lab} ({Path(c).name})" for lab, c in zip(labels, checkpoints)]
+    return labels
+
+
+def run_analysis(
+    checkpoints: Sequence[str],
+    settings: Settings,
+    out: str | Path,
+    labels: Sequence[str] | None = None,
+) -> dict:
+    """Analyze every checkpoint on the same images; write ``out`` (see the module docstring)."""
+    from contrastlab.data.datasets import build_dataset
+    from contrastlab.eval.context import EvalContext
+
+    if not checkpoints:
+        raise UserError("give at least one checkpoint")
+    if labels is not None and len(labels) != len(checkpoints):
+        raise UserError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints")
+    if settings.recipe not in RECIPES:
+        raise UserError(f"unknown --recipe '{settings.recipe}'; valid: {', '.join(RECIPES)}")
+    if settings.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    for c in checkpoints:  # every file first: no work is lost to a typo in the last one
+        if not Path(c).is_file():
+            raise UserError(f"checkpoint {c} does not exist")
+    labels = list(labels) if labels is not None else default_labels(checkpoints)
+    out = Path(out)
+    datasets: dict = {}
+    encoders, taken = [], set()
+    for checkpoint, label in zip(checkpoints, labels):
+        ctx = EvalContext.from_checkpoint(
+            checkpoint,
+            dataset=settings.dataset,
+            data_path=settings.data_path,
+            device=settings.device,
+            progress=settings.progress,
+        )
+        key = json.dumps(dataclasses.asdict(ctx.data_cfg), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = build_dataset(ctx.data_cfg, settings.split, None)
+        enc_dir = out / "encoders" / _dir_name(label, taken)
+        enc_dir.mkdir(parents=True, exist_ok=True)
+        summary = analyze_encoder(ctx, datasets[key], settings, label, enc_dir)
+        summary.update(checkpoint=str(checkpoint), dataset=ctx.data_cfg.name, device=ctx.device)
+        encoders.append(summary)
+        del ctx
+    result = {
+        "format": FORMAT,
+        "settings": {**dataclasses.asdict(settings), "spaces": list(settings.spaces)},
+        "conditions": [RECIPE, *CONDITIONS],
+        "encoders": encoders,
+    }
+    from contrastlab.eval.results import write_json
+
+    write_json(result, out / "analysis.json")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading back, tables and figures
+# ----------------------------------------------------------------------------------------------
+
+
+def load_analysis(out: str | Path) -> dict:
+    path = Path(out) / "analysis.json"
+    if not path.is_file():
+        raise UserError(f"{out} holds no analysis ({path} is missing); run contrastlab analyze")
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise UserError(f"{path} has format {data.get('format')!r}, expected {FORMAT}")
+    return data
+
+
+def sensitivity_table(result: dict, space: str) -> str:
+    """Markdown: one row per encoder; pos / neg of the recipe pair and pos per single change."""
+    from contrastlab.eval.results import fmt, markdown_table
+
+    header = ["encoder", "pos (recipe)", "neg mean", *(f"pos, only {c}" for c in CONDITIONS)]
+    rows = []
+    for enc in result["encoders"]:
+        s = enc["spaces"].get(space)
+        if s is None:
+            continue
+        sens = s["sensitivity"]
+        rows.append(
+            [enc["label"], fmt(s["pos"]["mean"], 3), fmt(s["neg"]["mean"], 3)]
+            + [fmt(sens[c]["mean"], 3) for c in CONDITIONS]
+        )
+    return markdown_table(header, rows)
+
+
+def _runs(out: Path, result: dict):
+    from contrastlab.viz.score_plots import load_run
+
+    return [load_run(out / "encoders" / enc["dir"]) for enc in result["encoders"]]
+
+
+def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
+    """All encoders in one figure: pos (solid) and neg (dashed) score densities, and their
+    10-50-90 % quantile bands (pos: exact, over the N queries; neg: from the histogram of all
+    N x K scores)."""
+    from contrastlab.viz.score_plots import _NEG_COLOR, _POS_COLOR, _color
+
+    fig = Figure(figsize=(13, 1.8 + 0.9 * max(3, len(runs))), layout="constrained")
+    ax_d, ax_q = fig.subplots(1, 2, width_ratios=[1.4, 1])
+    ticks = []
+    for i, (run, label, enc) in enumerate(zip(runs, labels, result["encoders"])):
+        if run.hists is None or space not in run.spaces:
+            continue
+        h = run.hists
+        k = h.meta["spaces"].index(space)
+        centers = (h.edges[:-1] + h.edges[1:]) / 2
+        width = np.diff(h.edges)
+        for kind, ls in ((0, "-"), (1, "--")):
+            c = h.counts[0, k, 0, kind]
+            density = c / max(c.sum(), 1) / width
+            ax_d.plot(
+                centers, density, color=_color(i), ls=ls, lw=1.5, label=label if kind == 0 else None
+            )
+        s = enc["spaces"][space]
+        y = len(runs) - 1 - i
+        for part, color, dy in (("pos", _POS_COLOR, 0.15), ("neg", _NEG_COLOR, -0.15)):
+            q = s[part]
+            ax_q.plot(
+                [q["q10"], q["q90"]],
+                [y + dy] * 2,
+                color=color,
+                lw=6,
+                alpha=0.5,
+                solid_capstyle="butt",
+            )
+            ax_q.plot([q["q50"]], [y + dy], "|", color="k", ms=12)
+        ticks.append((y, label))
+    ax_d.set(xlabel="cosine score", ylabel="density", xlim=(-1, 1))
+    ax_d.set_title("score distributions (solid: pos, dashed: neg)", fontsize=10)
+    ax_d.grid(alpha=0.3)
+    if ticks:
+        ax_d.legend(fontsize=8, loc="upper left", frameon=False)
+        ax_q.set_yticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=8)
+    ax_q.set(xlabel="cosine score", xlim=(-1, 1), ylim=(-0.7, len(runs) - 0.3))
+    ax_q.set_title("10-90 % bands, | = median (red: pos, blue: neg)", fontsize=10)
+    ax_q.grid(axis="x", alpha=0.3)
+    st = result["settings"]
+    fig.suptitle(
+        f"frozen encoders in space '{space}': {st['images']} images x 2 views, "
+        f"{st['negatives']} negatives ({st['split']} split, seed {st['seed']})",
+        fontsize=10,
+    )
+    return fig
+
+
+def sensitivity_figure(labels, result: dict, space: str) -> Figure:
+    """Mean positive score (10-90 % bars) per condition: the recipe pair, then one changed
+    augmentation at a time; one colour per encoder."""
+    from contrastlab.viz.score_plots import _color
+
+    conds = [RECIPE, *CONDITIONS]
+    fig = Figure(figsize=(9, 4.6), layout="constrained")
+    ax = fig.subplots()
+    n = len(result["encoders"])
+    for i, (enc, label) in enumerate(zip(result["encoders"], labels)):
+        s = enc["spaces"].get(space)
+        if s is None:
+            continue
+        x = np.arange(len(conds)) + (i - (n - 1) / 2) * 0.8 / max(n, 1)
+        m = np.array([s["sensitivity"][c]["mean"] for c in conds])
+        lo = np.array([s["sensitivity"][c]["q10"] for c in conds])
+        hi = np.array([s["sensitivity"][c]["q90"] for c in conds])
+        ax.errorbar(x, m, yerr=[m - lo, hi - m], fmt="o", color=_color(i), capsize=3, label=label)
+    ax.set_xticks(np.arange(len(conds)), ["recipe pair", *(f"only {c}" for c in CONDITIONS)])
+    ax.set_ylabel("positive score (cosine)")
+    ax.grid(axis="y", alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(
+        handles, names, fontsize=8, frameon=False, loc="outside lower center", ncol=min(n, 3)
+    )
+    ax.set_title(
+        f"space '{space}': positive score when the two views differ only in one augmentation\n"
+        "(high = invariant to it; low = keeps it apart); dot: mean, bar: 10-90 % of images",
+        fontsize=10,
+    )
+    return fig
+
+
+def analysis_figures(out: str | Path) -> list[tuple[str, Figure]]:
+    """(file stem, figure) for every space of an analysis folder."""
+    from contrastlab.viz.score_plots import distributions_figure
+
+    out = Path(out)
+    result = load_analysis(out)
+    runs = _runs(out, result)
+    labels = [enc["label"] for enc in result["encoders"]]
+    figures = []
+    for space in result["settings"]["spaces"]:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", space)
+        figures.append(
+            (
+                f"analysis-{stem}-distributions",
+                distributions_figure(runs, space, labels, ridge_label=lambda e: "all images"),
+            )
+        )
+        figures.append((f"analysis-{stem}-overlay", overlay_figure(runs, labels, result, space)))
+        figures.append((f"analysis-{stem}-sensitivity", sensitivity_figure(labels, result, space)))
+    return figures
+
+
+def write_figures(out: str | Path, dpi: int = 110) -> list[Path]:
+    folder = Path(out) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, fig in analysis_figures(out):
+        path = folder / f"{stem}.png"
+        fig.savefig(path, dpi=dpi)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="pos/neg scores and per-augmentation sensitivity of frozen encoders",
+        description="Score a fixed, seeded set of images with one or more frozen encoders: "
+        "positive scores of two augmented views, negative scores against a bank of K other "
+        "images, and the positive score when the views differ in one augmentation only. "
+        "See docs/analysis.md.",
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="contrastlab checkpoints")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="synthetic, cifar10, cifar100, stl10, imagefolder (default: the first "
+        "checkpoint's own)",
+    )
+    p.add_argument("--data-path", default=None, metavar="DIR")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument(
+        "--space",
+        default="backbone",
+        help="feature space(s), comma-separated: backbone (default), z (MoCo's projection), "
+        "LooC's z0, color, rotation, texture",
+    )
+    p.add_argument("--images", type=int, default=256, metavar="N", help="images with two views")
+    p.add_argument(
+        "--negatives", type=int, default=2048, metavar="K", help="bank images (negatives)"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="checkpoint",
+        help="augmentation recipe of the views (default: each checkpoint's own)",
+    )
+    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RUN/analysis for one checkpoint of a run, else ./analysis)",
+    )
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args) -> int:
+    from contrastlab.eval.results import default_run_dir
+
+    spaces = tuple(s.strip() for s in args.space.split(",") if s.strip())
+    if not spaces:
+        raise UserError("--space needs at least one space name")
+    settings = Settings(
+        dataset=args.dataset,
+        data_path=args.data_path,
+        split=args.split,
+        images=args.images,
+        negatives=args.negatives,
+        spaces=spaces,
+        recipe=args.recipe,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    out = args.out
+    if out is None:
+        one = len(args.checkpoints) == 1 and Path(args.checkpoints[0]).parent.name == "checkpoints"
+        out = default_run_dir(args.checkpoints[0]) / "analysis" if one else Path("analysis")
+    result = run_analysis(args.checkpoints, settings, out, args.labels)
+    for space in spaces:
+        print(f"\nspace '{space}' (mean cosine scores)\n")
+        print(sensitivity_table(result, space))
+    print()
+    for path in write_figures(out):
+        print(path)
+    print(f"analysis written to {Path(out) / 'analysis.json'}")
+    return 0

@@ -1,0 +1,448 @@
+"""Published encoders in: MoCo, Feature Transformation, lightly, solo-learn and torchvision files.
+
+``convert_checkpoint(src, fmt, out)`` reads another project's checkpoint with
+``torch.load(weights_only=True)``, renames its ResNet backbone to torchvision's names and its
+projection head (when there is one, and it is MoCo's linear layer or Linear-ReLU-Linear MLP) to
+contrastlab's, and writes a contrastlab checkpoint that ``eval``, ``export`` and ``analyze`` accept.
+
+Layouts, as each project writes them (read in its own code):
+
+* ``moco`` (facebookresearch/moco ``main_moco.py``): ``{"epoch", "arch", "state_dict",
+  "optimizer"}``; the model is wrapped in DistributedDataParallel, so ``state_dict`` has
+  ``module.encoder_q.<torchvision ResNet>``, the head as ``module.encoder_q.fc.weight`` (v1, a
+  linear layer to 128-d) or ``module.encoder_q.fc.0.*`` / ``fc.2.*`` (v2, ``--mlp``), the key
+  encoder ``module.encoder_k.*`` and ``module.queue`` ``[dim, K]``. ``main_lincls.py`` reads the
+  same names.
+* ``ft`` (the Feature Transformation release, DTennant/CL-Visualizing-Feature-Transformation, which
+  uses PyContrast's trainer, HobbitLong/PyContrast): ``{"model", "model_ema", "contrast",
+  "optimizer", "epoch"}``; ``model`` is ``RGBSingleHead`` under DDP: ``module.encoder.<ResNet
+  without fc>`` and ``module.head.0.*`` (linear) or ``module.head.0.*`` / ``module.head.2.*``
+  (MLP, then a parameter-free Normalize); ``model_ema`` has the same names without ``module.``.
+* ``lightly`` (a LightningModule as in lightly's MoCo examples): ``{"state_dict": ...}`` with
+  ``backbone = nn.Sequential(*list(resnet.children())[:-1])``, i.e. ``backbone.0`` = conv1,
+  ``backbone.1`` = bn1, ``backbone.4`` .. ``backbone.7`` = layer1 .. layer4, and
+  ``projection_head.layers.0`` / ``layers.2`` (``MoCoProjectionHead``); momentum copies
+  ``backbone_momentum.*`` and ``projection_head_momentum.*``.
+* ``solo-learn`` (``solo.methods.MoCoV2Plus``, a LightningModule): ``{"state_dict": ...}`` with
+  ``backbone.<torchvision ResNet, fc = Identity>``, ``projector.0`` / ``projector.2``,
+  ``momentum_backbone.*``, ``momentum_projector.*``, ``classifier.*`` (the online linear probe,
+  dropped) and ``queue`` ``[2, dim, K]``.
+* ``torchvision``: a plain ResNet state dict (``conv1.weight``, ..., ``fc.*``); the ImageNet
+  classifier ``fc`` is dropped: it is not a projection head.
+
+The architecture (resnet18/34/50, width, CIFAR stem) is read from the tensor shapes. Every problem
+(an unknown layout, a missing key, a shape mismatch, a file that pickles objects) is one
+``UserError`` line saying what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from contrastlab.errors import UserError
+
+FORMATS = ("moco", "ft", "lightly", "solo-learn", "torchvision")
+# data.path of an encoder converted from ImageNet: evaluate it with --dataset / --data-path
+NOT_SHIPPED = "training-images-not-shipped--give-dataset-and-data-path"
+
+# lightly: nn.Sequential(*list(resnet.children())[:-1]) numbers the children of a torchvision ResNet
+_LIGHTLY_CHILDREN = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
+_ARCHS = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+}
+
+
+@dataclass
+class Encoder:
+    """What a converted file provides, in torchvision / contrastlab names.
+
+    ``backbone``: torchvision ResNet keys without ``fc``; ``head``: ``{"weight", "bias"}`` (linear)
+    or ``{"0.weight", "0.bias", "2.weight", "2.bias"}`` (MLP), or None; the momentum copies in the
+    same names when the file has them; ``queue`` ``[K, dim]`` unit rows, or None.
+    """
+
+    fmt: str
+    backbone: dict[str, Tensor]
+    head: dict[str, Tensor] | None = None
+    momentum_backbone: dict[str, Tensor] | None = None
+    momentum_head: dict[str, Tensor] | None = None
+    queue: Tensor | None = None
+    epoch: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def read_source(path: str | Path) -> object:
+    """``torch.load(path, weights_only=True)`` with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give the checkpoint file to convert")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        text = str(e).strip()
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            raise UserError(
+                f"{path} pickles a Python object ({found.group(1)}) that weights_only=True "
+                "refuses to load; if you trust the file, save its tensors alone first: "
+                f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+                f"torch.save({{'state_dict': c['state_dict']}}, '{path.stem}-weights.pt')\""
+            ) from None
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise UserError(f"cannot read {path}: {first}") from None
+
+
+def _tensors(obj: object, what: str) -> dict[str, Tensor]:
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(f"expected {what} to be a dict of tensors, found {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _take(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Entries under ``prefix`` with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _strip_module(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """DistributedDataParallel's ``module.`` prefix, when every key has it."""
+    if state and all(k.startswith("module.") for k in state):
+        return _take(state, "module.")
+    return state
+
+
+def _without_fc(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def _mlp_head(
+    state: dict[str, Tensor], where: str, allow_linear: bool, heads: bool = True
+) -> dict[str, Tensor] | None:
+    """contrastlab head names from ``0.*``/``2.*`` (Linear-ReLU-Linear) or ``0.*`` alone (linear);
+    None when there is none or ``heads`` is false (``--no-head``: any head layout is accepted)."""
+    if not state or not heads:
+        return None
+    keys = set(state)
+    if keys == {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        return dict(state)
+    if allow_linear and keys == {"0.weight", "0.bias"}:
+        return {"weight": state["0.weight"], "bias": state["0.bias"]}
+    raise UserError(
+        f"the projection head {where} has keys {sorted(keys)}; expected a Linear-ReLU-Linear MLP "
+        "(0.weight, 0.bias, 2.weight, 2.bias) as in MoCo v2; convert with --no-head to keep "
+        "the backbone only"
+    )
+
+
+def _moco_head(state: dict[str, Tensor], where: str, heads: bool) -> dict[str, Tensor] | None:
+    """MoCo v1's ``fc`` (a linear layer) or v2's ``fc.0`` / ``fc.2`` (``--mlp``)."""
+    if heads and set(state) == {"weight", "bias"}:
+        return dict(state)
+    return _mlp_head(state, where, allow_linear=False, heads=heads)
+
+
+def _moco(obj, heads: bool = True) -> Encoder:
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise UserError(
+            _expected("moco", "a dict with 'state_dict' (main_moco.py's checkpoint)", obj)
+        )
+    state = _strip_module(_tensors(obj["state_dict"], "'state_dict'"))
+    q = _take(state, "encoder_q.")
+    if not q:
+        raise UserError(_expected("moco", "keys module.encoder_q.* in 'state_dict'", state))
+    k = _take(state, "encoder_k.")
+    queue = state.get("queue")
+    return Encoder(
+        fmt="moco",
+        backbone=_without_fc(q),
+        head=_moco_head(_take(q, "fc."), "module.encoder_q.fc", heads),
+        momentum_backbone=_without_fc(k) or None,
+        momentum_head=_moco_head(_take(k, "fc."), "module.encoder_k.fc", heads),
+        queue=queue.T.contiguous() if queue is not None and queue.ndim == 2 else None,
+        epoch=int(obj.get("epoch", 0) or 0),
+    )
+
+
+def _ft(obj, heads: bool = True) -> Encoder:
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise UserError(
+            _expected("ft", "a dict with 'model' (PyContrast's ContrastTrainer.save)", obj)
+        )
+    model = _strip_module(_tensors(obj["model"], "'model'"))
+    backbone = _take(model, "encoder.")
+    if not backbone:
+        raise UserError(_expected("ft", "keys module.encoder.* in 'model'", model))
+    ema = _strip_module(_tensors(obj["model_ema"], "'model_ema'")) if "model_ema" in obj else {}
+    return Encoder(
+        fmt="ft",
+        backbone=_without_fc(backbone),
+        head=_mlp_head(_take(model, "head."), "module.head", True, heads),
+        momentum_backbone=_without_fc(_take(ema, "encoder.")) or None,
+        momentum_head=_mlp_head(_take(ema, "head."), "model_ema head", True, heads),
+        epoch=int(obj.get("epoch", 0) or 0),
+    )
+
+
+def _lightning_state(obj, fmt: str) -> dict[str, Tensor]:
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise UserError(_expected(fmt, "a Lightning checkpoint (a dict with 'state_dict')", obj))
+    return _tensors(obj["state_dict"], "'state_dict'")
+
+
+def _lightly_backbone(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        index, _, rest = key.partition(".")
+        if index not in _LIGHTLY_CHILDREN:
+            raise UserError(
+                f"lightly backbone key backbone.{key}: expected the children of a torchvision "
+                f"ResNet (backbone.0, .1, .4-.7), found child {index}"
+            )
+        out[f"{_LIGHTLY_CHILDREN[index]}.{rest}"] = value
+    return out
+
+
+def _lightly(obj, heads: bool = True) -> Encoder:
+    state = _lightning_state(obj, "lightly")
+    backbone = _take(state, "backbone.")
+    if not backbone:
+        raise UserError(_expected("lightly", "keys backbone.0.* .. backbone.7.*", state))
+    momentum = _take(state, "backbone_momentum.")
+    return Encoder(
+        fmt="lightly",
+        backbone=_lightly_backbone(backbone),
+        head=_mlp_head(_take(state, "projection_head.layers."), "projection_head", False, heads),
+        momentum_backbone=_lightly_backbone(momentum) if momentum else None,
+        momentum_head=_mlp_head(
+            _take(state, "projection_head_momentum.layers."), "momentum head", False, heads
+        ),
+        epoch=int(obj.get("epoch", 0) or 0),
+    )
+
+
+def _solo(obj, heads: bool = True) -> Encoder:
+    state = _lightning_state(obj, "solo-learn")
+    backbone = _take(state, "backbone.")
+    if not backbone:
+        raise UserError(_expected("solo-learn", "keys backbone.conv1.weight, ...", state))
+    queue = state.get("queue")
+    return Encoder(
+        fmt="solo-learn",
+        backbone=_without_fc(backbone),
+        head=_mlp_head(_take(state, "projector."), "projector", False, heads),
+        momentum_backbone=_without_fc(_take(state, "momentum_backbone.")) or None,
+        momentum_head=_mlp_head(
+            _take(state, "momentum_projector."), "momentum_projector", False, heads
+        ),
+        # solo-learn keeps one queue per view: [2, dim, K]; the first is as good as the other
+        queue=queue[0].T.contiguous() if queue is not None and queue.ndim == 3 else None,
+        epoch=int(obj.get("epoch", 0) or 0),
+    )
+
+
+def _torchvision(obj, heads: bool = True) -> Encoder:
+    state = _tensors(obj, "the file") if isinstance(obj, dict) else {}
+    if "conv1.weight" not in state:
+        raise UserError(_expected("torchvision", "a ResNet state dict (conv1.weight, ...)", obj))
+    return Encoder(fmt="torchvision", backbone=_without_fc(state))
+
+
+_READERS = {
+    "moco": _moco,
+    "ft": _ft,
+    "lightly": _lightly,
+    "solo-learn": _solo,
+    "torchvision": _torchvision,
+}
+
+
+def _expected(fmt: str, what: str, found) -> str:
+    if isinstance(found, dict):
+        keys = list(found)[:4]
+        shown = ", ".join(map(str, keys)) + (", ..." if len(found) > 4 else "")
+        got = f"keys {shown}" if keys else "an empty dict"
+    else:
+        got = type(found).__name__
+    return f"not a {fmt} checkpoint: expected {what}, found {got}"
+
+
+def detect_format(obj) -> str:
+    """The source format recognized from the keys (``--from auto``)."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("state_dict"), dict):
+            keys = list(obj["state_dict"])
+            if any(re.match(r"(module\.)?encoder_q\.", k) for k in keys):
+                return "moco"
+            if any(k.startswith("backbone.0.") for k in keys):
+                return "lightly"
+            if any(k.startswith("backbone.conv1.") for k in keys):
+                return "solo-learn"
+        if isinstance(obj.get("model"), dict) and any(
+            re.match(r"(module\.)?encoder\.conv1\.", k) for k in obj["model"]
+        ):
+            return "ft"
+        if "conv1.weight" in obj and isinstance(obj["conv1.weight"], Tensor):
+            return "torchvision"
+    top = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
+    raise UserError(
+        f"cannot recognize the checkpoint layout (top-level: {top}); expected one of: moco "
+        "(state_dict with module.encoder_q.*), ft (model with module.encoder.*), lightly "
+        "(state_dict with backbone.0.*), solo-learn (state_dict with backbone.conv1.*), "
+        "torchvision (conv1.weight, ...); name it with --from"
+    )
+
+
+def read_encoder(path: str | Path, fmt: str = "auto", heads: bool = True) -> Encoder:
+    """Read ``path`` in format ``fmt`` (one of ``FORMATS`` or ``"auto"``); ``heads=False`` skips
+    the projection heads."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UserError(f"unknown source format '{fmt}'; valid: auto, {', '.join(FORMATS)}")
+    obj = read_source(path)
+    if fmt == "auto":
+        fmt = detect_format(obj)
+    return _READERS[fmt](obj, heads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture from shapes, and the contrastlab checkpoint
+# ----------------------------------------------------------------------------------------------
+
+
+def infer_model(backbone: dict[str, Tensor]) -> dict:
+    """``model.*`` config values (backbone, width, cifar_stem) read from the tensor shapes."""
+    conv1 = backbone.get("conv1.weight")
+    if conv1 is None or conv1.ndim != 4:
+        raise UserError("the backbone has no conv1.weight [C, 3, k, k]; is it a ResNet?")
+    block = "bottleneck" if "layer1.0.conv3.weight" in backbone else "basic"
+    depths = []
+    for stage in range(1, 5):
+        ids = {int(m.group(1)) for k in backbone if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        depths.append(max(ids) + 1 if ids else 0)
+    arch = _ARCHS.get((block, tuple(depths)))
+    if arch is None:
+        raise UserError(
+            f"backbone with {block} blocks {depths} per stage is not supported; expected "
+            "resnet18 (basic [2, 2, 2, 2]), resnet34 (basic [3, 4, 6, 3]) or resnet50 "
+            "(bottleneck [3, 4, 6, 3])"
+        )
+    return {
+        "backbone": arch,
+        "width": conv1.shape[0] / 64,
+        "cifar_stem": conv1.shape[-1] == 3,
+    }
+
+
+def _head_config(head: dict[str, Tensor] | None) -> dict:
+    if head is None:
+        return {}
+    if "weight" in head:
+        return {"head": "linear", "dim": int(head["weight"].shape[0])}
+    return {
+        "head": "mlp",
+        "head_hidden": int(head["0.weight"].shape[0]),
+        "dim": int(head["2.weight"].shape[0]),
+    }
+
+
+def _load(module: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise UserError(f"the {what} does not fit a torchvision {detail}") from None
+
+
+def build_checkpoint(
+    enc: Encoder,
+    source: str,
+    keep_head: bool = True,
+    dataset: str | None = None,
+    image_size: int | None = None,
+) -> dict:
+    """A contrastlab checkpoint dict (``contrastlab.checkpoint.FORMAT``) holding ``enc``."""
+    from contrastlab.checkpoint import make_state
+    from contrastlab.config import Config, ModelConfig
+    from contrastlab.methods import build_method
+
+    model_values = infer_model(enc.backbone)
+    head = enc.head if keep_head else None
+    model_values.update(_head_config(head))
+    if head is None:
+        # a placeholder head (never used: the z space is switched off), as small as possible
+        model_values.update(head="linear", dim=8)
+    stem = model_values["cifar_stem"]
+    cfg = Config(name=Path(source).stem, method="moco")
+    cfg.model = dataclasses.replace(ModelConfig(), **model_values)
+    name = dataset or ("cifar10" if stem else "imagefolder")
+    cfg.data = dataclasses.replace(
+        cfg.data,
+        name=name,
+        # imagefolder needs a path; ImageNet's is not known here (normalization: ImageNet's)
+        path=NOT_SHIPPED if name == "imagefolder" else None,
+        image_size=image_size or (32 if stem else 224),
+    )
+    cfg.augment = dataclasses.replace(
+        cfg.augment, recipe="moco_v1" if model_values["head"] == "linear" else "moco_v2"
+    )
+    queue = enc.queue if head is not None else None
+    if queue is not None and queue.shape[1] != cfg.model.dim:
+        queue = None
+    cfg.moco = dataclasses.replace(
+        cfg.moco, queue_size=int(queue.shape[0]) if queue is not None else 4096
+    )
+    torch.manual_seed(0)
+    model = build_method(cfg)
+    _load(model.encoder_q.backbone, enc.backbone, "backbone")
+    if head is not None:
+        _load(model.encoder_q.head, head, "projection head")
+    model.encoder_k.load_state_dict(model.encoder_q.state_dict())
+    if enc.momentum_backbone is not None:
+        _load(model.encoder_k.backbone, enc.momentum_backbone, "momentum backbone")
+    if head is not None and enc.momentum_head is not None:
+        _load(model.encoder_k.head, enc.momentum_head, "momentum projection head")
+    if queue is not None:
+        model.queue.copy_(torch.nn.functional.normalize(queue.float(), dim=1))
+    state = make_state(cfg, model, None, epoch=enc.epoch, step=0, best_metric=None)
+    state["converted"] = {"source": str(source), "format": enc.fmt, "head": head is not None}
+    return state
+
+
+def convert_checkpoint(
+    src: str | Path,
+    fmt: str,
+    out: str | Path,
+    keep_head: bool = True,
+    dataset: str | None = None,
+    image_size: int | None = None,
+) -> tuple[Path, dict]:
+    """Convert ``src`` (format ``fmt`` or ``"auto"``) to a contrastlab checkpoint at ``out``.
+
+    Returns the path and the ``converted`` record (source, format, whether a head was kept).
+    """
+    from contrastlab.checkpoint import save_checkpoint
+
+    enc = read_encoder(src, fmt, keep_head)
+    state = build_checkpoint(enc, str(src), keep_head, dataset, image_size)
+    out = Path(out)
+    save_checkpoint(out, state)
+    return out, {**state["converted"], "model": state["config"]["model"]}

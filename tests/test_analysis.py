@@ -1,0 +1,230 @@
+"""contrastlab analyze: scores against naive float64 loops, views that differ in one augmentation,
+the training score format, the CLI, figures and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from contrastlab.analysis import (
+    CONDITIONS,
+    Settings,
+    _differing,
+    _neutral,
+    analyze_encoder,
+    make_views,
+    run_analysis,
+    view_makers,
+)
+from contrastlab.checkpoint import make_state, save_checkpoint
+from contrastlab.cli import main
+from contrastlab.config import load_config
+from contrastlab.data.datasets import build_dataset
+from contrastlab.data.looc_views import params_equal
+from contrastlab.eval.context import EvalContext
+from contrastlab.methods import build_method
+from contrastlab.scores import load_histograms, load_scores
+from helpers import TINY
+
+
+def _cfg(extra=()):
+    return load_config(None, TINY + ["data.synthetic_train=64", *extra])
+
+
+def _checkpoint(path, extra=(), seed=0):
+    """An untrained tiny checkpoint (no training needed: the analysis only reads the encoder)."""
+    cfg = _cfg(extra)
+    torch.manual_seed(seed)
+    save_checkpoint(path, make_state(cfg, build_method(cfg), None, 0, 0, None))
+    return path
+
+
+def _image(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen)
+
+
+def test_single_augmentation_records_differ_in_that_augmentation_only():
+    _, single = view_makers(_cfg(), 32, (0.5,) * 3, (0.25,) * 3)
+    img = _image()
+    torch.manual_seed(0)
+    for condition in CONDITIONS:
+        for _ in range(5):
+            base = _neutral(single.sample(img))
+            assert base["rotation"] == {"k": 0} and base["texture"]["alpha"] == 0.0
+            other = _differing(single, img, base, condition)
+            key = condition
+            assert not params_equal(other[key], base[key]), condition
+            for k in base:
+                if k != key:
+                    assert params_equal(other[k], base[k]), (condition, k)
+
+
+def test_rotation_views_are_exact_rotations_and_views_are_seeded():
+    """Independent reference: the second view is torch.rot90 of the first by k in {1, 2, 3}."""
+    _, single = view_makers(_cfg(), 32, (0.5,) * 3, (0.25,) * 3)
+    imgs = [_image(i) for i in range(6)]
+    a, b = make_views(imgs, single, "rotation", list(range(6)))
+    for x, y in zip(a, b):
+        matches = [k for k in (1, 2, 3) if torch.equal(torch.rot90(x, k, dims=(-2, -1)), y)]
+        assert len(matches) == 1
+    # the same seeds give the same views, whatever the global generator's state
+    torch.manual_seed(123)
+    a2, b2 = make_views(imgs, single, "rotation", list(range(6)))
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+    # a crop-only pair has the same colours: the same image under the same colour record
+    a3, b3 = make_views(imgs[:1], single, "crop", [7])
+    assert not torch.equal(a3, b3)
+
+
+class _Invariant(nn.Module):
+    """Features of known invariance: quadrant means (backbone) and their sorted values (rotation
+    invariant), as in tests/eval/conftest.py."""
+
+    feature_spaces = ("backbone", "invariant")
+
+    @torch.no_grad()
+    def features(self, x, space="backbone"):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        g = x.mean(1).double()
+        q = torch.stack(
+            [
+                g[:, :h, :w].mean((1, 2)),
+                g[:, :h, w:].mean((1, 2)),
+                g[:, h:, :w].mean((1, 2)),
+                g[:, h:, w:].mean((1, 2)),
+            ],
+            1,
+        )
+        q = q - q.mean(1, keepdim=True)  # brightness removed: rotation is what tells apart
+        return q.sort(dim=1).values if space == "invariant" else q
+
+
+def test_rotation_invariant_space_scores_one_under_rotation(tmp_path):
+    cfg = _cfg()
+    ds = build_dataset(cfg.data, "train")
+    ctx = EvalContext(model=_Invariant(), cfg=cfg, checkpoint=None, data_cfg=cfg.data)
+    settings = Settings(images=16, negatives=8, spaces=("backbone", "invariant"), progress=False)
+    out = tmp_path / "enc"
+    out.mkdir()
+    summary = analyze_encoder(ctx, ds, settings, "quadrants", out)["spaces"]
+    assert summary["invariant"]["sensitivity"]["rotation"]["q10"] > 1 - 1e-5
+    assert summary["backbone"]["sensitivity"]["rotation"]["mean"] < 0.9
+
+
+def test_scores_match_naive_float64_loops(tmp_path):
+    ckpt = _checkpoint(tmp_path / "a.pt")
+    settings = Settings(
+        images=12, negatives=20, batch_size=5, spaces=("backbone", "z"), progress=False, bins=50
+    )
+    result = run_analysis([str(ckpt)], settings, tmp_path / "out", labels=["tiny"])
+    enc_dir = tmp_path / "out" / "encoders" / "tiny"
+
+    # the independent reference: features of the same views, cosines in float64 loops
+    ctx = EvalContext.from_checkpoint(ckpt, device="cpu")
+    ds = build_dataset(ctx.data_cfg, "train")
+    from contrastlab.analysis import _seed, select_images
+
+    q_idx, b_idx = select_images(len(ds), settings)
+    assert len(set(q_idx) | set(b_idx)) == 32
+    recipe, single = view_makers(ctx.cfg, 32, *ctx.stats(ds))
+    imgs = [ds[int(i)][0] for i in q_idx]
+    bank, _ = make_views(
+        [ds[int(i)][0] for i in b_idx],
+        recipe,
+        "bank",
+        [_seed(settings, int(i), "bank") for i in b_idx],
+    )
+    xa, xb = make_views(imgs, recipe, "recipe", [_seed(settings, int(i), "recipe") for i in q_idx])
+    rec = load_scores(enc_dir)
+    sens = np.load(enc_dir / "sensitivity.npz")
+    for space in ("backbone", "z"):
+        with torch.no_grad():
+            fa = ctx.model.features(xa, space).double().numpy()
+            fb = ctx.model.features(xb, space).double().numpy()
+            fk = ctx.model.features(bank, space).double().numpy()
+
+        def cos(u, v):
+            return sum(u[i] * v[i] for i in range(len(u))) / (
+                np.sqrt(sum(t * t for t in u)) * np.sqrt(sum(t * t for t in v))
+            )
+
+        pos = np.array([cos(fa[i], fb[i]) for i in range(12)])
+        neg = np.array([[cos(fa[i], fk[j]) for j in range(20)] for i in range(12)])
+        got = rec.query(space, "raw")
+        np.testing.assert_allclose(got["pos"], pos, atol=2e-5)
+        np.testing.assert_allclose(got["neg_mean"], neg.mean(1), atol=2e-5)
+        np.testing.assert_allclose(got["neg_var"], neg.var(1), atol=2e-5)
+        np.testing.assert_allclose(sens[f"{space}/recipe"], pos, atol=2e-5)
+        s = result["encoders"][0]["spaces"][space]
+        assert s["pos"]["mean"] == pytest.approx(pos.mean(), abs=2e-5)
+        h = load_histograms(enc_dir)
+        k = h.meta["spaces"].index(space)
+        assert h.counts[0, k, 0, 0].sum() == 12 and h.counts[0, k, 0, 1].sum() == 12 * 20
+        edges = np.linspace(-1, 1, 51)
+        expected, _ = np.histogram(np.clip(neg, -1, 1), edges)
+        assert np.abs(h.counts[0, k, 0, 1] - expected).sum() <= 2  # bin-edge float32 rounding
+        for c in CONDITIONS:
+            assert sens[f"{space}/{c}"].shape == (12,)
+
+
+def test_cli_several_encoders_figures_scores_and_report(tmp_path, capsys):
+    a = _checkpoint(tmp_path / "a.pt", seed=0)
+    b = _checkpoint(tmp_path / "b.pt", seed=1)
+    out = tmp_path / "cmp"
+    argv = [
+        "analyze",
+        str(a),
+        str(b),
+        "--images",
+        "8",
+        "--negatives",
+        "8",
+        "--no-progress",
+        "--space",
+        "backbone,z",
+        "--labels",
+        "MoCo A",
+        "MoCo B",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| MoCo A |" in text and "pos, only rotation" in text
+    for space in ("backbone", "z"):
+        for kind in ("distributions", "overlay", "sensitivity"):
+            assert (out / "figures" / f"analysis-{space}-{kind}.png").stat().st_size > 5000
+    # the stored scores are the training format: `contrastlab scores` draws them
+    assert main(["scores", str(out / "encoders" / "MoCo_A"), "--out", str(tmp_path / "s")]) == 0
+    # the report includes an analysis folder
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: moco\n")
+    assert main(["report", str(run), "--analysis", str(out)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Encoder analysis" in page and "MoCo B" in page and page.count("<img") >= 6
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ")
+    return err
+
+
+def test_errors_are_one_line_and_early(tmp_path, capsys):
+    a = _checkpoint(tmp_path / "a.pt")
+    out = str(tmp_path / "o")
+    err = _error(["analyze", str(a), "--images", "60", "--negatives", "10", "--out", out], capsys)
+    assert "70 images" in err and "64" in err
+    err = _error(["analyze", str(a), str(tmp_path / "missing.pt"), "--out", out], capsys)
+    assert "missing.pt does not exist" in err
+    err = _error(["analyze", str(a), "--space", "color", "--out", out], capsys)
+    assert "'color' does not exist" in err and "backbone, z" in err
+    err = _error(["analyze", str(a), "--labels", "x", "y", "--out", out], capsys)
+    assert "2 labels for 1 checkpoints" in err

@@ -1,0 +1,253 @@
+"""contrastlab convert: each project's own key names, and a strict round trip to torchvision.
+
+The source files are built here with the exact names each project writes (no downloads): a
+torchvision ResNet with trained-looking weights is wrapped as facebookresearch/moco's main_moco.py,
+PyContrast / Feature Transformation, lightly's and solo-learn's Lightning modules would save it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from contrastlab.checkpoint import load_model, read_checkpoint
+from contrastlab.cli import main
+from contrastlab.convert import convert_checkpoint, read_encoder
+from contrastlab.errors import UserError
+from contrastlab.export import export_checkpoint
+
+LIGHTLY_CHILD = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6"}
+LIGHTLY_CHILD["layer4"] = "7"
+
+
+def _trained_looking(net: nn.Module, seed: int) -> nn.Module:
+    """Random weights and non-default BN statistics: a forgotten tensor changes the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.05)
+    return net.eval()
+
+
+def _source_net(arch: str = "resnet50", cifar_stem: bool = False, seed: int = 0) -> nn.Module:
+    net = getattr(torchvision.models, arch)()
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    return _trained_looking(net, seed)
+
+
+def _mlp(in_dim: int, hidden: int, dim: int, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+def _backbone(net: nn.Module) -> dict:
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _lightly_names(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        head, _, rest = k.partition(".")
+        out[f"{LIGHTLY_CHILD[head]}.{rest}"] = v
+    return out
+
+
+def source_file(fmt: str, net: nn.Module, head: nn.Module | None, path) -> None:
+    """Write ``net`` (+ ``head``) in ``fmt``'s own checkpoint layout."""
+    bb = _backbone(net)
+    hd = head.state_dict() if head is not None else {}
+    if fmt == "moco":  # main_moco.py: DDP-wrapped MoCo; --mlp: fc = Sequential(Linear, ReLU, fc)
+        sd = _prefixed(bb, "module.encoder_q.") | _prefixed(hd, "module.encoder_q.fc.")
+        sd |= _prefixed(bb, "module.encoder_k.") | _prefixed(hd, "module.encoder_k.fc.")
+        dim = head[-1].out_features
+        sd["module.queue"] = nn.functional.normalize(torch.randn(dim, 64), dim=0)
+        sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+        obj = {"epoch": 200, "arch": "resnet50", "state_dict": sd, "optimizer": {}}
+    elif fmt == "ft":  # PyContrast ContrastTrainer.save: model under DDP, model_ema not
+        model = _prefixed(bb, "module.encoder.") | _prefixed(hd, "module.head.")
+        ema = _prefixed(bb, "encoder.") | _prefixed(hd, "head.")
+        obj = {"model": model, "model_ema": ema, "contrast": {}, "optimizer": {}, "epoch": 200}
+    elif fmt == "lightly":  # backbone = nn.Sequential(*list(resnet.children())[:-1])
+        sd = _prefixed(_lightly_names(bb), "backbone.")
+        sd |= _prefixed(_lightly_names(bb), "backbone_momentum.")
+        sd |= _prefixed(hd, "projection_head.layers.")
+        sd |= _prefixed(hd, "projection_head_momentum.layers.")
+        obj = {"epoch": 9, "global_step": 100, "state_dict": sd}
+    elif fmt == "solo-learn":  # MoCoV2Plus: backbone (fc = Identity), projector, classifier
+        sd = _prefixed(bb, "backbone.") | _prefixed(bb, "momentum_backbone.")
+        sd |= _prefixed(hd, "projector.") | _prefixed(hd, "momentum_projector.")
+        sd["classifier.weight"] = torch.randn(10, net.fc.in_features)
+        sd["classifier.bias"] = torch.zeros(10)
+        dim = head[-1].out_features
+        sd["queue"] = nn.functional.normalize(torch.randn(2, dim, 64), dim=1)
+        sd["queue_ptr"] = torch.zeros(1, dtype=torch.long)
+        obj = {"epoch": 399, "state_dict": sd}
+    else:  # torchvision: the plain state dict, classifier included
+        obj = net.state_dict()
+    torch.save(obj, path)
+
+
+FORMATS_WITH_HEAD = ["moco", "ft", "lightly", "solo-learn"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS_WITH_HEAD + ["torchvision"])
+@pytest.mark.parametrize("given", ["named", "auto"])
+def test_round_trip_to_torchvision_resnet50_is_exact(tmp_path, fmt, given):
+    """convert -> export --format torchvision -> torchvision resnet50 (strict): same features."""
+    net = _source_net("resnet50", seed=1)
+    head = _mlp(2048, 256, 32, seed=2) if fmt != "torchvision" else None
+    src = tmp_path / "src.pth"
+    source_file(fmt, net, head, src)
+    out = tmp_path / "converted.pt"
+    given_fmt = fmt if given == "named" else "auto"
+    assert main(["convert", str(src), "--from", given_fmt, "--out", str(out)]) == 0
+    assert read_checkpoint(out)["converted"]["format"] == fmt
+    exported = tmp_path / "backbone.pt"
+    assert main(["export", str(out), "--format", "torchvision", "--out", str(exported)]) == 0
+
+    fresh = torchvision.models.resnet50()
+    fresh.fc = nn.Identity()  # the export has no classifier (docs/analysis.md, export.py)
+    fresh.load_state_dict(torch.load(exported, weights_only=True), strict=True)
+    fresh.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    net.fc = nn.Identity()
+    with torch.no_grad():
+        reference = net(x)
+        assert torch.equal(fresh(x), reference)
+        model, cfg = load_model(out)
+        assert torch.equal(model.features(x, "backbone"), reference)
+        if head is not None:  # the projection head came along: z = normalize(head(backbone))
+            z = nn.functional.normalize(head(reference), dim=1)
+            torch.testing.assert_close(model.features(x, "z"), z, rtol=0, atol=1e-6)
+            assert cfg.model.head == "mlp" and cfg.model.dim == 32 and cfg.model.head_hidden == 256
+            assert "z" in model.feature_spaces
+        else:
+            assert model.feature_spaces == ("backbone",)
+    assert cfg.model.backbone == "resnet50" and not cfg.model.cifar_stem
+    assert cfg.data.image_size == 224
+
+
+def test_moco_v1_linear_head_and_queue(tmp_path):
+    net = _source_net("resnet18", seed=4)
+    torch.manual_seed(5)
+    fc = nn.Linear(512, 16)
+    bb = _backbone(net)
+    queue = nn.functional.normalize(torch.randn(16, 24), dim=0)
+    sd = _prefixed(bb, "module.encoder_q.") | {
+        "module.encoder_q.fc.weight": fc.weight.detach(),
+        "module.encoder_q.fc.bias": fc.bias.detach(),
+        "module.queue": queue,
+    }
+    torch.save({"epoch": 200, "arch": "resnet18", "state_dict": sd}, tmp_path / "v1.pth")
+    convert_checkpoint(tmp_path / "v1.pth", "auto", tmp_path / "v1.pt")
+    model, cfg = load_model(tmp_path / "v1.pt")
+    assert cfg.model.head == "linear" and cfg.model.dim == 16 and cfg.augment.recipe == "moco_v1"
+    assert torch.equal(model.encoder_q.head.weight, fc.weight)
+    # MoCo stores the queue as [dim, K]; contrastlab as [K, dim]
+    torch.testing.assert_close(model.queue, queue.T)
+
+
+def test_cifar_stem_solo_learn_resnet18(tmp_path):
+    net = _source_net("resnet18", cifar_stem=True, seed=6)
+    source_file("solo-learn", net, _mlp(512, 64, 16, seed=7), tmp_path / "solo.ckpt")
+    convert_checkpoint(tmp_path / "solo.ckpt", "auto", tmp_path / "solo.pt")
+    model, cfg = load_model(tmp_path / "solo.pt")
+    assert cfg.model.cifar_stem and cfg.model.backbone == "resnet18"
+    assert cfg.data.name == "cifar10" and cfg.data.image_size == 32
+    x = torch.randn(2, 3, 32, 32)
+    net.fc = nn.Identity()
+    with torch.no_grad():
+        assert torch.equal(model.features(x), net(x))
+
+
+def test_no_head_keeps_backbone_only(tmp_path):
+    net = _source_net("resnet18", seed=8)
+    source_file("lightly", net, _mlp(512, 64, 16, seed=9), tmp_path / "l.ckpt")
+    convert_checkpoint(tmp_path / "l.ckpt", "lightly", tmp_path / "l.pt", keep_head=False)
+    model, _ = load_model(tmp_path / "l.pt")
+    assert model.feature_spaces == ("backbone",)
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ")
+    return err
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "x.pt")
+    torch.save({"foo": torch.zeros(1)}, tmp_path / "unknown.pth")
+    err = _error(["convert", str(tmp_path / "unknown.pth"), "--out", out], capsys)
+    assert "cannot recognize" in err and "foo" in err
+
+    # a named format whose keys are not there
+    net = _source_net("resnet18", seed=10)
+    torch.save(net.state_dict(), tmp_path / "tv.pth")
+    err = _error(["convert", str(tmp_path / "tv.pth"), "--from", "moco", "--out", out], capsys)
+    assert "not a moco checkpoint" in err and "state_dict" in err
+
+    # a missing key in the backbone
+    sd = net.state_dict()
+    del sd["layer2.0.bn1.running_var"]
+    torch.save(sd, tmp_path / "missing.pth")
+    err = _error(["convert", str(tmp_path / "missing.pth"), "--out", out], capsys)
+    assert "layer2.0.bn1.running_var" in err and "Missing" in err
+
+    # a shape mismatch
+    sd = net.state_dict()
+    sd["layer3.0.conv1.weight"] = torch.zeros(256, 128, 1, 1)
+    torch.save(sd, tmp_path / "shape.pth")
+    err = _error(["convert", str(tmp_path / "shape.pth"), "--out", out], capsys)
+    assert "layer3.0.conv1.weight" in err and "size mismatch" in err
+
+    # an unsupported depth
+    torch.save(torchvision.models.resnet101().state_dict(), tmp_path / "r101.pth")
+    err = _error(["convert", str(tmp_path / "r101.pth"), "--out", out], capsys)
+    assert "[3, 4, 23, 3]" in err
+
+    # a projection head with batch norm (lightly's MoCo v3-style head) cannot become ours
+    sd = _prefixed(_lightly_names(_backbone(net)), "backbone.")
+    sd |= {
+        "projection_head.layers.0.weight": torch.zeros(8, 512),
+        "projection_head.layers.1.weight": torch.ones(8),
+        "projection_head.layers.3.weight": torch.zeros(4, 8),
+    }
+    torch.save({"state_dict": sd}, tmp_path / "bn_head.ckpt")
+    err = _error(["convert", str(tmp_path / "bn_head.ckpt"), "--out", out], capsys)
+    assert "--no-head" in err
+    assert main(["convert", str(tmp_path / "bn_head.ckpt"), "--no-head", "--out", out]) == 0
+
+    # objects that weights_only refuses: named, with the way out
+    obj = {"state_dict": net.state_dict(), "opt": argparse.Namespace(lr=0.1)}
+    torch.save(obj, tmp_path / "ns.pth")
+    err = _error(["convert", str(tmp_path / "ns.pth"), "--out", out], capsys)
+    assert "Namespace" in err and "weights_only" in err
+
+    err = _error(["convert", str(tmp_path / "nope.pth"), "--out", out], capsys)
+    assert "does not exist" in err
+
+
+def test_read_encoder_strips_nothing_it_should_keep(tmp_path):
+    """The ImageNet classifier of a torchvision file and solo-learn's online probe are dropped."""
+    net = _source_net("resnet18", seed=11)
+    source_file("solo-learn", net, _mlp(512, 32, 8, seed=12), tmp_path / "s.ckpt")
+    enc = read_encoder(tmp_path / "s.ckpt")
+    assert set(enc.backbone) == set(_backbone(net))
+    assert enc.queue.shape == (64, 8)
+    torch.save(net.state_dict(), tmp_path / "tv.pth")
+    assert not any(k.startswith("fc.") for k in read_encoder(tmp_path / "tv.pth").backbone)
