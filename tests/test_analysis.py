@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TINY
 from torch import nn
 
 from contrastlab.analysis import (
@@ -26,7 +27,6 @@ from contrastlab.data.looc_views import params_equal
 from contrastlab.eval.context import EvalContext
 from contrastlab.methods import build_method
 from contrastlab.scores import load_histograms, load_scores
-from helpers import TINY
 
 
 def _cfg(extra=()):

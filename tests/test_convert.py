@@ -17,8 +17,6 @@ from torch import nn
 from contrastlab.checkpoint import load_model, read_checkpoint
 from contrastlab.cli import main
 from contrastlab.convert import convert_checkpoint, read_encoder
-from contrastlab.errors import UserError
-from contrastlab.export import export_checkpoint
 
 LIGHTLY_CHILD = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6"}
 LIGHTLY_CHILD["layer4"] = "7"
