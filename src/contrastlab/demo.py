@@ -26,12 +26,32 @@ def untrained_knn(cfg) -> tuple[float, int]:
     return knn_monitor_accuracy(model, cfg, train, test), train.num_classes
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is ~2x faster
+    (docs/benchmarks.md); elsewhere it is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    try:  # other systems: oneDNN's own check
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def run_demo(out_dir: str = "runs", overrides=()) -> dict:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    cfg = load_config("demo", [f"out_dir={out_dir}", "train.overwrite=true", *overrides])
+    amp = "true" if cpu_has_native_bf16() else "false"  # an explicit train.amp=... still wins
+    cfg = load_config(
+        "demo", [f"out_dir={out_dir}", "train.overwrite=true", f"train.amp={amp}", *overrides]
+    )
+    precision = "bf16 autocast" if cfg.train.amp else "float32"
     print(
         f"contrastlab demo: MoCo v2 on {cfg.data.synthetic_train} synthetic {cfg.data.image_size}px "
-        f"images, {cfg.optim.epochs} epochs, {cfg.model.backbone} x{cfg.model.width} (CPU)"
+        f"images, {cfg.optim.epochs} epochs, {cfg.model.backbone} x{cfg.model.width} (CPU, "
+        f"{precision})"
     )
     before, num_classes = untrained_knn(cfg)
     print(f"kNN top-1 of the untrained encoder: {before:.2f}%")

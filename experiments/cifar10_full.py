@@ -1,0 +1,134 @@
+"""MoCo v2 on the full CIFAR-10 on a CPU (docs/results.md §0): train, then the kNN curve in both
+spaces and the final linear probe.
+
+    python experiments/cifar10_full.py [--data data/cifar10] [--out runs/cifar10_full] [--seed 0]
+
+1. ``contrastlab train --config moco_v2_cifar_cpu data.path=DATA train.keep_every=5`` (the run's
+   own kNN monitor measures the backbone every 5 epochs; ``keep_every`` keeps those weights);
+2. ``contrastlab eval knn SNAPSHOT --space z`` for every kept snapshot (the official CIFAR demo's
+   monitor space: the normalized 128-d output), k 200, T 0.1, all 50,000 training images as the
+   bank and the 10,000 test images as queries;
+3. ``contrastlab eval linear last.pt --fast`` (logistic regression on frozen backbone features);
+4. the table and the figure ``curve.png`` of both kNN curves, in the output folder.
+
+Every step goes through the ``contrastlab`` command and is skipped when its result exists, so an
+interrupted run continues where it stopped (the training itself resumes with train.resume=auto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "contrastlab"]
+EPOCHS = 40  # the preset's optim.epochs
+
+
+def run(argv: list[str]) -> None:
+    print("+ contrastlab " + " ".join(argv), flush=True)
+    subprocess.run(CLI + argv, check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/cifar10")
+    ap.add_argument("--out", default="runs")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    name = f"moco_v2_cifar_cpu-s{args.seed}"
+    run_dir = Path(args.out) / name
+    last = run_dir / "checkpoints" / "last.pt"
+    train = [
+        "train",
+        "--config",
+        "moco_v2_cifar_cpu",
+        f"data.path={args.data}",
+        f"seed={args.seed}",
+        "train.keep_every=5",
+        "train.progress=false",
+        f"out_dir={args.out}",
+        f"name={name}",
+    ]
+    metrics = run_dir / "metrics.jsonl"
+    events = (
+        [json.loads(line) for line in metrics.read_text().splitlines()] if last.exists() else []
+    )
+    finished = any(e["event"] == "epoch" and e["epoch"] == EPOCHS for e in events)
+    if not finished:
+        run(train + (["train.resume=auto"] if last.exists() else []))
+
+    curve = {}
+    for event in map(json.loads, metrics.read_text().splitlines()):
+        if event["event"] == "knn":
+            curve.setdefault(event["epoch"], {})["backbone"] = event.get(
+                "knn_top1_backbone", event["knn_top1"]
+            )
+    for snapshot in sorted(run_dir.glob("checkpoints/epoch-*.pt")):
+        epoch = int(snapshot.stem.split("-")[1])
+        out = run_dir / "eval" / f"knn-z-{snapshot.stem}.json"
+        if not out.exists():
+            run(
+                [
+                    "eval",
+                    "knn",
+                    str(snapshot),
+                    "--space",
+                    "z",
+                    "--data-path",
+                    args.data,
+                    "--no-progress",
+                    "--out",
+                    str(out),
+                ]
+            )
+        curve.setdefault(epoch, {})["z"] = json.loads(out.read_text())["summary"]["top1"]
+    linear = run_dir / "eval" / "linear.json"
+    if not linear.exists():
+        run(
+            [
+                "eval",
+                "linear",
+                str(last),
+                "--fast",
+                "--data-path",
+                args.data,
+                "--no-progress",
+                "--out",
+                str(linear),
+            ]
+        )
+    probe = json.loads(linear.read_text())["summary"]
+
+    lines = ["| epoch | kNN backbone (%) | kNN z (%) |", "|---|---|---|"]
+    for epoch in sorted(curve):
+        cells = [f"{curve[epoch][s]:.1f}" if s in curve[epoch] else "" for s in ("backbone", "z")]
+        lines.append(f"| {epoch} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    lines.append(f"linear probe (backbone, --fast): {json.dumps(probe)}")
+    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for space, label in (("backbone", "backbone (pooled, 128-d)"), ("z", "z (normalized output)")):
+        points = sorted((e, c[space]) for e, c in curve.items() if space in c)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kNN top-1 on the 10,000 test images (%)")
+    ax.set_title("moco_v2_cifar_cpu on CIFAR-10, seed %d" % args.seed)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curve.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
