@@ -140,6 +140,8 @@ def run_contrastlab(args, root: Path, out_dir: str) -> dict:
     trainer.train_epoch = timed_epoch
     start = time.perf_counter()
     result = trainer.fit()
+    loader = getattr(trainer.views, "loader", None)  # none for images decoded into memory
+    workers = loader.num_workers if loader is not None else 0
     return dict(
         images=len(trainer.train_images),
         full_steps=len(trainer.views),
@@ -148,7 +150,9 @@ def run_contrastlab(args, root: Path, out_dir: str) -> dict:
         setup=setup,
         after=time.perf_counter() - start - epoch_seconds[0],
         loss=result.final_loss,
-        threads=f"main {torch.get_num_threads()}, no workers",
+        threads=f"main {torch.get_num_threads()} + {workers} workers x 1"
+        if workers
+        else f"main {torch.get_num_threads()}, no workers",
     )
 
 
