@@ -111,7 +111,14 @@ def documented_train_commands() -> list[tuple[str, bool, list[str]]]:
                 line = line.split(";", 1)[1] if line.strip().startswith("for ") else line
                 line = line.split("; done")[0].replace("$m", "0.99")  # the momentum loop
                 words = shlex.split(line)
-                args = words[words.index("train") + 1 :]
+                starts = [
+                    i
+                    for i, w in enumerate(words[:-1])
+                    if w == "contrastlab" and words[i + 1] == "train"
+                ]
+                if not starts:  # "contrastlab train" inside a quoted string, not a command
+                    continue
+                args = words[starts[0] + 2 :]
                 found.append((f"{doc.name}: {line.strip()}", "torchrun" in words, args))
     return found
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from contrastlab.cli import main
 from contrastlab.errors import TrainingDiverged, UserError
 from contrastlab.train import Trainer
 
-ONE = ["optim.epochs=1", "train.knn_every=0"]
+ONE = ["optim.epochs=1", "train.knn_every=1"]  # the monitor decides best.pt
 
 
 @pytest.fixture
@@ -120,26 +121,28 @@ def test_a_diverged_buffer_is_not_saved_as_the_last_good_checkpoint(tiny_config,
 # -- writing checkpoints ---------------------------------------------------------------------------
 
 
-def test_best_is_written_before_last_and_temps_are_removed(tiny_config, monkeypatch, capsys):
+def test_best_is_written_before_last_and_temps_are_removed(tiny_config, monkeypatch):
     cfg = tiny_config(*ONE, "name=order")
     real = os.replace
+    renames = []
 
     def replace(src, dst):
-        if str(dst).endswith("last.pt"):
-            raise KeyboardInterrupt  # killed between the two renames
+        renames.append(Path(dst).name)
+        if renames.count("last.pt") == 2:  # the save after the monitor, killed between renames
+            raise KeyboardInterrupt
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg).fit()
     monkeypatch.undo()
+    # last.pt before the monitor (nothing lost if it fails), then best.pt before last.pt
+    assert [n for n in renames if n.endswith(".pt")] == ["last.pt", "best.pt", "last.pt"]
     ckpt = cfg.run_dir / "checkpoints"
-    assert (ckpt / "best.pt").is_file() and not (ckpt / "last.pt").exists()
+    assert read_checkpoint(ckpt / "best.pt")["best_metric"] is not None
     assert _no_temps(cfg.run_dir)
-    # resume=auto continues from best.pt, saying so in one line
     result = Trainer(tiny_config(*ONE, "name=order", "train.resume=auto")).fit()
-    err = capsys.readouterr().err
-    assert "resuming from" in err and "best.pt" in err and result.epochs == 1
+    assert result.epochs == 1 and result.best_checkpoint.is_file()
 
 
 def test_stale_temp_files_are_removed_at_start(tiny_config):
@@ -240,7 +243,7 @@ def test_best_without_last_is_not_silently_overwritten(trained, tiny_config):
 
 
 def test_damaged_appended_files_give_one_warning_and_resume(tiny_config, capsys):
-    common = ["train.checkpoint_every=1", "train.knn_every=0", "name=dmg"]
+    common = ["train.checkpoint_every=1", "train.knn_every=1", "name=dmg"]
     run = Trainer(tiny_config("optim.epochs=1", *common)).fit().run_dir
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"event": "train", "st')  # cut short by a crash

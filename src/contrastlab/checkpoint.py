@@ -150,8 +150,8 @@ def durable_write(path: Path, write, also: tuple[Path, ...] = ()) -> None:
         if e.errno in _NO_SPACE:
             kept = f"the previous {path.name} is intact" if path.exists() else "it was not written"
             raise UserError(
-                f"no space left on device while writing {path}; {kept}, and so are the "
-                "checkpoints written before; free some space and resume with train.resume=auto"
+                f"no space left on device while writing {path}; {kept}, and the checkpoints "
+                "written before are intact; free some space and resume with train.resume=auto"
             ) from None
         raise
     finally:

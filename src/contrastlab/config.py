@@ -329,20 +329,26 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
         number = _number(value)
         if number is None or not math.isfinite(number) or int(number) != number:
-            raise UserError(f"{key} must be an integer, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'an integer')}, got {value!r}")
         return int(value) if isinstance(value, int) else int(number)
     if hint is float:
         number = _number(value)
         if number is None:
-            raise UserError(f"{key} must be a number, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'a number')}, got {value!r}")
         if not math.isfinite(number):
-            raise UserError(f"{key} must be a finite number, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'a finite number')}, got {value!r}")
         return number
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise UserError(f"{key} must be a string, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'a string')}, got {value!r}")
         return str(value)
     return value
+
+
+def _expected(key: str, kind: str) -> str:
+    """What ``key`` accepts: its declared range (``VALID``) where it has one, else ``kind``."""
+    spec = VALID.get(key)
+    return spec.describe() if spec is not None else kind
 
 
 def _build(cls, data: dict, prefix: str = ""):

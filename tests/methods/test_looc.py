@@ -335,6 +335,7 @@ def test_ddp_two_processes(tiny_config, tmp_path):
         "method=looc",
         "looc.augmentations=[color,rotation]",
         "looc.plus_plus=true",
+        "train.knn_space=concat",  # the preset's z is MoCo's space
         "moco.queue_size=20",
         "optim.batch_size=8",
     ]
