@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from contrastlab.cli import main
-from contrastlab.config import load_config
 
 
 @pytest.mark.parametrize(

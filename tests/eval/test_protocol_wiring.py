@@ -5,7 +5,6 @@ corruption benchmark's per-image seeds and averages.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -119,7 +118,8 @@ def test_fast_probe_picks_the_best_c_on_its_validation_split(blobs):
         x, y.numpy(), test_size=18, random_state=3, stratify=y.numpy()
     )
     val = {
-        c: 100.0 * LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x_tr, y_tr).score(x_val, y_val)
+        c: 100.0
+        * LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(x_tr, y_tr).score(x_val, y_val)
         for c in cs
     }
     assert sorted(val.values())[-1] > sorted(val.values())[-2]  # one best C on these features
@@ -164,7 +164,9 @@ def test_corruption_averages_by_hand(monkeypatch):
     )
     acc = {key: 10.0 * n for key, n in hits.items()}
     assert res["clean"] == pytest.approx(90.0)
-    gauss = (acc[("gaussian_noise", 1)] + acc[("gaussian_noise", 3)] + acc[("gaussian_noise", 5)]) / 3
+    gauss = (
+        acc[("gaussian_noise", 1)] + acc[("gaussian_noise", 3)] + acc[("gaussian_noise", 5)]
+    ) / 3
     frost = (acc[("frost", 1)] + acc[("frost", 3)] + acc[("frost", 5)]) / 3
     assert res["corruptions"]["gaussian_noise"]["mean"] == pytest.approx(gauss)
     assert res["corruptions"]["frost"]["mean"] == pytest.approx(frost)

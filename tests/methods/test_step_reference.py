@@ -152,7 +152,9 @@ def test_moco_step_with_feature_transformation_is_the_closed_form(tiny_config, m
     # the raw stage holds the cosine scores of the untransformed pair, the effective one q̂·k̂
     raw, eff = out.scores[("z", "raw")], out.scores[("z", "effective")]
     torch.testing.assert_close(raw.pos.double(), (q * k).sum(1), rtol=0, atol=1e-6)
-    torch.testing.assert_close(raw.neg_mean.double(), (q @ queue_before.T).mean(1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        raw.neg_mean.double(), (q @ queue_before.T).mean(1), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(eff.pos.double(), (q_hat * k_hat).sum(1), rtol=0, atol=1e-6)
     # the queue keeps the plain keys
     torch.testing.assert_close(model.queue[:6], k, rtol=0, atol=1e-12)
