@@ -76,14 +76,14 @@ def test_each_epoch_draws_new_augmentations(tiny_config, monkeypatch, tmp_path):
             assert not torch.equal(a[view], b[view])
 
 
-def _features_by_hand(model, images):
-    """Backbone features of uint8 images under the evaluation view (scale, normalize), eval mode."""
+def _features_by_hand(model, images, space):
+    """Features of uint8 images under the evaluation view (scale, normalize), eval mode."""
     x = images.images.float() / 255.0
     mean = torch.tensor(images.mean)[None, :, None, None]
     std = torch.tensor(images.std)[None, :, None, None]
     model.eval()
     with torch.no_grad():
-        return model.backbone(((x - mean) / std).contiguous()), images.labels
+        return model.features(((x - mean) / std).contiguous(), space), images.labels
 
 
 def test_knn_monitor_is_knn_accuracy_with_the_configured_k_and_t_on_the_test_split(tiny_config):
@@ -99,8 +99,9 @@ def test_knn_monitor_is_knn_accuracy_with_the_configured_k_and_t_on_the_test_spl
     result = trainer.fit()
     train = build_dataset(cfg.data, "train")
     test = build_dataset(cfg.data, "test")
-    f_train, y_train = _features_by_hand(trainer.method, train)
-    f_test, y_test = _features_by_hand(trainer.method, test)
+    assert cfg.train.knn_space == "z"  # moco_v2_cifar monitors the normalized output
+    f_train, y_train = _features_by_hand(trainer.method, train, "z")
+    f_test, y_test = _features_by_hand(trainer.method, test, "z")
 
     def knn(k, t, queries=(f_test, y_test)):
         return knn_accuracy(f_train, y_train, *queries, train.num_classes, k=k, temperature=t)
@@ -113,12 +114,12 @@ def test_knn_monitor_is_knn_accuracy_with_the_configured_k_and_t_on_the_test_spl
 
 
 def test_best_checkpoint_holds_the_weights_of_the_best_measured_epoch(tiny_config, monkeypatch):
-    measured = iter([40.0, 70.0, 55.0])
+    measured = iter([40.0, 70.0, 55.0])  # the validation figure that chooses best.pt
     weights = []
 
     def knn_monitor(self):
         weights.append({k: v.clone() for k, v in self.method.state_dict().items()})
-        return next(measured)
+        return {"knn_top1": 10.0, "knn_val_top1": next(measured)}
 
     monkeypatch.setattr(Trainer, "knn_monitor", knn_monitor)
     cfg = tiny_config(
