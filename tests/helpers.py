@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+from pathlib import Path
 
 TINY = [
     "dataset=synthetic",
@@ -34,3 +37,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` next to the repository, wherever the tests run from.
+
+    ``CONTRASTLAB_SHARED_DATA`` names the folder explicitly; otherwise it is looked for next to this
+    checkout's root and next to the main checkout of a ``git worktree`` (git's common directory).
+    """
+    if os.environ.get("CONTRASTLAB_SHARED_DATA"):
+        return Path(os.environ["CONTRASTLAB_SHARED_DATA"])
+    roots = [REPO_ROOT]
+    try:
+        common = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        roots.append(Path(common).parent)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    for root in roots:
+        candidate = root.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from contrastlab.demo import run_demo
 
 
@@ -22,7 +26,12 @@ def test_demo_trains_compares_and_writes_figures_and_report(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "kNN top-1 of the untrained encoder" in out and "after 1 epochs" in out
-    assert 0 <= result["knn_untrained"] <= 100 and 0 <= result["knn_trained"] <= 100
+    # the figures printed are the ones returned, and the trained one is the run's last kNN monitor
+    assert f"untrained encoder: {result['knn_untrained']:.2f}%" in out
+    events = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").open()]
+    assert result["knn_trained"] == [e["knn_top1"] for e in events if e["event"] == "knn"][-1]
+    for value in (result["knn_untrained"], result["knn_trained"]):  # shares of 32 test images
+        assert value * 32 / 100 == pytest.approx(round(value * 32 / 100))
     run = tmp_path / "demo"
     assert (run / "report.html").is_file()
     assert list((run / "figures").glob("scores-z-*.png"))

@@ -25,12 +25,19 @@ from contrastlab.scores import (
 BINS, LOW, HIGH = 20, -1.0, 1.0
 
 
+@pytest.fixture(params=["cpu", "device"])
+def branch(request, monkeypatch):
+    """Each statistics test runs the CPU branch and the accelerator branch (histc), here on the CPU."""
+    monkeypatch.setattr(scores, "FORCE_DEVICE_PATH", request.param == "device")
+    return request.param
+
+
 def _cfg(bins=BINS, record=True):
     return SimpleNamespace(record=record, bins=bins, low=LOW, high=HIGH)
 
 
 @pytest.mark.parametrize("block", [None, 100])  # 100: the CPU path's row blocks of 2 rows
-def test_score_stats_matches_naive_float64(block, monkeypatch):
+def test_score_stats_matches_naive_float64(block, monkeypatch, branch):
     if block:
         monkeypatch.setattr(scores, "_CPU_BLOCK_SCORES", block)
     g = torch.Generator().manual_seed(0)
@@ -51,7 +58,7 @@ def test_score_stats_matches_naive_float64(block, monkeypatch):
     assert st.pos_hist.sum().item() == 7 and st.neg_hist.sum().item() == 7 * 50
 
 
-def test_score_stats_in_range_and_collapsed():
+def test_score_stats_in_range_and_collapsed(branch):
     """All scores in range (no clamp needed) and nearly equal, as in a collapsed space: the
     variance must keep its relative precision, not cancel to zero or go negative."""
     g = torch.Generator().manual_seed(1)
@@ -67,7 +74,7 @@ def test_score_stats_in_range_and_collapsed():
 
 
 @pytest.mark.parametrize("bins", [16, 200, 300])  # 300: bin indices beyond one byte
-def test_histogram_bins_like_float64_reference(bins):
+def test_histogram_bins_like_float64_reference(bins, branch):
     """Every value lands in the bin a float64 computation gives it: values spread over each bin
     (away from its edges, where float32 rounding may legitimately differ), the edges themselves
     where they are exact in float32, the range's ends, and values outside it."""

@@ -37,6 +37,16 @@ class ScoreStats:
     neg_exp: Tensor | None = None  # [B]
 
 
+# The accelerator branch below (histc, one fused norm) also runs on the CPU when this is True; the
+# tests set it so that both branches are checked against the same references on any machine.
+FORCE_DEVICE_PATH = False
+
+
+def _cpu_path(x: Tensor) -> bool:
+    """Whether ``x`` takes the CPU branch (bin indices + bincount, row blocks)."""
+    return x.device.type == "cpu" and not FORCE_DEVICE_PATH
+
+
 @torch.no_grad()
 def score_stats(
     pos: Tensor,
@@ -60,7 +70,7 @@ def score_stats(
         # The variance takes two passes (the mean, then the squared deviations from it) rather
         # than torch.var_mean: as accurate when all scores are nearly equal (a collapsed space,
         # variance ~1e-7) and about half the cost on CPU, where var_mean's Welford loop is slow.
-        if neg.device.type == "cpu":
+        if _cpu_path(neg):
             sq_deviations, neg_hist, neg_exp = _deviations_and_histogram_cpu(
                 neg, neg_mean, bins, low, high, temperature
             )
@@ -94,7 +104,7 @@ def histogram(x: Tensor, bins: int, low: float, high: float) -> Tensor:
     A value goes to bin ``floor((x - low) * bins / (high - low))``, ``high`` itself to the last
     bin, as in ``torch.histc``; the counts are float32.
     """
-    if x.device.type == "cpu":
+    if _cpu_path(x):
         return _count_bins(_bin_index(x.reshape(-1), bins, low, high), bins)
     # On accelerators histc runs without a host synchronization (bincount would need one).
     return torch.histc(x.clamp(low, high), bins=bins, min=low, max=high)

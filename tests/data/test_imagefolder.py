@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import shared_data_dir
 from PIL import Image
 
 from contrastlab.config import DataConfig
 from contrastlab.data.datasets import ImageFileDataset, TensorImageDataset, build_dataset
 from contrastlab.errors import UserError
 
-SHARED_CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-test.tar.gz"
+SHARED_CIFAR = (shared_data_dir() or Path("/nonexistent")) / "cifar10-test.tar.gz"
 
 
 def _noise(size=(16, 16), seed=0) -> Image.Image:
@@ -213,7 +214,10 @@ def test_large_images_load_lazily_and_mixed_sizes_are_squared_in_memory(tmp_path
     assert memory.images.shape == (2, 3, 24, 24) and memory.image_size == 24
 
 
-@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="no shared CIFAR-10 copy")
+@pytest.mark.skipif(
+    not SHARED_CIFAR.exists(),
+    reason="no ../shared/data/cifar10-test.tar.gz next to the repository (or $CONTRASTLAB_SHARED_DATA)",
+)
 def test_a_few_hundred_real_cifar_jpegs(tmp_path):
     subprocess.run(
         [

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from contrastlab.eval.knn import knn_accuracy, knn_predict
@@ -46,7 +47,17 @@ def test_knn_separable_and_random(blobs):
 
 def test_knn_topk_and_empty(blobs):
     f, y = blobs(30, 10, 8, sep=0.5)
-    top1 = knn_accuracy(f, y, f, y, 10, k=10, topk=1)
-    top5 = knn_accuracy(f, y, f, y, 10, k=10, topk=5)
-    assert top5 >= top1
+    # top-k by hand: the label among the k classes with the largest summed exp(sim / T)
+    x = torch.nn.functional.normalize(f.double(), dim=1)
+    sim = x @ x.T
+    for topk in (1, 5):
+        hits = 0
+        for i in range(len(y)):
+            near = torch.argsort(-sim[i], stable=True)[:10]
+            votes = np.zeros(10)
+            for j in near.tolist():
+                votes[int(y[j])] += float(torch.exp(sim[i, j] / 0.1))
+            hits += int(y[i]) in np.argsort(-votes, kind="stable")[:topk]
+        got = knn_accuracy(f, y, f, y, 10, k=10, topk=topk)
+        assert got == pytest.approx(100.0 * hits / len(y)), topk
     assert np.isnan(knn_accuracy(f, y, f[:0], y[:0], 10))

@@ -13,7 +13,9 @@ def test_linear_fast_separable_and_random(blobs):
     f, y = blobs(80, 4, 16, sep=5.0)
     res = linear_fast(f[:240], y[:240], f[240:], y[240:], 4, Cs=(0.01, 1.0))
     assert res["top1"] > 98.0 and res["top5"] == 100.0
-    assert res["C"] in (0.01, 1.0) and set(res["val_top1_by_C"]) == {"0.01", "1.0"}
+    by_c = res["val_top1_by_C"]
+    assert set(by_c) == {"0.01", "1.0"}
+    assert res["C"] == min(float(c) for c, v in by_c.items() if v == max(by_c.values()))
     f, y = blobs(200, 4, 8, sep=0.0, seed=3)
     res = linear_fast(f[:400], y[:400], f[400:], y[400:], 4, C=1.0)
     assert 15.0 < res["top1"] < 35.0
@@ -72,7 +74,8 @@ def test_allway_kshot_separable_vs_random(blobs):
     f, y = blobs(40, 6, 16, sep=6.0)
     res = allway_kshot(f[:150], y[:150], f[150:], y[150:], shots=(5,), trials=3)
     r = res["shots"]["5"]
-    assert r["mean"] > 95.0 and len(r["trials"]) == 3 and r["ci95"] >= 0
+    assert r["mean"] > 95.0 and len(r["trials"]) == 3
+    assert (r["mean"], r["ci95"]) == pytest.approx(mean_ci95(r["trials"]), nan_ok=True)
     f, y = blobs(100, 4, 16, sep=0.0, seed=2)
     r = allway_kshot(f[:100], y[:100], f[100:], y[100:], shots=(5,), trials=5)["shots"]["5"]
     assert 15.0 < r["mean"] < 35.0

@@ -156,15 +156,15 @@ def test_queue_per_space_with_wraparound():
     first, second = make_views(2, 1), make_views(2, 2)
     before = model.queue.clone()
     model(first)
-    with torch.no_grad():
-        keys1 = model.encode_keys(first[1:])
+    with torch.no_grad():  # the keys by hand: each key view through the key encoder (eval mode)
+        keys1 = torch.stack([model.encoder_k(v) for v in first[1:]], dim=1)
     for s in range(3):
         assert torch.allclose(model.queue[s, :4], keys1[s, s], atol=1e-6)  # k_s entered queue s
         assert torch.equal(model.queue[s, 4:], before[s, 4:])
     assert model.queue_ptr.tolist() == [4, 4, 4]
     model(second)
     with torch.no_grad():
-        keys2 = model.encode_keys(second[1:])
+        keys2 = torch.stack([model.encoder_k(v) for v in second[1:]], dim=1)
     for s in range(3):
         assert torch.allclose(model.queue[s, 4:], keys2[s, s, :2], atol=1e-6)
         assert torch.allclose(model.queue[s, :2], keys2[s, s, 2:], atol=1e-6)
