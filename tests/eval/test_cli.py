@@ -49,10 +49,10 @@ def _json(path):
 def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     run_dir = checkpoint.parent.parent
     cache = str(tmp_path / "cache")
-    knn_args = ["--k", "10", "--temperature", "0.03", "--cache", cache]
+    knn_args = ["--k", "3", "--temperature", "1.0", "--cache", cache]
     assert main(["eval", "knn", str(checkpoint), *COMMON, *knn_args]) == 0
     knn = _json(run_dir / "eval" / "knn.json")
-    assert knn["protocol"] == "knn" and knn["setup"]["temperature"] == 0.03
+    assert knn["protocol"] == "knn" and knn["setup"]["temperature"] == 1.0
     # the figure is knn_accuracy with the given k and T, train split as the bank, test as queries
     ctx = EvalContext.from_checkpoint(checkpoint, device="cpu", progress=False)
     (f_tr, y_tr), (f_te, y_te) = ctx.features("train"), ctx.features("test")
@@ -60,8 +60,8 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     def by_hand(k, t):
         return knn_accuracy(f_tr, y_tr, f_te, y_te, ctx.num_classes(), k=k, temperature=t)
 
-    assert knn["summary"]["top1"] == pytest.approx(by_hand(10, 0.03))
-    assert by_hand(10, 0.03) != by_hand(10, 0.1) and by_hand(10, 0.03) != by_hand(200, 0.03)
+    assert knn["summary"]["top1"] == pytest.approx(by_hand(3, 1.0))
+    assert by_hand(3, 1.0) != by_hand(3, 0.01) and by_hand(3, 1.0) != by_hand(200, 1.0)
     assert "| top1 |" in capsys.readouterr().out
     assert main(["eval", "linear", str(checkpoint), *COMMON, "--fast", "--cache", cache]) == 0
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test features, shared
