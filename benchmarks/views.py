@@ -41,8 +41,8 @@ from contrastlab.views.pipeline import build_training_views  # noqa: E402
 
 RECIPES = {
     "moco_v2": ["method=moco"],
-    "looc_n1": ["method=looc", "looc.augmentations=color"],
-    "looc_n3": ["method=looc", "looc.augmentations=color,rotation,texture"],
+    "looc_n1": ["method=looc", "looc.augmentations=color", "train.knn_space=z0"],
+    "looc_n3": ["method=looc", "looc.augmentations=color,rotation,texture", "train.knn_space=z0"],
 }
 
 
