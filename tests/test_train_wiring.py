@@ -93,15 +93,15 @@ def test_knn_monitor_is_knn_accuracy_with_the_configured_k_and_t_on_the_test_spl
         "train.knn_every=1",
         "train.knn_k=30",
         "train.knn_temperature=0.02",
+        "train.knn_space=backbone",  # not the preset's z: the configured space is the one read
         "name=knn",
     )
     trainer = Trainer(cfg)
     result = trainer.fit()
     train = build_dataset(cfg.data, "train")
     test = build_dataset(cfg.data, "test")
-    assert cfg.train.knn_space == "z"  # moco_v2_cifar monitors the normalized output
-    f_train, y_train = _features_by_hand(trainer.method, train, "z")
-    f_test, y_test = _features_by_hand(trainer.method, test, "z")
+    f_train, y_train = _features_by_hand(trainer.method, train, "backbone")
+    f_test, y_test = _features_by_hand(trainer.method, test, "backbone")
 
     def knn(k, t, queries=(f_test, y_test)):
         return knn_accuracy(f_train, y_train, *queries, train.num_classes, k=k, temperature=t)
