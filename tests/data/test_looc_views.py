@@ -156,6 +156,35 @@ def test_color_op_records_and_grayscale():
     assert torch.equal(op.apply(x, {**p, "apply": False, "gray": False}), x)
 
 
+@pytest.mark.parametrize("gray_first", [False, True])
+def test_color_op_applies_its_record_as_torchvision_colorjitter(gray_first):
+    """The record's jitter, in the record's order, is torchvision's ColorJitter: from the same
+    seed, ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` draws the same order and factors as
+    ``ColorAug.sample`` (both through ``ColorJitter.get_params``' draws) and must give the same
+    image; the grayscale goes after the jitter (MoCo v2) or before it (MoCo v1)."""
+    import torchvision.transforms.v2 as v2
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(1))
+    op = ColorAug(p=1.0, p_gray=0.0, gray_first=gray_first)
+    orders = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        record = op.sample()
+        orders.add(record["order"])
+        torch.manual_seed(seed)
+        expected = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(x)
+        torch.testing.assert_close(op.apply(x, record), expected, atol=1e-6, rtol=0)
+        if gray_first:
+            torch.manual_seed(seed)
+            expected_gray = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(TF.rgb_to_grayscale(x, 3))
+        else:
+            expected_gray = TF.rgb_to_grayscale(expected, 3)
+        torch.testing.assert_close(
+            op.apply(x, {**record, "gray": True}), expected_gray, atol=1e-6, rtol=0
+        )
+    assert len(orders) >= 15  # many of the 24 orders were exercised
+
 def test_blur_rule_and_base_colour():
     assert not make(["rotation"], size=32).blur  # MoCo v2 rule: no blur at <= 64 px
     assert make(["rotation"], size=96).blur
