@@ -161,7 +161,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     h6 = (h6 + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)
     k = torch.remainder(_hex_offsets(x.device) + h6, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return top.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+    return torch.addcmul(top.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
 
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's indices of its four factors
@@ -169,13 +169,19 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's indices of its
 
 def _linear_jitter(x: Tensor, op: Tensor, factor: Tensor, active: Tensor) -> Tensor:
     """Brightness, contrast or saturation (``op`` per sample) where ``active``: one blend with a
-    per-sample target: black, the mean luma or the luma. Inactive samples blend with factor 1,
-    which leaves them exactly as they are."""
+    per-sample target (black, the mean luma or the luma), as ``f * x + (1 - f) * target`` clamped
+    to [0, 1] like torchvision's ``_blend``. Inactive samples blend with factor 1, which leaves
+    them exactly as they are.
+
+    The target's weight ``1 - f`` is folded into the one-channel target, so the full-size work is
+    one fused multiply-add and the clamp."""
+    f = torch.where(active, factor, torch.ones_like(factor))
+    rest = 1.0 - f
     luma = grayscale(x)
-    saturation = (op == SATURATION).to(x.dtype).view(-1, 1, 1, 1)
-    contrast = (op == CONTRAST).to(x.dtype).view(-1, 1, 1, 1)
-    target = luma * saturation + luma.mean(dim=(1, 2, 3), keepdim=True) * contrast
-    return blend(x, target, torch.where(active, factor, torch.ones_like(factor)))
+    to_luma = (rest * (op == SATURATION)).view(-1, 1, 1, 1)
+    to_mean = (rest * (op == CONTRAST)).view(-1, 1, 1, 1)
+    target = torch.addcmul(luma.mean(dim=(1, 2, 3), keepdim=True) * to_mean, luma, to_luma)
+    return torch.addcmul(target, x, f.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
 def color_jitter(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Tensor:
@@ -275,5 +281,8 @@ def rotate90(x: Tensor, k: Tensor) -> Tensor:
 
 
 def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel; ``mean``, ``std``: ``[C]`` on ``x``'s device."""
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    """``(x - mean) / std`` per channel; ``mean``, ``std``: ``[C]`` on ``x``'s device.
+
+    Computed as one multiply-add, ``x * (1 / std) - mean / std`` (within 1e-6 of the division)."""
+    scale = std.reciprocal().view(1, -1, 1, 1)
+    return torch.addcmul(-mean.view(1, -1, 1, 1) * scale, x, scale)
