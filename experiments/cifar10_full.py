@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "contrastlab"]
-EPOCHS = 40  # the preset's optim.epochs
+EPOCHS = 55  # the preset's optim.epochs
 
 
 def run(argv: list[str]) -> None:

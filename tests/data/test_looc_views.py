@@ -185,6 +185,7 @@ def test_color_op_applies_its_record_as_torchvision_colorjitter(gray_first):
         )
     assert len(orders) >= 15  # many of the 24 orders were exercised
 
+
 def test_blur_rule_and_base_colour():
     assert not make(["rotation"], size=32).blur  # MoCo v2 rule: no blur at <= 64 px
     assert make(["rotation"], size=96).blur
