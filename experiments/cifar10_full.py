@@ -4,10 +4,11 @@ spaces and the final linear probe.
     python experiments/cifar10_full.py [--data data/cifar10] [--out runs/cifar10_full] [--seed 0]
 
 1. ``contrastlab train --config moco_v2_cifar_cpu data.path=DATA train.keep_every=5`` (the run's
-   own kNN monitor measures the backbone every 5 epochs; ``keep_every`` keeps those weights);
-2. ``contrastlab eval knn SNAPSHOT --space z`` for every kept snapshot (the official CIFAR demo's
-   monitor space: the normalized 128-d output), k 200, T 0.1, all 50,000 training images as the
-   bank and the 10,000 test images as queries;
+   own kNN monitor measures both spaces every 10 epochs; ``keep_every`` keeps the weights of
+   every 5th epoch);
+2. ``contrastlab eval knn SNAPSHOT --space backbone|z`` for every kept snapshot that the monitor
+   did not measure (z: the official CIFAR demo's monitor space, the normalized 128-d output),
+   k 200, T 0.1, all 50,000 training images as the bank and the 10,000 test images as queries;
 3. ``contrastlab eval linear last.pt --fast`` (logistic regression on frozen backbone features);
 4. the table and the figure ``curve.png`` of both kNN curves, in the output folder.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 CLI = [sys.executable, "-m", "contrastlab"]
 EPOCHS = 55  # the preset's optim.epochs
+SPACES = ("backbone", "z")
 
 
 def run(argv: list[str]) -> None:
@@ -60,31 +62,34 @@ def main() -> None:
     if not finished:
         run(train + (["train.resume=auto"] if last.exists() else []))
 
-    curve = {}
+    curve = {}  # epoch -> {space: kNN top-1}: the monitor's figures, then the snapshots'
     for event in map(json.loads, metrics.read_text().splitlines()):
         if event["event"] == "knn":
-            curve.setdefault(event["epoch"], {})["backbone"] = event.get(
-                "knn_top1_backbone", event["knn_top1"]
-            )
+            for space in SPACES:
+                if f"knn_top1_{space}" in event:
+                    curve.setdefault(event["epoch"], {})[space] = event[f"knn_top1_{space}"]
     for snapshot in sorted(run_dir.glob("checkpoints/epoch-*.pt")):
         epoch = int(snapshot.stem.split("-")[1])
-        out = run_dir / "eval" / f"knn-z-{snapshot.stem}.json"
-        if not out.exists():
-            run(
-                [
-                    "eval",
-                    "knn",
-                    str(snapshot),
-                    "--space",
-                    "z",
-                    "--data-path",
-                    args.data,
-                    "--no-progress",
-                    "--out",
-                    str(out),
-                ]
-            )
-        curve.setdefault(epoch, {})["z"] = json.loads(out.read_text())["summary"]["top1"]
+        for space in SPACES:
+            if space in curve.get(epoch, {}):
+                continue
+            out = run_dir / "eval" / f"knn-{space}-{snapshot.stem}.json"
+            if not out.exists():
+                run(
+                    [
+                        "eval",
+                        "knn",
+                        str(snapshot),
+                        "--space",
+                        space,
+                        "--data-path",
+                        args.data,
+                        "--no-progress",
+                        "--out",
+                        str(out),
+                    ]
+                )
+            curve.setdefault(epoch, {})[space] = json.loads(out.read_text())["summary"]["top1"]
     linear = run_dir / "eval" / "linear.json"
     if not linear.exists():
         run(
