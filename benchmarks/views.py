@@ -1,7 +1,7 @@
 """Views per second: torchvision transforms per image in DataLoader workers against batched views.
 
     python benchmarks/views.py [--batch 256] [--batches 8] [--rounds 3] [--workers 2] [--size 32]
-        [--device cpu|cuda] [--steps 6] [--no-steps]
+        [--device cpu|cuda] [--steps 6] [--no-steps] [--no-compiled]
 
 Part 1, the pipeline alone. Both paths make training batches of views from the same in-memory
 uint8 images (CIFAR-sized by default) with the same recipe:
@@ -9,7 +9,9 @@ uint8 images (CIFAR-sized by default) with the same recipe:
 * ``per_image``: ``data.views=per_image``, torchvision ``transforms.v2`` per image in ``--workers``
   DataLoader worker processes (one torch thread each), collated into batches;
 * ``batched``: ``data.views=batched``, per-sample parameters drawn as tensors and every view of the
-  batch rendered with batched ops in the main process (``views/``), no workers.
+  batch rendered with batched ops in the main process (``views/``), no workers;
+* ``compiled``: the same with ``data.views_compile=true`` (the rendering through ``torch.compile``;
+  compiled on the first batch, which is not timed).
 
 Recipes: MoCo v2 (2 views), LooC with one atomic augmentation (colour: q, k0, k1) and with three
 (colour, rotation, texture: 5 views). Rounds are interleaved; rates count rendered views.
@@ -54,12 +56,19 @@ def images(n: int, size: int) -> TensorImageDataset:
     )
 
 
+PIPELINES = {
+    "per_image": ["data.views=per_image"],
+    "batched": ["data.views=batched"],
+    "compiled": ["data.views=batched", "data.views_compile=true"],
+}
+
+
 def pipeline(recipe: str, views: str, args, data, device):
     cfg = load_config(
         "moco_v2_cifar",
         [
             *RECIPES[recipe],
-            f"data.views={views}",
+            *PIPELINES[views],
             f"data.num_workers={args.workers}",
             f"data.image_size={args.size}",
         ],
@@ -87,20 +96,21 @@ def pipeline_rates(args, device) -> None:
         f"\n1. views/s, batch {args.batch}, {args.batches} timed batches per round, {args.size} px"
     )
     for recipe in RECIPES:
-        rates = {"per_image": [], "batched": []}
+        rates = {v: [] for v in PIPELINES if v != "compiled" or args.compiled}
         pipes = {v: pipeline(recipe, v, args, data, device)[0] for v in rates}
         for r in range(args.rounds):
             for views in rates if r % 2 == 0 else reversed(list(rates)):
                 seconds, count = time_epoch(pipes[views], r, device)
                 rates[views].append(count / seconds)
-        per_image, batched = (statistics.median(rates[v]) for v in rates)
-        ratios = [b / p for b, p in zip(rates["batched"], rates["per_image"])]
-        print(
-            f"  {recipe:8s} per_image ({args.workers} workers) {per_image:8.0f} views/s   "
-            f"batched {batched:8.0f} views/s   ratio {statistics.median(ratios):5.1f}x "
-            f"(rounds {min(ratios):.1f}-{max(ratios):.1f}x)",
-            flush=True,
-        )
+        line = f"  {recipe:8s} per_image ({args.workers} workers) "
+        line += f"{statistics.median(rates['per_image']):8.0f} views/s"
+        for views in list(rates)[1:]:
+            ratios = [b / p for b, p in zip(rates[views], rates["per_image"])]
+            line += (
+                f"   {views} {statistics.median(rates[views]):8.0f} views/s, "
+                f"ratio {statistics.median(ratios):5.1f}x ({min(ratios):.1f}-{max(ratios):.1f}x)"
+            )
+        print(line, flush=True)
 
 
 def time_views_and_steps(trainer, device) -> tuple[list[float], list[float]]:
@@ -172,6 +182,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--no-steps", action="store_true")
+    ap.add_argument(
+        "--no-compiled",
+        dest="compiled",
+        action="store_false",
+        help="leave out data.views_compile=true (torch.compile; needs a C++ compiler on the CPU)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)

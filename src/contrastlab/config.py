@@ -39,9 +39,8 @@ class DataConfig:
     image_size: int = 32  # side of the training crops
     in_memory: bool | None = None  # decoded uint8 images in RAM; None = when <= 96 px
     skip_bad_images: bool = False  # skip (and count) corrupt images instead of failing
-    views: Literal["batched", "per_image"] = (
-        "batched"  # batched: views made per batch on the device (docs/datasets.md)
-    )
+    views: Literal["batched", "per_image"] = "batched"  # per batch on the device, or per image
+    views_compile: bool = False  # batched views through torch.compile (needs a C++ compiler)
     num_workers: int = 2  # DataLoader workers: decoding large images (and per_image views)
     synthetic_train: int = 5000  # synthetic: number of training images
     synthetic_test: int = 1000  # synthetic: number of held-out images
@@ -617,6 +616,11 @@ def _validate(cfg: Config) -> None:
     if cfg.data.name == "imagefolder" and not cfg.data.path:
         raise UserError(
             "dataset=imagefolder needs data.path=DIR (a folder of images or class folders)"
+        )
+    if cfg.data.views_compile and cfg.data.views != "batched":
+        raise UserError(
+            "data.views_compile=true compiles batched views; it needs data.views=batched "
+            f"(got data.views={cfg.data.views})"
         )
 
 

@@ -1,5 +1,7 @@
 """Training batches: every image once per epoch, order and views reseeded per epoch, the three paths."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ from PIL import Image
 
 from contrastlab.config import AugmentConfig, load_config
 from contrastlab.data.datasets import TensorImageDataset, build_dataset
+from contrastlab.data.looc_views import ATOMIC
+from contrastlab.errors import UserError
 from contrastlab.train import Trainer
 from contrastlab.views.pipeline import InMemoryViews, LoaderViews, build_training_views
 from contrastlab.views.recipes import BatchedViews, recipe_from_config, render
@@ -122,3 +126,28 @@ def test_on_cuda_views_never_wait_for_the_device_and_match_the_cpu():
     cpu_params = {g: {k: v.cpu() for k, v in d.items()} for g, d in params.items()}
     expected = render(recipe, images.repeat(5, 1, 1, 1), cpu_params)
     assert (out.cpu() - expected).abs().max().item() <= 1e-4 * 4
+
+
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("cc") is None,
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
+def test_compiled_views_equal_the_eager_ones():
+    """``data.views_compile=true`` renders the same views as the eager ops, from the same draws
+    (LooC with every atomic augmentation: crop, colour, texture, blur-free 32 px, rotation)."""
+    recipe = recipe_from_config(
+        AugmentConfig(), 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), atomic=ATOMIC
+    )
+    images = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    eager = BatchedViews(recipe, len(ATOMIC) + 2)
+    fast = BatchedViews(recipe, len(ATOMIC) + 2, compile=True)
+    for seed in (0, 1):  # the second batch runs the compiled code without compiling again
+        want = eager(images, torch.Generator().manual_seed(seed))
+        got = fast(images, torch.Generator().manual_seed(seed))
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+
+
+def test_compiled_views_need_batched_views():
+    with pytest.raises(UserError, match="data.views_compile=true .* data.views=batched"):
+        load_config("demo", ["data.views=per_image", "data.views_compile=true"])

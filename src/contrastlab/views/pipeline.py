@@ -181,7 +181,8 @@ def build_training_views(cfg, dataset, num_views: int, batch_size: int, device, 
     images = getattr(dataset, "images", None)
     if images is not None:
         recipe = recipe_from_config(cfg.augment, size, dataset.mean, dataset.std, atomic)
-        return InMemoryViews(images, BatchedViews(recipe, num_views), **common)
+        batched = BatchedViews(recipe, num_views, cfg.data.views_compile)
+        return InMemoryViews(images, batched, **common)
     # large images: crop (and flip) per image in the workers, the rest batched
     recipe = recipe_from_config(cfg.augment, size, dataset.mean, dataset.std, atomic, crop=False)
     if cfg.augment.recipe == "none":
@@ -196,7 +197,7 @@ def build_training_views(cfg, dataset, num_views: int, batch_size: int, device, 
     return LoaderViews(
         dataset,
         transform,
-        BatchedViews(recipe, num_views),
+        BatchedViews(recipe, num_views, cfg.data.views_compile),
         num_workers=cfg.data.num_workers,
         **common,
     )

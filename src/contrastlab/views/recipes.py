@@ -26,7 +26,9 @@ commutes with the colour ops and the symmetric blur, so it is folded into the cr
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -267,6 +269,39 @@ def render(recipe: ViewRecipe, images: Tensor, p: Params, normalize: bool = True
     return x
 
 
+def compiled_render(recipe: ViewRecipe):
+    """``render`` for one recipe through ``torch.compile`` (static shapes: every training batch has
+    the same size), which fuses the chain of element-wise colour ops into a few loops.
+
+    The first call compiles (about 10-20 s on a CPU, which needs a C++ compiler; Triton on CUDA);
+    a failure there is one ``UserError`` that names ``data.views_compile``. Results equal
+    ``render``'s to float rounding (tests/views/test_pipeline.py).
+    """
+    from contrastlab.errors import UserError
+
+    # The ops' small constants are cached per device; tracing through the cache is what we want.
+    warnings.filterwarnings("ignore", message=".*functools.lru_cache.*", module="torch._dynamo")
+    fast = torch.compile(functools.partial(render, recipe), dynamic=False)
+    first = True
+
+    def call(images: Tensor, p: Params) -> Tensor:
+        nonlocal first
+        if not first:
+            return fast(images, p)
+        try:
+            out = fast(images, p)
+        except Exception as e:  # no compiler, or a backend that cannot build this graph
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"data.views_compile=true: torch.compile could not build the views ({reason}); "
+                f"install a C++ compiler (CPU) or set data.views_compile=false"
+            ) from None
+        first = False
+        return out
+
+    return call
+
+
 # ----------------------------------------------------------------------------------------------
 # Views of a batch
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +316,7 @@ class BatchedViews:
     ``recipe.crop`` is false). All views of the batch are sampled and rendered in one call.
     """
 
-    def __init__(self, recipe: ViewRecipe, num_views: int):
+    def __init__(self, recipe: ViewRecipe, num_views: int, compile: bool = False):
         expected = len(recipe.atomic) + 2 if recipe.atomic else num_views
         if num_views != expected:
             raise ValueError(f"LooC with {recipe.atomic} makes {expected} views, not {num_views}")
@@ -290,6 +325,9 @@ class BatchedViews:
             raise ValueError(f"the recipe has no parameters for {missing}")
         self.recipe = recipe
         self.num_views = num_views
+        self.render = functools.partial(render, recipe)
+        if compile:
+            self.render = compiled_render(recipe)
 
     def params(self, batch: int, height: int, width: int, gen: torch.Generator) -> Params:
         """Parameters of all views, view-major: rows ``[v * batch, (v + 1) * batch)`` are view v."""
@@ -308,7 +346,7 @@ class BatchedViews:
             batch, _, _, height, width = images.shape
             stacked = images.transpose(0, 1).reshape(-1, *images.shape[2:])
         p = self.params(batch, height, width, gen)
-        return list(render(self.recipe, stacked, p).split(batch))
+        return list(self.render(stacked, p).split(batch))
 
     def __repr__(self) -> str:
         return f"BatchedViews(num_views={self.num_views}, recipe={self.recipe})"
