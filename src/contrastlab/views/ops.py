@@ -236,6 +236,9 @@ def gaussian_kernels(sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
     return torch.where(apply[:, None], gauss, impulse)
 
 
+# The two grouped convolutions stay eager under ``data.views_compile``: compiled, they ran at a
+# third of the eager speed on the CPU (benchmarks/views.py, LooC with texture).
+@torch.compiler.disable
 def gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
     """``gaussian_blur(x, [k, k], [sigma, sigma])`` per sample (reflect padding), where ``apply``."""
     n, c, h, w = x.shape
@@ -246,6 +249,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> 
     return y.reshape(n, c, h, w)
 
 
+@torch.compiler.disable
 def random_convolution(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
     """LooC's texture op (``data/looc_views.TextureAug``) for every sample at once.
 
