@@ -58,6 +58,28 @@ def test_pickled_objects_are_refused_without_weights_only_advice(tmp_path, capsy
     assert "holds pickled Python objects" in err and "weights_only" not in err
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"\x00\x01binary junk" * 10])
+def test_a_file_that_is_no_torch_file_is_not_called_pickled_objects(tmp_path, capsys, content):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    code = main(["eval", "knn", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "is not a PyTorch checkpoint" in err or "cannot read checkpoint" in err
+    assert "pickled" not in err
+
+
+def test_another_projects_state_dict_gets_the_convert_command(tmp_path, capsys):
+    import torchvision
+
+    path = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    code = main(["eval", "knn", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"contrastlab convert {path} --from auto" in err
+
+
 @pytest.mark.parametrize("missing", ["config", "model"])
 def test_a_tagged_checkpoint_without_config_or_model_is_one_line(trained, tmp_path, missing):
     state = torch.load(trained.last_checkpoint, weights_only=True)

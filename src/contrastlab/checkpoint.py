@@ -233,7 +233,13 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+        text = str(e).lower()
+        if "invalid load key" in text or "unsupported operand" in text:  # bytes, not a pickle
+            raise UserError(
+                f"{path} is not a PyTorch checkpoint (its contents are not a torch.save file); "
+                "give a .pt file written by contrastlab train or contrastlab convert"
+            ) from None
+        if "weights only" in text or "unsupported global" in text:
             raise UserError(
                 f"{path} holds pickled Python objects, not only tensors and plain values, and was "
                 "not loaded (loading it could run code from the file); contrastlab checkpoints "
@@ -248,7 +254,11 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
             "contrastlab checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a contrastlab checkpoint (expected format {FORMAT})")
+        raise UserError(
+            f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); a checkpoint "
+            "of MoCo, PyContrast, lightly, solo-learn or a torchvision state dict becomes one "
+            f"with: contrastlab convert {path} --from auto --out {path.stem}-contrastlab.pt"
+        )
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):
             raise UserError(
