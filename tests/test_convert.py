@@ -249,3 +249,17 @@ def test_read_encoder_strips_nothing_it_should_keep(tmp_path):
     assert enc.queue.shape == (64, 8)
     torch.save(net.state_dict(), tmp_path / "tv.pth")
     assert not any(k.startswith("fc.") for k in read_encoder(tmp_path / "tv.pth").backbone)
+
+
+@pytest.mark.parametrize("command", [["eval", "knn"], ["analyze"]])
+def test_a_converted_encoder_asks_for_a_dataset(tmp_path, capsys, command):
+    """An ImageNet encoder converted from torchvision names no dataset: eval and analyze say
+    to pass --dataset, and leave nothing behind."""
+    torch.save(_source_net("resnet18", seed=3).state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "tv.pt"
+    assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    err = _error([*command, str(out)], capsys)
+    assert "converted from another project" in err and "--dataset" in err
+    assert "not-shipped" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tv.pt", "tv.pth"]

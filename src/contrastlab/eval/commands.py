@@ -135,13 +135,16 @@ def check_options(args) -> None:
 
 
 def check_writable_output(path, folder: bool = False) -> None:
-    """Create the folder that a result goes to and write a probe there, before any work."""
+    """Check, before any work, that a result can be written: create the folder it goes to, write
+    a probe there, then remove the probe and the folders this check created (so that a later
+    error leaves nothing behind; the result's writer creates them again)."""
     from pathlib import Path
 
     path = Path(path)
     target = path if folder else path.parent
     if not folder and path.is_dir():
         raise UserError(f"--out {path} is a folder; give a file name (e.g. {path / 'result.json'})")
+    created = [p for p in (target, *target.parents) if not p.exists()]
     probe = target / f".probe.tmp-{os.getpid()}"
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -151,6 +154,8 @@ def check_writable_output(path, folder: bool = False) -> None:
     finally:
         try:
             probe.unlink(missing_ok=True)
+            for made in created:  # deepest first
+                made.rmdir()
         except OSError:
             pass
 

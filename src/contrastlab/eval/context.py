@@ -99,6 +99,14 @@ class EvalContext:
             data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
         elif data_path is not None:
             data_cfg = dataclasses.replace(data_cfg, path=data_path)
+        from contrastlab.convert import NOT_SHIPPED
+
+        if data_cfg.path == NOT_SHIPPED:
+            raise UserError(
+                f"{path} is an encoder converted from another project and names no dataset of "
+                "its own; pass --dataset NAME (and --data-path DIR), e.g. --dataset imagefolder "
+                "--data-path DIR"
+            )
         if data_cfg.name == "imagefolder" and not data_cfg.path:
             raise UserError("--dataset imagefolder needs --data-path DIR")
         if kwargs.get("num_workers") is None:
