@@ -175,3 +175,40 @@ def test_corruption_averages_by_hand(monkeypatch):
     )
     assert res["mean"] == pytest.approx((gauss + frost) / 2)
     assert res["severity_means"] == pytest.approx({"1": 90.0, "3": 15.0, "5": 25.0})
+
+
+def test_eval_knn_of_a_run_reproduces_its_monitor_with_the_runs_k_and_t(tmp_path, capsys):
+    """Without --k / --temperature, ``eval knn`` uses the checkpoint's monitor settings: the demo's
+    k 50 is not the protocol's usual 200, and the printed figures must agree."""
+    import json
+
+    from contrastlab.cli import main
+    from contrastlab.train import Trainer
+
+    cfg = load_config(
+        "moco_v2_cifar",
+        [
+            *TINY,
+            f"out_dir={tmp_path}",
+            "optim.epochs=1",
+            "train.knn_every=1",
+            "train.knn_k=7",
+            "train.knn_temperature=0.3",
+            "train.knn_space=backbone",
+        ],
+    )
+    result = Trainer(cfg).fit()
+    monitor = [
+        json.loads(line)
+        for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"knn"' in line
+    ][-1]
+    out = tmp_path / "knn.json"
+    ckpt = str(result.last_checkpoint)
+    assert main(["eval", "knn", ckpt, "--space", "backbone", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert (got["setup"]["k"], got["setup"]["temperature"]) == (7, 0.3)
+    assert got["summary"]["top1"] == pytest.approx(monitor["knn_top1"], abs=1e-6)
+    # the protocol's usual k, given explicitly, is a different measurement
+    assert main(["eval", "knn", ckpt, "--k", "200", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["setup"]["k"] == 200

@@ -380,9 +380,17 @@ def _export(args) -> int:
 
 
 def _knn_options(p) -> None:
-    p.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
     p.add_argument(
-        "--temperature", type=float, default=0.1, help="weights exp(sim / T) (default 0.1)"
+        "--k",
+        type=int,
+        default=None,
+        help="neighbours (default: the checkpoint's train.knn_k, 200 unless its preset set it)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="weights exp(sim / T) (default: the checkpoint's train.knn_temperature, 0.1 unless set)",
     )
 
 

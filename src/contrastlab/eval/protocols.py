@@ -29,9 +29,18 @@ def _wrap(ctx: EvalContext, protocol: str, summary: dict, details: dict, options
     }
 
 
-def run_knn(ctx: EvalContext, k: int = 200, temperature: float = 0.1) -> dict:
+def knn_settings(ctx: EvalContext, k: int | None, temperature: float | None) -> tuple[int, float]:
+    """k and T of a kNN evaluation: the given ones, else the checkpoint's own monitor settings
+    (``train.knn_k`` / ``train.knn_temperature``: 200 / 0.1 unless its preset changed them), so
+    that ``eval knn`` of a run reproduces the figure its training printed."""
+    k = ctx.cfg.train.knn_k if k is None else k
+    return k, ctx.cfg.train.knn_temperature if temperature is None else temperature
+
+
+def run_knn(ctx: EvalContext, k: int | None = None, temperature: float | None = None) -> dict:
     from contrastlab.eval.knn import knn_scores, topk_accuracy
 
+    k, temperature = knn_settings(ctx, k, temperature)
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
     dev = torch.device(ctx.device)
@@ -160,13 +169,14 @@ def run_corruption(
     classifier: str = "linear",
     corruptions: Sequence[str] | None = None,
     severities: Sequence[int] = (1, 2, 3, 4, 5),
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int | None = None,
+    temperature: float | None = None,
 ) -> dict:
     from contrastlab.eval.corruption import CORRUPTIONS, corruption_eval, table_for
     from contrastlab.eval.knn import knn_predict
     from contrastlab.eval.linear import LogisticProbe
 
+    k, temperature = knn_settings(ctx, k, temperature)
     f_tr, y_tr = ctx.features("train")
     if classifier == "linear":
         probe = LogisticProbe(seed=ctx.seed).fit(f_tr, y_tr, ctx.num_classes())
