@@ -41,6 +41,36 @@ def test_bad_input_is_one_error_line(args, expected, capsys, tmp_path):
     assert expected in err
 
 
+def test_warnings_before_an_error_are_single_lines_too(tmp_path):
+    """With data.skip_bad_images=true on a folder whose images are all unreadable: one
+    ``warning:`` line (how many were skipped) and one ``error:`` line, no file names or source
+    lines of Python's warning format."""
+    folder = tmp_path / "corrupt" / "a"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"\x89PNG broken" * i)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "contrastlab",
+            "train",
+            "--config",
+            "demo",
+            "dataset=imagefolder",
+            f"data.path={tmp_path / 'corrupt'}",
+            "data.skip_bad_images=true",
+            f"out_dir={tmp_path / 'runs'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2
+    assert [line.split(":")[0] for line in lines] == ["warning", "error"], proc.stderr
+
+
 def test_error_from_the_installed_command_has_no_traceback(tmp_path):
     proc = subprocess.run(
         [

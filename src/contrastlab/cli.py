@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import warnings
 
 from contrastlab.errors import UserError
 
@@ -172,11 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """contrastlab's own warnings as one ``warning: ...`` line (no file, line or source);
+    other libraries' warnings keep Python's format, which says where they come from."""
+    if category is UserWarning and "contrastlab" in str(filename):
+        return f"warning: {message}\n"
+    return _python_format(message, category, filename, lineno, line)
+
+
+_python_format = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from contrastlab.errors import TrainingInterrupted
 
+    warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except UserError as e:
