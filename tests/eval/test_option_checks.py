@@ -53,3 +53,22 @@ def test_more_shots_than_images_per_class_is_an_error():
     feats, labels = torch.randn(9, 4, generator=g), torch.arange(3).repeat(3)  # 3 per class
     with pytest.raises(UserError, match="the smallest has 3"):
         allway_kshot(feats, labels, feats, labels, shots=(10,), trials=1)
+
+
+def test_a_missing_cifar_copy_gets_advice_that_fits_eval(tmp_path, capsys):
+    """eval has no data.download: the message names --data-path, and train's download option
+    as a full command."""
+    from helpers import TINY
+
+    from contrastlab.config import load_config
+    from contrastlab.train import Trainer
+
+    cfg = load_config("moco_v2_cifar", [*TINY, f"out_dir={tmp_path}", "optim.epochs=1"])
+    ckpt = Trainer(cfg).fit().last_checkpoint
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["eval", "knn", str(ckpt), "--dataset", "cifar10", "--data-path", str(empty)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--data-path" in err and "contrastlab train" in err

@@ -248,9 +248,9 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
     except Exception as e:
         if not cfg.download:
             raise UserError(
-                f"{name} not found under {root}; pass data.download=true to download "
-                f"it (needs internet) or point data.path at a folder that holds a "
-                f"copy"
+                f"{name} not found under {root}; point data.path (eval: --data-path) at "
+                f"a folder that holds a copy, or download one with contrastlab train ... "
+                f"data.path={root} data.download=true (needs internet)"
             ) from None
         raise UserError(
             f"downloading {name} to {root} failed ({_reason(e)}); check the internet "
