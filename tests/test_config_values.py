@@ -92,3 +92,11 @@ def test_large_integers_stay_exact():
     # 2**53 + 1 is the first integer a float64 cannot hold: it must not go through float
     cfg = load_config("moco_v2_cifar", ["moco.queue_size=9007199254740993"])
     assert cfg.moco.queue_size == 9007199254740993
+
+
+def test_a_folder_given_as_the_config_file_is_called_a_folder(tmp_path):
+    from contrastlab.config import load_config
+    from contrastlab.errors import UserError
+
+    with pytest.raises(UserError, match="is a folder; give a YAML file or a preset"):
+        load_config(str(tmp_path))

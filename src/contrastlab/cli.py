@@ -37,7 +37,8 @@ def _cmd_train(args) -> int:
     if result.is_main:
         knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
         print(
-            f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.0f} s: "
+            f"trained {result.epochs} epoch{'s' if result.epochs != 1 else ''} "
+            f"({result.steps} steps) in {result.seconds:.0f} s: "
             f"final loss {result.final_loss:.4f}{knn}"
         )
         print(f"run directory: {result.run_dir}")

@@ -218,6 +218,8 @@ def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     """Read a preset or YAML file, following its optional ``base:`` key (another preset or file)."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        if path.is_dir():
+            raise UserError(f"config file {name_or_path} is a folder; give a YAML file or a preset")
         if not path.is_file():
             raise UserError(f"config file {name_or_path} does not exist")
         try:

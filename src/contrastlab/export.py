@@ -95,6 +95,11 @@ def export_backbone(
                 "safetensors (or pip install 'contrastlab[safetensors]')"
             ) from None
         save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    # the library's own writer may create the file private (0600): give it the mode any other
+    # new file of this user gets, as the torchvision and detectron2 formats have
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, out)
     return out
 

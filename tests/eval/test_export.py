@@ -135,3 +135,16 @@ def test_safetensors_missing_package_is_a_user_error(tmp_path, monkeypatch):
         export_backbone(net, "safetensors", tmp_path / "x.safetensors")
     with pytest.raises(UserError, match="unknown export format"):
         export_backbone(net, "onnx", tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "detectron2", "safetensors"])
+def test_every_export_format_gets_the_same_file_mode(tmp_path, fmt):
+    """An export is a file for other tools and people: the mode a new file of this user gets
+    (umask), whatever library wrote it (safetensors' writer alone made it 0600)."""
+    import os
+
+    ours = build_backbone(ModelConfig(backbone="resnet18", width=0.25, cifar_stem=True))[0]
+    path = export_backbone(ours, fmt, tmp_path / f"b.{fmt}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
