@@ -263,3 +263,16 @@ def test_a_converted_encoder_asks_for_a_dataset(tmp_path, capsys, command):
     assert "converted from another project" in err and "--dataset" in err
     assert "not-shipped" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tv.pt", "tv.pth"]
+
+
+def test_a_converted_encoder_cannot_be_resumed(tmp_path, capsys):
+    """Resuming training from a converted encoder says why not, instead of listing the made-up
+    settings a head-less conversion records."""
+    torch.save(_source_net("resnet18", seed=4).state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "tv.pt"
+    assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    argv = ["train", "--config", "demo", f"out_dir={tmp_path / 'runs'}", f"train.resume={out}"]
+    err = _error(argv, capsys)
+    assert "converted from torchvision" in err and "no training state" in err
+    assert "comes from a different model" not in err

@@ -301,8 +301,9 @@ def check_compatible(path: Path, state: dict, cfg: Config) -> None:
     diffs = config_differences(state["config"], config_to_dict(cfg))
     if diffs:
         raise UserError(
-            f"checkpoint {path} comes from a different model ({'; '.join(diffs)}); "
-            "use a new run name, or the same settings"
+            f"checkpoint {path} comes from a different model ({'; '.join(diffs)}); resume "
+            "it with the settings it was trained with, or start a new run (another name, "
+            "without train.resume)"
         )
 
 

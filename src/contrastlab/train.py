@@ -321,6 +321,17 @@ class Trainer:
                 self.recorder.load_state_dict(self.position["recorder"], self.device)
 
     def resume_from(self, path: Path, state: dict) -> None:
+        converted = state.get("converted")
+        if converted:
+            source = (
+                converted.get("format", "another project") if isinstance(converted, dict) else ""
+            )
+            raise UserError(
+                f"checkpoint {path} is an encoder converted from {source or 'another project'} "
+                "(contrastlab convert): it holds no training state to continue (no queue, "
+                "optimizer or schedule of a contrastlab run); evaluate or export it, or start a "
+                "new run without train.resume"
+            )
         for key in ("optimizer", "epoch", "step"):
             if key not in state:
                 raise UserError(
