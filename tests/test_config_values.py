@@ -100,3 +100,11 @@ def test_a_folder_given_as_the_config_file_is_called_a_folder(tmp_path):
 
     with pytest.raises(UserError, match="is a folder; give a YAML file or a preset"):
         load_config(str(tmp_path))
+
+
+def test_a_misspelt_nested_key_gets_its_full_dotted_suggestion():
+    from contrastlab.config import load_config
+    from contrastlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"did you mean 'optim\.lr'\?"):
+        load_config("demo", ["optim.lrr=0.1"])

@@ -360,7 +360,8 @@ def _build(cls, data: dict, prefix: str = ""):
         full = f"{prefix}{key}"
         if key not in names:
             raise UserError(
-                f"unknown config key '{full}'{_suggest(key, names)}; valid keys"
+                f"unknown config key '{full}'{_suggest(full, [prefix + n for n in names])}; "
+                "valid keys"
                 f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
             )
         hint = hints[key]
