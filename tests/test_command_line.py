@@ -118,3 +118,15 @@ def test_config_reference_in_docs_is_current():
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     assert reference_markdown() in doc, "regenerate the table in docs/config.md (see its header)"
+
+
+def test_a_second_ctrl_c_during_training_says_how_to_resume(monkeypatch, capsys):
+    import contrastlab.train
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(contrastlab.train, "train", interrupted)
+    assert main(["train", "--config", "demo"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.resume=auto" in err

@@ -214,7 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if getattr(args, "func", None) is _cmd_train:
+            # a second Ctrl-C, during the save the first one asked for: checkpoints are written
+            # to a temporary file and renamed, so the last one written before is intact
+            print(
+                "interrupted again before the checkpoint was saved; any checkpoint written "
+                "before is intact: resume with train.resume=auto",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
 
 
