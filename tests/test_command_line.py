@@ -130,3 +130,32 @@ def test_a_second_ctrl_c_during_training_says_how_to_resume(monkeypatch, capsys)
     assert main(["train", "--config", "demo"]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.resume=auto" in err
+
+
+def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsys, monkeypatch):
+    from helpers import TINY
+
+    base = ["train", "--config", "moco_v2_cifar", *TINY, f"out_dir={tmp_path}", "name=r"]
+    base += ["train.knn_every=0"]
+    assert main([*base, "optim.epochs=1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("trained 1 epoch (") and "resumed from" not in first
+
+    assert main([*base, "optim.epochs=2", "train.resume=auto"]) == 0
+    out = capsys.readouterr().out.splitlines()[-2]
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    assert out.startswith(f"resumed from {last} at epoch 1 (step ")
+    assert "trained to epoch 2 (1 more," in out and "final loss nan" not in out
+
+    import contrastlab.train
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a finished run built its data")
+
+    monkeypatch.setattr(contrastlab.train, "build_dataset", no_data)
+    assert main([*base, "optim.epochs=2", "train.resume=auto"]) == 0
+    out = capsys.readouterr().out.splitlines()[-2]
+    assert out.startswith(f"nothing to train: {last} already holds 2 epochs (all of optim")
+    assert "larger optim.epochs" in out
+    assert main([*base, "optim.epochs=1", "train.resume=auto"]) == 0
+    assert "2 epochs (more than optim.epochs=1)" in capsys.readouterr().out

@@ -180,6 +180,34 @@ def test_no_head_keeps_backbone_only(tmp_path):
     assert model.feature_spaces == ("backbone",)
 
 
+def test_a_copied_momentum_encoder_is_stored_once(tmp_path):
+    """A source without a momentum encoder: the file holds the backbone once, not twice."""
+    net = _source_net("resnet18", seed=10)
+    source_file("torchvision", net, None, tmp_path / "r18.pth")
+    convert_checkpoint(tmp_path / "r18.pth", "torchvision", tmp_path / "r18.pt")
+    backbone_bytes = sum(v.numel() * v.element_size() for v in _backbone(net).values())
+    assert (tmp_path / "r18.pt").stat().st_size < 1.3 * backbone_bytes  # twice: >= 2x
+    model, _ = load_model(tmp_path / "r18.pt")
+    query, key = model.encoder_q.state_dict(), model.encoder_k.state_dict()
+    for name, value in _backbone(net).items():
+        assert torch.equal(query["backbone." + name], value)
+        assert torch.equal(key["backbone." + name], value)
+    # the two encoders are separate tensors again once loaded
+    assert query["backbone.conv1.weight"].data_ptr() != key["backbone.conv1.weight"].data_ptr()
+
+
+def test_a_momentum_encoder_of_its_own_is_kept(tmp_path):
+    net, momentum = _source_net("resnet18", seed=11), _source_net("resnet18", seed=12)
+    sd = _prefixed(_lightly_names(_backbone(net)), "backbone.")
+    sd |= _prefixed(_lightly_names(_backbone(momentum)), "backbone_momentum.")
+    torch.save({"epoch": 3, "state_dict": sd}, tmp_path / "l.ckpt")
+    convert_checkpoint(tmp_path / "l.ckpt", "lightly", tmp_path / "l.pt", keep_head=False)
+    model, _ = load_model(tmp_path / "l.pt")
+    key = model.encoder_k.state_dict()
+    for name, value in _backbone(momentum).items():
+        assert torch.equal(key["backbone." + name], value)
+
+
 def _error(argv, capsys) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,42 @@ def test_a_file_that_is_no_torch_file_is_not_called_pickled_objects(tmp_path, ca
     assert code == 2 and len(err.splitlines()) == 1
     assert "is not a PyTorch checkpoint" in err or "cannot read checkpoint" in err
     assert "pickled" not in err
+
+
+def _damaged_files(tmp_path):
+    """One file (or folder) of each kind that torch.load cannot read, and the phrase it gets."""
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.randn(64, 64)}}, good)
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "cut_end.pt").write_bytes(data[:-40])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as z:
+        z.writestr("notes.txt", "a zip archive, but not one torch.save wrote")
+    (tmp_path / "folder.pt").mkdir()
+    return {
+        "cut.pt": "is cut short",
+        "cut_end.pt": "is cut short",
+        "empty.pt": "is empty (0 bytes)",
+        "archive.pt": "is not a PyTorch checkpoint",
+        "folder.pt": "is a folder, not a checkpoint file",
+    }
+
+
+@pytest.mark.parametrize("command", ["eval", "convert"])
+def test_each_kind_of_unreadable_file_gets_its_own_one_line_error(tmp_path, capsys, command):
+    for name, phrase in _damaged_files(tmp_path).items():
+        path = tmp_path / name
+        if command == "eval":
+            argv = ["eval", "knn", str(path)]
+        else:
+            argv = ["convert", str(path), "--from", "auto", "--out", str(tmp_path / "out.pt")]
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, (name, err)
+        assert phrase in err, (name, err)
+        assert "miniz" not in err and "hasRecord" not in err and len(err) < 300, (name, err)
+        assert not (tmp_path / "out.pt").exists()
 
 
 def test_another_projects_state_dict_gets_the_convert_command(tmp_path, capsys):

@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import pickle
+import re
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -220,6 +222,65 @@ def make_state(
 REQUIRED = {"config": dict, "model": dict}
 
 
+def load_torch_file(path: Path, what: str, pickled: Callable[[str], str]) -> object:
+    """``torch.load(path, weights_only=True)`` with one line per kind of file it cannot read.
+
+    ``what`` names the file in messages ("checkpoint"); ``pickled(name)`` gives the message for a
+    file that pickles Python objects (``name``: the refused global, or ``""``). A folder, a
+    missing or empty file, a zip archive cut short (an unfinished copy or write), a zip that is
+    not a ``torch.save`` file and bytes that are not a pickle each get their own ``UserError``
+    instead of torch's multi-line internals.
+    """
+    if path.is_dir():
+        raise UserError(
+            f"{path} is a folder, not a {what} file; give a .pt file (a run keeps its "
+            "checkpoints in <run>/checkpoints/)"
+        )
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    damaged = (
+        "a copy, download or write that did not finish, or a disk that filled up; copy it "
+        "again, or use another checkpoint of the run (<run>/checkpoints/)"
+    )
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is empty (0 bytes): {damaged}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - translated by kind below
+        text = str(e)
+        low = text.lower()
+    with open(path, "rb") as f:
+        head = f.read(4)
+    is_zip = head == b"PK\x03\x04"  # torch.save writes a zip archive (before torch 1.6: a pickle)
+    is_pickle = head.startswith(b"\x80")
+    if is_zip and not zipfile.is_zipfile(path):  # no end-of-archive record: the end is missing
+        size = path.stat().st_size
+        raise UserError(
+            f"{what} {path} is cut short ({size:,} bytes, its end is missing): {damaged}"
+        )
+    if (is_zip and not _has_torch_layout(path)) or not (is_zip or is_pickle):
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint (its contents are not a torch.save file); "
+            "give a .pt file written by torch.save, e.g. by contrastlab train or convert"
+        )
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found or "weights only" in low:
+        raise UserError(pickled(found.group(1) if found else ""))
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    if len(first) > 160:
+        first = first[:157] + "..."
+    raise UserError(f"cannot read {what} {path}: {first}; the file is damaged or not a checkpoint")
+
+
+def _has_torch_layout(path: Path) -> bool:
+    """Whether the zip archive at ``path`` holds the ``<name>/data.pkl`` that torch.save writes."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
     """Load a checkpoint without unpickling objects; check its format, keys, checksum, values.
 
@@ -228,31 +289,15 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
     ``model``, a checksum that does not match (a flipped byte), or non-finite weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e).lower()
-        if "invalid load key" in text or "unsupported operand" in text:  # bytes, not a pickle
-            raise UserError(
-                f"{path} is not a PyTorch checkpoint (its contents are not a torch.save file); "
-                "give a .pt file written by contrastlab train or contrastlab convert"
-            ) from None
-        if "weights only" in text or "unsupported global" in text:
-            raise UserError(
-                f"{path} holds pickled Python objects, not only tensors and plain values, and was "
-                "not loaded (loading it could run code from the file); contrastlab checkpoints "
-                "never hold such objects"
-            ) from None
-        raise UserError(
-            f"cannot read checkpoint {path}: the file is damaged ({_first(e)})"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise UserError(
-            f"cannot read checkpoint {path}: {_first(e)}; the file is damaged or not a "
-            "contrastlab checkpoint"
-        ) from None
+    state = load_torch_file(
+        path,
+        "checkpoint",
+        pickled=lambda _name: (
+            f"{path} holds pickled Python objects, not only tensors and plain values, and was "
+            "not loaded (loading it could run code from the file); contrastlab checkpoints "
+            "never hold such objects"
+        ),
+    )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(
             f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); a checkpoint "

@@ -35,14 +35,37 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
     if result.is_main:
-        knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
-        print(
-            f"trained {result.epochs} epoch{'s' if result.epochs != 1 else ''} "
-            f"({result.steps} steps) in {result.seconds:.0f} s: "
-            f"final loss {result.final_loss:.4f}{knn}"
-        )
+        print(_train_summary(result, cfg.optim.epochs))
         print(f"run directory: {result.run_dir}")
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'s' if n != 1 else ''}"
+
+
+def _train_summary(result, epochs_wanted: int) -> str:
+    """The one line that ``contrastlab train`` ends with; says when a run was resumed."""
+    knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
+    if result.resumed_from is not None and result.epochs == result.start_epoch:
+        more = "more than" if result.epochs > epochs_wanted else "all of"
+        return (
+            f"nothing to train: {result.resumed_from} already holds "
+            f"{_plural(result.epochs, 'epoch')} ({more} optim.epochs={epochs_wanted}){knn}; to "
+            "train longer, resume with a larger optim.epochs"
+        )
+    if result.resumed_from is not None:
+        done = result.epochs - result.start_epoch
+        return (
+            f"resumed from {result.resumed_from} at epoch {result.start_epoch} (step "
+            f"{result.start_step:,}); trained to epoch {result.epochs} ({done} more, "
+            f"{_plural(result.steps - result.start_step, 'step')}) in {result.seconds:.0f} s: "
+            f"final loss {result.final_loss:.4f}{knn}"
+        )
+    return (
+        f"trained {_plural(result.epochs, 'epoch')} ({_plural(result.steps, 'step')}) in "
+        f"{result.seconds:.0f} s: final loss {result.final_loss:.4f}{knn}"
+    )
 
 
 def _add_config(sub) -> None:

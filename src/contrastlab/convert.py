@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from contrastlab.checkpoint import load_torch_file
 from contrastlab.errors import UserError
 
 FORMATS = ("moco", "ft", "lightly", "solo-learn", "torchvision")
@@ -92,24 +93,18 @@ class Encoder:
 
 
 def read_source(path: str | Path) -> object:
-    """``torch.load(path, weights_only=True)`` with one-line errors."""
+    """``torch.load(path, weights_only=True)`` with one-line errors (``load_torch_file``)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; give the checkpoint file to convert")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        text = str(e).strip()
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            raise UserError(
-                f"{path} pickles a Python object ({found.group(1)}) that weights_only=True "
-                "refuses to load; if you trust the file, save its tensors alone first: "
-                f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-                f"torch.save({{'state_dict': c['state_dict']}}, '{path.stem}-weights.pt')\""
-            ) from None
-        first = text.splitlines()[0] if text else type(e).__name__
-        raise UserError(f"cannot read {path}: {first}") from None
+
+    def pickled(name: str) -> str:
+        return (
+            f"{path} pickles a Python object{f' ({name})' if name else ''} that weights_only=True "
+            "refuses to load; if you trust the file, save its tensors alone first: "
+            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save({{'state_dict': c['state_dict']}}, '{path.stem}-weights.pt')\""
+        )
+
+    return load_torch_file(path, "checkpoint", pickled)
 
 
 def _tensors(obj: object, what: str) -> dict[str, Tensor]:
@@ -423,8 +418,29 @@ def build_checkpoint(
     if queue is not None:
         model.queue.copy_(torch.nn.functional.normalize(queue.float(), dim=1))
     state = make_state(cfg, model, None, epoch=enc.epoch, step=0, best_metric=None)
+    _share_momentum_copies(state["model"])
     state["converted"] = {"source": str(source), "format": enc.fmt, "head": head is not None}
     return state
+
+
+def _share_momentum_copies(weights: dict[str, Tensor]) -> None:
+    """Point each momentum-encoder entry that equals its query-encoder twin at that same tensor.
+
+    A source without a momentum encoder gets one copied from the query encoder; torch.save writes
+    a shared tensor once, so the file holds those weights once instead of twice (a converted
+    ResNet-18 backbone: about the source's size, not double). Loading copies them into both.
+    """
+    for key, value in weights.items():
+        if not key.startswith("encoder_k."):
+            continue
+        twin = weights.get("encoder_q." + key.removeprefix("encoder_k."))
+        if (
+            twin is not None
+            and twin.dtype == value.dtype
+            and twin.shape == value.shape
+            and torch.equal(twin, value)
+        ):
+            weights[key] = twin
 
 
 def convert_checkpoint(

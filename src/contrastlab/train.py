@@ -56,6 +56,9 @@ class TrainResult:
     best_checkpoint: Path | None
     seconds: float
     is_main: bool = True  # False on the other processes under torchrun
+    start_epoch: int = 0  # completed epochs when this call began (> 0: resumed)
+    start_step: int = 0
+    resumed_from: Path | None = None  # the checkpoint training continued from
 
 
 def seed_everything(seed: int) -> None:
@@ -199,6 +202,10 @@ class Trainer:
         weakref.finalize(self, self.lock.release)
         self.resume_state = None  # (path, state) to resume from, chosen before building anything
         distributed.raise_together(self._claim_run_dir)
+        self.resumed_from: Path | None = None
+        self.complete = self._already_complete()
+        if self.complete is not None:
+            return  # every epoch is trained: nothing to build (fit() reports it)
         cuda = self.device.type == "cuda"
         if not cuda and cfg.train.keep_freed_memory:
             keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
@@ -297,6 +304,35 @@ class Trainer:
         elif not cfg.train.overwrite:
             rundir.refuse_existing(self.run_dir)
 
+    def _already_complete(self) -> TrainResult | None:
+        """The result of a resumed run that already holds ``optim.epochs`` epochs, else None.
+
+        Re-running a finished job (``train.resume=auto``) is then a no-op that builds no data,
+        rather than an empty loop that reports a NaN loss; the summary says how to go on.
+        """
+        if self.resume_state is None:
+            return None
+        path, state = self.resume_state
+        epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+        if epoch < self.cfg.optim.epochs or state.get("position") is not None:
+            return None
+        metrics = state.get("metrics") or {}
+        loss = metrics.get("loss")
+        return TrainResult(
+            run_dir=self.run_dir,
+            epochs=epoch,
+            steps=step,
+            final_loss=float(loss) if loss is not None else float("nan"),
+            knn_top1=metrics.get("knn_top1"),
+            last_checkpoint=path,
+            best_checkpoint=best if (best := self.ckpt_dir / "best.pt").exists() else None,
+            seconds=0.0,
+            is_main=self.is_main,
+            start_epoch=epoch,
+            start_step=step,
+            resumed_from=path,
+        )
+
     def prepare_run_dir(self) -> None:
         cfg = self.cfg
         if self.resume_state is not None:
@@ -340,6 +376,7 @@ class Trainer:
                 )
         check_compatible(path, state, self.cfg)
         load_model_state(self.method, state, path)
+        self.resumed_from = path
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state.get("best_metric")
@@ -380,6 +417,9 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train to ``optim.epochs``; raises ``TrainingInterrupted`` after a stop signal."""
+        if self.complete is not None:
+            self.lock.release()
+            return self.complete
         try:
             with preemption.StopSignals() as signals:
                 return self._fit(signals)
@@ -397,6 +437,7 @@ class Trainer:
             print(warning, file=sys.stderr, flush=True)
             self.log({"event": "warning", "step": self.step, "message": warning})
         start = time.time()
+        start_epoch, start_step = self.epoch, self.step
         final_loss = float("nan")
         for epoch in range(self.epoch, cfg.optim.epochs):
             final_loss = self.train_epoch(epoch)
@@ -434,6 +475,9 @@ class Trainer:
             knn_top1=self.last_knn,
             seconds=time.time() - start,
             is_main=self.is_main,
+            start_epoch=start_epoch,
+            start_step=start_step,
+            resumed_from=self.resumed_from,
             last_checkpoint=self.ckpt_dir / "last.pt"
             if (self.ckpt_dir / "last.pt").exists()
             else None,
