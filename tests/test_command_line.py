@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from contrastlab.cli import main
 
@@ -159,3 +160,48 @@ def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsy
     assert "larger optim.epochs" in out
     assert main([*base, "optim.epochs=1", "train.resume=auto"]) == 0
     assert "2 epochs (more than optim.epochs=1)" in capsys.readouterr().out
+
+
+def _resnet18_source(tmp_path):
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_a_full_disk_outside_training_says_to_run_the_command_again(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    source = _resnet18_source(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = main(["convert", str(source), "--out", str(tmp_path / "c.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no space left on device" in err and "run the command again" in err
+    assert "train.resume" not in err and not (tmp_path / "c.pt").exists()
+
+
+def test_a_refused_file_operation_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    source = _resnet18_source(tmp_path)
+    target = tmp_path / "c.pt"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+
+    import contrastlab.checkpoint
+
+    monkeypatch.setattr(contrastlab.checkpoint, "durable_write", refused)
+    code = main(["convert", str(source), "--out", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert (
+        err == f"error: cannot use {target}: Permission denied; check the path and its permissions"
+    )

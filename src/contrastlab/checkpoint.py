@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from contrastlab.config import Config, config_from_dict, config_to_dict
-from contrastlab.errors import TrainingDiverged, UserError
+from contrastlab.errors import DiskFull, TrainingDiverged, UserError
 
 FORMAT = "contrastlab-checkpoint-v1"
 
@@ -151,10 +151,7 @@ def durable_write(path: Path, write, also: tuple[Path, ...] = ()) -> None:
     except OSError as e:
         if e.errno in _NO_SPACE:
             kept = f"the previous {path.name} is intact" if path.exists() else "it was not written"
-            raise UserError(
-                f"no space left on device while writing {path}; {kept}, and the checkpoints "
-                "written before are intact; free some space and resume with train.resume=auto"
-            ) from None
+            raise DiskFull(f"no space left on device while writing {path}; {kept}") from None
         raise
     finally:
         for t in temps:

@@ -7,7 +7,7 @@ import errno
 import sys
 import warnings
 
-from contrastlab.errors import UserError
+from contrastlab.errors import DiskFull, UserError
 
 
 def _add_train(sub) -> None:
@@ -208,6 +208,29 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 _python_format = warnings.formatwarning
 
 
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_ENVIRONMENT_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EIO,
+}
+
+
+def _after_full_disk(args) -> str:
+    """What to do after a full disk: files are written through temporary files and renamed."""
+    if getattr(args, "func", None) is _cmd_train:
+        return (
+            "the checkpoints written before are intact (writes go through temporary files); "
+            "free some space and resume with train.resume=auto"
+        )
+    return "files written before are intact; free some space and run the command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
+    except DiskFull as e:
+        print(f"error: {e}; {_after_full_disk(args)}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -226,13 +252,18 @@ def main(argv: list[str] | None = None) -> int:
             print(str(e), file=sys.stderr)
         return EXIT_STOPPED
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        if e.errno in _NO_SPACE:
+            where = f" ({e.filename})" if e.filename else ""
+            print(
+                f"error: no space left on device{where}; {_after_full_disk(args)}", file=sys.stderr
+            )
+            return 2
+        if e.errno not in _ENVIRONMENT_ERRORS:
             raise
-        where = f" ({e.filename})" if e.filename else ""
+        # the file system refused: a permission, a read-only disk, a path that vanished
+        where = f" {e.filename}" if e.filename else ""
         print(
-            f"error: no space left on device{where}; the checkpoints written so far are intact "
-            "(writes go through temporary files); free some space and resume with "
-            "train.resume=auto",
+            f"error: cannot use{where}: {e.strerror or e}; check the path and its permissions",
             file=sys.stderr,
         )
         return 2

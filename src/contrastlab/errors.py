@@ -13,6 +13,14 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
+class DiskFull(UserError):
+    """No space left while writing a file; what was written before is intact.
+
+    The message says which file and what was kept; the command line adds what to do next, which
+    depends on the command (resume a training, or run the command again).
+    """
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on request (SIGTERM, SIGUSR1, Ctrl-C) after writing a checkpoint.
 
