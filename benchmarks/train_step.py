@@ -17,6 +17,8 @@ update and enqueue.
   ``update_momentum`` on backbone and head, ``NTXentLoss(memory_bank_size=(K, 128))``.
 * ``contrastlab_plainbn`` (with ``--all``): contrastlab with ``model.bn_splits=1`` (plain BN, no key
   shuffle, as in lightly's example), to show what split BN costs.
+* ``contrastlab_nchw`` (with ``--all``): contrastlab in NCHW, i.e. split BN's view of the batch as
+  ``[N/S, S*C, H, W]`` instead of its channels_last blocks, to show what the memory format gives.
 
 Variants run in interleaved rounds in one process; the ratio is the median of the per-round
 ``lightly / contrastlab`` time ratios (> 1: contrastlab is faster). Peak memory: each variant in a
@@ -27,8 +29,8 @@ DataLoader with 0 and 2 workers.
 On CUDA both frameworks run under bf16 autocast with channels_last (contrastlab's CUDA defaults).
 On CPU they run in float32; ``--bf16`` adds ``*_bf16`` variants of each under CPU bf16 autocast
 (``train.amp=true``), which is fast on CPUs with native bf16 instructions (AVX512-BF16, AMX).
-``--channels-last auto`` follows the trainer: contrastlab uses channels_last on CUDA and, on CPU,
-with plain BN only; lightly's example uses it on CUDA only.
+``--channels-last auto`` follows the trainer: contrastlab uses channels_last everywhere (split BN
+then normalizes contiguous blocks of the batch); lightly's example uses it on CUDA only.
 """
 
 from __future__ import annotations
@@ -132,11 +134,11 @@ class Setup:
         self.args, self.device = args, device
         self.amp = self.channels_last = False  # set per variant by configure()
 
-    def configure(self, amp: bool, plain_bn: bool = False) -> None:
+    def configure(self, amp: bool) -> None:
         """Precision and memory format of the variant about to be built."""
         self.amp = amp or self.device.type == "cuda"
         if self.args.channels_last == "auto":  # as the trainer decides (train.channels_last=null)
-            self.channels_last = self.device.type == "cuda" or plain_bn
+            self.channels_last = True
         else:
             self.channels_last = self.args.channels_last == "on"
 
@@ -182,13 +184,18 @@ class Setup:
         return step
 
     def build(self, name: str):
-        """``contrastlab``, ``contrastlab_plainbn`` or ``lightly``, with ``_bf16``: CPU autocast."""
+        """``contrastlab``, ``contrastlab_nchw``, ``contrastlab_plainbn`` or ``lightly``, with
+        ``_bf16``: CPU autocast."""
         base, bf16 = name.removesuffix("_bf16"), name.endswith("_bf16")
         if base == "contrastlab":
             self.configure(bf16)
             return self.contrastlab()
+        if base == "contrastlab_nchw":  # split BN in NCHW: the trainer's CPU default before
+            self.configure(bf16)
+            self.channels_last = False
+            return self.contrastlab()
         if base == "contrastlab_plainbn":
-            self.configure(bf16, plain_bn=True)
+            self.configure(bf16)
             return self.contrastlab(["model.bn_splits=1"])
         if base == "lightly":
             self.configure(bf16)
@@ -323,7 +330,7 @@ def main() -> None:
         common.report_child_memory(step, steps=2, device=device)
         return
 
-    names = ["contrastlab"] + (["contrastlab_plainbn"] if args.all else [])
+    names = ["contrastlab"] + (["contrastlab_nchw", "contrastlab_plainbn"] if args.all else [])
     names += [] if args.no_lightly else ["lightly"]
     if args.bf16 and device.type == "cpu":
         names += [f"{name}_bf16" for name in names]

@@ -122,7 +122,7 @@ class OptimConfig:
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
     amp: bool | None = None  # bf16 autocast; None = CUDA only (true on CPU: ~2x with AVX512-BF16)
-    channels_last: bool | None = None  # None = on for CUDA, and on the CPU with plain BN
+    channels_last: bool | None = None  # None = on (NHWC: faster convolutions on CUDA and CPU)
     keep_freed_memory: bool = True  # CPU: malloc reuses freed memory (no page faults per step)
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)

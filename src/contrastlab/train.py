@@ -210,11 +210,10 @@ class Trainer:
         if not cuda and cfg.train.keep_freed_memory:
             keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
-        # channels-last helps oneDNN's convolutions too, but split BN needs NCHW to stay a view
-        # (docs/benchmarks.md): on the CPU it is the default only with plain batch norm.
-        default_nhwc = cuda or cfg.model.bn_splits == 1
+        # channels-last: faster convolutions on CUDA and in oneDNN on the CPU; split BN then
+        # normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).
         self.channels_last = (
-            cfg.train.channels_last if cfg.train.channels_last is not None else default_nhwc
+            cfg.train.channels_last if cfg.train.channels_last is not None else True
         )
 
         world = distributed.world_size()

@@ -13,11 +13,20 @@ from torch import nn
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are per sub-batch.
+    """BatchNorm2d whose training statistics are per sub-batch (MoCo's ``SplitBatchNorm``).
 
-    Sub-batch ``s`` holds samples ``s, s + S, s + 2S, ...`` (``S = num_splits``): viewing the batch
-    ``[N, C, H, W]`` as ``[N / S, S * C, H, W]`` makes each sub-batch a block of channels, so one call
-    of the fused batch-norm kernel normalizes all of them at once. Evaluation uses the running
+    Input ``[N, C, H, W]`` with ``N`` divisible by ``S = num_splits``; output of the same shape and
+    memory format. Which samples form a sub-batch follows the memory layout, so that no layer has
+    to copy its input:
+
+    * NCHW (contiguous): sub-batch ``s`` holds samples ``s, s + S, s + 2S, ...``; viewing the batch
+      as ``[N / S, S * C, H, W]`` makes each sub-batch a block of channels, normalized by one call
+      of the fused batch-norm kernel.
+    * channels_last (NHWC): sub-batch ``s`` holds samples ``s * N / S, ..., (s + 1) * N / S - 1``;
+      each is a contiguous NHWC block, normalized by its own call of the kernel.
+
+    Either way each sub-batch is a fixed ``1 / S`` of the batch; the key shuffle before the key
+    encoder (``methods/moco.py``) is what makes its members random. Evaluation uses the running
     statistics, which are the mean over sub-batches.
     """
 
@@ -34,27 +43,54 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             raise ValueError(f"split batch norm: batch of {n} does not split into {s} equal parts")
         running_mean = self.running_mean.repeat(s)
         running_var = self.running_var.repeat(s)
-        y = F.batch_norm(
-            x.reshape(n // s, c * s, h, w),
-            running_mean,
-            running_var,
-            self.weight.repeat(s),
-            self.bias.repeat(s),
-            True,
-            self.momentum,
-            self.eps,
-        )
-        # Back to [N, C, H, W] as a tensor of its own rather than a view: torchvision follows BN
-        # with an in-place ReLU, and an in-place op on a view makes autograd rebuild the whole
-        # base tensor in the backward pass (CopySlices: two extra full copies per layer, ~8% of
-        # a ResNet-18 step on CPU). ``_unsafe_view`` shares the storage all the same and its
-        # gradient is a plain reshape.
-        y = torch.ops.aten._unsafe_view(y, (n, c, h, w))
+        if _is_channels_last(x):
+            y = self._contiguous_sub_batches(x, running_mean.view(s, c), running_var.view(s, c))
+        else:
+            y = F.batch_norm(
+                x.reshape(n // s, c * s, h, w),
+                running_mean,
+                running_var,
+                self.weight.repeat(s),
+                self.bias.repeat(s),
+                True,
+                self.momentum,
+                self.eps,
+            )
+            # Back to [N, C, H, W] as a tensor of its own rather than a view: torchvision follows
+            # BN with an in-place ReLU, and an in-place op on a view makes autograd rebuild the
+            # whole base tensor in the backward pass (CopySlices: two extra full copies per
+            # layer, ~8% of a ResNet-18 step on CPU). ``_unsafe_view`` shares the storage all the
+            # same and its gradient is a plain reshape.
+            y = torch.ops.aten._unsafe_view(y, (n, c, h, w))
         with torch.no_grad():
             self.running_mean.copy_(running_mean.view(s, c).mean(0))
             self.running_var.copy_(running_var.view(s, c).mean(0))
             self.num_batches_tracked += 1
         return y
+
+    def _contiguous_sub_batches(
+        self, x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
+    ) -> torch.Tensor:
+        """channels_last: the kernel once per contiguous block of ``N / S`` samples, then one
+        concatenation (the only copy; the NCHW view trick would transpose every layer)."""
+        parts = [
+            F.batch_norm(
+                chunk,
+                running_mean[i],  # rows of [S, C]: the kernel updates them in place
+                running_var[i],
+                self.weight,
+                self.bias,
+                True,
+                self.momentum,
+                self.eps,
+            )
+            for i, chunk in enumerate(x.chunk(self.num_splits))
+        ]
+        return torch.cat(parts)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def split_bn_layer(num_splits: int):
