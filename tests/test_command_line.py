@@ -205,3 +205,26 @@ def test_a_refused_file_operation_is_one_line_naming_the_path(tmp_path, capsys, 
     assert (
         err == f"error: cannot use {target}: Permission denied; check the path and its permissions"
     )
+
+
+def test_overrides_may_come_before_and_after_the_config(capsys):
+    assert main(["config", "optim.epochs=3", "-c", "demo", "name=mixed", "optim.lr=0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "name: mixed" in out and "epochs: 3" in out and "lr: 0.1" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "x.pt", "--format", "nosuch", "--out", "y.pt"],
+        ["eval", "linear", "x.pt", "--fast", "--C", "abc"],
+        ["train", "-c", "demo", "--bogus"],
+        ["nosuch"],
+    ],
+)
+def test_argument_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: contrastlab") and "--help" in err

@@ -338,3 +338,20 @@ def test_an_unwritable_run_directory_stops_before_any_work(
         (cfg.run_dir / "checkpoints").write_text("x")
     with pytest.raises(UserError, match="is a file, not a folder"):
         Trainer(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=looc", "moco.symmetric=true"],  # refused when the method is built
+        ["dataset=imagefolder", "data.path=/nonexistent/images"],  # refused when data is built
+    ],
+)
+def test_a_run_refused_before_training_leaves_no_folders(tmp_path, capsys, overrides):
+    from helpers import TINY
+
+    out = tmp_path / "deep" / "runs"
+    argv = ["train", "--config", "moco_v2_cifar", *TINY, f"out_dir={out}", "name=x", *overrides]
+    assert main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "deep").exists()

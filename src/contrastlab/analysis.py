@@ -607,6 +607,10 @@ def _cmd_analyze(args) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
+    if args.out is not None:
+        from contrastlab.outputs import check_output
+
+        check_output(args.out, folder=True, what="the analysis")
     out = args.out
     if out is None:
         one = len(args.checkpoints) == 1 and Path(args.checkpoints[0]).parent.name == "checkpoints"

@@ -137,6 +137,7 @@ def _add_convert(sub) -> None:
         help="source layout (default: auto, recognized from the keys)",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="the contrastlab checkpoint (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument(
         "--no-head", action="store_true", help="keep the backbone only, drop the projection head"
     )
@@ -152,7 +153,11 @@ def _add_convert(sub) -> None:
 
 def _cmd_convert(args) -> int:
     from contrastlab.convert import convert_checkpoint
+    from contrastlab.outputs import check_output
 
+    check_output(
+        args.out, inputs=[args.src], what="a converted checkpoint", overwrite=args.overwrite
+    )
     path, info = convert_checkpoint(
         args.src, args.fmt, args.out, not args.no_head, args.dataset, args.image_size
     )
@@ -167,8 +172,17 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``error: contrastlab train: ...``) and status 2,
+    instead of the whole usage block; ``--help`` still prints the usage."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="contrastlab",
         description="Contrastive self-supervised learning of image representations: MoCo v1/v2, "
         "Feature Transformation, LooC / LooC++.",
@@ -195,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     if register_viz is not None:
         register_viz(sub)
     return parser
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -233,7 +251,12 @@ def _after_full_disk(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(_is_override(e) for e in extra):
+        # key=value before and after --config: argparse takes only one group of positionals
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.parse_args(argv)  # reports the unrecognized arguments in one line
     from contrastlab.errors import TrainingInterrupted
 
     warnings.formatwarning = _one_line_warning

@@ -188,6 +188,23 @@ def plain_bn_warning(cfg: Config, world_size: int) -> str | None:
 
 class Trainer:
     def __init__(self, cfg: Config):
+        # Folders of the run directory that do not exist yet: a run that stops at one of the
+        # checks below (before any training) leaves them as it found them, i.e. absent.
+        run_dir = cfg.run_dir
+        created = [
+            p for p in (run_dir / "checkpoints", run_dir, *run_dir.parents) if not p.exists()
+        ]
+        try:
+            self._set_up(cfg)
+        except BaseException:
+            if getattr(self, "lock", None) is not None:
+                self.lock.release()
+            for folder in created:  # deepest first; only if nothing was written there
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
+
+    def _set_up(self, cfg: Config) -> None:
         self.cfg = cfg
         if cfg.train.device == "cuda" and not torch.cuda.is_available():
             raise UserError(

@@ -30,6 +30,8 @@ def no_work(monkeypatch):
         (["eval", "fewshot", "CK", "--shots", "0"], "--shots must be one or more K values"),
         (["eval", "fewshot", "CK", "--episodes", "0"], "--episodes must be at least 1"),
         (["eval", "all", "CK", "--k", "0"], "--k must be at least 1"),
+        (["eval", "corruption", "CK", "--corruptions", "fogg"], "unknown corruption fogg"),
+        (["eval", "corruption", "CK", "--severities", "6"], "--severities must be within 1..5"),
     ],
 )
 def test_bad_options_are_one_line_before_work(argv, expected, no_work, capsys):
@@ -43,7 +45,7 @@ def test_an_unwritable_out_is_found_before_work(command, tmp_path, no_work, caps
     (tmp_path / "file").write_text("x")
     code = main([*command, "CK", "--out", str(tmp_path / "file" / "result.json")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "cannot write the result" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "is a file, not a folder" in err
 
 
 def test_more_shots_than_images_per_class_is_an_error():

@@ -177,6 +177,14 @@ def test_corruption_averages_by_hand(monkeypatch):
     assert res["severity_means"] == pytest.approx({"1": 90.0, "3": 15.0, "5": 25.0})
 
 
+def _last_monitor(run_dir) -> dict:
+    """The last kNN monitor record of a run's metrics.jsonl."""
+    import json
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"knn"' in line][-1]
+
+
 def test_eval_knn_of_a_run_reproduces_its_monitor_with_the_runs_k_and_t(tmp_path, capsys):
     """Without --k / --temperature, ``eval knn`` uses the checkpoint's monitor settings: the demo's
     k 50 is not the protocol's usual 200, and the printed figures must agree."""
@@ -198,11 +206,7 @@ def test_eval_knn_of_a_run_reproduces_its_monitor_with_the_runs_k_and_t(tmp_path
         ],
     )
     result = Trainer(cfg).fit()
-    monitor = [
-        json.loads(line)
-        for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-        if '"knn"' in line
-    ][-1]
+    monitor = _last_monitor(cfg.run_dir)
     out = tmp_path / "knn.json"
     ckpt = str(result.last_checkpoint)
     assert main(["eval", "knn", ckpt, "--space", "backbone", "--out", str(out)]) == 0
@@ -212,3 +216,26 @@ def test_eval_knn_of_a_run_reproduces_its_monitor_with_the_runs_k_and_t(tmp_path
     # the protocol's usual k, given explicitly, is a different measurement
     assert main(["eval", "knn", ckpt, "--k", "200", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["setup"]["k"] == 200
+
+
+@pytest.mark.parametrize("preset,space", [("moco_v2_cifar", "z"), ("loocpp_color", "concat")])
+def test_eval_knn_without_space_reads_the_space_of_the_runs_monitor(tmp_path, preset, space):
+    import json
+
+    from contrastlab.cli import main
+    from contrastlab.train import Trainer
+
+    cfg = load_config(
+        preset,
+        [*TINY, f"out_dir={tmp_path}", "optim.epochs=1", "train.knn_every=1"]
+        + [f"train.knn_space={space}"],
+    )
+    result = Trainer(cfg).fit()
+    monitor = _last_monitor(cfg.run_dir)
+    assert main(["eval", "knn", str(result.last_checkpoint)]) == 0
+    got = json.loads((cfg.run_dir / "eval" / f"knn-{space}.json").read_text())
+    assert got["setup"]["space"] == space
+    assert got["summary"]["top1"] == pytest.approx(monitor["knn_top1"], abs=1e-6)
+    # the other protocols keep the backbone unless told otherwise
+    assert main(["eval", "rotation", str(result.last_checkpoint)]) == 0
+    assert (cfg.run_dir / "eval" / "rotation.json").is_file()

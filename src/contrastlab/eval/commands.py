@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from functools import partial
 
 from contrastlab.errors import UserError
+from contrastlab.outputs import check_output, is_eval_result
 
 
 def _ints(text: str) -> list[int]:
@@ -42,9 +42,9 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("common options")
     g.add_argument(
         "--space",
-        default="backbone",
-        help="feature space: backbone (default); LooC adds z0, color, rotation, texture "
-        "heads and, for LooC++, concat",
+        default=None,
+        help="feature space: backbone (default; for knn: the space the run's kNN monitor read, "
+        "train.knn_space); MoCo adds z, LooC z0, color, rotation, texture and, for LooC++, concat",
     )
     g.add_argument(
         "--dataset",
@@ -96,6 +96,11 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the JSON result here (default: <run_dir>/eval/<protocol>.json)",
     )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file that is not an earlier eval result",
+    )
     return p
 
 
@@ -134,30 +139,13 @@ def check_options(args) -> None:
             raise UserError(f"{flag} must be {valid}, got {value}")
 
 
-def check_writable_output(path, folder: bool = False) -> None:
-    """Check, before any work, that a result can be written: create the folder it goes to, write
-    a probe there, then remove the probe and the folders this check created (so that a later
-    error leaves nothing behind; the result's writer creates them again)."""
-    from pathlib import Path
+def _monitor_space(checkpoint: str) -> str:
+    """The space of the checkpoint's kNN monitor (``train.knn_space``), so that ``eval knn``
+    reproduces the figure its training printed."""
+    from contrastlab.checkpoint import read_checkpoint
 
-    path = Path(path)
-    target = path if folder else path.parent
-    if not folder and path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file name (e.g. {path / 'result.json'})")
-    created = [p for p in (target, *target.parents) if not p.exists()]
-    probe = target / f".probe.tmp-{os.getpid()}"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-    except OSError as e:
-        raise UserError(f"cannot write the result to {target}: {e.strerror or e}") from None
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-            for made in created:  # deepest first
-                made.rmdir()
-        except OSError:
-            pass
+    train = read_checkpoint(checkpoint, verify=False)["config"].get("train", {})
+    return train.get("knn_space") or "backbone"
 
 
 def _context(args, checkpoint: str, data_path: str | None = None, dataset: str | None = None):
@@ -165,9 +153,21 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     from contrastlab.eval.results import result_path
 
     check_options(args)
+    if args.space is None and args.func is not _knn:
+        args.space = "backbone"
+    if args.space is None and args.out is None:  # the default file name holds the space
+        args.space = _monitor_space(checkpoint)
     if getattr(args, "func", None) is not _all:
         protocol = getattr(args, "protocol", "eval")
-        check_writable_output(result_path(checkpoint, protocol, args.out, args.space))
+        check_output(
+            result_path(checkpoint, protocol, args.out, args.space),
+            inputs=[checkpoint],
+            replaceable=is_eval_result,
+            what="an eval result",
+            overwrite=args.overwrite,
+        )
+    if args.space is None:
+        args.space = _monitor_space(checkpoint)
     return EvalContext.from_checkpoint(
         checkpoint,
         dataset=dataset or args.dataset,
@@ -267,10 +267,17 @@ def _corruption_opts(args) -> dict:
 
 
 def _corruption(args) -> int:
+    from contrastlab.eval.corruption import CORRUPTIONS
     from contrastlab.eval.protocols import run_corruption
 
     if any(s not in (1, 2, 3, 4, 5) for s in args.severities):
         raise UserError(f"--severities must be within 1..5, got {args.severities}")
+    unknown = [c for c in args.corruptions or () if c not in CORRUPTIONS]
+    if unknown:  # before any features are extracted
+        raise UserError(
+            f"unknown corruption{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in "
+            f"--corruptions; valid: {', '.join(CORRUPTIONS)}"
+        )
     return _finish(
         args,
         run_corruption(_context(args, args.checkpoint), **_corruption_opts(args)),
@@ -343,7 +350,7 @@ def _all(args) -> int:
     if args.out_dir is None:
         args.out_dir = args.out or "eval_all"
     check_options(args)
-    check_writable_output(args.out_dir, folder=True)
+    check_output(args.out_dir, folder=True, what="the comparison")
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
         "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=args.epochs),
@@ -368,7 +375,7 @@ def _all(args) -> int:
 def _export(args) -> int:
     from contrastlab.export import export_checkpoint
 
-    check_writable_output(args.out)
+    check_output(args.out, inputs=[args.checkpoint], what="an export", overwrite=args.overwrite)
     path = export_checkpoint(args.checkpoint, args.format, args.out)
     print(f"backbone written to {path} ({args.format})")
     return 0
@@ -567,4 +574,5 @@ def register(subparsers) -> None:
         "--format", choices=("torchvision", "detectron2", "safetensors"), default="torchvision"
     )
     p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_export)

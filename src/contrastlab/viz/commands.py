@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contrastlab.outputs import check_output, is_report
 from contrastlab.viz.report import write_report
 from contrastlab.viz.score_plots import plot_scores
 
@@ -44,6 +45,11 @@ def register(subparsers) -> None:
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--out", default=None, metavar="FILE", help="default: RUN/report.html")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file that is not an earlier report",
+    )
+    p.add_argument(
         "--analysis",
         default=None,
         metavar="DIR",
@@ -53,11 +59,22 @@ def register(subparsers) -> None:
 
 
 def _cmd_scores(args) -> int:
+    if args.out is not None:
+        check_output(args.out, folder=True, what="the figures")
     for path in plot_scores([Path(r) for r in args.runs], args.out, args.labels):
         print(path)
     return 0
 
 
 def _cmd_report(args) -> int:
+    run = Path(args.run)
+    out = Path(args.out) if args.out is not None else run / "report.html"
+    # everything the report reads (an earlier report is its output, which it may replace)
+    inputs = (
+        [p for p in run.rglob("*") if p.is_file() and p.suffix != ".html"] if run.is_dir() else []
+    )
+    check_output(
+        out, inputs=inputs, replaceable=is_report, what="a report", overwrite=args.overwrite
+    )
     print(write_report(Path(args.run), args.out, args.analysis))
     return 0

@@ -1,0 +1,99 @@
+"""Where a command writes its output: checked before any work, never over the user's other files.
+
+Every command that takes ``--out`` (eval, export, convert, report, scores, analyze) calls
+``check_output`` first. A file output may replace an existing file only when that file is a
+previous output of the same kind (an eval result, a report), recognized by its contents; anything
+else (a checkpoint, a run's ``config.yaml`` or ``metrics.jsonl``, a user's own file) is refused
+unless ``--overwrite`` is given, and an input of the command is never overwritten at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from contrastlab.errors import UserError
+
+
+def is_eval_result(path: Path) -> bool:
+    """A JSON result written by ``contrastlab eval`` (a dict with ``protocol`` and ``setup``)."""
+    try:
+        if path.stat().st_size > 50_000_000:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "protocol" in data and "setup" in data
+
+
+REPORT_MARK = "<title>contrastlab report: "  # in the head of every report (viz/report.py)
+
+
+def is_report(path: Path) -> bool:
+    """An HTML page written by ``contrastlab report`` (it carries ``REPORT_MARK``)."""
+    try:
+        with open(path, "rb") as f:
+            return REPORT_MARK.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    folder: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    replaceable: Callable[[Path], bool] | None = None,
+    what: str = "the output",
+    overwrite: bool = False,
+) -> None:
+    """Refuse, in one line and before any work, an output ``path`` that cannot or must not be
+    written; otherwise return with nothing created.
+
+    Refused: ``path`` is one of ``inputs`` (the files the command reads); a parent of ``path`` is
+    a file; ``path`` is a folder where a file is expected (or a file where a folder is); an
+    existing file that ``replaceable`` does not recognize as a previous output of this command,
+    unless ``overwrite``; a folder that cannot be written (a probe file is written and removed,
+    with any folders this check had to create).
+    """
+    path = Path(path)
+    target = path.resolve()
+    for given in inputs:
+        if Path(given).resolve() == target:
+            raise UserError(
+                f"--out {path} is the file this command reads; writing it would destroy it: "
+                "choose another --out"
+            )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; give a folder for {what}")
+    if not folder and path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name for {what}")
+    if not folder and path.exists() and not overwrite:
+        if replaceable is None or not replaceable(path):
+            raise UserError(
+                f"{path} already exists and is not {what} of an earlier run of this command; "
+                "choose another --out, or add --overwrite to replace it"
+            )
+    _probe_writable(path if folder else path.parent)
+
+
+def _probe_writable(folder: Path) -> None:
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    probe = folder / f".probe.tmp-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+            for made in created:  # deepest first
+                made.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,85 @@
+"""--out never destroys the user's files: every command that writes one checks it before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TINY as HELPERS_TINY
+
+from contrastlab.cli import main
+
+TINY = [*HELPERS_TINY, "optim.epochs=1", "train.max_steps_per_epoch=2", "train.knn_every=0"]
+EVAL = ["--workers", "0", "--no-progress", "--max-train", "64", "--max-test", "32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    torch.set_num_threads(1)
+    assert main(["train", "--config", "demo", *TINY, f"out_dir={root}", "name=r"]) == 0
+    return root / "r"
+
+
+def _refused(argv, capsys, phrase) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and phrase in err, err
+    return err
+
+
+def _commands(run, out):
+    ckpt = str(run / "checkpoints" / "last.pt")
+    return {
+        "eval": ["eval", "knn", ckpt, *EVAL, "--out", str(out)],
+        "export": ["export", ckpt, "--out", str(out)],
+        "convert": ["convert", ckpt, "--from", "auto", "--out", str(out)],
+        "report": ["report", str(run), "--out", str(out)],
+    }
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "convert", "report"])
+def test_an_existing_file_of_another_kind_is_never_replaced(run, tmp_path, capsys, command):
+    for victim in (run / "config.yaml", run / "metrics.jsonl", run / "checkpoints" / "last.pt"):
+        before = victim.read_bytes()
+        _refused(_commands(run, victim)[command], capsys, "")
+        assert victim.read_bytes() == before, victim
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    err = _refused(_commands(run, mine)[command], capsys, "already exists")
+    assert "--overwrite" in err and mine.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("command", ["export", "convert"])
+def test_the_input_checkpoint_is_refused_even_with_overwrite(run, capsys, command):
+    ckpt = run / "checkpoints" / "last.pt"
+    before = ckpt.read_bytes()
+    argv = [*_commands(run, ckpt)[command], "--overwrite"]
+    _refused(argv, capsys, "is the file this command reads")
+    assert ckpt.read_bytes() == before
+
+
+def test_overwrite_replaces_a_users_file_and_earlier_results_are_replaced(run, tmp_path, capsys):
+    mine = tmp_path / "old.pt"
+    mine.write_bytes(b"an old export")
+    assert main([*_commands(run, mine)["export"], "--overwrite"]) == 0
+    assert mine.read_bytes() != b"an old export"
+    result = tmp_path / "knn.json"
+    assert main(_commands(run, result)["eval"]) == 0
+    assert main(_commands(run, result)["eval"]) == 0  # an earlier eval result: replaced
+    report = tmp_path / "r.html"
+    assert main(_commands(run, report)["report"]) == 0
+    assert main(_commands(run, report)["report"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", ["report", "scores", "eval", "analyze"])
+def test_an_output_under_a_file_is_one_line(run, capsys, command):
+    under = run / "config.yaml" / "x"
+    ckpt = str(run / "checkpoints" / "last.pt")
+    argv = {
+        "report": ["report", str(run), "--out", str(under / "r.html")],
+        "scores": ["scores", str(run), "--out", str(under)],
+        "eval": ["eval", "knn", ckpt, *EVAL, "--out", str(under / "k.json")],
+        "analyze": ["analyze", ckpt, "--out", str(under)],
+    }[command]
+    _refused(argv, capsys, "config.yaml is a file, not a folder")
