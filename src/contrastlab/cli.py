@@ -153,10 +153,14 @@ def _add_convert(sub) -> None:
 
 def _cmd_convert(args) -> int:
     from contrastlab.convert import convert_checkpoint
-    from contrastlab.outputs import check_output
+    from contrastlab.outputs import check_output, is_converted_checkpoint
 
     check_output(
-        args.out, inputs=[args.src], what="a converted checkpoint", overwrite=args.overwrite
+        args.out,
+        inputs=[args.src],
+        replaceable=is_converted_checkpoint,
+        what="a converted checkpoint",
+        overwrite=args.overwrite,
     )
     path, info = convert_checkpoint(
         args.src, args.fmt, args.out, not args.no_head, args.dataset, args.image_size

@@ -2,9 +2,10 @@
 
 Every command that takes ``--out`` (eval, export, convert, report, scores, analyze) calls
 ``check_output`` first. A file output may replace an existing file only when that file is a
-previous output of the same kind (an eval result, a report), recognized by its contents; anything
-else (a checkpoint, a run's ``config.yaml`` or ``metrics.jsonl``, a user's own file) is refused
-unless ``--overwrite`` is given, and an input of the command is never overwritten at all.
+previous output of the same kind (an eval result, a report, a converted checkpoint), recognized
+by its contents; anything else (a training checkpoint, a run's ``config.yaml`` or
+``metrics.jsonl``, a user's own file) is refused unless ``--overwrite`` is given, and an input of
+the command is never overwritten at all.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ def is_eval_result(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "protocol" in data and "setup" in data
+
+
+def is_converted_checkpoint(path: Path) -> bool:
+    """A checkpoint written by ``contrastlab convert`` (it records what it was converted from)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+    return isinstance(state, dict) and isinstance(state.get("converted"), dict)
 
 
 REPORT_MARK = "<title>contrastlab report: "  # in the head of every report (viz/report.py)
