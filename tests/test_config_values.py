@@ -108,3 +108,36 @@ def test_a_misspelt_nested_key_gets_its_full_dotted_suggestion():
 
     with pytest.raises(UserError, match=r"did you mean 'optim\.lr'\?"):
         load_config("demo", ["optim.lrr=0.1"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.lr=0.1", "optim.lr=0.2"], "optim.lr is given twice (0.1, then 0.2)"),
+        (["dataset=synthetic", "data.name=cifar10"], "data.name is given twice"),
+    ],
+)
+def test_a_key_given_twice_with_different_values_warns(overrides, message, capsys):
+    from contrastlab.cli import main
+
+    assert main(["config", "-c", "demo", *overrides]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: ") and message in err and len(err.splitlines()) == 1
+    assert main(["config", "-c", "demo", "optim.lr=0.1", "optim.lr=0.1"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_looc_settings_on_a_moco_run_are_refused_not_ignored():
+    with pytest.raises(UserError, match="looc.plus_plus only apply to method=looc"):
+        load_config("moco_v2_cifar", ["looc.plus_plus=true"])
+    assert load_config(
+        "moco_v2_cifar", ["method=looc", "looc.plus_plus=true", "train.knn_space=z0"]
+    )
+
+
+def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. a run directory or a data folder called demo
+    assert load_config("demo").name == "demo"
+    (tmp_path / "mine.yaml").write_text("base: demo\nname: mine\n")
+    assert load_config("mine.yaml").name == "mine"

@@ -29,13 +29,14 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from contrastlab.config import load_config
+    from contrastlab.config import load_config, warn_repeated_keys
     from contrastlab.train import train
 
+    warn_repeated_keys(args.overrides)
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
     if result.is_main:
-        print(_train_summary(result, cfg.optim.epochs))
+        print(_train_summary(result, cfg.optim.epochs, cfg.train.knn_space))
         print(f"run directory: {result.run_dir}")
     return 0
 
@@ -44,9 +45,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'s' if n != 1 else ''}"
 
 
-def _train_summary(result, epochs_wanted: int) -> str:
-    """The one line that ``contrastlab train`` ends with; says when a run was resumed."""
-    knn = f", kNN top-1 {result.knn_top1:.2f}%" if result.knn_top1 is not None else ""
+def _train_summary(result, epochs_wanted: int, space: str) -> str:
+    """The one line that ``contrastlab train`` ends with; says when a run was resumed and in
+    which feature space the kNN monitor measured."""
+    knn = f", kNN top-1 {result.knn_top1:.2f}% ({space})" if result.knn_top1 is not None else ""
     if result.resumed_from is not None and result.epochs == result.start_epoch:
         more = "more than" if result.epochs > epochs_wanted else "all of"
         return (
@@ -78,7 +80,9 @@ def _add_config(sub) -> None:
 def _cmd_config(args) -> int:
     import yaml
 
-    from contrastlab.config import config_to_dict, load_config
+    from contrastlab.config import config_to_dict, load_config, warn_repeated_keys
+
+    warn_repeated_keys(args.overrides)
 
     print(
         yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False),

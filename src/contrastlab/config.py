@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, warn
 
 DatasetName = Literal["synthetic", "cifar10", "cifar100", "stl10", "imagefolder"]
 AugmentName = Literal["moco_v1", "moco_v2", "none"]
@@ -217,7 +217,10 @@ def _read_yaml(text: str, origin: str) -> dict:
 def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     """Read a preset or YAML file, following its optional ``base:`` key (another preset or file)."""
     path = Path(name_or_path)
-    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+    # A preset name wins over a folder of the same name in the working directory (runs/demo,
+    # ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file.
+    is_file = name_or_path.endswith((".yaml", ".yml")) or path.is_file()
+    if is_file or (path.exists() and name_or_path not in preset_names()):
         if path.is_dir():
             raise UserError(f"config file {name_or_path} is a folder; give a YAML file or a preset")
         if not path.is_file():
@@ -649,14 +652,37 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def warn_repeated_keys(overrides: list[str] | tuple[str, ...]) -> None:
+    """One warning line per key given twice with different values (the last one is used).
+
+    Called by the command line, where a repeat is a likely mistake; scripts that extend a base
+    list of overrides rely on the last value winning and get no warning from ``load_config``."""
+    seen: dict[str, Any] = {}
+    for text in overrides:
+        if "=" not in text:
+            continue
+        key, value = parse_override(text)
+        if key in seen and seen[key] != value:
+            warn(f"{key} is given twice ({seen[key]!r}, then {value!r}); the last one is used")
+        seen[key] = value
+
+
 def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a validated ``Config`` from a preset name or YAML path plus ``key=value`` overrides."""
     data = _load_source(source) if source else {}
+    given: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
+        given[key] = value
         _set_dotted(data, key, value)
     cfg = _build(Config, data)
     _validate(cfg)
+    unused = [k for k in given if k.startswith("looc.")] if cfg.method != "looc" else []
+    if unused:  # a LooC setting on a MoCo run would be silently ignored
+        raise UserError(
+            f"{', '.join(unused)} only apply to method=looc, and this run is method={cfg.method}; "
+            "start from a LooC preset (contrastlab presets) or add method=looc"
+        )
     return cfg
 
 
