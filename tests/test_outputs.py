@@ -83,3 +83,28 @@ def test_an_output_under_a_file_is_one_line(run, capsys, command):
         "analyze": ["analyze", ckpt, "--out", str(under)],
     }[command]
     _refused(argv, capsys, "config.yaml is a file, not a folder")
+
+
+def test_a_result_on_another_dataset_does_not_replace_the_runs_own(run, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "f1"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(12):
+            colour = (200, 30, 30) if label == "a" else (30, 30, 200)
+            Image.new("RGB", (16, 16), (colour[0] + i, colour[1], colour[2])).save(
+                folder / label / f"{i}.png"
+            )
+    ckpt = str(run / "checkpoints" / "last.pt")
+    assert main(["eval", "knn", ckpt, *EVAL]) == 0
+    own = run / "eval" / "knn.json"
+    before = own.read_text()
+    argv = ["eval", "knn", ckpt, *EVAL, "--dataset", "imagefolder", "--data-path", str(folder)]
+    assert main(argv) == 0
+    other = run / "eval" / "knn-imagefolder-f1.json"
+    assert own.read_text() == before
+    assert json.loads(other.read_text())["protocol"] == "knn"
+    assert str(other) in capsys.readouterr().out

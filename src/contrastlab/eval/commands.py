@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 from functools import partial
+from pathlib import Path
 
 from contrastlab.errors import UserError
 from contrastlab.outputs import check_output, is_eval_result
@@ -160,7 +161,7 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     if getattr(args, "func", None) is not _all:
         protocol = getattr(args, "protocol", "eval")
         check_output(
-            result_path(checkpoint, protocol, args.out, args.space),
+            result_path(checkpoint, protocol, args.out, args.space, _dataset_tag(args)),
             inputs=[checkpoint],
             replaceable=is_eval_result,
             what="an eval result",
@@ -185,12 +186,25 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     )
 
 
+def _dataset_tag(args) -> str | None:
+    """Names a result on a dataset other than the run's own: ``--dataset``, plus the name of
+    ``--data-path`` (``imagefolder-f1``); ``eval transfer`` names its folders in the result."""
+    dataset = getattr(args, "dataset", None)
+    if not dataset:
+        return None
+    path = getattr(args, "data_path", None)
+    return f"{dataset}-{Path(path).name}" if path else dataset
+
+
 def _finish(args, result: dict, checkpoint: str) -> int:
     from contrastlab.eval.protocols import summary_table
     from contrastlab.eval.results import result_path, write_json
 
     print(summary_table(result))
-    path = write_json(result, result_path(checkpoint, result["protocol"], args.out, args.space))
+    path = write_json(
+        result,
+        result_path(checkpoint, result["protocol"], args.out, args.space, _dataset_tag(args)),
+    )
     print(f"\nresult written to {path}")
     return 0
 
@@ -314,7 +328,6 @@ def _folder(data_cfg, folder: str, ref: str | None = None):
     """Every image of a folder with class subfolders; test classes are matched to the training
     folder's by name (``ref``)."""
     import dataclasses
-    from pathlib import Path
 
     from contrastlab.data.datasets import build_dataset
 

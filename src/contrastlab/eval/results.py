@@ -16,13 +16,21 @@ def default_run_dir(checkpoint: str | os.PathLike) -> Path:
 
 
 def result_path(
-    checkpoint: str | os.PathLike, protocol: str, out: str | None = None, space: str = "backbone"
+    checkpoint: str | os.PathLike,
+    protocol: str,
+    out: str | None = None,
+    space: str = "backbone",
+    dataset: str | None = None,
 ) -> Path:
     """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
-    ``<protocol>-<space>.json`` for a space other than the backbone, so spaces do not overwrite."""
+    ``<protocol>-<space>.json`` for a space other than the backbone, and ``...-<dataset>.json``
+    for a dataset other than the run's own (``--dataset``), so that neither overwrites the
+    run's own results."""
     if out:
         return Path(out)
     name = protocol if space == "backbone" else f"{protocol}-{space}"
+    if dataset:
+        name += f"-{dataset}"
     return default_run_dir(checkpoint) / "eval" / f"{name}.json"
 
 
