@@ -252,3 +252,17 @@ def test_eval_all_and_export(checkpoint, tmp_path):
         )
         == 0
     )
+
+
+def test_an_empty_class_folder_is_left_out_alike_by_training_data_and_transfer(
+    checkpoint, tmp_path, capsys
+):
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    _folder(tmp_path / "A", colours, 12, 0)
+    (tmp_path / "A" / "empty").mkdir()  # a class folder that holds nothing
+    argv = ["eval", "transfer", str(checkpoint), *COMMON, "--train-dir", str(tmp_path / "A")]
+    argv += ["--test-dir", str(tmp_path / "A"), "--shots", "2", "--trials", "1"]
+    argv += ["--episodes", "2", "--out", str(tmp_path / "t.json")]
+    with pytest.warns(UserWarning, match="1 class folder.* hold no images and are left out"):
+        assert main(argv) == 0
+    assert _json(tmp_path / "t.json")["protocol"] == "transfer"

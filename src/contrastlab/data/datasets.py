@@ -352,7 +352,14 @@ def _scan(folder: Path, classes: Sequence[str] | None = None, visited: _Visited 
     visited.enter(str(folder), None)
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     per_class = {p.name: _images_under(p, visited) for p in subdirs}
+    empty = sorted(k for k, v in per_class.items() if not v)
     per_class = {k: v for k, v in per_class.items() if v}
+    if empty and per_class:
+        warnings.warn(
+            f"{len(empty)} class folder(s) of {folder} hold no images and are left out "
+            f"(first: {empty[0]}); {len(per_class)} classes remain",
+            stacklevel=3,
+        )
     top = sorted(
         str(p)
         for p in folder.iterdir()

@@ -315,18 +315,16 @@ def _transfer(args) -> int:
     ctx.data_cfg = dataclasses.replace(
         ctx.cfg.data, name="imagefolder", path=None, holdout_fraction=0.0
     )
-    ctx._raw = {
-        "train": _folder(ctx.data_cfg, args.train_dir),
-        "test": _folder(ctx.data_cfg, args.test_dir, ref=args.train_dir),
-    }
+    train = _folder(ctx.data_cfg, args.train_dir)
+    ctx._raw = {"train": train, "test": _folder(ctx.data_cfg, args.test_dir, ref=train.classes)}
     ctx.data_cfg = dataclasses.replace(ctx.data_cfg, path=f"{args.train_dir} -> {args.test_dir}")
     result = run_transfer(ctx, args.shots, args.trials, args.episodes)
     return _finish(args, result, args.checkpoint)
 
 
-def _folder(data_cfg, folder: str, ref: str | None = None):
+def _folder(data_cfg, folder: str, ref: list[str] | None = None):
     """Every image of a folder with class subfolders; test classes are matched to the training
-    folder's by name (``ref``)."""
+    folder's classes (``ref``, as its dataset found them: class folders holding images)."""
     import dataclasses
 
     from contrastlab.data.datasets import build_dataset
@@ -344,11 +342,8 @@ def _folder(data_cfg, folder: str, ref: str | None = None):
     if not ds.num_classes:
         raise UserError(f"{folder} has no class subfolders; transfer evaluation needs labels")
     if ref is not None:
-        train_classes = sorted(
-            p.name for p in Path(ref).iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-        if ds.classes != train_classes:
-            missing = sorted(set(ds.classes) ^ set(train_classes))
+        if ds.classes != ref:
+            missing = sorted(set(ds.classes) ^ set(ref))
             raise UserError(
                 f"--train-dir and --test-dir must hold the same class folders; "
                 f"differing: {', '.join(missing[:5])}"
