@@ -228,3 +228,20 @@ def test_argument_errors_are_one_line(argv, capsys):
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: contrastlab") and "--help" in err
+
+
+def test_presets_print_whole_first_sentences(capsys):
+    assert main(["presets"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["loocpp_color"].endswith("also what the kNN monitor reads).")
+    assert lines["demo"].endswith("on two CPU cores.")
+
+
+def test_a_closed_pipe_ends_quietly():
+    # stdout is a pipe whose reader is gone (``contrastlab presets | head -n 0``)
+    code = (
+        "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+        "from contrastlab.cli import main; sys.exit(main(['presets']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == ""

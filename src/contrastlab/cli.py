@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import warnings
 
@@ -103,9 +104,20 @@ def _cmd_presets(args) -> int:
 
     for name in preset_names():
         text = (resources.files("contrastlab") / "configs" / f"{name}.yaml").read_text()
-        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
-        print(f"{name:24s} {first}")
+        print(f"{name:24s} {_first_sentence(text)}")
     return 0
+
+
+def _first_sentence(yaml_text: str) -> str:
+    """The first sentence of a preset's leading comment, which may span several lines."""
+    lines = []
+    for line in yaml_text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    text = " ".join(lines)
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
 
 
 def _add_demo(sub) -> None:
@@ -269,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.formatwarning = _one_line_warning
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return status
     except DiskFull as e:
         print(f"error: {e}; {_after_full_disk(args)}", file=sys.stderr)
         return 2
@@ -282,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.is_main:
             print(str(e), file=sys.stderr)
         return EXIT_STOPPED
+    except BrokenPipeError:
+        # the reader went away (``contrastlab presets | head``): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:
         if e.errno in _NO_SPACE:
             where = f" ({e.filename})" if e.filename else ""
