@@ -231,7 +231,9 @@ def test_eval_all_and_export(checkpoint, tmp_path):
     )
     data = _json(out / "comparison.json")
     assert [e["label"] for e in data["entries"]] == ["tiny/last", "tiny/copy"]
-    assert "linear: top1" in (out / "comparison.md").read_text()
+    table = (out / "comparison.md").read_text()
+    assert "linear: top1" in table
+    assert table.startswith("Feature space `backbone`; linear probe: fast mode")
     assert (out / "comparison.png").stat().st_size > 1000
 
     from contrastlab.checkpoint import load_model

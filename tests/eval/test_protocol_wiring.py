@@ -239,3 +239,11 @@ def test_eval_knn_without_space_reads_the_space_of_the_runs_monitor(tmp_path, pr
     # the other protocols keep the backbone unless told otherwise
     assert main(["eval", "rotation", str(result.last_checkpoint)]) == 0
     assert (cfg.run_dir / "eval" / "rotation.json").is_file()
+
+
+def test_a_looc_plus_plus_result_is_labelled_looc_plus_plus():
+    from contrastlab.eval.context import method_label
+
+    assert method_label(load_config("loocpp_color", TINY)) == "looc++"
+    assert method_label(load_config("looc_color", TINY)) == "looc"
+    assert method_label(load_config("moco_v2_cifar", TINY)) == "moco"

@@ -374,6 +374,7 @@ def _all(args) -> int:
         partial(_context, args),
         runners,
         save_each=not args.no_save,
+        note=f"linear probe: {args.linear_mode} mode" if "linear" in args.protocols else "",
     )
     print(res["table"])
     print(f"\ncomparison written to {res['out_dir']}/comparison.{{md,json,png}}")

@@ -83,13 +83,16 @@ def run_all(
     make_context: Callable,
     runners: dict[str, Callable],
     save_each: bool = True,
+    note: str = "",
 ) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
 
     ``make_context(checkpoint)`` builds an :class:`EvalContext`; ``runners[p](ctx)`` runs protocol
-    ``p``. With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
+    ``p``. The table is headed by the feature space and ``note`` (e.g. the linear probe's mode).
+    With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
     next to its checkpoint, where the HTML report finds it.
     """
+    from contrastlab.eval.context import method_label
     from contrastlab.eval.results import result_path
 
     unknown = [p for p in protocols if p not in runners]
@@ -106,7 +109,8 @@ def run_all(
         entry = {
             "label": _label(Path(ckpt), ctx.cfg.name, taken),
             "checkpoint": str(ckpt),
-            "method": ctx.cfg.method,
+            "method": method_label(ctx.cfg),
+            "space": ctx.space,
             "results": {},
             "files": {},
         }
@@ -118,7 +122,11 @@ def run_all(
                 entry["files"][proto] = str(write_json(result, path))
         entries.append(entry)
     header, rows = comparison_rows(entries)
-    table = markdown_table(header, rows)
+    spaces = sorted({e["space"] for e in entries})
+    table = (
+        f"Feature space `{'`, `'.join(spaces)}`{f'; {note}' if note else ''}\n\n"
+        + markdown_table(header, rows)
+    )
     data = {
         "protocols": list(protocols),
         "entries": entries,

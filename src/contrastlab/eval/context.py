@@ -52,6 +52,11 @@ def labelled_subset(labels: Tensor, limit: int | None, seed: int) -> list[int] |
     return keep[chosen].tolist()
 
 
+def method_label(cfg) -> str:
+    """``moco``, ``looc`` or ``looc++`` (LooC with ``looc.plus_plus``), for headers and tables."""
+    return "looc++" if cfg.method == "looc" and cfg.looc.plus_plus else cfg.method
+
+
 @dataclasses.dataclass
 class EvalContext:
     """A loaded checkpoint plus the options common to every protocol."""
@@ -245,7 +250,7 @@ class EvalContext:
     def describe(self) -> dict:
         return {
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "method": self.cfg.method,
+            "method": method_label(self.cfg),
             "run": self.cfg.name,
             "space": self.space,
             "dataset": self.data_cfg.name,
