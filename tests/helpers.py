@@ -33,6 +33,13 @@ TINY = [
 ]
 
 
+def overriding(base: list[str], *extra: str) -> list[str]:
+    """``base`` without the keys that ``extra`` sets, then ``extra``: one value per key, as a
+    careful user writes it (the command line warns about a key given twice)."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    return [b for b in base if b.split("=", 1)[0] not in keys] + list(extra)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, overriding
 
 from contrastlab.checkpoint import read_checkpoint
 from contrastlab.errors import TrainingInterrupted
@@ -111,9 +111,7 @@ def test_the_command_exits_with_its_own_status_on_sigterm(tmp_path):
         "train",
         "--config",
         "moco_v2_cifar",
-        *TINY,
-        "optim.epochs=500",
-        "train.knn_every=0",
+        *overriding(TINY, "optim.epochs=500", "train.knn_every=0"),
         f"out_dir={tmp_path}",
         "name=term",
     ]

@@ -240,9 +240,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(trained, monkeypatch, 
 
 
 def _tiny(result) -> list[str]:
-    from helpers import TINY
+    from helpers import TINY, overriding
 
-    return [*TINY, "train.knn_every=0", f"out_dir={result.run_dir.parent}", "name=done"]
+    return [*overriding(TINY, "train.knn_every=0"), f"out_dir={result.run_dir.parent}", "name=done"]
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_best(tiny_config, capsys):
@@ -348,10 +348,11 @@ def test_an_unwritable_run_directory_stops_before_any_work(
     ],
 )
 def test_a_run_refused_before_training_leaves_no_folders(tmp_path, capsys, overrides):
-    from helpers import TINY
+    from helpers import TINY, overriding
 
     out = tmp_path / "deep" / "runs"
-    argv = ["train", "--config", "moco_v2_cifar", *TINY, f"out_dir={out}", "name=x", *overrides]
+    argv = ["train", "--config", "moco_v2_cifar", *overriding(TINY, *overrides)]
+    argv += [f"out_dir={out}", "name=x"]
     assert main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "deep").exists()
