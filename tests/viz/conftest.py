@@ -105,3 +105,9 @@ def fake_runs(tmp_path_factory) -> list[Path]:
 def looc_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("looc")
     return make_run(root, "looc-ft", 0.99, 50.0, ft=True, spaces=("z0", "color"), evals=True)
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> Path:
+    """A run that logged its scores for one interval only (one epoch shorter than log_every)."""
+    return make_run(tmp_path_factory.mktemp("short"), "short", 0.99, None, epochs=1, steps=2)

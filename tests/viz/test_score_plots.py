@@ -82,3 +82,27 @@ def test_cli_registration(monkeypatch, tmp_path, capsys):
     assert [str(p) for p in calls[0][0]] == ["a", "b"] and calls[0][1:] == ("o", ["fast", "slow"])
     assert str(calls[1][0]) == "a" and calls[1][1] is None
     assert "x.png" in capsys.readouterr().out
+
+
+def test_labels_name_the_method_settings_first():
+    """Five settings differ; the label shows four: the method-defining one must be among them."""
+    from types import SimpleNamespace
+
+    def run(name, plus_plus, shift):
+        config = {"looc.plus_plus": plus_plus, "method": "looc"}
+        config |= {f"data.k{i}": i + shift for i in range(4)}
+        return SimpleNamespace(name=name, config=config, knn=None)
+
+    labels = run_labels([run("a", False, 0), run("b", True, 1)])
+    assert labels[0].startswith("a (looc.plus_plus=False, data.k0=0")
+    assert labels[1].startswith("b (looc.plus_plus=True, ")
+
+
+def test_a_run_with_one_logged_interval_gets_visible_markers(short_run):
+    from contrastlab.viz.score_plots import curves_figure
+
+    run = load_run(short_run)
+    fig = curves_figure([run], "z", ["short"])
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert lines and all(len(line.get_xdata()) < 3 for line in lines)
+    assert all(line.get_marker() == "o" for line in lines)

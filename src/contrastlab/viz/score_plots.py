@@ -127,13 +127,23 @@ def _short(value) -> str:
     return str(value)
 
 
+# The settings that define the method come first in a label, so that a label cut after four
+# settings still tells LooC++ from LooC and FT from plain MoCo.
+_METHOD_KEYS = ("method", "looc.", "ft.", "moco.")
+
+
+def _label_order(key: str) -> tuple[int, str]:
+    rank = next((i for i, p in enumerate(_METHOD_KEYS) if key.startswith(p)), len(_METHOD_KEYS))
+    return rank, key
+
+
 def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     """Given labels, or: run name, the config values that differ between runs, final kNN top-1."""
     if labels:
         if len(labels) != len(runs):
             raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
         return list(labels)
-    keys = sorted({k for r in runs for k in r.config} - _IGNORED_KEYS)
+    keys = sorted({k for r in runs for k in r.config} - _IGNORED_KEYS, key=_label_order)
     differing = (
         [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1] if len(runs) > 1 else []
     )
@@ -184,6 +194,7 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
                     color=_color(i),
                     lw=1.6,
                     ls="--" if dashed else "-",
+                    marker="o" if len(x) < 3 else None,  # one or two intervals: no line to see
                     label=label if not dashed else None,
                 )
                 ax.fill_between(
