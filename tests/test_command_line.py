@@ -108,7 +108,7 @@ def test_train_command_runs_end_to_end(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "kNN top-1" in out and "% (z)" in out and str(tmp_path / "cli") in out
+    assert "kNN top-1" in out and "% (z, 48 test images)" in out and str(tmp_path / "cli") in out
     assert (tmp_path / "cli" / "config.yaml").is_file()
 
 

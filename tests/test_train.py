@@ -133,3 +133,21 @@ def test_keep_every_keeps_snapshots_of_those_epochs(tiny_config):
     snapshot = read_checkpoint(result.run_dir / "checkpoints" / "epoch-0002.pt")
     assert snapshot["epoch"] == 2 and snapshot["step"] == 12
     assert read_checkpoint(result.last_checkpoint)["epoch"] == 3
+
+
+def test_a_single_class_makes_the_monitor_warn(tmp_path, capsys):
+    from helpers import TINY, overriding
+    from PIL import Image
+
+    from contrastlab.config import load_config
+
+    for split in ("train", "test"):
+        folder = tmp_path / "one" / split / "only"
+        folder.mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (16, 16), (10 * i, 40, 90)).save(folder / f"{i}.png")
+    overrides = ["dataset=imagefolder", f"data.path={tmp_path / 'one'}", "optim.epochs=1"]
+    cfg = load_config("moco_v2_cifar", [*overriding(TINY, *overrides), f"out_dir={tmp_path}"])
+    Trainer(cfg)
+    err = capsys.readouterr().err
+    assert "single class, so the kNN monitor reads 100% by construction" in err

@@ -49,7 +49,8 @@ def _plural(n: int, word: str) -> str:
 def _train_summary(result, epochs_wanted: int, space: str) -> str:
     """The one line that ``contrastlab train`` ends with; says when a run was resumed and in
     which feature space the kNN monitor measured."""
-    knn = f", kNN top-1 {result.knn_top1:.2f}% ({space})" if result.knn_top1 is not None else ""
+    where = space if result.knn_queries is None else f"{space}, {result.knn_queries:,} test images"
+    knn = f", kNN top-1 {result.knn_top1:.2f}% ({where})" if result.knn_top1 is not None else ""
     if result.resumed_from is not None and result.epochs == result.start_epoch:
         more = "more than" if result.epochs > epochs_wanted else "all of"
         return (

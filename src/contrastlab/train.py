@@ -38,7 +38,7 @@ from contrastlab.checkpoint import (
 from contrastlab.config import Config, save_config
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import WithTransform, build_dataset, stratified_holdout
-from contrastlab.errors import TrainingDiverged, TrainingInterrupted, UserError
+from contrastlab.errors import TrainingDiverged, TrainingInterrupted, UserError, warn
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.methods import build_method
@@ -56,6 +56,7 @@ class TrainResult:
     best_checkpoint: Path | None
     seconds: float
     is_main: bool = True  # False on the other processes under torchrun
+    knn_queries: int | None = None  # test images behind knn_top1 (None: no monitor this call)
     start_epoch: int = 0  # completed epochs when this call began (> 0: resumed)
     start_step: int = 0
     resumed_from: Path | None = None  # the checkpoint training continued from
@@ -151,6 +152,7 @@ def knn_monitor_metrics(model, cfg: Config, train_images, test_images, device="c
         )
 
     metrics = {"knn_top1": knn(feats["train"][t.knn_space], feats["test"][t.knn_space])}
+    metrics["knn_queries"] = len(feats["test"][t.knn_space][1])  # how many images it measured
     for space in sorted(feats["train"]):
         metrics[f"knn_top1_{space}"] = knn(feats["train"][space], feats["test"][space])
     if t.knn_val_fraction > 0:
@@ -295,6 +297,11 @@ class Trainer:
         self.test_images = (
             build_dataset(cfg.data, "test") if cfg.train.knn_every and self.is_main else None
         )
+        if self.test_images is not None and self.train_images.num_classes == 1:
+            warn(
+                "the labelled images form a single class, so the kNN monitor reads 100% by "
+                "construction; give one folder per class, or train.knn_every=0"
+            )
 
         self.epoch, self.step, self.best_metric = 0, 0, None
         self.last_knn: float | None = None
@@ -489,6 +496,7 @@ class Trainer:
             steps=self.step,
             final_loss=final_loss,
             knn_top1=self.last_knn,
+            knn_queries=self.knn_metrics.get("knn_queries"),
             seconds=time.time() - start,
             is_main=self.is_main,
             start_epoch=start_epoch,
