@@ -3,8 +3,8 @@ spaces and the final linear probe.
 
     python experiments/cifar10_full.py [--data data/cifar10] [--out runs/cifar10_full] [--seed 0]
 
-1. ``contrastlab train --config moco_v2_cifar_cpu data.path=DATA train.keep_every=5`` (the run's
-   own kNN monitor measures both spaces every 5 epochs; ``keep_every`` keeps those weights);
+1. ``contrastlab train --config moco_v2_cifar_cpu data.path=DATA train.keep_every=10`` (the run's
+   own kNN monitor measures both spaces every 10 epochs; ``keep_every`` keeps those weights);
 2. ``contrastlab eval knn SNAPSHOT --space backbone|z`` for every kept snapshot that the monitor
    did not measure (z: the official CIFAR demo's monitor space, the normalized 128-d output),
    k 200, T 0.1, all 50,000 training images as the bank and the 10,000 test images as queries;
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "contrastlab"]
-EPOCHS = 40  # the preset's optim.epochs
+EPOCHS = 60  # the preset's optim.epochs
 SPACES = ("backbone", "z")
 
 
@@ -48,7 +48,7 @@ def main() -> None:
         "moco_v2_cifar_cpu",
         f"data.path={args.data}",
         f"seed={args.seed}",
-        "train.keep_every=5",
+        "train.keep_every=10",
         "train.progress=false",
         f"out_dir={args.out}",
         f"name={name}",
