@@ -141,3 +141,26 @@ def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
     assert load_config("demo").name == "demo"
     (tmp_path / "mine.yaml").write_text("base: demo\nname: mine\n")
     assert load_config("mine.yaml").name == "mine"
+
+
+def test_a_relative_base_is_read_next_to_the_file_that_names_it(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "parent.yaml").write_text("base: demo\noptim: {epochs: 3}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\nname: child\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # neither file is in the working directory
+    cfg = load_config(str(tmp_path / "sub" / "child.yaml"))
+    assert (cfg.name, cfg.optim.epochs) == ("child", 3)
+    # a base given relative to the working directory, as earlier files were written, still works
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub" / "old.yaml").write_text("base: parent.yaml\nname: old\n")
+    assert load_config("sub/old.yaml").optim.epochs == 3
+
+
+@pytest.mark.parametrize("base", ["5", "[demo]", "{name: demo}", "''"])
+def test_a_base_that_is_not_a_name_is_one_clear_error(tmp_path, base):
+    path = tmp_path / "b.yaml"
+    path.write_text(f"base: {base}\n")
+    with pytest.raises(UserError, match="'base:' must be a preset name or the path of a YAML"):
+        load_config(str(path))

@@ -246,11 +246,32 @@ def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(
+            f"config {name_or_path}: 'base:' must be a preset name or the path of a YAML file, "
+            f"not {base!r}"
+        )
+    if is_file:
+        base = _resolve_base(base, path)
     if base in seen:
         raise UserError(f"config {name_or_path} has a circular 'base:' chain through {base}")
     merged = _load_source(base, seen + (name_or_path,))
     _deep_update(merged, data)
     return merged
+
+
+def _resolve_base(base: str, including: Path) -> str:
+    """A relative ``base:`` path in a YAML file names a file next to that file; a path relative
+    to the working directory (how earlier files were written) is still accepted, and preset names
+    are left alone."""
+    if base in preset_names() or Path(base).is_absolute():
+        return base
+    beside = including.parent / base
+    if beside.is_file():
+        return str(beside)
+    if Path(base).is_file() or not base.endswith((".yaml", ".yml")):
+        return base  # a file in the working directory, or an unknown preset (reported as such)
+    return str(beside)  # missing: reported with the path next to the including file
 
 
 def _deep_update(target: dict, source: dict) -> None:
