@@ -108,3 +108,46 @@ def test_a_result_on_another_dataset_does_not_replace_the_runs_own(run, tmp_path
     assert own.read_text() == before
     assert json.loads(other.read_text())["protocol"] == "knn"
     assert str(other) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "detectron2", "safetensors"])
+def test_export_again_to_the_same_out_replaces_its_earlier_export(run, tmp_path, capsys, fmt):
+    if fmt == "safetensors":
+        pytest.importorskip("safetensors")
+    ckpt = str(run / "checkpoints" / "last.pt")
+    out = tmp_path / f"b.{fmt}"
+    argv = ["export", ckpt, "--format", fmt, "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 0  # its own earlier export: replaced, not refused
+    out.write_bytes(b"\x80" + b"my own weights" * 30)  # the user's file of that name: kept
+    _refused(argv, capsys, "already exists")
+    assert out.read_bytes().startswith(b"\x80my own weights")
+
+
+def test_checkpoints_side_by_side_keep_their_own_results(run, tmp_path, capsys):
+    import json
+    import shutil
+
+    # converted or downloaded encoders are often kept in one folder: a.pt, b.pth.tar
+    for name in ("a.pt", "b.pth.tar"):
+        shutil.copy(run / "checkpoints" / "last.pt", tmp_path / name)
+        assert main(["eval", "knn", str(tmp_path / name), *EVAL]) == 0
+    results = {p.name: json.loads(p.read_text()) for p in (tmp_path / "eval").glob("*.json")}
+    assert set(results) == {"knn-a.json", "knn-b.json"}
+    assert results["knn-b.json"]["setup"]["checkpoint"].endswith("b.pth.tar")
+    # in a run, best.pt does not replace the result of last.pt (read by the report)
+    shutil.copy(run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")
+    assert main(["eval", "knn", str(run / "checkpoints" / "best.pt"), *EVAL]) == 0
+    assert main(["eval", "knn", str(run / "checkpoints" / "last.pt"), *EVAL]) == 0
+    assert {"knn.json", "knn-best.json"} <= {p.name for p in (run / "eval").glob("*.json")}
+    capsys.readouterr()
+
+
+def test_analyze_does_not_replace_a_users_analysis_json(run, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "analysis.json").write_text('{"x": 1}')
+    ckpt = str(run / "checkpoints" / "last.pt")
+    argv = ["analyze", ckpt, "--images", "8", "--negatives", "16", "--out", str(folder)]
+    _refused(argv, capsys, "already exists")
+    assert (folder / "analysis.json").read_text() == '{"x": 1}'

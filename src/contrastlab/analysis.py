@@ -381,6 +381,14 @@ def run_analysis(
 # ----------------------------------------------------------------------------------------------
 
 
+def _is_analysis(path: Path) -> bool:
+    """``analysis.json`` written by an earlier ``contrastlab analyze``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def load_analysis(out: str | Path) -> dict:
     path = Path(out) / "analysis.json"
     if not path.is_file():
@@ -585,6 +593,11 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="output folder (default: RUN/analysis for one checkpoint of a run, else ./analysis)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an analysis.json in the output folder that is not an earlier analysis",
+    )
     p.set_defaults(func=_cmd_analyze)
 
 
@@ -607,14 +620,21 @@ def _cmd_analyze(args) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    if args.out is not None:
-        from contrastlab.outputs import check_output
+    from contrastlab.outputs import check_output
 
-        check_output(args.out, folder=True, what="the analysis")
     out = args.out
     if out is None:
         one = len(args.checkpoints) == 1 and Path(args.checkpoints[0]).parent.name == "checkpoints"
         out = default_run_dir(args.checkpoints[0]) / "analysis" if one else Path("analysis")
+    check_output(out, folder=True, what="the analysis")
+    # analysis.json marks the folder as an analysis: a file of that name that is something
+    # else (the user's own) is not replaced without --overwrite
+    check_output(
+        Path(out) / "analysis.json",
+        replaceable=_is_analysis,
+        what="an analysis",
+        overwrite=args.overwrite,
+    )
     result = run_analysis(args.checkpoints, settings, out, args.labels)
     for space in spaces:
         print(f"\nspace '{space}' (mean cosine scores)\n")

@@ -2,7 +2,8 @@
 
 Every command that takes ``--out`` (eval, export, convert, report, scores, analyze) calls
 ``check_output`` first. A file output may replace an existing file only when that file is a
-previous output of the same kind (an eval result, a report, a converted checkpoint), recognized
+previous output of the same kind (an eval result, a report, a converted checkpoint, an exported
+backbone, an analysis), recognized
 by its contents; anything else (a training checkpoint, a run's ``config.yaml`` or
 ``metrics.jsonl``, a user's own file) is refused unless ``--overwrite`` is given, and an input of
 the command is never overwritten at all.
@@ -38,6 +39,49 @@ def is_converted_checkpoint(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
     return isinstance(state, dict) and isinstance(state.get("converted"), dict)
+
+
+_BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+
+
+def is_export(path: Path) -> bool:
+    """A backbone written by ``contrastlab export``: a safetensors file with contrastlab's
+    metadata, a Detectron2 pickle signed by contrastlab, or a torch file holding exactly a
+    ResNet backbone's tensors (torchvision's names, no ``fc``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return (f.metadata() or {}).get("format") == "contrastlab-backbone"
+        except Exception:  # noqa: BLE001 - anything unreadable is not ours
+            return False
+    if head.startswith(b"\x80"):  # a plain pickle: Detectron2's format, whose signature
+        # ("__author__": "contrastlab") is written last; read as bytes, never unpickled
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 256))
+                tail = f.read()
+        except OSError:
+            return False
+        return b"__author__" in tail and b"contrastlab" in tail
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001
+        return False
+    return (
+        isinstance(state, dict)
+        and bool(state)
+        and all(isinstance(v, torch.Tensor) for v in state.values())
+        and all(str(k).startswith(_BACKBONE_PREFIXES) for k in state)
+    )
 
 
 REPORT_MARK = "<title>contrastlab report: "  # in the head of every report (viz/report.py)

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from contrastlab.errors import UserError
-from contrastlab.outputs import check_output, is_eval_result
+from contrastlab.outputs import check_output, is_eval_result, is_export
 
 
 def _ints(text: str) -> list[int]:
@@ -95,7 +95,8 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         "--out",
         default=None,
         metavar="FILE",
-        help="write the JSON result here (default: <run_dir>/eval/<protocol>.json)",
+        help="write the JSON result here (default: <run_dir>/eval/<protocol>.json, with the "
+        "checkpoint's name added for any checkpoint other than checkpoints/last.pt)",
     )
     g.add_argument(
         "--overwrite",
@@ -384,7 +385,13 @@ def _all(args) -> int:
 def _export(args) -> int:
     from contrastlab.export import export_checkpoint
 
-    check_output(args.out, inputs=[args.checkpoint], what="an export", overwrite=args.overwrite)
+    check_output(
+        args.out,
+        inputs=[args.checkpoint],
+        replaceable=is_export,
+        what="an export",
+        overwrite=args.overwrite,
+    )
     path = export_checkpoint(args.checkpoint, args.format, args.out)
     print(f"backbone written to {path} ({args.format})")
     return 0

@@ -23,15 +23,27 @@ def result_path(
     dataset: str | None = None,
 ) -> Path:
     """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
-    ``<protocol>-<space>.json`` for a space other than the backbone, and ``...-<dataset>.json``
-    for a dataset other than the run's own (``--dataset``), so that neither overwrites the
-    run's own results."""
+    ``<protocol>-<space>.json`` for a space other than the backbone, ``...-<dataset>.json``
+    for a dataset other than the run's own (``--dataset``), and ``...-<checkpoint stem>.json``
+    for any checkpoint other than a run's ``checkpoints/last.pt`` (``best.pt``, a snapshot, or
+    converted encoders side by side in one folder), so that no evaluation overwrites another's
+    result."""
     if out:
         return Path(out)
     name = protocol if space == "backbone" else f"{protocol}-{space}"
     if dataset:
         name += f"-{dataset}"
+    source = Path(checkpoint).resolve()
+    if not (source.name == "last.pt" and source.parent.name == "checkpoints"):
+        name += f"-{_stem(source.name)}"
     return default_run_dir(checkpoint) / "eval" / f"{name}.json"
+
+
+def _stem(file_name: str) -> str:
+    """``moco_v2.pth.tar`` -> ``moco_v2``; ``r18.v2.pt`` -> ``r18.v2``."""
+    for suffix in (".tar", ".pt", ".pth", ".ckpt", ".pkl"):
+        file_name = file_name.removesuffix(suffix)
+    return file_name
 
 
 def _clean(value: Any) -> Any:
