@@ -90,6 +90,30 @@ def test_resuming_with_a_different_model_says_what_differs(tiny_config):
         Trainer(tiny_config("optim.epochs=2", "name=a", "model.dim=16", "train.resume=auto")).fit()
 
 
+def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_config, capsys):
+    first = Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=c"))
+    first.fit()
+    capsys.readouterr()
+    again = tiny_config(
+        "optim.epochs=2",
+        "train.knn_every=0",
+        "name=c",
+        "optim.lr=0.5",
+        "seed=3",
+        "train.resume=auto",
+    )
+    Trainer(again).fit()
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "changed settings" in line]
+    assert len(warning) == 1, err
+    assert "optim.lr" in warning[0] and "-> 0.5" in warning[0] and "seed 0 -> 3" in warning[0]
+    assert "train.resume" not in warning[0]
+    events = [json.loads(x) for x in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
+    resume = next(e for e in events if e["event"] == "resume")
+    assert resume["changed"]["seed"] == [0, 3] and resume["changed"]["optim.epochs"] == [1, 2]
+    assert resume["changed"]["optim.lr"][1] == 0.5
+
+
 def test_an_existing_run_is_not_overwritten_by_accident(tiny_config):
     Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=b")).fit()
     with pytest.raises(UserError, match="train.resume=auto"):

@@ -339,6 +339,31 @@ def config_differences(saved: dict, current: dict, keys=ARCHITECTURE_KEYS) -> li
     ]
 
 
+def _leaves(data, prefix: str = "") -> dict:
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    out = {}
+    for key, value in data.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+# Keys that say how to run, not what is trained: changing them on resume is routine.
+OPERATIONAL_KEYS = ("train.resume", "train.progress", "train.overwrite", "data.num_workers")
+
+
+def changed_settings(saved: dict, current: dict) -> dict[str, list]:
+    """``{key: [checkpoint value, current value]}`` for every setting that differs between the
+    configuration a checkpoint was trained with and the current one, the operational keys
+    (``OPERATIONAL_KEYS``) left out."""
+    before, after = _leaves(saved), _leaves(current)
+    return {
+        k: [before.get(k), after.get(k)]
+        for k in sorted(set(before) | set(after))
+        if k not in OPERATIONAL_KEYS and before.get(k) != after.get(k)
+    }
+
+
 def check_compatible(path: Path, state: dict, cfg: Config) -> None:
     diffs = config_differences(state["config"], config_to_dict(cfg))
     if diffs:

@@ -29,13 +29,14 @@ from torch.utils.data import Subset
 from contrastlab import distributed, preemption, rundir
 from contrastlab.allocator import keep_freed_memory
 from contrastlab.checkpoint import (
+    changed_settings,
     check_compatible,
     load_model_state,
     make_state,
     read_checkpoint,
     save_checkpoint,
 )
-from contrastlab.config import Config, save_config
+from contrastlab.config import Config, config_to_dict, save_config
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import WithTransform, build_dataset, stratified_holdout
 from contrastlab.errors import TrainingDiverged, TrainingInterrupted, UserError, warn
@@ -413,6 +414,13 @@ class Trainer:
                     f"process(es); resume it with the same number ({distributed.world_size()} now)"
                 )
         where = {} if self.position is None else {"batch_in_epoch": self.position["batch"]}
+        changed = changed_settings(state["config"], config_to_dict(self.cfg))
+        if changed and self.is_main:
+            # Continuing with other settings is allowed (a longer schedule is the usual case),
+            # but it is said once, and the resume event keeps what the first part used,
+            # since config.yaml now holds the new values.
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            warn(f"resuming {path} with changed settings: {listed}")
         self.log(
             {
                 "event": "resume",
@@ -420,6 +428,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 **where,
+                **({"changed": changed} if changed else {}),
             }
         )
 
