@@ -180,3 +180,46 @@ def test_under_ddp_every_process_stops_at_the_same_step(tmp_path):
     assert "a stop signal to another process" in r0["message"]
     state = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert state["step"] == 2 and len(state["position"]["rng"]) == 2
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item: whether this process ignores SIGTERM, SIGINT and SIGUSR1 (1.0 each), label 0."""
+
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # what a dataset gives the view pipeline
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        names = ("SIGTERM", "SIGINT", "SIGUSR1")
+        ignored = [float(signal.getsignal(getattr(signal, n)) == signal.SIG_IGN) for n in names]
+        return torch.tensor(ignored), 0
+
+
+class _Passthrough(torch.nn.Module):
+    feature_spaces = ("backbone",)
+
+    def features(self, x, space):
+        return x
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_training_data_workers_leave_stop_signals_to_the_main_process(tiny_config):
+    # timeout, Ctrl-C and SLURM signal the whole process group: a worker killed by SIGTERM made
+    # torch raise "DataLoader worker ... is killed by signal" in the middle of the stop
+    from contrastlab.eval.features import extract_features
+    from contrastlab.views.pipeline import build_training_views
+
+    cfg = tiny_config("data.views=per_image", "data.num_workers=1")
+    views = build_training_views(cfg, _SignalDispositions(), 2, 2, "cpu", False)
+    probe = torch.utils.data.DataLoader(
+        _SignalDispositions(),
+        batch_size=2,
+        num_workers=1,
+        worker_init_fn=views.loader.worker_init_fn,
+    )
+    assert all(bool(x.all()) for x, _ in probe)
+    # the kNN monitor's feature extraction, which runs inside training, does the same
+    feats, _ = extract_features(_Passthrough(), _SignalDispositions(), "backbone", 2, "cpu", 1)
+    assert feats.shape == (4, 3) and bool(feats.all())
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # the main process is untouched

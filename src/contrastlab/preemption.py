@@ -35,6 +35,18 @@ STOP_SIGNALS = tuple(
 )
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of the training's DataLoaders: workers ignore the stop signals.
+
+    ``timeout``, Ctrl-C and SLURM signal the whole process group, workers included; a worker
+    killed by SIGTERM makes torch raise "DataLoader worker ... is killed by signal" in the main
+    process at whatever line it is running, even as it writes its checkpoint. Ignoring the
+    signals leaves the stop to the main process, which shuts its workers down as usual.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StopSignals:
     """Context manager: while active, the stop signals set ``received`` instead of killing.
 

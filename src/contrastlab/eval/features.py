@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from contrastlab.errors import UserError
+from contrastlab.preemption import ignore_stop_signals
 
 BatchFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -124,6 +125,7 @@ def extract_features(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
+        worker_init_fn=ignore_stop_signals,  # in training's kNN monitor: the stop is the trainer's
     )
     feats, labels = [], []
     for images, target in tqdm(loader, desc=desc, disable=not progress, leave=False):

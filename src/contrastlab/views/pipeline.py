@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 
 from contrastlab.data.augment import MultiView
 from contrastlab.data.datasets import WithTransform
-from contrastlab.preemption import ResumableOrder
+from contrastlab.preemption import ResumableOrder, ignore_stop_signals
 from contrastlab.views.recipes import BatchedViews, recipe_from_config
 
 
@@ -139,6 +139,7 @@ class LoaderViews(_Reseeded):
             pin_memory=self.device.type == "cuda",
             generator=self.order_generator,
             persistent_workers=False,  # workers are reseeded every epoch (exact resume)
+            worker_init_fn=ignore_stop_signals,  # a stop is the main process's to handle
         )
 
     def __len__(self) -> int:
