@@ -304,3 +304,22 @@ def test_a_converted_encoder_cannot_be_resumed(tmp_path, capsys):
     err = _error(argv, capsys)
     assert "converted from torchvision" in err and "no training state" in err
     assert "comes from a different model" not in err
+
+
+@pytest.mark.parametrize(
+    "option, phrase",
+    [
+        (["--dataset", "imagenet"], "--dataset imagenet: data.name='imagenet' is not valid"),
+        (["--dataset", "cifar1000"], "did you mean 'cifar100'"),
+        (["--image-size", "0"], "--image-size 0: data.image_size must be an integer >= 8"),
+    ],
+)
+def test_data_options_that_no_eval_could_use_are_refused_before_work(
+    tmp_path, capsys, option, phrase
+):
+    """Before, the file was written and every later eval of it failed (or 0 became 224)."""
+    torch.save(_source_net("resnet18", seed=5).state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "tv.pt"
+    err = _error(["convert", str(tmp_path / "tv.pth"), *option, "--out", str(out)], capsys)
+    assert phrase in err
+    assert not out.exists()

@@ -443,6 +443,23 @@ def _share_momentum_copies(weights: dict[str, Tensor]) -> None:
             weights[key] = twin
 
 
+def _check_data_options(dataset: str | None, image_size: int | None) -> None:
+    """``--dataset`` and ``--image-size`` go into the converted checkpoint's ``data.*``: refuse
+    before any work what no command could later evaluate with (the config's own rules)."""
+    from contrastlab.config import load_config
+
+    for flag, key, value in (
+        ("--dataset", "data.name", dataset),
+        ("--image-size", "data.image_size", image_size),
+    ):
+        if value is None:
+            continue
+        try:
+            load_config("moco_v2_cifar", [f"{key}={value}", "data.path=."])
+        except UserError as e:
+            raise UserError(f"{flag} {value}: {e}") from None
+
+
 def convert_checkpoint(
     src: str | Path,
     fmt: str,
@@ -457,6 +474,7 @@ def convert_checkpoint(
     """
     from contrastlab.checkpoint import save_checkpoint
 
+    _check_data_options(dataset, image_size)
     enc = read_encoder(src, fmt, keep_head)
     state = build_checkpoint(enc, str(src), keep_head, dataset, image_size)
     out = Path(out)
