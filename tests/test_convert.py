@@ -323,3 +323,50 @@ def test_data_options_that_no_eval_could_use_are_refused_before_work(
     err = _error(["convert", str(tmp_path / "tv.pth"), *option, "--out", str(out)], capsys)
     assert phrase in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("wrapping", ["state_dict", "model", "module.", "model+module."])
+def test_wrapped_torchvision_state_dicts_convert_exactly(tmp_path, wrapping):
+    """Training scripts save torchvision weights under 'state_dict' or 'model', often with DDP's
+    'module.' prefix; before, each was 'cannot recognize', and --from torchvision failed too."""
+    net = _source_net("resnet18", seed=11)
+    sd = net.state_dict()
+    if "module." in wrapping:
+        sd = {f"module.{k}": v for k, v in sd.items()}
+    if wrapping.startswith(("state_dict", "model")):
+        sd = {wrapping.split("+")[0]: sd, "epoch": 90}
+    torch.save(sd, tmp_path / "src.pth")
+    out = tmp_path / "c.pt"
+    assert main(["convert", str(tmp_path / "src.pth"), "--out", str(out)]) == 0
+    model, cfg = load_model(out)
+    assert cfg.model.backbone == "resnet18"
+    for name, tensor in _backbone(net).items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+
+
+def test_a_contrastlab_checkpoint_is_named_as_such(tmp_path, capsys):
+    net = _source_net("resnet18", seed=12)
+    torch.save(net.state_dict(), tmp_path / "tv.pth")
+    ours = tmp_path / "ours.pt"
+    assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(ours)]) == 0
+    capsys.readouterr()
+    err = _error(["convert", str(ours), "--out", str(tmp_path / "again.pt")], capsys)
+    assert "already a contrastlab checkpoint" in err
+
+
+@pytest.mark.parametrize("kind", ["module", "dict_with_objects"])
+def test_the_advice_for_pickled_objects_works(tmp_path, capsys, kind):
+    """The command the error suggests must itself work, for a whole pickled model as well as a
+    dict holding other objects, and its output must convert."""
+    import re
+    import subprocess
+    import sys
+
+    net = _source_net("resnet18", seed=13)
+    obj = net if kind == "module" else {"state_dict": net.state_dict(), "a": argparse.Namespace()}
+    src = tmp_path / "obj.pth"
+    torch.save(obj, src)
+    err = _error(["convert", str(src), "--out", str(tmp_path / "c.pt")], capsys)
+    command = re.search(r'python -c "(.*)"$', err).group(1)
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
+    assert main(["convert", str(tmp_path / "obj-weights.pt"), "--out", str(tmp_path / "c.pt")]) == 0

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from contrastlab.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from contrastlab.checkpoint import load_torch_file
 from contrastlab.errors import UserError
 
@@ -101,7 +102,8 @@ def read_source(path: str | Path) -> object:
             f"{path} pickles a Python object{f' ({name})' if name else ''} that weights_only=True "
             "refuses to load; if you trust the file, save its tensors alone first: "
             f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, '{path.stem}-weights.pt')\""
+            "w = c.state_dict() if isinstance(c, torch.nn.Module) else c['state_dict']; "
+            f"torch.save({{'state_dict': w}}, '{path.stem}-weights.pt')\""
         )
 
     return load_torch_file(path, "checkpoint", pickled)
@@ -254,11 +256,26 @@ def _solo(obj, heads: bool = True) -> Encoder:
     )
 
 
+def _plain_resnet_state(obj) -> dict | None:
+    """A torchvision ResNet state dict, as saved directly or in the common wrappers: under
+    ``state_dict`` or ``model`` (training scripts), with DDP's ``module.`` prefix; else None."""
+    if not isinstance(obj, dict):
+        return None
+    for candidate in (obj, obj.get("state_dict"), obj.get("model")):
+        if not isinstance(candidate, dict):
+            continue
+        if "module.conv1.weight" in candidate:
+            candidate = {k.removeprefix("module."): v for k, v in candidate.items()}
+        if isinstance(candidate.get("conv1.weight"), Tensor):
+            return candidate
+    return None
+
+
 def _torchvision(obj, heads: bool = True) -> Encoder:
-    state = _tensors(obj, "the file") if isinstance(obj, dict) else {}
-    if "conv1.weight" not in state:
+    state = _plain_resnet_state(obj)
+    if state is None:
         raise UserError(_expected("torchvision", "a ResNet state dict (conv1.weight, ...)", obj))
-    return Encoder(fmt="torchvision", backbone=_without_fc(state))
+    return Encoder(fmt="torchvision", backbone=_without_fc(_tensors(state, "the file")))
 
 
 _READERS = {
@@ -295,14 +312,20 @@ def detect_format(obj) -> str:
             re.match(r"(module\.)?encoder\.conv1\.", k) for k in obj["model"]
         ):
             return "ft"
-        if "conv1.weight" in obj and isinstance(obj["conv1.weight"], Tensor):
+        if _plain_resnet_state(obj) is not None:
             return "torchvision"
+        if obj.get("format") == CHECKPOINT_FORMAT:
+            raise UserError(
+                "this is already a contrastlab checkpoint: evaluate, export or analyze it as it "
+                "is; convert reads checkpoints of other projects"
+            )
     top = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
     raise UserError(
         f"cannot recognize the checkpoint layout (top-level: {top}); expected one of: moco "
         "(state_dict with module.encoder_q.*), ft (model with module.encoder.*), lightly "
         "(state_dict with backbone.0.*), solo-learn (state_dict with backbone.conv1.*), "
-        "torchvision (conv1.weight, ...); name it with --from"
+        "torchvision (conv1.weight, ..., possibly under state_dict or model); if the file is one "
+        "of these with other key names, rename its keys in Python and save the state dict"
     )
 
 
@@ -364,7 +387,10 @@ def _load(module: torch.nn.Module, state: dict[str, Tensor], what: str) -> None:
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
-        raise UserError(f"the {what} does not fit a torchvision {detail}") from None
+        raise UserError(
+            f"the {what} does not fit a torchvision ResNet of the shape its conv1 and stage "
+            f"depths imply (keys named after removing the source's prefixes): {detail}"
+        ) from None
 
 
 def build_checkpoint(
