@@ -145,7 +145,7 @@ def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsy
     assert main([*base, "optim.epochs=2", "train.resume=auto"]) == 0
     out = capsys.readouterr().out.splitlines()[-2]
     last = tmp_path / "r" / "checkpoints" / "last.pt"
-    assert out.startswith(f"resumed from {last} at epoch 1 (step ")
+    assert out.startswith(f"resumed from {last} at step ") and "(in epoch 2);" in out
     assert "trained to epoch 2 (1 more," in out and "final loss nan" not in out
 
     import contrastlab.train

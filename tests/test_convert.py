@@ -291,6 +291,9 @@ def test_a_converted_encoder_asks_for_a_dataset(tmp_path, capsys, command):
     assert "converted from another project" in err and "--dataset" in err
     assert "not-shipped" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tv.pt", "tv.pth"]
+    if command == ["eval", "knn"]:  # --dataset given: only the folder is missing
+        err = _error([*command, str(out), "--dataset", "imagefolder"], capsys)
+        assert err.endswith("pass --data-path DIR for --dataset imagefolder")
 
 
 def test_a_converted_encoder_cannot_be_resumed(tmp_path, capsys):

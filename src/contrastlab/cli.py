@@ -61,8 +61,9 @@ def _train_summary(result, epochs_wanted: int, space: str) -> str:
     if result.resumed_from is not None:
         done = result.epochs - result.start_epoch
         return (
-            f"resumed from {result.resumed_from} at epoch {result.start_epoch} (step "
-            f"{result.start_step:,}); trained to epoch {result.epochs} ({done} more, "
+            # counted as the stop line counts: the epoch that training continued inside
+            f"resumed from {result.resumed_from} at step {result.start_step:,} (in epoch "
+            f"{result.start_epoch + 1}); trained to epoch {result.epochs} ({done} more, "
             f"{_plural(result.steps - result.start_step, 'step')}) in {result.seconds:.0f} s: "
             f"final loss {result.final_loss:.4f}{knn}"
         )

@@ -62,6 +62,11 @@ def test_one_figure_set_per_space_default_out(looc_run):
 def test_bad_run_dirs(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         plot_scores([tmp_path / "nope"], tmp_path)
+    # a checkpoint given where the run directory belongs: it exists, so say what to give
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"last.pt is a file; give the run directory .* e.g. .*r$"):
+        plot_scores([tmp_path / "r" / "checkpoints" / "last.pt"], tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="recorded scores"):
         plot_scores([tmp_path / "empty"], tmp_path)

@@ -107,10 +107,15 @@ class EvalContext:
         from contrastlab.convert import NOT_SHIPPED
 
         if data_cfg.path == NOT_SHIPPED:
+            ask = (
+                "--data-path DIR for --dataset imagefolder"
+                if data_cfg.name == "imagefolder" and dataset is not None
+                else "--dataset NAME (and --data-path DIR), e.g. --dataset imagefolder "
+                "--data-path DIR"
+            )
             raise UserError(
                 f"{path} is an encoder converted from another project and names no dataset of "
-                "its own; pass --dataset NAME (and --data-path DIR), e.g. --dataset imagefolder "
-                "--data-path DIR"
+                f"its own; pass {ask}"
             )
         if data_cfg.name == "imagefolder" and not data_cfg.path:
             raise UserError("--dataset imagefolder needs --data-path DIR")

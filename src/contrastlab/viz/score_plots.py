@@ -99,9 +99,19 @@ def read_metrics(path: Path) -> list[dict]:
     return lines
 
 
+def _run_dir_of(file: Path) -> Path:
+    parent = file.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
 def load_run(run_dir: Path | str, scores: bool = True) -> Run:
     """Read a run directory; a missing directory is the user's error, missing parts are not."""
     path = Path(run_dir)
+    if path.is_file():
+        raise UserError(
+            f"{path} is a file; give the run directory (the folder that holds config.yaml, "
+            f"metrics.jsonl and checkpoints/), e.g. {_run_dir_of(path)}"
+        )
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist")
     run = Run(path=path, name=path.resolve().name)
