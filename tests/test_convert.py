@@ -373,3 +373,10 @@ def test_the_advice_for_pickled_objects_works(tmp_path, capsys, kind):
     command = re.search(r'python -c "(.*)"$', err).group(1)
     subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
     assert main(["convert", str(tmp_path / "obj-weights.pt"), "--out", str(tmp_path / "c.pt")]) == 0
+
+
+def test_the_converted_encoder_is_named_after_its_source_without_suffixes(tmp_path):
+    torch.save(_source_net("resnet18", seed=14).state_dict(), tmp_path / "moco_v2.pth.tar")
+    out = tmp_path / "c.pt"
+    assert main(["convert", str(tmp_path / "moco_v2.pth.tar"), "--out", str(out)]) == 0
+    assert read_checkpoint(out)["config"]["name"] == "moco_v2"  # was "moco_v2.pth"

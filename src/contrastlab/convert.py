@@ -48,6 +48,7 @@ from torch import Tensor
 from contrastlab.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from contrastlab.checkpoint import load_torch_file
 from contrastlab.errors import UserError
+from contrastlab.eval.results import checkpoint_stem
 
 FORMATS = ("moco", "ft", "lightly", "solo-learn", "torchvision")
 # data.path of an encoder converted from ImageNet: evaluate it with --dataset / --data-path
@@ -412,7 +413,7 @@ def build_checkpoint(
         # a placeholder head (never used: the z space is switched off), as small as possible
         model_values.update(head="linear", dim=8)
     stem = model_values["cifar_stem"]
-    cfg = Config(name=Path(source).stem, method="moco")
+    cfg = Config(name=checkpoint_stem(Path(source).name), method="moco")
     cfg.model = dataclasses.replace(ModelConfig(), **model_values)
     name = dataset or ("cifar10" if stem else "imagefolder")
     cfg.data = dataclasses.replace(

@@ -35,11 +35,11 @@ def result_path(
         name += f"-{dataset}"
     source = Path(checkpoint).resolve()
     if not (source.name == "last.pt" and source.parent.name == "checkpoints"):
-        name += f"-{_stem(source.name)}"
+        name += f"-{checkpoint_stem(source.name)}"
     return default_run_dir(checkpoint) / "eval" / f"{name}.json"
 
 
-def _stem(file_name: str) -> str:
+def checkpoint_stem(file_name: str) -> str:
     """``moco_v2.pth.tar`` -> ``moco_v2``; ``r18.v2.pt`` -> ``r18.v2``."""
     for suffix in (".tar", ".pt", ".pth", ".ckpt", ".pkl"):
         file_name = file_name.removesuffix(suffix)
