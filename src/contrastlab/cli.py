@@ -11,6 +11,24 @@ import warnings
 from contrastlab.errors import DiskFull, UserError
 
 
+def _config_arguments(p, preset: bool = True) -> None:
+    """``--config PRESET_OR_YAML`` (unless ``preset=False``) and the ``key=value`` overrides."""
+    if preset:
+        p.add_argument(
+            "--config",
+            "-c",
+            default=None,
+            metavar="PRESET_OR_YAML",
+            help="a preset name (see `contrastlab presets`) or a YAML file",
+        )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="settings that replace the preset's, e.g. optim.lr=0.1 (all keys: docs/config.md)",
+    )
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -18,14 +36,7 @@ def _add_train(sub) -> None:
         description="Pretrain an encoder. Settings come from a preset or YAML file, "
         "then from key=value overrides (e.g. optim.lr=0.1 dataset=cifar10).",
     )
-    p.add_argument(
-        "--config",
-        "-c",
-        default=None,
-        metavar="PRESET_OR_YAML",
-        help="a preset name (see `contrastlab presets`) or a YAML file",
-    )
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _config_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -74,9 +85,13 @@ def _train_summary(result, epochs_wanted: int, space: str) -> str:
 
 
 def _add_config(sub) -> None:
-    p = sub.add_parser("config", help="print the resolved configuration of a preset + overrides")
-    p.add_argument("--config", "-c", default=None, metavar="PRESET_OR_YAML")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration of a preset + overrides",
+        description="Print the configuration that `contrastlab train` would use with the same "
+        "--config and key=value overrides, as YAML, with every default filled in.",
+    )
+    _config_arguments(p)
     p.set_defaults(func=_cmd_config)
 
 
@@ -125,7 +140,7 @@ def _first_sentence(yaml_text: str) -> str:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="a few minutes of MoCo v2 on the built-in synthetic dataset")
     p.add_argument("--out-dir", default="runs", help="where the run directory goes (default: runs)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _config_arguments(p, preset=False)
     p.set_defaults(func=_cmd_demo)
 
 
