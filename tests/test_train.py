@@ -107,7 +107,7 @@ def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_co
     warning = [line for line in err.splitlines() if "changed settings" in line]
     assert len(warning) == 1, err
     assert "optim.lr" in warning[0] and "-> 0.5" in warning[0] and "seed 0 -> 3" in warning[0]
-    assert "train.resume" not in warning[0]
+    assert "train.resume" not in warning[0] and "optim.epochs" not in warning[0]
     events = [json.loads(x) for x in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
     resume = next(e for e in events if e["event"] == "resume")
     assert resume["changed"]["seed"] == [0, 3] and resume["changed"]["optim.epochs"] == [1, 2]

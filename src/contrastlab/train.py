@@ -415,11 +415,15 @@ class Trainer:
                 )
         where = {} if self.position is None else {"batch_in_epoch": self.position["batch"]}
         changed = changed_settings(state["config"], config_to_dict(self.cfg))
-        if changed and self.is_main:
-            # Continuing with other settings is allowed (a longer schedule is the usual case),
-            # but it is said once, and the resume event keeps what the first part used,
-            # since config.yaml now holds the new values.
-            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        # Continuing with other settings is allowed, but said once, and the resume event keeps
+        # what the first part used, since config.yaml now holds the new values. A larger
+        # optim.epochs (the documented way to train longer) and train.* (how the run is
+        # monitored, checkpointed and shown) are recorded, not warned about.
+        surprising = {
+            k: v for k, v in changed.items() if k != "optim.epochs" and not k.startswith("train.")
+        }
+        if surprising and self.is_main:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in surprising.items())
             warn(f"resuming {path} with changed settings: {listed}")
         self.log(
             {
