@@ -233,3 +233,33 @@ def test_report_in_headless_chromium(looc_run, tmp_path):
         if e["method"] == "Network.requestWillBeSent"
     ]
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_training_figure_ticks_are_whole_steps_and_epochs(tmp_path):
+    """A run of a few steps used to get ticks such as 1.925 epochs or 4.5 steps."""
+    from contrastlab.viz.report import training_figure
+    from contrastlab.viz.score_plots import load_run
+
+    run = tmp_path / "short"
+    run.mkdir()
+    lines = [
+        {
+            "event": "train",
+            "epoch": 1,
+            "step": s,
+            "loss": 7.0 - s / 10,
+            "lr": 0.1,
+            "images_per_s": 50,
+        }
+        for s in (2, 4, 6)
+    ]
+    lines += [{"event": "epoch", "epoch": e, "step": 3 * e, "loss": 6.5} for e in (1, 2)]
+    lines += [{"event": "knn", "epoch": e, "step": 3 * e, "knn_top1": 20.0 + e} for e in (1, 2)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    fig = training_figure(load_run(run, scores=False))
+    for ax in fig.axes:
+        ax.figure.canvas.draw()
+        assert all(float(t).is_integer() for t in ax.get_xticks()), (
+            ax.get_title(),
+            ax.get_xticks(),
+        )

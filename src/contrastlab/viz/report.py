@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from contrastlab.errors import UserError
 from contrastlab.viz.score_plots import Run, flatten, load_run, score_figures
@@ -125,6 +126,7 @@ def training_figure(run: Run) -> Figure | None:
     axes[3].set(title="kNN top-1 (%)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs: no 1.925
         if not ax.lines or not any(len(line.get_xdata()) for line in ax.lines):
             ax.text(
                 0.5,
