@@ -23,12 +23,17 @@ def constant(values: tuple[float, ...], device: torch.device) -> Tensor:
     return torch.tensor(values, device=device)
 
 
-def _hex_offsets(device) -> Tensor:  # channel offsets (r, g, b) of the hexcone's closed form
-    return constant((5.0, 3.0, 1.0), torch.device(device)).view(1, 3, 1, 1)
-
-
 # ITU-R 601-2 luma weights, as in torchvision's rgb_to_grayscale and PIL's convert("L").
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def select(choose: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` for the samples where ``choose`` ([N], bool) is true, ``b`` for the others, exactly.
+
+    ``torch.where(choose.view(-1, 1, 1, 1), a, b)``, computed as ``lerp`` with a 0/1 weight, which
+    returns either end bit for bit; on the CPU ``where`` with a broadcast mask is several times
+    slower than one arithmetic pass. ``a`` may broadcast against ``b`` (a one-channel luma)."""
+    return torch.lerp(b, a.expand_as(b), choose.to(b.dtype).view(-1, *([1] * (b.dim() - 1))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -36,7 +41,9 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 # ----------------------------------------------------------------------------------------------
 
 
-def resample_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int) -> Tensor:
+def resample_matrix(
+    start: Tensor, length: Tensor, in_size: int, out_size: int, mirror: Tensor | None = None
+) -> Tensor:
     """Rows that resample ``[start, start + length)`` of an axis of ``in_size`` to ``out_size``.
 
     Returns ``[N, out_size, in_size]`` (float32). Row ``i`` holds the weights of the antialiased
@@ -45,22 +52,25 @@ def resample_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int) 
     filter: support 1 when enlarging, ``length / out_size`` when shrinking; weights normalized;
     edges clamped to the crop), placed at the crop's columns. So ``R_y @ image @ R_x^T`` is
     ``torchvision.transforms.v2.functional.resized_crop(image, top, left, h, w, size,
-    antialias=True)`` for every sample at once.
+    antialias=True)`` for every sample at once. Where ``mirror`` ([N], bool) is true the rows come
+    in reverse order (output ``i`` is output ``out_size - 1 - i`` of the crop): a horizontal flip.
     """
     device = start.device
     length = length.to(torch.float32)[:, None, None]  # [N, 1, 1]
     scale = length / out_size
-    center = scale * (
-        torch.arange(out_size, device=device, dtype=torch.float32)[None, :, None] + 0.5
-    )
-    inv = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
+    position = torch.arange(out_size, device=device, dtype=torch.float32)[None, :, None]
+    if mirror is not None:  # i -> out_size - 1 - i where mirrored, as arithmetic on [N, S, 1]
+        flip = mirror.to(torch.float32)[:, None, None]
+        position = position + flip * (out_size - 1 - 2 * position)
+    center = scale * (position + 0.5)
+    inv = 1.0 / scale.clamp_min(1.0)  # the filter's support grows with the shrink factor only
     j = (
         torch.arange(in_size, device=device, dtype=torch.float32)[None, None, :]
         - start.to(torch.float32)[:, None, None]
     )  # position within the crop
-    inside = (j >= 0) & (j < length)
-    w = (1.0 - ((j - center + 0.5) * inv).abs()).clamp_min(0.0) * inside
-    return w / w.sum(dim=2, keepdim=True)
+    inside = ((j >= 0) & (j < length)).to(torch.float32)  # [N, 1, in_size]
+    w = (j - center).add_(0.5).mul_(inv).abs_().neg_().add_(1.0).clamp_min_(0.0).mul_(inside)
+    return w.div_(w.sum(dim=2, keepdim=True))
 
 
 def resized_crop(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
@@ -72,9 +82,12 @@ def resized_crop(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
     """
     n, c, height, width = x.shape
     rows = resample_matrix(boxes[:, 0], boxes[:, 2], height, size)  # [N, S, H]
-    cols = resample_matrix(boxes[:, 1], boxes[:, 3], width, size)  # [N, S, W]
-    cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # mirror = reverse output columns
-    return torch.einsum("nsh,nchw,ntw->ncst", rows, x, cols)
+    cols = resample_matrix(boxes[:, 1], boxes[:, 3], width, size, mirror=flip)  # [N, S, W]
+    # Columns first, with the channels folded into the rows of one product per sample; then rows,
+    # one product per (sample, channel). 1.5x faster than the same contraction as an einsum.
+    along_x = torch.bmm(x.reshape(n, c * height, width), cols.transpose(1, 2))  # [N, C*H, S]
+    rows = rows[:, None].expand(n, c, size, height).reshape(n * c, size, height)
+    return torch.bmm(rows, along_x.view(n * c, height, size)).view(n, c, size, size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,75 +126,68 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     return blend(x, grayscale(x), factor)
 
 
-def rgb_to_hsv(x: Tensor) -> Tensor:
-    """RGB in [0, 1] to HSV in [0, 1] (hexcone model; hue as a fraction of a turn)."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    chroma = maxc - minc
-    flat = chroma == 0
-    s = chroma / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
-    c = torch.where(flat, torch.ones_like(chroma), chroma)
-    # hue sector by which channel is the largest (red wins ties, then green)
-    h = torch.where(
-        maxc == r,
-        (g - b) / c,
-        torch.where(maxc == g, 2.0 + (b - r) / c, 4.0 + (r - g) / c),
-    )
-    h = torch.where(flat, torch.zeros_like(h), h)
-    h = torch.remainder(h / 6.0, 1.0)
-    return torch.stack([h, s, maxc], dim=1)
-
-
-def hsv_to_rgb(x: Tensor) -> Tensor:
-    """HSV in [0, 1] back to RGB with the closed form of the hexcone: channel n of (r, g, b) is
-    ``v - v * s * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6`` for n = 5, 3, 1."""
-    h, s, v = x.unbind(1)
-    h6 = (h * 6.0).unsqueeze(1)
-    k = torch.remainder(_hex_offsets(x.device) + h6, 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    v, s = v.unsqueeze(1), s.unsqueeze(1)
-    return v - v * s * ramp
-
-
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """``adjust_hue``: rotate the hue by ``shift`` turns (in [-0.5, 0.5]) in HSV space.
 
-    The same hexcone model as ``rgb_to_hsv`` / ``hsv_to_rgb``, without forming saturation:
-    value M = max(r, g, b) and chroma C = M - min(r, g, b) are kept, and channel n of the result
-    is ``M - C * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h') mod 6``, h' the shifted hue.
+    The hexcone model of HSV (torchvision's ``_rgb2hsv`` / ``_hsv2rgb``), without forming
+    saturation: value M = max(r, g, b) and chroma C = M - min(r, g, b) are kept, the hue h (in
+    sixths of a turn) is ``(g - b) / C``, ``2 + (b - r) / C`` or ``4 + (r - g) / C`` as red, green
+    or blue is the largest, and channel n of the result is ``M - C * clamp(s_n |h' - c_n| + t_n,
+    0, 1)`` with h' = h + 6 shift mod 6: the trapezoids of red (c 3, s -1, t 2), green (2, 1, -1)
+    and blue (4, 1, -1) over one turn of hue.
+    """
+    return _rotate_hue_(x.clone(), shift, torch.ones_like(shift, dtype=torch.bool))
+
+
+_HUE_TRAPEZOIDS = ((3.0, -1.0, 2.0), (2.0, 1.0, -1.0), (4.0, 1.0, -1.0))  # (c, s, t) of r, g, b
+
+
+def _rotate_hue_(x: Tensor, shift: Tensor, turn: Tensor) -> Tensor:
+    """``adjust_hue`` in place, on the samples where ``turn`` is true; the others stay bit for bit.
+
+    Written without ``torch.where``, comparisons, ``remainder`` or broadcasts over channels on
+    full-size tensors: on the CPU each of those costs several times a plain arithmetic pass
+    (docs/benchmarks.md, views). The largest channel is found as ``1 + sign(channel - M)``, a 0/1
+    float, and each output channel is computed on its own with scalar constants.
     """
     r, g, b = x.unbind(1)
     top = x.amax(dim=1)
     chroma = top - x.amin(dim=1)
-    red_max, green_max = top == r, top == g
-    numerator = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
-    offset = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0))
-    h6 = offset + numerator / torch.where(chroma == 0, 1.0, chroma)  # hue in sixths of a turn
-    h6 = (h6 + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)
-    k = torch.remainder(_hex_offsets(x.device) + h6, 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return torch.addcmul(top.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
+    # Which channel is the largest (red wins ties, then green; ties give the same hue either way).
+    red = (r - top).sign_().add_(1.0)
+    green = (g - top).sign_().add_(1.0).mul_(1.0 - red)
+    blue = 1.0 - red - green
+    numerator = red * (g - b) + green * (b - r) + blue * (r - g)
+    # Hue in sixths of a turn. Where chroma is 0 the numerator is 0 too, so the hue is 0 (as in
+    # torchvision); a chroma below the clamp only scales a hue that is multiplied by it below.
+    h6 = torch.addcdiv(2.0 * green + 4.0 * blue, numerator, chroma.clamp_min(1e-30))
+    h6 = h6.add_(6.0 * shift.view(-1, 1, 1))
+    h6 = h6.sub_(torch.floor(h6 * (1.0 / 6.0)).mul_(6.0))  # mod 6, into [0, 6)
+    weight = turn.to(x.dtype).view(-1, 1, 1)  # lerp with a 0/1 weight returns either end exactly
+    for channel, (center, slope, offset) in enumerate(_HUE_TRAPEZOIDS):
+        ramp = (h6 - center).abs_().mul_(slope).add_(offset).clamp_(0.0, 1.0)
+        x[:, channel].lerp_(torch.addcmul(top, chroma, ramp, value=-1.0), weight)
+    return x
 
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's indices of its four factors
 
 
-def _linear_jitter(x: Tensor, op: Tensor, factor: Tensor, active: Tensor) -> Tensor:
-    """Brightness, contrast or saturation (``op`` per sample) where ``active``: one blend with a
-    per-sample target (black, the mean luma or the luma), as ``f * x + (1 - f) * target`` clamped
-    to [0, 1] like torchvision's ``_blend``. Inactive samples blend with factor 1, which leaves
-    them exactly as they are.
+def _linear_jitter_(x: Tensor, op: Tensor, factor: Tensor, active: Tensor) -> Tensor:
+    """Brightness, contrast or saturation (``op`` per sample) where ``active``, in place: one blend
+    with a per-sample target (black, the mean luma or the luma), as ``f * x + (1 - f) * target``
+    clamped to [0, 1] like torchvision's ``_blend``. Inactive samples blend with factor 1, which
+    leaves them exactly as they are.
 
     The target's weight ``1 - f`` is folded into the one-channel target, so the full-size work is
-    one fused multiply-add and the clamp."""
+    a scale, an add and the clamp, in place (the chain of colour ops stays in cache)."""
     f = torch.where(active, factor, torch.ones_like(factor))
     rest = 1.0 - f
     luma = grayscale(x)
     to_luma = (rest * (op == SATURATION)).view(-1, 1, 1, 1)
     to_mean = (rest * (op == CONTRAST)).view(-1, 1, 1, 1)
     target = torch.addcmul(luma.mean(dim=(1, 2, 3), keepdim=True) * to_mean, luma, to_luma)
-    return torch.addcmul(target, x, f.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+    return x.mul_(f.view(-1, 1, 1, 1)).add_(target).clamp_(0.0, 1.0)
 
 
 def color_jitter(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Tensor:
@@ -191,25 +197,27 @@ def color_jitter(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Te
     permutation of 0..3 per sample (torchvision's ``fn_idx``). Every sample applies its ops in its
     own order. The hue rotation (the costly op) runs once for the whole batch: first each sample's
     linear ops that come before its hue, then the hue, then those after it. Samples not jittered
-    (and hue factors of 0, which ColorJitter skips) stay bit-identical.
+    (and hue factors of 0, which ColorJitter skips) stay bit-identical. Returns a new tensor; the
+    ops work in place on one copy of ``x``.
     """
+    x = x.clone()
     hue_at = (order == HUE).int().argmax(dim=1)  # position of the hue op in each sample's order
     for after_hue in (False, True):
         if after_hue:
             hue = factors[:, HUE]
             turn = apply & (hue != 0)
-            x = torch.where(turn.view(-1, 1, 1, 1), adjust_hue(x, torch.where(turn, hue, 0.0)), x)
+            _rotate_hue_(x, torch.where(turn, hue, 0.0), turn)
         for position in range(1, 4) if after_hue else range(3):  # hue is never before 0/after 3
             op = order[:, position]
             side = position > hue_at if after_hue else position < hue_at
             factor = factors.gather(1, op[:, None]).squeeze(1)
-            x = _linear_jitter(x, op, factor, apply & side)
+            _linear_jitter_(x, op, factor, apply & side)
     return x
 
 
 def random_grayscale(x: Tensor, apply: Tensor) -> Tensor:
     """``rgb_to_grayscale(x, num_output_channels=3)`` where ``apply`` is true."""
-    return torch.where(apply.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    return select(apply, grayscale(x), x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,8 +268,15 @@ def random_convolution(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
     """
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    y = _pad(x.reshape(1, n * c, h, w), k // 2)
-    y = F.conv2d(y, weight.reshape(n * c, c, k, k).to(x.dtype), groups=n).reshape(n, c, h, w)
+    # One depthwise convolution per (output, input) channel pair, then the sum over inputs: on
+    # the CPU twice as fast as the grouped convolution with 3 channels per group (same MACs).
+    y = _pad(x, k // 2)[:, None].expand(n, c, c, h + k - 1, w + k - 1)
+    y = F.conv2d(
+        y.reshape(1, n * c * c, h + k - 1, w + k - 1),
+        weight.reshape(n * c * c, 1, k, k).to(x.dtype),
+        groups=n * c * c,
+    )
+    y = y.view(n, c, c, h, w).sum(dim=2)
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
     y_lo = y.amin(dim=(1, 2, 3), keepdim=True)
@@ -276,12 +291,23 @@ def random_convolution(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _rotation_indices(size: int, device: torch.device) -> Tensor:
+    """``[4, size * size]``: for k quarter turns, the flat source pixel of each output pixel."""
+    pixels = torch.arange(size * size, device=device).view(size, size)
+    return torch.stack([torch.rot90(pixels, k, dims=(0, 1)).reshape(-1) for k in range(4)])
+
+
 def rotate90(x: Tensor, k: Tensor) -> Tensor:
-    """``torch.rot90(x[i], k[i], dims=(-2, -1))`` per sample (square images; exact)."""
-    out = x
-    for turns in (1, 2, 3):
-        out = torch.where((k == turns).view(-1, 1, 1, 1), torch.rot90(x, turns, dims=(-2, -1)), out)
-    return out
+    """``torch.rot90(x[i], k[i], dims=(-2, -1))`` per sample (square images; exact).
+
+    One gather of the pixels by each sample's permutation (three ``where`` passes over the four
+    rotations cost three times as much on the CPU)."""
+    n, c, h, w = x.shape
+    if h != w:
+        raise ValueError(f"rotate90 needs square images, got {h}x{w}")
+    index = _rotation_indices(h, x.device)[k][:, None, :].expand(n, c, h * w)
+    return x.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
 
 
 def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
