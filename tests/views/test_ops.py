@@ -91,6 +91,18 @@ def test_colour_jitter_follows_each_samples_own_order():
         assert torch.equal(out[i], x[i])  # not jittered: untouched
 
 
+def test_hue_rotation_in_place_leaves_unturned_samples_bit_for_bit():
+    x = _images()
+    shift = torch.tensor([0.3, -0.2, 0.0, 0.45, -0.5, 0.1, 0.25, -0.05])
+    turn = torch.tensor([1, 0, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    out = ops._rotate_hue_(x.clone(), shift, turn)
+    for img, o, s, t in zip(x, out, shift, turn):
+        if t:
+            assert (o - TF.adjust_hue(img, float(s))).abs().max() <= TOL
+        else:
+            assert torch.equal(o, img)
+
+
 def test_grayscale_uses_torchvision_weights_exactly():
     x = (_images() * 255).round() / 255
     apply = torch.arange(len(x)) % 2 == 0

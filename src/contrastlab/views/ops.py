@@ -132,14 +132,14 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     The hexcone model of HSV (torchvision's ``_rgb2hsv`` / ``_hsv2rgb``), without forming
     saturation: value M = max(r, g, b) and chroma C = M - min(r, g, b) are kept, the hue h (in
     sixths of a turn) is ``(g - b) / C``, ``2 + (b - r) / C`` or ``4 + (r - g) / C`` as red, green
-    or blue is the largest, and channel n of the result is ``M - C * clamp(s_n |h' - c_n| + t_n,
-    0, 1)`` with h' = h + 6 shift mod 6: the trapezoids of red (c 3, s -1, t 2), green (2, 1, -1)
-    and blue (4, 1, -1) over one turn of hue.
+    or blue is the largest, and with h' = h + 6 shift mod 6 and ``e_n = clamp(|h' - c_n| - 1, 0,
+    1)`` (c = 3, 2, 4 for r, g, b) the result is ``r = M - C + C e_r``, ``g = M - C e_g``,
+    ``b = M - C e_b``: the trapezoids of HSV-to-RGB over one turn of hue.
     """
     return _rotate_hue_(x.clone(), shift, torch.ones_like(shift, dtype=torch.bool))
 
 
-_HUE_TRAPEZOIDS = ((3.0, -1.0, 2.0), (2.0, 1.0, -1.0), (4.0, 1.0, -1.0))  # (c, s, t) of r, g, b
+_HUE_CENTERS = (3.0, 2.0, 4.0)  # where red, green, blue are smallest, in sixths of a turn
 
 
 def _rotate_hue_(x: Tensor, shift: Tensor, turn: Tensor) -> Tensor:
@@ -164,9 +164,15 @@ def _rotate_hue_(x: Tensor, shift: Tensor, turn: Tensor) -> Tensor:
     h6 = h6.add_(6.0 * shift.view(-1, 1, 1))
     h6 = h6.sub_(torch.floor(h6 * (1.0 / 6.0)).mul_(6.0))  # mod 6, into [0, 6)
     weight = turn.to(x.dtype).view(-1, 1, 1)  # lerp with a 0/1 weight returns either end exactly
-    for channel, (center, slope, offset) in enumerate(_HUE_TRAPEZOIDS):
-        ramp = (h6 - center).abs_().mul_(slope).add_(offset).clamp_(0.0, 1.0)
-        x[:, channel].lerp_(torch.addcmul(top, chroma, ramp, value=-1.0), weight)
+    bottom = top - chroma
+    for channel, center in enumerate(_HUE_CENTERS):
+        # clamp(|h' - c| - 1, 0, 1): 0 where the channel is the largest, 1 where the smallest
+        ramp = (h6 - center).abs_().sub_(1.0).clamp_(0.0, 1.0)
+        if channel == 0:  # red's trapezoid is upside down: it rises from min(r, g, b)
+            rotated = torch.addcmul(bottom, chroma, ramp)
+        else:
+            rotated = torch.addcmul(top, chroma, ramp, value=-1.0)
+        x[:, channel].lerp_(rotated, weight)
     return x
 
 
