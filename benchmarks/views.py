@@ -20,6 +20,10 @@ Part 2, the share of a training step spent making views (``--steps`` steps after
 ``demo`` and ``moco_v2_cifar_cpu`` presets as the trainer runs them (batched views, the presets'
 models, bf16 where the presets ask for it): the time of the view call over the time of the whole
 step (views, forward, backward, optimizer).
+
+Part 3 times single elementwise ops (``where``, comparisons, ``remainder`` against plain
+arithmetic) on tensors the size of one channel of a batch of views: the reason the ops in
+``views/ops.py`` are written without them.
 """
 
 from __future__ import annotations
@@ -173,6 +177,42 @@ def step_shares(args, device) -> None:
         )
 
 
+def op_costs(args, device) -> None:
+    """Why the ops avoid ``where``, comparisons and ``remainder`` on full-size tensors: each
+    elementwise op once over one channel of a batch of views, against a plain add."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (2 * args.batch, args.size, args.size)
+    a = torch.rand(shape, generator=gen).to(device)
+    b = torch.rand(shape, generator=gen).to(device)
+    mask = a > 0.5
+    weight = mask.to(a.dtype)
+    ops = {
+        "a + b": lambda: a + b,
+        "torch.where(mask, a, b)": lambda: torch.where(mask, a, b),
+        "torch.lerp(b, a, 0/1 weight)": lambda: torch.lerp(b, a, weight),
+        "a == b": lambda: a == b,
+        "a.sign()": lambda: a.sign(),
+        "torch.remainder(a, 6)": lambda: torch.remainder(a, 6.0),
+        "a - 6 floor(a / 6)": lambda: a - 6.0 * torch.floor(a * (1 / 6)),
+    }
+    print(
+        f"\n3. one elementwise op over {shape[0]} x {shape[1]} x {shape[2]} floats (median of 30)"
+    )
+    base = None
+    for name, op in ops.items():
+        times = []
+        for i in range(33):
+            common.synchronize(device)
+            t0 = time.perf_counter()
+            op()
+            common.synchronize(device)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        median = statistics.median(times)
+        base = base or median
+        print(f"  {name:30s} {median * 1e3:7.3f} ms  ({median / base:5.1f}x a + b)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=256)
@@ -198,6 +238,7 @@ def main() -> None:
     pipeline_rates(args, device)
     if not args.no_steps:
         step_shares(args, device)
+    op_costs(args, device)
 
 
 if __name__ == "__main__":
