@@ -380,3 +380,36 @@ def test_the_converted_encoder_is_named_after_its_source_without_suffixes(tmp_pa
     out = tmp_path / "c.pt"
     assert main(["convert", str(tmp_path / "moco_v2.pth.tar"), "--out", str(out)]) == 0
     assert read_checkpoint(out)["config"]["name"] == "moco_v2"  # was "moco_v2.pth"
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "lightly"])
+def test_eval_names_a_converted_encoder_by_its_source(tmp_path, fmt):
+    """A supervised torchvision ResNet was labelled 'moco' in eval results and tables: the
+    container's method, not what the encoder is."""
+    from contrastlab.eval.context import EvalContext
+
+    net = _source_net("resnet18", cifar_stem=True, seed=15)
+    head = _mlp(512, 64, 16, seed=16) if fmt != "torchvision" else None
+    source_file(fmt, net, head, tmp_path / "src.pth")
+    convert_checkpoint(tmp_path / "src.pth", fmt, tmp_path / "c.pt")
+    ctx = EvalContext.from_checkpoint(tmp_path / "c.pt", dataset="synthetic")
+    assert ctx.describe()["method"] == f"{fmt} (converted)"
+
+
+@pytest.mark.parametrize(
+    "arch, kind", [("wide_resnet50_2", "a wide ResNet"), ("resnext50_32x4d", "a ResNeXt")]
+)
+def test_wide_and_grouped_resnets_are_named_not_misfit(arch, kind):
+    """They have ResNet-50's keys and depths; before, the error was a size mismatch deep in
+    layer1, which did not say what is unsupported."""
+    from contrastlab.convert import infer_model
+    from contrastlab.errors import UserError
+
+    with torch.device("meta"):
+        state = getattr(torchvision.models, arch)().state_dict()
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    with pytest.raises(UserError, match=f"looks like {kind}.*only plain ResNets"):
+        infer_model(backbone)
+    with torch.device("meta"):
+        plain = torchvision.models.resnet50().state_dict()
+    assert infer_model(plain)["backbone"] == "resnet50"

@@ -423,9 +423,13 @@ def load_model_and_normalization(path: str | Path, device: str | torch.device = 
     cfg = config_from_dict(state["config"])
     model = build_method(cfg)
     load_model_state(model, state, path)
-    if state.get("converted", {}).get("head") is False:
+    converted = state.get("converted") or {}
+    if converted.get("head") is False:
         # converted without a projection head (contrastlab convert): its placeholder is no space
         model.feature_spaces = ("backbone",)
+    # the source project's format (contrastlab convert): a converted encoder is held in a MoCo
+    # container, but it was not trained here and maybe not with MoCo (a supervised torchvision net)
+    model.converted_from = converted.get("format")
     norm = state.get("normalization")
     stats = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
     return model.to(device).eval(), cfg, stats

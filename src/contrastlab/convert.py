@@ -363,6 +363,18 @@ def infer_model(backbone: dict[str, Tensor]) -> dict:
             "resnet18 (basic [2, 2, 2, 2]), resnet34 (basic [3, 4, 6, 3]) or resnet50 "
             "(bottleneck [3, 4, 6, 3])"
         )
+    inner = backbone.get("layer1.0.conv2.weight")  # the first block's 3x3 convolution
+    if inner is not None and (inner.shape[0] != conv1.shape[0] or inner.shape[1] != inner.shape[0]):
+        kind = (
+            "a ResNeXt (grouped 3x3 convolutions)"
+            if inner.shape[1] != inner.shape[0]
+            else f"a wide ResNet (blocks {inner.shape[0]} channels wide where conv1 has "
+            f"{conv1.shape[0]})"
+        )
+        raise UserError(
+            f"the backbone looks like {kind}; only plain ResNets are supported: resnet18, "
+            "resnet34 and resnet50, at any width of conv1 (model.width)"
+        )
     return {
         "backbone": arch,
         "width": conv1.shape[0] / 64,

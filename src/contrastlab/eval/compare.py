@@ -92,7 +92,6 @@ def run_all(
     With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
     next to its checkpoint, where the HTML report finds it.
     """
-    from contrastlab.eval.context import method_label
     from contrastlab.eval.results import result_path
 
     unknown = [p for p in protocols if p not in runners]
@@ -109,7 +108,7 @@ def run_all(
         entry = {
             "label": _label(Path(ckpt), ctx.cfg.name, taken),
             "checkpoint": str(ckpt),
-            "method": method_label(ctx.cfg),
+            "method": ctx.method,
             "space": ctx.space,
             "results": {},
             "files": {},

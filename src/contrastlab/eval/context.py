@@ -52,8 +52,12 @@ def labelled_subset(labels: Tensor, limit: int | None, seed: int) -> list[int] |
     return keep[chosen].tolist()
 
 
-def method_label(cfg) -> str:
-    """``moco``, ``looc`` or ``looc++`` (LooC with ``looc.plus_plus``), for headers and tables."""
+def method_label(cfg, converted_from: str | None = None) -> str:
+    """``moco``, ``looc`` or ``looc++`` (LooC with ``looc.plus_plus``), for headers and tables; for
+    an encoder converted from another project (``contrastlab convert``), its source format, e.g.
+    ``torchvision (converted)``."""
+    if converted_from:
+        return f"{converted_from} (converted)"
     return "looc++" if cfg.method == "looc" and cfg.looc.plus_plus else cfg.method
 
 
@@ -252,10 +256,15 @@ class EvalContext:
             **self.extract_kwargs(),
         )
 
+    @property
+    def method(self) -> str:
+        """The method label of the checkpoint (``method_label``)."""
+        return method_label(self.cfg, getattr(self.model, "converted_from", None))
+
     def describe(self) -> dict:
         return {
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "method": method_label(self.cfg),
+            "method": self.method,
             "run": self.cfg.name,
             "space": self.space,
             "dataset": self.data_cfg.name,
