@@ -143,6 +143,25 @@ def test_corrupt_and_truncated_images_fail_at_build_time_naming_the_file(tmp_pat
         build_dataset(_cfg(tmp_path, in_memory=in_memory, holdout_fraction=0.0), "train")
 
 
+def test_unreadable_images_of_the_test_split_are_counted_when_training_fails(tmp_path):
+    """One folder split into train and test: the training split failed on its bad file, and the
+    test split's bad files surfaced only on the next run, after the user had fixed the first."""
+    from contrastlab.data.datasets import _imagefolder_split
+
+    _tree(tmp_path, per_class=6)
+    train = _imagefolder_split(tmp_path, "train", 0.5)[0]
+    test = _imagefolder_split(tmp_path, "test", 0.5)[0]
+    for path in [train[0], *test[:2]]:
+        Path(path).write_bytes(b"\x89PNG not really")
+    with pytest.raises(UserError) as err:
+        build_dataset(_cfg(tmp_path, holdout_fraction=0.5), "train")
+    message = str(err.value)
+    assert "unreadable image in the train split" in message and str(train[0]) in message
+    assert "(and 2 in the test split)" in message
+    with pytest.warns(UserWarning, match="in the test split of"):
+        build_dataset(_cfg(tmp_path, holdout_fraction=0.5, skip_bad_images=True), "test")
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_skip_mode_counts_and_warns(tmp_path, in_memory):
     _tree(tmp_path, per_class=3)

@@ -627,6 +627,27 @@ def _load_folder(files: list[str], cfg: DataConfig):
     return False, None, sizes, bad
 
 
+def _unreadable_message(root: Path, split: str, first: str, why: str, count: int, cfg) -> str:
+    """The one-line error for unreadable images, counting those of the test split as well when
+    the training split fails: the test split is built after it, and its bad files would otherwise
+    surface one run later."""
+    where = (
+        f"{count} unreadable images in the {split} split of {root}, the first"
+        if count > 1
+        else f"unreadable image in the {split} split of {root}"
+    )
+    more = ""
+    if split == "train":
+        test_files = _imagefolder_split(root, "test", cfg.holdout_fraction)[0]
+        test_bad = sum(1 for _, w in _parallel(_verify, test_files) if w)
+        if test_bad:
+            more = f" (and {test_bad} in the test split)"
+    return (
+        f"{where}: {first} ({why}){more}; fix or delete them, or pass data.skip_bad_images=true "
+        f"to skip unreadable images"
+    )
+
+
 def _imagefolder(cfg: DataConfig, split: str, transform):
     root = Path(cfg.path or "").expanduser()
     files, labels, classes = _imagefolder_split(root, split, cfg.holdout_fraction)
@@ -649,19 +670,13 @@ def _imagefolder(cfg: DataConfig, split: str, transform):
     skipped = [files[i] for i in sorted(bad)]
     if bad:
         first = min(bad)
-        count = (
-            f"{len(bad)} unreadable images in {root}, the first"
-            if len(bad) > 1
-            else "unreadable image"
-        )
         if not cfg.skip_bad_images:
             raise UserError(
-                f"{count}: {files[first]} ({bad[first]}); fix or delete it, or pass "
-                f"data.skip_bad_images=true to skip unreadable images"
+                _unreadable_message(root, split, files[first], bad[first], len(bad), cfg)
             )
         warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) of {len(files)} in {root} "
-            f"(first: {files[first]}: {bad[first]})",
+            f"skipped {len(bad)} unreadable image(s) of {len(files)} in the {split} split of "
+            f"{root} (first: {files[first]}: {bad[first]})",
             stacklevel=3,
         )
     keep = [i for i in range(len(files)) if i not in bad]

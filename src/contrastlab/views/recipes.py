@@ -27,6 +27,7 @@ commutes with the colour ops and the symmetric blur, so it is folded into the cr
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -281,6 +282,9 @@ def compiled_render(recipe: ViewRecipe):
 
     # The ops' small constants are cached per device; tracing through the cache is what we want.
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*", module="torch._dynamo")
+    # Inductor's C++ build logs "No CUDA runtime is found, using CUDA_HOME=..." on CPU-only
+    # machines: a CUDA warning on a CPU run, about a path it does not use.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     fast = torch.compile(functools.partial(render, recipe), dynamic=False)
     first = True
 
