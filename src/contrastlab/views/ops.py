@@ -275,8 +275,8 @@ def random_convolution(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
     n, c, h, w = x.shape
     k = weight.shape[-1]
     # One depthwise convolution per (output, input) channel pair, then the sum over inputs: the
-    # same arithmetic as a grouped convolution with 3 channels per group, which oneDNN runs at
-    # half the speed on the CPU (LooC with texture: docs/benchmarks.md, views).
+    # same arithmetic as a grouped convolution with 3 channels per group, which oneDNN runs more
+    # slowly on the CPU (LooC with texture: docs/benchmarks.md, views).
     y = _pad(x, k // 2)[:, None].expand(n, c, c, h + k - 1, w + k - 1)
     y = F.conv2d(
         y.reshape(1, n * c * c, h + k - 1, w + k - 1),
