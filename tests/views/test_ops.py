@@ -112,9 +112,21 @@ def test_grayscale_uses_torchvision_weights_exactly():
         assert torch.equal(o, expected)
 
 
-@pytest.mark.parametrize("kernel", [3, 23])
-def test_gaussian_blur_matches_torchvision(kernel):
+# On the CPU the convolutions run over blocks of samples; a budget of 3 padded images makes
+# blocks of 3 over the 8 test images (the last one short), "whole" keeps one call.
+BLOCKS = {"whole": 2**40, "blocks of 3": 3}
+
+
+def _block_budget(monkeypatch, blocks: str, padded_bytes: int) -> None:
+    budget = BLOCKS[blocks] * padded_bytes if blocks != "whole" else BLOCKS[blocks]
+    monkeypatch.setattr(ops, "CPU_BLOCK_BYTES", budget)
+
+
+@pytest.mark.parametrize("blocks", BLOCKS)
+@pytest.mark.parametrize("kernel", [3, 5, 23])
+def test_gaussian_blur_matches_torchvision(kernel, blocks, monkeypatch):
     x = _images()
+    _block_budget(monkeypatch, blocks, 3 * (40 + kernel - 1) ** 2 * 4)
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.3, 1.9, 0.7])
     apply = torch.tensor([1, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)
     out = ops.gaussian_blur(x, sigma, apply, kernel)
@@ -133,8 +145,10 @@ def test_rotation_is_exact_rot90():
         assert torch.equal(o, torch.rot90(img, turns, dims=(-2, -1)))
 
 
-def test_random_convolution_matches_the_per_image_texture_op():
+@pytest.mark.parametrize("blocks", BLOCKS)
+def test_random_convolution_matches_the_per_image_texture_op(blocks, monkeypatch):
     x = _images()
+    _block_budget(monkeypatch, blocks, 9 * (40 + 6) ** 2 * 4)
     aug = TextureAug()
     torch.manual_seed(0)
     records = [aug.sample() for _ in range(len(x))]

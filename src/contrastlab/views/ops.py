@@ -250,11 +250,42 @@ def gaussian_kernels(sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
     return torch.where(apply[:, None], gauss, impulse)
 
 
-# The two grouped convolutions stay eager under ``data.views_compile``: compiled, they ran at a
-# third of the eager speed on the CPU (benchmarks/views.py, LooC with texture).
+# Convolutions over a whole batch of views on the CPU stream their padded input through the cache
+# once per filter tap: LooC's texture filter over 1,280 views of 32 px reads a 66 MB tensor 49
+# times. In blocks of samples whose padded input fits in a few MiB they run 2-4x faster on the
+# 2-core CPU of docs/benchmarks.md (views). GPUs take the whole batch in one call.
+CPU_BLOCK_BYTES = 4 * 2**20
+
+
+def _in_blocks(op, x: Tensor, *per_sample: Tensor, padded_bytes: int) -> Tensor:
+    """``op(x[rows], *(t[rows] for t in per_sample))`` over blocks of rows on the CPU, one call
+    elsewhere; ``padded_bytes``: the size of one sample's padded convolution input."""
+    n = x.shape[0]
+    if x.device.type != "cpu" or n * padded_bytes <= CPU_BLOCK_BYTES:
+        return op(x, *per_sample)
+    block = max(1, CPU_BLOCK_BYTES // padded_bytes)
+    out = torch.empty_like(x)
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
+        out[rows] = op(x[rows], *(t[rows] for t in per_sample))
+    return out
+
+
+# The two convolutions stay eager under ``data.views_compile``: compiled, they ran at a third of
+# the eager speed on the CPU (benchmarks/views.py, LooC with texture).
 @torch.compiler.disable
 def gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
     """``gaussian_blur(x, [k, k], [sigma, sigma])`` per sample (reflect padding), where ``apply``."""
+    _, c, h, w = x.shape
+    pad = kernel_size // 2
+    padded_bytes = c * (h + 2 * pad) * (w + 2 * pad) * x.element_size()
+    blur = functools.partial(_blur, kernel_size=kernel_size)
+    if kernel_size <= 3:  # 3 taps per pass: the whole batch is as fast as blocks (32 px views)
+        return blur(x, sigma, apply)
+    return _in_blocks(blur, x, sigma, apply, padded_bytes=padded_bytes)
+
+
+def _blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
     n, c, h, w = x.shape
     k1d = gaussian_kernels(sigma, apply, kernel_size).repeat_interleave(c, dim=0)  # [N*C, k]
     y = _pad(x.reshape(1, n * c, h, w), kernel_size // 2)
@@ -267,16 +298,23 @@ def gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) -> 
 def random_convolution(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
     """LooC's texture op (``data/looc_views.TextureAug``) for every sample at once.
 
-    ``weight``: ``[N, 3, 3, k, k]`` per-sample filters (smaller filters zero-padded to the common
-    ``k``, which gives the same result as the small filter with its own reflect padding);
-    ``alpha``: ``[N]``. The filtered image is rescaled to the input's per-image value range and
-    mixed: ``alpha * filtered + (1 - alpha) * x``.
+    ``x``: ``[N, 3, H, W]`` float; ``weight``: ``[N, 3, 3, k, k]`` per-sample filters (smaller
+    filters zero-padded to the common ``k``, which gives the same result as the small filter with
+    its own reflect padding); ``alpha``: ``[N]``. The filtered image is rescaled to the input's
+    per-image value range and mixed: ``alpha * filtered + (1 - alpha) * x``.
     """
+    _, c, h, w = x.shape
+    k = weight.shape[-1]
+    padded_bytes = c * c * (h + k - 1) * (w + k - 1) * x.element_size()
+    return _in_blocks(_filter_and_mix, x, weight, alpha, padded_bytes=padded_bytes)
+
+
+def _filter_and_mix(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
     n, c, h, w = x.shape
     k = weight.shape[-1]
     # One depthwise convolution per (output, input) channel pair, then the sum over inputs: the
-    # same arithmetic as a grouped convolution with 3 channels per group, which oneDNN runs more
-    # slowly on the CPU (LooC with texture: docs/benchmarks.md, views).
+    # same arithmetic as a grouped convolution with 3 channels per group, which oneDNN runs at
+    # half the speed on the CPU (docs/benchmarks.md, views).
     y = _pad(x, k // 2)[:, None].expand(n, c, c, h + k - 1, w + k - 1)
     y = F.conv2d(
         y.reshape(1, n * c * c, h + k - 1, w + k - 1),
@@ -284,13 +322,17 @@ def random_convolution(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
         groups=n * c * c,
     )
     y = y.view(n, c, c, h, w).sum(dim=2)
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    y_lo = y.amin(dim=(1, 2, 3), keepdim=True)
-    y_hi = y.amax(dim=(1, 2, 3), keepdim=True)
-    y = (y - y_lo) / (y_hi - y_lo).clamp_min(1e-8) * (hi - lo) + lo
-    a = alpha.view(-1, 1, 1, 1)
-    return a * y + (1.0 - a) * x
+    # Rescale y to x's range and mix, alpha * (y * scale + shift) + (1 - alpha) * x, as one
+    # multiply, one add and one multiply-add per pixel.
+    lo, hi = x.reshape(n, -1).aminmax(dim=1)
+    y_lo, y_hi = y.reshape(n, -1).aminmax(dim=1)
+    scale = (hi - lo) / (y_hi - y_lo).clamp_min(1e-8)
+    shift = lo - y_lo * scale
+    return (
+        y.mul_((alpha * scale).view(-1, 1, 1, 1))
+        .add_((alpha * shift).view(-1, 1, 1, 1))
+        .addcmul_(x, (1.0 - alpha).view(-1, 1, 1, 1))
+    )
 
 
 # ----------------------------------------------------------------------------------------------
