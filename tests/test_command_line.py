@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from contrastlab.cli import main
+from contrastlab.errors import InterruptedTwice, StopRequested
 
 
 @pytest.mark.parametrize(
@@ -121,16 +124,38 @@ def test_config_reference_in_docs_is_current():
     assert reference_markdown() in doc, "regenerate the table in docs/config.md (see its header)"
 
 
-def test_a_second_ctrl_c_during_training_says_how_to_resume(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "raised, status, said",
+    [
+        (InterruptedTwice, 130, "interrupted again while stopping"),
+        (KeyboardInterrupt, 130, "stopped by Ctrl-C outside the training loop"),
+        (lambda: StopRequested(signal.SIGTERM), 75, "stopped by SIGTERM outside the training loop"),
+    ],
+)
+def test_a_stop_outside_the_training_steps_says_how_to_resume(
+    raised, status, said, monkeypatch, capsys
+):
     import contrastlab.train
 
     def interrupted(cfg):
-        raise KeyboardInterrupt
+        raise raised()
 
     monkeypatch.setattr(contrastlab.train, "train", interrupted)
-    assert main(["train", "--config", "demo"]) == 130
+    assert main(["train", "--config", "demo"]) == status
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "train.resume=auto" in err
+    assert len(err.splitlines()) == 1 and said in err and "train.resume=auto" in err
+
+
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_while_the_command_starts_is_one_line(sig, status, tmp_path):
+    """SIGTERM used to end the command without a word, Ctrl-C with a traceback of the imports."""
+    cmd = [sys.executable, "-m", "contrastlab", "eval", "knn", str(tmp_path / "none.pt")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # Python is up, torch is still being imported
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    name = "Ctrl-C" if sig == "SIGINT" else sig
+    assert proc.returncode == status and err.strip() == f"stopped by {name}", err[-2000:]
 
 
 def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsys, monkeypatch):
@@ -160,6 +185,14 @@ def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsy
     assert "larger optim.epochs" in out
     assert main([*base, "optim.epochs=1", "train.resume=auto"]) == 0
     assert "2 epochs (more than optim.epochs=1)" in capsys.readouterr().out
+
+    # a finished checkpoint of another model is refused, not reported as nothing to train,
+    # and the new run's folder is not left behind
+    other = [*base[:-3], "model.width=0.125", "optim.epochs=2", f"out_dir={tmp_path}"]
+    assert main([*other, "name=wider", f"train.resume={last}"]) == 2
+    assert "comes from a different model" in capsys.readouterr().err
+    assert main([*base[:-2], f"out_dir={tmp_path}", "name=copy", f"train.resume={last}"]) == 0
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "wider").exists()
 
 
 def _resnet18_source(tmp_path):
@@ -245,3 +278,37 @@ def test_a_closed_pipe_ends_quietly():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr == ""
+
+
+def test_a_lost_torchrun_process_is_one_line_and_status_1(monkeypatch, capsys):
+    """gloo's "Connection reset by peer" when another process is killed used to be a traceback."""
+    import contrastlab.train
+    from contrastlab import distributed
+
+    class Broken:
+        def __init__(self, cfg):
+            pass
+
+        def fit(self):
+            raise RuntimeError(
+                "[../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:29500: "
+                "Connection reset by peer"
+            )
+
+    monkeypatch.setattr(contrastlab.train, "Trainer", Broken)
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "shutdown", lambda: None)
+    assert main(["train", "--config", "demo"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "lost another process of this torchrun job" in err and "train.resume=auto" in err
+
+    # any other error is left as it is
+    class Failing(Broken):
+        def fit(self):
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr(contrastlab.train, "Trainer", Failing)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--config", "demo"])

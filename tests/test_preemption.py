@@ -223,3 +223,34 @@ def test_training_data_workers_leave_stop_signals_to_the_main_process(tiny_confi
     feats, _ = extract_features(_Passthrough(), _SignalDispositions(), "backbone", 2, "cpu", 1)
     assert feats.shape == (4, 3) and bool(feats.all())
     assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # the main process is untouched
+
+
+def test_a_stop_between_the_epoch_checkpoint_and_the_monitor_is_caught_up_on_resume(
+    tiny_config, monkeypatch
+):
+    settings = ["optim.epochs=3", "train.checkpoint_every=1", "train.knn_every=1"]
+    straight = Trainer(tiny_config(*settings, "name=straight")).fit()
+
+    # killed after epoch 1's checkpoint, before its kNN monitor has run
+    def crash(self):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(Trainer, "knn_monitor", crash)
+    cfg = tiny_config(*settings, "name=cut")
+    with pytest.raises(RuntimeError, match="killed"):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+
+    resumed = Trainer(tiny_config(*settings, "name=cut", "train.resume=auto")).fit()
+    assert resumed.knn_top1 == straight.knn_top1
+    for name in ("last.pt", "best.pt"):
+        a = read_checkpoint(straight.run_dir / "checkpoints" / name)
+        b = read_checkpoint(resumed.run_dir / "checkpoints" / name)
+        assert (a["epoch"], a["best_metric"]) == (b["epoch"], b["best_metric"]), name
+        _equal_states(a["model"], b["model"])
+
+    def monitored(run_dir):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["epoch"] for x in lines if '"event": "knn"' in x]
+
+    assert monitored(resumed.run_dir) == monitored(straight.run_dir) == [1, 2, 3]

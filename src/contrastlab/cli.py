@@ -8,7 +8,14 @@ import os
 import sys
 import warnings
 
-from contrastlab.errors import DiskFull, UserError
+from contrastlab.errors import (
+    DiskFull,
+    InterruptedTwice,
+    PeerStopped,
+    StopRequested,
+    TrainingInterrupted,
+    UserError,
+)
 
 
 def _config_arguments(p, preset: bool = True) -> None:
@@ -278,7 +285,7 @@ _ENVIRONMENT_ERRORS = {
 
 def _after_full_disk(args) -> str:
     """What to do after a full disk: files are written through temporary files and renamed."""
-    if getattr(args, "func", None) is _cmd_train:
+    if _trains(args):
         return (
             "the checkpoints written before are intact (writes go through temporary files); "
             "free some space and resume with train.resume=auto"
@@ -286,18 +293,36 @@ def _after_full_disk(args) -> str:
     return "files written before are intact; free some space and run the command again"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and hasattr(args, "overrides") and all(_is_override(e) for e in extra):
-        # key=value before and after --config: argparse takes only one group of positionals
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.parse_args(argv)  # reports the unrecognized arguments in one line
-    from contrastlab.errors import TrainingInterrupted
+def _raise_on_stop_signals() -> None:
+    """Until the trainer's ``StopSignals`` takes over: SIGTERM and SIGUSR1 raise
+    ``StopRequested`` where the program is (Ctrl-C raises ``KeyboardInterrupt`` as always), so
+    that a command stopped while it imports, sets up or evaluates says so in one line."""
+    import signal
+    import threading
 
-    warnings.formatwarning = _one_line_warning
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise StopRequested(signum)
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _raise_on_stop_signals()
+    args = None
     try:
+        parser = build_parser()  # imports torch: inside the try, so that Ctrl-C is one line
+        args, extra = parser.parse_known_args(argv)
+        if extra and hasattr(args, "overrides") and all(_is_override(e) for e in extra):
+            # key=value before and after --config: argparse takes only one group of positionals
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.parse_args(argv)  # reports the unrecognized arguments in one line
+        warnings.formatwarning = _one_line_warning
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return status
@@ -313,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.is_main:
             print(str(e), file=sys.stderr)
         return EXIT_STOPPED
+    except PeerStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # the reader went away (``contrastlab presets | head``): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -333,18 +361,35 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        if getattr(args, "func", None) is _cmd_train:
-            # a second Ctrl-C, during the save the first one asked for: checkpoints are written
-            # to a temporary file and renamed, so the last one written before is intact
+    except InterruptedTwice:
+        # a second Ctrl-C while the run stops after the first one: checkpoints are written to a
+        # temporary file and renamed, so last.pt is whole, either the new one or the one before
+        print(
+            "interrupted again while stopping; the newest complete checkpoint is in the run's "
+            "checkpoints/ folder (each is written whole or not at all): resume with "
+            "train.resume=auto",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
+        signal_name = e.signal_name if isinstance(e, StopRequested) else "Ctrl-C"
+        if _trains(args):
+            from contrastlab.preemption import EXIT_STOPPED
+
+            # not inside a training step (those stop at the step's end and save): set-up or
+            # the summary; no file of the run was being written
             print(
-                "interrupted again before the checkpoint was saved; any checkpoint written "
-                "before is intact: resume with train.resume=auto",
+                f"stopped by {signal_name} outside the training loop; the checkpoints written "
+                "before are intact; to continue, run the same command with train.resume=auto",
                 file=sys.stderr,
             )
-        else:
-            print("interrupted", file=sys.stderr)
-        return 130
+            return EXIT_STOPPED if isinstance(e, StopRequested) else 130
+        print(f"stopped by {signal_name}", file=sys.stderr)
+        return 128 + e.signum if isinstance(e, StopRequested) else 130
+
+
+def _trains(args) -> bool:
+    return getattr(args, "func", None) is _cmd_train
 
 
 if __name__ == "__main__":

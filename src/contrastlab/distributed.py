@@ -51,6 +51,24 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# What gloo and NCCL say when the other end of a collective is gone (a process killed, crashed).
+_PEER_GONE = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "Socket closed",
+    "remote process exited",
+    "NCCL communicator was aborted",
+)
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` (from a collective) means another process of the job has ended."""
+    dist_error = getattr(dist, "DistError", ())
+    text = str(error)
+    return isinstance(error, dist_error) or any(marker in text for marker in _PEER_GONE)
+
+
 @torch.no_grad()
 def gather_cat(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every process along dim 0, in rank order (no gradient)."""

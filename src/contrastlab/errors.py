@@ -34,6 +34,34 @@ class TrainingInterrupted(Exception):
         self.is_main = is_main
 
 
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM or SIGUSR1 outside the training loop (while setting up, evaluating, plotting).
+
+    Raised where the program is, as Ctrl-C raises ``KeyboardInterrupt``; a subclass of it, so
+    that no ``except Exception`` on the way swallows it and code that cleans up after Ctrl-C
+    (DataLoader workers among it) does the same here. Inside the training loop the stop signals
+    only set a flag (``preemption.StopSignals``).
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
+
+
+class InterruptedTwice(KeyboardInterrupt):
+    """A second Ctrl-C while training stops after the first one (writing its checkpoint)."""
+
+
+class PeerStopped(Exception):
+    """Another process of a ``torchrun`` job ended (killed, crashed) and this one lost it.
+
+    The message says so in one line; the command line exits with status 1.
+    """
+
+
 def warn(message: str) -> None:
     """One line of warning on stderr (``warning: <message>``)."""
     import sys

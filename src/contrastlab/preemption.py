@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Sampler
 
 from contrastlab import distributed
+from contrastlab.errors import InterruptedTwice
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request, a checkpoint was written; run again to resume
 STOP_SIGNALS = tuple(
@@ -50,7 +51,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 class StopSignals:
     """Context manager: while active, the stop signals set ``received`` instead of killing.
 
-    A second SIGINT raises ``KeyboardInterrupt`` (the user insists). Handlers are only installed
+    A second SIGINT raises ``InterruptedTwice``, a ``KeyboardInterrupt`` (the user insists).
+    Handlers are only installed
     from the main thread (Python's rule); elsewhere the context does nothing.
     """
 
@@ -60,7 +62,7 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.received == "SIGINT":
-            raise KeyboardInterrupt
+            raise InterruptedTwice
         self.received = signal.Signals(signum).name
 
     def __enter__(self) -> "StopSignals":

@@ -39,7 +39,7 @@ from contrastlab.checkpoint import (
 from contrastlab.config import Config, config_to_dict, save_config
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import WithTransform, build_dataset, stratified_holdout
-from contrastlab.errors import TrainingDiverged, TrainingInterrupted, UserError, warn
+from contrastlab.errors import PeerStopped, TrainingDiverged, TrainingInterrupted, UserError, warn
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.methods import build_method
@@ -197,15 +197,19 @@ class Trainer:
         created = [
             p for p in (run_dir / "checkpoints", run_dir, *run_dir.parents) if not p.exists()
         ]
+        self._created_folders = created
         try:
             self._set_up(cfg)
         except BaseException:
             if getattr(self, "lock", None) is not None:
                 self.lock.release()
-            for folder in created:  # deepest first; only if nothing was written there
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            self._remove_created_folders()
             raise
+
+    def _remove_created_folders(self) -> None:
+        for folder in self._created_folders:  # deepest first; only if nothing was written there
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def _set_up(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -305,6 +309,8 @@ class Trainer:
             )
 
         self.epoch, self.step, self.best_metric = 0, 0, None
+        self.pending_monitor_loss: float | None = None  # resumed before the epoch's monitor ran
+        self.progress_bar = None
         self.last_knn: float | None = None
         self.position: dict | None = None  # where inside an epoch a resumed run continues
         self.knn_metrics: dict = {}  # the monitor's metrics of the current weights, or {}
@@ -318,6 +324,8 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             rundir.check_writable(self.run_dir)
+            rundir.refuse_foreign(self.run_dir)
+            rundir.check_replaceable(self.run_dir)
             self.lock.acquire()
             rundir.remove_stale_files(self.run_dir)
         resume = cfg.train.resume
@@ -340,6 +348,9 @@ class Trainer:
         epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
         if epoch < self.cfg.optim.epochs or state.get("position") is not None:
             return None
+        if state.get("monitor_pending") and self.cfg.train.knn_every:
+            return None  # the last epoch's kNN monitor has still to run
+        check_resumable(path, state, self.cfg)
         metrics = state.get("metrics") or {}
         loss = metrics.get("loss")
         return TrainResult(
@@ -381,30 +392,16 @@ class Trainer:
                 self.recorder.load_state_dict(self.position["recorder"], self.device)
 
     def resume_from(self, path: Path, state: dict) -> None:
-        converted = state.get("converted")
-        if converted:
-            source = (
-                converted.get("format", "another project") if isinstance(converted, dict) else ""
-            )
-            raise UserError(
-                f"checkpoint {path} is an encoder converted from {source or 'another project'} "
-                "(contrastlab convert): it holds no training state to continue (no queue, "
-                "optimizer or schedule of a contrastlab run); evaluate or export it, or start a "
-                "new run without train.resume"
-            )
-        for key in ("optimizer", "epoch", "step"):
-            if key not in state:
-                raise UserError(
-                    f"checkpoint {path} has no '{key}', so training cannot continue from it "
-                    "(it can still be evaluated or exported)"
-                )
-        check_compatible(path, state, self.cfg)
+        check_resumable(path, state, self.cfg)
         load_model_state(self.method, state, path)
         self.resumed_from = path
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state.get("best_metric")
         self.last_knn = (state.get("metrics") or {}).get("knn_top1")
+        if state.get("monitor_pending") and state.get("position") is None:
+            loss = (state.get("metrics") or {}).get("loss")
+            self.pending_monitor_loss = float(loss) if loss is not None else float("nan")
         self.position = state.get("position")
         if self.position is not None:
             saved_world = len(self.position["rng"])
@@ -420,7 +417,9 @@ class Trainer:
         # optim.epochs (the documented way to train longer) and train.* (how the run is
         # monitored, checkpointed and shown) are recorded, not warned about.
         surprising = {
-            k: v for k, v in changed.items() if k != "optim.epochs" and not k.startswith("train.")
+            k: v
+            for k, v in changed.items()
+            if k not in ("optim.epochs", "name", "out_dir") and not k.startswith("train.")
         }
         if surprising and self.is_main:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in surprising.items())
@@ -455,11 +454,14 @@ class Trainer:
         """Train to ``optim.epochs``; raises ``TrainingInterrupted`` after a stop signal."""
         if self.complete is not None:
             self.lock.release()
+            self._remove_created_folders()  # a run resumed from elsewhere wrote nothing here
             return self.complete
         try:
             with preemption.StopSignals() as signals:
                 return self._fit(signals)
         finally:
+            if self.progress_bar is not None:
+                self.progress_bar.close()
             if self.writer is not None:
                 self.writer.close()
             self.lock.release()
@@ -475,6 +477,9 @@ class Trainer:
         start = time.time()
         start_epoch, start_step = self.epoch, self.step
         final_loss = float("nan")
+        if self.pending_monitor_loss is not None:  # stopped after the save, before the monitor
+            final_loss = self.pending_monitor_loss
+            self.run_monitor(final_loss, rewrite_last=True)
         for epoch in range(self.epoch, cfg.optim.epochs):
             final_loss = self.train_epoch(epoch)
             self.epoch = epoch + 1
@@ -491,16 +496,15 @@ class Trainer:
             save_now, stop = self.stop_policy.poll()
             save_due = save_due or save_now
             if save_due:  # before the monitor, so that a failing monitor loses no work
-                distributed.raise_together(functools.partial(self.save, final_loss))
+                # ... and marked as waiting for it: a run stopped before the monitor has run
+                # catches up on it when resumed, so that best.pt is what it would have been
+                save = functools.partial(self.save, final_loss, monitor_pending=bool(knn_due))
+                distributed.raise_together(save)
                 self.stop_policy.saved()
             if stop:
                 raise self.interrupted(f"after epoch {self.epoch}")
             if knn_due:
-                self.knn_metrics = self.knn_monitor()
-                self.last_knn = self.knn_metrics.get("knn_top1")
-                # best.pt is judged on these very weights; last.pt gets the monitor's figures
-                save = functools.partial(self.save, final_loss, rewrite_last=bool(save_due))
-                distributed.raise_together(save)
+                self.run_monitor(final_loss, rewrite_last=bool(save_due))
         if self.recorder is not None:
             self.recorder.close()
         return TrainResult(
@@ -566,6 +570,7 @@ class Trainer:
                 leave=False,
                 initial=first,
             )
+            self.progress_bar = bar  # closed by fit() whatever ends the epoch: errors start a line
         for i, views in enumerate(self.views, first):
             if i >= self.steps_per_epoch:
                 break
@@ -648,6 +653,14 @@ class Trainer:
         )
 
     # -- monitoring and checkpoints ---------------------------------------------------------
+    def run_monitor(self, loss: float, rewrite_last: bool) -> None:
+        """The kNN monitor at the end of an epoch, then ``best.pt`` judged on these very weights
+        (``last.pt`` rewritten with the monitor's figures when ``rewrite_last``)."""
+        self.knn_metrics = self.knn_monitor()
+        self.last_knn = self.knn_metrics.get("knn_top1")
+        save = functools.partial(self.save, loss, rewrite_last=rewrite_last)
+        distributed.raise_together(save)
+
     def knn_monitor(self) -> dict:
         """The kNN monitor's metrics of the current weights (:func:`knn_monitor_metrics`)."""
         metrics = {}
@@ -670,12 +683,13 @@ class Trainer:
         self.model.train()
         return metrics
 
-    def save(self, loss: float, rewrite_last: bool = True) -> None:
+    def save(self, loss: float, rewrite_last: bool = True, monitor_pending: bool = False) -> None:
         """Write ``last.pt`` (when ``rewrite_last``) and, if improved, ``best.pt``.
 
         ``best.pt`` is judged only on ``knn_val_top1`` measured on these very weights (never on a
         metric of earlier weights, never on the test split that ``knn_top1`` reports): without a
-        fresh validation metric, no ``best.pt`` is written.
+        fresh validation metric, no ``best.pt`` is written. ``monitor_pending``: the epoch's kNN
+        monitor has not run yet on these weights; a resume from this checkpoint runs it first.
         """
         if not self.is_main:
             return
@@ -693,6 +707,8 @@ class Trainer:
             {"loss": loss, **self.knn_metrics},
             normalization=(self.train_images.mean, self.train_images.std),
         )
+        if monitor_pending:
+            state["monitor_pending"] = True
         last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
         # best.pt first: a kill between the two renames leaves the newer state in best.pt,
         # which train.resume=auto then picks
@@ -770,8 +786,42 @@ class Trainer:
         )
 
 
+def check_resumable(path: Path, state: dict, cfg: Config) -> None:
+    """One line if training cannot continue from ``state`` with ``cfg``: a converted encoder, a
+    checkpoint without training state, or one of another model (``check_compatible``)."""
+    converted = state.get("converted")
+    if converted:
+        source = converted.get("format", "another project") if isinstance(converted, dict) else ""
+        raise UserError(
+            f"checkpoint {path} is an encoder converted from {source or 'another project'} "
+            "(contrastlab convert): it holds no training state to continue (no queue, "
+            "optimizer or schedule of a contrastlab run); evaluate or export it, or start a "
+            "new run without train.resume"
+        )
+    for key in ("optimizer", "epoch", "step"):
+        if key not in state:
+            raise UserError(
+                f"checkpoint {path} has no '{key}', so training cannot continue from it "
+                "(it can still be evaluated or exported)"
+            )
+    check_compatible(path, state, cfg)
+
+
 def train(cfg: Config) -> TrainResult:
     try:
         return Trainer(cfg).fit()
+    except RuntimeError as e:
+        if not (distributed.is_distributed() and distributed.lost_a_peer(e)):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerStopped(
+            f"process {distributed.rank()} lost another process of this torchrun job, which "
+            f"ended without a word (killed or crashed: {first[:160]}); the checkpoints written "
+            "before are intact; to continue, run the torchrun command again with "
+            "train.resume=auto"
+        ) from None
     finally:
-        distributed.shutdown()
+        try:
+            distributed.shutdown()
+        except RuntimeError:  # the group broke with a lost process
+            pass
