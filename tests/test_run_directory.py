@@ -294,6 +294,41 @@ def test_overwrite_deletes_only_what_contrastlab_wrote(trained, tiny_config):
     assert not list((run / "scores").glob("*.npz"))  # the old run's score files are gone
 
 
+def test_overwrite_keeps_files_with_a_runs_names_that_contrastlab_did_not_write(
+    trained, tiny_config, capsys
+):
+    run = trained.run_dir
+    export = run / "checkpoints" / "epoch-0001.pt"  # a torchvision state dict, not a checkpoint
+    torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3)}, export)
+    events = run / "tensorboard" / "events.out.tfevents.mine"  # not SummaryWriter's naming
+    events.write_bytes(b"another program's events")
+    before = {p: p.read_bytes() for p in (export, events)}
+    Trainer(tiny_config(*ONE, "name=done", "train.overwrite=true")).fit()
+    assert {p: p.read_bytes() for p in (export, events)} == before
+    err = capsys.readouterr().err
+    assert f"kept {export}: contrastlab did not write it" in err and str(events) in err
+
+
+@pytest.mark.parametrize("how", [[], ["train.overwrite=true"], ["train.resume=auto"]])
+def test_a_folder_of_the_users_with_a_runs_file_names_is_refused(tiny_config, tmp_path, how):
+    folder = tmp_path / "runs" / "mine"
+    (folder / "scores").mkdir(parents=True)
+    files = {
+        folder / "config.yaml": "lr: 0.1\n",
+        folder / "metrics.jsonl": '{"mine": 1}\n',
+        folder / "scores" / "meta.json": "{}",
+        folder / "notes.txt": "notes",
+    }
+    for path, text in files.items():
+        path.write_text(text)
+    with pytest.raises(UserError, match="is not a contrastlab run directory .* config.yaml"):
+        Trainer(tiny_config(*ONE, "name=mine", *how)).fit()
+    assert {p: p.read_text() for p in files} == files
+    assert sorted(p.name for p in folder.rglob("*")) == sorted(
+        ["config.yaml", "metrics.jsonl", "scores", "meta.json", "notes.txt"]
+    )
+
+
 def test_best_without_last_is_not_silently_overwritten(trained, tiny_config):
     best = trained.run_dir / "checkpoints" / "best.pt"
     trained.last_checkpoint.unlink()
@@ -356,3 +391,25 @@ def test_a_run_refused_before_training_leaves_no_folders(tmp_path, capsys, overr
     assert main(argv) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_checkpoint_that_cannot_be_replaced_is_refused_before_training(
+    trained, tiny_config, monkeypatch
+):
+    """An immutable last.pt used to fail after an epoch of training, naming the temporary file."""
+    last = trained.last_checkpoint
+    before = last.read_bytes()
+    real_utime = os.utime
+
+    def immutable(path, *args, **kwargs):
+        if Path(path) == last:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", immutable)
+    built = []
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: built.append(epoch))
+    cfg = tiny_config("optim.epochs=2", "train.knn_every=1", "name=done", "train.resume=auto")
+    with pytest.raises(UserError, match=rf"cannot replace {last}: Operation not permitted"):
+        Trainer(cfg).fit()
+    assert not built and last.read_bytes() == before

@@ -529,6 +529,10 @@ def _int(low=None, high=None) -> Range:
 
 POSITIVE = Range(0, None, low_open=True)
 FRACTION = Range(0, 1)
+# A softmax temperature: similarities in [-1, 1] divided by it. Below 0.001 the logits pass
+# +-1000 and the loss is float rounding (1e-8 gave a "finite" loss of 41,444); above 10 the
+# softmax is flat. Papers use 0.05-1.
+TEMPERATURE = Range(0.001, 10)
 
 # Every key whose type is not already a closed set of choices (a Literal or a bool) declares its
 # valid values here; a test walks the whole config tree and fails on a key that is missing.
@@ -552,7 +556,7 @@ VALID: dict[str, Any] = {
     "model.bn_splits": _int(1),
     "moco.queue_size": _int(1),
     "moco.momentum": FRACTION,
-    "moco.temperature": POSITIVE,
+    "moco.temperature": TEMPERATURE,
     "ft.alpha_pos": POSITIVE,
     "ft.alpha_neg": POSITIVE,
     "ft.start_epoch": _int(0),
@@ -570,7 +574,7 @@ VALID: dict[str, Any] = {
     "train.checkpoint_minutes": Range(0, None),
     "train.knn_every": _int(0),
     "train.knn_k": _int(1),
-    "train.knn_temperature": POSITIVE,
+    "train.knn_temperature": TEMPERATURE,
     "train.knn_space": Text("feature space (checked against the model's spaces)"),
     "train.knn_val_fraction": Range(0, 1, high_open=True),
     "train.max_steps_per_epoch": _int(1),

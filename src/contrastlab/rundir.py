@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
+
+import yaml
 
 from contrastlab.checkpoint import TEMP_MARK, read_checkpoint, remove_stale_temps
 from contrastlab.errors import UserError, warn
@@ -63,6 +66,30 @@ def check_writable(run_dir: Path) -> None:
                 probe.unlink(missing_ok=True)
             except OSError:
                 pass
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """The files that a run goes on to replace or append to must allow it, checked before any
+    work: an immutable (``chattr +i``) ``last.pt`` used to fail only when the first epoch ended,
+    naming the temporary file. Checkpoints are replaced by a rename, so a file whose times cannot
+    be set (kept unchanged) is refused; ``metrics.jsonl`` and ``config.yaml`` are written in place,
+    so they must open for appending (nothing is written)."""
+    checkpoints = [run_dir / "checkpoints" / name for name in CHECKPOINT_NAMES]
+    for path in [*checkpoints, run_dir / "metrics.jsonl", run_dir / "config.yaml"]:
+        if not path.is_file():
+            continue
+        try:
+            if path in checkpoints:
+                st = path.stat()
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            else:
+                with open(path, "ab"):
+                    pass
+        except OSError as e:
+            raise UserError(
+                f"cannot replace {path}: {e.strerror or e}; lift its protection (chattr -i, "
+                "chmod, chown) or choose another name"
+            ) from None
 
 
 class RunLock:
@@ -143,14 +170,76 @@ def remove_stale_files(run_dir: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def clear_run(run_dir: Path) -> list[Path]:
-    """Delete what contrastlab wrote in ``run_dir`` (and folders left empty); returns the files."""
-    removed = []
+# The sections of every config.yaml that a run writes (``config.save_config``).
+_RUN_CONFIG_SECTIONS = {"method", "data", "model", "optim", "train"}
+# torch's SummaryWriter names its files events.out.tfevents.<time>.<host>.<pid>.<counter>
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\.\d{10,}\..+\.\d+\.\d+")
+
+
+def own_files(run_dir: Path) -> list[Path]:
+    """The files in ``run_dir`` with the names that a run writes (``OWN_FILES``)."""
+    found = []
     for pattern in OWN_FILES:
-        for p in sorted(run_dir.glob(pattern)):
-            if p.is_file() or p.is_symlink():
-                p.unlink()
-                removed.append(p)
+        found += [p for p in sorted(run_dir.glob(pattern)) if p.is_file() or p.is_symlink()]
+    return found
+
+
+def _written_by_contrastlab(path: Path) -> bool:
+    """Whether a file with one of ``OWN_FILES``' names is what contrastlab writes there."""
+    name = path.name
+    if name == "config.yaml":
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False
+        return isinstance(data, dict) and _RUN_CONFIG_SECTIONS <= data.keys()
+    if path.suffix == ".pt":
+        try:
+            read_checkpoint(path, verify=False)
+        except UserError:
+            return False
+        return True
+    if name.startswith("events.out.tfevents."):
+        return bool(_EVENT_FILE.fullmatch(name))
+    return True  # metrics.jsonl and the score files are checked when they are read
+
+
+def is_run_directory(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a contrastlab run: its ``config.yaml`` or one of its checkpoints
+    is one that contrastlab wrote."""
+    marks = [run_dir / "config.yaml", *existing_checkpoints(run_dir)]
+    return any(p.is_file() and _written_by_contrastlab(p) for p in marks)
+
+
+def refuse_foreign(run_dir: Path) -> None:
+    """A folder that holds files with the names a run writes but is not a contrastlab run is
+    the user's: refused whatever ``train.overwrite`` and ``train.resume`` say, before anything
+    in it is written or deleted."""
+    found = own_files(run_dir)
+    if not found or is_run_directory(run_dir):
+        return
+    names = [str(p.relative_to(run_dir)) for p in found]
+    listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    raise UserError(
+        f"{run_dir} is not a contrastlab run directory (it has no config.yaml or checkpoint "
+        f"written by contrastlab) but holds {listed}, which a run would overwrite; choose "
+        "another out_dir or name"
+    )
+
+
+def clear_run(run_dir: Path) -> list[Path]:
+    """Delete what contrastlab wrote in ``run_dir`` (and folders left empty); returns the files.
+
+    Files with the names a run writes but another content (a torchvision export saved as
+    ``checkpoints/epoch-0001.pt``, an event file of another program) are kept, with a warning.
+    """
+    removed = []
+    for p in own_files(run_dir):
+        if not _written_by_contrastlab(p):
+            warn(f"kept {p}: contrastlab did not write it")
+            continue
+        p.unlink()
+        removed.append(p)
     for sub in ("scores", "tensorboard"):
         try:
             (run_dir / sub).rmdir()  # only when empty: the user's own files stay

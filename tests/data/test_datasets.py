@@ -43,6 +43,24 @@ def test_missing_torchvision_dataset_without_download_says_how_to_get_it(tmp_pat
     assert "data.download=true" in message and "data.path" in message
 
 
+@pytest.mark.parametrize(
+    "name, folder",
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("stl10", "stl10_binary"),
+    ],
+)
+def test_a_damaged_copy_of_a_torchvision_dataset_is_called_damaged(tmp_path, name, folder):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "data_batch_1").write_bytes(b"cut short")
+    with pytest.raises(UserError) as err:
+        build_dataset(DataConfig(name=name, path=str(tmp_path), download=False), "train")
+    message = str(err.value)
+    assert "\n" not in message and f"{tmp_path / folder} is damaged or incomplete" in message
+    assert "delete that folder" in message and "not found" not in message
+
+
 def test_torchvision_dataset_path_that_is_a_file(tmp_path):
     f = tmp_path / "cifar.tar"
     f.write_bytes(b"x")

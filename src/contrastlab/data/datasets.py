@@ -246,6 +246,15 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # HWC -> CHW, no per-image PIL
             labels = torch.as_tensor(ds.targets)
     except Exception as e:
+        cls = {"stl10": tvd.STL10, "cifar10": tvd.CIFAR10}.get(name, tvd.CIFAR100)
+        copy = root / cls.base_folder
+        if copy.is_dir() and any(copy.iterdir()):
+            why = "" if "not found or corrupted" in str(e) else f" ({_reason(e)})"
+            raise UserError(
+                f"the copy of {name} in {copy} is damaged or incomplete{why}; delete "
+                f"that folder and extract the archive again, or download it anew with "
+                f"data.path={root} data.download=true (needs internet)"
+            ) from None
         if not cfg.download:
             raise UserError(
                 f"{name} not found under {root}; point data.path (eval: --data-path) at "
