@@ -48,6 +48,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from contrastlab.atomic import save_figure, write_atomic, write_text
 from contrastlab.errors import UserError
 
 CONDITIONS = ("color", "rotation", "crop", "texture")
@@ -253,12 +254,12 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
     bar.close()
 
     pos = {k: torch.cat(v).numpy().astype(np.float32) for k, v in pos.items()}
-    np.savez(out_dir / "sensitivity.npz", **pos)
+    write_atomic(out_dir / "sensitivity.npz", lambda f: np.savez(f, **pos))
     import yaml
 
     from contrastlab.config import config_to_dict
 
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(ctx.cfg), sort_keys=False))
+    write_text(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(ctx.cfg), sort_keys=False))
     return {"label": label, "dir": out_dir.name, **_summary(out_dir, pos, settings.spaces)}
 
 
@@ -534,11 +535,10 @@ def analysis_figures(out: str | Path) -> list[tuple[str, Figure]]:
 
 def write_figures(out: str | Path, dpi: int = 110) -> list[Path]:
     folder = Path(out) / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, fig in analysis_figures(out):
         path = folder / f"{stem}.png"
-        fig.savefig(path, dpi=dpi)
+        save_figure(fig, path, dpi=dpi)
         paths.append(path)
     return paths
 

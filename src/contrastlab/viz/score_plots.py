@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from contrastlab.atomic import save_figure
 from contrastlab.errors import UserError
 from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
 
@@ -347,10 +348,9 @@ def plot_scores(
     if out_dir is None:
         out_dir = runs[0].path / "figures" if len(runs) == 1 else Path("score-plots")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, fig in score_figures(runs, labels):
         path = out_dir / f"{stem}.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         paths.append(path)
     return paths
