@@ -220,6 +220,17 @@ def _has_torch_layout(path: Path) -> bool:
         return False
 
 
+def _convertible(state: object) -> bool:
+    """Whether ``contrastlab convert --from auto`` recognizes the layout of ``state``."""
+    from contrastlab.convert import detect_format
+
+    try:
+        detect_format(state)
+    except UserError:
+        return False
+    return True
+
+
 def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
     """Load a checkpoint without unpickling objects; check its format, keys, checksum, values.
 
@@ -238,10 +249,17 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
         ),
     )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
+        if _convertible(state):
+            raise UserError(
+                f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); it is a "
+                "checkpoint of another project that becomes one with: contrastlab convert "
+                f"{path} --from auto --out {path.stem}-contrastlab.pt"
+            )
         raise UserError(
-            f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); a checkpoint "
-            "of MoCo, PyContrast, lightly, solo-learn or a torchvision state dict becomes one "
-            f"with: contrastlab convert {path} --from auto --out {path.stem}-contrastlab.pt"
+            f"{path} is not a contrastlab checkpoint (expected format {FORMAT}) nor a "
+            "checkpoint that contrastlab convert recognizes (MoCo, PyContrast, lightly, "
+            "solo-learn or a torchvision ResNet state dict); give a .pt file written by "
+            "contrastlab train or convert"
         )
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):
