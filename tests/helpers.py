@@ -74,3 +74,81 @@ def shared_data_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+class _FullFile:
+    """A file opened for writing on a disk with ``room`` bytes left: a larger write raises
+    ``OSError(ENOSPC)`` as the system does."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
+
+    def write(self, data):
+        n = len(data) if isinstance(data, str) else memoryview(data).nbytes
+        if n > self._room:
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= n
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def full_disk(monkeypatch, room: int = 64, only: str | None = None) -> None:
+    """Simulate a nearly full disk without mounting one: every file opened for writing (by
+    ``open``, ``Path.write_text``, and so by ``torch.save``, ``np.savez``, ``savefig`` given a
+    file) takes ``room`` bytes, then raises ``OSError(ENOSPC)``; ``os.write`` to a file (an
+    append) raises it at once. With ``only``, just the files whose path holds ``only``."""
+    import builtins
+    import errno
+    import io
+
+    real_open, real_write = builtins.open, os.write
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        hit = only is None or only in str(file)
+        return _FullFile(f, room) if hit and any(c in mode for c in "wax+") else f
+
+    def fake_write(fd, data):
+        if fd > 2 and only is None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "write", fake_write)
+
+
+def torch_save_on_a_full_disk(monkeypatch) -> None:
+    """``torch.save`` as it fails on a full disk: part of the file written, then torch's
+    ``RuntimeError`` raised while handling the ``OSError(ENOSPC)`` of the write."""
+    import errno
+
+    import torch
+
+    def save(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):
+            f.write(b"PK\x03\x04 partial")
+        else:
+            with open(f, "wb") as out:
+                out.write(b"PK\x03\x04 partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")  # noqa: B904 - as torch does
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def temporary_files(folder) -> list:
+    """Files a write left behind: ``.name.tmp-PID``, ``name.tmp``, ``name.tmpPID``."""
+    return [p for p in Path(folder).rglob("*") if ".tmp" in p.name]

@@ -224,6 +224,9 @@ def test_errors_are_one_line_and_early(tmp_path, capsys):
     assert "70 images" in err and "64" in err
     err = _error(["analyze", str(a), str(tmp_path / "missing.pt"), "--out", out], capsys)
     assert "missing.pt does not exist" in err
+    (tmp_path / "folder.pt").mkdir()
+    err = _error(["analyze", str(tmp_path / "folder.pt"), "--out", out], capsys)
+    assert "folder.pt is a folder, not a checkpoint file" in err
     err = _error(["analyze", str(a), "--space", "color", "--out", out], capsys)
     assert "'color' does not exist" in err and "backbone, z" in err
     err = _error(["analyze", str(a), "--labels", "x", "y", "--out", out], capsys)

@@ -151,3 +151,69 @@ def test_analyze_does_not_replace_a_users_analysis_json(run, tmp_path, capsys):
     argv = ["analyze", ckpt, "--images", "8", "--negatives", "16", "--out", str(folder)]
     _refused(argv, capsys, "already exists")
     assert (folder / "analysis.json").read_text() == '{"x": 1}'
+
+
+def _disk_full(argv, capsys, monkeypatch, folder, only=None) -> None:
+    """``argv`` on a nearly full disk: one line, exit 2, no traceback, no temporary file."""
+    from helpers import full_disk, temporary_files
+
+    capsys.readouterr()
+    with monkeypatch.context() as mp:
+        full_disk(mp, only=only)
+        code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "no space left on device" in err and "run the command again" in err, err
+    assert temporary_files(folder) == []
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "detectron2", "safetensors"])
+def test_export_on_a_full_disk_keeps_the_earlier_export(run, tmp_path, capsys, monkeypatch, fmt):
+    if fmt == "safetensors":
+        pytest.importorskip("safetensors")
+    out = tmp_path / f"b.{fmt}"
+    argv = ["export", str(run / "checkpoints" / "last.pt"), "--format", fmt, "--out", str(out)]
+    assert main(argv) == 0
+    before = out.read_bytes()
+    _disk_full(argv, capsys, monkeypatch, tmp_path)
+    assert out.read_bytes() == before
+
+
+def test_report_on_a_full_disk_keeps_the_earlier_report(run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    _disk_full(["report", str(run), "--out", str(out)], capsys, monkeypatch, tmp_path)
+    assert out.read_bytes() == before
+
+
+def test_eval_cache_and_result_on_a_full_disk(run, tmp_path, capsys, monkeypatch):
+    ckpt = str(run / "checkpoints" / "last.pt")
+    argv = ["eval", "knn", ckpt, *EVAL, "--cache", str(tmp_path / "cache")]
+    _disk_full([*argv, "--out", str(tmp_path / "k.json")], capsys, monkeypatch, tmp_path)
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_analyze_on_a_full_disk_is_one_line(run, tmp_path, capsys, monkeypatch):
+    ckpt = str(run / "checkpoints" / "last.pt")
+    out = tmp_path / "a"
+    argv = ["analyze", ckpt, "--images", "8", "--negatives", "16", "--no-progress"]
+    _disk_full([*argv, "--out", str(out)], capsys, monkeypatch, tmp_path)
+    # the disk fills up at the per-image scores, after the score statistics are written
+    _disk_full([*argv, "--out", str(out)], capsys, monkeypatch, tmp_path, "sensitivity.npz")
+    assert list(out.rglob("*sensitivity.npz*")) == []
+
+
+def test_analyze_does_not_replace_a_users_figure(run, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "figures").mkdir(parents=True)
+    mine = folder / "figures" / "analysis-backbone-overlay.png"
+    mine.write_bytes(b"my own figure")
+    ckpt = str(run / "checkpoints" / "last.pt")
+    argv = ["analyze", ckpt, "--images", "8", "--negatives", "16", "--no-progress"]
+    err = _refused([*argv, "--out", str(folder)], capsys, "already exists")
+    assert "--overwrite" in err and mine.read_bytes() == b"my own figure"
+    assert not (folder / "analysis.json").exists()  # refused before any work
+    assert main([*argv, "--out", str(folder), "--overwrite"]) == 0
+    assert main([*argv, "--out", str(folder)]) == 0  # its own earlier analysis: replaced
+    capsys.readouterr()

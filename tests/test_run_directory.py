@@ -117,6 +117,15 @@ def test_another_projects_state_dict_gets_the_convert_command(tmp_path, capsys):
     assert f"contrastlab convert {path} --from auto" in err
 
 
+def test_a_plain_tensor_is_not_sent_to_convert_which_cannot_read_it(tmp_path, capsys):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.ones(3), path)
+    assert main(["eval", "knn", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a contrastlab checkpoint" in err
+    assert "contrastlab convert tensor.pt" not in err and f"convert {path}" not in err
+
+
 @pytest.mark.parametrize("missing", ["config", "model"])
 def test_a_tagged_checkpoint_without_config_or_model_is_one_line(trained, tmp_path, missing):
     state = torch.load(trained.last_checkpoint, weights_only=True)
@@ -237,6 +246,38 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(trained, monkeypatch, 
     assert "no space left on device" in err and "intact" in err
     assert trained.last_checkpoint.read_bytes() == before
     assert _no_temps(trained.run_dir)
+
+
+def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_checkpoint(
+    trained, monkeypatch, capsys
+):
+    from helpers import temporary_files, torch_save_on_a_full_disk
+
+    before = trained.last_checkpoint.read_bytes()
+    torch_save_on_a_full_disk(monkeypatch)  # RuntimeError("unexpected pos") from the ENOSPC
+    code = main(
+        ["train", "--config", "moco_v2_cifar", *_tiny(trained), "optim.epochs=2"]
+        + ["train.resume=auto"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "no space left on device" in err and "train.resume=auto" in err
+    assert trained.last_checkpoint.read_bytes() == before
+    assert temporary_files(trained.run_dir) == []
+
+
+def test_save_checkpoint_on_a_full_disk_raises_disk_full(trained, monkeypatch):
+    from helpers import full_disk, temporary_files
+
+    from contrastlab.errors import DiskFull
+
+    state = torch.load(trained.last_checkpoint, weights_only=True)
+    before = trained.last_checkpoint.read_bytes()
+    full_disk(monkeypatch, room=4096)
+    with pytest.raises(DiskFull, match="the previous last.pt is intact"):
+        save_checkpoint(trained.last_checkpoint, state)
+    assert trained.last_checkpoint.read_bytes() == before
+    assert temporary_files(trained.run_dir) == []
 
 
 def _tiny(result) -> list[str]:

@@ -48,6 +48,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from contrastlab.atomic import save_figure, write_atomic, write_text
 from contrastlab.errors import UserError
 
 CONDITIONS = ("color", "rotation", "crop", "texture")
@@ -253,12 +254,12 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
     bar.close()
 
     pos = {k: torch.cat(v).numpy().astype(np.float32) for k, v in pos.items()}
-    np.savez(out_dir / "sensitivity.npz", **pos)
+    write_atomic(out_dir / "sensitivity.npz", lambda f: np.savez(f, **pos))
     import yaml
 
     from contrastlab.config import config_to_dict
 
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(ctx.cfg), sort_keys=False))
+    write_text(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(ctx.cfg), sort_keys=False))
     return {"label": label, "dir": out_dir.name, **_summary(out_dir, pos, settings.spaces)}
 
 
@@ -341,6 +342,11 @@ def run_analysis(
     if settings.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {settings.batch_size}")
     for c in checkpoints:  # every file first: no work is lost to a typo in the last one
+        if Path(c).is_dir():  # the same line as the other commands (checkpoint.load_torch_file)
+            raise UserError(
+                f"{c} is a folder, not a checkpoint file; give a .pt file (a run keeps its "
+                "checkpoints in <run>/checkpoints/)"
+            )
         if not Path(c).is_file():
             raise UserError(f"checkpoint {c} does not exist")
     labels = list(labels) if labels is not None else default_labels(checkpoints)
@@ -532,13 +538,48 @@ def analysis_figures(out: str | Path) -> list[tuple[str, Figure]]:
     return figures
 
 
+_FIGURE_KINDS = ("distributions", "overlay", "sensitivity")
+
+
+def _check_outputs(
+    out: Path, checkpoints: Sequence[str], labels, spaces: Sequence[str], overwrite: bool
+) -> None:
+    """Refuse, before any work, to replace a file in ``out`` that an earlier analysis did not
+    write: a figure not marked as contrastlab's, or a file in an encoder's folder of a folder
+    that is not an earlier analysis (no ``analysis.json`` of ours)."""
+    from contrastlab.atomic import is_contrastlab_figure
+    from contrastlab.outputs import check_output
+
+    for space in spaces:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", space)
+        for kind in _FIGURE_KINDS:
+            check_output(
+                out / "figures" / f"analysis-{stem}-{kind}.png",
+                replaceable=is_contrastlab_figure,
+                what="a figure",
+                overwrite=overwrite,
+            )
+    earlier = _is_analysis(out / "analysis.json")
+    if labels is None or len(labels) != len(checkpoints):
+        labels = default_labels(checkpoints)
+    taken: set[str] = set()
+    for label in labels:
+        folder = out / "encoders" / _dir_name(label, taken)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"cannot write {folder}: it is a file, not a folder")
+        found = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        for path in found:
+            check_output(
+                path, replaceable=lambda _p: earlier, what="an analysis file", overwrite=overwrite
+            )
+
+
 def write_figures(out: str | Path, dpi: int = 110) -> list[Path]:
     folder = Path(out) / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, fig in analysis_figures(out):
         path = folder / f"{stem}.png"
-        fig.savefig(path, dpi=dpi)
+        save_figure(fig, path, dpi=dpi)
         paths.append(path)
     return paths
 
@@ -596,7 +637,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an analysis.json in the output folder that is not an earlier analysis",
+        help="replace files in the output folder (analysis.json, figures, encoder folders) "
+        "that an earlier analysis did not write",
     )
     p.set_defaults(func=_cmd_analyze)
 
@@ -635,6 +677,7 @@ def _cmd_analyze(args) -> int:
         what="an analysis",
         overwrite=args.overwrite,
     )
+    _check_outputs(Path(out), args.checkpoints, args.labels, spaces, args.overwrite)
     result = run_analysis(args.checkpoints, settings, out, args.labels)
     for space in spaces:
         print(f"\nspace '{space}' (mean cosine scores)\n")

@@ -13,9 +13,7 @@ and on load: a diverged model never becomes "the last good checkpoint".
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import re
 import zipfile
 from collections.abc import Callable
@@ -24,8 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from contrastlab.atomic import TEMP_MARK, temp_path, write_atomic  # noqa: F401 - re-exported
 from contrastlab.config import Config, config_from_dict, config_to_dict
-from contrastlab.errors import DiskFull, TrainingDiverged, UserError
+from contrastlab.errors import TrainingDiverged, UserError
 
 FORMAT = "contrastlab-checkpoint-v1"
 
@@ -45,9 +44,7 @@ ARCHITECTURE_KEYS = (
 )
 
 
-TEMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>" next to their target
 CHECKSUM_KEY = "checksum"
-_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _update_digest(h, value) -> None:
@@ -86,24 +83,6 @@ def nonfinite_entries(tensors: dict) -> list[str]:
     ]
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def temp_path(path: Path) -> Path:
-    """The temporary file that ``path`` is written through (same directory, so rename is atomic)."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-
-
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete temporary files left in ``folder`` by an interrupted write; returns them."""
     removed = []
@@ -116,46 +95,9 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
 
 def durable_write(path: Path, write, also: tuple[Path, ...] = ()) -> None:
-    """Write ``path`` (and identical copies ``also``, renamed first) through a temporary file.
-
-    ``write(file)`` fills the temporary file; it is flushed and fsync-ed, each of ``also`` gets a
-    hard link (a copy where links are not supported) renamed into place, then ``path`` is renamed
-    into place and the directory fsync-ed. An error anywhere removes the temporary files and
-    leaves the previous files intact; a full disk is reported as one line.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    temps = [tmp]
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        for other in also:
-            other_tmp = temp_path(other)
-            temps.append(other_tmp)
-            other_tmp.unlink(missing_ok=True)
-            try:
-                os.link(tmp, other_tmp)
-            except OSError:
-                import shutil
-
-                shutil.copyfile(tmp, other_tmp)
-                with open(other_tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-            os.replace(other_tmp, other)
-            _fsync_dir(other.parent)  # ``other`` is on disk before ``path`` is replaced
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        if e.errno in _NO_SPACE:
-            kept = f"the previous {path.name} is intact" if path.exists() else "it was not written"
-            raise DiskFull(f"no space left on device while writing {path}; {kept}") from None
-        raise
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)
+    """Write ``path`` (and identical copies ``also``, renamed first) through a temporary file:
+    ``contrastlab.atomic.write_atomic``, which every writer of contrastlab uses."""
+    write_atomic(path, write, also)
 
 
 def save_checkpoint(path: Path, state: dict, also: tuple[Path, ...] = ()) -> None:
@@ -278,6 +220,17 @@ def _has_torch_layout(path: Path) -> bool:
         return False
 
 
+def _convertible(state: object) -> bool:
+    """Whether ``contrastlab convert --from auto`` recognizes the layout of ``state``."""
+    from contrastlab.convert import detect_format
+
+    try:
+        detect_format(state)
+    except UserError:
+        return False
+    return True
+
+
 def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
     """Load a checkpoint without unpickling objects; check its format, keys, checksum, values.
 
@@ -296,10 +249,17 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
         ),
     )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
+        if _convertible(state):
+            raise UserError(
+                f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); it is a "
+                "checkpoint of another project that becomes one with: contrastlab convert "
+                f"{path} --from auto --out {path.stem}-contrastlab.pt"
+            )
         raise UserError(
-            f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); a checkpoint "
-            "of MoCo, PyContrast, lightly, solo-learn or a torchvision state dict becomes one "
-            f"with: contrastlab convert {path} --from auto --out {path.stem}-contrastlab.pt"
+            f"{path} is not a contrastlab checkpoint (expected format {FORMAT}) nor a "
+            "checkpoint that contrastlab convert recognizes (MoCo, PyContrast, lightly, "
+            "solo-learn or a torchvision ResNet state dict); give a .pt file written by "
+            "contrastlab train or convert"
         )
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):

@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+from contrastlab.atomic import no_space_error
 from contrastlab.errors import (
     DiskFull,
     InterruptedTwice,
@@ -270,7 +271,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 _python_format = warnings.formatwarning
 
 
-_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _ENVIRONMENT_ERRORS = {
     errno.EACCES,
     errno.EPERM,
@@ -291,6 +291,12 @@ def _after_full_disk(args) -> str:
             "free some space and resume with train.resume=auto"
         )
     return "files written before are intact; free some space and run the command again"
+
+
+def _report_no_space(e: OSError, args) -> int:
+    where = f" ({e.filename})" if e.filename else ""
+    print(f"error: no space left on device{where}; {_after_full_disk(args)}", file=sys.stderr)
+    return 2
 
 
 def _raise_on_stop_signals() -> None:
@@ -346,12 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:
-        if e.errno in _NO_SPACE:
-            where = f" ({e.filename})" if e.filename else ""
-            print(
-                f"error: no space left on device{where}; {_after_full_disk(args)}", file=sys.stderr
-            )
-            return 2
+        if no_space_error(e) is not None:
+            return _report_no_space(no_space_error(e), args)
         if e.errno not in _ENVIRONMENT_ERRORS:
             raise
         # the file system refused: a permission, a read-only disk, a path that vanished
@@ -361,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Exception as e:
+        # a writer that is not routed through contrastlab.atomic, whose library wrapped the
+        # full disk in its own exception (torch.save: a RuntimeError from the OSError)
+        if no_space_error(e) is None:
+            raise
+        return _report_no_space(no_space_error(e), args)
     except InterruptedTwice:
         # a second Ctrl-C while the run stops after the first one: checkpoints are written to a
         # temporary file and renamed, so last.pt is whole, either the new one or the one before

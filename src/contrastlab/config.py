@@ -723,8 +723,9 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    from contrastlab.atomic import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def all_keys() -> list[tuple[str, str, Any]]:

@@ -73,7 +73,7 @@ def run_demo(out_dir: str = "runs", overrides=()) -> dict:
     except ImportError:
         plot_scores = write_report = None
     if plot_scores is not None:
-        figures = plot_scores([run_dir], run_dir / "figures")
+        figures = plot_scores([run_dir], run_dir / "figures", overwrite=True)
         outputs["figures"] = run_dir / "figures" if figures else None
         outputs["report"] = write_report(run_dir)
     print(f"run directory: {run_dir}")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from contrastlab.atomic import write_atomic
 from contrastlab.errors import UserError
 
 FORMATS = ("torchvision", "detectron2", "safetensors")
@@ -79,28 +80,32 @@ def export_backbone(
         raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
     state = backbone_state_dict(backbone)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if fmt == "torchvision":
-        torch.save(state, tmp)
+
+        def write(f):
+            torch.save(state, f)
+
     elif fmt == "detectron2":
-        with open(tmp, "wb") as f:
+
+        def write(f):
             pickle.dump(detectron2_dict(state), f)
+
     else:
         try:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
         except ImportError:
             raise UserError(
                 "--format safetensors needs the safetensors package: pip install "
                 "safetensors (or pip install 'contrastlab[safetensors]')"
             ) from None
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    # the library's own writer may create the file private (0600): give it the mode any other
-    # new file of this user gets, as the torchvision and detectron2 formats have
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, out)
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+
+        def write(f):
+            f.write(save(state, metadata=meta))
+
+    # a temporary file in the same folder renamed into place; removed on any error, and a full
+    # disk is one line (contrastlab.atomic)
+    write_atomic(out, write)
     return out
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from contrastlab.atomic import append_text
 from contrastlab.checkpoint import TEMP_MARK, read_checkpoint, remove_stale_temps
 from contrastlab.errors import UserError, warn
 
@@ -320,8 +321,7 @@ def repair_metrics(path: Path) -> None:
         if not ok:
             bad.append(number)
     if data and not data.endswith(b"\n"):
-        with open(path, "ab") as f:
-            f.write(b"\n")
+        append_text(path, "\n")
     if bad:
         warn(
             f"{path} has {len(bad)} damaged line(s) (first: line {bad[0]}), e.g. from a crash "

@@ -192,15 +192,15 @@ def _same_stats(a: ScoreStats, b: ScoreStats) -> bool:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write durably (temporary file, fsync, rename), so that a crash never leaves half a file."""
-    from contrastlab.checkpoint import durable_write
+    from contrastlab.atomic import write_atomic
 
-    durable_write(path, lambda f: np.savez(f, **arrays))
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _save_json(path: Path, data: dict) -> None:
-    from contrastlab.checkpoint import durable_write
+    from contrastlab.atomic import write_text
 
-    durable_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _to_torch(tables: list[dict[str, np.ndarray]]) -> list[dict[str, Tensor]]:

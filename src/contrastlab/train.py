@@ -28,6 +28,7 @@ from torch.utils.data import Subset
 
 from contrastlab import distributed, preemption, rundir
 from contrastlab.allocator import keep_freed_memory
+from contrastlab.atomic import append_text
 from contrastlab.checkpoint import (
     changed_settings,
     check_compatible,
@@ -439,9 +440,7 @@ class Trainer:
     def log(self, record: dict) -> None:
         if not self.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):

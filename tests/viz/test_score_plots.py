@@ -76,7 +76,9 @@ def test_cli_registration(monkeypatch, tmp_path, capsys):
     import contrastlab.viz.commands as commands
 
     calls = []
-    monkeypatch.setattr(commands, "plot_scores", lambda *a: calls.append(a) or [tmp_path / "x.png"])
+    monkeypatch.setattr(
+        commands, "plot_scores", lambda *a, **k: calls.append(a) or [tmp_path / "x.png"]
+    )
     monkeypatch.setattr(commands, "write_report", lambda *a: calls.append(a) or tmp_path / "r.html")
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -111,3 +113,38 @@ def test_a_run_with_one_logged_interval_gets_visible_markers(short_run):
     lines = [line for ax in fig.axes for line in ax.get_lines()]
     assert lines and all(len(line.get_xdata()) < 3 for line in lines)
     assert all(line.get_marker() == "o" for line in lines)
+
+
+def test_scores_on_a_full_disk_is_one_line_and_keeps_the_figures(fake_runs, tmp_path, capsys):
+    from helpers import full_disk, temporary_files
+
+    from contrastlab.cli import main
+
+    out = tmp_path / "figs"
+    assert main(["scores", str(fake_runs[0]), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        full_disk(mp)
+        code = main(["scores", str(fake_runs[0]), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "no space left on device" in err and "run the command again" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert temporary_files(out) == []
+
+
+def test_scores_does_not_replace_a_users_file_without_overwrite(fake_runs, tmp_path, capsys):
+    from contrastlab.cli import main
+
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "scores-z-curves.png").write_bytes(b"my own figure")
+    assert main(["scores", str(fake_runs[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already exists" in err and "--overwrite" in err
+    assert (out / "scores-z-curves.png").read_bytes() == b"my own figure"
+    assert not (out / "scores-z-distributions.png").exists()  # refused before any figure
+    assert main(["scores", str(fake_runs[0]), "--out", str(out)]) == 2
+    assert main(["scores", str(fake_runs[0]), "--out", str(out), "--overwrite"]) == 0
+    assert main(["scores", str(fake_runs[0]), "--out", str(out)]) == 0  # its own: replaced

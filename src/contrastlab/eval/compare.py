@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from contrastlab.atomic import write_text
 from contrastlab.errors import UserError
 from contrastlab.eval.results import markdown_table, pm, write_json
 
@@ -70,9 +71,12 @@ def bar_chart(entries: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("contrastlab evaluation")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from contrastlab.atomic import save_figure
+
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -132,6 +136,6 @@ def run_all(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(data, out / "comparison.json")
-    (out / "comparison.md").write_text(table + "\n")
+    write_text(out / "comparison.md", table + "\n")
     bar_chart(entries, out / "comparison.png")
     return {"table": table, "data": data, "out_dir": str(out)}

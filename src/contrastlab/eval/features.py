@@ -61,18 +61,15 @@ class FeatureCache:
             return None
 
     def save(self, parts: dict[str, Any], feats: Tensor, labels: Tensor) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(parts)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(
-            {
-                "feats": feats,
-                "labels": labels,
-                "parts": json.dumps(parts, sort_keys=True, default=repr),
-            },
-            tmp,
-        )
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        from contrastlab.atomic import write_atomic
+
+        data = {
+            "feats": feats,
+            "labels": labels,
+            "parts": json.dumps(parts, sort_keys=True, default=repr),
+        }
+        # atomic: a reader never sees half a file; a full disk is one line, nothing left behind
+        write_atomic(self.path(parts), lambda f: torch.save(data, f))
 
 
 def _to_tensor_batch(images: Any) -> Tensor:

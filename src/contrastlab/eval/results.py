@@ -60,12 +60,9 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from contrastlab.atomic import write_text
+
+    return write_text(Path(path), json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
 
 
 def fmt(value: Any, digits: int = 2) -> str:

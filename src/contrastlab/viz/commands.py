@@ -34,6 +34,12 @@ def register(subparsers) -> None:
         metavar="LABEL",
         help="one legend label per run instead of the automatic ones",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in the output folder with a figure's name that contrastlab did not "
+        "write",
+    )
     p.set_defaults(func=_cmd_scores)
 
     p = subparsers.add_parser(
@@ -61,7 +67,9 @@ def register(subparsers) -> None:
 def _cmd_scores(args) -> int:
     if args.out is not None:
         check_output(args.out, folder=True, what="the figures")
-    for path in plot_scores([Path(r) for r in args.runs], args.out, args.labels):
+    for path in plot_scores(
+        [Path(r) for r in args.runs], args.out, args.labels, overwrite=args.overwrite
+    ):
         print(path)
     return 0
 

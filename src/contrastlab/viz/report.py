@@ -253,8 +253,6 @@ def write_report(
         f'<h1>{title}</h1><p class="sub">{html.escape(str(run.path))} · {summary} · '
         f"generated {stamp}</p>\n{body}</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    from contrastlab.atomic import write_text
+
+    return write_text(out, page)

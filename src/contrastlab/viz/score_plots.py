@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from contrastlab.atomic import save_figure
 from contrastlab.errors import UserError
 from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
 
@@ -317,40 +318,66 @@ def distributions_figure(
     return fig
 
 
-def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tuple[str, Figure]]:
-    """(file stem, figure) for every space of every run that recorded scores."""
-    labels = run_labels(runs, labels)
+def _spaces(runs: list[Run]) -> list[tuple[str, str]]:
+    """(space, file-name stem of the space) of every space of every run that recorded scores."""
     with_scores = [r for r in runs if r.record is not None]
     if not with_scores:
         raise UserError(
             "none of the runs has recorded scores (scores/meta.json); train with scores.record=true"
         )
     spaces = list(dict.fromkeys(s for r in with_scores for s in r.spaces))
+    return [(space, re.sub(r"[^A-Za-z0-9_.-]+", "_", space)) for space in spaces]
+
+
+def score_figure_stems(runs: list[Run]) -> list[str]:
+    """The file stems ``score_figures`` gives, without drawing the figures."""
+    return [f"scores-{stem}-{kind}" for _, stem in _spaces(runs) for kind in _KINDS]
+
+
+_KINDS = ("curves", "distributions")
+
+
+def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tuple[str, Figure]]:
+    """(file stem, figure) for every space of every run that recorded scores."""
+    labels = run_labels(runs, labels)
     out = []
-    for space in spaces:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", space)
+    for space, stem in _spaces(runs):
         out.append((f"scores-{stem}-curves", curves_figure(runs, space, labels)))
         out.append((f"scores-{stem}-distributions", distributions_figure(runs, space, labels)))
     return out
 
 
 def plot_scores(
-    run_dirs: list[Path | str], out_dir: Path | str | None = None, labels: list[str] | None = None
+    run_dirs: list[Path | str],
+    out_dir: Path | str | None = None,
+    labels: list[str] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write the score figures of one or several runs as PNG files; returns their paths.
 
-    ``out_dir`` defaults to ``RUN/figures`` for one run and ``./score-plots`` for several.
+    ``out_dir`` defaults to ``RUN/figures`` for one run and ``./score-plots`` for several. A
+    file of the same name that is not a figure written by contrastlab is refused (before any
+    figure is drawn) unless ``overwrite``.
     """
+    from contrastlab.atomic import is_contrastlab_figure
+    from contrastlab.outputs import check_output
+
     if not run_dirs:
         raise UserError("give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
     if out_dir is None:
         out_dir = runs[0].path / "figures" if len(runs) == 1 else Path("score-plots")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for stem in score_figure_stems(runs):
+        check_output(
+            out_dir / f"{stem}.png",
+            replaceable=is_contrastlab_figure,
+            what="a figure",
+            overwrite=overwrite,
+        )
     paths = []
     for stem, fig in score_figures(runs, labels):
         path = out_dir / f"{stem}.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         paths.append(path)
     return paths
