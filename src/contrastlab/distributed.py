@@ -62,11 +62,14 @@ _PEER_GONE = (
 )
 
 
-def lost_a_peer(error: BaseException) -> bool:
-    """Whether ``error`` (from a collective) means another process of the job has ended."""
-    dist_error = getattr(dist, "DistError", ())
+def lost_a_peer(error: BaseException) -> str | None:
+    """What in ``error`` (from a collective) says that another process of the job has ended
+    (e.g. "Connection reset by peer"), or None when it says nothing of the kind."""
     text = str(error)
-    return isinstance(error, dist_error) or any(marker in text for marker in _PEER_GONE)
+    said = next((marker for marker in _PEER_GONE if marker in text), None)
+    if said is None and isinstance(error, getattr(dist, "DistError", ())):
+        said = text.strip().splitlines()[0][:120] if text.strip() else type(error).__name__
+    return said
 
 
 @torch.no_grad()

@@ -810,14 +810,14 @@ def train(cfg: Config) -> TrainResult:
     try:
         return Trainer(cfg).fit()
     except RuntimeError as e:
-        if not (distributed.is_distributed() and distributed.lost_a_peer(e)):
+        said = distributed.lost_a_peer(e) if distributed.is_distributed() else None
+        if said is None:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PeerStopped(
             f"process {distributed.rank()} lost another process of this torchrun job, which "
-            f"ended without a word (killed or crashed: {first[:160]}); the checkpoints written "
-            "before are intact; to continue, run the torchrun command again with "
-            "train.resume=auto"
+            f"ended without a word (killed or crashed; the connection said: {said}); the "
+            "checkpoints written before are intact; to continue, run the torchrun command "
+            "again with train.resume=auto"
         ) from None
     finally:
         try:
