@@ -11,7 +11,6 @@ from scipy import stats
 from torchvision.transforms import v2
 
 from contrastlab.config import AugmentConfig
-from contrastlab.views import recipes
 from contrastlab.views.recipes import BatchedViews, recipe_from_config, render, sample_params
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -178,19 +177,6 @@ def test_views_are_reproducible_from_the_generator_and_differ_between_views():
     c = views(images, _gen(8))
     assert not torch.equal(a[0], c[0])
     assert a[0].shape == (32, 3, 32, 32) and a[0].dtype == torch.float32
-
-
-@pytest.mark.parametrize("atomic", [(), ("color", "rotation", "texture")])
-def test_views_rendered_in_blocks_on_the_cpu_equal_one_call(atomic, monkeypatch):
-    recipe = recipe_from_config(AugmentConfig(), 32, MEAN, STD, atomic)
-    images = torch.randint(0, 256, (20, 3, 40, 40), dtype=torch.uint8, generator=_gen(5))
-    views = BatchedViews(recipe, len(atomic) + 2)
-    monkeypatch.setattr(recipes, "CPU_RENDER_BYTES", 2**40)
-    whole = views(images, _gen(7))
-    monkeypatch.setattr(recipes, "CPU_RENDER_BYTES", 7 * 3 * 40 * 40 * 4)  # blocks of 7 views
-    blocks = views(images, _gen(7))
-    for a, b in zip(whole, blocks):
-        assert (a - b).abs().max().item() <= 1e-6
 
 
 def test_recipe_none_is_the_normalized_image():

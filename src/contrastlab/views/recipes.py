@@ -311,11 +311,6 @@ def compiled_render(recipe: ViewRecipe):
 # ----------------------------------------------------------------------------------------------
 
 
-# Bytes of float views rendered per call on the CPU (``BatchedViews._render_in_blocks``): 170
-# views of 32 px. Measured on the 2-core CPU of docs/benchmarks.md (views).
-CPU_RENDER_BYTES = 2 * 2**20
-
-
 class BatchedViews:
     """``views(images, gen)`` -> ``num_views`` tensors ``[B, 3, S, S]``: MoCo's independent views,
     or with ``atomic`` set, LooC's ``[q, k0, k_1..k_n]`` where k_i shares exactly q's parameters of
@@ -334,7 +329,6 @@ class BatchedViews:
             raise ValueError(f"the recipe has no parameters for {missing}")
         self.recipe = recipe
         self.num_views = num_views
-        self.compiled = compile
         self.render = functools.partial(render, recipe)
         if compile:
             self.render = compiled_render(recipe)
@@ -356,27 +350,7 @@ class BatchedViews:
             batch, _, _, height, width = images.shape
             stacked = images.transpose(0, 1).reshape(-1, *images.shape[2:])
         p = self.params(batch, height, width, gen)
-        return list(self._render_in_blocks(stacked, p).split(batch))
-
-    def _render_in_blocks(self, images: Tensor, p: Params) -> Tensor:
-        """``render(images, p)``; on the CPU in eager mode over blocks of views.
-
-        Each op of the chain reads and writes the whole batch: 1,280 LooC views of 32 px are 15 MB
-        of floats, which fall out of the cache between ops; blocks of ``CPU_RENDER_BYTES`` stay
-        in it. The views are the same (every op is per sample). Compiled rendering keeps one call:
-        it fuses the element-wise ops already, and one shape means one compilation.
-        """
-        n = images.shape[0]
-        side = max(self.recipe.image_size, images.shape[-1], images.shape[-2])
-        block = max(1, CPU_RENDER_BYTES // (3 * side * side * 4))  # float32 views
-        if images.device.type != "cpu" or self.compiled or block >= n:
-            return self.render(images, p)
-        size = self.recipe.image_size
-        out = torch.empty(n, 3, size, size, device=images.device)
-        for start in range(0, n, block):
-            rows = slice(start, start + block)
-            out[rows] = self.render(images[rows], select(p, rows))
-        return out
+        return list(self.render(stacked, p).split(batch))
 
     def __repr__(self) -> str:
         return f"BatchedViews(num_views={self.num_views}, recipe={self.recipe})"
