@@ -252,8 +252,9 @@ def gaussian_kernels(sigma: Tensor, apply: Tensor, kernel_size: int) -> Tensor:
 
 # Convolutions over a whole batch of views on the CPU stream their padded input through the cache
 # once per filter tap: LooC's texture filter over 1,280 views of 32 px reads a 66 MB tensor 49
-# times. In blocks of samples whose padded input fits in a few MiB they run 2-4x faster on the
-# 2-core CPU of docs/benchmarks.md (views). GPUs take the whole batch in one call.
+# times. In blocks of samples whose padded input fits in 4 MiB, the texture filter ran 1.2x and
+# the blur 1.1-1.4x faster (96 and 224 px) on the 2-core CPU of docs/benchmarks.md (views), with
+# freed memory kept as the trainer does. GPUs take the whole batch in one call.
 CPU_BLOCK_BYTES = 4 * 2**20
 
 
