@@ -312,3 +312,20 @@ def test_a_lost_torchrun_process_is_one_line_and_status_1(monkeypatch, capsys):
     monkeypatch.setattr(contrastlab.train, "Trainer", Failing)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", "--config", "demo"])
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    import contrastlab.train
+
+    def too_big(cfg):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 549755813888 bytes. Error code 12 (Cannot allocate "
+            "memory)"
+        )
+
+    monkeypatch.setattr(contrastlab.train, "train", too_big)
+    assert main(["train", "--config", "demo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "out of memory (tried to allocate 512.0 GiB)" in err and "optim.batch_size" in err

@@ -242,3 +242,11 @@ def test_best_metric_is_that_of_its_own_weights(tiny_config):
 def test_no_monitor_means_no_best_checkpoint(tiny_config):
     result = Trainer(tiny_config("optim.epochs=1", "train.knn_every=0")).fit()
     assert result.best_checkpoint is None and result.last_checkpoint is not None
+
+
+def test_a_knn_k_larger_than_the_bank_is_said(tiny_config, capsys):
+    from contrastlab.train import Trainer
+
+    Trainer(tiny_config("train.knn_k=100000", "optim.epochs=1", "name=bigk"))
+    err = capsys.readouterr().err
+    assert "train.knn_k=100000 is more than the 96 labelled training images" in err

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from contrastlab.atomic import save_figure, write_atomic, write_text
 from contrastlab.errors import UserError
+from contrastlab.eval.context import DEVICES
 
 CONDITIONS = ("color", "rotation", "crop", "texture")
 RECIPE = "recipe"
@@ -625,7 +626,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--labels", nargs="+", default=None, metavar="LABEL")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(

@@ -293,6 +293,26 @@ def _after_full_disk(args) -> str:
     return "files written before are intact; free some space and run the command again"
 
 
+_LESS_MEMORY = (
+    "use smaller settings (train: optim.batch_size, model.width, moco.queue_size, "
+    "data.image_size; eval: --batch-size, --max-train) or a machine with more memory"
+)
+
+
+def _failed_allocation(e: Exception) -> str | None:
+    """What a failed allocation of torch (CPU or CUDA) tried to get, or None for other errors."""
+    import re
+
+    text = str(e)
+    if type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+        return None
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return f"tried to allocate {int(found.group(1)) / 2**30:.1f} GiB"
+    found = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)
+    return f"tried to allocate {found.group(1)}" if found else "an allocation failed"
+
+
 def _report_no_space(e: OSError, args) -> int:
     where = f" ({e.filename})" if e.filename else ""
     print(f"error: no space left on device{where}; {_after_full_disk(args)}", file=sys.stderr)
@@ -363,12 +383,19 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except MemoryError:
+        print(f"error: out of memory; {_LESS_MEMORY}", file=sys.stderr)
+        return 2
     except Exception as e:
         # a writer that is not routed through contrastlab.atomic, whose library wrapped the
         # full disk in its own exception (torch.save: a RuntimeError from the OSError)
-        if no_space_error(e) is None:
+        if no_space_error(e) is not None:
+            return _report_no_space(no_space_error(e), args)
+        wanted = _failed_allocation(e)
+        if wanted is None:
             raise
-        return _report_no_space(no_space_error(e), args)
+        print(f"error: out of memory ({wanted}); {_LESS_MEMORY}", file=sys.stderr)
+        return 2
     except InterruptedTwice:
         # a second Ctrl-C while the run stops after the first one: checkpoints are written to a
         # temporary file and renamed, so last.pt is whole, either the new one or the one before

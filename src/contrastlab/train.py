@@ -308,6 +308,13 @@ class Trainer:
                 "the labelled images form a single class, so the kNN monitor reads 100% by "
                 "construction; give one folder per class, or train.knn_every=0"
             )
+        if self.test_images is not None:
+            bank = len(labelled_indices(self.train_images.labels))
+            if 0 < bank < cfg.train.knn_k:
+                warn(
+                    f"train.knn_k={cfg.train.knn_k} is more than the {bank} labelled training "
+                    f"images of the kNN monitor's bank: all of them vote (k = {bank})"
+                )
 
         self.epoch, self.step, self.best_metric = 0, 0, None
         self.pending_monitor_loss: float | None = None  # resumed before the epoch's monitor ran

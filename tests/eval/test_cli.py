@@ -148,6 +148,15 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     assert "| gaussian_noise |" in capsys.readouterr().out
 
 
+def test_a_k_larger_than_the_bank_is_said_and_recorded(checkpoint, tmp_path, capsys):
+    out = tmp_path / "knn.json"
+    args = ["--k", "100000", "--out", str(out), "--max-train", "40"]
+    assert main(["eval", "knn", str(checkpoint), *COMMON, *args]) == 0
+    err = capsys.readouterr().err
+    assert "k=100000 is more than the 40 images of the kNN bank: all of them vote" in err
+    assert _json(out)["details"]["num_train"] == 40
+
+
 def test_eval_rotation_and_errors(checkpoint, capsys):
     assert (
         main(

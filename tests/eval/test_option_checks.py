@@ -23,7 +23,11 @@ def no_work(monkeypatch):
 @pytest.mark.parametrize(
     "argv,expected",
     [
-        (["eval", "knn", "CK", "--temperature", "0"], "--temperature must be a positive number"),
+        (["eval", "knn", "CK", "--temperature", "0"], "--temperature must be in [0.001, 10]"),
+        (["eval", "knn", "CK", "--temperature", "1e-30"], "--temperature must be in [0.001, 10]"),
+        (["eval", "knn", "CK", "--seed", "-1"], "--seed must be in [0, 4294967295]"),
+        (["eval", "knn", "CK", "--cache", "CACHEFILE"], "--cache CACHEFILE is a file"),
+        (["eval", "all", "CK", "--protocols", "corruption", "--severities", "9"], "within 1..5"),
         (["eval", "knn", "CK", "--workers", "-1"], "--workers must be 0 or more"),
         (["eval", "knn", "CK", "--k", "0"], "--k must be at least 1"),
         (["eval", "linear", "CK", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
@@ -34,7 +38,11 @@ def no_work(monkeypatch):
         (["eval", "corruption", "CK", "--severities", "6"], "--severities must be within 1..5"),
     ],
 )
-def test_bad_options_are_one_line_before_work(argv, expected, no_work, capsys):
+def test_bad_options_are_one_line_before_work(argv, expected, no_work, capsys, tmp_path):
+    cache_file = tmp_path / "cache"
+    cache_file.write_text("not a folder")
+    argv = [str(cache_file) if a == "CACHEFILE" else a for a in argv]
+    expected = expected.replace("CACHEFILE", str(cache_file))
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
@@ -74,3 +82,11 @@ def test_a_missing_cifar_copy_gets_advice_that_fits_eval(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "--data-path" in err and "contrastlab train" in err
+
+
+@pytest.mark.parametrize("command", [["eval", "knn", "CK"], ["analyze", "CK"]])
+def test_an_unknown_device_is_one_line(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--device", "gpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "invalid choice: 'gpu'" in err[-1]

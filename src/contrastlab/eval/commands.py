@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from contrastlab.errors import UserError
+from contrastlab.eval.context import DEVICES
 from contrastlab.outputs import check_output, is_eval_result, is_export
 
 
@@ -54,7 +55,7 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         "default: the checkpoint's own",
     )
     g.add_argument("--data-path", default=None, metavar="DIR", help="root folder of --dataset")
-    g.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    g.add_argument("--device", default="auto", choices=DEVICES, help="auto (default), cpu or cuda")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument(
         "--workers",
@@ -113,7 +114,10 @@ _OPTION_RANGES = {
     "max_train": (lambda v: v >= 1, "at least 1"),
     "max_test": (lambda v: v >= 1, "at least 1"),
     "k": (lambda v: v >= 1, "at least 1"),
-    "temperature": (lambda v: v > 0 and math.isfinite(v), "a positive number"),
+    # as train.knn_temperature: below 0.001 the weights overflow, and every vote is rounding
+    "temperature": (lambda v: 0.001 <= v <= 10, "in [0.001, 10]"),
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 4294967295]"),
+    "severities": (lambda v: len(v) > 0 and all(1 <= s <= 5 for s in v), "within 1..5"),
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "epochs": (lambda v: v >= 1, "at least 1"),
     "lr": (lambda v: v > 0 and math.isfinite(v), "a positive number"),
@@ -133,12 +137,16 @@ _OPTION_RANGES = {
 
 
 def check_options(args) -> None:
-    """Every numeric option of the parsed ``args`` in its valid range (one line otherwise)."""
+    """Every numeric option of the parsed ``args`` in its valid range, and ``--cache`` a folder
+    (one line otherwise)."""
     for name, (ok, valid) in _OPTION_RANGES.items():
         value = getattr(args, name, None)
         if value is not None and not ok(value):
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} must be {valid}, got {value}")
+    cache = getattr(args, "cache", None)
+    if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+        raise UserError(f"--cache {cache} is a file; give a folder to keep the features in")
 
 
 def _monitor_space(checkpoint: str) -> str:
@@ -285,8 +293,7 @@ def _corruption(args) -> int:
     from contrastlab.eval.corruption import CORRUPTIONS
     from contrastlab.eval.protocols import run_corruption
 
-    if any(s not in (1, 2, 3, 4, 5) for s in args.severities):
-        raise UserError(f"--severities must be within 1..5, got {args.severities}")
+    check_options(args)
     unknown = [c for c in args.corruptions or () if c not in CORRUPTIONS]
     if unknown:  # before any features are extracted
         raise UserError(

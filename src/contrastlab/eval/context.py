@@ -17,6 +17,8 @@ from contrastlab.data.datasets import WithTransform
 from contrastlab.errors import UserError
 from contrastlab.eval.features import extract_features, feature_cache_parts
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, warn
 from contrastlab.eval.context import EvalContext
 from contrastlab.eval.results import markdown_table, pm
 
@@ -43,6 +43,8 @@ def run_knn(ctx: EvalContext, k: int | None = None, temperature: float | None = 
     k, temperature = knn_settings(ctx, k, temperature)
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
+    if k > len(y_tr):
+        warn(f"k={k} is more than the {len(y_tr)} images of the kNN bank: all of them vote")
     dev = torch.device(ctx.device)
     scores = knn_scores(f_tr.to(dev), y_tr, f_te.to(dev), ctx.num_classes(), k, temperature)
     y = y_te.to(scores.device)
