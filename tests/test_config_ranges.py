@@ -73,6 +73,24 @@ def test_the_values_found_by_the_reliability_run_are_refused(override):
         load_config("moco_v2_cifar", [override])
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.width=64",
+        "moco.queue_size=1000000000",
+        "model.head_hidden=1000000000",
+        "model.dim=100000000",
+        "data.synthetic_train=1000000000",
+        "data.synthetic_test=1000000000",
+        "data.image_size=1e9",
+    ],
+)
+def test_sizes_that_exhaust_memory_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=key.replace(".", r"\.") + r" must be .* in [\[(].*\]"):
+        load_config(None, [override])
+
+
 def test_duplicate_yaml_keys_are_refused(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("base: moco_v2_cifar\noptim:\n  lr: 0.1\n  lr: 0.2\n")

@@ -90,8 +90,8 @@ def test_numbers_that_are_not_numbers_or_not_finite_are_refused(override, messag
 
 def test_large_integers_stay_exact():
     # 2**53 + 1 is the first integer a float64 cannot hold: it must not go through float
-    cfg = load_config("moco_v2_cifar", ["moco.queue_size=9007199254740993"])
-    assert cfg.moco.queue_size == 9007199254740993
+    cfg = load_config("moco_v2_cifar", ["train.log_every=9007199254740993"])
+    assert cfg.train.log_every == 9007199254740993
 
 
 def test_a_folder_given_as_the_config_file_is_called_a_folder(tmp_path):
@@ -164,3 +164,146 @@ def test_a_base_that_is_not_a_name_is_one_clear_error(tmp_path, base):
     path.write_text(f"base: {base}\n")
     with pytest.raises(UserError, match="'base:' must be a preset name or the path of a YAML"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "override,kept",
+    [("name=2024-01-01", "2024-01-01"), ("name=0.10", "0.10"), ("name=010", "010")],
+)
+def test_text_keys_keep_the_override_as_typed(override, kept):
+    assert load_config(None, [override]).name == kept
+    assert load_config(None, ["data.path=~"]).data.path == "~"
+    assert load_config(None, ["train.resume=null"]).train.resume is None
+
+
+def test_a_date_in_a_yaml_file_is_shown_as_written_not_as_python(tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("name: 2024-01-01\n")
+    with pytest.raises(UserError) as info:
+        load_config(str(path))
+    assert "got 2024-01-01 (YAML reads it as a date" in str(info.value)
+    assert "datetime" not in str(info.value)
+
+
+def test_a_circular_base_chain_is_named_on_resolved_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "loop.yaml").write_text("base: ../x/loop.yaml\n")
+    with pytest.raises(UserError, match=r"circular 'base:' chain: x/loop.yaml -> x/loop.yaml;"):
+        load_config("x/loop.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match=r"chain: a.yaml -> b.yaml -> a.yaml;"):
+        load_config("a.yaml")
+
+
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("optim: [ {lr: 0.1} ]\n", "a list"),
+        ("data: null\n", "null"),
+        ("model: 5\n", "the number 5"),
+    ],
+)
+def test_a_section_that_is_not_a_mapping_names_the_file(tmp_path, text, kind):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    section = text.split(":")[0]
+    with pytest.raises(UserError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert message.startswith(f"in {path}: '{section}' must be a section of KEY: VALUE settings")
+    assert f"got {kind}" in message and "KEY=VALUE" not in message
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_an_empty_config_file_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="holds no settings"):
+        load_config(str(path))
+
+
+def test_an_empty_config_name_is_refused(capsys):
+    from contrastlab.cli import main
+
+    with pytest.raises(UserError, match="the config name is empty"):
+        load_config("")
+    assert main(["config", "--config", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the config name is empty") and len(err.splitlines()) == 1
+
+
+def test_looc_settings_in_a_yaml_file_on_a_moco_run_warn(tmp_path, capsys):
+    import yaml
+
+    from contrastlab.config import config_to_dict
+
+    (tmp_path / "lp.yaml").write_text("looc: {plus_plus: true}\n")
+    lines = _warnings(capsys, "--config", str(tmp_path / "lp.yaml"))
+    assert len(lines) == 1 and "looc.plus_plus=true has no effect" in lines[0]
+    (tmp_path / "looc.yaml").write_text(
+        "method: looc\nlooc: {augmentations: [rotation]}\ntrain: {knn_space: z0}\n"
+    )
+    (tmp_path / "moco.yaml").write_text("base: looc.yaml\nmethod: moco\ntrain: {knn_space: z}\n")
+    lines = _warnings(capsys, "--config", str(tmp_path / "moco.yaml"))
+    assert len(lines) == 1 and "looc.augmentations=[rotation] has no effect" in lines[0]
+    assert _warnings(capsys, "--config", str(tmp_path / "looc.yaml")) == []
+    # a saved config.yaml names every key: those at their defaults are not the user's settings
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(config_to_dict(load_config("moco_v2_cifar"))))
+    assert _warnings(capsys, "--config", str(saved)) == []
+
+
+def _warnings(capsys, *args) -> list[str]:
+    from contrastlab.cli import main
+
+    assert main(["config", *args]) == 0
+    err = capsys.readouterr().err
+    return err.splitlines()
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["ft.alpha_pos=5"], "ft.alpha_pos=5.0 has no effect: ft.pos=none"),
+        (["ft.granularity_pos=element"], "ft.granularity_pos=element has no effect: ft.pos=none"),
+        (["ft.alpha_neg=1"], "ft.alpha_neg=1.0 has no effect: ft.neg=none"),
+        (["ft.granularity_neg=sample"], "ft.granularity_neg=sample has no effect: ft.neg=none"),
+        (["optim.milestones=[5]"], "optim.milestones=[5] has no effect: the cosine schedule"),
+        (["optim.schedule=step", "optim.milestones=[]"], "optim.milestones is empty"),
+        (["optim.schedule=step", "optim.epochs=5", "optim.milestones=[5,9]"], ">= optim.epochs=5"),
+        (["ft.pos=extrapolate", "ft.start_epoch=3", "optim.epochs=3"], "ft.start_epoch=3 has no"),
+        (["optim.warmup_epochs=2", "optim.epochs=2"], "optim.warmup_epochs=2 >= optim.epochs=2"),
+        (["model.head=linear", "model.head_hidden=64"], "model.head_hidden=64 has no effect"),
+        (["data.path=/data"], "data.path=/data has no effect: data.name=synthetic"),
+        (["data.holdout_fraction=0.2"], "data.holdout_fraction=0.2 has no effect"),
+    ],
+)
+def test_a_setting_without_effect_is_one_warning_line(capsys, overrides, expected):
+    lines = _warnings(capsys, *overrides)
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and expected in lines[0], lines
+
+
+def test_settings_without_effect_in_a_yaml_file_warn_and_preset_defaults_do_not(capsys, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: moco_v1\noptim: {epochs: 1}\nmodel: {head_hidden: 64}\n")
+    lines = _warnings(capsys, "--config", str(path), "data.path=.")
+    # moco_v1's milestones [120, 160] are beyond epochs=1, but they are the preset's
+    assert len(lines) == 1 and "model.head_hidden=64 has no effect" in lines[0], lines
+    assert _warnings(capsys, "--config", "demo", "optim.epochs=1") == []  # demo's warm-up
+
+
+def test_a_batch_norm_group_of_one_sample_is_refused():
+    with pytest.raises(UserError, match="gives batch norm 1 sample per group; it needs at least 2"):
+        load_config(None, ["optim.batch_size=1"])
+    with pytest.raises(UserError, match="raise optim.batch_size to at least 16"):
+        load_config(None, ["optim.batch_size=8", "model.bn_splits=8"])
+    assert load_config(None, ["optim.batch_size=16", "model.bn_splits=8"])
+
+
+def test_the_synthetic_dataset_needs_16_px():
+    with pytest.raises(UserError, match="too small for the synthetic dataset.*>= 16"):
+        load_config(None, ["data.image_size=8"])
+    assert load_config(None, ["data.image_size=16"]).data.image_size == 16
+    assert load_config(None, ["dataset=cifar10", "data.image_size=8"]).data.image_size == 8

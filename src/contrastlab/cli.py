@@ -53,7 +53,7 @@ def _cmd_train(args) -> int:
     from contrastlab.train import train
 
     warn_repeated_keys(args.overrides)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, warn_unused=True)
     result = train(cfg)
     if result.is_main:
         print(_train_summary(result, cfg.optim.epochs, cfg.train.knn_space))
@@ -111,7 +111,10 @@ def _cmd_config(args) -> int:
     warn_repeated_keys(args.overrides)
 
     print(
-        yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False),
+        yaml.safe_dump(
+            config_to_dict(load_config(args.config, args.overrides, warn_unused=True)),
+            sort_keys=False,
+        ),
         end="",
     )
     return 0

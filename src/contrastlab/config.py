@@ -9,8 +9,10 @@ valid keys instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -171,6 +173,11 @@ class Config:
 # Short names accepted on the command line, and what they stand for.
 ALIASES = {"dataset": "data.name", "epochs": "optim.epochs", "batch_size": "optim.batch_size"}
 
+# The sections of the tree (data, augment, model ...): each a mapping of its own keys.
+_SECTIONS = frozenset(
+    f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)
+)
+
 
 # ----------------------------------------------------------------------------------------------
 # Presets
@@ -204,23 +211,55 @@ class _DuplicateKey(Exception):
 
 def _read_yaml(text: str, origin: str) -> dict:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as e:
         raise UserError(f"{origin}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{origin} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:  # empty, or only comments: the defaults would train without a word
+        raise UserError(
+            f"{origin} holds no settings (it is empty or only comments); write KEY: VALUE "
+            "settings in it (e.g. base: demo), or leave --config out to use the defaults"
+        )
     if not isinstance(data, dict):
         raise UserError(f"{origin} must hold a mapping of config keys, not {type(data).__name__}")
     return data
 
 
-def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
-    """Read a preset or YAML file, following its optional ``base:`` key (another preset or file)."""
+def _load_source(
+    name_or_path: str,
+    chain: tuple[tuple[str, str], ...] = (),
+    file_keys: set[str] | None = None,
+) -> dict:
+    """Read a preset or YAML file, following its optional ``base:`` key (another preset or file).
+
+    ``chain`` holds (identity, shown name) of the sources that led here: a file's identity is its
+    resolved path, so that ``base: ../x/loop.yaml`` inside x/loop.yaml is caught as a cycle
+    instead of growing the path until the file system refuses it. The dotted keys that YAML files
+    (not presets) set are added to ``file_keys``: the user's own settings.
+    """
+    if not name_or_path.strip():
+        raise UserError(
+            "the config name is empty (--config ''); give a preset name (contrastlab presets) "
+            "or the path of a YAML file, or leave --config out to use the defaults"
+        )
     path = Path(name_or_path)
     # A preset name wins over a folder of the same name in the working directory (runs/demo,
     # ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file.
     is_file = name_or_path.endswith((".yaml", ".yml")) or path.is_file()
-    if is_file or (path.exists() and name_or_path not in preset_names()):
+    is_file = is_file or (path.exists() and name_or_path not in preset_names())
+    if is_file:
+        identity, shown = str(path.resolve()), os.path.normpath(name_or_path)
+    else:
+        identity, shown = f"preset {name_or_path}", name_or_path
+    if identity in (i for i, _ in chain):
+        names = [s for _, s in chain] + [shown]
+        raise UserError(
+            f"circular 'base:' chain: {' -> '.join(names)}; make one of these files start from a "
+            "preset or another file"
+        )
+    chain = chain + ((identity, shown),)
+    if is_file:
         if path.is_dir():
             raise UserError(f"config file {name_or_path} is a folder; give a YAML file or a preset")
         if not path.is_file():
@@ -234,7 +273,8 @@ def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
             ) from None
         except OSError as e:
             raise UserError(f"cannot read config file {path}: {e.strerror}") from None
-        data = _read_yaml(text, str(path))
+        origin = str(path)
+        data = _read_yaml(text, origin)
     else:
         if name_or_path not in preset_names():
             raise UserError(
@@ -242,22 +282,73 @@ def _load_source(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
                 f"valid presets: {', '.join(preset_names())} (or a path to a .yaml file)"
             )
         text = (resources.files("contrastlab") / "configs" / f"{name_or_path}.yaml").read_text()
-        data = _read_yaml(text, f"preset {name_or_path}")
+        origin = f"preset {name_or_path}"
+        data = _read_yaml(text, origin)
+    _check_sections(data, origin)
     base = data.pop("base", None)
+    if is_file and file_keys is not None:
+        for key, value in data.items():
+            if isinstance(value, dict) and key in _SECTIONS:
+                file_keys.update(f"{key}.{k}" for k in value)
+            else:
+                file_keys.add(key)
     if base is None:
         return data
     if not isinstance(base, str) or not base.strip():
         raise UserError(
             f"config {name_or_path}: 'base:' must be a preset name or the path of a YAML file, "
-            f"not {base!r}"
+            f"not {_show(base)}"
         )
     if is_file:
         base = _resolve_base(base, path)
-    if base in seen:
-        raise UserError(f"config {name_or_path} has a circular 'base:' chain through {base}")
-    merged = _load_source(base, seen + (name_or_path,))
+    merged = _load_source(base, chain, file_keys)
     _deep_update(merged, data)
     return merged
+
+
+def _check_sections(data: dict, origin: str) -> None:
+    """A section (``optim:``, ``data:`` ...) of a YAML file must be a mapping of its keys."""
+    for key, value in data.items():
+        if key in _SECTIONS and not isinstance(value, dict):
+            raise UserError(
+                f"in {origin}: '{key}' must be a section of KEY: VALUE settings, got "
+                f"{_kind(value)}; write it as {key}: {{KEY: VALUE, ...}} or one KEY: VALUE per "
+                "indented line"
+            )
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in words (for errors)."""
+    if value is None:
+        return "null (an empty section)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return _show(value)
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, for errors: text quoted, everything else as YAML writes it
+    (a date read from a YAML file shows as 2024-01-01, not datetime.date(2024, 1, 1))."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    try:
+        shown = yaml.safe_dump(value, default_flow_style=True, width=10**9)
+    except yaml.YAMLError:
+        return str(value)
+    shown = shown.strip().removesuffix("...").strip()
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        shown += " (YAML reads it as a date; quote it to keep it as text)"
+    return shown
 
 
 def _resolve_base(base: str, including: Path) -> str:
@@ -318,7 +409,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in choices:
             valid = ", ".join(str(c) for c in choices)
             raise UserError(
-                f"{key}={value!r} is not valid{_suggest(str(value), map(str, choices))}; "
+                f"{key}={_show(value)} is not valid{_suggest(str(value), map(str, choices))}; "
                 f"valid values: {valid}"
             )
         return value
@@ -334,18 +425,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if errors else f"{key} cannot be {value!r}")
+        raise UserError(errors[0] if errors else f"{key} cannot be {_show(value)}")
     if origin is list:
         (item,) = get_args(hint)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key} must be a list, got {value!r}")
+            raise UserError(f"{key} must be a list, got {_show(value)}")
         return [_coerce(v, item, f"{key}[]") for v in value]
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{key} must be true or false, got {value!r}")
+        raise UserError(f"{key} must be true or false, got {_show(value)}")
     if hint is int:
         if isinstance(value, str):
             try:
@@ -354,18 +445,20 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
         number = _number(value)
         if number is None or not math.isfinite(number) or int(number) != number:
-            raise UserError(f"{key} must be {_expected(key, 'an integer')}, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'an integer')}, got {_show(value)}")
         return int(value) if isinstance(value, int) else int(number)
     if hint is float:
         number = _number(value)
         if number is None:
-            raise UserError(f"{key} must be {_expected(key, 'a number')}, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'a number')}, got {_show(value)}")
         if not math.isfinite(number):
-            raise UserError(f"{key} must be {_expected(key, 'a finite number')}, got {value!r}")
+            raise UserError(
+                f"{key} must be {_expected(key, 'a finite number')}, got {_show(value)}"
+            )
         return number
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise UserError(f"{key} must be {_expected(key, 'a string')}, got {value!r}")
+            raise UserError(f"{key} must be {_expected(key, 'a string')}, got {_show(value)}")
         return str(value)
     return value
 
@@ -534,6 +627,14 @@ FRACTION = Range(0, 1)
 # softmax is flat. Papers use 0.05-1.
 TEMPERATURE = Range(0.001, 10)
 
+# Upper ends of sizes that would otherwise fail deep inside PyTorch with a memory traceback
+# (inside the documented range "an integer >= 1" before): each is far above any published setting.
+MAX_IMAGE_SIZE = 4096  # 8x ImageNet's 224-512 px crops; a batch of 4096 px crops fills any GPU
+MAX_QUEUE = 2**22  # 4M negatives, 64x MoCo's 65536 (the queue is dim x K floats on the device)
+MAX_WIDTH = 65536  # head_hidden, dim: 32x MoCo v2's 2048-wide head; a 1e9-wide layer is 4 GB+
+MAX_SYNTHETIC = 1_000_000  # synthetic images are rendered up front into memory (3 KB each at 32 px)
+MAX_CHANNELS = 16  # model.width: 16x ResNet's channels is 256x its convolution weights and cost
+
 # Every key whose type is not already a closed set of choices (a Literal or a bool) declares its
 # valid values here; a test walks the whole config tree and fails on a key that is missing.
 VALID: dict[str, Any] = {
@@ -541,20 +642,20 @@ VALID: dict[str, Any] = {
     "out_dir": Text("folder path"),
     "seed": _int(0, 2**32 - 1),
     "data.path": Text("folder path"),
-    "data.image_size": _int(8),
+    "data.image_size": _int(8, MAX_IMAGE_SIZE),
     "data.num_workers": _int(0, 1024),
-    "data.synthetic_train": _int(1),
-    "data.synthetic_test": _int(1),
+    "data.synthetic_train": _int(1, MAX_SYNTHETIC),
+    "data.synthetic_test": _int(1, MAX_SYNTHETIC),
     "data.synthetic_seed": _int(0, 2**32 - 1),
     "data.holdout_fraction": Range(0, 1, high_open=True),
     "augment.crop_scale_min": Range(0, 1, low_open=True),
     "augment.hue": Range(0, 0.5),
     "augment.grayscale_p": FRACTION,
-    "model.width": Range(0, 64, low_open=True),
-    "model.head_hidden": _int(1),
-    "model.dim": _int(1),
+    "model.width": Range(0, MAX_CHANNELS, low_open=True),
+    "model.head_hidden": _int(1, MAX_WIDTH),
+    "model.dim": _int(1, MAX_WIDTH),
     "model.bn_splits": _int(1),
-    "moco.queue_size": _int(1),
+    "moco.queue_size": _int(1, MAX_QUEUE),
     "moco.momentum": FRACTION,
     "moco.temperature": TEMPERATURE,
     "ft.alpha_pos": POSITIVE,
@@ -630,6 +731,22 @@ def _validate(cfg: Config) -> None:
             f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by model.bn_splits "
             f"({cfg.model.bn_splits}) so that every split-BN chunk has the same size"
         )
+    if cfg.optim.batch_size // cfg.model.bn_splits < 2:
+        # batch norm divides by the variance of each group: one sample has none, and PyTorch
+        # stops in the first step ("Expected more than 1 value per channel"); the per-process
+        # batch under torchrun is checked by the trainer
+        raise UserError(
+            f"optim.batch_size={cfg.optim.batch_size} with model.bn_splits={cfg.model.bn_splits} "
+            f"gives batch norm {cfg.optim.batch_size // cfg.model.bn_splits} sample per group; it "
+            "needs at least 2: raise optim.batch_size to at least "
+            f"{2 * cfg.model.bn_splits} or lower model.bn_splits"
+        )
+    if cfg.data.name == "synthetic" and cfg.data.image_size < SYNTHETIC_MIN_SIZE:
+        raise UserError(
+            f"data.image_size={cfg.data.image_size} is too small for the synthetic dataset, whose "
+            f"glyphs need at least {SYNTHETIC_MIN_SIZE} px; use data.image_size >= "
+            f"{SYNTHETIC_MIN_SIZE} (32 is its default)"
+        )
     if cfg.method == "looc" and not cfg.looc.augmentations:
         raise UserError(
             "looc.augmentations is empty; name at least one of color, rotation, texture"
@@ -655,11 +772,37 @@ def _validate(cfg: Config) -> None:
         )
 
 
+# data.synthetic.make_synthetic draws its glyphs at 16 px and up (the documented range of
+# data.image_size, >= 8, is that of the other datasets)
+SYNTHETIC_MIN_SIZE = 16
+
+
+def _text_kind(key: str) -> str | None:
+    """'str' or 'optional' for keys whose value is text (str, or str | None), else None."""
+    hint = key_hints().get(key)
+    if hint is str:
+        return "str"
+    if get_origin(hint) in (typing.Union, types.UnionType) and set(get_args(hint)) == {
+        str,
+        type(None),
+    }:
+        return "optional"
+    return None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value``: the value read as YAML, except for text keys (run name, paths ...), which
+    keep the text as typed: name=2024-01-01 is not a date, name=010 not the octal 8, name=0.10
+    not 0.1. A text key that may be null takes null or nothing for null (~ stays the home folder)."""
     if "=" not in text:
         raise UserError(f"override '{text}' must look like key=value (e.g. optim.lr=0.1)")
     key, raw = text.split("=", 1)
     key = ALIASES.get(key.strip(), key.strip())
+    kind = _text_kind(key)
+    if kind == "str":
+        return key, raw if raw != "" else None
+    if kind == "optional":
+        return key, None if raw in ("", "null", "Null", "NULL") else raw
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
@@ -692,9 +835,19 @@ def warn_repeated_keys(overrides: list[str] | tuple[str, ...]) -> None:
         seen[key] = value
 
 
-def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated ``Config`` from a preset name or YAML path plus ``key=value`` overrides."""
-    data = _load_source(source) if source else {}
+def load_config(
+    source: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    warn_unused: bool = False,
+) -> Config:
+    """Build a validated ``Config`` from a preset name or YAML path plus ``key=value`` overrides.
+
+    ``looc.*`` overrides on a run whose method is not LooC are refused: they would have no
+    effect. ``warn_unused`` (the command line) adds one warning line per other setting of the
+    user's (an override, or a key of a YAML file other than a preset) that has no effect.
+    """
+    file_keys: set[str] = set()
+    data = _load_source(source, file_keys=file_keys) if source is not None else {}
     given: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
@@ -702,13 +855,130 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
         _set_dotted(data, key, value)
     cfg = _build(Config, data)
     _validate(cfg)
+    # A saved config.yaml used as a file names every key, most at its default: keys of files
+    # count as the user's where they differ from the default; typed overrides always count.
+    default, hints = Config(), key_hints()
+    explicit = set(given) | {
+        k for k in file_keys if k in hints and get_dotted(cfg, k) != get_dotted(default, k)
+    }
     unused = [k for k in given if k.startswith("looc.")] if cfg.method != "looc" else []
     if unused:  # a LooC setting on a MoCo run would be silently ignored
         raise UserError(
-            f"{', '.join(unused)} only apply to method=looc, and this run is method={cfg.method}; "
-            "start from a LooC preset (contrastlab presets) or add method=looc"
+            f"{', '.join(unused)} only apply to method=looc, and this run is "
+            f"method={cfg.method}; start from a LooC preset (contrastlab presets) or add method=looc"
         )
+    if warn_unused:
+        for message in unused_settings(cfg, explicit):
+            warn(message)
     return cfg
+
+
+def unused_settings(cfg: Config, explicit: set[str]) -> list[str]:
+    """One line per key of ``explicit`` (the user's settings) that has no effect on this run."""
+    out = []
+
+    def unused(key: str, why: str, fix: str) -> None:
+        if key in explicit:
+            value = get_dotted(cfg, key)
+            shown = value if isinstance(value, str) else _show(value)
+            out.append(f"{key}={shown} has no effect: {why}; {fix}")
+
+    if cfg.method != "looc":
+        # looc.* of a YAML file: a warning, not the overrides' refusal, since one file may serve
+        # MoCo and LooC runs alike (experiments/cifar_cpu.yaml: method=looc on the command line)
+        for key in sorted(k for k in explicit if k.startswith("looc.")):
+            unused(
+                key,
+                f"it only applies to method=looc, and this run is method={cfg.method}",
+                "add method=looc, or leave it out of the config file",
+            )
+    ft_on = cfg.ft.pos != "none" or cfg.ft.neg != "none"
+    for side, keys in (
+        ("pos", ("ft.alpha_pos", "ft.granularity_pos")),
+        ("neg", ("ft.alpha_neg", "ft.granularity_neg")),
+    ):
+        if get_dotted(cfg, f"ft.{side}") == "none":
+            what = "positives" if side == "pos" else "negatives"
+            for key in keys:
+                unused(
+                    key,
+                    f"ft.{side}=none transforms no {what}",
+                    f"set ft.{side} to a transformation or leave {key} out",
+                )
+    if not ft_on:
+        for key in ("ft.distribution", "ft.granularity", "ft.renormalize", "ft.start_epoch"):
+            unused(
+                key,
+                "Feature Transformation is off (ft.pos=none, ft.neg=none)",
+                f"set ft.pos or ft.neg, or leave {key} out",
+            )
+    elif cfg.ft.start_epoch >= cfg.optim.epochs:
+        unused(
+            "ft.start_epoch",
+            f"the run ends after optim.epochs={cfg.optim.epochs}, before Feature Transformation "
+            "starts (epochs count from 0)",
+            "lower ft.start_epoch or raise optim.epochs",
+        )
+    if cfg.optim.schedule == "cosine":
+        unused(
+            "optim.milestones",
+            "the cosine schedule has no milestones",
+            "add optim.schedule=step to decay at them, or leave optim.milestones out",
+        )
+    elif not any(m < cfg.optim.epochs for m in cfg.optim.milestones):
+        why = (
+            "optim.milestones is empty"
+            if not cfg.optim.milestones
+            else f"every milestone of {cfg.optim.milestones} is >= optim.epochs={cfg.optim.epochs}"
+        )
+        for key in ("optim.schedule", "optim.milestones"):
+            unused(
+                key,
+                f"{why}, so the step schedule never lowers the learning rate",
+                "give milestones below optim.epochs, or use optim.schedule=cosine",
+            )
+            if key in explicit:
+                break  # one line for the pair
+    if cfg.optim.warmup_epochs >= cfg.optim.epochs and "optim.warmup_epochs" in explicit:
+        out.append(
+            f"optim.warmup_epochs={cfg.optim.warmup_epochs} >= optim.epochs={cfg.optim.epochs}: "
+            f"the run ends inside the warm-up, so the learning rate never reaches optim.lr="
+            f"{cfg.optim.lr:g} and the {cfg.optim.schedule} schedule never starts; fine for a "
+            "short test run, otherwise lower optim.warmup_epochs"
+        )
+    if cfg.model.head == "linear":
+        unused(
+            "model.head_hidden",
+            "model.head=linear has no hidden layer",
+            "add model.head=mlp, or leave model.head_hidden out",
+        )
+    if cfg.data.name == "synthetic":
+        unused(
+            "data.path",
+            "data.name=synthetic renders its images and reads no folder",
+            "set dataset=imagefolder (or cifar10, cifar100, stl10) to train on the folder",
+        )
+    if cfg.data.name != "imagefolder":
+        unused(
+            "data.holdout_fraction",
+            f"only data.name=imagefolder without a test/ folder holds images out, and this run "
+            f"is data.name={cfg.data.name}",
+            "leave data.holdout_fraction out",
+        )
+    if cfg.data.name in ("synthetic", "imagefolder"):
+        unused(
+            "data.download",
+            f"data.name={cfg.data.name} downloads nothing (only cifar10, cifar100, stl10 do)",
+            "leave data.download out",
+        )
+    else:
+        for key in ("data.synthetic_train", "data.synthetic_test", "data.synthetic_seed"):
+            unused(
+                key,
+                f"it sets the synthetic dataset, and this run is data.name={cfg.data.name}",
+                f"add dataset=synthetic, or leave {key} out",
+            )
+    return out
 
 
 def config_from_dict(data: dict) -> Config:
