@@ -314,7 +314,7 @@ def test_a_converted_encoder_cannot_be_resumed(tmp_path, capsys):
     [
         (["--dataset", "imagenet"], "--dataset imagenet: data.name='imagenet' is not valid"),
         (["--dataset", "cifar1000"], "did you mean 'cifar100'"),
-        (["--image-size", "0"], "--image-size 0: data.image_size must be an integer >= 8"),
+        (["--image-size", "0"], "--image-size 0: data.image_size must be an integer in [8, 4096]"),
     ],
 )
 def test_data_options_that_no_eval_could_use_are_refused_before_work(

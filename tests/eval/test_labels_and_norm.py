@@ -44,7 +44,7 @@ def _context(monkeypatch, datasets: dict, **kw) -> EvalContext:
     monkeypatch.setattr(
         datasets_module, "build_dataset", lambda cfg, split, transform=None: datasets[split]
     )
-    cfg = load_config("demo", ["data.image_size=8"])
+    cfg = load_config("moco_v2_cifar", ["data.image_size=8"])  # not synthetic: needs 16 px
     return EvalContext(
         model=MeanColour(), cfg=cfg, checkpoint=None, data_cfg=cfg.data, progress=False, **kw
     )
