@@ -254,3 +254,30 @@ def test_a_stop_between_the_epoch_checkpoint_and_the_monitor_is_caught_up_on_res
         return [json.loads(x)["epoch"] for x in lines if '"event": "knn"' in x]
 
     assert monitored(resumed.run_dir) == monitored(straight.run_dir) == [1, 2, 3]
+
+
+def test_a_stop_signal_during_the_monitor_stops_at_the_epoch_boundary(
+    tiny_config, monkeypatch, quiet_signals
+):
+    """It used to train one more step of the next epoch first."""
+    settings = ["optim.epochs=2", "train.checkpoint_every=2", "train.knn_every=1"]
+    straight = Trainer(tiny_config(*settings, "name=straight")).fit()
+    monitor = Trainer.knn_monitor
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return monitor(self)
+
+    monkeypatch.setattr(Trainer, "knn_monitor", signalled)
+    cfg = tiny_config(*settings, "name=cut")
+    with pytest.raises(TrainingInterrupted, match="after epoch 1 "):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+    state = read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and state.get("position") is None  # saved at the boundary
+    resumed = Trainer(tiny_config(*settings, "name=cut", "train.resume=auto")).fit()
+    assert resumed.final_loss == straight.final_loss and resumed.knn_top1 == straight.knn_top1
+    _equal_states(
+        read_checkpoint(straight.last_checkpoint)["model"],
+        read_checkpoint(resumed.last_checkpoint)["model"],
+    )

@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
         signal_name = e.signal_name if isinstance(e, StopRequested) else "Ctrl-C"
-        if _trains(args):
+        if _trains(args, argv):
             from contrastlab.preemption import EXIT_STOPPED
 
             # not inside a training step (those stop at the step's end and save): set-up or
@@ -426,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + e.signum if isinstance(e, StopRequested) else 130
 
 
-def _trains(args) -> bool:
-    return getattr(args, "func", None) is _cmd_train
+def _trains(args, argv: list[str] | None = None) -> bool:
+    """Whether the command is ``train``; before the arguments are parsed, from the first word."""
+    if args is not None:
+        return getattr(args, "func", None) is _cmd_train
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    return bool(words) and words[0] == "train"
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def check_output(
     replaceable: Callable[[Path], bool] | None = None,
     what: str = "the output",
     overwrite: bool = False,
+    flag: str = "--out",
 ) -> None:
     """Refuse, in one line and before any work, an output ``path`` that cannot or must not be
     written; otherwise return with nothing created.
@@ -119,16 +120,16 @@ def check_output(
     for given in inputs:
         if Path(given).resolve() == target:
             raise UserError(
-                f"--out {path} is the file this command reads; writing it would destroy it: "
-                "choose another --out"
+                f"{flag} {path} is the file this command reads; writing it would destroy it: "
+                f"choose another {flag}"
             )
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
     if folder and path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} is a file; give a folder for {what}")
+        raise UserError(f"{flag} {path} is a file; give a folder for {what}")
     if not folder and path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file name for {what}")
+        raise UserError(f"{flag} {path} is a folder; give a file name for {what}")
     if not folder and path.exists() and not overwrite:
         if replaceable is None or not replaceable(path):
             raise UserError(

@@ -511,6 +511,11 @@ class Trainer:
                 raise self.interrupted(f"after epoch {self.epoch}")
             if knn_due:
                 self.run_monitor(final_loss, rewrite_last=bool(save_due))
+                _, stop = self.stop_policy.poll()  # a signal during the monitor: stop here
+                if stop:
+                    if not save_due:
+                        distributed.raise_together(functools.partial(self.save, final_loss))
+                    raise self.interrupted(f"after epoch {self.epoch}")
         if self.recorder is not None:
             self.recorder.close()
         return TrainResult(

@@ -363,10 +363,16 @@ def _all(args) -> int:
     from contrastlab.eval import protocols as P
     from contrastlab.eval.compare import run_all
 
+    flag = "--out-dir" if args.out_dir is not None else "--out"
     if args.out_dir is None:
         args.out_dir = args.out or "eval_all"
     check_options(args)
-    check_output(args.out_dir, folder=True, what="the comparison")
+    if not args.protocols:
+        raise UserError(
+            "--protocols names no protocol; give one or more of knn, linear, fewshot, rotation, "
+            "corruption, factors (comma-separated)"
+        )
+    check_output(args.out_dir, folder=True, what="the comparison", flag=flag)
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
         "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=args.epochs),

@@ -86,8 +86,9 @@ class EvalContext:
     def __post_init__(self):
         self._raw: dict[str, Dataset] = {}
         if self.space not in getattr(self.model, "feature_spaces", ("backbone",)):
+            model = f"the model of {self.checkpoint}" if self.checkpoint else "this model"
             raise UserError(
-                f"feature space '{self.space}' does not exist for this model; valid "
+                f"feature space '{self.space}' does not exist for {model}; valid "
                 f"spaces: {', '.join(self.model.feature_spaces)}"
             )
 
