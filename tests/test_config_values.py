@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from contrastlab.config import Config, all_keys, load_config
@@ -239,9 +241,15 @@ def test_looc_settings_in_a_yaml_file_on_a_moco_run_warn(tmp_path, capsys):
 
     from contrastlab.config import config_to_dict
 
-    (tmp_path / "lp.yaml").write_text("looc: {plus_plus: true}\n")
+    (tmp_path / "lp.yaml").write_text("method: moco\nlooc: {plus_plus: true}\n")
     lines = _warnings(capsys, "--config", str(tmp_path / "lp.yaml"))
     assert len(lines) == 1 and "looc.plus_plus=true has no effect" in lines[0]
+    # a file that leaves the method to the command line serves LooC runs too: no warning
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("looc: {z0_positives: k0}\n")
+    assert _warnings(capsys, "--config", str(shared)) == []
+    experiments = Path(__file__).parents[1] / "experiments"
+    assert _warnings(capsys, "--config", str(experiments / "cifar_cpu.yaml")) == []
     (tmp_path / "looc.yaml").write_text(
         "method: looc\nlooc: {augmentations: [rotation]}\ntrain: {knn_space: z0}\n"
     )

@@ -868,13 +868,17 @@ def load_config(
             f"method={cfg.method}; start from a LooC preset (contrastlab presets) or add method=looc"
         )
     if warn_unused:
-        for message in unused_settings(cfg, explicit):
+        for message in unused_settings(cfg, explicit, file_sets_method="method" in file_keys):
             warn(message)
     return cfg
 
 
-def unused_settings(cfg: Config, explicit: set[str]) -> list[str]:
-    """One line per key of ``explicit`` (the user's settings) that has no effect on this run."""
+def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = True) -> list[str]:
+    """One line per key of ``explicit`` (the user's settings) that has no effect on this run.
+
+    ``file_sets_method``: the user's YAML files name the method themselves; a file that leaves it
+    to the command line may serve MoCo and LooC runs alike, and its ``looc.*`` keys are for the
+    LooC ones (experiments/cifar_cpu.yaml), so they are not warned about."""
     out = []
 
     def unused(key: str, why: str, fix: str) -> None:
@@ -883,9 +887,8 @@ def unused_settings(cfg: Config, explicit: set[str]) -> list[str]:
             shown = value if isinstance(value, str) else _show(value)
             out.append(f"{key}={shown} has no effect: {why}; {fix}")
 
-    if cfg.method != "looc":
-        # looc.* of a YAML file: a warning, not the overrides' refusal, since one file may serve
-        # MoCo and LooC runs alike (experiments/cifar_cpu.yaml: method=looc on the command line)
+    if cfg.method != "looc" and file_sets_method:
+        # looc.* of a YAML file that sets another method: a warning, not the overrides' refusal
         for key in sorted(k for k in explicit if k.startswith("looc.")):
             unused(
                 key,
