@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contrastlab.cli import main
-from contrastlab.errors import InterruptedTwice, StopRequested
+from contrastlab.errors import InterruptedTwice, StopRequested, UserError
 
 
 @pytest.mark.parametrize(
@@ -358,3 +358,27 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "out of memory (tried to allocate 512.0 GiB)" in err and "optim.batch_size" in err
+
+
+class _BrokenImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        if i == 5:
+            raise UserError("image 5 is damaged; fix or delete it")
+        return torch.zeros(3)
+
+
+def test_an_error_raised_in_a_data_loading_worker_is_one_line(monkeypatch, capsys):
+    """torch re-raises it with the worker's traceback in the message: that was printed whole."""
+    import contrastlab.cli as cli
+
+    def load_all(args):
+        for _ in torch.utils.data.DataLoader(_BrokenImages(), batch_size=4, num_workers=1):
+            pass
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_presets", load_all)
+    assert main(["presets"]) == 2
+    assert capsys.readouterr().err == "error: image 5 is damaged; fix or delete it\n"

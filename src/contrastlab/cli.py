@@ -16,6 +16,7 @@ from contrastlab.errors import (
     StopRequested,
     TrainingInterrupted,
     UserError,
+    one_line,
 )
 
 
@@ -356,10 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return status
     except DiskFull as e:
-        print(f"error: {e}; {_after_full_disk(args)}", file=sys.stderr)
+        print(f"error: {one_line(e)}; {_after_full_disk(args)}", file=sys.stderr)
         return 2
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
         from contrastlab.preemption import EXIT_STOPPED

@@ -62,6 +62,18 @@ class PeerStopped(Exception):
     """
 
 
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line. An error raised in a DataLoader worker comes back
+    re-raised by torch as "Caught UserError in DataLoader worker process N." plus the worker's
+    traceback: its own message is the traceback's last line."""
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last
+
+
 def warn(message: str) -> None:
     """One line of warning on stderr (``warning: <message>``)."""
     import sys
