@@ -175,3 +175,16 @@ def test_a_single_class_makes_the_monitor_warn(tmp_path, capsys):
     Trainer(cfg)
     err = capsys.readouterr().err
     assert "single class, so the kNN monitor reads 100% by construction" in err
+
+
+def test_a_per_process_batch_norm_group_of_one_is_refused_before_work(tiny_config, monkeypatch):
+    """batch 8 with 4 splits is fine in one process, one sample per group over two processes."""
+    from contrastlab import distributed
+    from contrastlab.errors import UserError
+    from contrastlab.train import Trainer
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cfg = tiny_config("optim.batch_size=8", "model.bn_splits=4", "name=bn1")
+    with pytest.raises(UserError, match="gives batch norm 1 sample per group"):
+        Trainer(cfg)
+    assert not cfg.run_dir.exists()

@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from contrastlab.atomic import save_figure, write_atomic, write_text
+from contrastlab.atomic import is_contrastlab_figure, save_figure, write_atomic, write_text
 from contrastlab.errors import UserError
 from contrastlab.eval.context import DEVICES
 
@@ -527,19 +527,22 @@ def analysis_figures(out: str | Path) -> list[tuple[str, Figure]]:
     labels = [enc["label"] for enc in result["encoders"]]
     figures = []
     for space in result["settings"]["spaces"]:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", space)
-        figures.append(
-            (
-                f"analysis-{stem}-distributions",
-                distributions_figure(runs, space, labels, ridge_label=lambda e: "all images"),
-            )
+        stems = _figure_stems(space)
+        distributions = distributions_figure(
+            runs, space, labels, ridge_label=lambda e: "all images"
         )
-        figures.append((f"analysis-{stem}-overlay", overlay_figure(runs, labels, result, space)))
-        figures.append((f"analysis-{stem}-sensitivity", sensitivity_figure(labels, result, space)))
+        figures.append((stems["distributions"], distributions))
+        figures.append((stems["overlay"], overlay_figure(runs, labels, result, space)))
+        figures.append((stems["sensitivity"], sensitivity_figure(labels, result, space)))
     return figures
 
 
-_FIGURE_KINDS = ("distributions", "overlay", "sensitivity")
+def _figure_stems(space: str) -> dict[str, str]:
+    """The file stem of each figure ``analysis_figures`` draws for ``space``."""
+    from contrastlab.viz.score_plots import file_stem
+
+    kinds = ("distributions", "overlay", "sensitivity")
+    return {kind: f"analysis-{file_stem(space)}-{kind}" for kind in kinds}
 
 
 def _check_outputs(
@@ -548,14 +551,12 @@ def _check_outputs(
     """Refuse, before any work, to replace a file in ``out`` that an earlier analysis did not
     write: a figure not marked as contrastlab's, or a file in an encoder's folder of a folder
     that is not an earlier analysis (no ``analysis.json`` of ours)."""
-    from contrastlab.atomic import is_contrastlab_figure
     from contrastlab.outputs import check_output
 
     for space in spaces:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", space)
-        for kind in _FIGURE_KINDS:
+        for stem in _figure_stems(space).values():
             check_output(
-                out / "figures" / f"analysis-{stem}-{kind}.png",
+                out / "figures" / f"{stem}.png",
                 replaceable=is_contrastlab_figure,
                 what="a figure",
                 overwrite=overwrite,

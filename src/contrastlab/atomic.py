@@ -118,6 +118,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+FIGURE_MARK = "contrastlab"  # the Software text chunk of the PNGs that save_figure writes
+
+
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     """``fig.savefig`` through ``write_atomic``; a PNG is marked as written by contrastlab
     (``is_contrastlab_figure``), so that a later run may replace it and nothing else."""
@@ -126,9 +129,6 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     if fmt == "png":
         kwargs.setdefault("metadata", {"Software": FIGURE_MARK})
     return write_atomic(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
-
-
-FIGURE_MARK = "contrastlab"
 
 
 def is_contrastlab_figure(path: Path) -> bool:

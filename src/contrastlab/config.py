@@ -631,9 +631,9 @@ TEMPERATURE = Range(0.001, 10)
 # (inside the documented range "an integer >= 1" before): each is far above any published setting.
 MAX_IMAGE_SIZE = 4096  # 8x ImageNet's 224-512 px crops; a batch of 4096 px crops fills any GPU
 MAX_QUEUE = 2**22  # 4M negatives, 64x MoCo's 65536 (the queue is dim x K floats on the device)
-MAX_WIDTH = 65536  # head_hidden, dim: 32x MoCo v2's 2048-wide head; a 1e9-wide layer is 4 GB+
+MAX_FEATURES = 65536  # head_hidden, dim: 32x MoCo v2's 2048-wide head; a 1e9-wide layer is 4 GB+
 MAX_SYNTHETIC = 1_000_000  # synthetic images are rendered up front into memory (3 KB each at 32 px)
-MAX_CHANNELS = 16  # model.width: 16x ResNet's channels is 256x its convolution weights and cost
+MAX_WIDTH_FACTOR = 16  # model.width: 16x ResNet's channels is 256x its convolution weights and cost
 
 # Every key whose type is not already a closed set of choices (a Literal or a bool) declares its
 # valid values here; a test walks the whole config tree and fails on a key that is missing.
@@ -651,9 +651,9 @@ VALID: dict[str, Any] = {
     "augment.crop_scale_min": Range(0, 1, low_open=True),
     "augment.hue": Range(0, 0.5),
     "augment.grayscale_p": FRACTION,
-    "model.width": Range(0, MAX_CHANNELS, low_open=True),
-    "model.head_hidden": _int(1, MAX_WIDTH),
-    "model.dim": _int(1, MAX_WIDTH),
+    "model.width": Range(0, MAX_WIDTH_FACTOR, low_open=True),
+    "model.head_hidden": _int(1, MAX_FEATURES),
+    "model.dim": _int(1, MAX_FEATURES),
     "model.bn_splits": _int(1),
     "moco.queue_size": _int(1, MAX_QUEUE),
     "moco.momentum": FRACTION,
@@ -733,8 +733,8 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.optim.batch_size // cfg.model.bn_splits < 2:
         # batch norm divides by the variance of each group: one sample has none, and PyTorch
-        # stops in the first step ("Expected more than 1 value per channel"); the per-process
-        # batch under torchrun is checked by the trainer
+        # stops in the first step ("Expected more than 1 value per channel"); the trainer checks
+        # the per-process batch under torchrun the same way
         raise UserError(
             f"optim.batch_size={cfg.optim.batch_size} with model.bn_splits={cfg.model.bn_splits} "
             f"gives batch norm {cfg.optim.batch_size // cfg.model.bn_splits} sample per group; it "
@@ -773,7 +773,7 @@ def _validate(cfg: Config) -> None:
 
 
 # data.synthetic.make_synthetic draws its glyphs at 16 px and up (the documented range of
-# data.image_size, >= 8, is that of the other datasets)
+# data.image_size, >= 8, is that of the other datasets); it checks against this same constant
 SYNTHETIC_MIN_SIZE = 16
 
 

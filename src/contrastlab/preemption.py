@@ -52,8 +52,8 @@ class StopSignals:
     """Context manager: while active, the stop signals set ``received`` instead of killing.
 
     A second SIGINT raises ``InterruptedTwice``, a ``KeyboardInterrupt`` (the user insists).
-    Handlers are only installed
-    from the main thread (Python's rule); elsewhere the context does nothing.
+    Handlers are only installed from the main thread (Python's rule); elsewhere the context does
+    nothing.
     """
 
     def __init__(self):

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contrastlab.atomic import write_atomic, write_text
+
 
 @dataclass
 class ScoreStats:
@@ -192,14 +194,10 @@ def _same_stats(a: ScoreStats, b: ScoreStats) -> bool:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write durably (temporary file, fsync, rename), so that a crash never leaves half a file."""
-    from contrastlab.atomic import write_atomic
-
     write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _save_json(path: Path, data: dict) -> None:
-    from contrastlab.atomic import write_text
-
     write_text(path, json.dumps(data, indent=1) + "\n")
 
 

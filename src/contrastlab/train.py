@@ -253,6 +253,14 @@ class Trainer:
                 f"the per-process batch ({self.local_batch}) must be divisible by "
                 f"model.bn_splits ({cfg.model.bn_splits})"
             )
+        if self.local_batch // cfg.model.bn_splits < 2:  # the config checks one process only
+            raise UserError(
+                f"the per-process batch ({self.local_batch} of optim.batch_size="
+                f"{cfg.optim.batch_size} over {world} processes) gives batch norm "
+                f"{self.local_batch // cfg.model.bn_splits} sample per group with model.bn_splits="
+                f"{cfg.model.bn_splits}; it needs at least 2: raise optim.batch_size to at least "
+                f"{2 * cfg.model.bn_splits * world} or lower model.bn_splits"
+            )
 
         seed_everything(cfg.seed)  # identical initial weights on every process
         self.model = build_method(cfg).to(self.device)
@@ -407,7 +415,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_metric = state.get("best_metric")
         self.last_knn = (state.get("metrics") or {}).get("knn_top1")
-        if state.get("monitor_pending") and state.get("position") is None:
+        if state.get("monitor_pending") and self.cfg.train.knn_every and not state.get("position"):
             loss = (state.get("metrics") or {}).get("loss")
             self.pending_monitor_loss = float(loss) if loss is not None else float("nan")
         self.position = state.get("position")

@@ -234,20 +234,19 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
             f"holds (or should receive) {name}"
         )
     train = split == "train"
+    source = {"stl10": tvd.STL10, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     try:
         if name == "stl10":
             # Pretraining uses the 5,000 labelled and 100,000 unlabelled images (labels -1).
             stl_split = "train+unlabeled" if train else "test"
-            ds = tvd.STL10(str(root), split=stl_split, download=cfg.download)
+            ds = source(str(root), split=stl_split, download=cfg.download)
             images, labels = torch.from_numpy(ds.data), torch.as_tensor(ds.labels)
         else:
-            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-            ds = cls(str(root), train=train, download=cfg.download)
+            ds = source(str(root), train=train, download=cfg.download)
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # HWC -> CHW, no per-image PIL
             labels = torch.as_tensor(ds.targets)
     except Exception as e:
-        cls = {"stl10": tvd.STL10, "cifar10": tvd.CIFAR10}.get(name, tvd.CIFAR100)
-        copy = root / cls.base_folder
+        copy = root / source.base_folder
         if copy.is_dir() and any(copy.iterdir()):
             why = "" if "not found or corrupted" in str(e) else f" ({_reason(e)})"
             raise UserError(

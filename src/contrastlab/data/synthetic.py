@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from contrastlab.config import SYNTHETIC_MIN_SIZE
+
 FACTOR_CLASSES = {"shape": 10, "color": 8, "texture": 4}
 SHAPE_NAMES = ("F", "L", "P", "R", "J", "7", "G", "Q", "4", "K")
 COLOR_NAMES = (
@@ -200,8 +202,11 @@ def _balanced(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
 
 def make_synthetic(n: int, image_size: int = 32, seed: int = 0) -> SyntheticData:
     """Render ``n`` images of side ``image_size`` deterministically from ``seed``."""
-    if n < 0 or image_size < 16:
-        raise ValueError(f"make_synthetic needs n >= 0 and image_size >= 16, got {n}, {image_size}")
+    if n < 0 or image_size < SYNTHETIC_MIN_SIZE:
+        raise ValueError(
+            f"make_synthetic needs n >= 0 and image_size >= {SYNTHETIC_MIN_SIZE}, "
+            f"got {n}, {image_size}"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     shape = _balanced(n, FACTOR_CLASSES["shape"], gen)
     color = _balanced(n, FACTOR_CLASSES["color"], gen)

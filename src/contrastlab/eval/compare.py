@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from contrastlab.atomic import write_text
+from contrastlab.atomic import save_figure, write_text
 from contrastlab.errors import UserError
 from contrastlab.eval.results import markdown_table, pm, write_json
 
@@ -71,8 +71,6 @@ def bar_chart(entries: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("contrastlab evaluation")
     fig.tight_layout()
-    from contrastlab.atomic import save_figure
-
     try:
         save_figure(fig, path, dpi=120)
     finally:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from contrastlab.atomic import write_atomic
 from contrastlab.errors import UserError
 from contrastlab.preemption import ignore_stop_signals
 
@@ -61,8 +62,6 @@ class FeatureCache:
             return None
 
     def save(self, parts: dict[str, Any], feats: Tensor, labels: Tensor) -> None:
-        from contrastlab.atomic import write_atomic
-
         data = {
             "feats": feats,
             "labels": labels,

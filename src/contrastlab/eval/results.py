@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from contrastlab.atomic import write_text
+
 
 def default_run_dir(checkpoint: str | os.PathLike) -> Path:
     """The run directory of a checkpoint: ``runs/<name>/`` for ``runs/<name>/checkpoints/x.pt``."""
@@ -60,8 +62,6 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:
-    from contrastlab.atomic import write_text
-
     return write_text(Path(path), json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from contrastlab.atomic import write_text
 from contrastlab.errors import UserError
 from contrastlab.viz.score_plots import Run, flatten, load_run, score_figures
 
@@ -253,6 +254,4 @@ def write_report(
         f'<h1>{title}</h1><p class="sub">{html.escape(str(run.path))} · {summary} · '
         f"generated {stamp}</p>\n{body}</body></html>\n"
     )
-    from contrastlab.atomic import write_text
-
     return write_text(out, page)

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from contrastlab.atomic import save_figure
+from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.errors import UserError
 from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
 
@@ -318,33 +318,37 @@ def distributions_figure(
     return fig
 
 
-def _spaces(runs: list[Run]) -> list[tuple[str, str]]:
-    """(space, file-name stem of the space) of every space of every run that recorded scores."""
+def file_stem(name: str) -> str:
+    """``name`` (a feature space, a label) made safe as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _spaces(runs: list[Run]) -> list[str]:
+    """Every feature space of every run that recorded scores."""
     with_scores = [r for r in runs if r.record is not None]
     if not with_scores:
         raise UserError(
             "none of the runs has recorded scores (scores/meta.json); train with scores.record=true"
         )
-    spaces = list(dict.fromkeys(s for r in with_scores for s in r.spaces))
-    return [(space, re.sub(r"[^A-Za-z0-9_.-]+", "_", space)) for space in spaces]
+    return list(dict.fromkeys(s for r in with_scores for s in r.spaces))
+
+
+_FIGURES = {"curves": curves_figure, "distributions": distributions_figure}
 
 
 def score_figure_stems(runs: list[Run]) -> list[str]:
     """The file stems ``score_figures`` gives, without drawing the figures."""
-    return [f"scores-{stem}-{kind}" for _, stem in _spaces(runs) for kind in _KINDS]
-
-
-_KINDS = ("curves", "distributions")
+    return [f"scores-{file_stem(space)}-{kind}" for space in _spaces(runs) for kind in _FIGURES]
 
 
 def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tuple[str, Figure]]:
     """(file stem, figure) for every space of every run that recorded scores."""
     labels = run_labels(runs, labels)
-    out = []
-    for space, stem in _spaces(runs):
-        out.append((f"scores-{stem}-curves", curves_figure(runs, space, labels)))
-        out.append((f"scores-{stem}-distributions", distributions_figure(runs, space, labels)))
-    return out
+    return [
+        (f"scores-{file_stem(space)}-{kind}", draw(runs, space, labels))
+        for space in _spaces(runs)
+        for kind, draw in _FIGURES.items()
+    ]
 
 
 def plot_scores(
@@ -359,7 +363,6 @@ def plot_scores(
     file of the same name that is not a figure written by contrastlab is refused (before any
     figure is drawn) unless ``overwrite``.
     """
-    from contrastlab.atomic import is_contrastlab_figure
     from contrastlab.outputs import check_output
 
     if not run_dirs:
