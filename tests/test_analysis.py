@@ -231,3 +231,14 @@ def test_errors_are_one_line_and_early(tmp_path, capsys):
     assert "'color' does not exist" in err and "backbone, z" in err
     err = _error(["analyze", str(a), "--labels", "x", "y", "--out", out], capsys)
     assert "2 labels for 1 checkpoints" in err
+
+
+def test_a_negative_seed_is_one_line_before_work(tmp_path, capsys):
+    """It was a numpy traceback from inside the analysis."""
+    from contrastlab.cli import main
+
+    ckpt = tmp_path / "x.pt"
+    ckpt.write_bytes(b"not read: the seed is checked first")
+    assert main(["analyze", str(ckpt), "--seed", "-1", "--out", str(tmp_path / "an")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --seed must be in [0, 4294967295], got -1"

@@ -342,6 +342,8 @@ def run_analysis(
         raise UserError(f"unknown --recipe '{settings.recipe}'; valid: {', '.join(RECIPES)}")
     if settings.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if not 0 <= settings.seed < 2**32:  # as train's seed and eval --seed
+        raise UserError(f"--seed must be in [0, 4294967295], got {settings.seed}")
     for c in checkpoints:  # every file first: no work is lost to a typo in the last one
         if Path(c).is_dir():  # the same line as the other commands (checkpoint.load_torch_file)
             raise UserError(
