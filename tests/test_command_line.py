@@ -158,7 +158,9 @@ def slow_build():
     time.sleep(120)
     return build()
 cli.build_parser = slow_build
-sys.exit(cli.main(sys.argv[1:]))
+status = cli.main(sys.argv[1:])
+print("torch imported:", "torch" in sys.modules)  # the handler must not import it (half-loaded)
+sys.exit(status)
 """
 
 
@@ -182,7 +184,8 @@ def test_a_stop_signal_while_the_command_starts_is_one_line(command, sig, status
     )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
     proc.send_signal(getattr(signal, sig))
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
+    assert out.strip() == "torch imported: False", out
     lines = err.strip().splitlines()
     assert proc.returncode == status and len(lines) == 1 and lines[0].startswith(said), err
 

@@ -10,6 +10,7 @@ import warnings
 
 from contrastlab.atomic import no_space_error
 from contrastlab.errors import (
+    EXIT_STOPPED,
     DiskFull,
     InterruptedTwice,
     PeerStopped,
@@ -363,8 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        from contrastlab.preemption import EXIT_STOPPED
-
         if e.is_main:
             print(str(e), file=sys.stderr)
         return EXIT_STOPPED
@@ -413,13 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
         signal_name = e.signal_name if isinstance(e, StopRequested) else "Ctrl-C"
         if _trains(args, argv):
-            from contrastlab.preemption import EXIT_STOPPED
-
-            # not inside a training step (those stop at the step's end and save): set-up or
-            # the summary; no file of the run was being written
+            # not inside a training step (those stop at the step's end and save): start-up, set-up
+            # or the summary; no file of the run was being written
             print(
-                f"stopped by {signal_name} outside the training loop; the checkpoints written "
-                "before are intact; to continue, run the same command with train.resume=auto",
+                f"stopped by {signal_name} outside the training loop (no training step was "
+                "running, no file of the run was being written); to start or continue the run, "
+                "use the same command with train.resume=auto",
                 file=sys.stderr,
             )
             return EXIT_STOPPED if isinstance(e, StopRequested) else 130

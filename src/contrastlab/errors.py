@@ -21,11 +21,17 @@ class DiskFull(UserError):
     """
 
 
+# EX_TEMPFAIL: stopped on request (a checkpoint was written, or no training step was running);
+# run again to resume. Here, not in preemption (which imports torch), so that the command line
+# can report a Ctrl-C that lands while torch is still being imported.
+EXIT_STOPPED = 75
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on request (SIGTERM, SIGUSR1, Ctrl-C) after writing a checkpoint.
 
     Not a ``UserError``: nothing is wrong. The command line prints the message (one line: where
-    the checkpoint is and how to resume) and exits with ``contrastlab.preemption.EXIT_STOPPED``.
+    the checkpoint is and how to resume) and exits with ``EXIT_STOPPED``.
     ``is_main`` is False on the other processes under torchrun, which stay silent.
     """
 

@@ -28,9 +28,8 @@ import torch
 from torch.utils.data import Sampler
 
 from contrastlab import distributed
-from contrastlab.errors import InterruptedTwice
+from contrastlab.errors import EXIT_STOPPED, InterruptedTwice  # noqa: F401 - re-exported
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request, a checkpoint was written; run again to resume
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name)
 )
