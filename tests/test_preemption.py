@@ -281,3 +281,58 @@ def test_a_stop_signal_during_the_monitor_stops_at_the_epoch_boundary(
         read_checkpoint(straight.last_checkpoint)["model"],
         read_checkpoint(resumed.last_checkpoint)["model"],
     )
+
+
+def test_a_stop_signal_during_the_last_monitor_leaves_a_finished_run(
+    tiny_config, monkeypatch, quiet_signals
+):
+    """Nothing is left to do: the run ends as finished, not with "to continue"."""
+    settings = ["optim.epochs=2", "train.knn_every=1"]
+    straight = Trainer(tiny_config(*settings, "name=straight")).fit()
+    monitor = Trainer.knn_monitor
+
+    def signalled(self):
+        if self.epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return monitor(self)
+
+    monkeypatch.setattr(Trainer, "knn_monitor", signalled)
+    result = Trainer(tiny_config(*settings, "name=cut")).fit()
+    assert (result.epochs, result.knn_top1) == (2, straight.knn_top1)
+    assert read_checkpoint(result.last_checkpoint).get("monitor_pending") is not True
+
+
+def test_a_stop_signal_before_the_last_monitor_says_the_monitor_is_left(
+    tiny_config, monkeypatch, quiet_signals
+):
+    settings = ["optim.epochs=2", "train.knn_every=1"]
+    epoch = Trainer.train_epoch
+
+    def signalled(self, number):
+        loss = epoch(self, number)
+        if number == 1:  # the last epoch's steps are done; its checkpoint and monitor are not
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_epoch", signalled)
+    with pytest.raises(TrainingInterrupted, match="before its kNN monitor.*to run the monitor"):
+        Trainer(tiny_config(*settings, "name=cut")).fit()
+    monkeypatch.undo()
+    resumed = Trainer(tiny_config(*settings, "name=cut", "train.resume=auto")).fit()
+    assert resumed.knn_top1 is not None and resumed.epochs == 2
+
+
+def test_a_stop_signal_after_the_last_epoch_without_a_monitor_finishes(
+    tiny_config, monkeypatch, quiet_signals
+):
+    epoch = Trainer.train_epoch
+
+    def signalled(self, number):
+        loss = epoch(self, number)
+        if number == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_epoch", signalled)
+    result = Trainer(tiny_config("optim.epochs=2", "train.knn_every=0", "name=cut")).fit()
+    assert result.epochs == 2 and result.last_checkpoint is not None

@@ -515,12 +515,13 @@ class Trainer:
                 save = functools.partial(self.save, final_loss, monitor_pending=bool(knn_due))
                 distributed.raise_together(save)
                 self.stop_policy.saved()
-            if stop:
-                raise self.interrupted(f"after epoch {self.epoch}")
+            finished = self.epoch == cfg.optim.epochs
+            if stop and not (finished and not knn_due):  # after the last epoch: nothing is lost
+                raise self.interrupted(f"after epoch {self.epoch}", monitor_pending=bool(knn_due))
             if knn_due:
                 self.run_monitor(final_loss, rewrite_last=bool(save_due))
                 _, stop = self.stop_policy.poll()  # a signal during the monitor: stop here
-                if stop:
+                if stop and not finished:
                     if not save_due:
                         distributed.raise_together(functools.partial(self.save, final_loss))
                     raise self.interrupted(f"after epoch {self.epoch}")
@@ -792,14 +793,20 @@ class Trainer:
         distributed.raise_together(write)
         self.stop_policy.saved()
 
-    def interrupted(self, where: str) -> TrainingInterrupted:
+    def interrupted(self, where: str, monitor_pending: bool = False) -> TrainingInterrupted:
+        """The one-line stop of a run that has work left: more epochs, or (``monitor_pending``)
+        the kNN monitor of the epoch just saved."""
         signal_name = self.stop_policy.signals.received or "a stop signal to another process"
         self.log(
             {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
         )
+        if monitor_pending and self.epoch == self.cfg.optim.epochs:
+            where, left = f"{where}, the last, before its kNN monitor", "to run the monitor"
+        else:
+            left = "to continue"
         return TrainingInterrupted(
             f"stopped by {signal_name} {where} (step {self.step}); checkpoint "
-            f"{self.ckpt_dir / 'last.pt'}; to continue, run the same command with "
+            f"{self.ckpt_dir / 'last.pt'}; {left}, run the same command with "
             "train.resume=auto",
             is_main=self.is_main,
         )
