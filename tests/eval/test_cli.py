@@ -277,3 +277,43 @@ def test_an_empty_class_folder_is_left_out_alike_by_training_data_and_transfer(
     with pytest.warns(UserWarning, match="1 class folder.* hold no images and are left out"):
         assert main(argv) == 0
     assert _json(tmp_path / "t.json")["protocol"] == "transfer"
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["linear", "--fast", "--mode", "moco"], "not allowed with argument"),
+        (["linear", "--mode", "fast", "--fast"], "not allowed with argument"),
+        (["linear", "--fast", "--epochs", "5"], "--epochs applies only to --mode moco"),
+        (["linear", "--fast", "--lr", "1", "--momentum", "0.5"], "--lr --momentum apply only"),
+        (["linear", "--C", "2"], "--C applies only to --mode fast"),
+        (["linear", "--mode", "moco", "--val-fraction", "0.3"], "--val-fraction applies only"),
+        (["all", "--linear-mode", "fast", "--epochs", "5"], "only to --linear-mode moco"),
+        (["all", "--protocols", "knn", "--trials", "2"], "the fewshot protocol, which"),
+        (["all", "--protocols", "linear", "--k", "5"], "the knn protocol, which"),
+        (["all", "--protocols", "knn", "--severities", "1"], "the corruption protocol"),
+    ],
+)
+def test_options_the_chosen_mode_or_protocols_would_ignore_are_refused(
+    checkpoint, capsys, argv, said, tmp_path
+):
+    """They used to be ignored in silence (``--fast --mode moco`` trained SGD for 100 epochs)."""
+    out = ["--out-dir", str(tmp_path / "all")] if argv[0] == "all" else []
+    try:
+        code = main(["eval", argv[0], str(checkpoint), *COMMON, *argv[1:], *out])
+    except SystemExit as e:  # refused by the parser
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "all").exists()
+
+
+def test_help_names_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "linear", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and ") (default:" not in text
+    epochs = "moco mode: epochs, the learning rate divided by 10 at 60% and 80% (default: 100)"
+    assert f"--epochs EPOCHS {epochs}" in text
+    assert "--seed SEED seed of the subsets, splits and classifiers drawn (default: 0)" in text

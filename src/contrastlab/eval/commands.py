@@ -56,7 +56,9 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
     )
     g.add_argument("--data-path", default=None, metavar="DIR", help="root folder of --dataset")
     g.add_argument("--device", default="auto", choices=DEVICES, help="auto (default), cpu or cuda")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument(
+        "--batch-size", type=int, default=256, help="images per forward pass of feature extraction"
+    )
     g.add_argument(
         "--workers",
         type=int,
@@ -90,7 +92,9 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         metavar="N",
         help="use a fixed random subset of N test images (quick runs)",
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the subsets, splits and classifiers drawn"
+    )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument(
         "--out",
@@ -147,6 +151,21 @@ def check_options(args) -> None:
     cache = getattr(args, "cache", None)
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         raise UserError(f"--cache {cache} is a file; give a folder to keep the features in")
+
+
+# eval linear's options of one mode only, with their defaults (None in the parser, so that an
+# option given for the other mode is seen and refused instead of silently ignored)
+LINEAR_MOCO_DEFAULTS = {"epochs": 100, "lr": 30.0, "momentum": 0.9, "weight_decay": 0.0}
+LINEAR_FAST_DEFAULTS = {"C": None, "val_fraction": 0.2}
+
+
+def refuse_unused(args, options: tuple[str, ...], why: str) -> None:
+    """One line if any of ``options`` (argparse dests whose default is None) was given although
+    the command will not use it; ``why`` completes "... apply only to ..."."""
+    given = ["--" + name.replace("_", "-") for name in options if getattr(args, name) is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UserError(f"{' '.join(given)} {verb} only to {why}; leave it out or change that")
 
 
 def _monitor_space(checkpoint: str) -> str:
@@ -232,23 +251,23 @@ def _knn(args) -> int:
 
 
 def _linear_opts(args) -> dict:
-    return {
-        "mode": args.mode,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "weight_decay": args.weight_decay,
-        "C": args.C,
-        "val_fraction": args.val_fraction,
-    }
+    args.mode = args.mode or "moco"  # None in the parser: "--fast --mode moco" is a conflict
+    if args.mode == "fast":
+        refuse_unused(args, tuple(LINEAR_MOCO_DEFAULTS), "--mode moco (this is --mode fast)")
+    else:
+        refuse_unused(args, tuple(LINEAR_FAST_DEFAULTS), "--mode fast (this is --mode moco)")
+    opts = {"mode": args.mode}
+    for name, default in {**LINEAR_MOCO_DEFAULTS, **LINEAR_FAST_DEFAULTS}.items():
+        value = getattr(args, name)
+        opts[name] = default if value is None else value
+    return opts
 
 
 def _linear(args) -> int:
     from contrastlab.eval.protocols import run_linear
 
-    return _finish(
-        args, run_linear(_context(args, args.checkpoint), **_linear_opts(args)), args.checkpoint
-    )
+    opts = _linear_opts(args)  # before any work: options of the other mode are refused
+    return _finish(args, run_linear(_context(args, args.checkpoint), **opts), args.checkpoint)
 
 
 def _fewshot_opts(args) -> dict:
@@ -359,6 +378,20 @@ def _folder(data_cfg, folder: str, ref: list[str] | None = None):
     return ds
 
 
+def _refuse_unused_in_all(args) -> None:
+    """``eval all``'s options of protocols that ``--protocols`` leaves out are refused."""
+    for protocol, options in {
+        "knn": ("k", "temperature"),
+        "fewshot": ("trials", "episodes"),
+        "corruption": ("severities",),
+        "linear": ("epochs",),
+    }.items():
+        if protocol not in args.protocols:
+            refuse_unused(args, options, f"the {protocol} protocol, which --protocols leaves out")
+    if args.linear_mode == "fast":
+        refuse_unused(args, ("epochs",), "--linear-mode moco (this is --linear-mode fast)")
+
+
 def _all(args) -> int:
     from contrastlab.eval import protocols as P
     from contrastlab.eval.compare import run_all
@@ -372,13 +405,18 @@ def _all(args) -> int:
             "--protocols names no protocol; give one or more of knn, linear, fewshot, rotation, "
             "corruption, factors (comma-separated)"
         )
+    _refuse_unused_in_all(args)
     check_output(args.out_dir, folder=True, what="the comparison", flag=flag)
+    epochs = LINEAR_MOCO_DEFAULTS["epochs"] if args.epochs is None else args.epochs
+    trials = 5 if args.trials is None else args.trials
+    episodes = 600 if args.episodes is None else args.episodes
+    severities = [1, 2, 3, 4, 5] if args.severities is None else args.severities
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
-        "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=args.epochs),
-        "fewshot": lambda ctx: P.run_fewshot(ctx, num_episodes=args.episodes, trials=args.trials),
+        "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=epochs),
+        "fewshot": lambda ctx: P.run_fewshot(ctx, num_episodes=episodes, trials=trials),
         "rotation": P.run_rotation,
-        "corruption": lambda ctx: P.run_corruption(ctx, severities=args.severities),
+        "corruption": lambda ctx: P.run_corruption(ctx, severities=severities),
         "factors": P.run_factors,
     }
     res = run_all(
@@ -430,10 +468,21 @@ def _knn_options(p) -> None:
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help only where the help does not already say what
+    happens by default and there is a value to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def register(subparsers) -> None:
     """Add ``eval`` (knn, linear, fewshot, rotation, corruption, factors, transfer, all) and
     ``export`` to an argparse subparsers object."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     ev = subparsers.add_parser(
         "eval",
         help="evaluate a checkpoint's frozen features",
@@ -457,29 +506,33 @@ def register(subparsers) -> None:
         formatter_class=fmt,
         help="linear classifier: MoCo's SGD protocol or fast logistic regression",
     )
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--mode",
         choices=("moco", "fast"),
-        default="moco",
-        help="moco: SGD on images with crop/flip; fast: logistic regression on features",
+        help="moco: SGD on images with crop/flip; fast: logistic regression on features "
+        "(default: moco)",
     )
-    p.add_argument(
+    mode.add_argument(
         "--fast", dest="mode", action="store_const", const="fast", help="same as --mode fast"
     )
     p.add_argument(
-        "--epochs", type=int, default=100, help="moco mode: epochs (steps at 60%% and 80%%)"
+        "--epochs",
+        type=int,
+        help="moco mode: epochs, the learning rate divided by 10 at 60%% and 80%% (default: 100)",
     )
-    p.add_argument("--lr", type=float, default=30.0, help="moco mode: SGD learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="moco mode: SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="moco mode: weight decay")
+    p.add_argument("--lr", type=float, help="moco mode: SGD learning rate (default: 30.0)")
+    p.add_argument("--momentum", type=float, help="moco mode: SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, help="moco mode: weight decay (default: 0.0)")
     p.add_argument(
         "--C",
         type=float,
-        default=None,
         help="fast mode: fixed inverse regularization (default: swept on a validation split)",
     )
     p.add_argument(
-        "--val-fraction", type=float, default=0.2, help="fast mode: validation share for the sweep"
+        "--val-fraction",
+        type=float,
+        help="fast mode: validation share for the sweep of C (default: 0.2)",
     )
     p.set_defaults(func=_linear)
 
@@ -584,12 +637,10 @@ def register(subparsers) -> None:
         help="do not also write each result to <run_dir>/eval/<protocol>.json",
     )
     p.add_argument("--linear-mode", choices=("moco", "fast"), default="fast")
-    p.add_argument("--epochs", type=int, default=100, help="linear moco mode: epochs")
-    p.add_argument("--trials", type=int, default=5, help="fewshot: all-way trials")
-    p.add_argument("--episodes", type=int, default=600, help="fewshot: episodes")
-    p.add_argument(
-        "--severities", type=_ints, default=[1, 2, 3, 4, 5], help="corruption severities"
-    )
+    p.add_argument("--epochs", type=int, help="linear, --linear-mode moco: epochs (default: 100)")
+    p.add_argument("--trials", type=int, help="fewshot: all-way trials (default: 5)")
+    p.add_argument("--episodes", type=int, help="fewshot: episodes (default: 600)")
+    p.add_argument("--severities", type=_ints, help="corruption: severities (default: 1,2,3,4,5)")
     _knn_options(p)
     p.set_defaults(func=_all)
 
