@@ -34,6 +34,11 @@ from contrastlab.errors import InterruptedTwice, StopRequested, UserError
             "/no/such/dir",
         ),
         (["train", "--config", "moco_v2_cifar", "lr"], "must look like key=value"),
+        (
+            ["train", "--config", "demo", "train.resume=maybe"],
+            "train.resume=maybe: no such checkpoint; give the path of a .pt file, or "
+            "train.resume=auto",
+        ),
     ],
 )
 def test_bad_input_is_one_error_line(args, expected, capsys, tmp_path):

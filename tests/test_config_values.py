@@ -315,3 +315,28 @@ def test_the_synthetic_dataset_needs_16_px():
         load_config(None, ["data.image_size=8"])
     assert load_config(None, ["data.image_size=16"]).data.image_size == 16
     assert load_config(None, ["dataset=cifar10", "data.image_size=8"]).data.image_size == 8
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (
+            "optim:\n  lr: [0.1\nmodel: {}\n",
+            "line 3, column 6: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence that starts at line 2, column 7)",
+        ),
+        ("optim:\n  lr: 0.1\n epochs: 2\n", "line 3, column "),
+        (
+            'name: "x\n',
+            "line 2, column 1: found unexpected end of stream (while scanning a "
+            "quoted scalar that starts at line 1, column 7)",
+        ),
+        ("optim:\n\tlr: 0.1\n", "line 2, column 1: found character '\\t'"),
+    ],
+)
+def test_a_yaml_error_says_where_in_the_file(tmp_path, text, where):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="is not valid YAML") as caught:
+        load_config(str(path))
+    assert where in str(caught.value) and "\n" not in str(caught.value)

@@ -209,13 +209,31 @@ class _DuplicateKey(Exception):
     pass
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What the YAML parser found and where (1-based line and column), with what it was
+    parsing at the time: "line 3, column 6: expected ',' or ']', but got ':' (while parsing a
+    flow sequence that starts at line 2, column 7)"."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return str(error).splitlines()[0]
+    mark = error.problem_mark
+    said = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context:
+        start = error.context_mark
+        if start is not None and (start.line, start.column) != (mark.line, mark.column):
+            said += f" ({error.context} that starts at line {start.line + 1}, column "
+            said += f"{start.column + 1})"
+        else:
+            said += f" ({error.context})"
+    return said
+
+
 def _read_yaml(text: str, origin: str) -> dict:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as e:
         raise UserError(f"{origin}: {e}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{origin} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{origin} is not valid YAML: {yaml_problem(e)}") from None
     if data is None:  # empty, or only comments: the defaults would train without a word
         raise UserError(
             f"{origin} holds no settings (it is empty or only comments); write KEY: VALUE "

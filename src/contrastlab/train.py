@@ -348,6 +348,11 @@ class Trainer:
         if resume == "auto":
             self.resume_state = rundir.choose_checkpoint(self.run_dir, announce=self.is_main)
         elif resume is not None:
+            if not Path(resume).exists():  # a mistyped "auto" is no file either
+                raise UserError(
+                    f"train.resume={resume}: no such checkpoint; give the path of a .pt file, "
+                    "or train.resume=auto to continue from the run directory's newest checkpoint"
+                )
             self.resume_state = (Path(resume), read_checkpoint(resume))
         elif not cfg.train.overwrite:
             rundir.refuse_existing(self.run_dir)

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure
+from contrastlab.config import yaml_problem
 from contrastlab.errors import UserError
 from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
 
@@ -121,7 +122,7 @@ def load_run(run_dir: Path | str, scores: bool = True) -> Run:
         try:
             cfg = yaml.safe_load(cfg_path.read_text())
         except yaml.YAMLError as e:
-            raise UserError(f"{cfg_path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{cfg_path} is not valid YAML: {yaml_problem(e)}") from None
         run.config = flatten(cfg) if isinstance(cfg, dict) else {}
     run.metrics = read_metrics(path / "metrics.jsonl")
     if scores and (path / "scores" / "meta.json").is_file():
