@@ -109,6 +109,29 @@ def export_backbone(
     return out
 
 
+def loading_note(backbone: str, width: float, cifar_stem: bool) -> str:
+    """One line on how the exported backbone loads into torchvision's own constructor, for
+    ``contrastlab export`` to print: the constructor as is (width 1, ImageNet stem), with the
+    CIFAR stem swapped in, or not at all (another width changes every layer's channels)."""
+    if width != 1:
+        stages = "-".join(str(max(1, round(c * width))) for c in (64, 128, 256, 512))
+        return (
+            f"note: this {backbone} has width {width:g} (stage widths {stages}, torchvision's "
+            f"are 64-128-256-512), so torchvision.models.{backbone}() cannot load it; build the "
+            "same network with contrastlab.models.build_backbone (docs/evaluation.md, export)"
+        )
+    if cifar_stem:
+        return (
+            f"note: this {backbone} has the CIFAR stem: load it into torchvision.models."
+            f"{backbone}() after net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), "
+            "net.maxpool = net.fc = torch.nn.Identity() (docs/evaluation.md, export)"
+        )
+    return (
+        f"load it into torchvision.models.{backbone}() after net.fc = torch.nn.Identity() "
+        "(docs/evaluation.md, export)"
+    )
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
     """Load a contrastlab checkpoint and export its query backbone."""
     from contrastlab.checkpoint import load_model

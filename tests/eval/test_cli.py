@@ -214,7 +214,7 @@ def test_eval_transfer(checkpoint, tmp_path):
     assert "skipped" in res["details"]["episodes"]  # 3 classes: no 5-way episodes
 
 
-def test_eval_all_and_export(checkpoint, tmp_path):
+def test_eval_all_and_export(checkpoint, tmp_path, capsys):
     # a run without a kNN monitor writes no best.pt: compare last.pt with a copy of it
     best = checkpoint.parent / "copy.pt"
     shutil.copyfile(checkpoint, best)
@@ -250,7 +250,10 @@ def test_eval_all_and_export(checkpoint, tmp_path):
 
     model, cfg = load_model(checkpoint)
     target = tmp_path / "backbone.pt"
+    capsys.readouterr()
     assert main(["export", str(checkpoint), "--format", "torchvision", "--out", str(target)]) == 0
+    # TINY's width 0.0625: torchvision's resnet18() cannot hold it, and the command says so
+    assert "stage widths 4-8-16-32" in capsys.readouterr().out
     net, _ = build_backbone(cfg.model)
     net.load_state_dict(torch.load(target, weights_only=True), strict=True)
     net.eval()

@@ -148,3 +148,30 @@ def test_every_export_format_gets_the_same_file_mode(tmp_path, fmt):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("width, cifar_stem", [(1.0, False), (1.0, True), (0.5, True)])
+def test_the_loading_note_matches_what_torchvision_can_load(tmp_path, width, cifar_stem):
+    """``contrastlab export`` prints this note: it must say "cannot" exactly when torchvision's
+    constructor, changed as the note says, refuses the weights."""
+    from contrastlab.export import loading_note
+
+    ours, _ = build_backbone(ModelConfig(backbone="resnet18", width=width, cifar_stem=cifar_stem))
+    state = torch.load(export_backbone(ours, "torchvision", tmp_path / "b.pt"), weights_only=True)
+    note = loading_note("resnet18", width, cifar_stem)
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()
+    if "net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)" in note:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        assert "net.maxpool = net.fc = torch.nn.Identity()" in note
+        net.maxpool = nn.Identity()
+    if "cannot load it" in note:
+        widths = [ours.get_submodule(f"layer{i}")[0].conv1.out_channels for i in range(1, 5)]
+        assert f"stage widths {'-'.join(map(str, widths))}" in note
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            net.load_state_dict(state, strict=True)
+    else:
+        net.load_state_dict(state, strict=True)
+    assert ("cannot" in note) == (width != 1) and ("CIFAR stem" in note) == (
+        cifar_stem and width == 1
+    )

@@ -434,7 +434,8 @@ def _all(args) -> int:
 
 
 def _export(args) -> int:
-    from contrastlab.export import export_checkpoint
+    from contrastlab.checkpoint import read_checkpoint
+    from contrastlab.export import export_checkpoint, loading_note
 
     check_output(
         args.out,
@@ -445,6 +446,14 @@ def _export(args) -> int:
     )
     path = export_checkpoint(args.checkpoint, args.format, args.out)
     print(f"backbone written to {path} ({args.format})")
+    model = read_checkpoint(args.checkpoint, verify=False)["config"].get("model", {})
+    print(
+        loading_note(
+            model.get("backbone", "resnet18"),
+            float(model.get("width", 1.0)),
+            bool(model.get("cifar_stem", False)),
+        )
+    )
     return 0
 
 
