@@ -15,6 +15,7 @@ from contrastlab.analysis import (
     _differing,
     _neutral,
     analyze_encoder,
+    load_analysis,
     make_views,
     run_analysis,
     view_makers,
@@ -24,6 +25,7 @@ from contrastlab.cli import main
 from contrastlab.config import load_config
 from contrastlab.data.datasets import build_dataset
 from contrastlab.data.looc_views import params_equal
+from contrastlab.errors import UserError
 from contrastlab.eval.context import EvalContext
 from contrastlab.methods import build_method
 from contrastlab.scores import load_histograms, load_scores
@@ -242,3 +244,52 @@ def test_a_negative_seed_is_one_line_before_work(tmp_path, capsys):
     assert main(["analyze", str(ckpt), "--seed", "-1", "--out", str(tmp_path / "an")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --seed must be in [0, 4294967295], got -1"
+
+
+def test_every_checkpoint_is_checked_before_the_first_is_analyzed(tmp_path, capsys, monkeypatch):
+    """A space missing from the last checkpoint used to fail after the first was analyzed."""
+    import contrastlab.analysis as analysis
+
+    moco = _checkpoint(tmp_path / "moco.pt")
+    looc = _checkpoint(tmp_path / "looc.pt", ["method=looc", "looc.augmentations=[color]"])
+    analyzed = []
+    monkeypatch.setattr(analysis, "analyze_encoder", lambda *a: analyzed.append(a))
+    out = tmp_path / "o"
+    argv = ["analyze", str(looc), str(moco), "--space", "color", "--images", "8", "--negatives"]
+    err = _error([*argv, "8", "--out", str(out)], capsys)
+    assert "moco.pt: feature space 'color' does not exist" in err
+    assert analyzed == [] and not out.exists()
+
+
+def test_a_rerun_replaces_what_a_failed_run_left(tmp_path, capsys, monkeypatch):
+    """The first encoder's finished folder, and the second's unfinished one, were refused as
+    files an earlier analysis had not written (there was no analysis.json yet)."""
+    import contrastlab.analysis as analysis
+
+    a = _checkpoint(tmp_path / "a.pt", seed=0)
+    b = _checkpoint(tmp_path / "b.pt", seed=1)
+    out = tmp_path / "o"
+    argv = ["analyze", str(a), str(b), "--images", "8", "--negatives", "8", "--no-progress"]
+    argv += ["--out", str(out), "--device", "cpu"]
+    real = analysis.analyze_encoder
+
+    def fails_on_b(ctx, dataset, settings, label, out_dir):
+        if label == "b":
+            (out_dir / "sensitivity.npz").write_bytes(b"half written")
+            raise UserError("no space left on device while writing sensitivity.npz")
+        return real(ctx, dataset, settings, label, out_dir)
+
+    monkeypatch.setattr(analysis, "analyze_encoder", fails_on_b)
+    assert main(argv) == 2
+    assert (out / "encoders" / "a" / "config.yaml").is_file() and not (
+        out / "analysis.json"
+    ).exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert [e["label"] for e in load_analysis(out)["encoders"]] == ["a", "b"]
+    # a folder of the user's under an encoder's name is still refused
+    (tmp_path / "mine" / "encoders" / "a").mkdir(parents=True)
+    (tmp_path / "mine" / "encoders" / "a" / "config.yaml").write_text("my: notes\n")
+    err = _error([*argv[:-4], "--out", str(tmp_path / "mine"), "--device", "cpu"], capsys)
+    assert "config.yaml already exists" in err

@@ -29,6 +29,8 @@ Layout of ``--out DIR``::
     encoders/<name>/sensitivity.npz    per-image positive scores: one float32 [N] array per
                                        "<space>/<condition>" (condition: recipe, color, ...)
     encoders/<name>/config.yaml        the checkpoint's configuration
+    encoders/<name>/encoder.json       the encoder's label; written first, so that a rerun after
+                                       a failure may replace what the failed run left
     figures/analysis-<space>-*.png     distributions, overlay with quantile bands, sensitivity
 """
 
@@ -56,6 +58,7 @@ CONDITIONS = ("color", "rotation", "crop", "texture")
 RECIPE = "recipe"
 _CONDITION_CODE = {RECIPE: 0, **{c: i + 1 for i, c in enumerate(CONDITIONS)}, "bank": 9}
 FORMAT = "contrastlab-analysis-v1"
+ENCODER_FILE = "encoder.json"  # in each encoder's folder, written first: the folder is ours
 RECIPES = ("checkpoint", "moco_v1", "moco_v2")
 
 
@@ -331,8 +334,10 @@ def run_analysis(
     labels: Sequence[str] | None = None,
 ) -> dict:
     """Analyze every checkpoint on the same images; write ``out`` (see the module docstring)."""
+    from contrastlab.checkpoint import checkpoint_feature_spaces, read_checkpoint
+    from contrastlab.config import config_from_dict
     from contrastlab.data.datasets import build_dataset
-    from contrastlab.eval.context import EvalContext
+    from contrastlab.eval.context import EvalContext, evaluation_data
 
     if not checkpoints:
         raise UserError("give at least one checkpoint")
@@ -354,7 +359,27 @@ def run_analysis(
             raise UserError(f"checkpoint {c} does not exist")
     labels = list(labels) if labels is not None else default_labels(checkpoints)
     out = Path(out)
+    # Every checkpoint's spaces and dataset before any encoder is loaded: a space missing from
+    # the last checkpoint or a dataset too small for --images + --negatives loses no work.
+    data_cfgs = []
+    for checkpoint in checkpoints:
+        state = read_checkpoint(checkpoint, verify=False)
+        cfg = config_from_dict(state["config"])
+        spaces = checkpoint_feature_spaces(cfg, state)
+        for space in settings.spaces:
+            if space not in spaces:
+                raise UserError(
+                    f"{checkpoint}: feature space '{space}' does not exist for this model; "
+                    f"valid spaces: {', '.join(spaces)}"
+                )
+        data_cfgs.append(evaluation_data(checkpoint, cfg, settings.dataset, settings.data_path))
+        del state
     datasets: dict = {}
+    for data_cfg in data_cfgs:
+        key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = build_dataset(data_cfg, settings.split, None)
+            select_images(len(datasets[key]), settings)
     encoders, taken = [], set()
     for checkpoint, label in zip(checkpoints, labels):
         ctx = EvalContext.from_checkpoint(
@@ -365,10 +390,11 @@ def run_analysis(
             progress=settings.progress,
         )
         key = json.dumps(dataclasses.asdict(ctx.data_cfg), sort_keys=True)
-        if key not in datasets:
-            datasets[key] = build_dataset(ctx.data_cfg, settings.split, None)
         enc_dir = out / "encoders" / _dir_name(label, taken)
         enc_dir.mkdir(parents=True, exist_ok=True)
+        # marks the folder as this command's before anything else is written in it, so that a
+        # rerun after a failure replaces what an unfinished run left (see _check_outputs)
+        write_text(enc_dir / ENCODER_FILE, json.dumps({"format": FORMAT, "label": label}) + "\n")
         summary = analyze_encoder(ctx, datasets[key], settings, label, enc_dir)
         summary.update(checkpoint=str(checkpoint), dataset=ctx.data_cfg.name, device=ctx.device)
         encoders.append(summary)
@@ -571,10 +597,14 @@ def _check_outputs(
         folder = out / "encoders" / _dir_name(label, taken)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"cannot write {folder}: it is a file, not a folder")
+        ours = earlier or _is_analysis(folder / ENCODER_FILE)  # also an unfinished run's
         found = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
         for path in found:
             check_output(
-                path, replaceable=lambda _p: earlier, what="an analysis file", overwrite=overwrite
+                path,
+                replaceable=lambda _p, ours=ours: ours,
+                what="an analysis file",
+                overwrite=overwrite,
             )
 
 

@@ -372,6 +372,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model, cfg
 
 
+def checkpoint_feature_spaces(cfg, state: dict) -> tuple[str, ...]:
+    """The feature spaces of the model a checkpoint holds (``model.feature_spaces`` once built),
+    from its config alone: a converted encoder without a projection head has the backbone only."""
+    from contrastlab.config import feature_spaces
+
+    converted = state.get("converted") or {}
+    return ("backbone",) if converted.get("head") is False else feature_spaces(cfg)
+
+
 def load_model_and_normalization(path: str | Path, device: str | torch.device = "cpu"):
     """``(model, cfg, (mean, std) or None)``: the model in eval mode and the per-channel statistics
     its training images were normalized with (None for checkpoints written before they were

@@ -32,7 +32,10 @@ def no_work(monkeypatch):
         (["eval", "all", "CK", "--out-dir", "CACHEFILE"], "--out-dir CACHEFILE is a file"),
         (["eval", "knn", "CK", "--workers", "-1"], "--workers must be 0 or more"),
         (["eval", "knn", "CK", "--k", "0"], "--k must be at least 1"),
-        (["eval", "linear", "CK", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+        (
+            ["eval", "linear", "CK", "--fast", "--val-fraction", "1.5"],
+            "--val-fraction must be in (0, 1)",
+        ),
         (["eval", "fewshot", "CK", "--shots", "0"], "--shots must be one or more K values"),
         (["eval", "fewshot", "CK", "--episodes", "0"], "--episodes must be at least 1"),
         (["eval", "all", "CK", "--k", "0"], "--k must be at least 1"),

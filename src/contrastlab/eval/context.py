@@ -63,6 +63,32 @@ def method_label(cfg, converted_from: str | None = None) -> str:
     return "looc++" if cfg.method == "looc" and cfg.looc.plus_plus else cfg.method
 
 
+def evaluation_data(path, cfg, dataset: str | None, data_path: str | None):
+    """The ``DataConfig`` a checkpoint is evaluated on: its own training data, or ``dataset``
+    (with ``data_path``) instead. One line if neither names a dataset (an encoder converted from
+    another project ships none) or an image folder has no path."""
+    from contrastlab.convert import NOT_SHIPPED
+
+    data_cfg = dataclasses.replace(cfg.data)
+    if dataset is not None and dataset != data_cfg.name:
+        data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
+    elif data_path is not None:
+        data_cfg = dataclasses.replace(data_cfg, path=data_path)
+    if data_cfg.path == NOT_SHIPPED:
+        ask = (
+            "--data-path DIR for --dataset imagefolder"
+            if data_cfg.name == "imagefolder" and dataset is not None
+            else "--dataset NAME (and --data-path DIR), e.g. --dataset imagefolder --data-path DIR"
+        )
+        raise UserError(
+            f"{path} is an encoder converted from another project and names no dataset of "
+            f"its own; pass {ask}"
+        )
+    if data_cfg.name == "imagefolder" and not data_cfg.path:
+        raise UserError("--dataset imagefolder needs --data-path DIR")
+    return data_cfg
+
+
 @dataclasses.dataclass
 class EvalContext:
     """A loaded checkpoint plus the options common to every protocol."""
@@ -106,26 +132,7 @@ class EvalContext:
         device = resolve_device(device)
         model, cfg, train_stats = load_model_and_normalization(path, device)
         kwargs.setdefault("train_stats", train_stats)
-        data_cfg = dataclasses.replace(cfg.data)
-        if dataset is not None and dataset != data_cfg.name:
-            data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
-        elif data_path is not None:
-            data_cfg = dataclasses.replace(data_cfg, path=data_path)
-        from contrastlab.convert import NOT_SHIPPED
-
-        if data_cfg.path == NOT_SHIPPED:
-            ask = (
-                "--data-path DIR for --dataset imagefolder"
-                if data_cfg.name == "imagefolder" and dataset is not None
-                else "--dataset NAME (and --data-path DIR), e.g. --dataset imagefolder "
-                "--data-path DIR"
-            )
-            raise UserError(
-                f"{path} is an encoder converted from another project and names no dataset of "
-                f"its own; pass {ask}"
-            )
-        if data_cfg.name == "imagefolder" and not data_cfg.path:
-            raise UserError("--dataset imagefolder needs --data-path DIR")
+        data_cfg = evaluation_data(path, cfg, dataset, data_path)
         if kwargs.get("num_workers") is None:
             kwargs["num_workers"] = data_cfg.num_workers
         return cls(
