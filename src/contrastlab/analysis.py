@@ -462,16 +462,18 @@ def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
     """All encoders in one figure: pos (solid) and neg (dashed) score densities, and their
     10-50-90 % quantile bands (pos: exact, over the N queries; neg: from the histogram of all
     N x K scores)."""
-    from contrastlab.viz.score_plots import _NEG_COLOR, _POS_COLOR, _color
+    from contrastlab.viz.score_plots import _NEG_COLOR, _POS_COLOR, _color, occupied_range
 
     fig = Figure(figsize=(13, 1.8 + 0.9 * max(3, len(runs))), layout="constrained")
     ax_d, ax_q = fig.subplots(1, 2, width_ratios=[1.4, 1])
-    ticks = []
+    ticks, counts, edges = [], [], np.array([-1.0, 1.0])
     for i, (run, label, enc) in enumerate(zip(runs, labels, result["encoders"])):
         if run.hists is None or space not in run.spaces:
             continue
         h = run.hists
         k = h.meta["spaces"].index(space)
+        counts.append(h.counts[0, k])
+        edges = h.edges
         centers = (h.edges[:-1] + h.edges[1:]) / 2
         width = np.diff(h.edges)
         for kind, ls in ((0, "-"), (1, "--")):
@@ -494,13 +496,14 @@ def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
             )
             ax_q.plot([q["q50"]], [y + dy], "|", color="k", ms=12)
         ticks.append((y, label))
-    ax_d.set(xlabel="cosine score", ylabel="density", xlim=(-1, 1))
+    shown = occupied_range(counts, edges)  # where the scores are, not all of [-1, 1]
+    ax_d.set(xlabel="cosine score", ylabel="density", xlim=shown)
     ax_d.set_title("score distributions (solid: pos, dashed: neg)", fontsize=10)
     ax_d.grid(alpha=0.3)
     if ticks:
         ax_d.legend(fontsize=8, loc="upper left", frameon=False)
         ax_q.set_yticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=8)
-    ax_q.set(xlabel="cosine score", xlim=(-1, 1), ylim=(-0.7, len(runs) - 0.3))
+    ax_q.set(xlabel="cosine score", xlim=shown, ylim=(-0.7, len(runs) - 0.3))
     ax_q.set_title("10-90 % bands, | = median (red: pos, blue: neg)", fontsize=10)
     ax_q.grid(axis="x", alpha=0.3)
     st = result["settings"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 
 from contrastlab.errors import UserError
@@ -148,3 +149,18 @@ def test_scores_does_not_replace_a_users_file_without_overwrite(fake_runs, tmp_p
     assert main(["scores", str(fake_runs[0]), "--out", str(out)]) == 2
     assert main(["scores", str(fake_runs[0]), "--out", str(out), "--overwrite"]) == 0
     assert main(["scores", str(fake_runs[0]), "--out", str(out)]) == 0  # its own: replaced
+
+
+def test_score_figures_show_the_range_where_the_scores_are():
+    """All of [-1, 1] left scores that sit in [0.5, 1] squeezed into a quarter of the axis."""
+    from contrastlab.viz.score_plots import occupied_range
+
+    edges = np.linspace(-1, 1, 101)  # bins of 0.02
+    scores = np.array([0.53, 0.61, 0.87])
+    counts = np.histogram(scores, edges)[0]
+    assert occupied_range([counts], edges) == pytest.approx((0.5, 0.9))
+    other = np.histogram(np.array([-0.35]), edges)[0]
+    assert occupied_range([counts, other[None]], edges) == pytest.approx((-0.4, 0.9))
+    assert occupied_range([np.zeros(100)], edges) == (-1.0, 1.0)
+    top = np.histogram(np.array([0.999]), edges)[0]
+    assert occupied_range([top], edges) == pytest.approx((0.9, 1.0))

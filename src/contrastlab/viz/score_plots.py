@@ -252,6 +252,21 @@ def _positive_var(runs: list[Run], space: str) -> bool:
     return bool(v.size and (v > 0).all() and v.max() / v.min() > 50)
 
 
+def occupied_range(counts: list[np.ndarray], edges: np.ndarray, step: float = 0.1):
+    """``(low, high)``: the score range where any of the histograms ``counts`` (each [..., bins]
+    over ``edges``) has a score, widened to multiples of ``step`` and kept within the edges, so
+    that figures show the scores rather than the empty part of [-1, 1]."""
+    occupied = np.zeros(len(edges) - 1, dtype=bool)
+    for c in counts:
+        occupied |= np.asarray(c).reshape(-1, len(edges) - 1).sum(0) > 0
+    if not occupied.any():
+        return float(edges[0]), float(edges[-1])
+    bins = np.flatnonzero(occupied)
+    low = np.floor(edges[bins[0]] / step - 1e-9) * step
+    high = np.ceil(edges[bins[-1] + 1] / step + 1e-9) * step
+    return max(float(edges[0]), float(low)), min(float(edges[-1]), float(high))
+
+
 def _ridge_epochs(epochs: np.ndarray) -> list[int]:
     """At most ``_MAX_RIDGES`` epochs, evenly spread, always the first and the last."""
     if len(epochs) <= _MAX_RIDGES:
@@ -268,6 +283,9 @@ def distributions_figure(
     shown = [(r, lab) for r, lab in zip(runs, labels) if r.hists is not None and space in r.spaces]
     fig = Figure(figsize=(max(8.0, 4.6 * len(shown)), 6.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(shown)), sharex=True))
+    if shown:  # one range for all runs (the axes are shared): where any of them has scores
+        counts = [r.hists.counts[:, r.hists.meta["spaces"].index(space)] for r, _ in shown]
+        shown_range = occupied_range(counts, shown[0][0].hists.edges)
     for ax, (run, label) in zip(axes, shown):
         h = run.hists
         s = h.meta["spaces"].index(space)
@@ -294,7 +312,7 @@ def distributions_figure(
             fontsize=8,
         )
         ax.set_ylim(-0.1, len(picks) + 0.05)
-        ax.set_xlim(h.edges[0], h.edges[-1])
+        ax.set_xlim(*shown_range)
         ax.set_xlabel("cosine score")
         ax.set_title(textwrap.fill(label, _TITLE_CHARS), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
