@@ -287,7 +287,9 @@ def test_a_rerun_replaces_what_a_failed_run_left(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     capsys.readouterr()
     assert main(argv) == 0
-    assert [e["label"] for e in load_analysis(out)["encoders"]] == ["a", "b"]
+    result = load_analysis(out)
+    assert [e["label"] for e in result["encoders"]] == ["a", "b"]
+    assert result["settings"]["dataset"] == "synthetic"  # each checkpoint's own, named
     # a folder of the user's under an encoder's name is still refused
     (tmp_path / "mine" / "encoders" / "a").mkdir(parents=True)
     (tmp_path / "mine" / "encoders" / "a" / "config.yaml").write_text("my: notes\n")

@@ -305,6 +305,16 @@ def _summary(enc_dir: Path, pos: dict[str, np.ndarray], spaces) -> dict:
     return {"spaces": out}
 
 
+def _named(dataset) -> str:
+    """ "cifar10 " for a figure's title; nothing when the encoders were analyzed on several."""
+    return f"{dataset} " if isinstance(dataset, str) else ""
+
+
+def _one_or_all(values: list):
+    """The value when all are the same, else the list (one per encoder)."""
+    return values[0] if len(set(values)) == 1 else values
+
+
 def _dir_name(label: str, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "encoder"
     name, i = base, 2
@@ -401,7 +411,13 @@ def run_analysis(
         del ctx
     result = {
         "format": FORMAT,
-        "settings": {**dataclasses.asdict(settings), "spaces": list(settings.spaces)},
+        "settings": {
+            **dataclasses.asdict(settings),
+            "spaces": list(settings.spaces),
+            # the dataset analyzed, also when each checkpoint's own was used (no --dataset)
+            "dataset": _one_or_all([d.name for d in data_cfgs]),
+            "data_path": _one_or_all([d.path for d in data_cfgs]),
+        },
         "conditions": [RECIPE, *CONDITIONS],
         "encoders": encoders,
     }
@@ -509,7 +525,8 @@ def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
     st = result["settings"]
     fig.suptitle(
         f"frozen encoders in space '{space}': {st['images']} images x 2 views, "
-        f"{st['negatives']} negatives ({st['split']} split, seed {st['seed']})",
+        f"{st['negatives']} negatives ({_named(st.get('dataset'))}{st['split']} split, seed "
+        f"{st['seed']})",
         fontsize=10,
     )
     return fig

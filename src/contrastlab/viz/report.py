@@ -212,6 +212,22 @@ def _analysis_section(folder: Path | None) -> str:
     return "".join(parts)
 
 
+def _knn_summary(run) -> str:
+    """The header's figure, with what it is: "kNN top-1 30.70% at epoch 16 of 16 (backbone
+    space, 1000 test images)"."""
+    event = run.knn_event
+    if event is None:
+        return "no kNN result"
+    said = f"kNN top-1 {event['knn_top1']:.2f}%"
+    if isinstance(event.get("epoch"), int):
+        epochs = run.config.get("optim.epochs")
+        said += f" at epoch {event['epoch']}" + (f" of {epochs}" if epochs else "")
+    where = [f"{event['knn_space']} space"] if event.get("knn_space") else []
+    if event.get("knn_queries"):
+        where.append(f"{event['knn_queries']} test images")
+    return said + (f" ({', '.join(where)})" if where else "")
+
+
 def write_report(
     run_dir: Path | str, out: Path | str | None = None, analysis: Path | str | None = None
 ) -> Path:
@@ -231,7 +247,7 @@ def write_report(
     out = Path(out) if out is not None else run.path / "report.html"
     title = html.escape(run.name)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    summary = f"final kNN top-1: {run.knn:.2f}%" if run.knn is not None else "no kNN result"
+    summary = _knn_summary(run)
     curves = training_figure(run)
     sections = [
         ("Configuration", _config_section(run)),

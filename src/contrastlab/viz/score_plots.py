@@ -64,10 +64,16 @@ class Run:
     @property
     def knn(self) -> float | None:
         """The last kNN top-1 accuracy logged, if any."""
+        event = self.knn_event
+        return float(event["knn_top1"]) if event is not None else None
+
+    @property
+    def knn_event(self) -> dict | None:
+        """The last ``knn`` line of metrics.jsonl (epoch, space, queries, top-1), if any."""
         for line in reversed(self.metrics):
             value = line.get("knn_top1")
             if line.get("event") == "knn" and isinstance(value, (int, float)):
-                return float(value)
+                return line
         return None
 
     @property
