@@ -242,3 +242,47 @@ def test_batched_looc_views_equal_the_per_image_looc_views(recipe, atomic):
         x = stacked[i].float() / 255
         expected = per_image.render(x, _per_image_record(p, i))
         assert (out[i] - expected).abs().max().item() <= 1e-4 / min(STD), i
+
+
+def _per_image_ops(aug: AugmentConfig, size: int, atomic: tuple) -> dict[str, bool]:
+    """Which ops the per-image reference pipeline (``data.views=per_image``) runs."""
+    from contrastlab.data.augment import RandomRotation90, build_train_transform
+    from contrastlab.data.looc_views import LoocViews
+
+    if atomic:  # LooC: crop and flip always
+        looc = LoocViews(atomic, size, MEAN, STD, aug)
+        return {
+            "center_crop": False,
+            "color": "color" in looc.ops,
+            "blur": looc.blur,
+            "rotation": "rotation" in looc.ops,
+            "texture": "texture" in looc.ops,
+        }
+    steps = build_train_transform(aug, size, MEAN, STD).transforms
+
+    def has(kind):
+        inner = [getattr(s, "transforms", [s]) for s in steps]  # RandomApply wraps its op
+        return any(isinstance(t, kind) for ts in inner for t in ts)
+
+    return {
+        "center_crop": not has(v2.RandomResizedCrop),
+        "color": has(v2.ColorJitter),
+        "blur": has(v2.GaussianBlur),
+        "rotation": has(RandomRotation90),
+        "texture": False,
+    }
+
+
+@pytest.mark.parametrize("atomic", [(), ("color",), ("rotation",), ("texture",)])
+@pytest.mark.parametrize("recipe", ["moco_v1", "moco_v2", "none"])
+@pytest.mark.parametrize("blur", [None, True, False])
+@pytest.mark.parametrize("size", [32, 96])
+def test_batched_views_run_the_ops_of_the_per_image_pipeline(atomic, recipe, blur, size):
+    """``data.views`` changes how views are made, never which ops make them: with LooC and
+    ``augment.recipe=none`` the batched views used to take the centre crop and drop the blur."""
+    for rotation in (False, True):
+        aug = AugmentConfig(recipe=recipe, blur=blur, rotation=rotation)
+        batched = recipe_from_config(aug, size, MEAN, STD, atomic)
+        made = {k: getattr(batched, k) for k in ("center_crop", "color", "blur", "rotation")}
+        made["texture"] = batched.texture
+        assert made == _per_image_ops(aug, size, atomic), (aug, atomic)

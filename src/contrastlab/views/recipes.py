@@ -95,10 +95,13 @@ def recipe_from_config(
     0.2, blur σ 0.1-2 p 0.5 (``augment.blur``; default on above 64 px), flip. ``none``: the whole
     image. ``augment.hue`` / ``augment.grayscale_p`` replace the recipe's strengths. Listing
     ``color`` as atomic turns colour on even under ``none``; ``rotation`` and ``texture`` as atomic
-    (or ``augment.rotation``) add those ops to every view.
+    (or ``augment.rotation``) add those ops to every view. LooC (``atomic`` not empty) always
+    crops and flips, and blurs with ``augment.blur=true`` whatever the recipe: ``none`` drops only
+    its colour jitter there (``data/looc_views.LoocViews``, the per-image reference).
     """
     hue, gray = color_strengths(aug)
     base = aug.recipe
+    whole_image = base == "none" and not atomic  # MoCo's no-augmentation baseline
     blur = aug.blur
     if blur is None:
         blur = base == "moco_v2" and image_size > 64
@@ -108,13 +111,13 @@ def recipe_from_config(
         std=tuple(float(s) for s in std),
         crop=crop,
         crop_scale=(aug.crop_scale_min, 1.0),
-        center_crop=base == "none",
+        center_crop=whole_image,
         color=base != "none" or "color" in atomic,
         jitter=(0.4, 0.4, 0.4, hue),
         jitter_p=1.0 if base == "moco_v1" else 0.8,
         gray_p=gray,
         gray_first=base == "moco_v1",
-        blur=bool(blur) and base != "none",
+        blur=bool(blur) and not whole_image,
         blur_kernel=blur_kernel_size(image_size),
         rotation=bool(aug.rotation) or "rotation" in atomic,
         texture="texture" in atomic,
