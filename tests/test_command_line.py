@@ -35,6 +35,10 @@ from contrastlab.errors import InterruptedTwice, StopRequested, UserError
         ),
         (["train", "--config", "moco_v2_cifar", "lr"], "must look like key=value"),
         (
+            ["train", "--config", "demo", "train.resume=auto", "train.overwrite=true"],
+            "train.resume=auto and train.overwrite=true contradict each other",
+        ),
+        (
             ["train", "--config", "demo", "train.resume=maybe"],
             "train.resume=maybe: no such checkpoint; give the path of a .pt file, or "
             "train.resume=auto",

@@ -286,6 +286,34 @@ def _warnings(capsys, *args) -> list[str]:
         (["model.head=linear", "model.head_hidden=64"], "model.head_hidden=64 has no effect"),
         (["data.path=/data"], "data.path=/data has no effect: data.name=synthetic"),
         (["data.holdout_fraction=0.2"], "data.holdout_fraction=0.2 has no effect"),
+        (["augment.recipe=none", "augment.hue=0.3"], "augment.hue=0.3 has no effect"),
+        (["augment.recipe=none", "augment.blur=true"], "augment.blur=true has no effect"),
+        (["augment.recipe=none", "augment.crop_scale_min=0.5"], "crop_scale_min=0.5 has no"),
+        (
+            ["method=looc", "looc.augmentations=[rotation]", "augment.recipe=none"]
+            + ["augment.grayscale_p=0.5"],
+            "augment.grayscale_p=0.5 has no effect: augment.recipe=none has no colour jitter",
+        ),
+        (
+            ["method=looc", "looc.augmentations=[rotation]", "augment.rotation=true"],
+            "augment.rotation=true has no effect: rotation is one of looc.augmentations",
+        ),
+        (["train.knn_every=0", "train.knn_val_fraction=0.3"], "knn_val_fraction=0.3 has no"),
+        (["scores.record=false", "scores.bins=50"], "scores.bins=50 has no effect"),
+        (
+            ["ft.neg=interpolate", "ft.renormalize_negatives=false"],
+            "ft.renormalize_negatives=false has no effect: ft.renormalize=false",
+        ),
+        (
+            ["ft.pos=extrapolate", "ft.distribution=uniform", "ft.alpha_pos=3"],
+            "ft.alpha_pos=3.0 has no effect: ft.distribution=uniform",
+        ),
+        (
+            ["ft.pos=extrapolate", "ft.granularity=sample", "ft.granularity_pos=step"],
+            "ft.granularity=sample has no effect: every transformed side has its own",
+        ),
+        (["data.skip_bad_images=true"], "data.skip_bad_images=true has no effect"),
+        (["data.in_memory=false"], "data.in_memory=false has no effect"),
     ],
 )
 def test_a_setting_without_effect_is_one_warning_line(capsys, overrides, expected):
@@ -340,3 +368,20 @@ def test_a_yaml_error_says_where_in_the_file(tmp_path, text, where):
     with pytest.raises(UserError, match="is not valid YAML") as caught:
         load_config(str(path))
     assert where in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["augment.recipe=moco_v2", "augment.hue=0.3", "augment.blur=true"],
+        ["method=looc", "looc.augmentations=[color]", "augment.recipe=none", "augment.hue=0.3"],
+        ["method=looc", "looc.augmentations=[rotation]", "augment.recipe=none"]
+        + ["augment.crop_scale_min=0.5", "augment.blur=true"],
+        ["ft.pos=extrapolate", "ft.neg=interpolate", "ft.granularity=sample"]
+        + ["ft.granularity_pos=step"],
+        ["ft.neg=interpolate", "ft.renormalize=true", "ft.renormalize_negatives=false"],
+        ["train.knn_every=2", "train.knn_val_fraction=0.3"],
+    ],
+)
+def test_settings_that_take_effect_do_not_warn(capsys, overrides):
+    assert _warnings(capsys, *overrides) == []

@@ -36,3 +36,49 @@ def test_demo_trains_compares_and_writes_figures_and_report(tmp_path, capsys):
     assert (run / "report.html").is_file()
     assert list((run / "figures").glob("scores-z-*.png"))
     assert f"report      {run / 'report.html'}" in out
+
+
+def test_out_dir_among_the_overrides_is_refused_before_work(tmp_path, capsys):
+    """It silently replaced --out-dir: the run went to the other folder."""
+    from contrastlab.cli import main
+
+    argv = ["demo", "--out-dir", str(tmp_path / "a"), f"out_dir={tmp_path / 'b'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: contrastlab demo takes its folder from --out-dir, not from {argv[-1]}; "
+        f"use --out-dir {tmp_path / 'b'}"
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        ([], "MoCo v2"),
+        (["augment.recipe=moco_v1", "model.head=linear"], "MoCo v1"),
+        (["augment.recipe=moco_v1"], "MoCo v1 with an MLP head"),
+        (["model.head=linear"], "MoCo v2 with a linear head"),
+        (["augment.recipe=none"], "MoCo without augmentations"),
+        (
+            ["method=looc", "looc.augmentations=[color,rotation]"],
+            "LooC (color, rotation) on MoCo v2 views",
+        ),
+        (
+            [
+                "method=looc",
+                "looc.augmentations=[rotation]",
+                "looc.plus_plus=true",
+                "augment.recipe=none",
+            ],
+            "LooC++ (rotation) on crops",
+        ),
+        (["ft.pos=extrapolate"], "MoCo v2 + Feature Transformation"),
+    ],
+)
+def test_the_banner_names_what_is_trained(overrides, name):
+    """It said "MoCo v2" whatever the overrides."""
+    from contrastlab.config import load_config
+    from contrastlab.demo import method_name
+
+    assert method_name(load_config("demo", overrides)) == name

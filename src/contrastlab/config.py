@@ -940,6 +940,46 @@ def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = Tr
             "starts (epochs count from 0)",
             "lower ft.start_epoch or raise optim.epochs",
         )
+    if ft_on:
+        if not cfg.ft.renormalize or cfg.ft.neg == "none":
+            why = "ft.renormalize=false" if not cfg.ft.renormalize else "ft.neg=none mixes none"
+            unused(
+                "ft.renormalize_negatives",
+                f"{why}, so no mixed negatives are put back on the sphere",
+                "add ft.renormalize=true and ft.neg=interpolate, or leave it out",
+            )
+        if cfg.ft.distribution == "uniform":
+            for key in ("ft.alpha_pos", "ft.alpha_neg"):
+                unused(
+                    key,
+                    "ft.distribution=uniform draws λ without a shape parameter",
+                    f"use ft.distribution=beta, or leave {key} out",
+                )
+        own = [
+            get_dotted(cfg, f"ft.granularity_{side}") is not None
+            for side in ("pos", "neg")
+            if get_dotted(cfg, f"ft.{side}") != "none"
+        ]
+        if all(own):
+            unused(
+                "ft.granularity",
+                "every transformed side has its own (ft.granularity_pos / ft.granularity_neg)",
+                "leave ft.granularity out, or one of the per-side keys",
+            )
+    _unused_augmentations(cfg, unused)
+    if not cfg.train.knn_every:
+        unused(
+            "train.knn_val_fraction",
+            "train.knn_every=0 runs no kNN monitor, so no best.pt is chosen",
+            "set train.knn_every to a number of epochs, or leave it out",
+        )
+    if not cfg.scores.record:
+        for key in ("scores.bins", "scores.low", "scores.high"):
+            unused(
+                key,
+                "scores.record=false records no score histograms",
+                f"add scores.record=true, or leave {key} out",
+            )
     if cfg.optim.schedule == "cosine":
         unused(
             "optim.milestones",
@@ -986,6 +1026,14 @@ def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = Tr
             f"is data.name={cfg.data.name}",
             "leave data.holdout_fraction out",
         )
+    if cfg.data.name != "imagefolder":
+        for key in ("data.in_memory", "data.skip_bad_images"):
+            unused(
+                key,
+                f"only data.name=imagefolder decodes image files, and this run is data.name="
+                f"{cfg.data.name}",
+                f"leave {key} out",
+            )
     if cfg.data.name in ("synthetic", "imagefolder"):
         unused(
             "data.download",
@@ -1000,6 +1048,33 @@ def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = Tr
                 f"add dataset=synthetic, or leave {key} out",
             )
     return out
+
+
+def _unused_augmentations(cfg: Config, unused) -> None:
+    """``augment.*`` keys that the views of this run never use (``views/recipes.py``)."""
+    atomic = cfg.looc.augmentations if cfg.method == "looc" else ()
+    if cfg.augment.recipe == "none" and not atomic:  # MoCo's whole image: nothing is drawn
+        for key in ("augment.crop_scale_min", "augment.blur", "augment.hue", "augment.grayscale_p"):
+            unused(
+                key,
+                "augment.recipe=none takes the whole image (no crop, colour jitter or blur)",
+                f"choose augment.recipe=moco_v1 or moco_v2, or leave {key} out",
+            )
+    elif cfg.augment.recipe == "none" and "color" not in atomic:
+        for key in ("augment.hue", "augment.grayscale_p"):
+            unused(
+                key,
+                "augment.recipe=none has no colour jitter, and color is not one of "
+                "looc.augmentations",
+                f"choose augment.recipe=moco_v1 or moco_v2, add color to looc.augmentations, "
+                f"or leave {key} out",
+            )
+    if "rotation" in atomic:
+        unused(
+            "augment.rotation",
+            "rotation is one of looc.augmentations, so every view is rotated already",
+            "leave augment.rotation out",
+        )
 
 
 def config_from_dict(data: dict) -> Config:

@@ -13,6 +13,7 @@ import torch
 
 from contrastlab.config import load_config
 from contrastlab.data.datasets import build_dataset
+from contrastlab.errors import UserError
 from contrastlab.methods import build_method
 from contrastlab.train import Trainer, knn_monitor_accuracy, seed_everything
 
@@ -41,17 +42,46 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def method_name(cfg) -> str:
+    """What the run trains, in the papers' words: "MoCo v2", "MoCo v1 with an MLP head",
+    "LooC++ (color, rotation) on MoCo v2 views", "MoCo v2 + Feature Transformation"."""
+    views = {"moco_v1": "MoCo v1", "moco_v2": "MoCo v2", "none": "MoCo"}[cfg.augment.recipe]
+    if cfg.method == "looc":
+        name = f"LooC{'++' if cfg.looc.plus_plus else ''} ({', '.join(cfg.looc.augmentations)})"
+        name += f" on {views} views" if cfg.augment.recipe != "none" else " on crops"
+    else:
+        name = views if cfg.augment.recipe != "none" else "MoCo without augmentations"
+        usual = "mlp" if cfg.augment.recipe == "moco_v2" else "linear"
+        if cfg.augment.recipe != "none" and cfg.model.head != usual:
+            name += f" with {'an MLP' if cfg.model.head == 'mlp' else 'a linear'} head"
+    if cfg.ft.pos != "none" or cfg.ft.neg != "none":
+        name += " + Feature Transformation"
+    return name
+
+
 def run_demo(out_dir: str = "runs", overrides=()) -> dict:
+    """Train the ``demo`` preset (with ``overrides``) into ``out_dir``, printing the kNN accuracy
+    before and after; returns the run's outputs. ``out_dir=`` among the overrides is refused: the
+    folder is ``out_dir`` (the command's ``--out-dir``), which it would silently replace."""
+    for text in overrides:
+        if text.split("=", 1)[0].strip() == "out_dir":
+            raise UserError(
+                f"contrastlab demo takes its folder from --out-dir, not from {text}; use "
+                f"--out-dir {text.split('=', 1)[1] or 'DIR'}"
+            )
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     amp = "true" if cpu_has_native_bf16() else "false"  # an explicit train.amp=... still wins
+    # the demo starts afresh each time, unless asked to continue (train.resume=...)
+    resumes = any(text.split("=", 1)[0].strip() == "train.resume" for text in overrides)
+    fresh = [] if resumes else ["train.overwrite=true"]
     cfg = load_config(
-        "demo", [f"out_dir={out_dir}", "train.overwrite=true", f"train.amp={amp}", *overrides]
+        "demo", [f"out_dir={out_dir}", *fresh, f"train.amp={amp}", *overrides], warn_unused=True
     )
     precision = "bf16 autocast" if cfg.train.amp else "float32"
     print(
-        f"contrastlab demo: MoCo v2 on {cfg.data.synthetic_train} synthetic {cfg.data.image_size}px "
-        f"images, {cfg.optim.epochs} epochs, {cfg.model.backbone} x{cfg.model.width} (CPU, "
-        f"{precision})"
+        f"contrastlab demo: {method_name(cfg)} on {cfg.data.synthetic_train} synthetic "
+        f"{cfg.data.image_size}px images, {cfg.optim.epochs} epochs, {cfg.model.backbone} "
+        f"x{cfg.model.width} (CPU, {precision})"
     )
     before, num_classes = untrained_knn(cfg)
     print(f"kNN top-1 of the untrained encoder: {before:.2f}%")
