@@ -188,3 +188,16 @@ def test_a_per_process_batch_norm_group_of_one_is_refused_before_work(tiny_confi
     with pytest.raises(UserError, match="gives batch norm 1 sample per group"):
         Trainer(cfg)
     assert not cfg.run_dir.exists()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_autocast_on_a_cpu_without_bf16_instructions_warns(
+    tiny_config, monkeypatch, capsys, native
+):
+    """It ran, emulated and slower than float32, without a word."""
+    import contrastlab.train as train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    Trainer(tiny_config("train.amp=true"))
+    err = capsys.readouterr().err
+    assert ("train.amp=true on a CPU without bf16 instructions" in err) == (not native)

@@ -15,7 +15,7 @@ from contrastlab.config import load_config
 from contrastlab.data.datasets import build_dataset
 from contrastlab.errors import UserError
 from contrastlab.methods import build_method
-from contrastlab.train import Trainer, knn_monitor_accuracy, seed_everything
+from contrastlab.train import Trainer, cpu_has_native_bf16, knn_monitor_accuracy, seed_everything
 
 
 def untrained_knn(cfg) -> tuple[float, int]:
@@ -25,21 +25,6 @@ def untrained_knn(cfg) -> tuple[float, int]:
     train = build_dataset(cfg.data, "train")
     test = build_dataset(cfg.data, "test")
     return knn_monitor_accuracy(model, cfg, train, test), train.num_classes
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is ~2x faster
-    (docs/benchmarks.md); elsewhere it is emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
-        return True
-    try:  # other systems: oneDNN's own check
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def method_name(cfg) -> str:

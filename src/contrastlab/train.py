@@ -235,6 +235,11 @@ class Trainer:
         if not cuda and cfg.train.keep_freed_memory:
             keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
+        if self.amp and self.device.type == "cpu" and self.is_main and not cpu_has_native_bf16():
+            warn(
+                "train.amp=true on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 "
+                "is emulated there and slower than float32; leave train.amp out on this machine"
+            )
         # channels-last: faster convolutions on CUDA and in oneDNN on the CPU; split BN then
         # normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).
         self.channels_last = (
@@ -822,6 +827,21 @@ class Trainer:
             "train.resume=auto",
             is_main=self.is_main,
         )
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is ~2x faster
+    (docs/benchmarks.md); elsewhere it is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    try:  # other systems: oneDNN's own check
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def check_resumable(path: Path, state: dict, cfg: Config) -> None:
