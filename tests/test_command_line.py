@@ -394,3 +394,26 @@ def test_an_error_raised_in_a_data_loading_worker_is_one_line(monkeypatch, capsy
     monkeypatch.setattr(cli, "_cmd_presets", load_all)
     assert main(["presets"]) == 2
     assert capsys.readouterr().err == "error: image 5 is damaged; fix or delete it\n"
+
+
+def test_config_shows_a_folder_preset_and_what_its_null_keys_come_to(capsys):
+    """`config --config moco_v2` was refused for want of data.path; `blur: null` did not say
+    that the blur is on at 224 px."""
+    assert main(["config", "--config", "moco_v2"]) == 0
+    out, err = capsys.readouterr()
+    assert "blur: null  # = true: moco_v2 blurs only above 64 px" in out
+    assert "hue: null  # = 0.1: the recipe's hue jitter" in out
+    assert (
+        err.strip()
+        == "warning: data.path is not set: training with this config needs data.path=DIR"
+    )
+    import yaml
+
+    assert yaml.safe_load(out)["augment"]["blur"] is None  # still YAML that config files accept
+    assert main(["config", "--config", "moco_v2_cifar", "augment.blur=true"]) == 0
+    assert "blur: true\n" in capsys.readouterr().out
+    assert main(["config", "--config", "moco_v2", "augment.recipe=none", "data.path=x"]) == 0
+    assert (
+        "blur: null  # = false: augment.recipe=none takes the whole image"
+        in capsys.readouterr().out
+    )

@@ -108,17 +108,25 @@ def _add_config(sub) -> None:
 def _cmd_config(args) -> int:
     import yaml
 
-    from contrastlab.config import config_to_dict, load_config, warn_repeated_keys
+    from contrastlab.config import (
+        config_to_dict,
+        effective_defaults,
+        load_config,
+        warn_repeated_keys,
+    )
+    from contrastlab.errors import warn
 
     warn_repeated_keys(args.overrides)
-
-    print(
-        yaml.safe_dump(
-            config_to_dict(load_config(args.config, args.overrides, warn_unused=True)),
-            sort_keys=False,
-        ),
-        end="",
-    )
+    cfg = load_config(args.config, args.overrides, warn_unused=True, need_data_path=False)
+    if cfg.data.name == "imagefolder" and not cfg.data.path:
+        warn("data.path is not set: training with this config needs data.path=DIR")
+    # keys whose null means "decided from the rest" get what they come to as a comment
+    notes, section = effective_defaults(cfg), ""
+    for line in yaml.safe_dump(config_to_dict(cfg), sort_keys=False).splitlines():
+        if not line.startswith(" "):
+            section = line.split(":", 1)[0]
+        key = f"{section}.{line.strip().split(':', 1)[0]}"
+        print(f"{line}  # {notes[key]}" if line.startswith(" ") and key in notes else line)
     return 0
 
 

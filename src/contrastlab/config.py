@@ -742,7 +742,7 @@ def _check_ranges(cfg: Config) -> None:
             raise UserError(f"{key} must be {spec.describe()}, got {value!r}")
 
 
-def _validate(cfg: Config) -> None:
+def _validate(cfg: Config, need_data_path: bool = True) -> None:
     _check_ranges(cfg)
     if cfg.optim.batch_size % cfg.model.bn_splits:
         raise UserError(
@@ -779,7 +779,7 @@ def _validate(cfg: Config) -> None:
             f"train.knn_space={cfg.train.knn_space!r} is not a feature space of this "
             f"{cfg.method} model{_suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}"
         )
-    if cfg.data.name == "imagefolder" and not cfg.data.path:
+    if cfg.data.name == "imagefolder" and not cfg.data.path and need_data_path:
         raise UserError(
             "dataset=imagefolder needs data.path=DIR (a folder of images or class folders)"
         )
@@ -857,12 +857,15 @@ def load_config(
     source: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     warn_unused: bool = False,
+    need_data_path: bool = True,
 ) -> Config:
     """Build a validated ``Config`` from a preset name or YAML path plus ``key=value`` overrides.
 
     ``looc.*`` overrides on a run whose method is not LooC are refused: they would have no
     effect. ``warn_unused`` (the command line) adds one warning line per other setting of the
     user's (an override, or a key of a YAML file other than a preset) that has no effect.
+    ``need_data_path=False`` lets an image-folder config without ``data.path`` through (to be
+    shown; training refuses it).
     """
     file_keys: set[str] = set()
     data = _load_source(source, file_keys=file_keys) if source is not None else {}
@@ -872,7 +875,7 @@ def load_config(
         given[key] = value
         _set_dotted(data, key, value)
     cfg = _build(Config, data)
-    _validate(cfg)
+    _validate(cfg, need_data_path)
     # A saved config.yaml used as a file names every key, most at its default: keys of files
     # count as the user's where they differ from the default; typed overrides always count.
     default, hints = Config(), key_hints()
@@ -889,6 +892,42 @@ def load_config(
         for message in unused_settings(cfg, explicit, file_sets_method="method" in file_keys):
             warn(message)
     return cfg
+
+
+def effective_defaults(cfg: Config) -> dict[str, str]:
+    """What the keys whose value ``null`` means "decided from the rest" come to for ``cfg``:
+    ``{dotted key: "= value: why"}`` (``contrastlab config`` prints them as comments)."""
+    out = {}
+    aug, looc = cfg.augment, cfg.method == "looc"
+    whole = aug.recipe == "none" and not looc
+    if aug.blur is None:
+        on = aug.recipe == "moco_v2" and cfg.data.image_size > 64
+        out["augment.blur"] = (
+            "= false: augment.recipe=none takes the whole image"
+            if whole
+            else f"= {str(on).lower()}: {aug.recipe} blurs only above 64 px"
+            if aug.recipe == "moco_v2"
+            else f"= false: {aug.recipe} does not blur unless augment.blur=true"
+        )
+    colour = aug.recipe != "none" or (looc and "color" in cfg.looc.augmentations)
+    if aug.hue is None:
+        out["augment.hue"] = (
+            f"= {0.4 if aug.recipe == 'moco_v1' else 0.1}: the recipe's hue jitter"
+            if colour
+            else "no colour jitter in these views"
+        )
+    if aug.grayscale_p is None:
+        out["augment.grayscale_p"] = "= 0.2: the recipe's" if colour else "no grayscale"
+    for side in ("pos", "neg"):
+        if get_dotted(cfg, f"ft.granularity_{side}") is None:
+            out[f"ft.granularity_{side}"] = f"= {cfg.ft.granularity}: ft.granularity"
+    if cfg.train.amp is None:
+        out["train.amp"] = "= true on CUDA, false on the CPU"
+    if cfg.train.channels_last is None:
+        out["train.channels_last"] = "= true"
+    if cfg.data.in_memory is None and cfg.data.name == "imagefolder":
+        out["data.in_memory"] = "= true for images of at most 96 px, else loaded lazily"
+    return out
 
 
 def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = True) -> list[str]:
