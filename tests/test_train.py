@@ -157,6 +157,12 @@ def test_keep_every_keeps_snapshots_of_those_epochs(tiny_config):
     snapshot = read_checkpoint(result.run_dir / "checkpoints" / "epoch-0002.pt")
     assert snapshot["epoch"] == 2 and snapshot["step"] == 12
     assert read_checkpoint(result.last_checkpoint)["epoch"] == 3
+    # each kept snapshot is a checkpoint event of metrics.jsonl, with its path, epoch and step
+    events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    paths = [e["path"] for e in events if e["event"] == "checkpoint" and e.get("path")]
+    assert str(result.run_dir / "checkpoints" / "epoch-0002.pt") in paths
+    (kept,) = [e for e in events if e["event"] == "checkpoint" and e.get("kept")]
+    assert (kept["epoch"], kept["step"], kept["best"]) == (2, 12, False)
 
 
 def test_a_single_class_makes_the_monitor_warn(tmp_path, capsys):

@@ -755,9 +755,6 @@ class Trainer:
             save_checkpoint(best, state)
         if improved:
             self.best_metric = metric
-        keep = self.cfg.train.keep_every
-        if rewrite_last and keep and self.epoch % keep == 0:
-            save_checkpoint(self.ckpt_dir / f"epoch-{self.epoch:04d}.pt", state)
         self.log(
             {
                 "event": "checkpoint",
@@ -767,6 +764,22 @@ class Trainer:
                 "best": improved,
             }
         )
+        keep = self.cfg.train.keep_every
+        if rewrite_last and keep and self.epoch % keep == 0:
+            kept = self.ckpt_dir / f"epoch-{self.epoch:04d}.pt"
+            save_checkpoint(kept, state)
+            # its own event, so that the snapshots to evaluate along training are found in
+            # metrics.jsonl like last.pt and best.pt
+            self.log(
+                {
+                    "event": "checkpoint",
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "path": str(kept),
+                    "best": False,
+                    "kept": True,
+                }
+            )
 
     def save_inside_epoch(self, epoch: int, batch: int, loop: dict) -> None:
         """A checkpoint after ``batch`` steps of (0-based) ``epoch``: what an exact resume needs.
