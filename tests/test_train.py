@@ -165,6 +165,17 @@ def test_keep_every_keeps_snapshots_of_those_epochs(tiny_config):
     assert (kept["epoch"], kept["step"], kept["best"]) == (2, 12, False)
 
 
+def test_a_best_checkpoint_written_alone_is_logged_with_its_path(tiny_config):
+    """The monitor of an epoch without a save writes best.pt only: its event names that file."""
+    result = Trainer(
+        tiny_config("optim.epochs=2", "train.checkpoint_every=5", "train.knn_every=1")
+    ).fit()
+    events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    first = [e for e in events if e["event"] == "checkpoint" and e["epoch"] == 1]
+    assert first and all(e["best"] for e in first)
+    assert {e["path"] for e in first} == {str(result.run_dir / "checkpoints" / "best.pt")}
+
+
 def test_a_single_class_makes_the_monitor_warn(tmp_path, capsys):
     from helpers import TINY, overriding
     from PIL import Image

@@ -760,7 +760,7 @@ class Trainer:
                 "event": "checkpoint",
                 "epoch": self.epoch,
                 "step": self.step,
-                "path": str(last) if rewrite_last else None,
+                "path": str(last if rewrite_last else best),
                 "best": improved,
             }
         )
