@@ -19,7 +19,10 @@ copy of ``layer4``. Projection heads, the momentum encoder and the queues are le
   changes the channel counts; build the same architecture (``contrastlab.models.build_backbone``).
 * ``detectron2``: a pickle of ``{"model": {name: numpy array}, "__author__": "contrastlab",
   "matching_heuristics": True}`` with Detectron2's ResNet names, as MoCo's
-  ``convert-pretrain-to-detectron2.py`` produces (``num_batches_tracked`` is dropped).
+  ``convert-pretrain-to-detectron2.py`` produces (``num_batches_tracked`` is dropped). Detectron2's
+  ResNet needs ``MODEL.RESNETS.DEPTH`` and, for another width, ``STEM_OUT_CHANNELS`` /
+  ``RES2_OUT_CHANNELS`` / ``WIDTH_PER_GROUP`` (R50 only); a CIFAR stem has no Detectron2
+  equivalent (``loading_note`` says so).
 * ``safetensors``: the same tensors and names as ``torchvision``, plus string metadata (backbone,
   width, CIFAR stem); needs the optional extra ``pip install safetensors``.
 """
@@ -109,26 +112,89 @@ def export_backbone(
     return out
 
 
-def loading_note(backbone: str, width: float, cifar_stem: bool) -> str:
-    """One line on how the exported backbone loads into torchvision's own constructor, for
-    ``contrastlab export`` to print: the constructor as is (width 1, ImageNet stem), with the
-    CIFAR stem swapped in, or not at all (another width changes every layer's channels)."""
+def _stage_widths(width: float) -> list[int]:
+    return [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+
+
+def loading_note(
+    backbone: str, width: float, cifar_stem: bool, fmt: str = "torchvision", path: str = "FILE"
+) -> str:
+    """One line on how the exported backbone loads, for ``contrastlab export`` to print.
+
+    ``torchvision`` and ``safetensors`` (the same tensors): into torchvision's own constructor as
+    is (width 1, ImageNet stem), with the CIFAR stem swapped in, or not at all (another width
+    changes every layer's channels). ``detectron2``: the settings of Detectron2's ResNet config
+    that the file needs, or why Detectron2's ResNet cannot hold it (a CIFAR stem; another width of
+    a ResNet-18/34). ``path``: the exported file, as the note names it."""
+    if fmt == "detectron2":
+        return _detectron2_note(backbone, width, cifar_stem, path)
+    if fmt == "safetensors":
+        read = f"safetensors.torch.load_file({str(path)!r})"
+    else:
+        read = f"torch.load({str(path)!r}, weights_only=True)"
     if width != 1:
-        stages = "-".join(str(max(1, round(c * width))) for c in (64, 128, 256, 512))
+        stages = "-".join(map(str, _stage_widths(width)))
         return (
             f"note: this {backbone} has width {width:g} (stage widths {stages}, torchvision's "
             f"are 64-128-256-512), so torchvision.models.{backbone}() cannot load it; build the "
-            "same network with contrastlab.models.build_backbone (docs/evaluation.md, export)"
+            f"same network with contrastlab.models.build_backbone and load {read} into it "
+            "(docs/evaluation.md, export)"
         )
     if cifar_stem:
         return (
-            f"note: this {backbone} has the CIFAR stem: load it into torchvision.models."
+            f"note: this {backbone} has the CIFAR stem: load {read} into torchvision.models."
             f"{backbone}() after net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), "
             "net.maxpool = net.fc = torch.nn.Identity() (docs/evaluation.md, export)"
         )
     return (
-        f"load it into torchvision.models.{backbone}() after net.fc = torch.nn.Identity() "
+        f"load {read} into torchvision.models.{backbone}() after net.fc = torch.nn.Identity() "
         "(docs/evaluation.md, export)"
+    )
+
+
+_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
+
+
+def _detectron2_note(backbone: str, width: float, cifar_stem: bool, path: str) -> str:
+    """Detectron2's ``build_resnet_backbone``: a 7x7 stride-2 stem with max-pool (BasicStem),
+    ``RES2_OUT_CHANNELS`` fixed at 64 for R18/R34, each stage twice the previous one's width."""
+    depth = _DEPTHS.get(backbone)
+    where = " (docs/evaluation.md, export)"
+    if depth is None:
+        return f"note: Detectron2's ResNet has no {backbone}; there is no config to load it" + where
+    if cifar_stem:
+        return (
+            f"note: this {backbone} has the CIFAR stem (3x3 stride-1 conv1, no max-pool), which "
+            "has no Detectron2 equivalent (its ResNet stem is a 7x7 stride-2 conv with max-pool): "
+            "Detectron2's ResNet cannot load it; export --format torchvision for it instead" + where
+        )
+    stages = _stage_widths(width)
+    doubling = all(b == 2 * a for a, b in zip(stages, stages[1:]))
+    if width != 1 and (depth < 50 or not doubling):
+        why = (
+            "Detectron2 requires MODEL.RESNETS.RES2_OUT_CHANNELS 64 for R18/R34"
+            if depth < 50
+            else "Detectron2's stages each double the previous one's width"
+        )
+        return (
+            f"note: this {backbone} has width {width:g} (stage widths "
+            f"{'-'.join(map(str, stages))}), and {why}: Detectron2's ResNet cannot load it" + where
+        )
+    settings = [f"MODEL.RESNETS.DEPTH {depth}"]
+    if depth >= 50:
+        settings += [
+            f"MODEL.RESNETS.STEM_OUT_CHANNELS {stages[0]}",
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS {stages[0] * 4}",
+            f"MODEL.RESNETS.WIDTH_PER_GROUP {stages[0]}",
+            "MODEL.RESNETS.STRIDE_IN_1X1 False",  # torchvision strides in the 3x3 conv
+        ]
+    else:
+        settings.append("MODEL.RESNETS.RES2_OUT_CHANNELS 64")
+    return (
+        f"load it into Detectron2's ResNet with MODEL.WEIGHTS {path}, "
+        + ", ".join(settings)
+        + ", INPUT.FORMAT RGB and MODEL.PIXEL_MEAN / PIXEL_STD the training normalization "
+        "x 255" + where
     )
 
 

@@ -266,6 +266,9 @@ def test_eval_all_and_export(checkpoint, tmp_path, capsys):
         )
         == 0
     )
+    # the note is about Detectron2's ResNet, not torchvision's constructor
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert "Detectron2's ResNet cannot load it" in note and "torchvision.models" not in note
 
 
 def test_an_empty_class_folder_is_left_out_alike_by_training_data_and_transfer(

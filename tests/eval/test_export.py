@@ -150,15 +150,25 @@ def test_every_export_format_gets_the_same_file_mode(tmp_path, fmt):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.parametrize("fmt", ["torchvision", "safetensors"])
 @pytest.mark.parametrize("width, cifar_stem", [(1.0, False), (1.0, True), (0.5, True)])
-def test_the_loading_note_matches_what_torchvision_can_load(tmp_path, width, cifar_stem):
+def test_the_loading_note_matches_what_torchvision_can_load(tmp_path, width, cifar_stem, fmt):
     """``contrastlab export`` prints this note: it must say "cannot" exactly when torchvision's
-    constructor, changed as the note says, refuses the weights."""
+    constructor, changed as the note says, refuses the weights, and name the reader of the
+    format (torch.load for a torchvision file, safetensors' load_file for a safetensors one)."""
+    import safetensors.torch
+
     from contrastlab.export import loading_note
 
     ours, _ = build_backbone(ModelConfig(backbone="resnet18", width=width, cifar_stem=cifar_stem))
-    state = torch.load(export_backbone(ours, "torchvision", tmp_path / "b.pt"), weights_only=True)
-    note = loading_note("resnet18", width, cifar_stem)
+    path = export_backbone(ours, fmt, tmp_path / f"b.{fmt}")
+    note = loading_note("resnet18", width, cifar_stem, fmt, str(path))
+    if fmt == "safetensors":
+        assert f"safetensors.torch.load_file({str(path)!r})" in note and "torch.load(" not in note
+        state = safetensors.torch.load_file(str(path))
+    else:
+        assert f"torch.load({str(path)!r}, weights_only=True)" in note
+        state = torch.load(path, weights_only=True)
     net = torchvision.models.resnet18()
     net.fc = nn.Identity()
     if "net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)" in note:
@@ -175,3 +185,47 @@ def test_the_loading_note_matches_what_torchvision_can_load(tmp_path, width, cif
     assert ("cannot" in note) == (width != 1) and ("CIFAR stem" in note) == (
         cifar_stem and width == 1
     )
+
+
+@pytest.mark.parametrize(
+    "arch, width, cifar_stem",
+    [("resnet18", 1.0, False), ("resnet50", 1.0, False), ("resnet50", 0.5, False)],
+)
+def test_the_detectron2_note_gives_the_config_the_file_needs(tmp_path, arch, width, cifar_stem):
+    """The note names Detectron2's ResNet settings, and they agree with the exported tensors:
+    depth, stem width, res2 output width, bottleneck width; no torchvision advice."""
+    from contrastlab.export import loading_note
+
+    ours, _ = build_backbone(ModelConfig(backbone=arch, width=width, cifar_stem=cifar_stem))
+    path = export_backbone(ours, "detectron2", tmp_path / "d2.pkl")
+    note = loading_note(arch, width, cifar_stem, "detectron2", str(path))
+    assert "torchvision" not in note and "cannot" not in note
+    assert f"MODEL.WEIGHTS {path}" in note and f"MODEL.RESNETS.DEPTH {arch[6:]}" in note
+    assert "INPUT.FORMAT RGB" in note
+    with open(path, "rb") as f:
+        model = pickle.load(f)["model"]
+    if arch == "resnet50":
+        stem = model["stem.conv1.weight"].shape[0]
+        assert f"MODEL.RESNETS.STEM_OUT_CHANNELS {stem}," in note
+        assert f"RES2_OUT_CHANNELS {model['res2.0.conv3.weight'].shape[0]}," in note
+        assert f"WIDTH_PER_GROUP {model['res2.0.conv1.weight'].shape[0]}," in note
+        assert "STRIDE_IN_1X1 False" in note
+    else:
+        assert model["res2.0.conv2.weight"].shape[0] == 64 and "RES2_OUT_CHANNELS 64" in note
+
+
+@pytest.mark.parametrize(
+    "arch, width, cifar_stem, why",
+    [
+        ("resnet18", 1.0, True, "no Detectron2 equivalent"),
+        ("resnet50", 0.5, True, "no Detectron2 equivalent"),
+        ("resnet18", 0.5, False, "RES2_OUT_CHANNELS 64 for R18/R34"),
+    ],
+)
+def test_the_detectron2_note_says_what_detectron2_cannot_hold(arch, width, cifar_stem, why):
+    """A CIFAR stem has no Detectron2 equivalent; a ResNet-18/34 of another width neither."""
+    from contrastlab.export import loading_note
+
+    note = loading_note(arch, width, cifar_stem, "detectron2")
+    assert why in note and "cannot load it" in note and "\n" not in note
+    assert "torchvision.models" not in note

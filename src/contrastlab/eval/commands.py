@@ -452,6 +452,8 @@ def _export(args) -> int:
             model.get("backbone", "resnet18"),
             float(model.get("width", 1.0)),
             bool(model.get("cifar_stem", False)),
+            args.format,
+            str(path),
         )
     )
     return 0
