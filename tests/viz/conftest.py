@@ -23,6 +23,8 @@ def make_run(
     epochs: int = 3,
     steps: int = 6,
     evals: bool = False,
+    knn_space: str | None = None,
+    config: dict | None = None,
 ) -> Path:
     """A small run whose pos score climbs towards a momentum-dependent level."""
     run = root / name
@@ -36,6 +38,12 @@ def make_run(
         "ft": {"pos": "extrapolate" if ft else "none", "neg": "none"},
         "optim": {"epochs": epochs, "batch_size": 16, "lr": 0.03},
     }
+    for key, value in (config or {}).items():  # dotted keys: "looc.augmentations"
+        *heads, last = key.split(".")
+        node = cfg
+        for head in heads:
+            node = node.setdefault(head, {})
+        node[last] = value
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     g = torch.Generator().manual_seed(int(momentum * 1000))
     rec = ScoreRecorder(run, SimpleNamespace(record=True, bins=50, low=-1.0, high=1.0), log_every=2)
@@ -68,9 +76,15 @@ def make_run(
         rec.end_epoch(epoch)
         lines.append({"event": "epoch", "epoch": epoch, "step": step, "loss": 6.5 - epoch * 0.3})
         if knn is not None:
-            lines.append(
-                {"event": "knn", "epoch": epoch, "step": step, "knn_top1": knn - (epochs - epoch)}
-            )
+            event = {
+                "event": "knn",
+                "epoch": epoch,
+                "step": step,
+                "knn_top1": knn - (epochs - epoch),
+            }
+            if knn_space is not None:
+                event["knn_space"] = knn_space
+            lines.append(event)
     rec.close()
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"broken\n')
     if evals:
@@ -111,3 +125,9 @@ def looc_run(tmp_path_factory) -> Path:
 def short_run(tmp_path_factory) -> Path:
     """A run that logged its scores for one interval only (one epoch shorter than log_every)."""
     return make_run(tmp_path_factory.mktemp("short"), "short", 0.99, None, epochs=1, steps=2)
+
+
+@pytest.fixture
+def run_maker():
+    """``make_run`` itself, for tests that need runs of their own."""
+    return make_run

@@ -164,3 +164,77 @@ def test_score_figures_show_the_range_where_the_scores_are():
     assert occupied_range([np.zeros(100)], edges) == (-1.0, 1.0)
     top = np.histogram(np.array([0.999]), edges)[0]
     assert occupied_range([top], edges) == pytest.approx((0.9, 1.0))
+
+
+def _labels_drawn(monkeypatch) -> list:
+    """The labels ``plot_scores`` draws, captured."""
+    import contrastlab.viz.score_plots as score_plots
+
+    drawn, real = [], score_plots.run_labels
+    monkeypatch.setattr(score_plots, "run_labels", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    return drawn
+
+
+def test_a_run_without_scores_is_left_out_with_a_warning(tmp_path, capsys, monkeypatch, run_maker):
+    """A run trained with scores.record=false was dropped without a word, and still made the
+    other runs' labels name the settings it differs in."""
+    import shutil
+
+    make_run = run_maker
+    from contrastlab.cli import main
+
+    shown = make_run(tmp_path, "shown", 0.9, 46.5, knn_space="z")
+    other = make_run(tmp_path, "other", 0.99, 50.0, config={"scores.record": False})
+    shutil.rmtree(other / "scores")
+    drawn = _labels_drawn(monkeypatch)
+    out = tmp_path / "figs"
+    assert main(["scores", str(shown), str(other), "--out", str(out)]) == 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and str(other) in warnings[0]
+    assert "scores.record=true" in warnings[0]
+    assert drawn == [["shown, kNN (z) 46.5%"]]  # momentum differs from a run not shown
+    # --labels: one per run given, the left-out run's dropped with it
+    assert main(["scores", str(shown), str(other), "--out", str(out), "--labels", "a", "b"]) == 0
+    assert drawn[-1] == ["a"]
+    # none has scores: one line, no figure
+    assert main(["scores", str(other), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recorded scores" in err and "scores.record=true" in err and "Traceback" not in err
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+
+
+def test_labels_leave_out_settings_without_effect_and_name_the_knn_space(tmp_path, run_maker):
+    """looc.* on a MoCo run and FT settings of a run without FT differ, but explain nothing."""
+    make_run = run_maker
+    moco = make_run(
+        tmp_path,
+        "moco",
+        0.99,
+        11.0,
+        knn_space="z",
+        config={"looc.augmentations": ["color"], "ft.renormalize_negatives": True},
+    )
+    looc = make_run(
+        tmp_path,
+        "looc",
+        0.99,
+        12.0,
+        knn_space="color",
+        config={
+            "method": "looc",
+            "looc.augmentations": ["color", "rotation"],
+            "ft.renormalize_negatives": False,
+        },
+    )
+    labels = run_labels([load_run(moco), load_run(looc)])
+    assert labels == [
+        "moco (method=moco), kNN (z) 11.0%",
+        "looc (method=looc), kNN (color) 12.0%",
+    ]
+    # two LooC runs: their augmentations do tell them apart
+    looc2 = make_run(
+        tmp_path, "looc2", 0.99, None, config={"method": "looc", "looc.augmentations": ["color"]}
+    )
+    labels = run_labels([load_run(looc), load_run(looc2)])
+    assert labels[0].startswith("looc (looc.augmentations=color,rotation)")
+    assert labels[1] == "looc2 (looc.augmentations=color)"

@@ -155,24 +155,85 @@ def _label_order(key: str) -> tuple[int, str]:
     return rank, key
 
 
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *heads, last = key.split(".")
+        node = out
+        for head in heads:
+            node = node.setdefault(head, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[last] = value
+    return out
+
+
+def inapplicable_keys(config: dict) -> set[str]:
+    """The keys of a flattened run config that have no effect on that run: ``looc.*`` on a MoCo
+    run, the Feature Transformation's settings when it is off (or that side of it is), and what
+    ``contrastlab.config.unused_settings`` names for a config it can rebuild."""
+    method = config.get("method", "moco")
+    ft_pos, ft_neg = config.get("ft.pos", "none"), config.get("ft.neg", "none")
+    out = set()
+    for key in config:
+        head = key.partition(".")[0]
+        if head == "looc" and method != "looc":
+            out.add(key)
+        elif head == "ft" and key not in ("ft.pos", "ft.neg"):
+            side = "pos" if key.endswith("_pos") else "neg" if key.endswith("_neg") else None
+            off = (ft_pos == ft_neg == "none") or (
+                side is not None and config.get(f"ft.{side}", "none") == "none"
+            )
+            if off or (key == "ft.renormalize_negatives" and not config.get("ft.renormalize")):
+                out.add(key)
+    try:
+        from contrastlab.config import config_from_dict, unused_settings
+
+        cfg = config_from_dict(_unflatten(config))
+        for line in unused_settings(cfg, set(config)):
+            if " has no effect" in line:
+                out.add(line.partition("=")[0])
+    except Exception:  # an older or foreign config: the rules above only
+        pass
+    return out
+
+
+def knn_text(event: dict | None) -> str | None:
+    """``kNN (z) 11.0%``: the last kNN top-1 of a run with the space it was measured in."""
+    if event is None:
+        return None
+    space = f" ({event['knn_space']})" if event.get("knn_space") else ""
+    return f"kNN{space} {float(event['knn_top1']):.1f}%"
+
+
 def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
-    """Given labels, or: run name, the config values that differ between runs, final kNN top-1."""
+    """Given labels, or: run name, the config values that differ between runs, final kNN top-1.
+
+    A setting counts, and is named in a run's label, only where it has an effect on the run
+    (``inapplicable_keys``): ``looc.augmentations`` never sets a MoCo run apart."""
     if labels:
         if len(labels) != len(runs):
             raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
         return list(labels)
     keys = sorted({k for r in runs for k in r.config} - _IGNORED_KEYS, key=_label_order)
-    differing = (
-        [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1] if len(runs) > 1 else []
-    )
+    skip = [inapplicable_keys(r.config) for r in runs]
+    differing = []
+    if len(runs) > 1:
+        for k in keys:
+            values = {repr(r.config.get(k)) for r, no in zip(runs, skip) if k not in no}
+            if len(values) > 1:
+                differing.append(k)
     out = []
-    for run in runs:
-        parts = [f"{k}={_short(run.config.get(k))}" for k in differing[:4]]
-        if len(differing) > 4:
+    for run, no in zip(runs, skip):
+        mine = [k for k in differing if k not in no]
+        parts = [f"{k}={_short(run.config.get(k))}" for k in mine[:4]]
+        if len(mine) > 4:
             parts.append("…")
         label = run.name + (f" ({', '.join(parts)})" if parts else "")
-        if run.knn is not None:
-            label += f", kNN {run.knn:.1f}%"
+        knn = knn_text(getattr(run, "knn_event", None))
+        if knn is not None:
+            label += f", {knn}"
         out.append(label)
     return out
 
@@ -376,6 +437,25 @@ def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tupl
     ]
 
 
+def _with_scores(runs: list[Run], labels: list[str] | None):
+    """The runs that recorded scores (and their labels); one warning line per run left out,
+    an error when none is left."""
+    from contrastlab.errors import warn
+
+    kept = [i for i, r in enumerate(runs) if r.record is not None]
+    if not kept:
+        _spaces(runs)  # the error: none of the runs has recorded scores
+    if len(kept) < len(runs):
+        for r in runs:
+            if r.record is None:
+                warn(
+                    f"{r.path} is left out: it has no recorded scores (scores/meta.json; "
+                    "trained with scores.record=false); train with scores.record=true to "
+                    "record them"
+                )
+    return [runs[i] for i in kept], [labels[i] for i in kept] if labels else labels
+
+
 def plot_scores(
     run_dirs: list[Path | str],
     out_dir: Path | str | None = None,
@@ -392,7 +472,10 @@ def plot_scores(
 
     if not run_dirs:
         raise UserError("give at least one run directory")
+    if labels and len(labels) != len(run_dirs):
+        raise UserError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one per run")
     runs = [load_run(d) for d in run_dirs]
+    runs, labels = _with_scores(runs, labels)
     if out_dir is None:
         out_dir = runs[0].path / "figures" if len(runs) == 1 else Path("score-plots")
     out_dir = Path(out_dir)
