@@ -295,3 +295,49 @@ def test_a_rerun_replaces_what_a_failed_run_left(tmp_path, capsys, monkeypatch):
     (tmp_path / "mine" / "encoders" / "a" / "config.yaml").write_text("my: notes\n")
     err = _error([*argv[:-4], "--out", str(tmp_path / "mine"), "--device", "cpu"], capsys)
     assert "config.yaml already exists" in err
+
+
+def test_the_recipe_and_checkpoint_analyzed_are_named_everywhere(tmp_path, capsys):
+    """--recipe moco_v1 was named in analysis.json only: the table said "pos (recipe)", the
+    figures nothing, and encoders/<name>/config.yaml (drawn by `contrastlab scores`) gave the
+    checkpoint's recipe; the report showed no checkpoint or recipe per encoder."""
+    import yaml
+
+    from contrastlab.analysis import analysis_figures
+
+    cfg = _cfg()
+    assert cfg.augment.recipe != "moco_v1"
+    torch.manual_seed(0)
+    ckpt = tmp_path / "a.pt"
+    save_checkpoint(ckpt, make_state(cfg, build_method(cfg), None, 5, 40, None))
+    out = tmp_path / "an"
+    argv = ["analyze", str(ckpt), "--recipe", "moco_v1", "--images", "8", "--negatives", "8"]
+    assert main([*argv, "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| pos (recipe moco_v1) |" in text and "views: recipe moco_v1" in text
+    saved = yaml.safe_load((out / "encoders" / "a" / "config.yaml").read_text())
+    assert saved["augment"]["recipe"] == "moco_v1"
+    (enc,) = load_analysis(out)["encoders"]
+    assert (enc["recipe"], enc["epoch"], enc["step"]) == ("moco_v1", 5, 40)
+    for stem, fig in analysis_figures(out):
+        titles = [fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]
+        ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+        assert any("recipe moco_v1" in t for t in titles + ticks), stem
+    # the checkpoint's own recipe is named too
+    assert (
+        main(
+            [*argv[:2], "--images", "8", "--negatives", "8", "--no-progress", "--device"]
+            + ["cpu", "--out", str(tmp_path / "own")]
+        )
+        == 0
+    )
+    own = f"recipe {cfg.augment.recipe}"
+    assert f"| pos ({own}) |" in capsys.readouterr().out
+    # the report: each encoder's checkpoint, epoch and recipe
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: moco\n")
+    assert main(["report", str(run), "--analysis", str(out)]) == 0
+    page = (run / "report.html").read_text()
+    assert f'<td>{ckpt}</td><td class="num">5</td><td class="num">40</td><td>moco_v1</td>' in page
+    assert "pos (recipe moco_v1)" in page

@@ -28,7 +28,8 @@ Layout of ``--out DIR``::
     encoders/<name>/scores/            the recipe scores in the training format (epoch 0)
     encoders/<name>/sensitivity.npz    per-image positive scores: one float32 [N] array per
                                        "<space>/<condition>" (condition: recipe, color, ...)
-    encoders/<name>/config.yaml        the checkpoint's configuration
+    encoders/<name>/config.yaml        the checkpoint's configuration, with augment.recipe the
+                                       recipe of the views analyzed (``--recipe``)
     encoders/<name>/encoder.json       the encoder's label; written first, so that a rerun after
                                        a failure may replace what the failed run left
     figures/analysis-<space>-*.png     distributions, overlay with quantile bands, sensitivity
@@ -263,8 +264,22 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
 
     from contrastlab.config import config_to_dict
 
-    write_text(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(ctx.cfg), sort_keys=False))
-    return {"label": label, "dir": out_dir.name, **_summary(out_dir, pos, settings.spaces)}
+    # the views analyzed, as `contrastlab scores` on this folder reads them: the checkpoint's
+    # config with the recipe that made the views
+    recipe = views_recipe(ctx.cfg, settings.recipe)
+    cfg = dataclasses.replace(ctx.cfg, augment=dataclasses.replace(ctx.cfg.augment, recipe=recipe))
+    write_text(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return {
+        "label": label,
+        "dir": out_dir.name,
+        "recipe": recipe,
+        **_summary(out_dir, pos, settings.spaces),
+    }
+
+
+def views_recipe(cfg, recipe: str = "checkpoint") -> str:
+    """The augmentation recipe of the views analyzed: ``--recipe``, or the checkpoint's own."""
+    return cfg.augment.recipe if recipe == "checkpoint" else recipe
 
 
 def _quantiles(values: np.ndarray) -> dict:
@@ -371,9 +386,11 @@ def run_analysis(
     out = Path(out)
     # Every checkpoint's spaces and dataset before any encoder is loaded: a space missing from
     # the last checkpoint or a dataset too small for --images + --negatives loses no work.
-    data_cfgs = []
+    data_cfgs, states = [], []
     for checkpoint in checkpoints:
         state = read_checkpoint(checkpoint, verify=False)
+        # the training state analyzed (a converted encoder's epoch is its source's, if known)
+        states.append({k: state.get(k) for k in ("epoch", "step")})
         cfg = config_from_dict(state["config"])
         spaces = checkpoint_feature_spaces(cfg, state)
         for space in settings.spaces:
@@ -391,7 +408,7 @@ def run_analysis(
             datasets[key] = build_dataset(data_cfg, settings.split, None)
             select_images(len(datasets[key]), settings)
     encoders, taken = [], set()
-    for checkpoint, label in zip(checkpoints, labels):
+    for checkpoint, label, state in zip(checkpoints, labels, states):
         ctx = EvalContext.from_checkpoint(
             checkpoint,
             dataset=settings.dataset,
@@ -406,7 +423,9 @@ def run_analysis(
         # rerun after a failure replaces what an unfinished run left (see _check_outputs)
         write_text(enc_dir / ENCODER_FILE, json.dumps({"format": FORMAT, "label": label}) + "\n")
         summary = analyze_encoder(ctx, datasets[key], settings, label, enc_dir)
-        summary.update(checkpoint=str(checkpoint), dataset=ctx.data_cfg.name, device=ctx.device)
+        summary.update(
+            checkpoint=str(checkpoint), **state, dataset=ctx.data_cfg.name, device=ctx.device
+        )
         encoders.append(summary)
         del ctx
     result = {
@@ -450,11 +469,48 @@ def load_analysis(out: str | Path) -> dict:
     return data
 
 
+def encoder_recipe(result: dict, enc: dict) -> str | None:
+    """The recipe of an encoder's views: recorded per encoder, else ``--recipe`` (None: the
+    checkpoint's own, in an analysis.json that did not record which)."""
+    if enc.get("recipe"):
+        return enc["recipe"]
+    recipe = result["settings"].get("recipe", "checkpoint")
+    return None if recipe == "checkpoint" else recipe
+
+
+def recipe_text(result: dict) -> str | None:
+    """``recipe moco_v1`` when every encoder's views were made with one recipe, else None (the
+    recipe then goes with each encoder: ``encoder_label``)."""
+    recipes = {encoder_recipe(result, enc) for enc in result["encoders"]}
+    if len(recipes) != 1:
+        return None
+    (recipe,) = recipes
+    if recipe is None:
+        return "each checkpoint's own recipe"
+    own = result["settings"].get("recipe", "checkpoint") == "checkpoint"
+    return f"recipe {recipe}" + (" (the checkpoints' own)" if own else "")
+
+
+def encoder_label(result: dict, enc: dict) -> str:
+    """The encoder's label, with its recipe when the encoders' recipes differ."""
+    if recipe_text(result) is not None:
+        return enc["label"]
+    return f"{enc['label']} [recipe {encoder_recipe(result, enc) or 'own'}]"
+
+
+def pos_header(result: dict) -> str:
+    """``pos (recipe moco_v1)``: the column of the recipe pair's positive score."""
+    recipes = {encoder_recipe(result, enc) for enc in result["encoders"]}
+    if len(recipes) != 1 or None in recipes:
+        return "pos (recipe)"
+    return f"pos (recipe {recipes.pop()})"
+
+
 def sensitivity_table(result: dict, space: str) -> str:
     """Markdown: one row per encoder; pos / neg of the recipe pair and pos per single change."""
     from contrastlab.eval.results import fmt, markdown_table
 
-    header = ["encoder", "pos (recipe)", "neg mean", *(f"pos, only {c}" for c in CONDITIONS)]
+    header = ["encoder", pos_header(result), "neg mean", *(f"pos, only {c}" for c in CONDITIONS)]
     rows = []
     for enc in result["encoders"]:
         s = enc["spaces"].get(space)
@@ -462,7 +518,7 @@ def sensitivity_table(result: dict, space: str) -> str:
             continue
         sens = s["sensitivity"]
         rows.append(
-            [enc["label"], fmt(s["pos"]["mean"], 3), fmt(s["neg"]["mean"], 3)]
+            [encoder_label(result, enc), fmt(s["pos"]["mean"], 3), fmt(s["neg"]["mean"], 3)]
             + [fmt(sens[c]["mean"], 3) for c in CONDITIONS]
         )
     return markdown_table(header, rows)
@@ -524,12 +580,17 @@ def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
     ax_q.grid(axis="x", alpha=0.3)
     st = result["settings"]
     fig.suptitle(
-        f"frozen encoders in space '{space}': {st['images']} images x 2 views, "
-        f"{st['negatives']} negatives ({_named(st.get('dataset'))}{st['split']} split, seed "
-        f"{st['seed']})",
+        f"frozen encoders in space '{space}': {st['images']} images x 2 views "
+        f"({_views(result)}), {st['negatives']} negatives ({_named(st.get('dataset'))}"
+        f"{st['split']} split, seed {st['seed']})",
         fontsize=10,
     )
     return fig
+
+
+def _views(result: dict) -> str:
+    """What made the views, for a figure's title."""
+    return recipe_text(result) or "each encoder's recipe as labelled"
 
 
 def sensitivity_figure(labels, result: dict, space: str) -> Figure:
@@ -550,7 +611,10 @@ def sensitivity_figure(labels, result: dict, space: str) -> Figure:
         lo = np.array([s["sensitivity"][c]["q10"] for c in conds])
         hi = np.array([s["sensitivity"][c]["q90"] for c in conds])
         ax.errorbar(x, m, yerr=[m - lo, hi - m], fmt="o", color=_color(i), capsize=3, label=label)
-    ax.set_xticks(np.arange(len(conds)), ["recipe pair", *(f"only {c}" for c in CONDITIONS)])
+    ax.set_xticks(
+        np.arange(len(conds)),
+        [f"recipe pair\n({_views(result)})", *(f"only {c}" for c in CONDITIONS)],
+    )
     ax.set_ylabel("positive score (cosine)")
     ax.grid(axis="y", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
@@ -572,12 +636,17 @@ def analysis_figures(out: str | Path) -> list[tuple[str, Figure]]:
     out = Path(out)
     result = load_analysis(out)
     runs = _runs(out, result)
-    labels = [enc["label"] for enc in result["encoders"]]
+    labels = [encoder_label(result, enc) for enc in result["encoders"]]
     figures = []
     for space in result["settings"]["spaces"]:
         stems = _figure_stems(space)
         distributions = distributions_figure(
             runs, space, labels, ridge_label=lambda e: "all images"
+        )
+        distributions.suptitle(
+            f"score distributions in space '{space}' of two views per image "
+            f"({_views(result)}; each curve scaled to its peak)",
+            fontsize=10,
         )
         figures.append((stems["distributions"], distributions))
         figures.append((stems["overlay"], overlay_figure(runs, labels, result, space)))
@@ -733,8 +802,9 @@ def _cmd_analyze(args) -> int:
     )
     _check_outputs(Path(out), args.checkpoints, args.labels, spaces, args.overwrite)
     result = run_analysis(args.checkpoints, settings, out, args.labels)
+    views = recipe_text(result) or "each encoder's recipe as labelled"
     for space in spaces:
-        print(f"\nspace '{space}' (mean cosine scores)\n")
+        print(f"\nspace '{space}' (mean cosine scores; views: {views})\n")
         print(sensitivity_table(result, space))
     print()
     for path in write_figures(out):

@@ -265,3 +265,19 @@ def test_training_figure_ticks_are_whole_steps_and_epochs(tmp_path):
             ax.get_title(),
             ax.get_xticks(),
         )
+
+
+def test_eval_results_say_which_checkpoint_state_they_are_of(tmp_path, run_maker):
+    """Results were shown next to the run's current epoch with no sign of the checkpoint's."""
+    run = run_maker(tmp_path, "r", 0.99, 50.0, evals=True)  # 3 epochs; linear.json: no epoch
+    for name, epoch, step in (("knn", 3, 18), ("knn-epoch-0001", 1, 6)):
+        setup = {"checkpoint": f"{run}/checkpoints/{name}.pt", "epoch": epoch, "step": step}
+        result = {"protocol": "knn", "summary": {"top1": 40.0}, "setup": setup}
+        (run / "eval" / f"{name}.json").write_text(json.dumps(result))
+    text = write_report(run).read_text()
+    evaluation = text.split("<h2>Evaluation</h2>")[1].split("<h2>")[0]
+    assert "epoch 1: an earlier state (the run is at epoch 3)" in evaluation
+    assert "epoch 3 (the run&#x27;s last)" in evaluation
+    assert "epoch not recorded" in evaluation  # linear.json predates setup.epoch
+    summary = evaluation.split("</table>")[0]  # one row per result, with its epoch and step
+    assert summary.count("<tr>") == 4 and '<td class="num">6</td>' in summary

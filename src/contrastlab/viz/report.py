@@ -141,11 +141,36 @@ def training_figure(run: Run) -> Figure | None:
     return fig
 
 
+def run_epoch(run: Run) -> int | None:
+    """The run's last epoch: the newest ``epoch`` (or checkpoint) event of metrics.jsonl."""
+    epochs = [
+        m["epoch"]
+        for m in run.metrics
+        if m.get("event") in ("epoch", "checkpoint") and isinstance(m.get("epoch"), int)
+    ]
+    return max(epochs) if epochs else None
+
+
+def checkpoint_state(epoch, last: int | None) -> str:
+    """Which training state a result is of: ``epoch 3 (the run's last)``, ``epoch 1: an earlier
+    state (the run is at epoch 3)``, or that the result does not say."""
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return "epoch not recorded (an older result)"
+    if last is None:
+        return f"epoch {epoch}"
+    if epoch == last:
+        return f"epoch {epoch} (the run's last)"
+    if epoch < last:
+        return f"epoch {epoch}: an earlier state (the run is at epoch {last})"
+    return f"epoch {epoch} (metrics.jsonl ends at epoch {last})"
+
+
 def _eval_section(run: Run) -> str:
     files = sorted((run.path / "eval").glob("*.json")) if (run.path / "eval").is_dir() else []
     if not files:
         return '<p class="missing">no evaluation results (eval/*.json)</p>'
-    parts = []
+    last = run_epoch(run)
+    summary, parts = [], []
     for path in files:
         try:
             data = json.loads(path.read_text())
@@ -156,9 +181,22 @@ def _eval_section(run: Run) -> str:
             )
             continue
         flat = flatten(data) if isinstance(data, dict) else {"value": data}
+        # the checkpoint's epoch and step, written with the result (setup.epoch / setup.step)
+        state = checkpoint_state(flat.get("setup.epoch"), last)
+        checkpoint = flat.get("setup.checkpoint")
+        step = flat.get("setup.step")
+        summary.append(
+            f"<tr><td>{html.escape(path.stem)}</td>"
+            f"<td>{html.escape(Path(checkpoint).name if checkpoint else 'not recorded')}</td>"
+            f"<td>{html.escape(state)}</td>{_cell(step if step is not None else '')}</tr>"
+        )
         rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in flat.items())
-        parts.append(f"<h3>{html.escape(path.stem)}</h3><table>{rows}</table>")
-    return "".join(parts)
+        parts.append(
+            f'<h3>{html.escape(path.stem)}</h3><p class="sub">checkpoint: '
+            f"{html.escape(state)}</p><table>{rows}</table>"
+        )
+    head = "<tr><th>result</th><th>checkpoint</th><th>epoch</th><th>step</th></tr>"
+    return f"<table>{head}{''.join(summary)}</table>" + "".join(parts)
 
 
 def _checkpoint_section(run: Run) -> str:
@@ -187,12 +225,36 @@ def _analysis_section(folder: Path | None) -> str:
     """``contrastlab analyze`` results: per space the sensitivity table and the figures."""
     if folder is None:
         return '<p class="missing">no encoder analysis (contrastlab analyze)</p>'
-    from contrastlab.analysis import CONDITIONS, analysis_figures, load_analysis
+    from contrastlab.analysis import (
+        CONDITIONS,
+        analysis_figures,
+        encoder_label,
+        encoder_recipe,
+        load_analysis,
+        pos_header,
+    )
 
     result = load_analysis(folder)
     parts = [f'<p class="sub">{html.escape(str(folder))}</p>']
+    # which training state and which views each encoder's scores are of
+    rows = []
+    for enc in result["encoders"]:
+        recipe = encoder_recipe(result, enc) or "the checkpoint's own (not recorded)"
+        epoch = enc.get("epoch")
+        rows.append(
+            f"<tr><td>{html.escape(enc['label'])}</td>"
+            f"<td>{html.escape(str(enc.get('checkpoint', 'not recorded')))}</td>"
+            + _cell(epoch if epoch is not None else "not recorded")
+            + _cell(enc["step"] if enc.get("step") is not None else "")
+            + f"<td>{html.escape(recipe)}</td></tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("encoder", "checkpoint", "epoch", "step", "recipe of the views")
+    )
+    parts.append(f"<table><tr>{head}</tr>{''.join(rows)}</table>")
     for space in result["settings"]["spaces"]:
-        head = ["encoder", "pos (recipe)", "neg mean", *(f"pos, only {c}" for c in CONDITIONS)]
+        head = ["encoder", pos_header(result), "neg mean"]
+        head += [f"pos, only {c}" for c in CONDITIONS]
         rows = []
         for enc in result["encoders"]:
             sp = enc["spaces"].get(space)
@@ -200,7 +262,7 @@ def _analysis_section(folder: Path | None) -> str:
                 values = [sp["pos"]["mean"], sp["neg"]["mean"]]
                 values += [sp["sensitivity"][c]["mean"] for c in CONDITIONS]
                 rows.append(
-                    f"<tr><td>{html.escape(enc['label'])}</td>"
+                    f"<tr><td>{html.escape(encoder_label(result, enc))}</td>"
                     + "".join(_cell(round(v, 4)) for v in values)
                     + "</tr>"
                 )
