@@ -728,7 +728,12 @@ def register(subparsers) -> None:
         help="synthetic, cifar10, cifar100, stl10, imagefolder (default: the first "
         "checkpoint's own)",
     )
-    p.add_argument("--data-path", default=None, metavar="DIR")
+    p.add_argument(
+        "--data-path",
+        default=None,
+        metavar="DIR",
+        help="root folder of --dataset (none for synthetic, which is generated)",
+    )
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument(
         "--space",

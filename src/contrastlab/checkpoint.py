@@ -385,10 +385,14 @@ def load_model_and_normalization(path: str | Path, device: str | torch.device = 
     """``(model, cfg, (mean, std) or None)``: the model in eval mode and the per-channel statistics
     its training images were normalized with (None for checkpoints written before they were
     stored)."""
+    path = Path(path)
+    return model_from_state(path, read_checkpoint(path), device)
+
+
+def model_from_state(path: Path, state: dict, device: str | torch.device = "cpu"):
+    """``load_model_and_normalization`` of a checkpoint already read (``read_checkpoint``)."""
     from contrastlab.methods import build_method
 
-    path = Path(path)
-    state = read_checkpoint(path)
     cfg = config_from_dict(state["config"])
     model = build_method(cfg)
     load_model_state(model, state, path)

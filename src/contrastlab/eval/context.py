@@ -63,6 +63,17 @@ def method_label(cfg, converted_from: str | None = None) -> str:
     return "looc++" if cfg.method == "looc" and cfg.looc.plus_plus else cfg.method
 
 
+def refuse_path_of_generated(dataset: str | None, data_path: str | None, own: bool = False):
+    """One line for ``--data-path`` with a dataset that is not read from disk (``synthetic``);
+    ``own``: the dataset is the checkpoint's own (no ``--dataset``)."""
+    if data_path is not None and dataset == "synthetic":
+        whose = "the checkpoint's dataset, " if own else ""
+        raise UserError(
+            f"--data-path {data_path} does not apply: {whose}synthetic is generated, it has no "
+            "path; leave --data-path out (or name a dataset read from disk with --dataset)"
+        )
+
+
 def evaluation_data(path, cfg, dataset: str | None, data_path: str | None):
     """The ``DataConfig`` a checkpoint is evaluated on: its own training data, or ``dataset``
     (with ``data_path``) instead. One line if neither names a dataset (an encoder converted from
@@ -70,6 +81,7 @@ def evaluation_data(path, cfg, dataset: str | None, data_path: str | None):
     from contrastlab.convert import NOT_SHIPPED
 
     data_cfg = dataclasses.replace(cfg.data)
+    refuse_path_of_generated(dataset or data_cfg.name, data_path, own=dataset is None)
     if dataset is not None and dataset != data_cfg.name:
         data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
     elif data_path is not None:
@@ -108,6 +120,8 @@ class EvalContext:
     max_train: int | None = None
     max_test: int | None = None
     seed: int = 0
+    checkpoint_epoch: int | None = None  # the checkpoint's completed epochs (None: not stored)
+    checkpoint_step: int | None = None  # and its optimizer steps
 
     def __post_init__(self):
         self._raw: dict[str, Dataset] = {}
@@ -127,12 +141,19 @@ class EvalContext:
         device: str = "auto",
         **kwargs,
     ) -> "EvalContext":
-        from contrastlab.checkpoint import load_model_and_normalization
+        from contrastlab.checkpoint import model_from_state, read_checkpoint
+        from contrastlab.config import config_from_dict
 
         device = resolve_device(device)
-        model, cfg, train_stats = load_model_and_normalization(path, device)
+        state = read_checkpoint(path)
+        # the dataset before the model is built: a bad --dataset / --data-path costs nothing
+        data_cfg = evaluation_data(path, config_from_dict(state["config"]), dataset, data_path)
+        model, cfg, train_stats = model_from_state(Path(path), state, device)
         kwargs.setdefault("train_stats", train_stats)
-        data_cfg = evaluation_data(path, cfg, dataset, data_path)
+        # which state of the training was evaluated: an older last.pt is told apart
+        kwargs.setdefault("checkpoint_epoch", state.get("epoch"))
+        kwargs.setdefault("checkpoint_step", state.get("step"))
+        del state
         if kwargs.get("num_workers") is None:
             kwargs["num_workers"] = data_cfg.num_workers
         return cls(
@@ -283,4 +304,7 @@ class EvalContext:
             "norm": self.norm,
             "max_train": self.max_train,
             "max_test": self.max_test,
+            "seed": self.seed,
+            "epoch": self.checkpoint_epoch,
+            "step": self.checkpoint_step,
         }
