@@ -38,5 +38,7 @@ def factor_probes(
             "C": res["C"],
             "num_classes": num,
             "chance": 100.0 * float(counts.max() / counts.sum()),
+            "num_train_images": int(len(y_tr)),
+            "num_test_images": int(len(y_te)),
         }
     return out

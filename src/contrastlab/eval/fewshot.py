@@ -132,6 +132,7 @@ def episodes(
         "queries": queries,
         "episodes": num_episodes,
         "classifier": classifier,
+        **({"C": C} if classifier == "logistic" else {}),  # the centroid has no C
         "shots": {},
     }
     for k in shots:

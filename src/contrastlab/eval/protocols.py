@@ -248,7 +248,13 @@ def run_factors(
         f_tr, r_tr = _rotation_features(ctx, "train")
         f_te, r_te = _rotation_features(ctx, "test")
         res = rotation_probe(f_tr, r_tr, f_te, r_te, seed=ctx.seed)
-        details["rotation"] = {"top1": res["top1"], "C": res["C"], "num_classes": 4, "chance": 25.0}
+        details["rotation"] = {
+            "top1": res["top1"],
+            "C": res["C"],
+            "num_classes": 4,
+            "chance": 25.0,
+            **{k: v for k, v in res.items() if k.startswith("num_") and k != "num_classes"},
+        }
     summary = {name: details[name]["top1"] for name in names}
     return _wrap(ctx, "factors", summary, details, {"factors": list(names)})
 

@@ -57,10 +57,17 @@ def rotation_probe(
     seed: int = 0,
     **kwargs: Any,
 ) -> dict:
-    """Accuracy (percent) of the fast linear probe predicting the rotation; chance is 25 %."""
+    """Accuracy (percent) of the fast linear probe predicting the rotation; chance is 25 %.
+
+    Counts say what they count: ``num_<split>_images`` images, each seen as four rotated
+    ``num_<split>_views`` (the probe's samples)."""
     res = linear_fast(
         train_feats, train_rot, test_feats, test_rot, num_classes=4, seed=seed, **kwargs
     )
     res.pop("top5", None)  # top-5 of a 4-way task is always 100
     res["chance"] = 25.0
+    for split in ("train", "test"):
+        views = res.pop(f"num_{split}")
+        res[f"num_{split}_images"] = views // len(ANGLES)
+        res[f"num_{split}_views"] = views
     return res
