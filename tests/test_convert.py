@@ -296,6 +296,29 @@ def test_a_converted_encoder_asks_for_a_dataset(tmp_path, capsys, command):
         assert err.endswith("pass --data-path DIR for --dataset imagefolder")
 
 
+def test_eval_transfer_of_a_converted_encoder_needs_only_its_two_folders(tmp_path):
+    """It used to ask for --dataset and --data-path, which it then ignored (it reads
+    --train-dir and --test-dir); those two options are now refused."""
+    import json
+
+    from PIL import Image
+
+    torch.save(_source_net("resnet18", seed=17).state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "tv.pt"
+    argv = ["convert", str(tmp_path / "tv.pth"), "--image-size", "16", "--out", str(out)]
+    assert main(argv) == 0
+    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        (tmp_path / "A" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), colour).save(tmp_path / "A" / f"class{c}" / f"{i}.png")
+    folders = ["--train-dir", str(tmp_path / "A"), "--test-dir", str(tmp_path / "A")]
+    small = ["--shots", "1", "--trials", "1", "--episodes", "1", "--workers", "0"]
+    result = tmp_path / "transfer.json"
+    argv = ["eval", "transfer", str(out), *folders, *small, "--no-progress", "--out", str(result)]
+    assert main(argv) == 0
+    assert json.loads(result.read_text())["setup"]["dataset"] == "imagefolder"
+
+
 def test_a_converted_encoder_cannot_be_resumed(tmp_path, capsys):
     """Resuming training from a converted encoder says why not, instead of listing the made-up
     settings a head-less conversion records."""

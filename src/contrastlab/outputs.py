@@ -105,6 +105,7 @@ def check_output(
     what: str = "the output",
     overwrite: bool = False,
     flag: str = "--out",
+    instead: str | None = None,
 ) -> None:
     """Refuse, in one line and before any work, an output ``path`` that cannot or must not be
     written; otherwise return with nothing created.
@@ -112,7 +113,7 @@ def check_output(
     Refused: ``path`` is one of ``inputs`` (the files the command reads); a parent of ``path`` is
     a file; ``path`` is a folder where a file is expected (or a file where a folder is); an
     existing file that ``replaceable`` does not recognize as a previous output of this command,
-    unless ``overwrite``; a folder that cannot be written (a probe file is written and removed,
+    unless ``overwrite`` (``instead`` replaces the advice to choose another ``flag``); a folder that cannot be written (a probe file is written and removed,
     with any folders this check had to create).
     """
     path = Path(path)
@@ -134,7 +135,7 @@ def check_output(
         if replaceable is None or not replaceable(path):
             raise UserError(
                 f"{path} already exists and is not {what} of an earlier run of this command; "
-                "choose another --out, or add --overwrite to replace it"
+                f"{instead or f'choose another {flag}'}, or add --overwrite to replace it"
             )
     _probe_writable(path if folder else path.parent)
 

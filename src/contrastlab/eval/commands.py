@@ -42,11 +42,17 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
             help="contrastlab checkpoints (.pt)",
         )
     g = p.add_argument_group("common options")
+    spaces = "MoCo adds z, LooC z0, color, rotation, texture and, for LooC++, concat"
     g.add_argument(
         "--space",
         default=None,
-        help="feature space: backbone (default; for knn: the space the run's kNN monitor read, "
-        "train.knn_space); MoCo adds z, LooC z0, color, rotation, texture and, for LooC++, concat",
+        help=(
+            "feature space: backbone (default; for knn: the space the run's kNN monitor read, "
+            f"train.knn_space); {spaces}"
+            if checkpoint_nargs is None
+            else "feature space of every protocol and checkpoint, knn included: backbone "
+            f"(default); {spaces}"
+        ),
     )
     g.add_argument(
         "--dataset",
@@ -100,13 +106,19 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         "--out",
         default=None,
         metavar="FILE",
+        # eval all writes a folder (--out-dir) and refuses --out with a line that says so
         help="write the JSON result here (default: <run_dir>/eval/<protocol>.json, with the "
-        "checkpoint's name added for any checkpoint other than checkpoints/last.pt)",
+        "checkpoint's name added for any checkpoint other than checkpoints/last.pt)"
+        if checkpoint_nargs is None
+        else argparse.SUPPRESS,
     )
     g.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --out file that is not an earlier eval result",
+        help="replace an existing --out file that is not an earlier eval result"
+        if checkpoint_nargs is None
+        else "replace existing files where each result is saved (<run_dir>/eval/<protocol>"
+        "[...].json) that are not earlier eval results",
     )
     return p
 
@@ -157,6 +169,15 @@ def check_options(args) -> None:
 # option given for the other mode is seen and refused instead of silently ignored)
 LINEAR_MOCO_DEFAULTS = {"epochs": 100, "lr": 30.0, "momentum": 0.9, "weight_decay": 0.0}
 LINEAR_FAST_DEFAULTS = {"C": None, "val_fraction": 0.2}
+# eval fewshot's options of one branch (--which) only, with their defaults (likewise)
+FEWSHOT_ALLWAY_DEFAULTS = {"shots": [5, 10], "trials": 5}
+FEWSHOT_EPISODE_DEFAULTS = {
+    "ways": 5,
+    "episode_shots": [1, 5],
+    "queries": 15,
+    "episodes": 600,
+    "classifier": "centroid",
+}
 
 
 def refuse_unused(args, options: tuple[str, ...], why: str) -> None:
@@ -178,10 +199,11 @@ def _monitor_space(checkpoint: str) -> str:
 
 
 def _context(args, checkpoint: str, data_path: str | None = None, dataset: str | None = None):
-    from contrastlab.eval.context import EvalContext
+    from contrastlab.eval.context import EvalContext, refuse_path_of_generated
     from contrastlab.eval.results import result_path
 
     check_options(args)
+    refuse_path_of_generated(dataset or args.dataset, data_path or args.data_path)
     if args.space is None and args.func is not _knn:
         args.space = "backbone"
     if args.space is None and args.out is None:  # the default file name holds the space
@@ -254,6 +276,8 @@ def _linear_opts(args) -> dict:
     args.mode = args.mode or "moco"  # None in the parser: "--fast --mode moco" is a conflict
     if args.mode == "fast":
         refuse_unused(args, tuple(LINEAR_MOCO_DEFAULTS), "--mode moco (this is --mode fast)")
+        if args.C is not None:
+            refuse_unused(args, ("val_fraction",), f"the sweep of C, which --C {args.C:g} fixes")
     else:
         refuse_unused(args, tuple(LINEAR_FAST_DEFAULTS), "--mode fast (this is --mode moco)")
     opts = {"mode": args.mode}
@@ -271,25 +295,39 @@ def _linear(args) -> int:
 
 
 def _fewshot_opts(args) -> dict:
-    return {
-        "shots": args.shots,
-        "trials": args.trials,
-        "C": args.C,
-        "n_way": args.ways,
-        "episode_shots": args.episode_shots,
-        "queries": args.queries,
-        "num_episodes": args.episodes,
-        "classifier": args.classifier,
-        "which": args.which,
-    }
+    allway, episodes = args.which in ("allway", "both"), args.which in ("episodes", "both")
+    if not allway:
+        refuse_unused(
+            args,
+            tuple(FEWSHOT_ALLWAY_DEFAULTS),
+            "--which allway or both (this is --which episodes)",
+        )
+    if not episodes:
+        refuse_unused(
+            args,
+            tuple(FEWSHOT_EPISODE_DEFAULTS),
+            "--which episodes or both (this is --which allway)",
+        )
+    if not allway and args.classifier in (None, "centroid"):
+        refuse_unused(
+            args,
+            ("C",),
+            "the all-way protocol and --classifier logistic (this is --which episodes with "
+            "--classifier centroid)",
+        )
+    opts = {"which": args.which}
+    for name, default in {**FEWSHOT_ALLWAY_DEFAULTS, **FEWSHOT_EPISODE_DEFAULTS, "C": 1.0}.items():
+        value = getattr(args, name)
+        opts[name] = default if value is None else value
+    opts["n_way"], opts["num_episodes"] = opts.pop("ways"), opts.pop("episodes")
+    return opts
 
 
 def _fewshot(args) -> int:
     from contrastlab.eval.protocols import run_fewshot
 
-    return _finish(
-        args, run_fewshot(_context(args, args.checkpoint), **_fewshot_opts(args)), args.checkpoint
-    )
+    opts = _fewshot_opts(args)  # before any work: options of the other branch are refused
+    return _finish(args, run_fewshot(_context(args, args.checkpoint), **opts), args.checkpoint)
 
 
 def _rotation(args) -> int:
@@ -299,6 +337,12 @@ def _rotation(args) -> int:
 
 
 def _corruption_opts(args) -> dict:
+    if args.classifier != "knn":
+        refuse_unused(
+            args,
+            ("k", "temperature"),
+            f"--classifier knn (this is --classifier {args.classifier})",
+        )
     return {
         "classifier": args.classifier,
         "corruptions": args.corruptions,
@@ -319,11 +363,8 @@ def _corruption(args) -> int:
             f"unknown corruption{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in "
             f"--corruptions; valid: {', '.join(CORRUPTIONS)}"
         )
-    return _finish(
-        args,
-        run_corruption(_context(args, args.checkpoint), **_corruption_opts(args)),
-        args.checkpoint,
-    )
+    opts = _corruption_opts(args)  # before any work: --k / --temperature need --classifier knn
+    return _finish(args, run_corruption(_context(args, args.checkpoint), **opts), args.checkpoint)
 
 
 def _factors(args) -> int:
@@ -338,7 +379,15 @@ def _transfer(args) -> int:
 
     from contrastlab.eval.protocols import run_transfer
 
-    ctx = _context(args, args.checkpoint)
+    if args.dataset is not None or args.data_path is not None:
+        flags = [f for f, v in (("--dataset", args.dataset), ("--data-path", args.data_path)) if v]
+        raise UserError(
+            f"eval transfer reads its images from --train-dir and --test-dir; leave "
+            f"{' and '.join(flags)} out"
+        )
+    # the training folder stands for the dataset until both folders are read (a converted
+    # encoder names no dataset of its own)
+    ctx = _context(args, args.checkpoint, data_path=args.train_dir, dataset="imagefolder")
     ctx.data_cfg = dataclasses.replace(
         ctx.cfg.data, name="imagefolder", path=None, holdout_fraction=0.0
     )
@@ -392,13 +441,57 @@ def _refuse_unused_in_all(args) -> None:
         refuse_unused(args, ("epochs",), "--linear-mode moco (this is --linear-mode fast)")
 
 
+def _check_data(args) -> None:
+    """Every checkpoint's evaluation dataset (``--dataset``, ``--data-path``) before any work, so
+    that a problem with the last checkpoint loses no evaluation of the first."""
+    from contrastlab.checkpoint import read_checkpoint
+    from contrastlab.config import config_from_dict
+    from contrastlab.eval.context import evaluation_data, refuse_path_of_generated
+
+    refuse_path_of_generated(args.dataset, args.data_path)
+    for checkpoint in args.checkpoints:
+        cfg = config_from_dict(read_checkpoint(checkpoint, verify=False)["config"])
+        evaluation_data(checkpoint, cfg, args.dataset, args.data_path)
+
+
+def _check_saved_results(args) -> None:
+    """Where ``eval all`` saves each result (unless ``--no-save``): eval results only are
+    replaced, other files with ``--overwrite``; ``--overwrite`` with ``--no-save`` is refused."""
+    from contrastlab.eval.results import result_path
+
+    if args.no_save:
+        if args.overwrite:
+            raise UserError(
+                "--overwrite applies only to the results eval all saves next to each "
+                "checkpoint, which --no-save leaves out; leave one of them out"
+            )
+        return
+    for checkpoint in args.checkpoints:
+        for protocol in args.protocols:
+            path = result_path(
+                checkpoint, protocol, space=args.space or "backbone", dataset=_dataset_tag(args)
+            )
+            check_output(
+                path,
+                inputs=[checkpoint],
+                replaceable=is_eval_result,
+                what="an eval result",
+                overwrite=args.overwrite,
+                instead="add --no-save to save no result beside the checkpoints",
+            )
+
+
 def _all(args) -> int:
     from contrastlab.eval import protocols as P
     from contrastlab.eval.compare import run_all
 
-    flag = "--out-dir" if args.out_dir is not None else "--out"
+    if args.out is not None:
+        raise UserError(
+            f"eval all writes a folder (comparison.md, .json, .png), not one result file; give "
+            f"--out-dir {args.out} instead of --out"
+        )
     if args.out_dir is None:
-        args.out_dir = args.out or "eval_all"
+        args.out_dir = "eval_all"
     check_options(args)
     if not args.protocols:
         raise UserError(
@@ -406,7 +499,9 @@ def _all(args) -> int:
             "corruption, factors (comma-separated)"
         )
     _refuse_unused_in_all(args)
-    check_output(args.out_dir, folder=True, what="the comparison", flag=flag)
+    check_output(args.out_dir, folder=True, what="the comparison", flag="--out-dir")
+    _check_data(args)
+    _check_saved_results(args)
     epochs = LINEAR_MOCO_DEFAULTS["epochs"] if args.epochs is None else args.epochs
     trials = 5 if args.trials is None else args.trials
     episodes = 600 if args.episodes is None else args.episodes
@@ -426,6 +521,7 @@ def _all(args) -> int:
         partial(_context, args),
         runners,
         save_each=not args.no_save,
+        dataset_tag=_dataset_tag(args),
         note=f"linear probe: {args.linear_mode} mode" if "linear" in args.protocols else "",
     )
     print(res["table"])
@@ -464,18 +560,21 @@ def _export(args) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _knn_options(p) -> None:
+def _knn_options(p, use: str = "") -> None:
+    """``--k`` and ``--temperature``; ``use`` heads their help (where they apply)."""
     p.add_argument(
         "--k",
         type=int,
         default=None,
-        help="neighbours (default: the checkpoint's train.knn_k, 200 unless its preset set it)",
+        help=f"{use}neighbours (default: the checkpoint's train.knn_k, 200 unless its preset set "
+        "it)",
     )
     p.add_argument(
         "--temperature",
         type=float,
         default=None,
-        help="weights exp(sim / T) (default: the checkpoint's train.knn_temperature, 0.1 unless set)",
+        help=f"{use}weights exp(sim / T) (default: the checkpoint's train.knn_temperature, 0.1 "
+        "unless set)",
     )
 
 
@@ -543,7 +642,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--val-fraction",
         type=float,
-        help="fast mode: validation share for the sweep of C (default: 0.2)",
+        help="fast mode without --C: validation share for the sweep of C (default: 0.2)",
     )
     p.set_defaults(func=_linear)
 
@@ -553,21 +652,29 @@ def register(subparsers) -> None:
         formatter_class=fmt,
         help="all-way K-shot (LooC's Flowers protocol) and N-way K-shot episodes",
     )
-    p.add_argument("--which", choices=("allway", "episodes", "both"), default="both")
-    p.add_argument("--shots", type=_ints, default=[5, 10], help="all-way: K values")
-    p.add_argument("--trials", type=int, default=5, help="all-way: random draws per K")
     p.add_argument(
-        "--C", type=float, default=1.0, help="logistic regression's inverse regularization"
+        "--which",
+        choices=("allway", "episodes", "both"),
+        default="both",
+        help="all-way K-shot, N-way K-shot episodes or both; the options of the branch left "
+        "out are refused",
     )
-    p.add_argument("--ways", type=int, default=5, help="episodes: classes per episode")
-    p.add_argument("--episode-shots", type=_ints, default=[1, 5], help="episodes: K values")
-    p.add_argument("--queries", type=int, default=15, help="episodes: query images per class")
-    p.add_argument("--episodes", type=int, default=600, help="episodes: how many")
+    p.add_argument("--shots", type=_ints, help="all-way: K values (default: 5,10)")
+    p.add_argument("--trials", type=int, help="all-way: random draws per K (default: 5)")
+    p.add_argument(
+        "--C",
+        type=float,
+        help="logistic regression's inverse regularization, for all-way and for episodes with "
+        "--classifier logistic (default: 1.0)",
+    )
+    p.add_argument("--ways", type=int, help="episodes: classes per episode (default: 5)")
+    p.add_argument("--episode-shots", type=_ints, help="episodes: K values (default: 1,5)")
+    p.add_argument("--queries", type=int, help="episodes: query images per class (default: 15)")
+    p.add_argument("--episodes", type=int, help="episodes: how many (default: 600)")
     p.add_argument(
         "--classifier",
         choices=("centroid", "logistic"),
-        default="centroid",
-        help="episodes: classifier fitted on each support set",
+        help="episodes: classifier fitted on each support set (default: centroid)",
     )
     p.set_defaults(func=_fewshot)
 
@@ -595,7 +702,7 @@ def register(subparsers) -> None:
         "--corruptions", type=_names, default=None, help="comma-separated subset (default: all 15)"
     )
     p.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5])
-    _knn_options(p)
+    _knn_options(p, "--classifier knn: ")
     p.set_defaults(func=_corruption)
 
     p = sub.add_parser(
@@ -640,7 +747,7 @@ def register(subparsers) -> None:
         "--out-dir",
         default=None,
         metavar="DIR",
-        help="where comparison.{md,json,png} go (default: --out, else ./eval_all)",
+        help="where comparison.{md,json,png} go (default: ./eval_all)",
     )
     p.add_argument(
         "--no-save",
@@ -652,7 +759,7 @@ def register(subparsers) -> None:
     p.add_argument("--trials", type=int, help="fewshot: all-way trials (default: 5)")
     p.add_argument("--episodes", type=int, help="fewshot: episodes (default: 600)")
     p.add_argument("--severities", type=_ints, help="corruption: severities (default: 1,2,3,4,5)")
-    _knn_options(p)
+    _knn_options(p, "knn: ")
     p.set_defaults(func=_all)
 
     p = subparsers.add_parser(

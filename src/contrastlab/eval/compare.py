@@ -86,13 +86,15 @@ def run_all(
     runners: dict[str, Callable],
     save_each: bool = True,
     note: str = "",
+    dataset_tag: str | None = None,
 ) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
 
     ``make_context(checkpoint)`` builds an :class:`EvalContext`; ``runners[p](ctx)`` runs protocol
     ``p``. The table is headed by the feature space and ``note`` (e.g. the linear probe's mode).
     With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
-    next to its checkpoint, where the HTML report finds it.
+    next to its checkpoint, where the HTML report finds it (named as ``result_path`` names it:
+    ``dataset_tag`` for a dataset other than the run's own).
     """
     from contrastlab.eval.results import result_path
 
@@ -119,7 +121,7 @@ def run_all(
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
             if save_each:
-                path = result_path(ckpt, proto, space=ctx.space)
+                path = result_path(ckpt, proto, space=ctx.space, dataset=dataset_tag)
                 entry["files"][proto] = str(write_json(result, path))
         entries.append(entry)
     header, rows = comparison_rows(entries)
