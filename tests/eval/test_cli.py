@@ -185,7 +185,6 @@ def test_eval_transfer(checkpoint, tmp_path):
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     _folder(tmp_path / "A", colours, 12, 0)
     _folder(tmp_path / "B", colours, 8, 1)
-    out = tmp_path / "transfer.json"
     assert (
         main(
             [
@@ -203,12 +202,12 @@ def test_eval_transfer(checkpoint, tmp_path):
                 "2",
                 "--episodes",
                 "3",
-                "--out",
-                str(out),
             ]
         )
         == 0
     )
+    # named after the two folders: another pair does not replace it (it was transfer.json)
+    out = checkpoint.parent.parent / "eval" / f"transfer-{tmp_path.name}-A-B.json"
     res = _json(out)
     assert res["summary"]["linear top1"] > 60.0  # colour classes: trivially separable
     assert "skipped" in res["details"]["episodes"]  # 3 classes: no 5-way episodes
@@ -323,3 +322,18 @@ def test_help_names_each_default_once(capsys):
     epochs = "moco mode: epochs, the learning rate divided by 10 at 60% and 80% (default: 100)"
     assert f"--epochs EPOCHS {epochs}" in text
     assert "--seed SEED seed of the subsets, splits and classifiers drawn (default: 0)" in text
+
+
+def test_transfer_results_are_named_after_their_folders(tmp_path):
+    from argparse import Namespace
+
+    from contrastlab.eval.commands import _dataset_tag
+
+    def tag(train, test):
+        return _dataset_tag(Namespace(train_dir=str(train), test_dir=str(test)))
+
+    assert tag(tmp_path / "A", tmp_path / "B") == f"{tmp_path.name}-A-B"
+    assert (
+        tag(tmp_path / "flowers" / "train", tmp_path / "flowers" / "test") == "flowers-train-test"
+    )
+    assert tag(tmp_path / "x" / "A", tmp_path / "y" / "B") == "A-B"

@@ -238,7 +238,14 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
 
 def _dataset_tag(args) -> str | None:
     """Names a result on a dataset other than the run's own: ``--dataset``, plus the name of
-    ``--data-path`` (``imagefolder-f1``); ``eval transfer`` names its folders in the result."""
+    ``--data-path`` (``imagefolder-f1``); for ``eval transfer`` its two folders (``A-B``, or
+    ``flowers-train-test`` for two folders of one parent), so that another pair of folders does
+    not replace the result."""
+    train_dir, test_dir = getattr(args, "train_dir", None), getattr(args, "test_dir", None)
+    if train_dir and test_dir:
+        train, test = Path(train_dir).resolve(), Path(test_dir).resolve()
+        tag = f"{train.name}-{test.name}"
+        return f"{train.parent.name}-{tag}" if train.parent == test.parent else tag
     dataset = getattr(args, "dataset", None)
     if not dataset:
         return None
