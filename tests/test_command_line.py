@@ -39,6 +39,15 @@ from contrastlab.errors import InterruptedTwice, StopRequested, UserError
             "train.resume=auto and train.overwrite=true contradict each other",
         ),
         (
+            ["train", "--config", "demo", "looc.augmentations=[colour]", "method=looc"],
+            "got ['colour'] (did you mean 'color'?)",
+        ),
+        (["train", "--config", "demo", "--nope"], "contrastlab train: unrecognized arguments"),
+        (
+            ["train", "--config", "demo", "--out-dir", "a", "out_dir=b"],
+            "--out-dir a and out_dir=b both name the folder",
+        ),
+        (
             ["train", "--config", "demo", "train.resume=maybe"],
             "train.resume=maybe: no such checkpoint; give the path of a .pt file, or "
             "train.resume=auto",
@@ -417,3 +426,12 @@ def test_config_shows_a_folder_preset_and_what_its_null_keys_come_to(capsys):
         "blur: null  # = false: augment.recipe=none takes the whole image"
         in capsys.readouterr().out
     )
+
+
+def test_train_takes_out_dir_as_demo_does(tmp_path, capsys):
+    """`train --out-dir` was an unrecognized argument (demo takes it, train wanted out_dir=)."""
+    from helpers import TINY
+
+    argv = ["train", "--config", "moco_v2_cifar", "--out-dir", str(tmp_path / "x"), *TINY]
+    assert main([*argv, "optim.epochs=1", "train.progress=false", "name=r"]) == 0
+    assert (tmp_path / "x" / "r" / "checkpoints" / "last.pt").is_file()

@@ -46,6 +46,12 @@ def _add_train(sub) -> None:
         description="Pretrain an encoder. Settings come from a preset or YAML file, "
         "then from key=value overrides (e.g. optim.lr=0.1 dataset=cifar10).",
     )
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        metavar="DIR",
+        help="where the run directory goes (the same as out_dir=DIR; default: runs)",
+    )
     _config_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -54,6 +60,13 @@ def _cmd_train(args) -> int:
     from contrastlab.config import load_config, warn_repeated_keys
     from contrastlab.train import train
 
+    if args.out_dir is not None:  # as `demo --out-dir`; out_dir= as well would be ambiguous
+        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "out_dir"]
+        if given:
+            raise UserError(
+                f"--out-dir {args.out_dir} and {given[0]} both name the folder; keep one"
+            )
+        args.overrides = [f"out_dir={args.out_dir}", *args.overrides]
     warn_repeated_keys(args.overrides)
     cfg = load_config(args.config, args.overrides, warn_unused=True)
     result = train(cfg)
@@ -359,8 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         if extra and hasattr(args, "overrides") and all(_is_override(e) for e in extra):
             # key=value before and after --config: argparse takes only one group of positionals
             args.overrides = [*args.overrides, *extra]
-        elif extra:
-            parser.parse_args(argv)  # reports the unrecognized arguments in one line
+        elif extra:  # one line that points at the help of the subcommand, not the top level
+            prog = " ".join(
+                ["contrastlab", *(getattr(args, k, None) or "" for k in ("command", "protocol"))]
+            ).strip()
+            print(
+                f"error: {prog}: unrecognized arguments: {' '.join(extra)}; see {prog} --help",
+                file=sys.stderr,
+            )
+            return 2
         warnings.formatwarning = _one_line_warning
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below

@@ -739,7 +739,11 @@ def _check_ranges(cfg: Config) -> None:
         if value is None:
             continue
         if not spec.ok(value):
-            raise UserError(f"{key} must be {spec.describe()}, got {value!r}")
+            hint = ""
+            if isinstance(spec, Items) and isinstance(spec.item, Choices):  # e.g. 'colour'
+                wrong = [x for x in value if not spec.item.ok(x)]
+                hint = _suggest(str(wrong[0]), spec.item.values) if wrong else ""
+            raise UserError(f"{key} must be {spec.describe()}, got {value!r}{hint}")
 
 
 def _validate(cfg: Config, need_data_path: bool = True) -> None:
