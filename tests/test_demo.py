@@ -36,6 +36,15 @@ def test_demo_trains_compares_and_writes_figures_and_report(tmp_path, capsys):
     assert (run / "report.html").is_file()
     assert list((run / "figures").glob("scores-z-*.png"))
     assert f"report      {run / 'report.html'}" in out
+    assert "replacing the earlier demo run" not in out
+    run_demo(
+        str(tmp_path),
+        ["data.synthetic_train=64", "data.synthetic_test=32", "optim.epochs=1"]
+        + ["data.num_workers=0", "optim.batch_size=16", "model.width=0.0625", "moco.queue_size=32"]
+        + ["train.knn_every=1", "train.progress=false"],
+    )
+    # a second demo replaces the first, and says so (it did so in silence)
+    assert f"replacing the earlier demo run in {run}" in capsys.readouterr().out
 
 
 def test_out_dir_among_the_overrides_is_refused_before_work(tmp_path, capsys):

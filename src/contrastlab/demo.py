@@ -63,6 +63,13 @@ def run_demo(out_dir: str = "runs", overrides=()) -> dict:
         "demo", [f"out_dir={out_dir}", *fresh, f"train.amp={amp}", *overrides], warn_unused=True
     )
     precision = "bf16 autocast" if cfg.train.amp else "float32"
+    earlier = cfg.run_dir / "checkpoints"
+    if not resumes and earlier.is_dir() and any(earlier.glob("*.pt")):
+        # the demo starts afresh every time: say so before the earlier run's files go
+        print(
+            f"replacing the earlier demo run in {cfg.run_dir} (to keep it, give this one "
+            "another name=NAME or --out-dir DIR)"
+        )
     print(
         f"contrastlab demo: {method_name(cfg)} on {cfg.data.synthetic_train} synthetic "
         f"{cfg.data.image_size}px images, {cfg.optim.epochs} epochs, {cfg.model.backbone} "
