@@ -131,6 +131,15 @@ def test_the_command_exits_with_its_own_status_on_sigterm(tmp_path):
     state = read_checkpoint(tmp_path / "term" / "checkpoints" / "last.pt")
     events = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert events[-1]["event"] == "stopped" and events[-1]["step"] == state["step"]
+    # the event places the stop as the checkpoint event and the line do: finished epochs, then
+    # the steps of the one that was running (it said epoch 6 where the line said "in epoch 7")
+    saved = [e for e in events if e["event"] == "checkpoint"][-1]
+    assert (events[-1]["epoch"], events[-1]["batch_in_epoch"]) == (
+        saved["epoch"],
+        saved["batch_in_epoch"],
+    )
+    n = events[-1]["batch_in_epoch"]
+    assert f"in epoch {events[-1]['epoch'] + 1} after {n} of its" in lines[0]
     # the step that was running when the signal came is finished, and no more (one log interval)
     assert logged <= state["step"] <= logged + 3
 

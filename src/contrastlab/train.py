@@ -663,7 +663,8 @@ class Trainer:
                     if bar is not None:
                         bar.close()
                     raise self.interrupted(
-                        f"in epoch {epoch + 1} after {i + 1} of its {self.steps_per_epoch} steps"
+                        f"in epoch {epoch + 1} after {i + 1} of its {self.steps_per_epoch} steps",
+                        batch_in_epoch=i + 1,
                     )
         if bar is not None:
             bar.close()
@@ -823,13 +824,17 @@ class Trainer:
         distributed.raise_together(write)
         self.stop_policy.saved()
 
-    def interrupted(self, where: str, monitor_pending: bool = False) -> TrainingInterrupted:
+    def interrupted(
+        self, where: str, monitor_pending: bool = False, batch_in_epoch: int | None = None
+    ) -> TrainingInterrupted:
         """The one-line stop of a run that has work left: more epochs, or (``monitor_pending``)
-        the kNN monitor of the epoch just saved."""
+        the kNN monitor of the epoch just saved. Inside an epoch (``batch_in_epoch`` steps of it
+        done) the event says so as the checkpoint event does: ``epoch`` counts finished epochs."""
         signal_name = self.stop_policy.signals.received or "a stop signal to another process"
-        self.log(
-            {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
-        )
+        event = {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
+        if batch_in_epoch is not None:
+            event["batch_in_epoch"] = batch_in_epoch
+        self.log(event)
         if monitor_pending and self.epoch == self.cfg.optim.epochs:
             where, left = f"{where}, the last, before its kNN monitor", "to run the monitor"
         else:
