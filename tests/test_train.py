@@ -218,3 +218,27 @@ def test_bf16_autocast_on_a_cpu_without_bf16_instructions_warns(
     Trainer(tiny_config("train.amp=true"))
     err = capsys.readouterr().err
     assert ("train.amp=true on a CPU without bf16 instructions" in err) == (not native)
+
+
+def test_a_flat_folder_trains_on_every_image_and_says_the_monitor_is_off(
+    tiny_config, tmp_path, capsys
+):
+    """Without class folders nothing can use a held-out part (10% of the images were held
+    back), the kNN monitor was off without a word, and the last save was logged twice."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(48):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = tiny_config("dataset=imagefolder", f"data.path={folder}", "optim.epochs=1")
+    result = Trainer(cfg).fit()
+    assert "the training images carry no class labels" in capsys.readouterr().err
+    assert result.steps == 3  # every image: 3 batches of 16 from 48 (2 from the 43 kept before)
+    events = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["path"].rsplit("/", 1)[-1] for e in events if e["event"] == "checkpoint"] == [
+        "last.pt"
+    ]
+    assert not read_checkpoint(result.last_checkpoint).get("monitor_pending")

@@ -321,8 +321,26 @@ class Trainer:
                 "the labelled images form a single class, so the kNN monitor reads 100% by "
                 "construction; give one folder per class, or train.knn_every=0"
             )
+        # the monitor measures something only with labelled images on both sides; otherwise
+        # no epoch waits for it (no checkpoint marked as waiting, no rewrite of last.pt)
+        measures = [
+            self.test_images is not None
+            and all(
+                len(labelled_indices(images.labels)) > 0
+                for images in (self.train_images, self.test_images)
+            )
+        ]
+        if distributed.is_distributed():  # only process 0 holds the test split: its answer
+            torch.distributed.broadcast_object_list(measures, src=0)
+        self.monitor_measures = bool(measures[0])
         if self.test_images is not None:
             bank = len(labelled_indices(self.train_images.labels))
+            if bank == 0:
+                warn(
+                    "the training images carry no class labels (a folder without class "
+                    "folders), so the kNN monitor has nothing to measure and is off; give one "
+                    "folder per class to monitor the run, or set train.knn_every=0"
+                )
             if 0 < bank < cfg.train.knn_k:
                 warn(
                     f"train.knn_k={cfg.train.knn_k} is more than the {bank} labelled training "
@@ -515,8 +533,10 @@ class Trainer:
             final_loss = self.train_epoch(epoch)
             self.epoch = epoch + 1
             self.knn_metrics = {}  # the weights changed: earlier metrics are stale
-            knn_due = cfg.train.knn_every and (
-                self.epoch % cfg.train.knn_every == 0 or self.epoch == cfg.optim.epochs
+            knn_due = (
+                cfg.train.knn_every
+                and self.monitor_measures
+                and (self.epoch % cfg.train.knn_every == 0 or self.epoch == cfg.optim.epochs)
             )
             keep = cfg.train.keep_every
             save_due = (

@@ -444,6 +444,8 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
             return _scan(test_dir, classes if classes else None, visited)
     else:
         files, labels, classes = _scan(root)
+    if not classes:  # a flat folder: no labels, so nothing could use a held-out part
+        return (files, labels, classes) if split == "train" else ([], [], classes)
     train_idx, test_idx = stratified_holdout(labels, fraction)
     chosen = train_idx if split == "train" else test_idx  # empty test split: holdout_fraction=0
     return [files[i] for i in chosen], [labels[i] for i in chosen], classes
