@@ -454,3 +454,13 @@ def test_a_checkpoint_that_cannot_be_replaced_is_refused_before_training(
     with pytest.raises(UserError, match=rf"cannot replace {last}: Operation not permitted"):
         Trainer(cfg).fit()
     assert not built and last.read_bytes() == before
+
+
+def test_a_missing_data_folder_is_said_before_a_run_directory_clash(tiny_config, tmp_path):
+    """A typo in data.path was reported only after the clash with the earlier run was fixed."""
+    Trainer(tiny_config("optim.epochs=1", "name=r")).fit()
+    cfg = tiny_config(
+        "optim.epochs=1", "name=r", "dataset=imagefolder", f"data.path={tmp_path / 'nope'}"
+    )
+    with pytest.raises(UserError, match="data.path .*nope does not exist"):
+        Trainer(cfg)

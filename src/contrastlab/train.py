@@ -39,7 +39,12 @@ from contrastlab.checkpoint import (
 )
 from contrastlab.config import Config, config_to_dict, save_config
 from contrastlab.data.augment import build_eval_transform
-from contrastlab.data.datasets import WithTransform, build_dataset, stratified_holdout
+from contrastlab.data.datasets import (
+    WithTransform,
+    build_dataset,
+    check_image_folder,
+    stratified_holdout,
+)
 from contrastlab.errors import PeerStopped, TrainingDiverged, TrainingInterrupted, UserError, warn
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import knn_accuracy
@@ -226,6 +231,8 @@ class Trainer:
         self.lock = rundir.RunLock(self.run_dir)
         weakref.finalize(self, self.lock.release)
         self.resume_state = None  # (path, state) to resume from, chosen before building anything
+        if cfg.data.name == "imagefolder" and cfg.data.path:  # a typo is said before a clash
+            check_image_folder(Path(cfg.data.path))
         distributed.raise_together(self._claim_run_dir)
         self.resumed_from: Path | None = None
         self.complete = self._already_complete()

@@ -422,8 +422,9 @@ def stratified_holdout(labels: Sequence[int], fraction: float) -> tuple[list[int
     return [i for i in range(len(labels_t)) if i not in test_set], sorted(test)
 
 
-def _imagefolder_split(root: Path, split: str, fraction: float):
-    """(files, labels, classes) of ``split`` for the three supported layouts."""
+def check_image_folder(root: Path) -> None:
+    """One line if ``data.path`` of an image folder is missing or a file (checked by ``train``
+    before it touches the run directory, and again when the folder is read)."""
     if not root.exists():
         raise UserError(
             f"data.path {root} does not exist; point data.path at a folder of images, of "
@@ -433,6 +434,11 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
         raise UserError(
             f"data.path {root} is not a folder; point it at a folder of images or of class folders"
         )
+
+
+def _imagefolder_split(root: Path, split: str, fraction: float):
+    """(files, labels, classes) of ``split`` for the three supported layouts."""
+    check_image_folder(root)
     train_dir = root / "train"
     if train_dir.is_dir():
         visited = _Visited()
