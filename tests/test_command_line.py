@@ -435,3 +435,18 @@ def test_train_takes_out_dir_as_demo_does(tmp_path, capsys):
     argv = ["train", "--config", "moco_v2_cifar", "--out-dir", str(tmp_path / "x"), *TINY]
     assert main([*argv, "optim.epochs=1", "train.progress=false", "name=r"]) == 0
     assert (tmp_path / "x" / "r" / "checkpoints" / "last.pt").is_file()
+
+
+def test_progress_bars_stay_off_a_file(tmp_path):
+    """Written to a file, the bars' carriage returns piled up and the summary line began behind
+    the last one (`contrastlab demo > log 2>&1`)."""
+    from helpers import TINY, overriding
+
+    argv = ["train", "--config", "moco_v2_cifar", *overriding(TINY, "train.progress=true")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "contrastlab", *argv, f"out_dir={tmp_path}", "optim.epochs=1"],
+        capture_output=True,  # bytes: text mode would turn the carriage returns into newlines
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert b"\r" not in proc.stderr + proc.stdout and b"epoch 1/1" not in proc.stderr
+    assert proc.stdout.splitlines()[0].startswith(b"trained 1 epoch")

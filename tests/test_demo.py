@@ -25,7 +25,7 @@ def test_demo_trains_compares_and_writes_figures_and_report(tmp_path, capsys):
         ],
     )
     out = capsys.readouterr().out
-    assert "kNN top-1 of the untrained encoder" in out and "after 1 epochs" in out
+    assert "kNN top-1 of the untrained encoder" in out and "after 1 epoch (" in out
     # the figures printed are the ones returned, and the trained one is the run's last kNN monitor
     assert f"untrained encoder: {result['knn_untrained']:.2f}%" in out
     events = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").open()]

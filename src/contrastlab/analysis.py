@@ -217,7 +217,10 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
     b = settings.batch_size
     n_batches = -(-len(queries) // b) + -(-len(bank) // b)
     bar = tqdm(
-        total=n_batches, desc=f"analyze {label}", unit="batch", disable=not settings.progress
+        total=n_batches,
+        desc=f"analyze {label}",
+        unit="batch",
+        disable=None if settings.progress else True,
     )
 
     def images(idx):

@@ -138,7 +138,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
     resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
     overwrite: bool = False  # start afresh even if the run directory already holds checkpoints
-    progress: bool = True  # progress bar with loss, lr and images/s
+    progress: bool = True  # progress bar with loss, lr and images/s (on a terminal)
 
 
 @dataclass

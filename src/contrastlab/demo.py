@@ -27,6 +27,10 @@ def untrained_knn(cfg) -> tuple[float, int]:
     return knn_monitor_accuracy(model, cfg, train, test), train.num_classes
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def method_name(cfg) -> str:
     """What the run trains, in the papers' words: "MoCo v2", "MoCo v1 with an MLP head",
     "LooC++ (color, rotation) on MoCo v2 views", "MoCo v2 + Feature Transformation"."""
@@ -72,7 +76,7 @@ def run_demo(out_dir: str = "runs", overrides=()) -> dict:
         )
     print(
         f"contrastlab demo: {method_name(cfg)} on {cfg.data.synthetic_train} synthetic "
-        f"{cfg.data.image_size}px images, {cfg.optim.epochs} epochs, {cfg.model.backbone} "
+        f"{cfg.data.image_size}px images, {_count(cfg.optim.epochs, 'epoch')}, {cfg.model.backbone} "
         f"x{cfg.model.width} (CPU, {precision})"
     )
     before, num_classes = untrained_knn(cfg)
@@ -80,7 +84,7 @@ def run_demo(out_dir: str = "runs", overrides=()) -> dict:
     result = Trainer(cfg).fit()
     after = result.knn_top1
     print(
-        f"kNN top-1 after {result.epochs} epochs ({result.seconds:.0f} s): {after:.2f}% "
+        f"kNN top-1 after {_count(result.epochs, 'epoch')} ({result.seconds:.0f} s): {after:.2f}% "
         f"(untrained {before:.2f}%, chance {100 / num_classes:.0f}%)"
     )
     run_dir = Path(result.run_dir)

@@ -624,7 +624,9 @@ class Trainer:
             interval_loss.copy_(loop["interval_loss"])
             interval_images = int(loop["interval_images"])
         bar = None
-        if self.is_main and cfg.train.progress:
+        # a bar on a terminal only: written to a file or pipe, its carriage returns pile up and
+        # the next printed line would start behind the last one
+        if self.is_main and cfg.train.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             bar = tqdm(

@@ -124,7 +124,7 @@ def extract_features(
         worker_init_fn=ignore_stop_signals,  # in training's kNN monitor: the stop is the trainer's
     )
     feats, labels = [], []
-    for images, target in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for images, target in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
         images = _to_tensor_batch(images)
         target = torch.as_tensor(target).long()
         if batch_fn is not None:

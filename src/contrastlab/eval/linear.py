@@ -213,7 +213,9 @@ def linear_sgd(
     optimizer = scheduler = None
     steps = sorted({max(1, math.floor(m * epochs)) for m in milestones if 0 < m < 1})
     history = []
-    for epoch in tqdm(range(epochs), desc="linear", disable=not progress, leave=False):
+    for epoch in tqdm(
+        range(epochs), desc="linear", disable=None if progress else True, leave=False
+    ):
         total, seen = 0.0, 0
         for images, labels in train_loader:
             with torch.no_grad():
