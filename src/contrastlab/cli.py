@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"error: {prog}: unrecognized arguments: {' '.join(extra)}; see {prog} --help",
                 file=sys.stderr,
             )
-            return 2
+            raise SystemExit(2)  # as argparse's own errors
         warnings.formatwarning = _one_line_warning
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
