@@ -3,6 +3,8 @@ the training score format, the CLI, figures and the report."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -341,3 +343,36 @@ def test_the_recipe_and_checkpoint_analyzed_are_named_everywhere(tmp_path, capsy
     page = (run / "report.html").read_text()
     assert f'<td>{ckpt}</td><td class="num">5</td><td class="num">40</td><td>moco_v1</td>' in page
     assert "pos (recipe moco_v1)" in page
+
+
+@pytest.mark.parametrize(
+    "images, negatives, said",
+    [
+        (256, 2048, "split has 1500; give --negatives 1244 or less with --images 256"),
+        (256, 1400, "--negatives 1244 or less with --images 256 or --images 100 or less with"),
+        (1600, 100, "give --images 1400 or less with --negatives 100"),
+        (1500, 1500, "give --images N and --negatives K, N + K at most 1500"),
+    ],
+)
+def test_too_many_images_names_the_largest_values_that_fit(images, negatives, said):
+    """It said only "lower them": the user had to work out by how much."""
+    from contrastlab.analysis import Settings, select_images
+
+    with pytest.raises(UserError, match=re.escape(said)):
+        select_images(1500, Settings(images=images, negatives=negatives))
+
+
+def test_analyze_help_shows_the_defaults(capsys):
+    from contrastlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "images with two views (default: 256)",
+        "bank images (negatives) (default: 2048)",
+        "(default: train)",
+        "seed of the images and their views (default: 0)",
+        "(default: 128)",
+    ):
+        assert shown in text

@@ -186,9 +186,20 @@ def select_images(n_available: int, settings: Settings) -> tuple[np.ndarray, np.
     if settings.images < 1 or settings.negatives < 1:
         raise UserError("--images and --negatives must be at least 1")
     if need > n_available:
+        n, k = settings.images, settings.negatives
+        fits = (
+            [f"--negatives {n_available - n} or less with --images {n}"] if n < n_available else []
+        )
+        if k < n_available:
+            fits.append(f"--images {n_available - k} or less with --negatives {k}")
         raise UserError(
-            f"--images {settings.images} + --negatives {settings.negatives} = {need} images are "
-            f"needed but the {settings.split} split has {n_available}; lower them"
+            f"--images {n} + --negatives {k} = {need} images are needed but the {settings.split} "
+            f"split has {n_available}; give "
+            + (
+                " or ".join(fits)
+                if fits
+                else f"--images N and --negatives K, N + K at most {n_available}"
+            )
         )
     order = np.random.default_rng(settings.seed).permutation(n_available)
     return order[: settings.images], order[settings.images : need]
@@ -716,8 +727,11 @@ def write_figures(out: str | Path, dpi: int = 110) -> list[Path]:
 
 
 def register(subparsers) -> None:
+    from contrastlab.eval.commands import _HelpFormatter
+
     p = subparsers.add_parser(
         "analyze",
+        formatter_class=_HelpFormatter,  # every option's default in its help
         help="pos/neg scores and per-augmentation sensitivity of frozen encoders",
         description="Score a fixed, seeded set of images with one or more frozen encoders: "
         "positive scores of two augmented views, negative scores against a bank of K other "
@@ -737,7 +751,9 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="root folder of --dataset (none for synthetic, which is generated)",
     )
-    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument(
+        "--split", choices=("train", "test"), default="train", help="split the images come from"
+    )
     p.add_argument(
         "--space",
         default="backbone",
@@ -754,11 +770,18 @@ def register(subparsers) -> None:
         default="checkpoint",
         help="augmentation recipe of the views (default: each checkpoint's own)",
     )
-    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="one name per checkpoint for tables and figures (default: the run's name, or the "
+        "file name of a checkpoint outside a run)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the images and their views")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
         "--out",
         default=None,
