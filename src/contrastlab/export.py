@@ -134,10 +134,17 @@ def loading_note(
         read = f"torch.load({str(path)!r}, weights_only=True)"
     if width != 1:
         stages = "-".join(map(str, _stage_widths(width)))
+        # one line of Python that runs as it is printed (tests/eval/test_export.py runs it)
+        imports = "import safetensors.torch" if fmt == "safetensors" else "import torch"
+        code = (
+            f"{imports}; from contrastlab.config import ModelConfig; from contrastlab.models "
+            f"import build_backbone; net, _ = build_backbone(ModelConfig(backbone={backbone!r}, "
+            f"width={width!r}, cifar_stem={cifar_stem!r})); net.load_state_dict({read})"
+        )
         return (
             f"note: this {backbone} has width {width:g} (stage widths {stages}, torchvision's "
             f"are 64-128-256-512), so torchvision.models.{backbone}() cannot load it; build the "
-            f"same network with contrastlab.models.build_backbone and load {read} into it "
+            f"same network with contrastlab and load the file into it: `{code}` "
             "(docs/evaluation.md, export)"
         )
     if cifar_stem:

@@ -229,3 +229,31 @@ def test_the_detectron2_note_says_what_detectron2_cannot_hold(arch, width, cifar
     note = loading_note(arch, width, cifar_stem, "detectron2")
     assert why in note and "cannot load it" in note and "\n" not in note
     assert "torchvision.models" not in note
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "safetensors"])
+@pytest.mark.parametrize(
+    "arch, width, cifar_stem", [("resnet18", 0.25, True), ("resnet50", 0.5, False)]
+)
+def test_the_note_for_another_width_is_code_that_loads_the_export(
+    tmp_path, fmt, arch, width, cifar_stem
+):
+    """It said "build the same network with contrastlab.models.build_backbone", which takes a
+    ModelConfig that neither the note nor the docs named: the note's code, run as printed,
+    builds the network and loads the file."""
+    from contrastlab.export import loading_note
+
+    ours = _trained_looking(
+        build_backbone(ModelConfig(backbone=arch, width=width, cifar_stem=cifar_stem))[0]
+    )
+    path = export_backbone(ours, fmt, tmp_path / f"b.{fmt}")
+    note = loading_note(arch, width, cifar_stem, fmt, str(path))
+    call = f"build_backbone(ModelConfig(backbone='{arch}', width={width}, cifar_stem={cifar_stem}))"
+    assert call in note and "from contrastlab.config import ModelConfig" in note
+    code = note.split("`")[1]  # the one line between backticks
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - the note's own line, as a user would paste it
+    net = scope["net"].eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), ours(x))
