@@ -337,3 +337,138 @@ def test_transfer_results_are_named_after_their_folders(tmp_path):
         tag(tmp_path / "flowers" / "train", tmp_path / "flowers" / "test") == "flowers-train-test"
     )
     assert tag(tmp_path / "x" / "A", tmp_path / "y" / "B") == "A-B"
+
+
+def _on_imagefolder(checkpoint, folder, target):
+    """A copy of ``checkpoint`` that says it was trained on the image folder ``folder``."""
+    from contrastlab.checkpoint import CHECKSUM_KEY, payload_checksum
+
+    state = torch.load(checkpoint, weights_only=False)
+    state["config"]["data"].update(name="imagefolder", path=str(folder))
+    state[CHECKSUM_KEY] = payload_checksum(state)
+    torch.save(state, target)
+    return target
+
+
+def test_eval_all_names_each_rows_dataset_and_warns_when_they_differ(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    """Each checkpoint is scored on its own dataset: rows of a synthetic run and of an image
+    folder run looked comparable (no dataset in the table, JSON or plot, no warning)."""
+    import contrastlab.eval.compare as compare
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    _folder(tmp_path / "flowers", colours, 20, 0)
+    other = _on_imagefolder(checkpoint, tmp_path / "flowers", tmp_path / "folder.pt")
+    titles = []
+    real_save = compare.save_figure
+    monkeypatch.setattr(
+        compare,
+        "save_figure",
+        lambda fig, path, **kw: (titles.append(fig.axes[0].get_title()), real_save(fig, path))[1],
+    )
+    argv = ["eval", "all", str(checkpoint), str(other), *COMMON, "--protocols", "knn,linear"]
+    argv += ["--k", "3", "--no-save"]
+    capsys.readouterr()
+    assert main([*argv, "--out-dir", str(tmp_path / "mixed")]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "not comparable" in warnings[0]
+    assert "--dataset NAME --data-path DIR" in warnings[0]
+    data = _json(tmp_path / "mixed" / "comparison.json")
+    rows = [(e["dataset"], e["num_test"]) for e in data["entries"]]
+    assert rows[0] == ("synthetic", 64) and rows[1][0] == "imagefolder (flowers)"
+    assert data["comparable"] is False
+    table = (tmp_path / "mixed" / "comparison.md").read_text()
+    assert "| checkpoint | dataset | test images |" in table and "not comparable" in table
+    assert "| tiny/last | synthetic | 64 |" in out
+    assert "synthetic" in titles[0] and "imagefolder (flowers)" in titles[0]
+    assert "space backbone" in titles[0] and "linear probe: fast mode" in titles[0]
+    # on one dataset: comparable, no warning
+    assert main([*argv, "--dataset", "synthetic", "--out-dir", str(tmp_path / "one")]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    data = _json(tmp_path / "one" / "comparison.json")
+    assert data["comparable"] is True
+    assert {(e["dataset"], e["num_test"]) for e in data["entries"]} == {("synthetic", 64)}
+
+
+def test_the_comparison_plot_draws_error_bars_only_where_there_is_a_spread(tmp_path, monkeypatch):
+    """A zero-length error bar (yerr=0) drew black caps on every kNN and linear bar."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    import contrastlab.eval.compare as compare
+
+    figures = []
+    monkeypatch.setattr(compare, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    entries = [
+        {
+            "label": name,
+            "dataset": "synthetic",
+            "num_test": 64,
+            "results": {"knn": {"top1": 50.0}, "fewshot": {"5-shot": 40.0, "5-shot ci95": 2.5}},
+        }
+        for name in ("a", "b")
+    ]
+    compare.bar_chart(entries, tmp_path / "c.png")
+    (ax,) = figures[0].axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 2 and all(c.errorbar is None for c in bars)
+    spreads = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    # one error bar per checkpoint: the 5-shot figure's interval, none on knn's top-1
+    assert len(spreads) == 2
+    assert all(len(c.lines[2][0].get_segments()) == 1 for c in spreads)
+
+
+def test_linear_modes_keep_their_own_results_and_headings(checkpoint, tmp_path, capsys):
+    """eval linear --fast and eval linear (SGD) both wrote eval/linear.json, the second
+    replacing the first, under a heading that named no mode."""
+    from contrastlab.viz.report import _eval_section
+    from contrastlab.viz.score_plots import load_run
+
+    run_dir = checkpoint.parent.parent
+    argv = ["eval", "linear", str(checkpoint), *COMMON, "--max-train", "32", "--max-test", "16"]
+    assert main([*argv, "--fast"]) == 0
+    assert "**linear**, mode fast —" in capsys.readouterr().out
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert "**linear**, mode moco —" in capsys.readouterr().out
+    assert _json(run_dir / "eval" / "linear-fast.json")["setup"]["mode"] == "fast"
+    assert _json(run_dir / "eval" / "linear.json")["setup"]["mode"] == "moco"
+    section = _eval_section(load_run(run_dir))
+    assert "<td>linear-fast</td>" in section and "<td>linear</td>" in section
+    # eval all saves its fast-mode result under the same name; --fast is --linear-mode fast
+    (run_dir / "eval" / "linear-fast.json").unlink()
+    argv = ["eval", "all", str(checkpoint), *COMMON, "--protocols", "linear", "--fast"]
+    assert main([*argv, "--out-dir", str(tmp_path / "cmp")]) == 0
+    assert (run_dir / "eval" / "linear-fast.json").is_file()
+
+
+def test_variants_and_spaces_name_the_result_file(tmp_path):
+    from contrastlab.eval.results import result_path, variant_of
+
+    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
+    assert variant_of("linear", {"mode": "fast"}) == "fast"
+    assert variant_of("linear", {"mode": "moco"}) is None
+    assert variant_of("corruption", {"classifier": "knn"}) == "knn"
+    assert variant_of("fewshot", {"classifier": "logistic"}) is None
+    path = result_path(ckpt, "linear", space="z", dataset="cifar10", variant="fast")
+    assert path.name == "linear-fast-z-cifar10.json"
+    assert result_path(ckpt, "corruption", variant="knn").name == "corruption-knn.json"
+
+
+def test_eval_all_fast_and_linear_mode_are_one_option_with_help(capsys, checkpoint):
+    with pytest.raises(SystemExit):
+        main(["eval", "all", str(checkpoint), "--fast", "--linear-mode", "moco"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "all", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--linear-mode {moco,fast} linear protocol: moco" in text
+    assert "(default: fast)" in text and "--fast same as --linear-mode fast" in text
+
+
+def test_out_help_states_the_default_file_pattern(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "knn", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # without the wrapping's spaces
+    pattern = "<protocol>[-<variant>][-<space>][-<dataset>[-<folder>]][-<checkpoint>].json"
+    assert pattern in text and "knn-z.json" in text

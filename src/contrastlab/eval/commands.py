@@ -107,8 +107,11 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         # eval all writes a folder (--out-dir) and refuses --out with a line that says so
-        help="write the JSON result here (default: <run_dir>/eval/<protocol>.json, with the "
-        "checkpoint's name added for any checkpoint other than checkpoints/last.pt)"
+        help="write the JSON result here (default: <run_dir>/eval/<protocol>[-<variant>]"
+        "[-<space>][-<dataset>[-<folder>]][-<checkpoint>].json: -fast for linear --fast, -knn "
+        "for corruption --classifier knn; -<space> for a space other than backbone, e.g. "
+        "knn-z.json; -<dataset> with --dataset, -<folder> the name of --data-path; "
+        "-<checkpoint> for any checkpoint other than checkpoints/last.pt)"
         if checkpoint_nargs is None
         else argparse.SUPPRESS,
     )
@@ -211,7 +214,9 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     if getattr(args, "func", None) is not _all:
         protocol = getattr(args, "protocol", "eval")
         check_output(
-            result_path(checkpoint, protocol, args.out, args.space, _dataset_tag(args)),
+            result_path(
+                checkpoint, protocol, args.out, args.space, _dataset_tag(args), _variant(args)
+            ),
             inputs=[checkpoint],
             replaceable=is_eval_result,
             what="an eval result",
@@ -253,14 +258,31 @@ def _dataset_tag(args) -> str | None:
     return f"{dataset}-{Path(path).name}" if path else dataset
 
 
+def _variant(args) -> str | None:
+    """The variant of the command's protocol that names its result (``linear-fast.json``),
+    from the options that choose it (``--mode``, ``--classifier``)."""
+    from contrastlab.eval.results import variant_of
+
+    setup = {"mode": getattr(args, "mode", None), "classifier": getattr(args, "classifier", None)}
+    return variant_of(getattr(args, "protocol", "eval"), setup)
+
+
 def _finish(args, result: dict, checkpoint: str) -> int:
     from contrastlab.eval.protocols import summary_table
-    from contrastlab.eval.results import result_path, write_json
+    from contrastlab.eval.results import result_path, variant_of, write_json
 
     print(summary_table(result))
+    protocol = result["protocol"]
     path = write_json(
         result,
-        result_path(checkpoint, result["protocol"], args.out, args.space, _dataset_tag(args)),
+        result_path(
+            checkpoint,
+            protocol,
+            args.out,
+            args.space,
+            _dataset_tag(args),
+            variant_of(protocol, result["setup"]),
+        ),
     )
     print(f"\nresult written to {path}")
     return 0
@@ -464,7 +486,7 @@ def _check_data(args) -> None:
 def _check_saved_results(args) -> None:
     """Where ``eval all`` saves each result (unless ``--no-save``): eval results only are
     replaced, other files with ``--overwrite``; ``--overwrite`` with ``--no-save`` is refused."""
-    from contrastlab.eval.results import result_path
+    from contrastlab.eval.results import result_path, variant_of
 
     if args.no_save:
         if args.overwrite:
@@ -476,7 +498,11 @@ def _check_saved_results(args) -> None:
     for checkpoint in args.checkpoints:
         for protocol in args.protocols:
             path = result_path(
-                checkpoint, protocol, space=args.space or "backbone", dataset=_dataset_tag(args)
+                checkpoint,
+                protocol,
+                space=args.space or "backbone",
+                dataset=_dataset_tag(args),
+                variant=variant_of(protocol, {"mode": args.linear_mode}),
             )
             check_output(
                 path,
@@ -505,6 +531,7 @@ def _all(args) -> int:
             "--protocols names no protocol; give one or more of knn, linear, fewshot, rotation, "
             "corruption, factors (comma-separated)"
         )
+    args.linear_mode = args.linear_mode or "fast"  # None in the parser: --fast conflicts with it
     _refuse_unused_in_all(args)
     check_output(args.out_dir, folder=True, what="the comparison", flag="--out-dir")
     _check_data(args)
@@ -759,9 +786,24 @@ def register(subparsers) -> None:
     p.add_argument(
         "--no-save",
         action="store_true",
-        help="do not also write each result to <run_dir>/eval/<protocol>.json",
+        help="do not also write each result to <run_dir>/eval/<protocol>[-<variant>][...].json "
+        "(named as eval <protocol> names it)",
     )
-    p.add_argument("--linear-mode", choices=("moco", "fast"), default="fast")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--linear-mode",
+        choices=("moco", "fast"),
+        default=None,
+        help="linear protocol: moco (SGD on images with crop/flip, as eval linear) or fast "
+        "(logistic regression on features, as eval linear --fast) (default: fast)",
+    )
+    mode.add_argument(
+        "--fast",
+        dest="linear_mode",
+        action="store_const",
+        const="fast",
+        help="same as --linear-mode fast",
+    )
     p.add_argument("--epochs", type=int, help="linear, --linear-mode moco: epochs (default: 100)")
     p.add_argument("--trials", type=int, help="fewshot: all-way trials (default: 5)")
     p.add_argument("--episodes", type=int, help="fewshot: episodes (default: 600)")

@@ -8,10 +8,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from contrastlab.atomic import save_figure, write_text
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, warn
 from contrastlab.eval.results import markdown_table, pm, write_json
 
 DEFAULT_PROTOCOLS = ("knn", "linear", "fewshot")
+
+
+def dataset_name(name: str, path: str | None) -> str:
+    """``synthetic``; ``imagefolder (flowers)`` for a dataset read from a folder."""
+    return f"{name} ({Path(path).name})" if path else name
+
+
+def not_comparable(datasets: Sequence[str]) -> str:
+    """The warning of a comparison whose rows were scored on different test sets."""
+    return (
+        f"the checkpoints were evaluated on different test sets ({' / '.join(datasets)}): their "
+        "figures are not comparable; evaluate them all on one dataset with --dataset NAME "
+        "--data-path DIR (no --data-path for synthetic)"
+    )
 
 
 def _label(checkpoint: Path, run: str, taken: set[str]) -> str:
@@ -33,17 +47,18 @@ def comparison_rows(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
                     columns.append(col)
     rows = []
     for e in entries:
-        row = [e["label"]]
+        row = [e["label"], e["dataset"], e["num_test"]]
         for col in columns:
             proto, key = col.split(": ", 1)
             summary = e["results"].get(proto, {})
             row.append(pm(summary[key], summary.get(f"{key} ci95")) if key in summary else "–")
         rows.append(row)
-    return ["checkpoint", *columns], rows
+    return ["checkpoint", "dataset", "test images", *columns], rows
 
 
-def bar_chart(entries: list[dict], path: Path) -> Path:
-    """Grouped bars: one group per metric, one bar per checkpoint (with 95 % CI where known)."""
+def bar_chart(entries: list[dict], path: Path, title: str = "contrastlab evaluation") -> Path:
+    """Grouped bars: one group per metric, one bar per checkpoint; an error bar (95 % CI) only
+    where a metric has a spread (few-shot trials and episodes), none where it is one figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +66,7 @@ def bar_chart(entries: list[dict], path: Path) -> Path:
     import numpy as np
 
     header, _ = comparison_rows(entries)
-    metrics = header[1:]
+    metrics = header[3:]  # after checkpoint, dataset, test images
     n, m = len(entries), max(1, len(metrics))
     width = 0.8 / max(n, 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * m + 2), 4.5))
@@ -64,12 +79,23 @@ def bar_chart(entries: list[dict], path: Path) -> Path:
             v, ci = s.get(key), s.get(f"{key} ci95")
             vals.append(np.nan if v is None else float(v))
             errs.append(0.0 if ci is None or ci != ci else float(ci))
-        ax.bar(x + (i - (n - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=e["label"])
+        pos = x + (i - (n - 1) / 2) * width
+        ax.bar(pos, vals, width, label=e["label"])
+        spread = [j for j, err in enumerate(errs) if err > 0]
+        if spread:  # a zero-length bar would still draw caps that read as an interval
+            ax.errorbar(
+                pos[spread],
+                [vals[j] for j in spread],
+                yerr=[errs[j] for j in spread],
+                fmt="none",
+                ecolor="black",
+                capsize=2,
+            )
     ax.set_xticks(x, metrics, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title("contrastlab evaluation")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     try:
         save_figure(fig, path, dpi=120)
@@ -96,7 +122,7 @@ def run_all(
     next to its checkpoint, where the HTML report finds it (named as ``result_path`` names it:
     ``dataset_tag`` for a dataset other than the run's own).
     """
-    from contrastlab.eval.results import result_path
+    from contrastlab.eval.results import result_path, variant_of
 
     unknown = [p for p in protocols if p not in runners]
     if unknown:
@@ -114,6 +140,9 @@ def run_all(
             "checkpoint": str(ckpt),
             "method": ctx.method,
             "space": ctx.space,
+            "dataset": dataset_name(ctx.data_cfg.name, ctx.data_cfg.path),
+            "data_path": ctx.data_cfg.path,
+            "num_test": len(ctx.indices("test") or ctx.raw("test")),
             "results": {},
             "files": {},
         }
@@ -121,21 +150,39 @@ def run_all(
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
             if save_each:
-                path = result_path(ckpt, proto, space=ctx.space, dataset=dataset_tag)
+                variant = variant_of(proto, result["setup"])
+                path = result_path(
+                    ckpt, proto, space=ctx.space, dataset=dataset_tag, variant=variant
+                )
                 entry["files"][proto] = str(write_json(result, path))
         entries.append(entry)
     header, rows = comparison_rows(entries)
     spaces = sorted({e["space"] for e in entries})
+    datasets = list(dict.fromkeys(f"{e['dataset']}, {e['num_test']} test images" for e in entries))
+    comparable = len({(e["dataset"], e["data_path"], e["num_test"]) for e in entries}) == 1
+    warning = "" if comparable else not_comparable(datasets)
+    if warning:
+        warn(warning)
     table = (
-        f"Feature space `{'`, `'.join(spaces)}`{f'; {note}' if note else ''}\n\n"
+        f"Feature space `{'`, `'.join(spaces)}`{f'; {note}' if note else ''}; "
+        f"dataset{'s' if len(datasets) > 1 else ''}: {'; '.join(datasets)}\n\n"
+        + (f"**Warning:** {warning}\n\n" if warning else "")
         + markdown_table(header, rows)
+    )
+    title = (
+        f"space {', '.join(spaces)}; {'; '.join(datasets)}"
+        + (f"\n{note}" if note else "")
+        + ("\nnot comparable: different datasets" if warning else "")
     )
     data = {
         "protocols": list(protocols),
+        "note": note,
+        "datasets": datasets,
+        "comparable": comparable,
         "entries": entries,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(data, out / "comparison.json")
     write_text(out / "comparison.md", table + "\n")
-    bar_chart(entries, out / "comparison.png")
+    bar_chart(entries, out / "comparison.png", title)
     return {"table": table, "data": data, "out_dir": str(out)}

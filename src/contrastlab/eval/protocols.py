@@ -14,7 +14,7 @@ import torch
 
 from contrastlab.errors import UserError, warn
 from contrastlab.eval.context import EvalContext
-from contrastlab.eval.results import markdown_table, pm
+from contrastlab.eval.results import VARIANTS, markdown_table, pm
 
 PROTOCOLS = ("knn", "linear", "fewshot", "rotation", "corruption", "factors", "transfer")
 
@@ -299,8 +299,11 @@ def summary_table(result: dict) -> str:
             continue
         rows.append([key, pm(value, summary.get(f"{key} ci95"))])
     setup = result["setup"]
+    # the option that chooses the protocol's variant: "linear, mode fast" / "linear, mode moco"
+    option = VARIANTS.get(result["protocol"], (None,))[0]
+    variant = f", {option} {setup[option]}" if option in setup else ""
     title = (
-        f"**{result['protocol']}** — {setup.get('run')} ({setup.get('method')}), "
+        f"**{result['protocol']}**{variant} — {setup.get('run')} ({setup.get('method')}), "
         f"space `{setup.get('space')}`, dataset {setup.get('dataset')}"
     )
     text = title + "\n\n" + markdown_table(["metric", "accuracy (%)"], rows)

@@ -23,22 +23,38 @@ def result_path(
     out: str | None = None,
     space: str = "backbone",
     dataset: str | None = None,
+    variant: str | None = None,
 ) -> Path:
     """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
-    ``<protocol>-<space>.json`` for a space other than the backbone, ``...-<dataset>.json``
+    ``<protocol>-<variant>`` for a protocol's second variant (``linear-fast``: the fast mode;
+    ``corruption-knn``: the kNN classifier; see :func:`variant_of`), ``<protocol>-<space>.json`` for a space other than the backbone, ``...-<dataset>.json``
     for a dataset other than the run's own (``--dataset``), and ``...-<checkpoint stem>.json``
     for any checkpoint other than a run's ``checkpoints/last.pt`` (``best.pt``, a snapshot, or
     converted encoders side by side in one folder), so that no evaluation overwrites another's
     result."""
     if out:
         return Path(out)
-    name = protocol if space == "backbone" else f"{protocol}-{space}"
+    name = f"{protocol}-{variant}" if variant else protocol
+    if space != "backbone":
+        name += f"-{space}"
     if dataset:
         name += f"-{dataset}"
     source = Path(checkpoint).resolve()
     if not (source.name == "last.pt" and source.parent.name == "checkpoints"):
         name += f"-{checkpoint_stem(source.name)}"
     return default_run_dir(checkpoint) / "eval" / f"{name}.json"
+
+
+# the protocols' variants that get a name of their own: (option of the result's setup, value)
+VARIANTS = {"linear": ("mode", "fast"), "corruption": ("classifier", "knn")}
+
+
+def variant_of(protocol: str, setup: dict) -> str | None:
+    """The name a result's variant adds to its file (``fast`` for ``eval linear --fast``, ``knn``
+    for ``eval corruption --classifier knn``), so that it does not replace the other variant's
+    result; None for the default variant (``linear.json``: MoCo's SGD protocol)."""
+    option, value = VARIANTS.get(protocol, (None, None))
+    return value if option is not None and setup.get(option) == value else None
 
 
 def checkpoint_stem(file_name: str) -> str:
