@@ -89,7 +89,7 @@ def main() -> None:
                     ]
                 )
             curve.setdefault(epoch, {})[space] = json.loads(out.read_text())["summary"]["top1"]
-    linear = run_dir / "eval" / "linear.json"
+    linear = run_dir / "eval" / "linear-fast.json"  # as eval linear --fast names it
     if not linear.exists():
         run(
             [
