@@ -143,9 +143,11 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
         )
         == 0
     )
-    cor = _json(run_dir / "eval" / "corruption.json")
+    # the kNN classifier's result does not replace the linear one's (corruption.json)
+    cor = _json(run_dir / "eval" / "corruption-knn.json")
     assert set(cor["details"]["corruptions"]) == {"gaussian_noise", "frost"}
-    assert "| gaussian_noise |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| gaussian_noise |" in out and "**corruption**, classifier knn —" in out
 
 
 def test_a_k_larger_than_the_bank_is_said_and_recorded(checkpoint, tmp_path, capsys):
