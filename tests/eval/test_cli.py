@@ -452,6 +452,10 @@ def test_variants_and_spaces_name_the_result_file(tmp_path):
     assert variant_of("linear", {"mode": "moco"}) is None
     assert variant_of("corruption", {"classifier": "knn"}) == "knn"
     assert variant_of("fewshot", {"classifier": "logistic"}) is None
+    # a part of the few-shot protocol does not replace the result of both parts
+    assert variant_of("fewshot", {"which": "allway"}) == "allway"
+    assert variant_of("fewshot", {"which": "episodes"}) == "episodes"
+    assert variant_of("fewshot", {"which": "both"}) is None
     path = result_path(ckpt, "linear", space="z", dataset="cifar10", variant="fast")
     assert path.name == "linear-fast-z-cifar10.json"
     assert result_path(ckpt, "corruption", variant="knn").name == "corruption-knn.json"

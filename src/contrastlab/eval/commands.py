@@ -109,7 +109,7 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         # eval all writes a folder (--out-dir) and refuses --out with a line that says so
         help="write the JSON result here (default: <run_dir>/eval/<protocol>[-<variant>]"
         "[-<space>][-<dataset>[-<folder>]][-<checkpoint>].json: -fast for linear --fast, -knn "
-        "for corruption --classifier knn; -<space> for a space other than backbone, e.g. "
+        "for corruption --classifier knn, -allway or -episodes for fewshot --which; -<space> for a space other than backbone, e.g. "
         "knn-z.json; -<dataset> with --dataset, -<folder> the name of --data-path; "
         "-<checkpoint> for any checkpoint other than checkpoints/last.pt)"
         if checkpoint_nargs is None
@@ -263,7 +263,7 @@ def _variant(args) -> str | None:
     from the options that choose it (``--mode``, ``--classifier``)."""
     from contrastlab.eval.results import variant_of
 
-    setup = {"mode": getattr(args, "mode", None), "classifier": getattr(args, "classifier", None)}
+    setup = {k: getattr(args, k, None) for k in ("mode", "classifier", "which")}
     return variant_of(getattr(args, "protocol", "eval"), setup)
 
 

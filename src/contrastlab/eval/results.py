@@ -46,15 +46,22 @@ def result_path(
 
 
 # the protocols' variants that get a name of their own: (option of the result's setup, value)
-VARIANTS = {"linear": ("mode", "fast"), "corruption": ("classifier", "knn")}
+# protocol: (the option that picks a variant, the values other than the default)
+VARIANTS = {
+    "linear": ("mode", ("fast",)),
+    "corruption": ("classifier", ("knn",)),
+    "fewshot": ("which", ("allway", "episodes")),  # the default, both, writes fewshot.json
+}
 
 
 def variant_of(protocol: str, setup: dict) -> str | None:
     """The name a result's variant adds to its file (``fast`` for ``eval linear --fast``, ``knn``
-    for ``eval corruption --classifier knn``), so that it does not replace the other variant's
-    result; None for the default variant (``linear.json``: MoCo's SGD protocol)."""
-    option, value = VARIANTS.get(protocol, (None, None))
-    return value if option is not None and setup.get(option) == value else None
+    for ``eval corruption --classifier knn``, ``allway`` or ``episodes`` for ``eval fewshot
+    --which``), so that it does not replace the other variant's result; None for the default
+    variant (``linear.json``: MoCo's SGD protocol; ``fewshot.json``: both few-shot parts)."""
+    option, values = VARIANTS.get(protocol, (None, ()))
+    value = setup.get(option) if option is not None else None
+    return value if value in values else None
 
 
 def checkpoint_stem(file_name: str) -> str:
