@@ -281,8 +281,8 @@ def _x_axis(runs: list[Run]) -> tuple[list[float], str]:
     shown = ", ".join(f"{v:g}" for v in known)
     if None in spe:
         # those of unknown length cannot be converted: stay in steps and say why
-        return [1.0] * len(runs), f"step (steps per epoch differ: {shown}, and unknown for some)"
-    return spe, f"epoch (step / steps per epoch; the runs differ: {shown} steps per epoch)"
+        return [1.0] * len(runs), f"step (steps per epoch differ: {shown}, some unknown)"
+    return spe, f"epoch (step / steps per epoch: {shown})"
 
 
 def _color(i: int) -> str:
