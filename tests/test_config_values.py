@@ -314,6 +314,10 @@ def _warnings(capsys, *args) -> list[str]:
         ),
         (["data.skip_bad_images=true"], "data.skip_bad_images=true has no effect"),
         (["data.in_memory=false"], "data.in_memory=false has no effect"),
+        (  # not only on the downloaded sets: on an image folder too
+            ["data.name=imagefolder", "data.path=.", "data.synthetic_train=100"],
+            "data.synthetic_train=100 has no effect: it sets the synthetic dataset",
+        ),
     ],
 )
 def test_a_setting_without_effect_is_one_warning_line(capsys, overrides, expected):

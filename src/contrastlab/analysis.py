@@ -474,6 +474,11 @@ def _is_analysis(path: Path) -> bool:
 
 
 def load_analysis(out: str | Path) -> dict:
+    if Path(out).is_file():  # analysis.json itself, or another file given for the folder
+        raise UserError(
+            f"{out} is a file; give the folder that contrastlab analyze wrote (it holds "
+            f"analysis.json), e.g. {Path(out).parent}"
+        )
     path = Path(out) / "analysis.json"
     if not path.is_file():
         raise UserError(f"{out} holds no analysis ({path} is missing); run contrastlab analyze")

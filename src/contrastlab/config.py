@@ -1083,7 +1083,7 @@ def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = Tr
             f"data.name={cfg.data.name} downloads nothing (only cifar10, cifar100, stl10 do)",
             "leave data.download out",
         )
-    else:
+    if cfg.data.name != "synthetic":  # imagefolder too, not only the downloaded sets
         for key in ("data.synthetic_train", "data.synthetic_test", "data.synthetic_seed"):
             unused(
                 key,

@@ -281,3 +281,54 @@ def test_eval_results_say_which_checkpoint_state_they_are_of(tmp_path, run_maker
     assert "epoch not recorded" in evaluation  # linear.json predates setup.epoch
     summary = evaluation.split("</table>")[0]  # one row per result, with its epoch and step
     assert summary.count("<tr>") == 4 and '<td class="num">6</td>' in summary
+
+
+def test_report_of_a_file_asks_for_the_run_directory(tmp_path, capsys, run_maker):
+    """`report runs/x/checkpoints/last.pt` said "cannot write .../last.pt/report.html"."""
+    from contrastlab.cli import main
+
+    run = run_maker(tmp_path, "x", 0.99, None, evals=True)  # with checkpoints/last.pt
+    assert main(["report", str(run / "checkpoints" / "last.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "last.pt is a file; give the run directory" in err and err.endswith(f"e.g. {run}")
+    assert "cannot write" not in err and "\n" not in err
+    # the scores command, also with an --out folder to check
+    out = str(tmp_path / "figs")
+    assert main(["scores", str(run / "config.yaml"), "--out", out]) == 2
+    assert "config.yaml is a file; give the run directory" in capsys.readouterr().err
+    # --analysis given its analysis.json: the folder, before any figure is drawn
+    (run / "analysis").mkdir()
+    (run / "analysis" / "analysis.json").write_text("{}")
+    given = run / "analysis" / "analysis.json"
+    assert main(["report", str(run), "--analysis", str(given)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "analysis.json is a file; give the folder" in err and err.endswith(str(run / "analysis"))
+    assert not (run / "report.html").exists()
+
+
+def test_config_table_greys_out_settings_without_effect(tmp_path, run_maker):
+    """An image-folder MoCo run without Feature Transformation listed data.synthetic_train,
+    looc.augmentations and ft.* as if they set it up."""
+    run = run_maker(
+        tmp_path,
+        "folder",
+        0.99,
+        None,
+        config={
+            "data.name": "imagefolder",
+            "data.path": str(tmp_path),
+            "data.synthetic_train": 5000,
+            "looc.augmentations": ["color"],
+            "ft.alpha_pos": 2.0,
+        },
+    )
+    text = write_report(run).read_text()
+    config = text.split("<h2>Configuration</h2>")[1].split("<h2>")[0]
+    for key in ("synthetic_train", "augmentations", "alpha_pos"):
+        assert f'<tr class="unused"><td>{key}</td>' in config, key
+    for key in ("momentum", "name", "lr", "pos"):  # these do set the run up
+        assert re.search(rf"<tr( class=\"changed\")?><td>{key}</td>", config), key
+    assert "Grey: no effect on this run" in config
+    # a run where everything applies says nothing about it
+    plain = run_maker(tmp_path, "plain", 0.99, None)
+    assert "Grey:" not in write_report(plain).read_text()

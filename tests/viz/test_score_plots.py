@@ -81,6 +81,9 @@ def test_cli_registration(monkeypatch, tmp_path, capsys):
         commands, "plot_scores", lambda *a, **k: calls.append(a) or [tmp_path / "x.png"]
     )
     monkeypatch.setattr(commands, "write_report", lambda *a: calls.append(a) or tmp_path / "r.html")
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):  # run directories are checked before anything else
+        (tmp_path / name).mkdir()
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["scores", "a", "b", "--out", "o", "--labels", "fast", "slow"])
@@ -192,7 +195,8 @@ def test_a_run_without_scores_is_left_out_with_a_warning(tmp_path, capsys, monke
     warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1 and str(other) in warnings[0]
     assert "scores.record=true" in warnings[0]
-    assert drawn == [["shown, kNN (z) 46.5%"]]  # momentum differs from a run not shown
+    # momentum differs from a run not shown (labels are worked out per figure: two here)
+    assert drawn == [["shown, kNN (z) 46.5%"]] * 2
     # --labels: one per run given, the left-out run's dropped with it
     assert main(["scores", str(shown), str(other), "--out", str(out), "--labels", "a", "b"]) == 0
     assert drawn[-1] == ["a"]
@@ -238,3 +242,78 @@ def test_labels_leave_out_settings_without_effect_and_name_the_knn_space(tmp_pat
     labels = run_labels([load_run(looc), load_run(looc2)])
     assert labels[0].startswith("looc (looc.augmentations=color,rotation)")
     assert labels[1] == "looc2 (looc.augmentations=color)"
+
+
+def _curves(runs, labels=None):
+    from contrastlab.viz.score_plots import score_figures
+
+    return {stem: fig for stem, fig in score_figures(runs, labels)}
+
+
+def test_runs_of_other_steps_per_epoch_share_an_epoch_axis(tmp_path, run_maker):
+    """Runs of batch 256 and 128 (5 and 11 steps per epoch) were drawn against the step, as if
+    step 5 of the one were step 5 of the other."""
+    fast = load_run(run_maker(tmp_path, "fast", 0.9, None, epochs=2, steps=5))
+    slow = load_run(run_maker(tmp_path, "slow", 0.99, None, epochs=2, steps=11))
+    same = load_run(run_maker(tmp_path, "same", 0.999, None, epochs=2, steps=5))
+    fig = _curves([fast, slow])["scores-z-curves"]
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "epoch (step / steps per epoch: 5, 11)"
+        ends = [max(line.get_xdata()) for line in ax.get_lines()]
+        assert ends == pytest.approx([2.0, 2.0])  # both runs end at epoch 2
+    # equal steps per epoch: the steps stay
+    fig = _curves([fast, same])["scores-z-curves"]
+    assert fig.axes[0].get_xlabel() == "step"
+    assert [max(line.get_xdata()) for line in fig.axes[0].get_lines()] == [10, 10]
+    from contrastlab.viz.score_plots import steps_per_epoch
+
+    assert steps_per_epoch(fast) == 5 and steps_per_epoch(slow) == 11
+    # without metrics.jsonl the score record tells the steps per epoch
+    (tmp_path / "slow" / "metrics.jsonl").unlink()
+    assert steps_per_epoch(load_run(tmp_path / "slow")) == 11
+
+
+def test_each_figure_labels_its_runs_by_what_differs_among_them(tmp_path, run_maker):
+    """Two MoCo runs and a LooC run (no space z): the z figures showed the keys that set the
+    MoCo runs apart from the LooC run (method, moco.*), the same on both curves, and cut the
+    ones that differ between them (batch size, learning rate) off with "…"."""
+    moco = {"moco.temperature": 0.1, "moco.queue_size": 256}
+    a = run_maker(tmp_path, "A", 0.99, None, config=moco | {"optim.batch_size": 256})
+    b = run_maker(
+        tmp_path, "B", 0.99, None, config=moco | {"optim.batch_size": 128, "optim.lr": 0.015}
+    )
+    c = run_maker(
+        tmp_path,
+        "C",
+        0.99,
+        None,
+        spaces=("z0", "color"),
+        config={"method": "looc", "moco.temperature": 0.2, "moco.queue_size": 512},
+    )
+    figs = _curves([load_run(a), load_run(b), load_run(c)])
+    for stem in ("scores-z-curves", "scores-z-distributions"):
+        fig = figs[stem]
+        texts = (
+            [t.get_text() for t in fig.legends[0].get_texts()]
+            if stem.endswith("curves")
+            else [ax.get_title().replace("\n", " ") for ax in fig.axes]
+        )
+        assert texts == [
+            "A (optim.batch_size=256, optim.lr=0.03)",
+            "B (optim.batch_size=128, optim.lr=0.015)",
+        ], stem
+    # the LooC run's own figures: one run, nothing to set it apart from
+    assert [t.get_text() for t in figs["scores-z0-curves"].legends[0].get_texts()] == ["C"]
+
+
+def test_score_curves_have_whole_step_and_epoch_ticks(tmp_path, run_maker):
+    """A run of a few steps had ticks at 4.5 and 5.5 steps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs = [load_run(run_maker(tmp_path, "few", 0.9, None, epochs=2, steps=3))]
+    runs.append(load_run(run_maker(tmp_path, "more", 0.99, None, epochs=2, steps=4)))
+    for chosen in (runs[:1], runs):  # steps, and epochs (3 and 4 steps per epoch)
+        fig = _curves(chosen)["scores-z-curves"]
+        FigureCanvasAgg(fig).draw()
+        for ax in fig.axes:
+            assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()

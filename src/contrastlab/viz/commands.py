@@ -6,7 +6,7 @@ from pathlib import Path
 
 from contrastlab.outputs import check_output, is_report
 from contrastlab.viz.report import write_report
-from contrastlab.viz.score_plots import plot_scores
+from contrastlab.viz.score_plots import check_run_dir, plot_scores
 
 __all__ = ["register", "plot_scores", "write_report"]
 
@@ -65,6 +65,8 @@ def register(subparsers) -> None:
 
 
 def _cmd_scores(args) -> int:
+    for run in args.runs:  # a checkpoint given for its run: say so before the output is checked
+        check_run_dir(run)
     if args.out is not None:
         check_output(args.out, folder=True, what="the figures")
     for path in plot_scores(
@@ -75,7 +77,7 @@ def _cmd_scores(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    run = Path(args.run)
+    run = check_run_dir(args.run)  # before the output: last.pt/report.html is no place to write
     out = Path(args.out) if args.out is not None else run / "report.html"
     # everything the report reads (an earlier report is its output, which it may replace)
     inputs = (

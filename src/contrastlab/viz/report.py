@@ -18,7 +18,13 @@ from matplotlib.ticker import MaxNLocator
 
 from contrastlab.atomic import write_text
 from contrastlab.errors import UserError
-from contrastlab.viz.score_plots import Run, flatten, load_run, score_figures
+from contrastlab.viz.score_plots import (
+    Run,
+    flatten,
+    inapplicable_keys,
+    load_run,
+    score_figures,
+)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -29,6 +35,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 3px 10px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.changed td { font-weight: 600; }
+tr.unused td { color: #999; }
 .configs { display: flex; flex-wrap: wrap; gap: 0 2em; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
 .missing { color: #888; font-style: italic; }
@@ -76,6 +83,8 @@ def _config_section(run: Run) -> str:
     if not run.config:
         return '<p class="missing">no config.yaml</p>'
     defaults = _defaults()
+    # the rules that keep a setting out of the runs' labels: no effect on this run
+    unused = inapplicable_keys(run.config)
     sections: dict[str, list[tuple[str, object]]] = {}
     for key, value in run.config.items():
         head, _, rest = key.partition(".")
@@ -86,12 +95,18 @@ def _config_section(run: Run) -> str:
         for key, value in items:
             full = key if name == "general" else f"{name}.{key}"
             changed = full in defaults and defaults[full] != value
-            cls = ' class="changed"' if changed else ""
+            cls = ' class="unused"' if full in unused else ' class="changed"' if changed else ""
             rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{_cell(value)}</tr>")
         parts.append(
             f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>'
         )
-    note = '<p class="sub">Bold: changed from the default.</p>' if defaults else ""
+    notes = ["Bold: changed from the default."] if defaults else []
+    if unused:
+        notes.append(
+            "Grey: no effect on this run (e.g. looc.* on a MoCo run, ft.* with Feature "
+            "Transformation off, data.synthetic_* on another dataset)."
+        )
+    note = f'<p class="sub">{" ".join(notes)}</p>' if notes else ""
     return note + f'<div class="configs">{"".join(parts)}</div>'
 
 
@@ -221,20 +236,19 @@ def _scores_section(run: Run) -> str:
     return "".join(_img(fig, stem) for stem, fig in score_figures([run]))
 
 
-def _analysis_section(folder: Path | None) -> str:
-    """``contrastlab analyze`` results: per space the sensitivity table and the figures."""
-    if folder is None:
+def _analysis_section(folder: Path | None, result: dict | None) -> str:
+    """``contrastlab analyze`` results (``result``, read from ``folder``): per space the
+    sensitivity table and the figures."""
+    if result is None:
         return '<p class="missing">no encoder analysis (contrastlab analyze)</p>'
     from contrastlab.analysis import (
         CONDITIONS,
         analysis_figures,
         encoder_label,
         encoder_recipe,
-        load_analysis,
         pos_header,
     )
 
-    result = load_analysis(folder)
     parts = [f'<p class="sub">{html.escape(str(folder))}</p>']
     # which training state and which views each encoder's scores are of
     rows = []
@@ -306,6 +320,13 @@ def write_report(
             f"{run.path} does not look like a run directory "
             "(no config.yaml, metrics.jsonl or scores/)"
         )
+    analysis = Path(analysis) if analysis else None
+    # read (and so checked) before any figure is drawn: a wrong --analysis is one line, early
+    result = None
+    if analysis is not None:
+        from contrastlab.analysis import load_analysis
+
+        result = load_analysis(analysis)
     out = Path(out) if out is not None else run.path / "report.html"
     title = html.escape(run.name)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -321,7 +342,7 @@ def write_report(
         ),
         ("Pos and neg scores", _scores_section(run)),
         ("Evaluation", _eval_section(run)),
-        ("Encoder analysis", _analysis_section(Path(analysis) if analysis else None)),
+        ("Encoder analysis", _analysis_section(analysis, result)),
         ("Checkpoints", _checkpoint_section(run)),
     ]
     body = "".join(f"<h2>{name}</h2>\n{content}\n" for name, content in sections)

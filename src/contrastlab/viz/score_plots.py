@@ -21,6 +21,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
@@ -112,8 +113,9 @@ def _run_dir_of(file: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def load_run(run_dir: Path | str, scores: bool = True) -> Run:
-    """Read a run directory; a missing directory is the user's error, missing parts are not."""
+def check_run_dir(run_dir: Path | str) -> Path:
+    """``run_dir`` as a Path; a file (a checkpoint, config.yaml) or a missing folder given where a
+    run directory belongs is the user's error, said in one line with what to give instead."""
     path = Path(run_dir)
     if path.is_file():
         raise UserError(
@@ -122,6 +124,12 @@ def load_run(run_dir: Path | str, scores: bool = True) -> Run:
         )
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist")
+    return path
+
+
+def load_run(run_dir: Path | str, scores: bool = True) -> Run:
+    """Read a run directory; a missing directory is the user's error, missing parts are not."""
+    path = check_run_dir(run_dir)
     run = Run(path=path, name=path.resolve().name)
     cfg_path = path / "config.yaml"
     if cfg_path.is_file():
@@ -238,6 +246,45 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     return out
 
 
+def steps_per_epoch(run: Run) -> float | None:
+    """The run's steps per epoch: the step at the end of its first epoch over that epoch
+    (``epoch`` events of metrics.jsonl), else from the score record (the last step of its first
+    recorded epoch that a later one follows, which is complete); None when neither says."""
+    for line in run.metrics:
+        epoch, step = line.get("epoch"), line.get("step")
+        if (
+            line.get("event") == "epoch"
+            and isinstance(epoch, int)
+            and isinstance(step, int)
+            and epoch > 0
+            and step > 0
+        ):
+            return step / epoch
+    if run.record is None:
+        return None
+    t = run.record.intervals
+    epochs = np.unique(t["epoch"][t["epoch"] > 0])
+    if len(epochs) == 0:
+        return None
+    e = int(epochs[0])  # complete when a later epoch follows; a one-epoch record: its last step
+    return float(t["last_step"][t["epoch"] == e].max()) / e
+
+
+def _x_axis(runs: list[Run]) -> tuple[list[float], str]:
+    """One divisor per run and the axis label: steps (divisor 1) when the runs' steps per epoch
+    agree, else epochs (step / steps per epoch), so that runs of other batch sizes or datasets
+    line up by how much data they saw rather than by how many updates they made."""
+    spe = [steps_per_epoch(r) for r in runs]
+    known = sorted({round(v, 3) for v in spe if v is not None})
+    if len(known) <= 1:
+        return [1.0] * len(runs), "step"
+    shown = ", ".join(f"{v:g}" for v in known)
+    if None in spe:
+        # those of unknown length cannot be converted: stay in steps and say why
+        return [1.0] * len(runs), f"step (steps per epoch differ: {shown}, some unknown)"
+    return spe, f"epoch (step / steps per epoch: {shown})"
+
+
 def _color(i: int) -> str:
     return f"C{i % 10}"
 
@@ -256,6 +303,9 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
     axes = fig.subplots(1, 3)
     any_effective = False
     handles = []
+    shown = [r for r in runs if space in r.spaces]
+    divisors, xlabel = _x_axis(shown)
+    per_step = dict(zip(map(id, shown), divisors))
     for i, (run, label) in enumerate(zip(runs, labels)):
         if space not in run.spaces:
             continue
@@ -264,7 +314,7 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         for stage in stages:
             t = run.record.interval(space, stage)
             keep = t["n"] > 0
-            x = t["last_step"][keep]
+            x = t["last_step"][keep] / per_step[id(run)]
             for ax, (q, _) in zip(axes, _QUANTITIES):
                 dashed = stage == "effective"
                 (line,) = ax.plot(
@@ -288,7 +338,8 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
                     handles.append(line)
     for ax, (_, title) in zip(axes, _QUANTITIES):
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 4.5 steps or 1.5 epochs
         ax.grid(alpha=0.3)
     if _positive_var(runs, space):
         axes[2].set_yscale("log")
@@ -427,11 +478,31 @@ def score_figure_stems(runs: list[Run]) -> list[str]:
     return [f"scores-{file_stem(space)}-{kind}" for space in _spaces(runs) for kind in _FIGURES]
 
 
+def _figure_labels(runs: list[Run], space: str, kind: str) -> list[str]:
+    """The automatic labels of one figure, from the runs it shows: a setting that sets apart only
+    runs of another figure (a LooC run without space ``z``) is not named in this one, where it is
+    the same on every curve. Runs the figure does not show get ``""``."""
+    shown = [
+        i
+        for i, r in enumerate(runs)
+        if space in r.spaces and (kind == "curves" or r.hists is not None)
+    ]
+    out = [""] * len(runs)
+    for i, label in zip(shown, run_labels([runs[i] for i in shown])):
+        out[i] = label
+    return out
+
+
 def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tuple[str, Figure]]:
-    """(file stem, figure) for every space of every run that recorded scores."""
-    labels = run_labels(runs, labels)
+    """(file stem, figure) for every space of every run that recorded scores; ``labels`` (one
+    per run) replace the automatic ones, which are worked out per figure (``_figure_labels``)."""
+    if labels:
+        labels = run_labels(runs, labels)  # the check: one per run
     return [
-        (f"scores-{file_stem(space)}-{kind}", draw(runs, space, labels))
+        (
+            f"scores-{file_stem(space)}-{kind}",
+            draw(runs, space, labels or _figure_labels(runs, space, kind)),
+        )
         for space in _spaces(runs)
         for kind, draw in _FIGURES.items()
     ]
