@@ -415,6 +415,7 @@ def test_config_shows_a_folder_preset_and_what_its_null_keys_come_to(capsys):
     out, err = capsys.readouterr()
     assert "blur: null  # = true: moco_v2 blurs only above 64 px" in out
     assert "hue: null  # = 0.1: the recipe's hue jitter" in out
+    assert "grayscale_p: null  # = 0.2: the recipe's grayscale probability" in out
     assert (
         err.strip()
         == "warning: data.path is not set: training with this config needs data.path=DIR"

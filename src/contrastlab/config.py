@@ -921,7 +921,9 @@ def effective_defaults(cfg: Config) -> dict[str, str]:
             else "no colour jitter in these views"
         )
     if aug.grayscale_p is None:
-        out["augment.grayscale_p"] = "= 0.2: the recipe's" if colour else "no grayscale"
+        out["augment.grayscale_p"] = (
+            "= 0.2: the recipe's grayscale probability" if colour else "no grayscale in these views"
+        )
     for side in ("pos", "neg"):
         if get_dotted(cfg, f"ft.granularity_{side}") is None:
             out[f"ft.granularity_{side}"] = f"= {cfg.ft.granularity}: ft.granularity"

@@ -80,7 +80,7 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
         )
         == 0
     )
-    assert _json(tmp_path / "lin.json")["details"]["mode"] == "sgd"
+    assert _json(tmp_path / "lin.json")["details"]["mode"] == "moco"
     assert (
         main(
             [
@@ -183,7 +183,7 @@ def _folder(root, classes, n, seed):
             Image.fromarray(img).save(d / f"{i}.png")
 
 
-def test_eval_transfer(checkpoint, tmp_path):
+def test_eval_transfer(checkpoint, tmp_path, capsys):
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     _folder(tmp_path / "A", colours, 12, 0)
     _folder(tmp_path / "B", colours, 8, 1)
@@ -212,6 +212,9 @@ def test_eval_transfer(checkpoint, tmp_path):
     out = checkpoint.parent.parent / "eval" / f"transfer-{tmp_path.name}-A-B.json"
     res = _json(out)
     assert res["summary"]["linear top1"] > 60.0  # colour classes: trivially separable
+    assert "linear top5" not in res["summary"]  # 3 classes: 100% by construction
+    # the heading names the folder pair: two transfers read apart on screen too
+    assert f"dataset imagefolder ({tmp_path / 'A'} -> {tmp_path / 'B'})" in capsys.readouterr().out
     assert "skipped" in res["details"]["episodes"]  # 3 classes: no 5-way episodes
 
 
@@ -362,12 +365,16 @@ def test_eval_all_names_each_rows_dataset_and_warns_when_they_differ(
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     _folder(tmp_path / "flowers", colours, 20, 0)
     other = _on_imagefolder(checkpoint, tmp_path / "flowers", tmp_path / "folder.pt")
-    titles = []
+    titles, legends = [], []
     real_save = compare.save_figure
     monkeypatch.setattr(
         compare,
         "save_figure",
-        lambda fig, path, **kw: (titles.append(fig.axes[0].get_title()), real_save(fig, path))[1],
+        lambda fig, path, **kw: (
+            titles.append(fig.axes[0].get_title()),
+            legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()]),
+            real_save(fig, path),
+        )[2],
     )
     argv = ["eval", "all", str(checkpoint), str(other), *COMMON, "--protocols", "knn,linear"]
     argv += ["--k", "3", "--no-save"]
@@ -386,6 +393,9 @@ def test_eval_all_names_each_rows_dataset_and_warns_when_they_differ(
     assert "| tiny/last | synthetic | 64 |" in out
     assert "synthetic" in titles[0] and "imagefolder (flowers)" in titles[0]
     assert "space backbone" in titles[0] and "linear probe: fast mode" in titles[0]
+    # each bar says which dataset it was measured on
+    assert legends[0][0] == "tiny/last (synthetic, 64)"
+    assert legends[0][1] == "tiny/folder (imagefolder (flowers), 6)"
     # on one dataset: comparable, no warning
     assert main([*argv, "--dataset", "synthetic", "--out-dir", str(tmp_path / "one")]) == 0
     assert "warning:" not in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_linear_protocol_on_a_real_encoder_with_batch_norm(tmp_path, monkeypatch
     assert len(offsets) > 10 and {f for *_, f in found} == {False, True}
     assert sorted(j for j, *_ in found[:64]) == list(range(64))  # each image once per epoch
     torch.testing.assert_close(images[128:], _eval_view(ctx, "test"), rtol=0, atol=1e-5)
-    assert res["details"]["mode"] == "sgd"
+    assert res["details"]["mode"] == "moco"
 
 
 def test_fast_probe_picks_the_best_c_on_its_validation_split(blobs):

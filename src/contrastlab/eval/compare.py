@@ -184,5 +184,8 @@ def run_all(
     }
     write_json(data, out / "comparison.json")
     write_text(out / "comparison.md", table + "\n")
-    bar_chart(entries, out / "comparison.png", title)
+    shown = entries  # not comparable: each bar's legend entry names its dataset
+    if not comparable:
+        shown = [{**e, "label": f"{e['label']} ({e['dataset']}, {e['num_test']})"} for e in entries]
+    bar_chart(shown, out / "comparison.png", title)
     return {"table": table, "data": data, "out_dir": str(out)}

@@ -262,7 +262,7 @@ def linear_sgd(
             targets.append(torch.as_tensor(labels).long())
     scores_t, targets_t = torch.cat(scores), torch.cat(targets)
     return {
-        "mode": "sgd",
+        "mode": "moco",  # MoCo's SGD protocol, as --mode names it
         "top1": topk_accuracy(scores_t, targets_t, 1),
         "top5": topk_accuracy(scores_t, targets_t, 5),
         "epochs": epochs,

@@ -277,7 +277,9 @@ def run_transfer(
         num_episodes=num_episodes,
         seed=ctx.seed,
     )
-    summary = {"linear top1": res["linear"]["top1"], "linear top5": res["linear"]["top5"]}
+    summary = {"linear top1": res["linear"]["top1"]}
+    if ctx.num_classes() > 5:  # with 5 classes or fewer, top-5 is 100% by construction
+        summary["linear top5"] = res["linear"]["top5"]
     for k, v in res["fewshot"]["shots"].items():
         summary[f"{k}-shot"] = v["mean"]
     for k, v in res["episodes"].get("shots", {}).items():
@@ -302,9 +304,11 @@ def summary_table(result: dict) -> str:
     # the option that chooses the protocol's variant: "linear, mode fast" / "linear, mode moco"
     option = VARIANTS.get(result["protocol"], (None,))[0]
     variant = f", {option} {setup[option]}" if option in setup else ""
+    # an image folder is named by its path: two folders (pairs, for transfer) read apart
+    folder = f" ({setup['data_path']})" if setup.get("dataset") == "imagefolder" else ""
     title = (
         f"**{result['protocol']}**{variant} — {setup.get('run')} ({setup.get('method')}), "
-        f"space `{setup.get('space')}`, dataset {setup.get('dataset')}"
+        f"space `{setup.get('space')}`, dataset {setup.get('dataset')}{folder}"
     )
     text = title + "\n\n" + markdown_table(["metric", "accuracy (%)"], rows)
     if result["protocol"] == "corruption":
