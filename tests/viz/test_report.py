@@ -332,3 +332,20 @@ def test_config_table_greys_out_settings_without_effect(tmp_path, run_maker):
     # a run where everything applies says nothing about it
     plain = run_maker(tmp_path, "plain", 0.99, None)
     assert "Grey:" not in write_report(plain).read_text()
+
+
+def test_null_settings_show_what_they_came_to(tmp_path):
+    """`hue: null` said nothing about the hue jitter the run used (`config` comments it)."""
+    import yaml
+
+    from contrastlab.config import config_to_dict, load_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = config_to_dict(load_config("moco_v2", ["data.path=x", "data.image_size=96"]))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    text = write_report(run).read_text()
+    assert (
+        '<td>blur</td><td>null <span class="sub">(= true: moco_v2 blurs only above 64 px)' in text
+    )
+    assert '<td>hue</td><td>null <span class="sub">(= 0.1: the recipe&#x27;s hue jitter)' in text

@@ -79,12 +79,25 @@ def _defaults() -> dict:
         return {}
 
 
+def _resolved_nulls(config: dict) -> dict[str, str]:
+    """What the run's null keys came to (``config.effective_defaults``: ``augment.blur`` ->
+    "= true: moco_v2 blurs only above 64 px"); empty for a config that cannot be rebuilt."""
+    from contrastlab.config import config_from_dict, effective_defaults
+    from contrastlab.viz.score_plots import _unflatten
+
+    try:
+        return effective_defaults(config_from_dict(_unflatten(config)))
+    except Exception:  # an older or foreign config.yaml: shown as written
+        return {}
+
+
 def _config_section(run: Run) -> str:
     if not run.config:
         return '<p class="missing">no config.yaml</p>'
     defaults = _defaults()
     # the rules that keep a setting out of the runs' labels: no effect on this run
     unused = inapplicable_keys(run.config)
+    resolved = _resolved_nulls(run.config)
     sections: dict[str, list[tuple[str, object]]] = {}
     for key, value in run.config.items():
         head, _, rest = key.partition(".")
@@ -96,7 +109,10 @@ def _config_section(run: Run) -> str:
             full = key if name == "general" else f"{name}.{key}"
             changed = full in defaults and defaults[full] != value
             cls = ' class="unused"' if full in unused else ' class="changed"' if changed else ""
-            rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{_cell(value)}</tr>")
+            cell = _cell(value)
+            if value is None and full in resolved:  # what "null" came to for this run
+                cell = f'<td>null <span class="sub">({html.escape(resolved[full])})</span></td>'
+            rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{cell}</tr>")
         parts.append(
             f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>'
         )
