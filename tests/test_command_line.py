@@ -454,3 +454,62 @@ def test_progress_bars_stay_off_a_file(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert b"\r" not in proc.stderr + proc.stdout and b"epoch 1/1" not in proc.stderr
     assert proc.stdout.splitlines()[0].startswith(b"trained 1 epoch")
+
+
+@pytest.mark.parametrize(
+    "argv,said",
+    [
+        (["train", "--outdir", "X"], "--outdir (did you mean '--out-dir'?)"),
+        (["train", "-c", "demo", "--outdir=X"], "--outdir=X (did you mean '--out-dir'?)"),
+        (["eval", "knn", "--spce", "z", "CKPT"], "--spce (did you mean '--space'?) CKPT"),
+        (["demo", "--outdir", "x"], "--outdir (did you mean '--out-dir'?)"),
+        (["config", "--confg", "demo"], "--confg (did you mean '--config'?)"),
+        (["presets", "--hepl"], "--hepl (did you mean '--help'?)"),
+        (["eval", "fewshot", "c", "--epsiodes", "3"], "--epsiodes (did you mean '--episodes'?)"),
+        (["eval", "all", "c", "--protcols", "knn"], "--protcols (did you mean '--protocols'?)"),
+        (["analyze", "c", "--negatvies", "3"], "--negatvies (did you mean '--negatives'?)"),
+        (["scores", "r", "--lables", "a"], "--lables (did you mean '--labels'?)"),
+        (["report", "r", "--analisys", "d"], "--analisys (did you mean '--analysis'?)"),
+        (["export", "c", "--out", "o", "--fromat", "x"], "--fromat (did you mean '--format'?)"),
+        (["convert", "c", "--out", "o", "--form", "x"], "--form (did you mean '--from'?)"),
+        # nothing close: no guess ("--bogus" and "--out" share only their dashes)
+        (["eval", "knn", "c", "--bogus"], "unrecognized arguments: --bogus; see"),
+    ],
+)
+def test_a_mistyped_flag_gets_the_closest_flag_of_its_command(argv, said, capsys):
+    """It said only "unrecognized arguments: --outdir", where a mistyped config key or value
+    gets a did-you-mean."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert said in err, err
+    command = " ".join(argv[:2]) if argv[0] == "eval" else argv[0]
+    assert err.startswith(f"error: contrastlab {command}: unrecognized arguments: ")
+    assert err.endswith(f"; see contrastlab {command} --help")
+
+
+def test_every_commands_flags_are_suggested_from_that_command():
+    """Each flag of each (sub)command, mistyped (two letters swapped), is matched to itself."""
+    import argparse
+
+    from contrastlab.cli import _unknown, build_parser
+
+    def leaves(parser):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield parser
+        for action in subs:
+            for sub in action.choices.values():
+                yield from leaves(sub)
+
+    checked = set()
+    for parser in leaves(build_parser()):
+        for flag in (f for a in parser._actions for f in a.option_strings):
+            name = flag[2:]
+            if flag.startswith("--") and len(name) >= 4:
+                typo = f"--{name[0]}{name[2]}{name[1]}{name[3:]}"
+                assert _unknown([typo], parser) == f"{typo} (did you mean '{flag}'?)", parser.prog
+                checked.add(parser.prog)
+    assert {"contrastlab train", "contrastlab eval knn", "contrastlab scores"} <= checked
+    assert len(checked) >= 15

@@ -282,6 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` ran: ``contrastlab eval knn``'s, not the
+    top level's, so that an unknown flag is matched against that command's own flags."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[chosen]
+
+
+def _unknown(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """The arguments argparse did not take, each mistyped flag followed by the closest flag of
+    ``parser`` (``--outdir (did you mean '--out-dir'?)``), as config keys are."""
+    from contrastlab.config import suggest
+
+    flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+    words = []
+    for word in extra:
+        name = word.split("=", 1)[0].lstrip("-")
+        mistyped = word.startswith("-") and name[:1].isalpha()  # not -1, not -
+        words.append(word + suggest(f"--{name}", flags, "--") if mistyped else word)
+    return " ".join(words)
+
+
 def _is_override(arg: str) -> bool:
     return "=" in arg and not arg.startswith("-")
 
@@ -373,11 +398,10 @@ def main(argv: list[str] | None = None) -> int:
             # key=value before and after --config: argparse takes only one group of positionals
             args.overrides = [*args.overrides, *extra]
         elif extra:  # one line that points at the help of the subcommand, not the top level
-            prog = " ".join(
-                ["contrastlab", *(getattr(args, k, None) or "" for k in ("command", "protocol"))]
-            ).strip()
+            command = _command_parser(parser, args)
             print(
-                f"error: {prog}: unrecognized arguments: {' '.join(extra)}; see {prog} --help",
+                f"error: {command.prog}: unrecognized arguments: {_unknown(extra, command)}; "
+                f"see {command.prog} --help",
                 file=sys.stderr,
             )
             raise SystemExit(2)  # as argparse's own errors

@@ -296,7 +296,7 @@ def _load_source(
     else:
         if name_or_path not in preset_names():
             raise UserError(
-                f"unknown preset '{name_or_path}'{_suggest(name_or_path, preset_names())}; "
+                f"unknown preset '{name_or_path}'{suggest(name_or_path, preset_names())}; "
                 f"valid presets: {', '.join(preset_names())} (or a path to a .yaml file)"
             )
         text = (resources.files("contrastlab") / "configs" / f"{name_or_path}.yaml").read_text()
@@ -396,9 +396,13 @@ def _deep_update(target: dict, source: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def suggest(word: str, choices, prefix: str = "") -> str:
+    """`` (did you mean 'X'?)`` for the choice closest to a mistyped ``word`` (a config key or
+    value, a preset, a command-line flag), or ``""`` when none is close. A ``prefix`` that all
+    of them share (``--`` of flags) is left out of the comparison, where it makes any two alike."""
+    names = [c.removeprefix(prefix) for c in choices]
+    close = difflib.get_close_matches(word.removeprefix(prefix), names, n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def _number(value: Any) -> float | None:
@@ -427,7 +431,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in choices:
             valid = ", ".join(str(c) for c in choices)
             raise UserError(
-                f"{key}={_show(value)} is not valid{_suggest(str(value), map(str, choices))}; "
+                f"{key}={_show(value)} is not valid{suggest(str(value), map(str, choices))}; "
                 f"valid values: {valid}"
             )
         return value
@@ -495,7 +499,7 @@ def _build(cls, data: dict, prefix: str = ""):
         full = f"{prefix}{key}"
         if key not in names:
             raise UserError(
-                f"unknown config key '{full}'{_suggest(full, [prefix + n for n in names])}; "
+                f"unknown config key '{full}'{suggest(full, [prefix + n for n in names])}; "
                 "valid keys"
                 f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
             )
@@ -742,7 +746,7 @@ def _check_ranges(cfg: Config) -> None:
             hint = ""
             if isinstance(spec, Items) and isinstance(spec.item, Choices):  # e.g. 'colour'
                 wrong = [x for x in value if not spec.item.ok(x)]
-                hint = _suggest(str(wrong[0]), spec.item.values) if wrong else ""
+                hint = suggest(str(wrong[0]), spec.item.values) if wrong else ""
             raise UserError(f"{key} must be {spec.describe()}, got {value!r}{hint}")
 
 
@@ -781,7 +785,7 @@ def _validate(cfg: Config, need_data_path: bool = True) -> None:
     if cfg.train.knn_space not in spaces:
         raise UserError(
             f"train.knn_space={cfg.train.knn_space!r} is not a feature space of this "
-            f"{cfg.method} model{_suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}"
+            f"{cfg.method} model{suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}"
         )
     if cfg.data.name == "imagefolder" and not cfg.data.path and need_data_path:
         raise UserError(
