@@ -273,6 +273,24 @@ def test_runs_of_other_steps_per_epoch_share_an_epoch_axis(tmp_path, run_maker):
     assert steps_per_epoch(load_run(tmp_path / "slow")) == 11
 
 
+def test_the_figures_of_all_spaces_share_one_x_axis(tmp_path, run_maker):
+    """The axis was chosen per figure: a space of one run only (color) was drawn in steps where
+    the shared one (z), of runs of 5 and 11 steps per epoch, was drawn in epochs."""
+    a = load_run(run_maker(tmp_path, "a", 0.9, None, epochs=2, steps=5))
+    b = load_run(run_maker(tmp_path, "b", 0.99, None, spaces=("z", "color"), epochs=2, steps=11))
+    figs = _curves([a, b])
+    for stem in ("scores-z-curves", "scores-color-curves"):
+        for ax in figs[stem].axes:
+            assert ax.get_xlabel() == "epoch (step / steps per epoch: 5, 11)", stem
+            assert max(max(line.get_xdata()) for line in ax.get_lines()) == pytest.approx(2.0)
+    # runs that agree: steps in every figure
+    c = load_run(run_maker(tmp_path, "c", 0.999, None, spaces=("z", "color"), epochs=2, steps=5))
+    figs = _curves([a, c])
+    assert {ax.get_xlabel() for s, f in figs.items() if s.endswith("curves") for ax in f.axes} == {
+        "step"
+    }
+
+
 def test_each_figure_labels_its_runs_by_what_differs_among_them(tmp_path, run_maker):
     """Two MoCo runs and a LooC run (no space z): the z figures showed the keys that set the
     MoCo runs apart from the LooC run (method, moco.*), the same on both curves, and cut the

@@ -298,14 +298,16 @@ def _differs(run: Run, space: str) -> bool:
 
 
 def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
-    """(a)+(c): pos, neg mean and neg variance over training, one colour per run."""
+    """(a)+(c): pos, neg mean and neg variance over training, one colour per run.
+
+    The x-axis (steps or epochs) is decided over all ``runs``, those without ``space`` too, so
+    that the figures of every space of one call share it."""
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     any_effective = False
     handles = []
-    shown = [r for r in runs if space in r.spaces]
-    divisors, xlabel = _x_axis(shown)
-    per_step = dict(zip(map(id, shown), divisors))
+    divisors, xlabel = _x_axis(runs)
+    per_step = dict(zip(map(id, runs), divisors))
     for i, (run, label) in enumerate(zip(runs, labels)):
         if space not in run.spaces:
             continue
