@@ -62,7 +62,8 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
 
     assert knn["summary"]["top1"] == pytest.approx(by_hand(3, 1.0))
     assert by_hand(3, 1.0) != by_hand(3, 0.01) and by_hand(3, 1.0) != by_hand(200, 1.0)
-    assert "| top1 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| top1 |" in out and "**knn** — " in out  # one form: nothing to name
     assert main(["eval", "linear", str(checkpoint), *COMMON, "--fast", "--cache", cache]) == 0
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test features, shared
     assert (
@@ -147,7 +148,17 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     cor = _json(run_dir / "eval" / "corruption-knn.json")
     assert set(cor["details"]["corruptions"]) == {"gaussian_noise", "frost"}
     out = capsys.readouterr().out
-    assert "| gaussian_noise |" in out and "**corruption**, classifier knn —" in out
+    assert "| gaussian_noise |" in out
+    # each heading says what ran, not the option that chose it ("linear, mode fast")
+    for heading in (
+        "**linear** (logistic regression on features, C swept on a validation split) — ",
+        "**linear** (MoCo's SGD protocol on randomly cropped and flipped images, 1 epoch, lr 30) — ",
+        "**fewshot** (all-way 2-shot: 2 draws each, logistic regression; 3-way 1-shot episodes: "
+        "5 each, nearest centroid) — ",
+        "**corruption** (kNN classifier on clean training features, k 5, T ",
+    ):
+        assert heading in out, out
+    assert cor["setup"]["k"] == 5
 
 
 def test_a_k_larger_than_the_bank_is_said_and_recorded(checkpoint, tmp_path, capsys):
@@ -246,7 +257,9 @@ def test_eval_all_and_export(checkpoint, tmp_path, capsys):
     assert [e["label"] for e in data["entries"]] == ["tiny/last", "tiny/copy"]
     table = (out / "comparison.md").read_text()
     assert "linear: top1" in table
-    assert table.startswith("Feature space `backbone`; linear probe: fast mode")
+    assert table.startswith(
+        "Feature space `backbone`; linear probe: logistic regression on features, C swept"
+    )
     assert (out / "comparison.png").stat().st_size > 1000
 
     from contrastlab.checkpoint import load_model
@@ -392,7 +405,7 @@ def test_eval_all_names_each_rows_dataset_and_warns_when_they_differ(
     assert "| checkpoint | dataset | test images |" in table and "not comparable" in table
     assert "| tiny/last | synthetic | 64 |" in out
     assert "synthetic" in titles[0] and "imagefolder (flowers)" in titles[0]
-    assert "space backbone" in titles[0] and "linear probe: fast mode" in titles[0]
+    assert "space backbone" in titles[0] and "linear probe: logistic regression" in titles[0]
     # each bar says which dataset it was measured on
     assert legends[0][0] == "tiny/last (synthetic, 64)"
     assert legends[0][1] == "tiny/folder (imagefolder (flowers), 6)"
@@ -440,9 +453,11 @@ def test_linear_modes_keep_their_own_results_and_headings(checkpoint, tmp_path, 
     run_dir = checkpoint.parent.parent
     argv = ["eval", "linear", str(checkpoint), *COMMON, "--max-train", "32", "--max-test", "16"]
     assert main([*argv, "--fast"]) == 0
-    assert "**linear**, mode fast —" in capsys.readouterr().out
+    fast = "**linear** (logistic regression on features, C swept on a validation split) —"
+    assert fast in capsys.readouterr().out
     assert main([*argv, "--epochs", "1"]) == 0
-    assert "**linear**, mode moco —" in capsys.readouterr().out
+    sgd = "**linear** (MoCo's SGD protocol on randomly cropped and flipped images, 1 epoch,"
+    assert sgd in capsys.readouterr().out
     assert _json(run_dir / "eval" / "linear-fast.json")["setup"]["mode"] == "fast"
     assert _json(run_dir / "eval" / "linear.json")["setup"]["mode"] == "moco"
     section = _eval_section(load_run(run_dir))

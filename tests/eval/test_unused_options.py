@@ -134,17 +134,23 @@ def test_analyze_refuses_a_data_path_for_the_synthetic_dataset(checkpoint, tmp_p
     assert not (out / "analysis.json").exists()
 
 
-def test_the_options_each_branch_uses_are_taken(checkpoint, tmp_path):
-    """--C is used by the all-way protocol and by episodes with --classifier logistic."""
+def test_the_options_each_branch_uses_are_taken(checkpoint, tmp_path, capsys):
+    """--C is used by the all-way protocol and by episodes with --classifier logistic. The
+    heading says what ran, where it said "fewshot, which allway"."""
     out = tmp_path / "fewshot.json"
     episodes = ["--ways", "2", "--episode-shots", "1", "--queries", "2", "--episodes", "2"]
     argv = ["eval", "fewshot", str(checkpoint), *COMMON, "--which", "episodes", *episodes]
     assert main([*argv, "--classifier", "logistic", "--C", "0.5", "--out", str(out)]) == 0
     assert _json(out)["details"]["episodes"]["C"] == 0.5
+    heading = "**fewshot** (2-way 1-shot episodes: 2 each, logistic regression) — "
+    assert heading in capsys.readouterr().out
     argv = ["eval", "fewshot", str(checkpoint), *COMMON, "--which", "allway", "--shots", "1"]
     assert main([*argv, "--trials", "1", "--C", "0.25", "--out", str(out)]) == 0
     assert _json(out)["details"]["allway"]["C"] == 0.25
     assert list(_json(out)["details"]) == ["allway"]
+    out = capsys.readouterr().out
+    assert "**fewshot** (all-way 1-shot: 1 draw each, logistic regression) — " in out
+    assert "which" not in out
 
 
 def test_the_setup_records_the_seed_and_the_checkpoint_state(checkpoint, tmp_path):

@@ -517,6 +517,7 @@ def _check_saved_results(args) -> None:
 def _all(args) -> int:
     from contrastlab.eval import protocols as P
     from contrastlab.eval.compare import run_all
+    from contrastlab.eval.protocols import linear_text
 
     if args.out is not None:
         raise UserError(
@@ -556,7 +557,11 @@ def _all(args) -> int:
         runners,
         save_each=not args.no_save,
         dataset_tag=_dataset_tag(args),
-        note=f"linear probe: {args.linear_mode} mode" if "linear" in args.protocols else "",
+        note=(
+            f"linear probe: {linear_text(args.linear_mode, epochs)}"
+            if "linear" in args.protocols
+            else ""
+        ),
     )
     print(res["table"])
     print(f"\ncomparison written to {res['out_dir']}/comparison.{{md,json,png}}")

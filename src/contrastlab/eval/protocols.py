@@ -14,7 +14,7 @@ import torch
 
 from contrastlab.errors import UserError, warn
 from contrastlab.eval.context import EvalContext
-from contrastlab.eval.results import VARIANTS, markdown_table, pm
+from contrastlab.eval.results import markdown_table, pm
 
 PROTOCOLS = ("knn", "linear", "fewshot", "rotation", "corruption", "factors", "transfer")
 
@@ -211,9 +211,10 @@ def run_corruption(
     res["resolution"] = ctx.image_size
     res["table"] = table_for(ctx.image_size, ctx.image_size)
     summary = {"clean": res["clean"], "mean": res["mean"]}
-    return _wrap(
-        ctx, "corruption", summary, res, {"classifier": classifier, "severities": list(severities)}
-    )
+    options = {"classifier": classifier, "severities": list(severities)}
+    if classifier == "knn":
+        options |= {"k": k, "temperature": temperature}
+    return _wrap(ctx, "corruption", summary, res, options)
 
 
 def run_factors(
@@ -292,6 +293,59 @@ def run_transfer(
 # ----------------------------------------------------------------------------------------------
 
 
+def _shots(values) -> str:
+    """``["1", "5", "10"]`` -> ``"1-, 5- and 10-shot"``."""
+    values = [str(v) for v in values]
+    if len(values) < 2:
+        return f"{''.join(values)}-shot"
+    return f"{'-, '.join(values[:-1])}- and {values[-1]}-shot"
+
+
+def linear_text(mode: str, epochs: int | None = None, lr: float | None = None, C=None) -> str:
+    """The linear protocol in the field's words: MoCo's SGD protocol or logistic regression."""
+    if mode == "fast":
+        fixed = "C swept on a validation split" if C is None else f"C {C:g}"
+        return f"logistic regression on features, {fixed}"
+    text = "MoCo's SGD protocol on randomly cropped and flipped images"
+    if epochs is not None:
+        text += f", {epochs} epoch{'s' if epochs != 1 else ''}"
+    return text if lr is None else f"{text}, lr {lr:g}"
+
+
+def variant_text(result: dict) -> str:
+    """What a result's protocol ran, in the field's words, for its heading: ``all-way 5- and
+    10-shot: 5 draws each, logistic regression`` rather than the option that chose it
+    (``which allway``); ``""`` for a protocol with one form."""
+    protocol, setup, details = result["protocol"], result["setup"], result.get("details", {})
+    if protocol == "linear" and "mode" in setup:
+        return linear_text(setup["mode"], setup.get("epochs"), setup.get("lr"), setup.get("C"))
+    if protocol == "corruption" and "classifier" in setup:
+        if setup["classifier"] != "knn":
+            return "linear classifier on clean training features"
+        knn = "".join(
+            f", {n} {setup[key]:g}" for n, key in (("k", "k"), ("T", "temperature")) if key in setup
+        )
+        return f"kNN classifier on clean training features{knn}"
+    if protocol == "fewshot":
+        parts = []
+        allway = details.get("allway")
+        if allway:
+            parts.append(
+                f"all-way {_shots(allway['shots'])}: {allway['trials']} "
+                f"draw{'s' if allway['trials'] != 1 else ''} each, logistic regression"
+            )
+        episodes = details.get("episodes")
+        if episodes:
+            classifier = {"centroid": "nearest centroid", "logistic": "logistic regression"}
+            parts.append(
+                f"{episodes['n_way']}-way {_shots(episodes['shots'])} episodes: "
+                f"{episodes['episodes']} each, "
+                f"{classifier.get(episodes['classifier'], episodes['classifier'])}"
+            )
+        return "; ".join(parts)
+    return ""
+
+
 def summary_table(result: dict) -> str:
     """The headline numbers as a markdown table; ``x ± ci`` where a 95 % interval exists."""
     summary = result["summary"]
@@ -301,9 +355,8 @@ def summary_table(result: dict) -> str:
             continue
         rows.append([key, pm(value, summary.get(f"{key} ci95"))])
     setup = result["setup"]
-    # the option that chooses the protocol's variant: "linear, mode fast" / "linear, mode moco"
-    option = VARIANTS.get(result["protocol"], (None,))[0]
-    variant = f", {option} {setup[option]}" if option in setup else ""
+    what = variant_text(result)
+    variant = f" ({what})" if what else ""
     # an image folder is named by its path: two folders (pairs, for transfer) read apart
     folder = f" ({setup['data_path']})" if setup.get("dataset") == "imagefolder" else ""
     title = (
