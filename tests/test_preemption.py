@@ -97,6 +97,14 @@ def test_a_stop_signal_finishes_the_step_saves_and_stops(
     message = str(info.value)
     assert len(message.splitlines()) == 1
     assert sig in message and "train.resume=auto" in message and "last.pt" in message
+    # the epoch it stopped in and the finished ones, which the stopped event's epoch counts (the
+    # line named only the running epoch, one more than the event's)
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    stopped = json.loads(lines[-1])
+    assert stopped["event"] == "stopped" and stopped["step"] == 2
+    done, n = stopped["epoch"], stopped["batch_in_epoch"]
+    assert f"in epoch {done + 1} after {n} of its " in message
+    assert f"({done} of 2 epochs complete, step 2); checkpoint " in message
     state = read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 2 and state["position"]["batch"] == 2  # the step that was running
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # handlers are put back
@@ -145,6 +153,7 @@ def test_the_command_exits_with_its_own_status_on_sigterm(tmp_path):
         assert f"in epoch {stopped['epoch'] + 1} after {n} of its" in lines[0]
     else:
         assert f"after epoch {stopped['epoch']} " in lines[0]
+    assert f"({stopped['epoch']} of 500 epochs complete, step {stopped['step']})" in lines[0]
     # the step that was running when the signal came is finished, and no more (one log interval)
     assert logged <= state["step"] <= logged + 3
 
@@ -284,7 +293,7 @@ def test_a_stop_signal_during_the_monitor_stops_at_the_epoch_boundary(
 
     monkeypatch.setattr(Trainer, "knn_monitor", signalled)
     cfg = tiny_config(*settings, "name=cut")
-    with pytest.raises(TrainingInterrupted, match="after epoch 1 "):
+    with pytest.raises(TrainingInterrupted, match=r"after epoch 1 \(1 of 2 epochs complete, "):
         Trainer(cfg).fit()
     monkeypatch.undo()
     state = read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")

@@ -868,8 +868,10 @@ class Trainer:
             where, left = f"{where}, the last, before its kNN monitor", "to run the monitor"
         else:
             left = "to continue"
+        # the epoch it stopped in and the finished ones, which the event's ``epoch`` counts
+        done = f"{self.epoch} of {self.cfg.optim.epochs} epochs complete"
         return TrainingInterrupted(
-            f"stopped by {signal_name} {where} (step {self.step}); checkpoint "
+            f"stopped by {signal_name} {where} ({done}, step {self.step}); checkpoint "
             f"{self.ckpt_dir / 'last.pt'}; {left}, run the same command with "
             "train.resume=auto",
             is_main=self.is_main,
