@@ -513,3 +513,44 @@ def test_every_commands_flags_are_suggested_from_that_command():
                 checked.add(parser.prog)
     assert {"contrastlab train", "contrastlab eval knn", "contrastlab scores"} <= checked
     assert len(checked) >= 15
+
+
+def test_no_command_takes_an_abbreviated_flag():
+    """A prefix of a flag is refused with a suggestion, never taken for the flag: ``train --out X``
+    used to run with ``--out-dir X``, while ``--out`` is the output file elsewhere."""
+    import argparse
+
+    from contrastlab.cli import build_parser
+
+    def leaves(parser):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield parser
+        for action in subs:
+            for sub in action.choices.values():
+                yield from leaves(sub)
+
+    checked = 0
+    for parser in leaves(build_parser()):
+        assert parser.allow_abbrev is False, parser.prog
+        flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+        for flag in flags:
+            prefix = flag[:-1]
+            if len(prefix) > 3 and not any(f.startswith(prefix) and f != flag for f in flags):
+                action = parser._parse_optional(prefix)[0]  # what argparse would take it for
+                assert action is None, (parser.prog, prefix)
+                checked += 1
+    assert checked > 30
+
+
+@pytest.mark.parametrize("command", [["train"], ["demo"]])
+def test_out_is_not_taken_for_out_dir(command, tmp_path, capsys):
+    from contrastlab.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        # optim.epochs=-1: where --out were taken for --out-dir, the run stops at the config check
+        main([*command, "--out", str(tmp_path / "x"), "optim.epochs=-1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --out" in err and "did you mean '--out-dir'?" in err
+    assert not (tmp_path / "x").exists()

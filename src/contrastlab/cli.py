@@ -245,7 +245,15 @@ def _cmd_convert(args) -> int:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors as one line (``error: contrastlab train: ...``) and status 2,
-    instead of the whole usage block; ``--help`` still prints the usage."""
+    instead of the whole usage block; ``--help`` still prints the usage.
+
+    Flags are not abbreviated (``allow_abbrev=False``, inherited by every subcommand's parser):
+    argparse would take ``train --out X`` as ``--out-dir X``, while ``--out`` names the output file
+    itself everywhere else; a prefix is answered like any unknown flag, with the closest one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
