@@ -28,6 +28,50 @@ def test_probe_scores_cover_classes_missing_from_training(blobs):
     assert s.shape == (60, 5) and torch.isinf(s[:, 3:]).all()
 
 
+def _with_a_unit_dead_in_training(f: torch.Tensor, seed: int) -> tuple:
+    """Training features whose first unit is nearly constant (spread 1e-6), and test features
+    where that unit varies as much as the others: a ReLU unit that rarely fires on the training
+    images but does on the test images."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = f.clone(), f.clone()
+    train[:, 0] = 1e-6 * torch.randn(len(f), generator=gen)
+    test[:, 0] = 3.0 * torch.randn(len(f), generator=gen)
+    return train, test
+
+
+def test_a_unit_dead_in_training_does_not_decide_the_test_predictions(blobs):
+    """The probe's accuracy with such a unit stays that of the probe without it (old: the unit,
+    divided by its 1e-6 spread, decided every prediction: about chance)."""
+    f, y = blobs(60, 4, 8, sep=3.0)
+    train, test = _with_a_unit_dead_in_training(f, seed=1)
+    without = LogisticProbe(C=1.0).fit(f[:, 1:], y).accuracy(f[:, 1:], y)
+    assert without > 90.0
+    assert LogisticProbe(C=1.0).fit(train, y).accuracy(test, y) >= without - 5.0
+
+
+@pytest.mark.parametrize("num_classes", [2, 6])
+def test_probe_scores_stay_finite_and_rank_as_the_probabilities(blobs, num_classes):
+    """Where the other classes' probabilities underflow to 0, scores stay finite (no log(0)
+    warnings, no ties at -inf), the top-1 class is the classifier's prediction, and the runner-up
+    is the second most probable class, as a float64 softmax ranks it."""
+    import warnings
+
+    f, y = blobs(30, num_classes, 8, sep=3.0)
+    probe = LogisticProbe(C=1.0).fit(f, y, num_classes=num_classes)
+    far = f * 1e4  # far outside the training range: probabilities of 1 and 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = probe.scores(far)
+    assert torch.isfinite(s).all()
+    x = probe.scaler.transform(far.double().numpy())
+    assert (s.argmax(1).numpy() == probe.clf.predict(x)).all()
+    logits = probe.clf.decision_function(x)
+    if logits.ndim == 1:
+        logits = np.stack([np.zeros_like(logits), logits], axis=1)
+    second = np.argsort(-logits, axis=1, kind="stable")[:, 1]  # softmax keeps the logits' order
+    assert (s.topk(2, dim=1).indices[:, 1].numpy() == second).all()
+
+
 class Linear(torch.nn.Module):
     feature_spaces = ("backbone",)
 

@@ -48,11 +48,16 @@ def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
+# The smallest feature spread the probe divides by, as a fraction of the median spread.
+SCALE_FLOOR = 1e-2
+
+
 class LogisticProbe:
     """Multinomial logistic regression on standardized features, ``C`` picked on a validation split.
 
-    ``scores(feats)`` returns ``[N, num_classes]`` log-probabilities, with ``-inf`` for classes
-    that never occur in the training labels, so top-k accuracies stay comparable.
+    ``scores(feats)`` returns ``[N, num_classes]`` class scores (the logits, which rank classes as
+    the log-probabilities do), with ``-inf`` for classes that never occur in the training labels,
+    so top-k accuracies stay comparable.
     """
 
     def __init__(
@@ -97,6 +102,12 @@ class LogisticProbe:
             raise UserError("a linear probe needs at least two classes in the training labels")
         self.num_classes = int(num_classes if num_classes is not None else y.max() + 1)
         self.scaler = StandardScaler().fit(x)
+        # A unit that is (nearly) constant on the training images, as ReLU units of a backbone can
+        # be, would be divided by its tiny spread: where it varies on test images its standardized
+        # value dwarfs every other feature and decides the prediction alone. Floor each spread at
+        # a fraction of the typical one, so such units stay on the scale of the others.
+        typical = float(np.median(self.scaler.scale_))
+        self.scaler.scale_ = np.maximum(self.scaler.scale_, SCALE_FLOOR * typical)
         x = self.scaler.transform(x)
         if self.C is None:
             self.C = self._select_C(x, y)
@@ -136,10 +147,15 @@ class LogisticProbe:
 
     def scores(self, feats: Tensor | np.ndarray) -> Tensor:
         x = self.scaler.transform(_numpy(feats).astype(np.float64))
+        # The logits, not predict_log_proba: on well-separated features the probabilities of the
+        # other classes underflow to 0, their logs are -inf (with a "divide by zero" warning per
+        # call), and top-k then ranks those classes by chance.
         with _blas_threads(x):
-            logp = self.clf.predict_log_proba(x)
+            logits = self.clf.decision_function(x)
+        if logits.ndim == 1:  # two classes: sklearn gives log p1 - log p0
+            logits = np.stack([-logits / 2, logits / 2], axis=1)
         out = np.full((x.shape[0], self.num_classes), -np.inf)
-        out[:, self.clf.classes_] = logp
+        out[:, self.clf.classes_] = logits
         return torch.from_numpy(out)
 
     def accuracy(
