@@ -182,12 +182,23 @@ class EvalContext:
     def num_classes(self) -> int:
         return int(self.raw("train").num_classes)
 
-    def stats(self, ds: Dataset) -> tuple[tuple, tuple]:
-        """Normalization statistics: the training images' (default) or the target's own.
+    def reference(self) -> Dataset:
+        """The split whose rule every split's view follows: the training split (the bank) of the
+        evaluated dataset. Its native size picks the geometry and, with ``--norm target``, its
+        statistics normalize, for the test split as well, as in the trainer's kNN monitor: a test
+        split on its own may differ (all its images of one size while the training split's are
+        mixed, so held in memory and resized whole), and its queries would then be resized or
+        normalized unlike the bank they are compared with."""
+        return self.raw("train")
+
+    def stats(self, ds: Dataset | None = None) -> tuple[tuple, tuple]:
+        """Normalization statistics: the training images' (default) or the target's own (those
+        of ``ds``, by default :meth:`reference`).
 
         The training statistics are those stored in the checkpoint, whatever the dataset or path
         given for evaluation; checkpoints that predate them get the training dataset's rule.
         """
+        ds = self.reference() if ds is None else ds
         if self.norm == "target":
             return ds.mean, ds.std
         if self.train_stats is not None:
@@ -201,28 +212,31 @@ class EvalContext:
             return ds.mean, ds.std
         return dataset_stats(self.cfg.data.name, self.cfg.data.image_size)
 
-    def eval_transform(self, ds: Dataset) -> Callable:
+    def eval_transform(self) -> Callable:
+        """The deterministic evaluation view of every split (the rule of :meth:`reference`)."""
         from contrastlab.data.augment import build_eval_transform
 
-        mean, std = self.stats(ds)
-        return build_eval_transform(self.image_size, mean, std, ds.image_size)
+        mean, std = self.stats()
+        return build_eval_transform(self.image_size, mean, std, self.reference().image_size)
 
-    def eval_stages(self, ds: Dataset) -> tuple[Callable, Callable]:
+    def eval_stages(self) -> tuple[Callable, Callable]:
         """``eval_transform`` in two parts: (image -> uint8 tensor at the network's resolution,
         uint8 tensor -> normalized float), so that corruptions can go in between."""
         from contrastlab.data.augment import build_eval_finish, build_eval_geometry
 
-        mean, std = self.stats(ds)
-        return build_eval_geometry(self.image_size, ds.image_size), build_eval_finish(mean, std)
+        mean, std = self.stats()
+        native = self.reference().image_size
+        return build_eval_geometry(self.image_size, native), build_eval_finish(mean, std)
 
-    def train_transform(self, ds: Dataset) -> Callable:
+    def train_transform(self) -> Callable:
         """Crop + flip for MoCo's linear protocol. Small images (<= 96 px): pad-and-crop, as is
         usual on CIFAR; larger: RandomResizedCrop (scale 0.08–1) as on ImageNet."""
         from contrastlab.data.augment import SMALL_IMAGE
 
-        mean, std = self.stats(ds)
+        mean, std = self.stats()
         size = self.image_size
-        if ds.image_size is not None and ds.image_size <= SMALL_IMAGE:
+        native = self.reference().image_size
+        if native is not None and native <= SMALL_IMAGE:
             steps = [
                 v2.ToImage(),
                 v2.Resize(size, antialias=True),
@@ -277,7 +291,7 @@ class EvalContext:
 
     def features(self, split: str) -> tuple[Tensor, Tensor]:
         """Frozen features and labels of a split under the evaluation transform."""
-        transform = self.eval_transform(self.raw(split))
+        transform = self.eval_transform()
         return extract_features(
             self.model,
             self.view(split, transform),

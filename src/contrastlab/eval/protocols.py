@@ -78,8 +78,8 @@ def run_linear(
         )
         options = {"mode": "fast", "C": C, "val_fraction": val_fraction}
     elif mode == "moco":
-        train = ctx.view("train", ctx.train_transform(ctx.raw("train")))
-        test = ctx.view("test", ctx.eval_transform(ctx.raw("test")))
+        train = ctx.view("train", ctx.train_transform())
+        test = ctx.view("test", ctx.eval_transform())
         res = linear_sgd(
             ctx.model,
             train,
@@ -146,7 +146,7 @@ def run_fewshot(
 def _rotation_features(ctx: EvalContext, split: str):
     from contrastlab.eval.rotation import rotation_features
 
-    transform = ctx.eval_transform(ctx.raw(split))
+    transform = ctx.eval_transform()
     return rotation_features(
         ctx.model,
         ctx.view(split, transform),
@@ -192,7 +192,7 @@ def run_corruption(
     else:
         raise UserError(f"unknown classifier '{classifier}'; valid: linear, knn")
     raw = ctx.raw("test")
-    geometry, finish = ctx.eval_stages(raw)  # corrupt between the two: at network resolution
+    geometry, finish = ctx.eval_stages()  # corrupt between the two: at network resolution
     parts = ctx.cache_parts("test", finish)
     res = corruption_eval(
         ctx.model,

@@ -3,8 +3,9 @@
 The encoder was pretrained elsewhere; the target's training folder trains the classifiers and its
 test folder measures them. Images are resized to the checkpoint's training size and, by default,
 normalized with the statistics the encoder was trained with (``--norm checkpoint``): that is the
-input distribution the network expects. ``--norm target`` uses the target folder's statistics
-instead (ImageNet's for images larger than 32 px, CIFAR-10's for smaller ones).
+input distribution the network expects. ``--norm target`` uses the target's training folder's
+statistics instead, for its test folder too (ImageNet's for images larger than 32 px, CIFAR-10's
+for smaller ones).
 """
 
 from __future__ import annotations
