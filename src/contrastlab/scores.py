@@ -236,6 +236,8 @@ class ScoreRecorder:
         # Epoch histograms of this run, {epoch: array [spaces, stages, kinds, bins]}; rank 0 only.
         self._epoch_hists: dict[int, np.ndarray] = {}
         self._epochs_written: list[int] = []
+        # {epoch: processes that trained it}: a resumed run may run on another number of them
+        self._epoch_worlds: dict[int, int | None] = {}
         if self.enabled and self.rank == 0:
             self._resume()
 
@@ -285,6 +287,10 @@ class ScoreRecorder:
             return
         self.spaces = list(meta.get("spaces", []))
         self._epochs_written = [int(e) for e in meta.get("epochs", [])]
+        worlds = meta.get("world_sizes")
+        if isinstance(worlds, list) and len(worlds) == len(self._epochs_written):
+            self._epoch_worlds = dict(zip(self._epochs_written, worlds))
+        # an older record kept only the last part's world_size: the earlier epochs' is unknown
         hist_path = self.dir / "hist.npz"
         try:
             with np.load(hist_path, allow_pickle=False) as f:
@@ -584,6 +590,7 @@ class ScoreRecorder:
             for prefix in ("queries", "intervals"):
                 (self.dir / f"{prefix}-epoch{later:04d}.npz").unlink(missing_ok=True)
         self._epochs_written = sorted({e for e in self._epochs_written if e <= epoch} | {epoch})
+        self._epoch_worlds[epoch] = self.world
         self._epoch_hists[epoch] = counts
         epochs = sorted(self._epoch_hists)
         stacked = np.zeros((len(epochs), len(self.spaces), len(STAGES), len(KINDS), self.bins))
@@ -611,8 +618,10 @@ class ScoreRecorder:
                 "query_dtype": np.dtype(QUERY_DTYPE).name,
                 "quantiles": list(QUANTILES),
                 "log_every": self.log_every,
-                "world_size": self.world,
+                "world_size": self.world,  # of the part that wrote this file last
                 "epochs": self._epochs_written,
+                # the processes behind each of ``epochs`` (null: not recorded, an older record)
+                "world_sizes": [self._epoch_worlds.get(e) for e in self._epochs_written],
             },
         )
         if self.tb is not None:
@@ -801,10 +810,9 @@ def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
     folder = Path(run_dir) / "scores"
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        raise UserError(
-            f"{run_dir} has no recorded scores ({meta_path} is missing); "
-            "train with scores.record=true"
-        )
+        from contrastlab.runstate import run_dir_reason
+
+        raise UserError(f"{run_dir} has no recorded scores: {run_dir_reason(run_dir)}")
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:

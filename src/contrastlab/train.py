@@ -69,6 +69,10 @@ class TrainResult:
     resumed_from: Path | None = None  # the checkpoint training continued from
 
 
+# Numbers of metrics.jsonl events that place an event or describe the run, not curves to draw.
+_NOT_SCALARS = ("epoch", "step", "epochs_complete", "in_epoch", "steps_per_epoch", "world_size")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -468,8 +472,23 @@ class Trainer:
                     f"checkpoint {path} was written inside an epoch by {saved_world} "
                     f"process(es); resume it with the same number ({distributed.world_size()} now)"
                 )
-        where = {} if self.position is None else {"batch_in_epoch": self.position["batch"]}
+        # the checkpoint's epoch as the stopped event places it: complete epochs, and inside an
+        # epoch the one that continues (1-based, as train/epoch events count) and its steps done
+        where = {"epochs_complete": self.epoch}
+        if self.position is not None:
+            where.update(
+                in_epoch=self.epoch + 1,
+                batch_in_epoch=self.position["batch"],
+                steps_per_epoch=self.steps_per_epoch,
+            )
         changed = changed_settings(state["config"], config_to_dict(self.cfg))
+        # the number of processes is no config key: a checkpoint says what wrote it (one taken
+        # inside an epoch also by its random states, one per process)
+        world, saved_world = distributed.world_size(), state.get("world_size")
+        if saved_world is None and self.position is not None:
+            saved_world = len(self.position["rng"])
+        if saved_world is not None and int(saved_world) != world:
+            changed["world_size"] = [int(saved_world), world]
         # Continuing with other settings is allowed, but said once, and the resume event keeps
         # what the first part used, since config.yaml now holds the new values. A larger
         # optim.epochs (the documented way to train longer) and train.* (how the run is
@@ -489,6 +508,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 **where,
+                "world_size": world,
                 **({"changed": changed} if changed else {}),
             }
         )
@@ -500,7 +520,7 @@ class Trainer:
         append_text(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                if isinstance(value, (int, float)) and key not in _NOT_SCALARS:
                     self.writer.add_scalar(
                         f"{record['event']}/{key}", value, record.get("step", self.step)
                     )
@@ -530,6 +550,19 @@ class Trainer:
         if warning and self.is_main:
             print(warning, file=sys.stderr, flush=True)
             self.log({"event": "warning", "step": self.step, "message": warning})
+        # what this segment of the run (a fresh start or a resume) ran on: the processes, the
+        # device and what train.amp=null came to, which config.yaml cannot say
+        self.log(
+            {
+                "event": "start",
+                "epoch": self.epoch,
+                "epochs_complete": self.epoch,
+                "step": self.step,
+                "world_size": distributed.world_size(),
+                "device": self.device.type,
+                "amp": bool(self.amp),
+            }
+        )
         start = time.time()
         start_epoch, start_step = self.epoch, self.step
         final_loss = float("nan")
@@ -774,6 +807,7 @@ class Trainer:
             {"loss": loss, **self.knn_metrics},
             normalization=(self.train_images.mean, self.train_images.std),
         )
+        state["world_size"] = distributed.world_size()
         if monitor_pending:
             state["monitor_pending"] = True
         last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
@@ -789,6 +823,7 @@ class Trainer:
             {
                 "event": "checkpoint",
                 "epoch": self.epoch,
+                "epochs_complete": self.epoch,
                 "step": self.step,
                 "path": str(last if rewrite_last else best),
                 "best": improved,
@@ -804,6 +839,7 @@ class Trainer:
                 {
                     "event": "checkpoint",
                     "epoch": self.epoch,
+                    "epochs_complete": self.epoch,
                     "step": self.step,
                     "path": str(kept),
                     "best": False,
@@ -831,6 +867,7 @@ class Trainer:
                 self.best_metric,
                 {"loss": None, "knn_top1": self.last_knn},
             )
+            state["world_size"] = distributed.world_size()
             state["position"] = {
                 "epoch": epoch,
                 "batch": batch,
@@ -843,6 +880,8 @@ class Trainer:
                 {
                     "event": "checkpoint",
                     "epoch": epoch,
+                    "epochs_complete": epoch,
+                    "in_epoch": epoch + 1,
                     "step": self.step,
                     "path": str(self.ckpt_dir / "last.pt"),
                     "batch_in_epoch": batch,
@@ -860,9 +899,19 @@ class Trainer:
         the kNN monitor of the epoch just saved. Inside an epoch (``batch_in_epoch`` steps of it
         done) the event says so as the checkpoint event does: ``epoch`` counts finished epochs."""
         signal_name = self.stop_policy.signals.received or "a stop signal to another process"
-        event = {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
-        if batch_in_epoch is not None:
-            event["batch_in_epoch"] = batch_in_epoch
+        event = {
+            "event": "stopped",
+            "signal": signal_name,
+            "epoch": self.epoch,
+            "epochs_complete": self.epoch,
+            "step": self.step,
+        }
+        if batch_in_epoch is not None:  # the epoch that was running (1-based) and its steps done
+            event.update(
+                in_epoch=self.epoch + 1,
+                batch_in_epoch=batch_in_epoch,
+                steps_per_epoch=self.steps_per_epoch,
+            )
         self.log(event)
         if monitor_pending and self.epoch == self.cfg.optim.epochs:
             where, left = f"{where}, the last, before its kNN monitor", "to run the monitor"

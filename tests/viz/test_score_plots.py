@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -335,3 +336,33 @@ def test_score_curves_have_whole_step_and_epoch_ticks(tmp_path, run_maker):
         FigureCanvasAgg(fig).draw()
         for ax in fig.axes:
             assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
+
+
+def test_labels_name_what_sets_the_curves_apart_and_the_panels_say_what_they_show(
+    tmp_path, run_maker
+):
+    """The legend named bookkeeping settings (train.overwrite, train.knn_every, ...), showed
+    train.amp=None instead of what it came to, and the panels had no y-axis label."""
+    bookkeeping = {
+        "train.overwrite": True,
+        "train.knn_every": 5,
+        "train.checkpoint_every": 3,
+        "train.keep_every": 2,
+        "train.checkpoint_minutes": 5.0,
+        "train.knn_k": 20,
+        "train.progress": False,
+    }
+    a = run_maker(tmp_path, "a", 0.99, None, config={"train.amp": None, "train.device": "cpu"})
+    b = run_maker(tmp_path, "b", 0.99, None, config={"train.amp": True, **bookkeeping})
+    labels = run_labels([load_run(a), load_run(b)])
+    assert labels == ["a (train.amp=False)", "b (train.amp=True)"]
+    # on train.device=auto: what the run's start event recorded
+    lines = [json.dumps({"event": "start", "epoch": 0, "step": 0, "world_size": 1, "amp": True})]
+    (a / "metrics.jsonl").write_text("\n".join(lines) + "\n" + (a / "metrics.jsonl").read_text())
+    (a / "config.yaml").write_text((a / "config.yaml").read_text().replace("cpu", "auto"))
+    assert run_labels([load_run(a), load_run(b)]) == ["a", "b"]
+    fig = _curves([load_run(a), load_run(b)])["scores-z-curves"]
+    panels = fig.axes[:3]
+    assert all("cosine similarity" in ax.get_ylabel() and "'z'" in ax.get_ylabel() for ax in panels)
+    assert all("cos(query" in ax.get_title() for ax in panels)
+    assert "cosine similarities" in fig.get_suptitle()

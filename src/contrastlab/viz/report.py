@@ -16,6 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from contrastlab import runstate
 from contrastlab.atomic import write_text
 from contrastlab.errors import UserError
 from contrastlab.viz.score_plots import (
@@ -23,6 +24,7 @@ from contrastlab.viz.score_plots import (
     flatten,
     inapplicable_keys,
     load_run,
+    no_scores_reason,
     score_figures,
 )
 
@@ -39,6 +41,7 @@ tr.unused td { color: #999; }
 .configs { display: flex; flex-wrap: wrap; gap: 0 2em; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
 .missing { color: #888; font-style: italic; }
+.stopped { color: #a15c00; font-weight: 600; }
 """
 
 
@@ -247,8 +250,9 @@ def _checkpoint_section(run: Run) -> str:
 
 
 def _scores_section(run: Run) -> str:
-    if run.record is None:
-        return '<p class="missing">no recorded scores (scores/meta.json)</p>'
+    if run.record is None:  # why, as the scores command says it (scores.record, a stop, ...)
+        reason = html.escape(no_scores_reason(run))
+        return f'<p class="missing">no recorded scores (scores/meta.json): {reason}</p>'
     return "".join(_img(fig, stem) for stem, fig in score_figures([run]))
 
 
@@ -304,6 +308,29 @@ def _analysis_section(folder: Path | None, result: dict | None) -> str:
     return "".join(parts)
 
 
+def _training_section(run: Run) -> str:
+    """The run's state where it is not plain (stopped: where, and how to continue), its history
+    of stops and resumes, then the curves or the true reason there are none yet."""
+    epochs = run.config.get("optim.epochs")
+    parts = []
+    state = runstate.status(run.metrics, epochs)
+    if state is not None:
+        parts.append(f'<p class="stopped">{html.escape(state[0].upper() + state[1:])}</p>')
+    lines = runstate.history(run.metrics)
+    if any(e.get("event") == "resume" for e in run.metrics):  # a single stop: said just above
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        parts.append(f'<p class="sub">History (stops and resumes):</p><ul>{items}</ul>')
+    curves = training_figure(run)
+    if curves is not None:
+        parts.append(_img(curves, "training curves"))
+    elif not (run.path / "metrics.jsonl").is_file():
+        parts.append('<p class="missing">no metrics.jsonl</p>')
+    else:
+        reason = runstate.no_curves_reason(run.metrics, run.config)
+        parts.append(f'<p class="missing">{html.escape(reason)}</p>')
+    return "".join(parts)
+
+
 def _knn_summary(run) -> str:
     """The header's figure, with what it is: "kNN top-1 30.70% at epoch 16 of 16 (backbone
     space, 1000 test images)"."""
@@ -347,15 +374,12 @@ def write_report(
     title = html.escape(run.name)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     summary = _knn_summary(run)
-    curves = training_figure(run)
+    state = runstate.status(run.metrics, run.config.get("optim.epochs"))
+    if state is not None:  # said at the top too: the first thing to know about the run
+        summary += f" · {html.escape(state)}"
     sections = [
         ("Configuration", _config_section(run)),
-        (
-            "Training",
-            _img(curves, "training curves")
-            if curves is not None
-            else '<p class="missing">no metrics.jsonl</p>',
-        ),
+        ("Training", _training_section(run)),
         ("Pos and neg scores", _scores_section(run)),
         ("Evaluation", _eval_section(run)),
         ("Encoder analysis", _analysis_section(analysis, result)),

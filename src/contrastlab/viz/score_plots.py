@@ -10,7 +10,6 @@ HTML report can embed the same drawings.
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -26,23 +25,40 @@ from matplotlib.ticker import MaxNLocator
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
 from contrastlab.errors import UserError
+from contrastlab.runstate import flatten, read_metrics  # noqa: F401 - re-exported
 from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
 
-# Config keys that never explain a difference between runs.
+# Config keys that never explain a difference between runs' scores: where a run is written and
+# how it is shown, resumed and checkpointed (a resume continues exactly), and the kNN monitor,
+# which reads the weights without changing them or the random streams (every epoch reseeds).
+# train.log_every stays: it sets the log interval that each point and band of the curves spans.
 _IGNORED_KEYS = {
     "name",
     "out_dir",
     "train.resume",
+    "train.overwrite",
     "train.progress",
+    "train.checkpoint_every",
+    "train.checkpoint_minutes",
+    "train.keep_every",
+    "train.knn_every",
+    "train.knn_k",
+    "train.knn_temperature",
+    "train.knn_space",  # named with the accuracy instead: "kNN (z) 11.0%"
+    "train.knn_val_fraction",
+    "scores.record",  # every run drawn recorded its scores
     "data.num_workers",
-    "train.device",
+    "train.device",  # what it meant is named as train.amp and processes
     "data.path",
     "train.keep_freed_memory",  # memory management only: same numbers either way
 }
+# (column, panel title, y-axis label): every score is the cosine similarity of a query with a key
+# in the figure's feature space (its embeddings L2-normalized), before any feature transformation
+# (raw) or as the loss used it (effective)
 _QUANTITIES = (
-    ("pos", "pos score"),
-    ("neg_mean", "neg score, mean"),
-    ("neg_var", "neg score, variance"),
+    ("pos", "pos score: cos(query, its positive key)", "cosine similarity"),
+    ("neg_mean", "neg score: mean of cos(query, negatives)", "cosine similarity"),
+    ("neg_var", "neg score: variance of cos(query, negatives)", "variance of cosine similarity"),
 )
 _MAX_RIDGES = 10
 # Characters per line of a ridge panel's title (a 4.6-inch panel at 9 pt): a run's label can be
@@ -80,32 +96,6 @@ class Run:
     @property
     def spaces(self) -> list[str]:
         return self.record.spaces if self.record is not None else []
-
-
-def flatten(data, prefix: str = "") -> dict:
-    """Nested dicts to dotted keys (lists stay values)."""
-    out = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    elif prefix:
-        out[prefix[:-1]] = data
-    return out
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The JSON objects of a metrics.jsonl; blank, broken or non-object lines are skipped."""
-    lines = []
-    if not path.is_file():
-        return lines
-    for text in path.read_text(errors="replace").splitlines():
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            continue  # e.g. a line cut short by a crash
-        if isinstance(obj, dict):
-            lines.append(obj)
-    return lines
 
 
 def _run_dir_of(file: Path) -> Path:
@@ -207,6 +197,68 @@ def inapplicable_keys(config: dict) -> set[str]:
     return out
 
 
+def _recorded(run: Run, key: str) -> list:
+    """The values of ``key`` in the run's ``start`` events (one per part of a resumed run), in
+    order and without repeats."""
+    metrics = getattr(run, "metrics", [])  # a Run, or any object with its config
+    values = [e[key] for e in metrics if e.get("event") == "start" and key in e]
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+
+def processes(run: Run) -> str | None:
+    """The number of processes that trained the run: ``"2"``, or ``"2→1"`` when a resume changed
+    it; from the start and resume events of metrics.jsonl, else the score record; None when
+    nothing says (an older run without scores)."""
+    seen = _recorded(run, "world_size")
+    metrics = getattr(run, "metrics", [])
+    for e in metrics:  # a resume names the change even where no start event says it
+        changed = e.get("changed") if e.get("event") == "resume" else None
+        if isinstance(changed, dict) and isinstance(changed.get("world_size"), list):
+            old, new = changed["world_size"]
+            if not seen:
+                seen = [old, new]
+    if not seen and getattr(run, "record", None) is not None:
+        meta = run.record.meta
+        worlds = [w for w in meta.get("world_sizes") or [] if w is not None]
+        seen = [w for i, w in enumerate(worlds) if i == 0 or w != worlds[i - 1]]
+        if not seen and meta.get("world_size"):
+            # an older record keeps the world size of the run's last part only
+            resumed = any(e.get("event") == "resume" for e in metrics)
+            return f"{meta['world_size']}{' (last part)' if resumed else ''}"
+    return "→".join(str(w) for w in seen) if seen else None
+
+
+def label_settings(run: Run) -> dict:
+    """The run's settings as its label names them: null keys as what they came to for this run
+    (``train.amp`` as recorded at its start, else from ``train.device``; the others as
+    ``config.effective_defaults`` resolves them), and ``processes`` (world size, "2→1" when a
+    resume changed it)."""
+    config = dict(run.config)
+    amp = _recorded(run, "amp")
+    if "train.amp" in config and config["train.amp"] is None:
+        device = config.get("train.device")
+        if amp:
+            config["train.amp"] = amp[0] if len(amp) == 1 else "→".join(map(str, amp))
+        elif device in ("cpu", "cuda"):
+            config["train.amp"] = device == "cuda"
+        else:
+            config["train.amp"] = "auto"  # an older run on train.device=auto: not recorded
+    try:
+        from contrastlab.config import config_from_dict, effective_defaults
+
+        resolved = effective_defaults(config_from_dict(_unflatten(run.config)))
+    except Exception:  # an older or foreign config: as written
+        resolved = {}
+    for key, said in resolved.items():
+        value = re.match(r"= ([^:; ]+)(?::|$)", said)
+        if key != "train.amp" and config.get(key, "") is None and value:
+            config[key] = value.group(1)
+    procs = processes(run)
+    if procs is not None:
+        config["processes"] = procs
+    return config
+
+
 def knn_text(event: dict | None) -> str | None:
     """``kNN (z) 11.0%``: the last kNN top-1 of a run with the space it was measured in."""
     if event is None:
@@ -224,18 +276,19 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
         if len(labels) != len(runs):
             raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
         return list(labels)
-    keys = sorted({k for r in runs for k in r.config} - _IGNORED_KEYS, key=_label_order)
+    shown = [label_settings(r) for r in runs]
+    keys = sorted({k for c in shown for k in c} - _IGNORED_KEYS, key=_label_order)
     skip = [inapplicable_keys(r.config) for r in runs]
     differing = []
     if len(runs) > 1:
         for k in keys:
-            values = {repr(r.config.get(k)) for r, no in zip(runs, skip) if k not in no}
+            values = {repr(c.get(k)) for c, no in zip(shown, skip) if k not in no}
             if len(values) > 1:
                 differing.append(k)
     out = []
-    for run, no in zip(runs, skip):
+    for run, config, no in zip(runs, shown, skip):
         mine = [k for k in differing if k not in no]
-        parts = [f"{k}={_short(run.config.get(k))}" for k in mine[:4]]
+        parts = [f"{k}={_short(config.get(k))}" for k in mine[:4]]
         if len(mine) > 4:
             parts.append("…")
         label = run.name + (f" ({', '.join(parts)})" if parts else "")
@@ -317,7 +370,7 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
             t = run.record.interval(space, stage)
             keep = t["n"] > 0
             x = t["last_step"][keep] / per_step[id(run)]
-            for ax, (q, _) in zip(axes, _QUANTITIES):
+            for ax, (q, _, _) in zip(axes, _QUANTITIES):
                 dashed = stage == "effective"
                 (line,) = ax.plot(
                     x,
@@ -338,9 +391,10 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
                 )
                 if ax is axes[0] and not dashed:
                     handles.append(line)
-    for ax, (_, title) in zip(axes, _QUANTITIES):
-        ax.set_title(title)
+    for ax, (_, title, ylabel) in zip(axes, _QUANTITIES):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{ylabel} in space '{space}'")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 4.5 steps or 1.5 epochs
         ax.grid(alpha=0.3)
     if _positive_var(runs, space):
@@ -348,7 +402,11 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
     note = "line: mean over queries; band: 10-90 % of queries per log interval"
     if any_effective:
         note += "; solid: raw cosine scores, dashed: effective (after feature transformation)"
-    fig.suptitle(f"scores in space '{space}'\n{note}", fontsize=10)
+    fig.suptitle(
+        f"pos and neg scores: cosine similarities of L2-normalized embeddings in space "
+        f"'{space}'\n{note}",
+        fontsize=10,
+    )
     if handles:
         fig.legend(
             handles=handles,
@@ -462,12 +520,22 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def no_scores_reason(run: Run) -> str:
+    """Why ``run`` has no scores/meta.json and what to do (``runstate.no_scores_reason``)."""
+    from contrastlab.runstate import no_scores_reason as reason
+
+    return reason(run.config, run.metrics, run.config.get("optim.epochs"))
+
+
 def _spaces(runs: list[Run]) -> list[str]:
     """Every feature space of every run that recorded scores."""
     with_scores = [r for r in runs if r.record is not None]
+    if len(runs) == 1 and not with_scores:  # one run: why it has none, and what to do
+        raise UserError(f"{runs[0].path} has no recorded scores: {no_scores_reason(runs[0])}")
     if not with_scores:
         raise UserError(
-            "none of the runs has recorded scores (scores/meta.json); train with scores.record=true"
+            "none of the runs has recorded scores (scores/meta.json): "
+            + "; ".join(f"{r.path}: {no_scores_reason(r)}" for r in runs)
         )
     return list(dict.fromkeys(s for r in with_scores for s in r.spaces))
 
@@ -521,11 +589,7 @@ def _with_scores(runs: list[Run], labels: list[str] | None):
     if len(kept) < len(runs):
         for r in runs:
             if r.record is None:
-                warn(
-                    f"{r.path} is left out: it has no recorded scores (scores/meta.json; "
-                    "trained with scores.record=false); train with scores.record=true to "
-                    "record them"
-                )
+                warn(f"{r.path} is left out, with no recorded scores: {no_scores_reason(r)}")
     return [runs[i] for i in kept], [labels[i] for i in kept] if labels else labels
 
 

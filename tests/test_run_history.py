@@ -1,0 +1,113 @@
+"""A stopped and resumed run as report and scores describe it: where it stopped, how to continue,
+what changed on each resume (the number of processes too), and the true reason for what is
+missing (no curves, no scores) in a run stopped inside its first epoch."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import signal
+
+import pytest
+from test_preemption import _on_step, quiet_signals  # noqa: F401 - a fixture
+
+from contrastlab.checkpoint import read_checkpoint, save_checkpoint
+from contrastlab.errors import TrainingInterrupted, UserError
+from contrastlab.train import Trainer
+from contrastlab.viz.report import write_report
+from contrastlab.viz.score_plots import load_run, plot_scores, run_labels
+
+# 6 steps per epoch; no metrics line before step 50, so a stop at step 2 has logged nothing
+COMMON = ["optim.epochs=2", "train.knn_every=0", "train.log_every=50"]
+
+
+def _events(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _text(page) -> str:
+    return html.unescape(page.read_text())
+
+
+@pytest.mark.usefixtures("quiet_signals")
+def test_a_run_stopped_in_its_first_epoch_says_so_and_how_to_continue(
+    tiny_config, monkeypatch, tmp_path
+):
+    cfg = tiny_config(*COMMON, "name=halted")
+    _on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+    run = cfg.run_dir
+    events = _events(run)
+    assert [e["event"] for e in events] == ["start", "checkpoint", "stopped"]
+    # the JSON places the stop as the line does: epochs complete, the running one, its steps
+    stopped = events[-1]
+    assert stopped["epoch"] == stopped["epochs_complete"] == 0  # epoch: as before
+    assert (stopped["in_epoch"], stopped["batch_in_epoch"], stopped["steps_per_epoch"]) == (1, 2, 6)
+    saved = events[1]
+    assert (saved["epochs_complete"], saved["in_epoch"], saved["batch_in_epoch"]) == (0, 1, 2)
+    assert events[0]["world_size"] == 1 and events[0]["device"] == "cpu"
+
+    # report: the stop and the way on, and why there are no curves (it said "no metrics.jsonl")
+    page = _text(write_report(run, tmp_path / "halted.html"))
+    said = "stopped by SIGTERM in epoch 1 after 2 of its 6 steps (0 of 2 epochs complete, step 2)"
+    assert said in page and "train.resume=auto" in page
+    assert "no metrics.jsonl" not in page
+    assert "no training curves yet: the run stopped at step 2, before its first metrics" in page
+    # ... and why no scores (it said nothing; scores said "trained with scores.record=false")
+    assert "scores.record=false" not in page
+    assert "before its first epoch ended" in page
+    with pytest.raises(UserError) as info:
+        plot_scores([run], tmp_path / "figs")
+    message = str(info.value)
+    assert "scores.record=false" not in message and "train with scores.record" not in message
+    assert said in message and "before its first epoch ended" in message
+    assert "train.resume=auto" in message and len(message.splitlines()) == 1
+
+    # resumed to the end: the history names the stop and the resume, and the state is gone
+    Trainer(tiny_config(*COMMON, "name=halted", "train.resume=auto")).fit()
+    resume = next(e for e in _events(run) if e["event"] == "resume")
+    assert (resume["epochs_complete"], resume["in_epoch"], resume["batch_in_epoch"]) == (0, 1, 2)
+    assert resume["world_size"] == 1 and "changed" not in resume
+    page = _text(write_report(run, tmp_path / "done.html"))
+    assert "History (stops and resumes)" in page
+    assert f"<li>{said.replace('0 of 2 epochs', '0 epochs')}</li>" in page
+    assert "<li>resumed in epoch 1 after 2 of its 6 steps (step 2) from " in page
+    assert "to continue, run the same train command" not in page  # no longer stopped
+
+
+def test_a_resume_on_another_number_of_processes_is_recorded_and_shown(tiny_config, tmp_path):
+    cfg = tiny_config(*COMMON, "optim.epochs=1", "name=procs")
+    Trainer(cfg).fit()
+    run = cfg.run_dir
+    last = run / "checkpoints" / "last.pt"
+    state = read_checkpoint(last)
+    assert state["world_size"] == 1  # each checkpoint says how many processes wrote it
+    # as if the first epoch had run under torchrun with 2 processes
+    state["world_size"] = 2
+    state.pop("checksum", None)
+    save_checkpoint(last, state)
+    meta_path = run / "scores" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["world_sizes"] == [1]
+    meta_path.write_text(json.dumps({**meta, "world_size": 2, "world_sizes": [2]}))
+    lines = _events(run)
+    lines[0]["world_size"] = 2  # the start event
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    Trainer(tiny_config(*COMMON, "name=procs", "train.resume=auto")).fit()
+    resume = next(e for e in _events(run) if e["event"] == "resume")
+    # it listed config changes only: the change of processes was recorded nowhere
+    assert resume["changed"] == {"optim.epochs": [1, 2], "world_size": [2, 1]}
+    # the score record keeps the processes of every epoch, not only of the last part
+    meta = json.loads(meta_path.read_text())
+    assert meta["epochs"] == [1, 2] and meta["world_sizes"] == [2, 1] and meta["world_size"] == 1
+    page = _text(write_report(run, tmp_path / "r.html"))
+    assert "changed: optim.epochs 1 -&gt; 2, processes 2 -&gt; 1" in html.escape(page)
+    # the scores legend names it when it sets runs apart
+    other = tiny_config(*COMMON, "name=plain")
+    Trainer(other).fit()
+    labels = run_labels([load_run(run), load_run(other.run_dir)])
+    assert "processes=2→1" in labels[0] and "processes=1" in labels[1]
