@@ -376,3 +376,25 @@ def test_analyze_help_shows_the_defaults(capsys):
         "(default: 128)",
     ):
         assert shown in text
+
+
+def test_analyze_skips_unreadable_images_with_its_flag(tmp_path, capsys):
+    """An unreadable image stopped analyze with advice to pass data.skip_bad_images=true, which
+    analyze does not accept: the message names --skip-bad-images, which skips them."""
+    from PIL import Image
+
+    a = _checkpoint(tmp_path / "a.pt")
+    folder = tmp_path / "messy"
+    for c in range(2):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            img = _image(10 * c + i).permute(1, 2, 0).numpy()
+            Image.fromarray(img).save(folder / f"class{c}" / f"{i}.png")
+    (folder / "class0" / "broken.png").write_bytes(b"\x89PNG not really")
+    argv = ["analyze", str(a), "--dataset", "imagefolder", "--data-path", str(folder)]
+    argv += ["--images", "4", "--negatives", "4", "--no-progress", "--out", str(tmp_path / "o")]
+    err = _error(argv, capsys)
+    assert "broken.png" in err and "pass --skip-bad-images to skip" in err
+    assert "data.skip_bad_images" not in err
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert main([*argv, "--skip-bad-images"]) == 0

@@ -389,3 +389,36 @@ def test_a_yaml_error_says_where_in_the_file(tmp_path, text, where):
 )
 def test_settings_that_take_effect_do_not_warn(capsys, overrides):
     assert _warnings(capsys, *overrides) == []
+
+
+def test_errors_about_keys_of_yaml_files_name_the_file_and_line(tmp_path):
+    """An unknown key or a bad value in a YAML file was reported without the file: in a base:
+    chain nobody could tell which file to fix (a duplicate key already named its file)."""
+    base = tmp_path / "base.yaml"
+    base.write_text("base: demo\noptim:\n  epochs: 3\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("base: base.yaml\nfoo:\n  bar: 1\n")
+    with pytest.raises(UserError) as err:
+        load_config(str(top))
+    assert str(err.value).startswith(f"{top}, line 2: unknown config key 'foo'")
+
+    base.write_text("base: demo\noptim:\n  epochs: 3\n  lr: fast\n")
+    top.write_text("base: base.yaml\noptim:\n  epochs: 4\n")  # the bad value is the base's
+    with pytest.raises(UserError) as err:
+        load_config(str(top))
+    assert str(err.value).startswith(f"{base}, line 4: optim.lr must be a number")
+
+    top.write_text("base: base.yaml\noptim:\n  lr: -1\n  warp: 2\n")  # nested unknown key
+    with pytest.raises(UserError) as err:
+        load_config(str(top))
+    assert str(err.value).startswith(f"{top}, line 4: unknown config key 'optim.warp'")
+    top.write_text("base: base.yaml\noptim:\n  lr: -1\n")  # a range of the including file
+    with pytest.raises(UserError) as err:
+        load_config(str(top))
+    assert str(err.value).startswith(f"{top}, line 3: optim.lr must be")
+
+    # an override replaces the file's value: its error names no file
+    with pytest.raises(UserError) as err:
+        load_config(str(top), ["optim.lr=-2"])
+    assert str(err.value).startswith("optim.lr must be")
+    assert load_config(str(top), ["optim.lr=0.5"]).optim.lr == 0.5

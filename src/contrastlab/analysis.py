@@ -174,6 +174,7 @@ class Settings:
     batch_size: int = 128
     bins: int = 200
     progress: bool = True
+    skip_bad_images: bool = False  # --skip-bad-images (else the checkpoint's own setting)
 
 
 def _seed(settings: Settings, image: int, condition: str) -> int:
@@ -413,7 +414,11 @@ def run_analysis(
                     f"{checkpoint}: feature space '{space}' does not exist for this model; "
                     f"valid spaces: {', '.join(spaces)}"
                 )
-        data_cfgs.append(evaluation_data(checkpoint, cfg, settings.dataset, settings.data_path))
+        data_cfgs.append(
+            evaluation_data(
+                checkpoint, cfg, settings.dataset, settings.data_path, settings.skip_bad_images
+            )
+        )
         del state
     datasets: dict = {}
     for data_cfg in data_cfgs:
@@ -429,6 +434,7 @@ def run_analysis(
             data_path=settings.data_path,
             device=settings.device,
             progress=settings.progress,
+            skip_bad_images=settings.skip_bad_images,
         )
         key = json.dumps(dataclasses.asdict(ctx.data_cfg), sort_keys=True)
         enc_dir = out / "encoders" / _dir_name(label, taken)
@@ -760,6 +766,12 @@ def register(subparsers) -> None:
         "--split", choices=("train", "test"), default="train", help="split the images come from"
     )
     p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out unreadable images of an image folder instead of stopping (default: each "
+        "checkpoint's data.skip_bad_images)",
+    )
+    p.add_argument(
         "--space",
         default="backbone",
         help="feature space(s), comma-separated: backbone (default), z (MoCo's projection), "
@@ -799,7 +811,16 @@ def register(subparsers) -> None:
         help="replace files in the output folder (analysis.json, figures, encoder folders) "
         "that an earlier analysis did not write",
     )
-    p.set_defaults(func=_cmd_analyze)
+    p.set_defaults(func=_cmd_analyze, setting_flags=ANALYZE_FLAGS)
+
+
+# The config settings that analyze's flags stand for, as its error messages name them
+# (contrastlab.errors.setting); a setting not listed has no flag in analyze.
+ANALYZE_FLAGS = {
+    "data.name": "--dataset",
+    "data.path": "--data-path",
+    "data.skip_bad_images": "--skip-bad-images",
+}
 
 
 def _cmd_analyze(args) -> int:
@@ -820,6 +841,7 @@ def _cmd_analyze(args) -> int:
         device=args.device,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        skip_bad_images=args.skip_bad_images,
     )
     from contrastlab.outputs import check_output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -18,6 +19,7 @@ from contrastlab.errors import (
     TrainingInterrupted,
     UserError,
     one_line,
+    settings_as_flags,
 )
 
 
@@ -414,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             raise SystemExit(2)  # as argparse's own errors
         warnings.formatwarning = _one_line_warning
-        status = int(args.func(args) or 0)
+        flags = getattr(args, "setting_flags", None)  # commands that take flags, not key=value
+        with settings_as_flags(flags) if flags is not None else contextlib.nullcontext():
+            status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return status
     except DiskFull as e:

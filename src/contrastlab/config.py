@@ -244,17 +244,34 @@ def _read_yaml(text: str, origin: str) -> dict:
     return data
 
 
+def _key_lines(text: str) -> dict[str, int]:
+    """{dotted key: 1-based line} of the keys of a YAML text (sections' keys as section.key)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[str, int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key_node, value_node in root.value:
+        key = str(key_node.value)
+        lines[key] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_node, _ in value_node.value:
+                lines[f"{key}.{sub_node.value}"] = sub_node.start_mark.line + 1
+    return lines
+
+
 def _load_source(
     name_or_path: str,
     chain: tuple[tuple[str, str], ...] = (),
     file_keys: set[str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> dict:
     """Read a preset or YAML file, following its optional ``base:`` key (another preset or file).
 
     ``chain`` holds (identity, shown name) of the sources that led here: a file's identity is its
     resolved path, so that ``base: ../x/loop.yaml`` inside x/loop.yaml is caught as a cycle
     instead of growing the path until the file system refuses it. The dotted keys that YAML files
-    (not presets) set are added to ``file_keys``: the user's own settings.
+    (not presets) set are added to ``file_keys``: the user's own settings, and to ``origins`` with
+    where the value in effect was written ("FILE, line N"), for errors about them.
     """
     if not name_or_path.strip():
         raise UserError(
@@ -310,7 +327,13 @@ def _load_source(
                 file_keys.update(f"{key}.{k}" for k in value)
             else:
                 file_keys.add(key)
+    if is_file and origins is not None:  # after the base's keys: this file's values win
+        lines = {k: f"{origin}, line {n}" for k, n in _key_lines(text).items() if k != "base"}
+    else:
+        lines = {}
     if base is None:
+        if origins is not None:
+            origins.update(lines)
         return data
     if not isinstance(base, str) or not base.strip():
         raise UserError(
@@ -319,8 +342,10 @@ def _load_source(
         )
     if is_file:
         base = _resolve_base(base, path)
-    merged = _load_source(base, chain, file_keys)
+    merged = _load_source(base, chain, file_keys, origins)
     _deep_update(merged, data)
+    if origins is not None:
+        origins.update(lines)
     return merged
 
 
@@ -491,25 +516,37 @@ def _expected(key: str, kind: str) -> str:
     return spec.describe() if spec is not None else kind
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def _located(message: str, key: str, origins: dict[str, str] | None) -> UserError:
+    """The error about ``key``, headed by the file and line that set it where a YAML file did
+    (``origins``, from ``_load_source``): in a ``base:`` chain, which file to fix."""
+    where = (origins or {}).get(key)
+    return UserError(f"{where}: {message}" if where else message)
+
+
+def _build(cls, data: dict, prefix: str = "", origins: dict[str, str] | None = None):
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise UserError(
+            raise _located(
                 f"unknown config key '{full}'{suggest(full, [prefix + n for n in names])}; "
                 "valid keys"
-                f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}"
+                f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}",
+                full,
+                origins,
             )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise UserError(f"'{full}' is a section; set its keys as {full}.KEY=VALUE")
-            kwargs[key] = _build(hint, value, f"{full}.")
+            kwargs[key] = _build(hint, value, f"{full}.", origins)
         else:
-            kwargs[key] = _coerce(value, hint, full)
+            try:
+                kwargs[key] = _coerce(value, hint, full)
+            except UserError as e:
+                raise _located(str(e), full, origins) from None
     return cls(**kwargs)
 
 
@@ -737,7 +774,7 @@ def get_dotted(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def _check_ranges(cfg: Config) -> None:
+def _check_ranges(cfg: Config, origins: dict[str, str] | None = None) -> None:
     for key, spec in VALID.items():
         value = get_dotted(cfg, key)
         if value is None:
@@ -747,11 +784,15 @@ def _check_ranges(cfg: Config) -> None:
             if isinstance(spec, Items) and isinstance(spec.item, Choices):  # e.g. 'colour'
                 wrong = [x for x in value if not spec.item.ok(x)]
                 hint = suggest(str(wrong[0]), spec.item.values) if wrong else ""
-            raise UserError(f"{key} must be {spec.describe()}, got {value!r}{hint}")
+            raise _located(f"{key} must be {spec.describe()}, got {value!r}{hint}", key, origins)
 
 
-def _validate(cfg: Config, need_data_path: bool = True) -> None:
-    _check_ranges(cfg)
+def _validate(
+    cfg: Config, need_data_path: bool = True, origins: dict[str, str] | None = None
+) -> None:
+    """Every value in its range, and the keys consistent; ``origins`` names the file and line of
+    a single bad key that a YAML file set."""
+    _check_ranges(cfg, origins)
     if cfg.optim.batch_size % cfg.model.bn_splits:
         raise UserError(
             f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by model.bn_splits "
@@ -774,18 +815,26 @@ def _validate(cfg: Config, need_data_path: bool = True) -> None:
             f"{SYNTHETIC_MIN_SIZE} (32 is its default)"
         )
     if cfg.method == "looc" and not cfg.looc.augmentations:
-        raise UserError(
-            "looc.augmentations is empty; name at least one of color, rotation, texture"
+        raise _located(
+            "looc.augmentations is empty; name at least one of color, rotation, texture",
+            "looc.augmentations",
+            origins,
         )
     if len(set(cfg.looc.augmentations)) != len(cfg.looc.augmentations):
-        raise UserError(f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}")
+        raise _located(
+            f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}",
+            "looc.augmentations",
+            origins,
+        )
     if cfg.scores.low >= cfg.scores.high:
         raise UserError("scores.low must be smaller than scores.high")
     spaces = feature_spaces(cfg)
     if cfg.train.knn_space not in spaces:
-        raise UserError(
+        raise _located(
             f"train.knn_space={cfg.train.knn_space!r} is not a feature space of this "
-            f"{cfg.method} model{suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}"
+            f"{cfg.method} model{suggest(cfg.train.knn_space, spaces)}; valid: {', '.join(spaces)}",
+            "train.knn_space",
+            origins,
         )
     if cfg.data.name == "imagefolder" and not cfg.data.path and need_data_path:
         raise UserError(
@@ -876,14 +925,16 @@ def load_config(
     shown; training refuses it).
     """
     file_keys: set[str] = set()
-    data = _load_source(source, file_keys=file_keys) if source is not None else {}
+    origins: dict[str, str] = {}  # where a YAML file set a key: "FILE, line N"
+    data = _load_source(source, file_keys=file_keys, origins=origins) if source is not None else {}
     given: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
         given[key] = value
         _set_dotted(data, key, value)
-    cfg = _build(Config, data)
-    _validate(cfg, need_data_path)
+        origins.pop(key, None)  # the override's value is the one in effect
+    cfg = _build(Config, data, origins=origins)
+    _validate(cfg, need_data_path, origins)
     # A saved config.yaml used as a file names every key, most at its default: keys of files
     # count as the user's where they differ from the default; typed overrides always count.
     default, hints = Config(), key_hints()

@@ -1,5 +1,8 @@
 """Errors that are the user's to fix, reported as one line without a traceback."""
 
+import contextlib
+import contextvars
+
 
 class UserError(Exception):
     """A problem with the user's input: a path, a config value, a dataset, a checkpoint.
@@ -66,6 +69,35 @@ class PeerStopped(Exception):
 
     The message says so in one line; the command line exits with status 1.
     """
+
+
+# How the running command takes a config setting: `train` and `config` as key=value overrides
+# (the default), commands that take only flags (eval, analyze) as their flag, or not at all.
+_FLAGS: contextvars.ContextVar = contextvars.ContextVar("contrastlab_flags", default=None)
+
+
+@contextlib.contextmanager
+def settings_as_flags(flags: dict[str, str | None]):
+    """Within this block, ``setting`` spells the config keys of ``flags`` as their flag (None:
+    the command has none) and any other key as missing: for commands that take only flags."""
+    token = _FLAGS.set(dict(flags))
+    try:
+        yield
+    finally:
+        _FLAGS.reset(token)
+
+
+def setting(key: str, value: str | None = None) -> str | None:
+    """``key`` (set to ``value``) as the running command takes it, for error messages:
+    ``data.skip_bad_images=true`` for train and config, ``--skip-bad-images`` for eval and
+    analyze; None where the command has no way to set it (the message then leaves it out)."""
+    flags = _FLAGS.get()
+    if flags is None:
+        return key if value is None else f"{key}={value}"
+    flag = flags.get(key)
+    if flag is None or value is None or value == "true":
+        return flag
+    return f"{flag} {value}"
 
 
 def one_line(error: BaseException) -> str:

@@ -224,6 +224,7 @@ def test_eval_transfer(checkpoint, tmp_path, capsys):
     res = _json(out)
     assert res["summary"]["linear top1"] > 60.0  # colour classes: trivially separable
     assert "linear top5" not in res["summary"]  # 3 classes: 100% by construction
+    assert "top5" not in res["details"]["linear"]
     # the heading names the folder pair: two transfers read apart on screen too
     assert f"dataset imagefolder ({tmp_path / 'A'} -> {tmp_path / 'B'})" in capsys.readouterr().out
     assert "skipped" in res["details"]["episodes"]  # 3 classes: no 5-way episodes
@@ -503,3 +504,80 @@ def test_out_help_states_the_default_file_pattern(capsys):
     text = "".join(capsys.readouterr().out.split())  # without the wrapping's spaces
     pattern = "<protocol>[-<variant>][-<space>][-<dataset>[-<folder>]][-<checkpoint>].json"
     assert pattern in text and "knn-z.json" in text
+
+
+_READS_A_FOLDER = [
+    ["knn"],
+    ["linear", "--fast"],
+    ["fewshot", "--which", "allway", "--shots", "1", "--trials", "1"],
+    ["rotation"],
+    ["corruption", "--corruptions", "gaussian_noise", "--severities", "1"],
+    ["all", "--protocols", "knn"],
+    ["transfer", "--shots", "1", "--trials", "1", "--episodes", "2"],
+]
+
+
+@pytest.mark.parametrize("argv", _READS_A_FOLDER, ids=lambda a: "-".join(a[:2]))
+def test_every_eval_protocol_skips_unreadable_images_with_its_flag(
+    checkpoint, tmp_path, capsys, argv
+):
+    """An unreadable image used to stop eval with advice to pass data.skip_bad_images=true,
+    which no eval command accepts: the message names --skip-bad-images, which skips them."""
+    folder = tmp_path / "messy"
+    _folder(folder, [(200, 30, 30), (30, 200, 30), (30, 30, 200)], 10, 0)
+    (folder / "class1" / "broken.png").write_bytes(b"\x89PNG not really")
+    protocol, *options = argv
+    where = ["--dataset", "imagefolder", "--data-path", str(folder)]
+    if protocol == "transfer":
+        where = ["--train-dir", str(folder), "--test-dir", str(folder)]
+    out = ["--out-dir", str(tmp_path / "cmp"), "--no-save"] if protocol == "all" else []
+    out = out or ["--out", str(tmp_path / "r.json")]
+    base = ["eval", protocol, str(checkpoint), *COMMON, *where, *out, *options]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "pass --skip-bad-images to skip" in err
+    assert "data.skip_bad_images" not in err
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert main([*base, "--skip-bad-images"]) == 0
+
+
+def test_eval_names_its_data_path_option_in_data_errors(checkpoint, tmp_path, capsys):
+    """Errors about the data path named data.path, a setting eval does not take."""
+    argv = ["eval", "knn", str(checkpoint), *COMMON, "--out", str(tmp_path / "r.json")]
+    missing = tmp_path / "missing"
+    assert main([*argv, "--dataset", "imagefolder", "--data-path", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-path {missing} does not exist; point --data-path at" in err
+    assert main([*argv, "--dataset", "cifar10", "--data-path", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "point --data-path at a folder that holds a copy" in err
+    assert "(eval:" not in err and "contrastlab train ... data.path=" in err
+    (tmp_path / "file").write_text("x")
+    assert main([*argv, "--dataset", "cifar10", "--data-path", str(tmp_path / "file")]) == 2
+    assert "--data-path" in capsys.readouterr().err
+
+
+def test_top5_is_left_out_with_5_classes_or_fewer_in_every_protocol(checkpoint, tmp_path, capsys):
+    """knn, linear (both modes) and eval all printed and saved top-5 = 100.00 on 5 classes or
+    fewer, where it is so by construction; eval transfer alone left it out."""
+    folder = tmp_path / "three"
+    _folder(folder, [(200, 30, 30), (30, 200, 30), (30, 30, 200)], 10, 0)
+    where = [*COMMON, "--dataset", "imagefolder", "--data-path", str(folder)]
+    for protocol, *options in (["knn"], ["linear", "--fast"], ["linear", "--epochs", "1"]):
+        out = tmp_path / f"{protocol}-{len(options)}.json"
+        argv = ["eval", protocol, str(checkpoint), *where, "--out", str(out), *options]
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "| top5 |" not in printed
+        assert "with 3 classes it is 100% by construction" in printed
+        res = _json(out)
+        assert "top1" in res["summary"] and "top5" not in res["summary"]
+        assert "top5" not in json.dumps(res["details"])
+    argv = ["eval", "all", str(checkpoint), *where, "--protocols", "knn,linear", "--no-save"]
+    assert main([*argv, "--out-dir", str(tmp_path / "cmp")]) == 0
+    assert ": top5" not in capsys.readouterr().out  # the comparison's columns
+    # with more classes (the checkpoint's own synthetic shapes: 10) top-5 is reported
+    argv = ["eval", "knn", str(checkpoint), *COMMON, "--out", str(tmp_path / "ten.json")]
+    assert main(argv) == 0
+    assert "top5" in _json(tmp_path / "ten.json")["summary"]
+    assert "by construction" not in capsys.readouterr().out

@@ -31,7 +31,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from contrastlab.config import DataConfig
 from contrastlab.data import augment
 from contrastlab.data.synthetic import FACTOR_CLASSES, SHAPE_NAMES, make_synthetic
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, setting
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
     name = cfg.name
     if root.exists() and not root.is_dir():
         raise UserError(
-            f"data.path {root} is not a folder; point data.path at the folder that "
-            f"holds (or should receive) {name}"
+            f"{_path_setting()} {root} is not a folder; point {_path_setting()} at the folder "
+            f"that holds (or should receive) {name}"
         )
     train = split == "train"
     source = {"stl10": tvd.STL10, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
@@ -249,20 +249,22 @@ def _torchvision(cfg: DataConfig, split: str, transform) -> TensorImageDataset:
         copy = root / source.base_folder
         if copy.is_dir() and any(copy.iterdir()):
             why = "" if "not found or corrupted" in str(e) else f" ({_reason(e)})"
+            # the command that runs may take no data.download (eval, analyze): train does
+            train = "" if setting("data.download") else "contrastlab train ... "
             raise UserError(
                 f"the copy of {name} in {copy} is damaged or incomplete{why}; delete "
                 f"that folder and extract the archive again, or download it anew with "
-                f"data.path={root} data.download=true (needs internet)"
+                f"{train}data.path={root} data.download=true (needs internet)"
             ) from None
         if not cfg.download:
             raise UserError(
-                f"{name} not found under {root}; point data.path (eval: --data-path) at "
+                f"{name} not found under {root}; point {_path_setting()} at "
                 f"a folder that holds a copy, or download one with contrastlab train ... "
                 f"data.path={root} data.download=true (needs internet)"
             ) from None
         raise UserError(
             f"downloading {name} to {root} failed ({_reason(e)}); check the internet "
-            f"connection, or download it elsewhere and point data.path at the "
+            f"connection, or download it elsewhere and point {_path_setting()} at the "
             f"copy"
         ) from None
     mean, std = dataset_stats(name)
@@ -427,13 +429,19 @@ def check_image_folder(root: Path) -> None:
     before it touches the run directory, and again when the folder is read)."""
     if not root.exists():
         raise UserError(
-            f"data.path {root} does not exist; point data.path at a folder of images, of "
-            f"class folders, or with train/ and test/ folders"
+            f"{_path_setting()} {root} does not exist; point {_path_setting()} at a folder of "
+            f"images, of class folders, or with train/ and test/ folders"
         )
     if not root.is_dir():
         raise UserError(
-            f"data.path {root} is not a folder; point it at a folder of images or of class folders"
+            f"{_path_setting()} {root} is not a folder; point it at a folder of images or of "
+            "class folders"
         )
+
+
+def _path_setting() -> str:
+    """``data.path`` as the running command takes it (``--data-path`` for eval, analyze)."""
+    return setting("data.path") or "data.path"
 
 
 def _imagefolder_split(root: Path, split: str, fraction: float):
@@ -658,10 +666,9 @@ def _unreadable_message(root: Path, split: str, first: str, why: str, count: int
         test_bad = sum(1 for _, w in _parallel(_verify, test_files) if w)
         if test_bad:
             more = f" (and {test_bad} in the test split)"
-    return (
-        f"{where}: {first} ({why}){more}; fix or delete them, or pass data.skip_bad_images=true "
-        f"to skip unreadable images"
-    )
+    skip = setting("data.skip_bad_images", "true")
+    skip = f", or pass {skip} to skip unreadable images" if skip else ""
+    return f"{where}: {first} ({why}){more}; fix or delete them{skip}"
 
 
 def _imagefolder(cfg: DataConfig, split: str, transform):

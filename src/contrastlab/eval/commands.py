@@ -61,6 +61,12 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         "default: the checkpoint's own",
     )
     g.add_argument("--data-path", default=None, metavar="DIR", help="root folder of --dataset")
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out (and count) unreadable images of an image folder instead of stopping "
+        "(default: the checkpoint's data.skip_bad_images)",
+    )
     g.add_argument("--device", default="auto", choices=DEVICES, help="auto (default), cpu or cuda")
     g.add_argument(
         "--batch-size", type=int, default=256, help="images per forward pass of feature extraction"
@@ -123,7 +129,18 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         else "replace existing files where each result is saved (<run_dir>/eval/<protocol>"
         "[...].json) that are not earlier eval results",
     )
+    p.set_defaults(setting_flags=EVAL_FLAGS)
     return p
+
+
+# The config settings that eval's flags stand for, as its error messages name them
+# (contrastlab.errors.setting); a setting not listed has no flag in eval.
+EVAL_FLAGS = {
+    "data.name": "--dataset",
+    "data.path": "--data-path",
+    "data.skip_bad_images": "--skip-bad-images",
+    "data.num_workers": "--workers",
+}
 
 
 # Numeric options and their valid values: (test, description). Checked before any work.
@@ -238,6 +255,7 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
         max_train=args.max_train,
         max_test=args.max_test,
         seed=args.seed,
+        skip_bad_images=args.skip_bad_images,
     )
 
 
@@ -418,7 +436,11 @@ def _transfer(args) -> int:
     # encoder names no dataset of its own)
     ctx = _context(args, args.checkpoint, data_path=args.train_dir, dataset="imagefolder")
     ctx.data_cfg = dataclasses.replace(
-        ctx.cfg.data, name="imagefolder", path=None, holdout_fraction=0.0
+        ctx.cfg.data,
+        name="imagefolder",
+        path=None,
+        holdout_fraction=0.0,
+        skip_bad_images=ctx.data_cfg.skip_bad_images,  # the checkpoint's or --skip-bad-images
     )
     train = _folder(ctx.data_cfg, args.train_dir)
     ctx._raw = {"train": train, "test": _folder(ctx.data_cfg, args.test_dir, ref=train.classes)}
@@ -480,7 +502,7 @@ def _check_data(args) -> None:
     refuse_path_of_generated(args.dataset, args.data_path)
     for checkpoint in args.checkpoints:
         cfg = config_from_dict(read_checkpoint(checkpoint, verify=False)["config"])
-        evaluation_data(checkpoint, cfg, args.dataset, args.data_path)
+        evaluation_data(checkpoint, cfg, args.dataset, args.data_path, args.skip_bad_images)
 
 
 def _check_saved_results(args) -> None:

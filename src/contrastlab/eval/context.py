@@ -74,13 +74,19 @@ def refuse_path_of_generated(dataset: str | None, data_path: str | None, own: bo
         )
 
 
-def evaluation_data(path, cfg, dataset: str | None, data_path: str | None):
+def evaluation_data(
+    path, cfg, dataset: str | None, data_path: str | None, skip_bad_images: bool = False
+):
     """The ``DataConfig`` a checkpoint is evaluated on: its own training data, or ``dataset``
-    (with ``data_path``) instead. One line if neither names a dataset (an encoder converted from
-    another project ships none) or an image folder has no path."""
+    (with ``data_path``) instead; unreadable images of a folder are skipped with
+    ``skip_bad_images`` (``--skip-bad-images``) or where the checkpoint's own config skipped them.
+    One line if neither names a dataset (an encoder converted from another project ships none) or
+    an image folder has no path."""
     from contrastlab.convert import NOT_SHIPPED
 
     data_cfg = dataclasses.replace(cfg.data)
+    if skip_bad_images:
+        data_cfg = dataclasses.replace(data_cfg, skip_bad_images=True)
     refuse_path_of_generated(dataset or data_cfg.name, data_path, own=dataset is None)
     if dataset is not None and dataset != data_cfg.name:
         data_cfg = dataclasses.replace(data_cfg, name=dataset, path=data_path)
@@ -139,6 +145,7 @@ class EvalContext:
         dataset: str | None = None,
         data_path: str | None = None,
         device: str = "auto",
+        skip_bad_images: bool = False,
         **kwargs,
     ) -> "EvalContext":
         from contrastlab.checkpoint import model_from_state, read_checkpoint
@@ -147,7 +154,9 @@ class EvalContext:
         device = resolve_device(device)
         state = read_checkpoint(path)
         # the dataset before the model is built: a bad --dataset / --data-path costs nothing
-        data_cfg = evaluation_data(path, config_from_dict(state["config"]), dataset, data_path)
+        data_cfg = evaluation_data(
+            path, config_from_dict(state["config"]), dataset, data_path, skip_bad_images
+        )
         model, cfg, train_stats = model_from_state(Path(path), state, device)
         kwargs.setdefault("train_stats", train_stats)
         # which state of the training was evaluated: an older last.pt is told apart

@@ -100,6 +100,19 @@ def knn_accuracy(
     return topk_accuracy(scores, test_labels.to(scores.device), topk)
 
 
+def trivial_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says nothing: with 5 classes or fewer it is 100% by construction.
+    Protocols that report top-5 (knn, linear, transfer's linear probe) leave it out then."""
+    return num_classes <= 5
+
+
+def without_trivial_top5(res: dict, num_classes: int) -> dict:
+    """``res`` without its ``top5`` where ``trivial_top5(num_classes)``."""
+    if trivial_top5(num_classes):
+        res.pop("top5", None)
+    return res
+
+
 def topk_accuracy(scores: Tensor, labels: Tensor, topk: int = 1) -> float:
     """Percentage of rows whose true label is among the ``topk`` highest scores."""
     check_class_labels(labels, scores.shape[1], "the labels of an accuracy")

@@ -14,6 +14,7 @@ import torch
 
 from contrastlab.errors import UserError, warn
 from contrastlab.eval.context import EvalContext
+from contrastlab.eval.knn import trivial_top5, without_trivial_top5
 from contrastlab.eval.results import markdown_table, pm
 
 PROTOCOLS = ("knn", "linear", "fewshot", "rotation", "corruption", "factors", "transfer")
@@ -52,8 +53,8 @@ def run_knn(ctx: EvalContext, k: int | None = None, temperature: float | None = 
     return _wrap(
         ctx,
         "knn",
-        summary,
-        {"num_train": len(y_tr), "num_test": len(y_te)},
+        without_trivial_top5(summary, ctx.num_classes()),
+        {"num_train": len(y_tr), "num_test": len(y_te), "num_classes": ctx.num_classes()},
         {"k": k, "temperature": temperature},
     )
 
@@ -106,7 +107,8 @@ def run_linear(
     else:
         raise UserError(f"unknown linear mode '{mode}'; valid: moco, fast")
     summary = {"top1": res.pop("top1"), "top5": res.pop("top5")}
-    return _wrap(ctx, "linear", summary, res, options)
+    res["num_classes"] = ctx.num_classes()
+    return _wrap(ctx, "linear", without_trivial_top5(summary, ctx.num_classes()), res, options)
 
 
 def run_fewshot(
@@ -278,9 +280,9 @@ def run_transfer(
         num_episodes=num_episodes,
         seed=ctx.seed,
     )
-    summary = {"linear top1": res["linear"]["top1"]}
-    if ctx.num_classes() > 5:  # with 5 classes or fewer, top-5 is 100% by construction
-        summary["linear top5"] = res["linear"]["top5"]
+    without_trivial_top5(res["linear"], ctx.num_classes())
+    res["num_classes"] = ctx.num_classes()
+    summary = {f"linear {k}": res["linear"][k] for k in ("top1", "top5") if k in res["linear"]}
     for k, v in res["fewshot"]["shots"].items():
         summary[f"{k}-shot"] = v["mean"]
     for k, v in res["episodes"].get("shots", {}).items():
@@ -364,6 +366,9 @@ def summary_table(result: dict) -> str:
         f"space `{setup.get('space')}`, dataset {setup.get('dataset')}{folder}"
     )
     text = title + "\n\n" + markdown_table(["metric", "accuracy (%)"], rows)
+    classes = result.get("details", {}).get("num_classes")
+    if classes is not None and trivial_top5(classes):
+        text += f"\n\ntop-5 left out: with {classes} classes it is 100% by construction"
     if result["protocol"] == "corruption":
         det = result["details"]
         sevs = (

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from contrastlab.eval.features import extract_features
+from contrastlab.eval.knn import without_trivial_top5
 from contrastlab.eval.linear import linear_fast
 
 ANGLES = (0, 90, 180, 270)
@@ -64,7 +65,7 @@ def rotation_probe(
     res = linear_fast(
         train_feats, train_rot, test_feats, test_rot, num_classes=4, seed=seed, **kwargs
     )
-    res.pop("top5", None)  # top-5 of a 4-way task is always 100
+    without_trivial_top5(res, 4)  # top-5 of a 4-way task is always 100
     res["chance"] = 25.0
     for split in ("train", "test"):
         views = res.pop(f"num_{split}")
