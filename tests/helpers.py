@@ -152,3 +152,18 @@ def torch_save_on_a_full_disk(monkeypatch) -> None:
 def temporary_files(folder) -> list:
     """Files a write left behind: ``.name.tmp-PID``, ``name.tmp``, ``name.tmpPID``."""
     return [p for p in Path(folder).rglob("*") if ".tmp" in p.name]
+
+
+def untrained_checkpoint(path, *overrides: str, preset: str | None = None, seed: int = 0):
+    """A contrastlab checkpoint of a freshly built TINY model at ``path``, without training (for
+    commands that only read the encoder: export, analyze)."""
+    import torch
+
+    from contrastlab.checkpoint import make_state, save_checkpoint
+    from contrastlab.config import load_config
+    from contrastlab.methods import build_method
+
+    cfg = load_config(preset, overriding(TINY, *overrides))
+    torch.manual_seed(seed)
+    save_checkpoint(Path(path), make_state(cfg, build_method(cfg), None, 0, 0, None))
+    return Path(path)

@@ -110,11 +110,24 @@ def test_a_result_on_another_dataset_does_not_replace_the_runs_own(run, tmp_path
     assert str(other) in capsys.readouterr().out
 
 
+def _checkpoint_for(fmt, run, tmp_path):
+    """The run's checkpoint, or for detectron2 (which refuses TINY's CIFAR stem) an untrained
+    ResNet-50 with the ImageNet stem, which Detectron2's ResNet can hold."""
+    if fmt != "detectron2":
+        return run / "checkpoints" / "last.pt"
+    from helpers import untrained_checkpoint
+
+    folder = tmp_path / "r50"
+    folder.mkdir()
+    overrides = ("model.backbone=resnet50", "model.cifar_stem=false")
+    return untrained_checkpoint(folder / "last.pt", *overrides)
+
+
 @pytest.mark.parametrize("fmt", ["torchvision", "detectron2", "safetensors"])
 def test_export_again_to_the_same_out_replaces_its_earlier_export(run, tmp_path, capsys, fmt):
     if fmt == "safetensors":
         pytest.importorskip("safetensors")
-    ckpt = str(run / "checkpoints" / "last.pt")
+    ckpt = str(_checkpoint_for(fmt, run, tmp_path))
     out = tmp_path / f"b.{fmt}"
     argv = ["export", ckpt, "--format", fmt, "--out", str(out)]
     assert main(argv) == 0
@@ -172,7 +185,7 @@ def test_export_on_a_full_disk_keeps_the_earlier_export(run, tmp_path, capsys, m
     if fmt == "safetensors":
         pytest.importorskip("safetensors")
     out = tmp_path / f"b.{fmt}"
-    argv = ["export", str(run / "checkpoints" / "last.pt"), "--format", fmt, "--out", str(out)]
+    argv = ["export", str(_checkpoint_for(fmt, run, tmp_path)), "--format", fmt, "--out", str(out)]
     assert main(argv) == 0
     before = out.read_bytes()
     _disk_full(argv, capsys, monkeypatch, tmp_path)

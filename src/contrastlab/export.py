@@ -2,7 +2,9 @@
 
 What is exported is the query encoder's backbone (``model.backbone``): a torchvision ``ResNet``
 whose classifier is ``nn.Identity``. For LooC++ that is the shared trunk with the invariant head's
-copy of ``layer4``. Projection heads, the momentum encoder and the queues are left out.
+copy of ``layer4`` (the Z_0 branch): the other heads' ``layer4`` copies, and so the ``concat``
+feature, are not in it. Projection heads, the momentum encoder and the queues are left out.
+``contents_note`` says so in one line, which ``contrastlab export`` prints for every format.
 
 * ``torchvision``: ``torch.save`` of a plain state dict with torchvision's key names and **no
   ``fc`` keys** — a self-supervised model has no classifier, and a made-up one would load silently
@@ -21,8 +23,9 @@ copy of ``layer4``. Projection heads, the momentum encoder and the queues are le
   "matching_heuristics": True}`` with Detectron2's ResNet names, as MoCo's
   ``convert-pretrain-to-detectron2.py`` produces (``num_batches_tracked`` is dropped). Detectron2's
   ResNet needs ``MODEL.RESNETS.DEPTH`` and, for another width, ``STEM_OUT_CHANNELS`` /
-  ``RES2_OUT_CHANNELS`` / ``WIDTH_PER_GROUP`` (R50 only); a CIFAR stem has no Detectron2
-  equivalent (``loading_note`` says so).
+  ``RES2_OUT_CHANNELS`` / ``WIDTH_PER_GROUP`` (R50 only). A backbone it cannot hold (a CIFAR
+  stem; another width of a ResNet-18/34; stages that do not double) is refused with a
+  ``UserError`` before anything is written (``detectron2_problem``).
 * ``safetensors``: the same tensors and names as ``torchvision``, plus string metadata (backbone,
   width, CIFAR stem); needs the optional extra ``pip install safetensors``.
 """
@@ -81,6 +84,10 @@ def export_backbone(
     """Write ``backbone``'s weights to ``out`` in format ``fmt``; returns the path."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    if fmt == "detectron2":
+        problem = detectron2_problem(*_architecture(backbone))
+        if problem is not None:
+            raise _refuse_detectron2(problem)
     state = backbone_state_dict(backbone)
     out = Path(out)
     if fmt == "torchvision":
@@ -162,31 +169,50 @@ def loading_note(
 _DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
 
 
-def _detectron2_note(backbone: str, width: float, cifar_stem: bool, path: str) -> str:
-    """Detectron2's ``build_resnet_backbone``: a 7x7 stride-2 stem with max-pool (BasicStem),
-    ``RES2_OUT_CHANNELS`` fixed at 64 for R18/R34, each stage twice the previous one's width."""
-    depth = _DEPTHS.get(backbone)
-    where = " (docs/evaluation.md, export)"
-    if depth is None:
-        return f"note: Detectron2's ResNet has no {backbone}; there is no config to load it" + where
+def detectron2_problem(backbone: str, stages: list[int], cifar_stem: bool) -> str | None:
+    """Why Detectron2's ResNet (``build_resnet_backbone``) cannot hold this backbone, or None.
+
+    Its stem is a 7x7 stride-2 conv with max-pool (BasicStem), ``RES2_OUT_CHANNELS`` is fixed at
+    64 for R18/R34, and each stage is twice the previous one's width. ``stages``: the output
+    width of each stage's first 3x3 (or bottleneck) conv, 64-128-256-512 for torchvision's."""
+    if backbone not in _DEPTHS:
+        return f"contrastlab knows Detectron2's settings for resnet18/34/50 only, not {backbone}"
     if cifar_stem:
         return (
-            f"note: this {backbone} has the CIFAR stem (3x3 stride-1 conv1, no max-pool), which "
-            "has no Detectron2 equivalent (its ResNet stem is a 7x7 stride-2 conv with max-pool): "
-            "Detectron2's ResNet cannot load it; export --format torchvision for it instead" + where
+            f"this {backbone} has the CIFAR stem (3x3 stride-1 conv1, no max-pool), which has no "
+            "Detectron2 equivalent (its ResNet stem is a 7x7 stride-2 conv with max-pool)"
         )
-    stages = _stage_widths(width)
-    doubling = all(b == 2 * a for a, b in zip(stages, stages[1:]))
-    if width != 1 and (depth < 50 or not doubling):
-        why = (
-            "Detectron2 requires MODEL.RESNETS.RES2_OUT_CHANNELS 64 for R18/R34"
-            if depth < 50
-            else "Detectron2's stages each double the previous one's width"
-        )
+    widths = "-".join(map(str, stages))
+    if _DEPTHS[backbone] < 50 and stages[0] != 64:
         return (
-            f"note: this {backbone} has width {width:g} (stage widths "
-            f"{'-'.join(map(str, stages))}), and {why}: Detectron2's ResNet cannot load it" + where
+            f"this {backbone} has stage widths {widths}, and Detectron2 requires "
+            "MODEL.RESNETS.RES2_OUT_CHANNELS 64 for R18/R34"
         )
+    if not all(b == 2 * a for a, b in zip(stages, stages[1:])):
+        return (
+            f"this {backbone} has stage widths {widths}, and Detectron2's stages each double the "
+            "previous one's width"
+        )
+    return None
+
+
+def _refuse_detectron2(problem: str) -> UserError:
+    return UserError(
+        f"--format detectron2: {problem}, so Detectron2's ResNet cannot load it; nothing was "
+        "written; export it with --format torchvision or --format safetensors (their note says "
+        "how to load it)"
+    )
+
+
+def _detectron2_note(backbone: str, width: float, cifar_stem: bool, path: str) -> str:
+    """The settings of Detectron2's ResNet config that the file needs (``detectron2_problem``:
+    why there are none)."""
+    stages = _stage_widths(width)
+    where = " (docs/evaluation.md, export)"
+    problem = detectron2_problem(backbone, stages, cifar_stem)
+    if problem is not None:
+        return f"note: {problem}: Detectron2's ResNet cannot load it" + where
+    depth = _DEPTHS[backbone]
     settings = [f"MODEL.RESNETS.DEPTH {depth}"]
     if depth >= 50:
         settings += [
@@ -205,13 +231,78 @@ def _detectron2_note(backbone: str, width: float, cifar_stem: bool, path: str) -
     )
 
 
+def _architecture(backbone: nn.Module) -> tuple[str, list[int], bool]:
+    """(torchvision name, stage widths, CIFAR stem) of a contrastlab / torchvision ResNet."""
+    blocks = tuple(len(backbone.get_submodule(f"layer{i}")) for i in range(1, 5))
+    first = [backbone.get_submodule(f"layer{i}")[0] for i in range(1, 5)]
+    bottleneck = hasattr(first[0], "conv3")
+    name = {
+        ((2, 2, 2, 2), False): "resnet18",
+        ((3, 4, 6, 3), False): "resnet34",
+        ((3, 4, 6, 3), True): "resnet50",
+    }.get((blocks, bottleneck), f"ResNet with {'-'.join(map(str, blocks))} blocks")
+    cifar_stem = tuple(backbone.conv1.kernel_size) == (3, 3)
+    return name, [b.conv1.out_channels for b in first], cifar_stem
+
+
+def contents_note(
+    cfg, spaces: tuple[str, ...] | None = None, checkpoint: str = "CHECKPOINT"
+) -> str:
+    """One line on what an export of this run's checkpoint holds and what it leaves out, for
+    ``contrastlab export`` to print whatever the format, and how to get what is left out from the
+    checkpoint itself. ``spaces``: the checkpoint's feature spaces
+    (``checkpoint.checkpoint_feature_spaces``), by default the config's."""
+    from contrastlab.config import feature_spaces
+
+    spaces = tuple(spaces or feature_spaces(cfg))
+    heads = [s for s in spaces if s not in ("backbone", "concat")]
+    where = " (docs/evaluation.md, export)"
+    looc = cfg.method == "looc"
+    left = f"the momentum encoder and the queue{'s' if looc else ''}"
+    if heads:
+        left = f"the projection head{'s' if len(heads) > 1 else ''} ({', '.join(heads)}), {left}"
+    if looc and cfg.looc.plus_plus:
+        copies = ", ".join(s for s in heads if s != "z0")
+        code = (
+            f"from contrastlab.checkpoint import load_model; model, _ = load_model({checkpoint!r}); "
+            "feats = model.features(images, 'concat')"
+        )
+        return (
+            "the file holds the LooC++ Z_0 branch only: conv1..layer3 (shared) and the Z_0 "
+            "head's own layer4, whose output is the space `backbone`, not `concat`; not in it: the "
+            f"per-augmentation layer4 copies ({copies}) and so the `concat` feature (the paper's "
+            f"LooC++ feature, which the loocpp_* presets evaluate), {left}; for `concat` "
+            f"features use the checkpoint: contrastlab eval knn {checkpoint} --space concat, or "
+            f"in Python `{code}`" + where
+        )
+    if looc:
+        return (
+            "the file holds the LooC backbone that every head shares: its output V is the space "
+            f"`backbone` (the paper's LooC feature); not in it: {left}; for a head's space use "
+            f"the checkpoint: contrastlab eval knn {checkpoint} --space z0" + where
+        )
+    return (
+        f"the file holds the query encoder's backbone (the space `backbone`); not in it: {left}"
+        + where
+    )
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
-    """Load a contrastlab checkpoint and export its query backbone."""
-    from contrastlab.checkpoint import load_model
+    """Load a contrastlab checkpoint and export its query backbone. A format whose consumer
+    cannot load it (``detectron2_problem``) is refused before the model is rebuilt."""
+    from contrastlab.checkpoint import model_from_state, read_checkpoint
+    from contrastlab.config import config_from_dict
 
     if fmt not in FORMATS:  # fail before the (slow) model rebuild
         raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
-    model, cfg = load_model(checkpoint, "cpu")
+    state = read_checkpoint(checkpoint)
+    cfg = config_from_dict(state["config"])
+    if fmt == "detectron2":
+        m = cfg.model
+        problem = detectron2_problem(m.backbone, _stage_widths(m.width), m.cifar_stem)
+        if problem is not None:
+            raise _refuse_detectron2(problem)
+    model, cfg, _ = model_from_state(Path(checkpoint), state, "cpu")
     meta = {
         "format": "contrastlab-backbone",
         "backbone": cfg.model.backbone,

@@ -143,7 +143,8 @@ def test_every_export_format_gets_the_same_file_mode(tmp_path, fmt):
     (umask), whatever library wrote it (safetensors' writer alone made it 0600)."""
     import os
 
-    ours = build_backbone(ModelConfig(backbone="resnet18", width=0.25, cifar_stem=True))[0]
+    # a backbone that Detectron2's ResNet can hold (a CIFAR stem is refused for detectron2)
+    ours = build_backbone(ModelConfig(backbone="resnet50", width=0.25))[0]
     path = export_backbone(ours, fmt, tmp_path / f"b.{fmt}")
     umask = os.umask(0)
     os.umask(umask)
@@ -257,3 +258,88 @@ def test_the_note_for_another_width_is_code_that_loads_the_export(
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), ours(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# contrastlab export: what the file holds, and formats whose consumer cannot load it
+# ----------------------------------------------------------------------------------------------
+
+# a backbone that every format's consumer can load: Detectron2's R50 settings exist for it
+FITS_ALL = ("model.backbone=resnet50", "model.cifar_stem=false", "data.image_size=32")
+
+
+def _export(argv, capsys) -> tuple[int, list[str], str]:
+    from contrastlab.cli import main
+
+    capsys.readouterr()
+    code = main(["export", *argv])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err.strip()
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "detectron2", "safetensors"])
+@pytest.mark.parametrize("preset", ["loocpp_color_rotation", "looc_color", "moco_v2_cifar"])
+def test_the_export_says_what_the_file_holds_and_what_it_leaves_out(tmp_path, capsys, preset, fmt):
+    """A LooC++ export is the Z_0 branch only, while its presets evaluate `concat`: the command
+    said nothing of it (only docs/looc.md did). Every format prints what is in the file, what is
+    not, and how to get the rest from the checkpoint; the Python line it gives runs as printed."""
+    from helpers import untrained_checkpoint
+
+    from contrastlab.checkpoint import load_model
+
+    ckpt = untrained_checkpoint(tmp_path / "c.pt", *FITS_ALL, preset=preset)
+    code, lines, err = _export([str(ckpt), "--format", fmt, "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert len(lines) == 3 and lines[0].startswith("backbone written to")
+    note = lines[1]
+    assert note.startswith("the file holds") and "; not in it: " in note
+    assert "momentum encoder" in note
+    model, _ = load_model(ckpt)
+    if preset.startswith("loocpp"):
+        assert "Z_0 branch only" in note and "not `concat`" in note
+        assert "layer4 copies (color, rotation)" in note and "heads (z0, color, rotation)" in note
+        assert f"contrastlab eval knn {ckpt} --space concat" in note
+        images = torch.randn(2, 3, 32, 32)
+        scope: dict = {"images": images}
+        exec(note.split("`")[-2], scope)  # noqa: S102 - the note's own line, as printed
+        with torch.no_grad():
+            assert torch.equal(scope["feats"], model.features(images, "concat"))
+    elif preset.startswith("looc"):
+        assert "every head shares" in note and "heads (z0, color)" in note
+        assert "concat" not in note and f"eval knn {ckpt} --space z0" in note
+    else:
+        assert "query encoder's backbone" in note and "projection head (z)" in note
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (("model.cifar_stem=true",), "CIFAR stem"),
+        (("model.cifar_stem=false", "model.width=0.5"), "RES2_OUT_CHANNELS 64 for R18/R34"),
+        (
+            ("model.cifar_stem=false", "model.backbone=resnet50", "model.width=0.3"),
+            "stages each double",
+        ),
+    ],
+)
+def test_detectron2_export_of_a_backbone_detectron2_cannot_hold_is_refused(
+    tmp_path, capsys, overrides, why
+):
+    """It wrote the file and exited 0 while its own note said Detectron2 cannot load it: now one
+    line, exit 2, nothing written, and the formats that fit are named."""
+    from helpers import temporary_files, untrained_checkpoint
+
+    ckpt = untrained_checkpoint(tmp_path / "c.pt", *overrides)
+    out = tmp_path / "d2.pkl"
+    code, lines, err = _export([str(ckpt), "--format", "detectron2", "--out", str(out)], capsys)
+    assert code == 2 and lines == [] and len(err.splitlines()) == 1, err
+    assert why in err and "cannot load it" in err
+    assert "--format torchvision" in err and "--format safetensors" in err
+    assert not out.exists() and temporary_files(tmp_path) == []
+    # the library's own function refuses it too
+    from contrastlab.checkpoint import load_model
+
+    model, _ = load_model(ckpt)
+    with pytest.raises(UserError, match=why):
+        export_backbone(model.backbone, "detectron2", out)
+    assert not out.exists()

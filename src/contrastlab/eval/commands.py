@@ -591,8 +591,9 @@ def _all(args) -> int:
 
 
 def _export(args) -> int:
-    from contrastlab.checkpoint import read_checkpoint
-    from contrastlab.export import export_checkpoint, loading_note
+    from contrastlab.checkpoint import checkpoint_feature_spaces, read_checkpoint
+    from contrastlab.config import config_from_dict
+    from contrastlab.export import contents_note, export_checkpoint, loading_note
 
     check_output(
         args.out,
@@ -603,16 +604,11 @@ def _export(args) -> int:
     )
     path = export_checkpoint(args.checkpoint, args.format, args.out)
     print(f"backbone written to {path} ({args.format})")
-    model = read_checkpoint(args.checkpoint, verify=False)["config"].get("model", {})
-    print(
-        loading_note(
-            model.get("backbone", "resnet18"),
-            float(model.get("width", 1.0)),
-            bool(model.get("cifar_stem", False)),
-            args.format,
-            str(path),
-        )
-    )
+    state = read_checkpoint(args.checkpoint, verify=False)
+    cfg = config_from_dict(state["config"])
+    print(contents_note(cfg, checkpoint_feature_spaces(cfg, state), str(args.checkpoint)))
+    model = cfg.model
+    print(loading_note(model.backbone, model.width, model.cifar_stem, args.format, str(path)))
     return 0
 
 
