@@ -349,3 +349,26 @@ def test_null_settings_show_what_they_came_to(tmp_path):
         '<td>blur</td><td>null <span class="sub">(= true: moco_v2 blurs only above 64 px)' in text
     )
     assert '<td>hue</td><td>null <span class="sub">(= 0.1: the recipe&#x27;s hue jitter)' in text
+
+
+def test_the_report_shows_the_chance_level_beside_each_probe(tmp_path, run_maker):
+    """A factor probe's result listed its chance levels only among the flattened details, far
+    from the accuracies; a table puts them side by side, by eval factors' rule."""
+
+    run = run_maker(tmp_path, "r", 0.99, 50.0, evals=True)
+    details = {
+        name: {"top1": top1, "chance": chance, "num_classes": n}
+        for name, top1, chance, n in (("shape", 31.0, 10.0, 10), ("color", 90.0, 12.5, 8))
+    }
+    result = {
+        "protocol": "factors",
+        "summary": {"shape": 31.0, "color": 90.0},
+        "details": details,
+        "setup": {"checkpoint": f"{run}/checkpoints/last.pt"},
+    }
+    (run / "eval" / "factors.json").write_text(json.dumps(result))
+    text = write_report(run).read_text()
+    part = text.split("<h3>factors</h3>")[1].split("<h3>")[0]
+    assert "<th>chance (%)</th>" in part
+    assert '<td>shape</td><td class="num">31</td><td class="num">10</td>' in part
+    assert '<td>color</td><td class="num">90</td><td class="num">12.5</td>' in part

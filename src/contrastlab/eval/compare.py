@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from contrastlab.atomic import save_figure, write_text
 from contrastlab.errors import UserError, warn
-from contrastlab.eval.results import markdown_table, pm, write_json
+from contrastlab.eval.results import chance_levels, markdown_table, pm, with_chance, write_json
 
 DEFAULT_PROTOCOLS = ("knn", "linear", "fewshot")
 
@@ -37,7 +37,8 @@ def _label(checkpoint: Path, run: str, taken: set[str]) -> str:
 
 
 def comparison_rows(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Markdown header and rows: one row per checkpoint, one column per protocol metric."""
+    """Markdown header and rows: one row per checkpoint, one column per protocol metric; a
+    metric with a chance level (``results.chance_levels``) shows it in its cell."""
     columns: list[str] = []
     for e in entries:
         for proto, summary in e["results"].items():
@@ -51,7 +52,9 @@ def comparison_rows(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
         for col in columns:
             proto, key = col.split(": ", 1)
             summary = e["results"].get(proto, {})
-            row.append(pm(summary[key], summary.get(f"{key} ci95")) if key in summary else "–")
+            chance = e.get("chance", {}).get(proto, {}).get(key)
+            cell = pm(summary[key], summary.get(f"{key} ci95")) if key in summary else "–"
+            row.append(with_chance(cell, chance) if key in summary else cell)
         rows.append(row)
     return ["checkpoint", "dataset", "test images", *columns], rows
 
@@ -149,6 +152,8 @@ def run_all(
         for proto in protocols:
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
+            if chance_levels(result):
+                entry.setdefault("chance", {})[proto] = chance_levels(result)
             if save_each:
                 variant = variant_of(proto, result["setup"])
                 path = result_path(

@@ -15,7 +15,7 @@ import torch
 from contrastlab.errors import UserError, warn
 from contrastlab.eval.context import EvalContext
 from contrastlab.eval.knn import trivial_top5, without_trivial_top5
-from contrastlab.eval.results import markdown_table, pm
+from contrastlab.eval.results import chance_levels, markdown_table, pm
 
 PROTOCOLS = ("knn", "linear", "fewshot", "rotation", "corruption", "factors", "transfer")
 
@@ -351,11 +351,14 @@ def variant_text(result: dict) -> str:
 def summary_table(result: dict) -> str:
     """The headline numbers as a markdown table; ``x ± ci`` where a 95 % interval exists."""
     summary = result["summary"]
+    chance = chance_levels(result)
     rows = []
     for key, value in summary.items():
         if key.endswith(" ci95"):
             continue
         rows.append([key, pm(value, summary.get(f"{key} ci95"))])
+        if chance:
+            rows[-1].append(chance.get(key))
     setup = result["setup"]
     what = variant_text(result)
     variant = f" ({what})" if what else ""
@@ -365,7 +368,8 @@ def summary_table(result: dict) -> str:
         f"**{result['protocol']}**{variant} — {setup.get('run')} ({setup.get('method')}), "
         f"space `{setup.get('space')}`, dataset {setup.get('dataset')}{folder}"
     )
-    text = title + "\n\n" + markdown_table(["metric", "accuracy (%)"], rows)
+    header = ["metric", "accuracy (%)"] + (["chance (%)"] if chance else [])
+    text = title + "\n\n" + markdown_table(header, rows)
     classes = result.get("details", {}).get("num_classes")
     if classes is not None and trivial_top5(classes):
         text += f"\n\ntop-5 left out: with {classes} classes it is 100% by construction"

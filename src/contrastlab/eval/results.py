@@ -102,6 +102,31 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def chance_levels(result: dict) -> dict[str, float]:
+    """The chance level (percent) of each headline metric that has one, by its ``summary`` key:
+    a factor probe's ``details[<factor>].chance`` (the test split's most frequent class: shape
+    10, colour 12.5, texture 25, rotation 25 on ``synthetic``), the rotation probe's
+    ``details.chance`` for its ``top1``. The one rule for every table that shows these results
+    (``eval factors`` / ``rotation``, ``eval all``, the HTML report)."""
+    details = result.get("details")
+    if not isinstance(details, dict):
+        return {}
+    out = {}
+    for key in result.get("summary", {}):
+        own = details.get(key)
+        chance = own.get("chance") if isinstance(own, dict) else None
+        if chance is None and key == "top1":
+            chance = details.get("chance")
+        if isinstance(chance, (int, float)) and not isinstance(chance, bool):
+            out[key] = float(chance)
+    return out
+
+
+def with_chance(text: str, chance: float | None) -> str:
+    """A table cell: ``41.25 (chance 10.00)``, or the figure alone without a chance level."""
+    return text if chance is None else f"{text} (chance {fmt(chance)})"
+
+
 def pm(mean: float, ci: float | None) -> str:
     """``mean ± ci`` for tables."""
     if ci is None or (isinstance(ci, float) and not math.isfinite(ci)):

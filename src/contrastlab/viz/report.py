@@ -199,6 +199,22 @@ def checkpoint_state(epoch, last: int | None) -> str:
     return f"epoch {epoch} (metrics.jsonl ends at epoch {last})"
 
 
+def _chance_table(result) -> str:
+    """The headline metrics that have a chance level (factor and rotation probes) beside it, as
+    ``eval factors`` prints them (``results.chance_levels``); "" for the other results."""
+    from contrastlab.eval.results import chance_levels
+
+    chance = chance_levels(result) if isinstance(result, dict) else {}
+    if not chance:
+        return ""
+    head = "<tr><th>metric</th><th>accuracy (%)</th><th>chance (%)</th></tr>"
+    rows = "".join(
+        f"<tr><td>{html.escape(key)}</td>{_cell(result['summary'][key])}{_cell(level)}</tr>"
+        for key, level in chance.items()
+    )
+    return f"<table>{head}{rows}</table>"
+
+
 def _eval_section(run: Run) -> str:
     files = sorted((run.path / "eval").glob("*.json")) if (run.path / "eval").is_dir() else []
     if not files:
@@ -227,7 +243,7 @@ def _eval_section(run: Run) -> str:
         rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in flat.items())
         parts.append(
             f'<h3>{html.escape(path.stem)}</h3><p class="sub">checkpoint: '
-            f"{html.escape(state)}</p><table>{rows}</table>"
+            f"{html.escape(state)}</p>{_chance_table(data)}<table>{rows}</table>"
         )
     head = "<tr><th>result</th><th>checkpoint</th><th>epoch</th><th>step</th></tr>"
     return f"<table>{head}{''.join(summary)}</table>" + "".join(parts)
