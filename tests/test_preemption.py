@@ -359,3 +359,29 @@ def test_a_stop_signal_after_the_last_epoch_without_a_monitor_finishes(
     monkeypatch.setattr(Trainer, "train_epoch", signalled)
     result = Trainer(tiny_config("optim.epochs=2", "train.knn_every=0", "name=cut")).fit()
     assert result.epochs == 2 and result.last_checkpoint is not None
+
+
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_under_torchrun_the_stop_line_says_what_torchrun_prints_after_it(
+    tiny_config, monkeypatch, quiet_signals, torchrun
+):
+    """torchrun's agent reports a clean stop as its own failure: a SignalException traceback
+    (a signal to the agent) or a ChildFailedError report of status 75 (to the workers), exit
+    status 1. The stop line said nothing of it; under torchrun (TORCHELASTIC_RUN_ID, which torchrun
+    sets in every worker) it says how to tell the clean stop."""
+    if torchrun:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    cfg = tiny_config(*COMMON, "name=stop-torchrun")
+    _on_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted) as info:
+        Trainer(cfg).fit()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "train.resume=auto" in message
+    said = "torchrun does not pass status 75 on" in message
+    assert said == torchrun
+    if torchrun:
+        assert "exits with 1" in message and "last metrics.jsonl event is `stopped`" in message
+    last = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "stopped"

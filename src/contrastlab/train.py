@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -922,9 +923,19 @@ class Trainer:
         return TrainingInterrupted(
             f"stopped by {signal_name} {where} ({done}, step {self.step}); checkpoint "
             f"{self.ckpt_dir / 'last.pt'}; {left}, run the same command with "
-            "train.resume=auto",
+            f"train.resume=auto{_UNDER_TORCHRUN if 'TORCHELASTIC_RUN_ID' in os.environ else ''}",
             is_main=self.is_main,
         )
+
+
+# torchrun's agent does not pass the workers' 75 on (docs/preemption.md, measured with torch 2.14):
+# a stop signal to the agent ends it with a SignalException traceback, one to the workers with a
+# ChildFailedError report of their status 75; either way torchrun exits with 1
+_UNDER_TORCHRUN = (
+    "; torchrun does not pass status 75 on (it prints its own traceback or error report after "
+    "this line and exits with 1), but this stop is clean: the run's last metrics.jsonl event is "
+    "`stopped` (docs/preemption.md, torchrun)"
+)
 
 
 def cpu_has_native_bf16() -> bool:
