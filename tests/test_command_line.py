@@ -489,11 +489,11 @@ def test_a_mistyped_flag_gets_the_closest_flag_of_its_command(argv, said, capsys
     assert err.endswith(f"; see contrastlab {command} --help")
 
 
-def test_every_commands_flags_are_suggested_from_that_command():
-    """Each flag of each (sub)command, mistyped (two letters swapped), is matched to itself."""
+def _leaf_parsers():
+    """The parser of every command that runs (``contrastlab eval knn``'s, not ``eval``'s)."""
     import argparse
 
-    from contrastlab.cli import _unknown, build_parser
+    from contrastlab.cli import build_parser
 
     def leaves(parser):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -503,8 +503,15 @@ def test_every_commands_flags_are_suggested_from_that_command():
             for sub in action.choices.values():
                 yield from leaves(sub)
 
+    return list(leaves(build_parser()))
+
+
+def test_every_commands_flags_are_suggested_from_that_command():
+    """Each flag of each (sub)command, mistyped (two letters swapped), is matched to itself."""
+    from contrastlab.cli import _unknown
+
     checked = set()
-    for parser in leaves(build_parser()):
+    for parser in _leaf_parsers():
         for flag in (f for a in parser._actions for f in a.option_strings):
             name = flag[2:]
             if flag.startswith("--") and len(name) >= 4:
@@ -518,20 +525,8 @@ def test_every_commands_flags_are_suggested_from_that_command():
 def test_no_command_takes_an_abbreviated_flag():
     """A prefix of a flag is refused with a suggestion, never taken for the flag: ``train --out X``
     used to run with ``--out-dir X``, while ``--out`` is the output file elsewhere."""
-    import argparse
-
-    from contrastlab.cli import build_parser
-
-    def leaves(parser):
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subs:
-            yield parser
-        for action in subs:
-            for sub in action.choices.values():
-                yield from leaves(sub)
-
     checked = 0
-    for parser in leaves(build_parser()):
+    for parser in _leaf_parsers():
         assert parser.allow_abbrev is False, parser.prog
         flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
         for flag in flags:

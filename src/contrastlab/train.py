@@ -475,13 +475,7 @@ class Trainer:
                 )
         # the checkpoint's epoch as the stopped event places it: complete epochs, and inside an
         # epoch the one that continues (1-based, as train/epoch events count) and its steps done
-        where = {"epochs_complete": self.epoch}
-        if self.position is not None:
-            where.update(
-                in_epoch=self.epoch + 1,
-                batch_in_epoch=self.position["batch"],
-                steps_per_epoch=self.steps_per_epoch,
-            )
+        where = self._place(None if self.position is None else self.position["batch"])
         changed = changed_settings(state["config"], config_to_dict(self.cfg))
         # the number of processes is no config key: a checkpoint says what wrote it (one taken
         # inside an epoch also by its random states, one per process)
@@ -893,6 +887,18 @@ class Trainer:
         distributed.raise_together(write)
         self.stop_policy.saved()
 
+    def _place(self, batch_in_epoch: int | None) -> dict:
+        """Where a resume or stop sits: the complete epochs and, inside an epoch, the one running
+        (1-based, as train/epoch events count) with its steps done and its length."""
+        place = {"epochs_complete": self.epoch}
+        if batch_in_epoch is not None:
+            place.update(
+                in_epoch=self.epoch + 1,
+                batch_in_epoch=batch_in_epoch,
+                steps_per_epoch=self.steps_per_epoch,
+            )
+        return place
+
     def interrupted(
         self, where: str, monitor_pending: bool = False, batch_in_epoch: int | None = None
     ) -> TrainingInterrupted:
@@ -900,20 +906,8 @@ class Trainer:
         the kNN monitor of the epoch just saved. Inside an epoch (``batch_in_epoch`` steps of it
         done) the event says so as the checkpoint event does: ``epoch`` counts finished epochs."""
         signal_name = self.stop_policy.signals.received or "a stop signal to another process"
-        event = {
-            "event": "stopped",
-            "signal": signal_name,
-            "epoch": self.epoch,
-            "epochs_complete": self.epoch,
-            "step": self.step,
-        }
-        if batch_in_epoch is not None:  # the epoch that was running (1-based) and its steps done
-            event.update(
-                in_epoch=self.epoch + 1,
-                batch_in_epoch=batch_in_epoch,
-                steps_per_epoch=self.steps_per_epoch,
-            )
-        self.log(event)
+        event = {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
+        self.log({**event, **self._place(batch_in_epoch)})
         if monitor_pending and self.epoch == self.cfg.optim.epochs:
             where, left = f"{where}, the last, before its kNN monitor", "to run the monitor"
         else:
