@@ -441,6 +441,37 @@ def test_the_comparison_plot_draws_error_bars_only_where_there_is_a_spread(tmp_p
     assert all(len(c.lines[2][0].get_segments()) == 1 for c in spreads)
 
 
+def test_the_comparison_plot_marks_the_chance_level_of_each_bar_that_has_one(tmp_path, monkeypatch):
+    """eval all's table gave factor probes their chance levels, its bar chart did not: a 25% bar
+    of a 4-way texture probe looked like learning."""
+    from matplotlib.collections import LineCollection
+
+    import contrastlab.eval.compare as compare
+
+    figures = []
+    monkeypatch.setattr(compare, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    entries = [
+        {
+            "label": name,
+            "dataset": "synthetic",
+            "num_test": 64,
+            "results": {"knn": {"top1": 50.0}, "factors": {"shape": 30.0, "texture": 40.0}},
+            "chance": {"factors": {"shape": 10.0, "texture": 25.0}},
+        }
+        for name in ("a", "b")
+    ]
+    compare.bar_chart(entries, tmp_path / "c.png")
+    (ax,) = figures[0].axes
+    marks = [c for c in ax.collections if isinstance(c, LineCollection)]
+    levels = sorted(seg[0][1] for c in marks for seg in c.get_segments())
+    assert levels == [10.0, 10.0, 25.0, 25.0]  # two factors x two checkpoints, none on knn
+    for c in marks:  # each mark spans one bar, not the whole group
+        (seg,) = c.get_segments()
+        assert abs((seg[1][0] - seg[0][0]) - 0.4) < 1e-9
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == ["a", "b", "chance level"]  # one legend entry for all marks
+
+
 def test_linear_modes_keep_their_own_results_and_headings(checkpoint, tmp_path, capsys):
     """eval linear --fast and eval linear (SGD) both wrote eval/linear.json, the second
     replacing the first, under a heading that named no mode."""

@@ -61,7 +61,9 @@ def comparison_rows(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def bar_chart(entries: list[dict], path: Path, title: str = "contrastlab evaluation") -> Path:
     """Grouped bars: one group per metric, one bar per checkpoint; an error bar (95 % CI) only
-    where a metric has a spread (few-shot trials and episodes), none where it is one figure."""
+    where a metric has a spread (few-shot trials and episodes), none where it is one figure; a
+    dashed line across each bar that has a chance level (``results.chance_levels``: factor and
+    rotation probes), the same figure the table shows beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,16 +76,31 @@ def bar_chart(entries: list[dict], path: Path, title: str = "contrastlab evaluat
     width = 0.8 / max(n, 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * m + 2), 4.5))
     x = np.arange(m)
+    chance_drawn = False
     for i, e in enumerate(entries):
-        vals, errs = [], []
+        vals, errs, chances = [], [], []
         for col in metrics:
             proto, key = col.split(": ", 1)
             s = e["results"].get(proto, {})
             v, ci = s.get(key), s.get(f"{key} ci95")
             vals.append(np.nan if v is None else float(v))
             errs.append(0.0 if ci is None or ci != ci else float(ci))
+            chances.append(e.get("chance", {}).get(proto, {}).get(key) if v is not None else None)
         pos = x + (i - (n - 1) / 2) * width
         ax.bar(pos, vals, width, label=e["label"])
+        for j, chance in enumerate(chances):
+            if chance is None:
+                continue
+            ax.hlines(
+                chance,
+                pos[j] - width / 2,
+                pos[j] + width / 2,
+                colors="black",
+                linestyles="dashed",
+                linewidth=1.0,
+                label=None if chance_drawn else "chance level",
+            )
+            chance_drawn = True
         spread = [j for j, err in enumerate(errs) if err > 0]
         if spread:  # a zero-length bar would still draw caps that read as an interval
             ax.errorbar(
