@@ -522,6 +522,21 @@ def test_every_commands_flags_are_suggested_from_that_command():
     assert len(checked) >= 15
 
 
+def test_every_commands_options_and_arguments_have_help():
+    """``eval factors --help`` listed ``--factors FACTORS`` with no word on what it takes;
+    ``eval transfer``'s few-shot options, ``eval corruption --severities`` and ``export``'s
+    checkpoint, ``--format`` and ``--out`` were as bare."""
+    import argparse
+
+    bare = [
+        (parser.prog, action.option_strings or action.dest)
+        for parser in _leaf_parsers()
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert bare == []
+
+
 def test_no_command_takes_an_abbreviated_flag():
     """A prefix of a flag is refused with a suggestion, never taken for the flag: ``train --out X``
     used to run with ``--out-dir X``, while ``--out`` is the output file elsewhere."""

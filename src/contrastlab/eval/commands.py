@@ -758,7 +758,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--corruptions", type=_names, default=None, help="comma-separated subset (default: all 15)"
     )
-    p.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5])
+    p.add_argument(
+        "--severities",
+        type=_ints,
+        default=[1, 2, 3, 4, 5],
+        help="comma-separated severities, 1 (mildest) to 5",
+    )
     _knn_options(p, "--classifier knn: ")
     p.set_defaults(func=_corruption)
 
@@ -768,7 +773,13 @@ def register(subparsers) -> None:
         formatter_class=fmt,
         help="linear probes for the synthetic dataset's factors",
     )
-    p.add_argument("--factors", type=_names, default=["shape", "color", "texture", "rotation"])
+    p.add_argument(
+        "--factors",
+        type=_names,
+        default=["shape", "color", "texture", "rotation"],
+        help="comma-separated subset of shape, color, texture (the generating factors, probed on "
+        "the images as they are) and rotation (4-way, on rotated copies)",
+    )
     p.set_defaults(func=_factors)
 
     p = sub.add_parser(
@@ -783,9 +794,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--test-dir", required=True, metavar="DIR", help="test images, the same class subfolders"
     )
-    p.add_argument("--shots", type=_ints, default=[5, 10])
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument(
+        "--shots", type=_ints, default=[5, 10], help="all-way K-shot: comma-separated K values"
+    )
+    p.add_argument("--trials", type=int, default=5, help="all-way K-shot: random draws per K")
+    p.add_argument(
+        "--episodes", type=int, default=600, help="5-way 1- and 5-shot episodes: how many"
+    )
     p.set_defaults(func=_transfer)
 
     p = sub.add_parser(
@@ -839,10 +854,14 @@ def register(subparsers) -> None:
         formatter_class=fmt,
         help="export the backbone for torchvision, Detectron2 or safetensors",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a contrastlab checkpoint (.pt)")
     p.add_argument(
-        "--format", choices=("torchvision", "detectron2", "safetensors"), default="torchvision"
+        "--format",
+        choices=("torchvision", "detectron2", "safetensors"),
+        default="torchvision",
+        help="torchvision: a state dict for torchvision's resnet (torch.load); detectron2: a "
+        "pickle with Detectron2's ResNet names (.pkl); safetensors: torchvision's tensors",
     )
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_export)
