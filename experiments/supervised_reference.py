@@ -27,8 +27,8 @@ from torch import nn
 
 from contrastlab.config import load_config
 from contrastlab.data import build_dataset
-from contrastlab.models.backbones import build_backbone
 from contrastlab.data.datasets import WithTransform
+from contrastlab.models.backbones import build_backbone
 from contrastlab.train import eval_transform, knn_monitor_metrics, learning_rate
 from contrastlab.views.recipes import BatchedViews, recipe_from_config
 
