@@ -61,3 +61,16 @@ def test_knn_topk_and_empty(blobs):
         got = knn_accuracy(f, y, f, y, 10, k=10, topk=topk)
         assert got == pytest.approx(100.0 * hits / len(y)), topk
     assert np.isnan(knn_accuracy(f, y, f[:0], y[:0], 10))
+
+
+def test_accuracies_are_exact_percentages_not_float32_roundings():
+    """metrics.jsonl and the eval results held 10.999999940395355 for 11 hits of 100: the mean
+    of a float32 hit vector. 11 of 100 is 11.0, and 1 of 3 is 100/3 to float64's precision."""
+    from contrastlab.eval.knn import topk_accuracy
+
+    labels = torch.zeros(100, dtype=torch.long)
+    scores = torch.zeros(100, 2)
+    scores[:11, 0] = 1.0  # 11 rows rank the true class first
+    scores[11:, 1] = 1.0
+    assert topk_accuracy(scores, labels) == 11.0
+    assert topk_accuracy(scores[:3], torch.tensor([0, 1, 1])) == 100.0 / 3  # only row 0 hits

@@ -590,7 +590,7 @@ def corruption_eval(
         feats, labels = extract_features(
             model, ds, space, desc=f"{name} {severity}", cache_parts=parts, **kwargs
         )
-        return 100.0 * (classify(feats).cpu() == labels).float().mean().item()
+        return 100.0 * (classify(feats).cpu() == labels).sum().item() / labels.numel()
 
     result: dict = {"clean": accuracy("clean", 0), "corruptions": {}}
     for name in corruptions:

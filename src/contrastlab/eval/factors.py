@@ -32,12 +32,12 @@ def factor_probes(
         y_tr, y_te = train_factors[name], test_factors[name]
         num = int(max(int(y_tr.max()), int(y_te.max())) + 1)
         res = linear_fast(train_feats, y_tr, test_feats, y_te, num_classes=num, seed=seed)
-        counts = y_te.bincount(minlength=num).float()
+        counts = y_te.bincount(minlength=num)
         out[name] = {
             "top1": res["top1"],
             "C": res["C"],
             "num_classes": num,
-            "chance": 100.0 * float(counts.max() / counts.sum()),
+            "chance": 100.0 * int(counts.max()) / int(counts.sum()),
             "num_train_images": int(len(y_tr)),
             "num_test_images": int(len(y_te)),
         }

@@ -156,7 +156,7 @@ def episodes(
             support, query = feats[np.concatenate(s_idx)], feats[np.concatenate(q_idx)]
             if classifier == "centroid":
                 pred = _centroid_predict(support, s_y, query, n_way)
-                accs.append(100.0 * (pred == q_y).float().mean().item())
+                accs.append(100.0 * (pred == q_y).sum().item() / q_y.numel())
             else:
                 probe = LogisticProbe(C=C).fit(support, s_y, n_way)
                 accs.append(probe.accuracy(query, q_y))
