@@ -176,6 +176,19 @@ def test_a_best_checkpoint_written_alone_is_logged_with_its_path(tiny_config):
     assert {e["path"] for e in first} == {str(result.run_dir / "checkpoints" / "best.pt")}
 
 
+def test_a_best_checkpoint_written_beside_last_is_named_in_its_event(tiny_config):
+    """An epoch that saves last.pt and improves the monitor writes best.pt too: its event said
+    ``"path": ".../last.pt", "best": true`` and named no best.pt, which read as the wrong file."""
+    result = Trainer(
+        tiny_config("optim.epochs=1", "train.checkpoint_every=1", "train.knn_every=1")
+    ).fit()
+    events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    (saved,) = [e for e in events if e["event"] == "checkpoint" and e["best"]]
+    folder = result.run_dir / "checkpoints"
+    assert saved["path"] == str(folder / "last.pt")
+    assert saved["best_path"] == str(folder / "best.pt") and (folder / "best.pt").is_file()
+
+
 def test_a_single_class_makes_the_monitor_warn(tmp_path, capsys):
     from helpers import TINY, overriding
     from PIL import Image

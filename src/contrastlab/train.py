@@ -195,7 +195,7 @@ def plain_bn_warning(cfg: Config, world_size: int) -> str | None:
     return (
         "warning: one process with plain batch norm (model.bn_splits=1) cannot shuffle BN, so the "
         "key encoder's batch statistics leak the positive (MoCo measured a loss of several "
-        "points); on one GPU set model.bn_splits=8 (split BN), or train under torchrun with "
+        "points); on one device set model.bn_splits=8 (split BN), or train under torchrun with "
         "several processes (model.shuffle_bn=false accepts plain BN knowingly)"
     )
 
@@ -814,16 +814,17 @@ class Trainer:
             save_checkpoint(best, state)
         if improved:
             self.best_metric = metric
-        self.log(
-            {
-                "event": "checkpoint",
-                "epoch": self.epoch,
-                "epochs_complete": self.epoch,
-                "step": self.step,
-                "path": str(last if rewrite_last else best),
-                "best": improved,
-            }
-        )
+        event = {
+            "event": "checkpoint",
+            "epoch": self.epoch,
+            "epochs_complete": self.epoch,
+            "step": self.step,
+            "path": str(last if rewrite_last else best),
+            "best": improved,
+        }
+        if improved:  # every file written is named: best.pt, also when it is last.pt's copy
+            event["best_path"] = str(best)
+        self.log(event)
         keep = self.cfg.train.keep_every
         if rewrite_last and keep and self.epoch % keep == 0:
             kept = self.ckpt_dir / f"epoch-{self.epoch:04d}.pt"
