@@ -114,7 +114,9 @@ def test_another_projects_state_dict_gets_the_convert_command(tmp_path, capsys):
     code = main(["eval", "knn", str(path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert f"contrastlab convert {path} --from auto" in err
+    # the layout it recognized, not --from auto: the user learns what the file is
+    assert "layout of a torchvision checkpoint" in err
+    assert f"contrastlab convert {path} --from torchvision --out r18-contrastlab.pt" in err
 
 
 def test_a_plain_tensor_is_not_sent_to_convert_which_cannot_read_it(tmp_path, capsys):

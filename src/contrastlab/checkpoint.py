@@ -220,15 +220,14 @@ def _has_torch_layout(path: Path) -> bool:
         return False
 
 
-def _convertible(state: object) -> bool:
-    """Whether ``contrastlab convert --from auto`` recognizes the layout of ``state``."""
+def _convertible(state: object) -> str | None:
+    """The ``contrastlab convert --from`` format that recognizes the layout of ``state``, if any."""
     from contrastlab.convert import detect_format
 
     try:
-        detect_format(state)
+        return detect_format(state)
     except UserError:
-        return False
-    return True
+        return None
 
 
 def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
@@ -249,11 +248,12 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
         ),
     )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        if _convertible(state):
+        source = _convertible(state)
+        if source:
             raise UserError(
-                f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); it is a "
-                "checkpoint of another project that becomes one with: contrastlab convert "
-                f"{path} --from auto --out {path.stem}-contrastlab.pt"
+                f"{path} is not a contrastlab checkpoint (expected format {FORMAT}); it has the "
+                f"layout of a {source} checkpoint, which becomes one with: contrastlab convert "
+                f"{path} --from {source} --out {path.stem}-contrastlab.pt"
             )
         raise UserError(
             f"{path} is not a contrastlab checkpoint (expected format {FORMAT}) nor a "
