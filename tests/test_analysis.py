@@ -345,6 +345,30 @@ def test_the_recipe_and_checkpoint_analyzed_are_named_everywhere(tmp_path, capsy
     assert "pos (recipe moco_v1)" in page
 
 
+def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, capsys):
+    """A torchvision ResNet analyzed beside a trained checkpoint was labelled ``[recipe
+    moco_v1]``, as if it had been trained with MoCo v1's views: that recipe is only what
+    ``contrastlab convert`` sets for an encoder without a projection head."""
+    import torchvision
+
+    from contrastlab.analysis import encoder_label
+
+    source = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), source)
+    converted = tmp_path / "r18.pt"
+    assert main(["convert", str(source), "--from", "torchvision", "--out", str(converted)]) == 0
+    trained = tmp_path / "a.pt"
+    _checkpoint(trained)
+    out = tmp_path / "an"
+    argv = ["analyze", str(converted), str(trained), "--images", "8", "--negatives", "8"]
+    argv += ["--dataset", "synthetic", "--space", "backbone", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = load_analysis(out)
+    labels = {enc["label"]: encoder_label(result, enc) for enc in result["encoders"]}
+    assert labels["r18"] == "r18 [recipe moco_v1, convert's default]"
+    assert labels["a"] == f"a [recipe {_cfg().augment.recipe}]"
+
+
 @pytest.mark.parametrize(
     "images, negatives, said",
     [

@@ -284,12 +284,11 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
     recipe = views_recipe(ctx.cfg, settings.recipe)
     cfg = dataclasses.replace(ctx.cfg, augment=dataclasses.replace(ctx.cfg.augment, recipe=recipe))
     write_text(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return {
-        "label": label,
-        "dir": out_dir.name,
-        "recipe": recipe,
-        **_summary(out_dir, pos, settings.spaces),
-    }
+    summary = {"label": label, "dir": out_dir.name, "recipe": recipe}
+    if settings.recipe == "checkpoint" and getattr(ctx.model, "converted_from", None):
+        # not a recipe the encoder was trained with: convert's choice for encoders of other projects
+        summary["recipe_default"] = "convert"
+    return {**summary, **_summary(out_dir, pos, settings.spaces)}
 
 
 def views_recipe(cfg, recipe: str = "checkpoint") -> str:
@@ -513,14 +512,18 @@ def recipe_text(result: dict) -> str | None:
     if recipe is None:
         return "each checkpoint's own recipe"
     own = result["settings"].get("recipe", "checkpoint") == "checkpoint"
+    if own and any(enc.get("recipe_default") for enc in result["encoders"]):
+        return f"recipe {recipe} (the checkpoints' own; convert's default for converted encoders)"
     return f"recipe {recipe}" + (" (the checkpoints' own)" if own else "")
 
 
 def encoder_label(result: dict, enc: dict) -> str:
-    """The encoder's label, with its recipe when the encoders' recipes differ."""
+    """The encoder's label, with its recipe when the encoders' recipes differ (and, for an encoder
+    converted from another project, that the recipe is ``contrastlab convert``'s default)."""
     if recipe_text(result) is not None:
         return enc["label"]
-    return f"{enc['label']} [recipe {encoder_recipe(result, enc) or 'own'}]"
+    default = ", convert's default" if enc.get("recipe_default") else ""
+    return f"{enc['label']} [recipe {encoder_recipe(result, enc) or 'own'}{default}]"
 
 
 def pos_header(result: dict) -> str:
