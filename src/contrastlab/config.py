@@ -36,9 +36,7 @@ class DataConfig:
     """Where the images come from and how they are loaded."""
 
     name: DatasetName = "synthetic"  # which dataset (see docs/datasets.md)
-    path: str | None = (
-        None  # dataset root (null: ./data for cifar10, cifar100, stl10); imagefolder: the folder, required
-    )
+    path: str | None = None  # root folder; null: ./data (cifar10/100, stl10); imagefolder needs it
     download: bool = False  # torchvision datasets: download if missing (needs internet)
     image_size: int = 32  # side of the training crops
     in_memory: bool | None = None  # decoded uint8 images in RAM; None = when <= 96 px
