@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from contrastlab.checkpoint import load_model, read_checkpoint
 from contrastlab.errors import TrainingDiverged, UserError
@@ -112,6 +113,21 @@ def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_co
     resume = next(e for e in events if e["event"] == "resume")
     assert resume["changed"]["seed"] == [0, 3] and resume["changed"]["optim.epochs"] == [1, 2]
     assert resume["changed"]["optim.lr"][1] == 0.5
+    # config.yaml holds the new values, and says so: it used to read as the whole run's settings
+    saved = (again.run_dir / "config.yaml").read_text()
+    assert yaml.safe_load(saved)["optim"]["lr"] == 0.5
+    header = [line for line in saved.splitlines() if line.startswith("#")]
+    assert "resumed with changed settings" in header[0]
+    assert header[2].startswith("# resumed after epoch 1") and "seed 0 -> 3" in header[2]
+
+
+def test_a_resume_that_only_trains_longer_leaves_config_yaml_without_a_history(tiny_config):
+    """Raising optim.epochs is the documented way to train longer: no earlier part used another
+    value that matters, so config.yaml stays plain YAML."""
+    Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=d")).fit()
+    again = tiny_config("optim.epochs=2", "train.knn_every=0", "name=d", "train.resume=auto")
+    Trainer(again).fit()
+    assert "#" not in (again.run_dir / "config.yaml").read_text()
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tiny_config):

@@ -1188,10 +1188,12 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> None:
+def save_config(cfg: Config, path: Path, comments: typing.Sequence[str] = ()) -> None:
+    """Write ``cfg`` as YAML to ``path``, after ``comments`` as ``#`` lines (YAML ignores them)."""
     from contrastlab.atomic import write_text
 
-    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    header = "".join(f"# {line}\n" for line in comments)
+    write_text(path, header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def all_keys() -> list[tuple[str, str, Any]]:

@@ -441,7 +441,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             rundir.repair_metrics(self.run_dir / "metrics.jsonl")
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml", self._config_history())
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
@@ -507,6 +507,30 @@ class Trainer:
                 **({"changed": changed} if changed else {}),
             }
         )
+
+    def _config_history(self) -> list[str]:
+        """Comment lines for config.yaml when an earlier part of the run used other settings: the
+        file holds the values of the part now starting, and would otherwise be read as the whole
+        run's. One line per resume that changed a setting (``runstate.resume_text``)."""
+        from contrastlab import runstate
+
+        def misleading(key: str) -> bool:  # config.yaml's value is wrong for an earlier part
+            return key not in ("optim.epochs", "name", "out_dir", "world_size") and not (
+                key.startswith("train.")
+            )
+
+        resumes = [
+            e
+            for e in runstate.read_metrics(self.run_dir / "metrics.jsonl")
+            if e.get("event") == "resume" and any(map(misleading, e.get("changed") or {}))
+        ]
+        if not resumes:
+            return []
+        return [
+            "This run was resumed with changed settings: the values below are those of its last",
+            "part; metrics.jsonl's resume events keep what each earlier part used.",
+            *(runstate.resume_text(e) for e in resumes),
+        ]
 
     # -- logging ----------------------------------------------------------------------------
     def log(self, record: dict) -> None:
