@@ -61,6 +61,16 @@ def test_a_damaged_copy_of_a_torchvision_dataset_is_called_damaged(tmp_path, nam
     assert "delete that folder" in message and "not found" not in message
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
+@pytest.mark.parametrize("path", [None, ""])
+def test_torchvision_datasets_without_a_path_look_in_data(tmp_path, monkeypatch, name, path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        build_dataset(DataConfig(name=name, path=path, download=False), "train")
+    assert f"{name} not found under data;" in str(err.value)
+    assert not any(tmp_path.iterdir())  # nothing created, the working directory not read
+
+
 def test_torchvision_dataset_path_that_is_a_file(tmp_path):
     f = tmp_path / "cifar.tar"
     f.write_bytes(b"x")

@@ -129,6 +129,18 @@ def test_missing_path_not_a_folder_and_empty_folder(tmp_path):
     assert "no images" in str(err.value) and ".jpg" in str(err.value) and ".png" in str(err.value)
 
 
+@pytest.mark.parametrize("path", [None, ""])
+def test_no_path_is_an_error_not_the_working_directory(tmp_path, monkeypatch, path):
+    _tree(tmp_path, per_class=3)  # the working directory holds a readable image folder
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "test"):
+        with pytest.raises(UserError) as err:
+            build_dataset(DataConfig(name="imagefolder", path=path), split)
+        assert str(err.value) == (
+            "dataset=imagefolder needs data.path=DIR (a folder of images or class folders)"
+        )
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_corrupt_and_truncated_images_fail_at_build_time_naming_the_file(tmp_path, in_memory):
     _tree(tmp_path, per_class=3)

@@ -672,7 +672,13 @@ def _unreadable_message(root: Path, split: str, first: str, why: str, count: int
 
 
 def _imagefolder(cfg: DataConfig, split: str, transform):
-    root = Path(cfg.path or "").expanduser()
+    if not cfg.path:  # Path("") is the working directory: never read it by accident
+        named = setting("data.name", "imagefolder")  # --dataset imagefolder in eval, analyze
+        named = "dataset=imagefolder" if not named or named.startswith("data.") else named
+        raise UserError(
+            f"{named} needs {setting('data.path', 'DIR')} (a folder of images or class folders)"
+        )
+    root = Path(cfg.path).expanduser()
     files, labels, classes = _imagefolder_split(root, split, cfg.holdout_fraction)
     if not files:
         mean, std = dataset_stats("imagefolder")
