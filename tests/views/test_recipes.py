@@ -11,7 +11,13 @@ from scipy import stats
 from torchvision.transforms import v2
 
 from contrastlab.config import AugmentConfig
-from contrastlab.views.recipes import BatchedViews, recipe_from_config, render, sample_params
+from contrastlab.views.recipes import (
+    BatchedViews,
+    compiled_render,
+    recipe_from_config,
+    render,
+    sample_params,
+)
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 N = 4000
@@ -158,7 +164,9 @@ def test_looc_keys_share_exactly_one_augmentation_with_the_query(atomic):
         for group, values in p.items():
             for name, value in values.items():
                 same = chunk(value, v) == chunk(value, 0)
-                if group == shared:
+                if value.numel() == 0:  # crop.source: a shape, not a draw
+                    assert value.shape[1:] == (32, 32, 0)
+                elif group == shared:
                     assert bool(same.all()), (v, group, name)
                 elif value.is_floating_point() and name != "weight":
                     assert not bool(same.any()), (v, group, name)  # drawn anew
@@ -286,3 +294,84 @@ def test_batched_views_run_the_ops_of_the_per_image_pipeline(atomic, recipe, blu
         made = {k: getattr(batched, k) for k in ("center_crop", "color", "blur", "rotation")}
         made["texture"] = batched.texture
         assert made == _per_image_ops(aug, size, atomic), (aug, atomic)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def _images(*shape, dtype=torch.uint8):
+    return torch.randint(0, 256, shape, generator=_gen(1)).to(dtype)
+
+
+@pytest.mark.parametrize("make", [render, lambda recipe, x, p: compiled_render(recipe)(x, p)])
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (
+            _images(4, 3, 32, 32, dtype=torch.int32),
+            r"uint8 \(0-255\) or floating point in \[0, 1\]",
+        ),
+        (_images(4, 3, 32, 32, dtype=torch.bool), "got torch.bool"),
+        (_images(4, 32, 32, 3), r"\[N, 3, H, W\], got shape \(4, 32, 32, 3\)"),
+        (_images(3, 32, 32), r"got shape \(3, 32, 32\)"),
+        (_images(4, 3, 64, 64), "sampled for images of 32x32, these are 64x64"),
+        (_images(4, 3, 32, 48), "these are 32x48; sample them with height=32, width=48"),
+        (_images(5, 3, 32, 32), "the parameters hold 4 views but 5 images"),
+    ],
+)
+def test_render_refuses_images_it_cannot_read_and_parameters_of_other_images(make, images, message):
+    recipe = recipe_from_config(AugmentConfig(blur=True, rotation=True), 32, MEAN, STD, ("color",))
+    p = sample_params(recipe, 4, 32, 32, _gen())
+    with pytest.raises(ValueError, match=message):  # checked before compiling: no UserError
+        make(recipe, images, p)
+
+
+def test_render_checks_the_size_of_crops_that_arrive_cropped():
+    recipe = recipe_from_config(AugmentConfig(), 32, MEAN, STD, crop=False)
+    p = sample_params(recipe, 2, 32, 32, _gen())
+    assert render(recipe, _images(2, 3, 32, 32), p).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="sampled for images of 32x32, these are 40x40"):
+        render(recipe, _images(2, 3, 40, 40), p)
+
+
+def test_render_takes_uint8_and_float_images_alike():
+    recipe = _recipe(blur=True)
+    images = _images(4, 3, 32, 32)
+    p = sample_params(recipe, 4, 32, 32, _gen())
+    for floats in (images.double() / 255, images.half() / 255):
+        assert torch.allclose(render(recipe, floats, p), render(recipe, images, p), atol=0.02)
+
+
+@pytest.mark.parametrize("atomic, num_views", [((), 1), ((), 2), ((), 3), (("color",), 3)])
+@pytest.mark.parametrize("crop", [True, False])
+def test_an_empty_batch_gives_num_views_empty_views(atomic, num_views, crop):
+    recipe = recipe_from_config(AugmentConfig(), 32, MEAN, STD, atomic, crop=crop)
+    views = BatchedViews(recipe, num_views)
+    shape = (0, 3, 32, 32) if crop else (0, num_views, 3, 32, 32)
+    out = views(torch.zeros(shape, dtype=torch.uint8), _gen())
+    assert len(out) == num_views
+    assert all(v.shape == (0, 3, 32, 32) and v.dtype == torch.float32 for v in out)
+    assert len(views(_images(2, *shape[1:]), _gen())) == num_views
+
+
+@pytest.mark.parametrize("num_views", [0, -1])
+def test_fewer_than_one_view_is_refused(num_views):
+    with pytest.raises(ValueError, match=f"num_views must be at least 1, got {num_views}"):
+        BatchedViews(_recipe(), num_views)
+
+
+def test_batched_views_refuse_images_of_the_wrong_layout():
+    with pytest.raises(
+        ValueError, match=r"images must be \[B, 3, H, W\], got shape \(2, 32, 32, 3\)"
+    ):
+        BatchedViews(_recipe(), 2)(_images(2, 32, 32, 3), _gen())
+    cropped = BatchedViews(recipe_from_config(AugmentConfig(), 32, MEAN, STD, crop=False), 2)
+    with pytest.raises(ValueError, match=r"\[B, 2, 3, S, S\] \(a crop per view\)"):
+        cropped(_images(4, 3, 3, 32, 32), _gen())
+    with pytest.raises(ValueError, match=r"\[B, 2, 3, S, S\]"):
+        cropped(_images(4, 3, 32, 32), _gen())
+
+
+def test_calling_batched_views_is_documented():
+    doc = BatchedViews.__call__.__doc__ or ""
+    assert "[B, 3, S, S]" in doc and "[q, k0, k_1..k_n]" in doc and "empty batch" in doc

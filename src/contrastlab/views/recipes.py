@@ -11,7 +11,9 @@ fresh draw (``copy_group``): no loop over images, no host synchronization.
 Parameter groups (each a dict of tensors with leading dimension N):
 
 * ``crop``     ``boxes`` [N, 4] (top, left, height, width; ``RandomResizedCrop.get_params``),
-  ``flip`` [N] (``RandomHorizontalFlip``, p 0.5);
+  ``flip`` [N] (``RandomHorizontalFlip``, p 0.5), ``source`` [N, H, W, 0] (no elements: its shape
+  records the image size H x W the boxes were drawn for, which ``render`` checks without reading
+  the device);
 * ``color``    ``apply`` [N] (``RandomApply(ColorJitter)``), ``factors`` [N, 4] (brightness,
   contrast, saturation, hue), ``order`` [N, 4] (a permutation per sample), ``gray`` [N]
   (``RandomGrayscale``);
@@ -198,6 +200,7 @@ def sample_params(
             "boxes": full.expand(n, 4),
             "flip": torch.zeros(n, dtype=torch.bool, device=dev),
         }
+    p["crop"]["source"] = torch.empty(n, height, width, 0, dtype=torch.uint8, device=dev)
     if recipe.color:
         b, c, s, h = recipe.jitter
         lows = ops.constant((max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h), dev)
@@ -245,9 +248,44 @@ def select(params: Params, index) -> Params:
 # ----------------------------------------------------------------------------------------------
 
 
+def check_render_inputs(images: Tensor, p: Params) -> None:
+    """A ``ValueError`` unless ``images`` is ``[N, 3, H, W]`` uint8 or floating point and ``p``
+    holds N views sampled for H x W images. Reads shapes and dtypes only (no device sync)."""
+    shape = tuple(getattr(images, "shape", ()))
+    if not isinstance(images, Tensor) or len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"images must be a tensor [N, 3, H, W], got shape {shape}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(
+            f"images must be uint8 (0-255) or floating point in [0, 1], got {images.dtype}; "
+            f"convert them with .to(torch.uint8) or .float() / 255"
+        )
+    rows = sorted({v.shape[0] for group in p.values() for v in group.values()})
+    if rows != [shape[0]]:
+        raise ValueError(
+            f"the parameters hold {' or '.join(map(str, rows))} views but {shape[0]} images "
+            f"were given; sample them with n={shape[0]}"
+        )
+    source = p["crop"].get("source")
+    if source is None or tuple(source.shape[1:3]) != shape[2:]:
+        drawn = "an unknown size" if source is None else "x".join(map(str, source.shape[1:3]))
+        raise ValueError(
+            f"the parameters were sampled for images of {drawn}, these are "
+            f"{shape[2]}x{shape[3]}; sample them with height={shape[2]}, width={shape[3]}"
+        )
+
+
 def render(recipe: ViewRecipe, images: Tensor, p: Params, normalize: bool = True) -> Tensor:
-    """Apply ``p`` to ``images`` (``[N, 3, H, W]``, uint8 or float in [0, 1]) -> ``[N, 3, S, S]``
-    float32, normalized with the recipe's mean and std unless ``normalize=False``."""
+    """Apply ``p`` to ``images`` -> ``[N, 3, S, S]`` float32, normalized with the recipe's mean
+    and std unless ``normalize=False``.
+
+    ``images``: ``[N, 3, H, W]``, uint8 (0-255) or floating point in [0, 1]; ``p``: N views drawn
+    by ``sample_params`` for H x W images. Both are checked (a ``ValueError``), float values are
+    not: values outside [0, 1] go through the colour ops as they are and are clamped to [0, 1]
+    before normalizing.
+    """
+    check_render_inputs(images, p)
+    if images.shape[0] == 0:
+        return images.new_empty(0, 3, recipe.image_size, recipe.image_size, dtype=torch.float32)
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     crop = p["crop"]
     if recipe.crop or x.shape[-1] != recipe.image_size or x.shape[-2] != recipe.image_size:
@@ -293,6 +331,7 @@ def compiled_render(recipe: ViewRecipe):
 
     def call(images: Tensor, p: Params) -> Tensor:
         nonlocal first
+        check_render_inputs(images, p)  # here, not in the graph: a bad input is not a build failure
         if not first:
             return fast(images, p)
         try:
@@ -324,6 +363,8 @@ class BatchedViews:
     """
 
     def __init__(self, recipe: ViewRecipe, num_views: int, compile: bool = False):
+        if num_views < 1:
+            raise ValueError(f"num_views must be at least 1, got {num_views}")
         expected = len(recipe.atomic) + 2 if recipe.atomic else num_views
         if num_views != expected:
             raise ValueError(f"LooC with {recipe.atomic} makes {expected} views, not {num_views}")
@@ -346,14 +387,32 @@ class BatchedViews:
         return p
 
     def __call__(self, images: Tensor, gen: torch.Generator) -> list[Tensor]:
+        """``num_views`` float32 tensors ``[B, 3, S, S]`` (S: ``recipe.image_size``), normalized;
+        row b of every view is a view of image b. MoCo: independent views. LooC (``atomic`` set):
+        ``[q, k0, k_1..k_n]``, where k_i shares q's parameters of ``recipe.atomic[i - 1]`` only.
+        An empty batch gives ``num_views`` empty tensors.
+
+        ``images``: ``[B, 3, H, W]`` uint8 (or float in [0, 1]) when ``recipe.crop``, else
+        ``[B, num_views, 3, S, S]``, one crop per view. ``gen``: the generator of every random
+        choice, on the images' device. A wrong shape or dtype is a ``ValueError``.
+        """
+        shape = tuple(getattr(images, "shape", ()))
         if self.recipe.crop:
-            batch, _, height, width = images.shape
+            if len(shape) != 4 or shape[1] != 3:
+                raise ValueError(f"images must be [B, 3, H, W], got shape {shape}")
+            batch, _, height, width = shape
             stacked = images.repeat(self.num_views, 1, 1, 1)
         else:  # [B, V, 3, S, S] -> view-major [V * B, 3, S, S]
-            batch, _, _, height, width = images.shape
-            stacked = images.transpose(0, 1).reshape(-1, *images.shape[2:])
+            if len(shape) != 5 or shape[1:3] != (self.num_views, 3):
+                raise ValueError(
+                    f"images must be [B, {self.num_views}, 3, S, S] (a crop per view), "
+                    f"got shape {shape}"
+                )
+            batch, _, _, height, width = shape
+            stacked = images.transpose(0, 1).reshape(-1, *shape[2:])
         p = self.params(batch, height, width, gen)
-        return list(self.render(stacked, p).split(batch))
+        out = self.render(stacked, p)
+        return [out[v * batch : (v + 1) * batch] for v in range(self.num_views)]
 
     def __repr__(self) -> str:
         return f"BatchedViews(num_views={self.num_views}, recipe={self.recipe})"
