@@ -1,6 +1,7 @@
 """``dataset=imagefolder``: the three layouts, pixel formats, bad files, in-memory vs lazy loading."""
 
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,12 @@ from helpers import shared_data_dir
 from PIL import Image
 
 from contrastlab.config import DataConfig
-from contrastlab.data.datasets import ImageFileDataset, TensorImageDataset, build_dataset
+from contrastlab.data.datasets import (
+    ImageFileDataset,
+    TensorImageDataset,
+    build_dataset,
+    stratified_holdout,
+)
 from contrastlab.errors import UserError
 
 SHARED_CIFAR = (shared_data_dir() or Path("/nonexistent")) / "cifar10-test.tar.gz"
@@ -92,6 +98,56 @@ def test_train_folder_alone_gets_a_holdout_and_a_zero_fraction_an_empty_test_spl
     assert len(build_dataset(_cfg(tmp_path, holdout_fraction=0.2), "test")) == 3
     empty = build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "test")
     assert len(empty) == 0 and empty.num_classes == 3
+
+
+@pytest.mark.parametrize("layout", [".", "train"])
+def test_a_small_folder_holds_out_one_image_of_every_class(tmp_path, layout):
+    _tree(tmp_path / layout, per_class=4)  # round(0.1 * 4) = 0 images of each class
+    cfg = _cfg(tmp_path, holdout_fraction=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert test.labels.tolist() == [0, 1, 2] and torch.bincount(train.labels).tolist() == [3] * 3
+    all_images = torch.cat([train.images, test.images]).flatten(1)
+    assert len(torch.unique(all_images, dim=0)) == 12
+
+
+def test_classes_of_one_image_stay_in_training_and_an_empty_test_split_is_said(tmp_path):
+    _tree(tmp_path, per_class=1)
+    with pytest.warns(UserWarning) as caught:
+        test = build_dataset(_cfg(tmp_path, holdout_fraction=0.1), "test")
+    assert len(test) == 0 and len(build_dataset(_cfg(tmp_path), "train")) == 3
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message
+    assert (
+        f"the test split held out of {tmp_path} is empty: each of its 3 classes holds 1 image"
+        in (message)
+    )
+    assert "hold-out fraction 0.1" in message and "add a second image" in message
+    _save(_noise(seed=9), tmp_path / "cat" / "extra.png")  # cat: 2 images, one held out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build_dataset(_cfg(tmp_path), "test").labels.tolist() == [0]
+        assert len(build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "test")) == 0  # asked for
+
+
+def test_folders_whose_classes_each_gave_an_image_keep_their_split():
+    # the split before classes of few images held out one each (hard-coded from that version)
+    labels = [0] * 10 + [1] * 7 + [2] * 23 + [3] * 5
+    assert stratified_holdout(labels, 0.2, at_least_one=True)[1] == [
+        1,
+        4,
+        15,
+        18,
+        20,
+        27,
+        28,
+        34,
+        44,
+    ]
+    few = [0] * 10 + [1] * 2 + [2] * 7  # class 1 now gives one; the draws of 0 and 2 are unchanged
+    assert stratified_holdout(few, 0.2, at_least_one=True)[1] == [1, 4, 11, 14]
+    assert stratified_holdout(few, 0.2)[1] == [1, 4, 14]  # the kNN monitor's validation split
 
 
 def test_flat_folder_is_unlabelled(tmp_path):

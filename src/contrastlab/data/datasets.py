@@ -410,15 +410,20 @@ def _scan(folder: Path, classes: Sequence[str] | None = None, visited: _Visited 
     )
 
 
-def stratified_holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[int]]:
+def stratified_holdout(
+    labels: Sequence[int], fraction: float, at_least_one: bool = False
+) -> tuple[list[int], list[int]]:
     """Deterministic stratified split: round(fraction * n) of every class goes to the test side,
-    leaving at least one image of each class for training."""
+    leaving at least one image of each class for training. ``at_least_one`` (and ``fraction`` >
+    0): at least one image of every class of two or more goes to the test side (the other
+    classes' draws are unchanged)."""
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     gen = torch.Generator().manual_seed(HOLDOUT_SEED)
+    least = 1 if at_least_one and fraction > 0 else 0
     test = []
     for c in torch.unique(labels_t).tolist():
         idx = (labels_t == c).nonzero().flatten()
-        k = min(round(fraction * len(idx)), len(idx) - 1)
+        k = min(max(round(fraction * len(idx)), least), len(idx) - 1)
         test += idx[torch.randperm(len(idx), generator=gen)[:k]].tolist()
     test_set = set(test)
     return [i for i in range(len(labels_t)) if i not in test_set], sorted(test)
@@ -457,11 +462,20 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
                 return files, labels, classes
             return _scan(test_dir, classes if classes else None, visited)
     else:
+        train_dir = root
         files, labels, classes = _scan(root)
     if not classes:  # a flat folder: no labels, so nothing could use a held-out part
         return (files, labels, classes) if split == "train" else ([], [], classes)
-    train_idx, test_idx = stratified_holdout(labels, fraction)
-    chosen = train_idx if split == "train" else test_idx  # empty test split: holdout_fraction=0
+    train_idx, test_idx = stratified_holdout(labels, fraction, at_least_one=True)
+    if split == "test" and fraction > 0 and not test_idx:  # every class holds a single image
+        warnings.warn(
+            f"the test split held out of {train_dir} is empty: each of its {len(classes)} "
+            f"classes holds 1 image, which stays in training (hold-out fraction {fraction}); "
+            f"add a second image to the classes, or give test images of their own "
+            f"(docs/datasets.md)",
+            stacklevel=4,
+        )
+    chosen = train_idx if split == "train" else test_idx
     return [files[i] for i in chosen], [labels[i] for i in chosen], classes
 
 
