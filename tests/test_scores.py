@@ -325,3 +325,69 @@ def test_exp_statistics_recorded_and_old_records_still_read(tmp_path):
     assert both.meta["epochs"] == [1, 2]
     assert np.isfinite(both.queries["neg_exp"][both.queries["epoch"] == 2]).all()
     assert np.isnan(both.queries["neg_exp"][both.queries["epoch"] == 1]).all()
+
+
+def _two_epochs(tmp_path):
+    _feed(ScoreRecorder(tmp_path, _cfg(), log_every=2), epochs=2)
+    return tmp_path
+
+
+def test_an_epoch_space_or_stage_not_recorded_names_those_that_were(tmp_path):
+    run = _two_epochs(tmp_path)
+    for epochs in ([7], [0], [1, 7]):
+        with pytest.raises(UserError, match=r"no scores of epoch 7|no scores of epoch 0") as e:
+            load_scores(run, epochs=epochs)
+        assert "recorded epochs: [1, 2]" in str(e.value) and isinstance(e.value, KeyError)
+    with pytest.raises(UserError, match="a list of epoch numbers"):
+        load_scores(run, epochs="1")
+    assert set(load_scores(run, epochs=2).queries["epoch"]) == {2}  # one epoch alone
+    rec, hists = load_scores(run), load_histograms(run)
+    for read in (rec.query, rec.interval, hists.epoch_counts):
+        with pytest.raises(
+            KeyError, match=r"no stage 'eff'; the stages are \['raw', 'effective'\]"
+        ):
+            read("z", "eff")
+        with pytest.raises(UserError, match=r"no scores for space 'zz'; recorded: \['z'\]"):
+            read("zz", "raw")
+    np.testing.assert_array_equal(hists.epoch_counts("z", "effective"), hists.counts[:, 0, 1])
+
+
+def test_a_missing_path_a_file_and_the_scores_folder_itself(tmp_path):
+    run = _two_epochs(tmp_path / "run")
+    for load in (load_scores, load_histograms):
+        with pytest.raises(UserError, match=r"run directory .*nonexist does not exist$"):
+            load(tmp_path / "nonexist")
+        with pytest.raises(UserError, match=r"meta.json is a file; give the run directory .*run$"):
+            load(run / "scores" / "meta.json")
+    # the scores folder is read as its run
+    np.testing.assert_array_equal(
+        load_scores(run / "scores").queries["pos"], load_scores(run).queries["pos"]
+    )
+    np.testing.assert_array_equal(
+        load_histograms(run / "scores").counts, load_histograms(run).counts
+    )
+
+
+def test_the_format_docs_loading_example_runs_and_says_where_each_array_is(tmp_path):
+    """docs/scores-format.md: its example runs against a record, the interval histograms are
+    where it says (file: pos_hist / neg_hist; loaded: interval_counts, not the intervals table),
+    and pandas is named as optional (it is not a dependency)."""
+    import re
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "scores-format.md").read_text()
+    example = re.search(r"## Loading\n\n```python\n(.*?)```", doc, re.S).group(1)
+    run = _two_epochs(tmp_path / "m099")
+    env: dict = {}
+    exec(example.replace('"runs/m099"', repr(str(run))), env)
+    rec, h = env["rec"], env["h"]
+    assert "pos_hist" not in rec.intervals and all(v.ndim == 1 for v in rec.intervals.values())
+    with np.load(run / "scores" / "intervals-epoch0001.npz") as f:
+        first = len(f["pos_hist"])
+        np.testing.assert_array_equal(env["pos_hist"][:first], f["pos_hist"])
+        np.testing.assert_array_equal(h.interval_counts[:first, 1], f["neg_hist"])
+    assert "`interval_counts`" in doc and "no `pos_hist`" in doc
+    deps = " ".join(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert "pandas" not in deps and "not a\ndependency" in doc

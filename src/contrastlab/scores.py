@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from contrastlab.atomic import write_atomic, write_text
+from contrastlab.errors import UserError
 
 
 @dataclass
@@ -745,12 +746,33 @@ def _gather_rows(data: Tensor, seg: Tensor, world: int) -> tuple[Tensor, Tensor,
 # ----------------------------------------------------------------------------------------------
 
 
+class ScoreSelectionError(UserError, KeyError):
+    """A space, stage or epoch that the record does not hold; the message names those it does.
+
+    A ``KeyError`` (as the space's always was) and a ``UserError`` (one line on the command line).
+    """
+
+    def __str__(self) -> str:  # KeyError's own puts the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def _codes(meta: dict, space: str, stage: str) -> tuple[int, int]:
+    """The indices of ``space`` in ``meta["spaces"]`` and of ``stage`` in STAGES."""
+    if not isinstance(space, str) or space not in meta["spaces"]:
+        raise ScoreSelectionError(f"no scores for space {space!r}; recorded: {meta['spaces']}")
+    if not isinstance(stage, str) or stage not in STAGES:
+        raise ScoreSelectionError(f"no stage {stage!r}; the stages are {list(STAGES)}")
+    return meta["spaces"].index(space), STAGES.index(stage)
+
+
 @dataclass
 class ScoreRecord:
     """The recorded scores of one run: flat numpy columns, each table's columns of equal length.
 
-    ``queries`` has one row per query, space, stage and step (``pandas.DataFrame(record.queries)``
-    works); ``intervals`` has one row per log interval, space and stage, with means and quantiles.
+    ``queries`` has one row per query, space, stage and step (with pandas, which contrastlab does
+    not depend on, ``pandas.DataFrame(record.queries)`` makes it a table); ``intervals`` has one
+    row per log interval, space and stage, with means and quantiles (the interval histograms are
+    in ``load_histograms(...).interval_counts``).
     """
 
     meta: dict
@@ -762,9 +784,7 @@ class ScoreRecord:
         return list(self.meta["spaces"])
 
     def _codes(self, space: str, stage: str) -> tuple[int, int]:
-        if space not in self.meta["spaces"]:
-            raise KeyError(f"no scores for space {space!r}; recorded: {self.meta['spaces']}")
-        return self.meta["spaces"].index(space), STAGES.index(stage)
+        return _codes(self.meta, space, stage)
 
     def query(self, space: str, stage: str = "raw") -> dict[str, np.ndarray]:
         """Rows of one space and stage, ordered by step; for steps where the effective scores were
@@ -803,16 +823,34 @@ class ScoreHistograms:
     intervals: dict[str, np.ndarray]
     interval_counts: np.ndarray
 
+    def epoch_counts(self, space: str, stage: str = "raw") -> np.ndarray:
+        """``counts`` of one space and stage: ``[epochs, kind (pos, neg), bins]``."""
+        s, g = _codes(self.meta, space, stage)
+        return self.counts[:, s, g]
+
 
 def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
-    from contrastlab.errors import UserError
-
-    folder = Path(run_dir) / "scores"
+    """The scores folder of ``run_dir`` (or ``run_dir`` itself when it is one) and its meta."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"run directory {run_dir} does not exist")
+    if run_dir.is_file():
+        parent = run_dir.parent
+        run = parent.parent if parent.name in ("scores", "checkpoints") else parent
+        raise UserError(
+            f"{run_dir} is a file; give the run directory (the folder that holds scores/), "
+            f"e.g. {run}"
+        )
+    folder = run_dir / "scores"
+    if not (folder / "meta.json").is_file() and (run_dir / "meta.json").is_file():
+        folder = run_dir  # the scores folder itself
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         from contrastlab.runstate import run_dir_reason
 
-        raise UserError(f"{run_dir} has no recorded scores: {run_dir_reason(run_dir)}")
+        # a scores folder without its meta.json: the reason is its run's
+        run = run_dir.parent if run_dir.name == "scores" else run_dir
+        raise UserError(f"{run_dir} has no recorded scores: {run_dir_reason(run)}")
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
@@ -850,10 +888,33 @@ def load_scores(
     take gigabytes); ``record.queries`` then has its columns, empty.
     """
     folder, meta = _scores_dir(Path(run_dir))
-    chosen = meta["epochs"] if epochs is None else [e for e in meta["epochs"] if e in set(epochs)]
+    chosen = meta["epochs"] if epochs is None else _chosen_epochs(run_dir, meta, epochs)
     queries = _load_tables(folder, "queries", chosen if queries else [], QUERY_COLUMNS)
     intervals = _load_tables(folder, "intervals", chosen, INTERVAL_COLUMNS)
     return ScoreRecord(meta=meta, queries=queries, intervals=intervals)
+
+
+def _chosen_epochs(run_dir, meta: dict, epochs) -> list[int]:
+    """The recorded epochs among ``epochs`` (one epoch or several), in recorded order; an epoch
+    that was not recorded is the user's error, which names those that were."""
+    if isinstance(epochs, (int, np.integer)):
+        epochs = [epochs]
+    try:
+        given = list(epochs) if not isinstance(epochs, (str, bytes)) else None
+    except TypeError:
+        given = None
+    if given is None or not all(
+        isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in given
+    ):
+        raise UserError(f"epochs must be a list of epoch numbers, got {epochs!r}")
+    wanted = [int(e) for e in given]
+    missing = sorted(set(wanted) - set(meta["epochs"]))
+    if missing:
+        raise ScoreSelectionError(
+            f"{run_dir} has no scores of epoch{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(str, missing))}; recorded epochs: {meta['epochs']}"
+        )
+    return [e for e in meta["epochs"] if e in set(wanted)]
 
 
 def load_histograms(run_dir: Path | str) -> ScoreHistograms:
