@@ -117,3 +117,19 @@ def warn(message: str) -> None:
     import sys
 
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def as_list(value, what: str, kinds=(str,)) -> list:
+    """``value`` as a list of ``kinds``: one item given alone (a string, a path) is a list of
+    one, not a sequence of its characters; anything else that is not a sequence of ``kinds`` is
+    the user's error, said in one line with ``what`` (``"labels"``, ``"run directories"``)."""
+    if isinstance(value, kinds):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(v, kinds) for v in items):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise UserError(f"{what} must be a {names} or a list of them, got {value!r}")
+    return items

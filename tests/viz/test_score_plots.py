@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from contrastlab.errors import UserError
 from contrastlab.viz.commands import plot_scores, register
@@ -366,3 +367,133 @@ def test_labels_name_what_sets_the_curves_apart_and_the_panels_say_what_they_sho
     assert all("cosine similarity" in ax.get_ylabel() and "'z'" in ax.get_ylabel() for ax in panels)
     assert all("cos(query" in ax.get_title() for ax in panels)
     assert "cosine similarities" in fig.get_suptitle()
+
+
+def _record(run, steps, spaces=("backbone", "z"), epoch=0, effective=None):
+    """A run directory with scores recorded at ``steps`` (all in one epoch) and no metrics, as
+    ``contrastlab analyze`` writes one per encoder; ``effective(pos, neg)`` gives the effective
+    scores (default: none, the raw ones)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from contrastlab.scores import ScoreRecorder, score_stats
+
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("method: moco\n")
+    rec = ScoreRecorder(run, SimpleNamespace(record=True, bins=50, low=-1.0, high=1.0), 1 << 30)
+    g = torch.Generator().manual_seed(0)
+    for step in steps:
+        stats = {}
+        for space in spaces:
+            pos = (0.97 + 0.01 * torch.randn(8, generator=g)).clamp(-1, 1)
+            neg = (0.05 * torch.randn(8, 16, generator=g)).clamp(-1, 1)
+            stats[(space, "raw")] = score_stats(pos, neg, bins=50)
+            if effective is not None:
+                stats[(space, "effective")] = score_stats(*effective(pos, neg), bins=50)
+        rec.update(step, epoch, stats)
+    rec.end_epoch(epoch)
+    rec.close()
+    return run
+
+
+def test_a_record_of_one_step_gets_no_curves_figure_and_one_line_why(tmp_path, capsys):
+    """An analyze encoder's record (one step, epoch 0) was drawn as one point at step 0 with
+    ticks -0.045 ... 0.045, as a 'curve' over training."""
+    run = _record(tmp_path / "enc", steps=[0])
+    paths = plot_scores([run], tmp_path / "out")
+    assert sorted(p.name for p in paths) == [
+        "scores-backbone-distributions.png",
+        "scores-z-distributions.png",
+    ]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no curves figure of spaces 'backbone', 'z'" in err[0]
+    assert "recorded at one step only (step 0)" in err[0]
+
+
+def test_a_point_within_one_step_gets_whole_ticks(tmp_path):
+    """Two steps in one interval: one point (at step 1), whose axis had fractional ticks."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    run = load_run(_record(tmp_path / "enc", steps=[0, 1]))
+    figs = _curves([run])
+    assert set(figs) == {f"scores-{s}-{k}" for s in ("backbone", "z") for k in _KINDS}
+    for space in ("backbone", "z"):  # every space alike
+        fig = figs[f"scores-{space}-curves"]
+        FigureCanvasAgg(fig).draw()
+        for ax in fig.axes:
+            ticks = ax.get_xticks()
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+            assert [line.get_marker() for line in ax.get_lines()] == ["o"]
+
+
+_KINDS = ("curves", "distributions")
+
+
+def test_scores_counted_in_the_end_bins_beyond_the_range_are_noted(tmp_path):
+    """Effective scores above 1 (a feature transformation without re-normalization) were counted
+    in the last bin and drawn as an unmarked spike at the clipped axis's end."""
+    run = load_run(
+        _record(
+            tmp_path / "ft",
+            steps=[1, 2],
+            spaces=("z",),
+            epoch=1,
+            effective=lambda p, n: (p, n * 30),
+        )
+    )
+    fig = distributions_figure([run], "z", ["ft"])
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    c = run.hists.epoch_counts("z", "effective")[0, 1]
+    assert f"effective neg: {int(c[-1]):,} scores in the end bin [0.96, 1]" in texts
+    assert "any above 1 counted at 1" in texts and "any below -1 counted at -1" in texts
+    assert "raw" not in texts  # raw cosine scores cannot lie beyond [-1, 1]
+    # no effective stage, nothing beyond: no note, though the raw pos scores fill the last bin
+    plain = load_run(_record(tmp_path / "plain", steps=[1, 2], spaces=("z",), epoch=1))
+    assert plain.hists.epoch_counts("z")[0, 0, -1] > 0
+    assert not [t for ax in distributions_figure([plain], "z", ["p"]).axes for t in ax.texts]
+
+
+def test_a_run_given_twice_is_drawn_once_with_one_warning(fake_runs, tmp_path, capsys, monkeypatch):
+    from contrastlab.cli import main
+
+    drawn = []
+    monkeypatch.setattr(
+        "contrastlab.viz.score_plots._FIGURES",
+        {"curves": lambda runs, space, labels: drawn.append(labels) or Figure()},
+    )
+    monkeypatch.chdir(fake_runs[0].parent)
+    name = fake_runs[0].name
+    argv = ["scores", name, f"./{name}/", str(fake_runs[0]), fake_runs[1].name, "--out", "o"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"warning: the run {name} is given 3 times (as {name}, ./{name}/, "
+        f"{fake_runs[0]}); drawn once"
+    ]
+    assert len(drawn) == 1 and len(drawn[0]) == 2  # the two runs, each once
+
+
+def test_a_scores_or_analysis_folder_given_for_a_run_names_the_folder_to_give(tmp_path, capsys):
+    from contrastlab.cli import main
+
+    run = _record(tmp_path / "ana" / "encoders" / "A", steps=[0])
+    (tmp_path / "ana" / "analysis.json").write_text("{}")
+    for command in ("scores", "report"):
+        assert main([command, str(run / "scores")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"error: {run / 'scores'} is a run's scores folder; give the run directory (it also "
+            f"holds the run's config.yaml and metrics.jsonl), e.g. {run}"
+        )
+        assert main([command, str(tmp_path / "ana")]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"e.g. {run}")
+
+
+def test_a_string_is_one_run_or_one_label(fake_runs, tmp_path):
+    """A string where a list belongs was read one character at a time."""
+    paths = plot_scores(str(fake_runs[0]), tmp_path / "one", labels="the run")
+    assert [p.name for p in paths] == ["scores-z-curves.png", "scores-z-distributions.png"]
+    assert run_labels([load_run(fake_runs[0])], "the run") == ["the run"]
+    with pytest.raises(UserError, match="labels must be a str or a list of them"):
+        plot_scores([fake_runs[0]], tmp_path / "two", labels=[1])

@@ -69,9 +69,8 @@ def _cmd_scores(args) -> int:
         check_run_dir(run)
     if args.out is not None:
         check_output(args.out, folder=True, what="the figures")
-    for path in plot_scores(
-        [Path(r) for r in args.runs], args.out, args.labels, overwrite=args.overwrite
-    ):
+    # the paths as given: a run given twice is named as it was spelled (plot_scores)
+    for path in plot_scores(list(args.runs), args.out, args.labels, overwrite=args.overwrite):
         print(path)
     return 0
 

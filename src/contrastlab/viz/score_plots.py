@@ -24,9 +24,15 @@ from matplotlib.ticker import MaxNLocator
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, as_list
 from contrastlab.runstate import flatten, read_metrics  # noqa: F401 - re-exported
-from contrastlab.scores import ScoreHistograms, ScoreRecord, load_histograms, load_scores
+from contrastlab.scores import (
+    STAGES,
+    ScoreHistograms,
+    ScoreRecord,
+    load_histograms,
+    load_scores,
+)
 
 # Config keys that never explain a difference between runs' scores: where a run is written and
 # how it is shown, resumed and checkpointed (a resume continues exactly), and the kNN monitor,
@@ -114,6 +120,18 @@ def check_run_dir(run_dir: Path | str) -> Path:
         )
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist")
+    if (path / "meta.json").is_file() and not (path / "scores" / "meta.json").is_file():
+        raise UserError(
+            f"{path} is a run's scores folder; give the run directory (it also holds the run's "
+            f"config.yaml and metrics.jsonl), e.g. {path.parent}"
+        )
+    if (path / "analysis.json").is_file() and (path / "encoders").is_dir():
+        names = sorted(p.name for p in (path / "encoders").iterdir() if p.is_dir())
+        example = path / "encoders" / (names[0] if names else "NAME")
+        raise UserError(
+            f"{path} is a contrastlab analyze folder; give the folder of one of its encoders, "
+            f"e.g. {example}"
+        )
     return path
 
 
@@ -273,6 +291,7 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     A setting counts, and is named in a run's label, only where it has an effect on the run
     (``inapplicable_keys``): ``looc.augmentations`` never sets a MoCo run apart."""
     if labels:
+        labels = as_list(labels, "labels")
         if len(labels) != len(runs):
             raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
         return list(labels)
@@ -396,6 +415,11 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{ylabel} in space '{space}'")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 4.5 steps or 1.5 epochs
+        low, high = ax.dataLim.intervalx
+        if np.isfinite([low, high]).all() and high - low < 2:
+            # a point or two within one step: a span of whole steps (or epochs) around them, as
+            # the locator falls back to fractional ticks in a span shorter than one
+            ax.set_xlim(np.floor(low) - 1, np.ceil(high) + 1)
         ax.grid(alpha=0.3)
     if _positive_var(runs, space):
         axes[2].set_yscale("log")
@@ -452,6 +476,31 @@ def _ridge_epochs(epochs: np.ndarray) -> list[int]:
     return sorted(set(np.linspace(0, len(epochs) - 1, _MAX_RIDGES).round().astype(int).tolist()))
 
 
+def end_bin_notes(h: ScoreHistograms, space: int, picks, stages) -> list[str]:
+    """Lines that say how many scores the end bins of the drawn epochs (``picks``, indices into
+    ``h.epoch``) hold where scores outside the histogram's range may be among them: these are
+    counted in the end bins (docs/scores-format.md), where they would be an unmarked spike at
+    the clipped axis's end. Raw cosine scores lie in [-1, 1]; effective ones (after a feature
+    transformation without re-normalization) may lie beyond, and a range narrower than [-1, 1]
+    (scores.low / scores.high) clips raw ones too."""
+    low, high = float(h.edges[0]), float(h.edges[-1])
+    lines = []
+    for stage in stages:
+        for kind, name in ((0, "pos"), (1, "neg")):
+            c = h.counts[picks, space, stage, kind].sum(0)
+            for end, edge, beyond in ((0, low, low > -1), (-1, high, high < 1)):
+                if int(c[end]) == 0 or not (stage == 1 or beyond):
+                    continue
+                side = "below" if end == 0 else "above"
+                inner = float(h.edges[1] if end == 0 else h.edges[-2])
+                lines.append(
+                    f"{STAGES[stage]} {name}: {int(c[end]):,} scores in the end bin "
+                    f"[{min(edge, inner):g}, {max(edge, inner):g}], any {side} {edge:g} "
+                    f"counted at {edge:g}"
+                )
+    return lines
+
+
 def distributions_figure(
     runs: list[Run], space: str, labels: list[str], ridge_label=None
 ) -> Figure:
@@ -491,6 +540,19 @@ def distributions_figure(
         )
         ax.set_ylim(-0.1, len(picks) + 0.05)
         ax.set_xlim(*shown_range)
+        notes = end_bin_notes(h, s, picks, (0, 1) if effective else (0,))
+        if notes:
+            ax.text(
+                0.01,
+                0.995,
+                "\n".join(notes),
+                transform=ax.transAxes,
+                ha="left",
+                va="top",
+                fontsize=7,
+                color="0.15",
+                bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.85, "pad": 2},
+            )
         ax.set_xlabel("cosine score")
         ax.set_title(textwrap.fill(label, _TITLE_CHARS), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
@@ -543,9 +605,49 @@ def _spaces(runs: list[Run]) -> list[str]:
 _FIGURES = {"curves": curves_figure, "distributions": distributions_figure}
 
 
+def recorded_steps(runs: list[Run], space: str) -> list[int]:
+    """The steps at which the runs logged scores of ``space``: the first and last of each
+    logged interval, without repeats, ascending."""
+    steps: set[int] = set()
+    for run in runs:
+        if space in run.spaces:
+            t = run.record.interval(space, "raw")
+            keep = t["n"] > 0
+            steps |= {int(v) for v in t["first_step"][keep]} | {
+                int(v) for v in t["last_step"][keep]
+            }
+    return sorted(steps)
+
+
+def _kinds(runs: list[Run], space: str) -> list[str]:
+    """The figures of ``space``: no curves where every run recorded it at one step only (the
+    frozen encoders of ``contrastlab analyze``): there is no curve over training to draw."""
+    one_step = len(recorded_steps(runs, space)) <= 1
+    return [kind for kind in _FIGURES if not (kind == "curves" and one_step)]
+
+
+def skipped_curves(runs: list[Run]) -> str | None:
+    """One line that says which spaces get no curves figure and why; None when all get one."""
+    spaces = [s for s in _spaces(runs) if "curves" not in _kinds(runs, s)]
+    if not spaces:
+        return None
+    names = ", ".join(f"'{s}'" for s in spaces)
+    steps = sorted({step for s in spaces for step in recorded_steps(runs, s)})
+    at = f" (step {steps[0]})" if len(steps) == 1 else ""
+    return (
+        f"no curves figure of space{'s' if len(spaces) > 1 else ''} {names}: the scores were "
+        f"recorded at one step only{at}, so there is no curve over training; the distributions "
+        "figure shows them"
+    )
+
+
 def score_figure_stems(runs: list[Run]) -> list[str]:
     """The file stems ``score_figures`` gives, without drawing the figures."""
-    return [f"scores-{file_stem(space)}-{kind}" for space in _spaces(runs) for kind in _FIGURES]
+    return [
+        f"scores-{file_stem(space)}-{kind}"
+        for space in _spaces(runs)
+        for kind in _kinds(runs, space)
+    ]
 
 
 def _figure_labels(runs: list[Run], space: str, kind: str) -> list[str]:
@@ -575,6 +677,7 @@ def score_figures(runs: list[Run], labels: list[str] | None = None) -> list[tupl
         )
         for space in _spaces(runs)
         for kind, draw in _FIGURES.items()
+        if kind in _kinds(runs, space)
     ]
 
 
@@ -593,6 +696,33 @@ def _with_scores(runs: list[Run], labels: list[str] | None):
     return [runs[i] for i in kept], [labels[i] for i in kept] if labels else labels
 
 
+def distinct_runs(
+    run_dirs: list, labels: list[str] | None = None, what: str = "run", done: str = "drawn"
+):
+    """``run_dirs`` (and their ``labels``) without repeats: a run given again, under any spelling
+    of its path (``runs/a``, ``./runs/a/``, a link to it), is drawn once, with one warning line
+    (``what`` and ``done`` name the paths and what is done with them: "checkpoint", "analyzed").
+    """
+    from contrastlab.errors import warn
+
+    given: dict[Path, list[int]] = {}
+    for i, d in enumerate(run_dirs):
+        given.setdefault(Path(d).resolve(), []).append(i)
+    keep = sorted(found[0] for found in given.values())
+    for found in given.values():
+        if len(found) > 1:
+            spellings = list(dict.fromkeys(str(run_dirs[i]) for i in found))
+            said = f" (as {', '.join(spellings)})" if len(spellings) > 1 else ""
+            names = list(dict.fromkeys(labels[i] for i in found)) if labels else []
+            if len(names) > 1:
+                said += f" with the labels {', '.join(names)}: the first is used"
+            first = run_dirs[found[0]]
+            warn(f"the {what} {first} is given {len(found)} times{said}; {done} once")
+    if len(keep) == len(run_dirs):
+        return list(run_dirs), labels
+    return [run_dirs[i] for i in keep], [labels[i] for i in keep] if labels else labels
+
+
 def plot_scores(
     run_dirs: list[Path | str],
     out_dir: Path | str | None = None,
@@ -605,17 +735,25 @@ def plot_scores(
     file of the same name that is not a figure written by contrastlab is refused (before any
     figure is drawn) unless ``overwrite``.
     """
+    from contrastlab.errors import warn
     from contrastlab.outputs import check_output
 
+    run_dirs = as_list(run_dirs, "run directories", (str, Path))
+    if labels is not None:
+        labels = as_list(labels, "labels")
     if not run_dirs:
         raise UserError("give at least one run directory")
     if labels and len(labels) != len(run_dirs):
         raise UserError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one per run")
+    run_dirs, labels = distinct_runs(run_dirs, labels)
     runs = [load_run(d) for d in run_dirs]
     runs, labels = _with_scores(runs, labels)
     if out_dir is None:
         out_dir = runs[0].path / "figures" if len(runs) == 1 else Path("score-plots")
     out_dir = Path(out_dir)
+    skipped = skipped_curves(runs)
+    if skipped is not None:
+        warn(skipped)
     for stem in score_figure_stems(runs):
         check_output(
             out_dir / f"{stem}.png",
