@@ -422,3 +422,33 @@ def test_analyze_skips_unreadable_images_with_its_flag(tmp_path, capsys):
     assert "data.skip_bad_images" not in err
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         assert main([*argv, "--skip-bad-images"]) == 0
+
+
+def test_a_string_of_spaces_checkpoints_or_labels_is_not_read_letter_by_letter(tmp_path):
+    """Settings(spaces="backbone") was read as the spaces 'b', 'a', ...: "feature space 'b' does
+    not exist for this model"; a checkpoint or label given as one string fared alike."""
+    assert Settings(spaces="backbone").spaces == ("backbone",)
+    assert Settings(spaces="backbone, z").spaces == ("backbone", "z")  # as --space takes them
+    assert Settings(spaces=["z"]).spaces == ("z",)
+    with pytest.raises(UserError, match="spaces must be a str or a list of them"):
+        Settings(spaces=3)
+    with pytest.raises(UserError, match="at least one space"):
+        Settings(spaces=" , ")
+    a = _checkpoint(tmp_path / "a.pt")
+    settings = Settings(spaces="z", images=4, negatives=4, progress=False, device="cpu")
+    result = run_analysis(str(a), settings, tmp_path / "out", labels="only")
+    assert [enc["label"] for enc in result["encoders"]] == ["only"]
+    assert list(result["encoders"][0]["spaces"]) == ["z"]
+
+
+def test_a_checkpoint_given_twice_is_analyzed_once_with_one_warning(tmp_path, capsys):
+    """The same checkpoint under two spellings was analyzed twice, as 'a (a.pt)' both times."""
+    a = _checkpoint(tmp_path / "a.pt")
+    out = tmp_path / "out"
+    (tmp_path / "sub").mkdir()
+    again = tmp_path / "sub" / ".." / "a.pt"
+    argv = ["analyze", str(a), str(again), "--images", "4", "--negatives", "4"]
+    assert main([*argv, "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: the checkpoint {a} is given 2 times (as {a}, {again}); analyzed once"]
+    assert [e["label"] for e in load_analysis(out)["encoders"]] == ["a"]

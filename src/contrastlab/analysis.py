@@ -52,7 +52,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure, write_atomic, write_text
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, as_list
 from contrastlab.eval.context import DEVICES
 
 CONDITIONS = ("color", "rotation", "crop", "texture")
@@ -175,6 +175,15 @@ class Settings:
     bins: int = 200
     progress: bool = True
     skip_bad_images: bool = False  # --skip-bad-images (else the checkpoint's own setting)
+
+    def __post_init__(self):
+        # a string names spaces as --space does (comma-separated), never one per letter
+        if isinstance(self.spaces, str):
+            self.spaces = self.spaces.split(",")
+        spaces = tuple(s.strip() for s in as_list(self.spaces, "spaces") if s.strip())
+        if not spaces:
+            raise UserError(f"spaces needs at least one space name, got {self.spaces!r}")
+        self.spaces = spaces
 
 
 def _seed(settings: Settings, image: int, condition: str) -> int:
@@ -366,6 +375,14 @@ def default_labels(checkpoints: Sequence[str]) -> list[str]:
     return labels
 
 
+def _distinct(checkpoints: list, labels: list | None):
+    """The checkpoints (and labels) without one given twice (one warning line): the same
+    checkpoint on the same images gives the same scores."""
+    from contrastlab.viz.score_plots import distinct_runs
+
+    return distinct_runs(checkpoints, labels, what="checkpoint", done="analyzed")
+
+
 def run_analysis(
     checkpoints: Sequence[str],
     settings: Settings,
@@ -378,10 +395,14 @@ def run_analysis(
     from contrastlab.data.datasets import build_dataset
     from contrastlab.eval.context import EvalContext, evaluation_data
 
+    checkpoints = as_list(checkpoints, "checkpoints", (str, Path))
+    if labels is not None:
+        labels = as_list(labels, "labels")
     if not checkpoints:
         raise UserError("give at least one checkpoint")
     if labels is not None and len(labels) != len(checkpoints):
         raise UserError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints")
+    checkpoints, labels = _distinct(checkpoints, labels)
     if settings.recipe not in RECIPES:
         raise UserError(f"unknown --recipe '{settings.recipe}'; valid: {', '.join(RECIPES)}")
     if settings.batch_size < 1:
@@ -861,8 +882,12 @@ def _cmd_analyze(args) -> int:
         what="an analysis",
         overwrite=args.overwrite,
     )
-    _check_outputs(Path(out), args.checkpoints, args.labels, spaces, args.overwrite)
-    result = run_analysis(args.checkpoints, settings, out, args.labels)
+    checkpoints, labels = args.checkpoints, args.labels
+    if labels is not None and len(labels) != len(checkpoints):
+        raise UserError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints")
+    checkpoints, labels = _distinct(checkpoints, labels)
+    _check_outputs(Path(out), checkpoints, labels, spaces, args.overwrite)
+    result = run_analysis(checkpoints, settings, out, labels)
     views = recipe_text(result) or "each encoder's recipe as labelled"
     for space in spaces:
         print(f"\nspace '{space}' (mean cosine scores; views: {views})\n")
