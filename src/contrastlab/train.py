@@ -48,7 +48,7 @@ from contrastlab.data.datasets import (
 )
 from contrastlab.errors import PeerStopped, TrainingDiverged, TrainingInterrupted, UserError, warn
 from contrastlab.eval.features import extract_features
-from contrastlab.eval.knn import knn_accuracy
+from contrastlab.eval.knn import k_covers_bank, knn_accuracy
 from contrastlab.methods import build_method
 from contrastlab.views.pipeline import build_training_views
 
@@ -353,11 +353,11 @@ class Trainer:
                     "folders), so the kNN monitor has nothing to measure and is off; give one "
                     "folder per class to monitor the run, or set train.knn_every=0"
                 )
-            if 0 < bank < cfg.train.knn_k:
-                warn(
-                    f"train.knn_k={cfg.train.knn_k} is more than the {bank} labelled training "
-                    f"images of the kNN monitor's bank: all of them vote (k = {bank})"
-                )
+            covers = k_covers_bank(
+                cfg.train.knn_k, bank, "train.knn_k", "the kNN monitor's bank (labelled training)"
+            )
+            if covers:
+                warn(covers)
 
         self.epoch, self.step, self.best_metric = 0, 0, None
         self.pending_monitor_loss: float | None = None  # resumed before the epoch's monitor ran
