@@ -134,6 +134,41 @@ def _monitor_features(model, dataset, space: str, device, num_workers: int) -> d
     return out
 
 
+def views_description(cfg: Config, views, dataset) -> dict:
+    """Which path makes the training views (the ``start`` event's fields): ``views``
+    (``batched`` or ``per_image``), ``views_device`` (where the views are made: the batched
+    operations' device, the CPU for ``per_image``), ``views_compiled`` (``data.views_compile``
+    on the batched path), ``images`` (``in_memory``: decoded once and held; ``lazy``: decoded
+    from their files as batches are drawn) and ``workers`` (DataLoader processes; 0 when the
+    batches are indexed from memory without a loader)."""
+    from contrastlab.views.pipeline import InMemoryViews
+
+    batched = cfg.data.views != "per_image"
+    in_memory = isinstance(views, InMemoryViews) or getattr(dataset, "images", None) is not None
+    device = getattr(views, "device", torch.device("cpu"))
+    return {
+        "views": "batched" if batched else "per_image",
+        "views_device": device.type if batched else "cpu",
+        "views_compiled": bool(batched and cfg.data.views_compile),
+        "images": "in_memory" if in_memory else "lazy",
+        "workers": 0 if isinstance(views, InMemoryViews) else int(cfg.data.num_workers),
+    }
+
+
+def views_text(info: dict) -> str:
+    """``views: batched on cpu, images decoded lazily by 2 workers`` (from
+    :func:`views_description`)."""
+    compiled = ", compiled" if info["views_compiled"] else ""
+    workers = info["workers"]
+    by = f"by {workers} worker{'s' if workers != 1 else ''}" if workers else "in the main process"
+    images = (
+        f"images decoded lazily {by}"
+        if info["images"] == "lazy"
+        else "images held in memory" + (f", loaded {by}" if workers else "")
+    )
+    return f"views: {info['views']} on {info['views_device']}{compiled}, {images}"
+
+
 def knn_monitor_metrics(model, cfg: Config, train_images, test_images, device="cpu") -> dict:
     """The kNN monitor: weighted kNN top-1 (%) on held-out data, in one or more feature spaces.
 
@@ -319,6 +354,7 @@ class Trainer:
             self.device,
             distributed.is_distributed(),
         )
+        self.views_info = views_description(cfg, self.views, self.train_images)
         self.steps_per_epoch = len(self.views)
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -580,8 +616,19 @@ class Trainer:
                 "world_size": distributed.world_size(),
                 "device": self.device.type,
                 "amp": bool(self.amp),
+                **self.views_info,
             }
         )
+        if self.is_main:
+            bar = "a bar per epoch" if cfg.train.progress and sys.stderr.isatty() else "no bar"
+            first, last = self.epoch + 1, cfg.optim.epochs
+            epochs = f"epoch {last}" if first == last else f"epochs {first}-{last}"
+            print(
+                f"training {cfg.name}: {epochs} of {last} ({self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''} each) "
+                f"on {self.device.type}; {views_text(self.views_info)}; {bar}, progress in "
+                f"{self.run_dir / 'metrics.jsonl'}",
+                flush=True,
+            )
         start = time.time()
         start_epoch, start_step = self.epoch, self.step
         final_loss = float("nan")
