@@ -99,3 +99,71 @@ def test_eval_all_says_what_its_intervals_are(checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fewshot: mean ± 95% confidence interval (Student t) over 2 trials (all-way)" in out
     assert "fewshot: mean ± 95%" in (tmp_path / "all" / "comparison.md").read_text()
+
+
+@pytest.fixture
+def every_step(monkeypatch):
+    """A progress line at every step instead of every 30 s (stderr is not a terminal here)."""
+    import contrastlab.eval.progress as progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+
+
+def test_the_sgd_probe_says_what_runs_and_how_far_it_is_without_a_bar(
+    checkpoint, tmp_path, capsys, every_step
+):
+    """It printed nothing for its whole run off a terminal (11 minutes in the report)."""
+    args = ["--epochs", "2", "--max-train", "40", "--max-test", "20", "--batch-size", "16"]
+    assert (
+        main(
+            [
+                "eval",
+                "linear",
+                str(checkpoint),
+                *args,
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "l.json"),
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(
+        "eval linear: MoCo's SGD protocol on randomly cropped and flipped "
+        "images, 2 epochs, lr 30; 40 training and 20 test images at 16 px, on cpu"
+    )
+    assert "--fast" in err[0]
+    sgd = [line for line in err if line.startswith("linear probe (SGD): ")]
+    assert "epoch 2/2, batch 3/3" in sgd[-1] and " elapsed, about " in sgd[-1], err
+    assert sgd[-1].endswith(" left")
+
+
+def test_feature_extraction_and_corruption_report_progress_without_a_bar(
+    checkpoint, tmp_path, capsys, every_step
+):
+    args = [
+        *("--max-train", "40", "--max-test", "20", "--batch-size", "8", "--workers", "0"),
+        *("--corruptions", "gaussian_noise,contrast", "--severities", "1,2"),
+        *("--out", str(tmp_path / "c.json")),
+    ]
+    assert main(["eval", "corruption", str(checkpoint), "--no-progress", *args]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(
+        "eval corruption: linear classifier; the test images clean and "
+        "under 2 corruptions x 2 severities: 5 passes"
+    )
+    assert any(line.startswith("train features: 32/40 images, ") for line in err), err
+    assert any(line.startswith("corruption: contrast 2, test set 5/5, ") for line in err), err
+
+
+def test_eval_all_announces_each_protocol(checkpoint, tmp_path, capsys):
+    args = [
+        *("--protocols", "knn,linear", "--k", "5", "--max-train", "40", "--max-test", "20"),
+        *("--out-dir", str(tmp_path / "all"), "--no-save"),
+    ]
+    assert main(["eval", "all", str(checkpoint), *COMMON, *args]) == 0
+    err = capsys.readouterr().err
+    assert "eval knn: weighted kNN, k 5, T 0.1, space backbone; 40 training and 20 test" in err
+    assert "eval linear: logistic regression on features, C swept on a validation split;" in err

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from contrastlab.errors import UserError
 from contrastlab.eval.linear import LogisticProbe
+from contrastlab.eval.progress import Heartbeat
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -128,6 +129,7 @@ def episodes(
     C: float = 1.0,
     seed: int = 0,
     split: str = "test",
+    progress: bool = True,
 ) -> dict:
     """N-way K-shot episodes drawn from one labelled feature set (usually the test split, which
     ``split`` names in errors).
@@ -161,7 +163,9 @@ def episodes(
                 "or --episode-shots)"
             )
         accs = []
-        for _ in range(num_episodes):
+        beat = Heartbeat(f"{n_way}-way {k}-shot episodes", num_episodes, progress)
+        for e in range(num_episodes):
+            beat.update(e, f"episode {e + 1}/{num_episodes}")
             classes = rng.choice(eligible, size=n_way, replace=False)
             s_idx, q_idx = [], []
             for c in classes:

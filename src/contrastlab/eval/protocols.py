@@ -30,6 +30,18 @@ def _wrap(ctx: EvalContext, protocol: str, summary: dict, details: dict, options
     }
 
 
+def announce(ctx: EvalContext, protocol: str, what: str, hint: str = "") -> None:
+    """The first line of a protocol, on stderr, before its work: what runs, on how many images of
+    which size, on which device (``hint``: a faster way, where there is one)."""
+    from contrastlab.eval.progress import say
+
+    train, test = (len(ctx.indices(split) or ctx.raw(split)) for split in ("train", "test"))
+    say(
+        f"eval {protocol}: {what}; {train:,} training and {test:,} test images at "
+        f"{ctx.image_size} px, on {ctx.device}" + (f"; {hint}" if hint else "")
+    )
+
+
 def knn_settings(ctx: EvalContext, k: int | None, temperature: float | None) -> tuple[int, float]:
     """k and T of a kNN evaluation: the given ones, else the checkpoint's own monitor settings
     (``train.knn_k`` / ``train.knn_temperature``: 200 / 0.1 unless its preset changed them), so
@@ -42,6 +54,7 @@ def run_knn(ctx: EvalContext, k: int | None = None, temperature: float | None = 
     from contrastlab.eval.knn import knn_scores, topk_accuracy
 
     k, temperature = knn_settings(ctx, k, temperature)
+    announce(ctx, "knn", f"weighted kNN, k {k}, T {temperature:g}, space {ctx.space}")
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
     covers = k_covers_bank(k, len(y_tr))
@@ -72,6 +85,16 @@ def run_linear(
 ) -> dict:
     from contrastlab.eval.linear import linear_fast, linear_sgd
 
+    if mode in ("fast", "moco"):
+        text = linear_text(mode, epochs if mode == "moco" else None, lr if mode == "moco" else None)
+        hint = (
+            "a linear layer trained on the frozen encoder's features of every image in every "
+            "epoch; --fast (logistic regression on features extracted once) takes a fraction "
+            "of the time"
+            if mode == "moco"
+            else ""
+        )
+        announce(ctx, "linear", text, hint)
     if mode == "fast":
         f_tr, y_tr = ctx.features("train")
         f_te, y_te = ctx.features("test")
@@ -128,6 +151,10 @@ def run_fewshot(
 
     if which not in ("allway", "episodes", "both"):
         raise UserError(f"unknown few-shot selection '{which}'; valid: allway, episodes, both")
+    parts = [f"all-way {_shots(shots)}, {trials} draws each"] if which != "episodes" else []
+    if which != "allway":
+        parts.append(f"{n_way}-way {_shots(episode_shots)} episodes, {num_episodes} each")
+    announce(ctx, "fewshot", "; ".join(parts))
     details, summary = {}, {}
     f_te, y_te = ctx.features("test")
 
@@ -151,7 +178,16 @@ def run_fewshot(
         part(
             "episodes",
             lambda: episodes(
-                f_te, y_te, n_way, episode_shots, queries, num_episodes, classifier, C, ctx.seed
+                f_te,
+                y_te,
+                n_way,
+                episode_shots,
+                queries,
+                num_episodes,
+                classifier,
+                C,
+                ctx.seed,
+                progress=ctx.progress,
             ),
         )
         for k, v in details["episodes"].get("shots", {}).items():
@@ -181,6 +217,7 @@ def _rotation_features(ctx: EvalContext, split: str):
 def run_rotation(ctx: EvalContext) -> dict:
     from contrastlab.eval.rotation import rotation_probe
 
+    announce(ctx, "rotation", "4-way rotation probe on 4 rotated copies of every image")
     f_tr, r_tr = _rotation_features(ctx, "train")
     f_te, r_te = _rotation_features(ctx, "test")
     res = rotation_probe(f_tr, r_tr, f_te, r_te, seed=ctx.seed)
@@ -200,6 +237,14 @@ def run_corruption(
     from contrastlab.eval.linear import LogisticProbe
 
     k, temperature = knn_settings(ctx, k, temperature)
+    names = tuple(corruptions or CORRUPTIONS)
+    announce(
+        ctx,
+        "corruption",
+        f"{classifier} classifier; the test images clean and under {len(names)} corruption"
+        f"{'s' if len(names) != 1 else ''} x {len(severities)} severities: "
+        f"{1 + len(names) * len(severities)} passes of the encoder over them",
+    )
     f_tr, y_tr = ctx.features("train")
     if classifier == "linear":
         probe = LogisticProbe(seed=ctx.seed).fit(f_tr, y_tr, ctx.num_classes())
@@ -257,6 +302,7 @@ def run_factors(
             f"dataset '{ctx.data_cfg.name}' has no generating factors; "
             "eval factors needs --dataset synthetic"
         )
+    announce(ctx, "factors", f"linear probes of {', '.join(names)}")
     static = [n for n in names if n != "rotation"]
     details: dict[str, Any] = {}
     if static:
@@ -291,6 +337,12 @@ def run_transfer(
 ) -> dict:
     from contrastlab.eval.transfer import transfer_eval
 
+    announce(
+        ctx,
+        "transfer",
+        f"logistic regression, all-way {_shots(shots)} ({trials} draws each) and 5-way "
+        f"episodes ({num_episodes} each)",
+    )
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
     res = transfer_eval(
