@@ -214,7 +214,8 @@ def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsy
     base += ["train.knn_every=0"]
     assert main([*base, "optim.epochs=1"]) == 0
     first = capsys.readouterr().out
-    assert first.startswith("trained 1 epoch (") and "resumed from" not in first
+    assert first.startswith("training r: epoch 1 of 1 (")  # the start line, then the summary
+    assert first.splitlines()[-2].startswith("trained 1 epoch (") and "resumed from" not in first
 
     assert main([*base, "optim.epochs=2", "train.resume=auto"]) == 0
     out = capsys.readouterr().out.splitlines()[-2]
@@ -453,7 +454,9 @@ def test_progress_bars_stay_off_a_file(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert b"\r" not in proc.stderr + proc.stdout and b"epoch 1/1" not in proc.stderr
-    assert proc.stdout.splitlines()[0].startswith(b"trained 1 epoch")
+    assert proc.stdout.splitlines()[0].startswith(b"training ")  # the start line says no bar
+    assert b"; no bar, progress in " in proc.stdout.splitlines()[0]
+    assert proc.stdout.splitlines()[1].startswith(b"trained 1 epoch")
 
 
 @pytest.mark.parametrize(

@@ -249,4 +249,9 @@ def test_a_knn_k_larger_than_the_bank_is_said(tiny_config, capsys):
 
     Trainer(tiny_config("train.knn_k=100000", "optim.epochs=1", "name=bigk"))
     err = capsys.readouterr().err
-    assert "train.knn_k=100000 is more than the 96 labelled training images" in err
+    assert "train.knn_k=100000 is at least the 96 images of the kNN monitor's bank" in err
+    # k equal to the bank: every image votes just the same (was silent)
+    Trainer(tiny_config("train.knn_k=96", "optim.epochs=1", "name=equalk"))
+    assert "every one of them votes" in capsys.readouterr().err
+    Trainer(tiny_config("train.knn_k=95", "optim.epochs=1", "name=smallk"))
+    assert "every one of them votes" not in capsys.readouterr().err

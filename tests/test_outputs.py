@@ -174,7 +174,12 @@ def _disk_full(argv, capsys, monkeypatch, folder, only=None) -> None:
     with monkeypatch.context() as mp:
         full_disk(mp, only=only)
         code = main(argv)
-    err = capsys.readouterr().err.strip()
+    # the error is one line, after the line in which an eval protocol says what it runs
+    err = "\n".join(
+        line
+        for line in capsys.readouterr().err.strip().splitlines()
+        if not line.startswith("eval ")
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "no space left on device" in err and "run the command again" in err, err
     assert temporary_files(folder) == []

@@ -271,3 +271,62 @@ def test_a_flat_folder_trains_on_every_image_and_says_the_monitor_is_off(
         "last.pt"
     ]
     assert not read_checkpoint(result.last_checkpoint).get("monitor_pending")
+
+
+@pytest.mark.parametrize(
+    "views, workers, line, event",
+    [
+        (
+            "batched",
+            1,
+            "views: batched on cpu, images decoded lazily by 1 worker;",
+            {"views": "batched", "images": "lazy", "workers": 1, "views_compiled": False},
+        ),
+        (
+            "per_image",
+            0,
+            "views: per_image on cpu, images decoded lazily in the main process;",
+            {"views": "per_image", "images": "lazy", "workers": 0},
+        ),
+    ],
+)
+def test_the_start_line_and_event_say_which_views_path_ran(
+    tiny_config, tmp_path, capsys, views, workers, line, event
+):
+    """Both paths printed only the final line, and the start event named neither."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(32):  # larger than 96 px: decoded from the files as batches are drawn
+        folder = tmp_path / "big" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    cfg = tiny_config(
+        "dataset=imagefolder",
+        f"data.path={tmp_path / 'big'}",
+        "data.image_size=16",
+        f"data.views={views}",
+        f"data.num_workers={workers}",
+        "optim.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "train.knn_every=0",
+        "train.progress=false",
+        f"name={views}",
+    )
+    Trainer(cfg).fit()
+    out = capsys.readouterr().out
+    assert f"training {views}: epoch 1 of 1 (1 step each) on cpu; {line} no bar" in out, out
+    events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert event.items() <= start.items(), start
+
+
+def test_images_held_in_memory_are_named_so(tiny_config, capsys):
+    cfg = tiny_config("optim.epochs=1", "train.max_steps_per_epoch=1", "train.knn_every=0")
+    Trainer(cfg).fit()
+    assert "views: batched on cpu, images held in memory;" in capsys.readouterr().out
+    events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["images"] == "in_memory" and start["workers"] == 0

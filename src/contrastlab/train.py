@@ -48,7 +48,7 @@ from contrastlab.data.datasets import (
 )
 from contrastlab.errors import PeerStopped, TrainingDiverged, TrainingInterrupted, UserError, warn
 from contrastlab.eval.features import extract_features
-from contrastlab.eval.knn import knn_accuracy
+from contrastlab.eval.knn import k_covers_bank, knn_accuracy
 from contrastlab.methods import build_method
 from contrastlab.views.pipeline import build_training_views
 
@@ -132,6 +132,41 @@ def _monitor_features(model, dataset, space: str, device, num_workers: int) -> d
     if captured and sum(len(c) for c in captured) == len(feats):
         out["backbone"] = (torch.cat(captured), labels)
     return out
+
+
+def views_description(cfg: Config, views, dataset) -> dict:
+    """Which path makes the training views (the ``start`` event's fields): ``views``
+    (``batched`` or ``per_image``), ``views_device`` (where the views are made: the batched
+    operations' device, the CPU for ``per_image``), ``views_compiled`` (``data.views_compile``
+    on the batched path), ``images`` (``in_memory``: decoded once and held; ``lazy``: decoded
+    from their files as batches are drawn) and ``workers`` (DataLoader processes; 0 when the
+    batches are indexed from memory without a loader)."""
+    from contrastlab.views.pipeline import InMemoryViews
+
+    batched = cfg.data.views != "per_image"
+    in_memory = isinstance(views, InMemoryViews) or getattr(dataset, "images", None) is not None
+    device = getattr(views, "device", torch.device("cpu"))
+    return {
+        "views": "batched" if batched else "per_image",
+        "views_device": device.type if batched else "cpu",
+        "views_compiled": bool(batched and cfg.data.views_compile),
+        "images": "in_memory" if in_memory else "lazy",
+        "workers": 0 if isinstance(views, InMemoryViews) else int(cfg.data.num_workers),
+    }
+
+
+def views_text(info: dict) -> str:
+    """``views: batched on cpu, images decoded lazily by 2 workers`` (from
+    :func:`views_description`)."""
+    compiled = ", compiled" if info["views_compiled"] else ""
+    workers = info["workers"]
+    by = f"by {workers} worker{'s' if workers != 1 else ''}" if workers else "in the main process"
+    images = (
+        f"images decoded lazily {by}"
+        if info["images"] == "lazy"
+        else "images held in memory" + (f", loaded {by}" if workers else "")
+    )
+    return f"views: {info['views']} on {info['views_device']}{compiled}, {images}"
 
 
 def knn_monitor_metrics(model, cfg: Config, train_images, test_images, device="cpu") -> dict:
@@ -319,6 +354,7 @@ class Trainer:
             self.device,
             distributed.is_distributed(),
         )
+        self.views_info = views_description(cfg, self.views, self.train_images)
         self.steps_per_epoch = len(self.views)
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -353,11 +389,11 @@ class Trainer:
                     "folders), so the kNN monitor has nothing to measure and is off; give one "
                     "folder per class to monitor the run, or set train.knn_every=0"
                 )
-            if 0 < bank < cfg.train.knn_k:
-                warn(
-                    f"train.knn_k={cfg.train.knn_k} is more than the {bank} labelled training "
-                    f"images of the kNN monitor's bank: all of them vote (k = {bank})"
-                )
+            covers = k_covers_bank(
+                cfg.train.knn_k, bank, "train.knn_k", "the kNN monitor's bank (labelled training)"
+            )
+            if covers:
+                warn(covers)
 
         self.epoch, self.step, self.best_metric = 0, 0, None
         self.pending_monitor_loss: float | None = None  # resumed before the epoch's monitor ran
@@ -580,8 +616,19 @@ class Trainer:
                 "world_size": distributed.world_size(),
                 "device": self.device.type,
                 "amp": bool(self.amp),
+                **self.views_info,
             }
         )
+        if self.is_main:
+            bar = "a bar per epoch" if cfg.train.progress and sys.stderr.isatty() else "no bar"
+            first, last = self.epoch + 1, cfg.optim.epochs
+            epochs = f"epoch {last}" if first == last else f"epochs {first}-{last}"
+            print(
+                f"training {cfg.name}: {epochs} of {last} ({self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''} each) "
+                f"on {self.device.type}; {views_text(self.views_info)}; {bar}, progress in "
+                f"{self.run_dir / 'metrics.jsonl'}",
+                flush=True,
+            )
         start = time.time()
         start_epoch, start_step = self.epoch, self.step
         final_loss = float("nan")

@@ -63,7 +63,7 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
     assert knn["summary"]["top1"] == pytest.approx(by_hand(3, 1.0))
     assert by_hand(3, 1.0) != by_hand(3, 0.01) and by_hand(3, 1.0) != by_hand(200, 1.0)
     out = capsys.readouterr().out
-    assert "| top1 |" in out and "**knn** — " in out  # one form: nothing to name
+    assert "| top1 |" in out and "**knn** (k 3, T 1, bank of 96 training images, 64 test " in out
     assert main(["eval", "linear", str(checkpoint), *COMMON, "--fast", "--cache", cache]) == 0
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test features, shared
     assert (
@@ -166,7 +166,7 @@ def test_a_k_larger_than_the_bank_is_said_and_recorded(checkpoint, tmp_path, cap
     args = ["--k", "100000", "--out", str(out), "--max-train", "40"]
     assert main(["eval", "knn", str(checkpoint), *COMMON, *args]) == 0
     err = capsys.readouterr().err
-    assert "k=100000 is more than the 40 images of the kNN bank: all of them vote" in err
+    assert "k=100000 is at least the 40 images of the kNN bank: every one of them votes" in err
     assert _json(out)["details"]["num_train"] == 40
 
 

@@ -107,7 +107,12 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the subsets, splits and classifiers drawn"
     )
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (without a bar, a line on stderr every 30 s still says how far "
+        "a long step is)",
+    )
     g.add_argument(
         "--out",
         default=None,

@@ -152,7 +152,9 @@ def run_all(
     if not checkpoints:
         raise UserError("eval all needs at least one checkpoint")
     out = Path(out_dir)
-    entries, taken = [], set()
+    from contrastlab.eval.protocols import ci_note
+
+    entries, taken, ci_notes = [], set(), {}
     for ckpt in checkpoints:
         ctx = make_context(ckpt)
         entry = {
@@ -169,6 +171,8 @@ def run_all(
         for proto in protocols:
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
+            if ci_note(result):  # what its ± means, once per protocol
+                ci_notes.setdefault(proto, ci_note(result))
             if chance_levels(result):
                 entry.setdefault("chance", {})[proto] = chance_levels(result)
             if save_each:
@@ -190,6 +194,7 @@ def run_all(
         f"dataset{'s' if len(datasets) > 1 else ''}: {'; '.join(datasets)}\n\n"
         + (f"**Warning:** {warning}\n\n" if warning else "")
         + markdown_table(header, rows)
+        + "".join(f"\n\n{proto}: {text}" for proto, text in ci_notes.items())
     )
     title = (
         f"space {', '.join(spaces)}; {'; '.join(datasets)}"

@@ -564,6 +564,7 @@ def corruption_eval(
     the native image is corrupted.
     """
     from contrastlab.eval.features import extract_features
+    from contrastlab.eval.progress import Heartbeat
 
     bad = [c for c in corruptions if c not in _FUNCS]
     if bad:
@@ -592,9 +593,16 @@ def corruption_eval(
         )
         return 100.0 * (classify(feats).cpu() == labels).sum().item() / labels.numel()
 
+    beat = Heartbeat("corruption", 1 + len(corruptions) * len(severities), kwargs.get("progress"))
     result: dict = {"clean": accuracy("clean", 0), "corruptions": {}}
-    for name in corruptions:
-        per = {str(sev): accuracy(name, sev) for sev in severities}
+    for i, name in enumerate(corruptions):
+        per = {}
+        for j, sev in enumerate(severities):
+            beat.update(
+                1 + i * len(severities) + j,
+                f"{name} {sev}, test set {2 + i * len(severities) + j}/{beat.total}",
+            )
+            per[str(sev)] = accuracy(name, sev)
         result["corruptions"][name] = {
             "by_severity": per,
             "mean": float(np.mean(list(per.values()))),

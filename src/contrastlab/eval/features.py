@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from contrastlab.atomic import write_atomic
 from contrastlab.errors import UserError
+from contrastlab.eval.progress import Heartbeat
 from contrastlab.preemption import ignore_stop_signals
 
 BatchFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -124,7 +125,10 @@ def extract_features(
         worker_init_fn=ignore_stop_signals,  # in training's kNN monitor: the stop is the trainer's
     )
     feats, labels = [], []
-    for images, target in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+    beat = Heartbeat(desc, len(loader), progress)
+    bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False)
+    for batch, (images, target) in enumerate(bar):
+        beat.update(batch, f"{batch * batch_size:,}/{len(dataset):,} images")
         images = _to_tensor_batch(images)
         target = torch.as_tensor(target).long()
         if batch_fn is not None:

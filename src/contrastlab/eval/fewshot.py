@@ -23,6 +23,7 @@ from torch import Tensor
 
 from contrastlab.errors import UserError
 from contrastlab.eval.linear import LogisticProbe
+from contrastlab.eval.progress import Heartbeat
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -41,6 +42,19 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 def _by_class(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels) if c >= 0}
+
+
+def class_counts(groups: dict[int, np.ndarray], split: str) -> str:
+    """``the test split's 5 classes have 15 images each`` (or their counts, or their range)."""
+    counts = sorted(len(idx) for idx in groups.values())
+    n = f"{len(counts)} class{'es' if len(counts) != 1 else ''}"
+    if not counts:
+        return f"the {split} split has no labelled images"
+    if counts[0] == counts[-1]:
+        return f"the {split} split's {n} have {counts[0]} images each"
+    if len(counts) <= 10:
+        return f"the {split} split's {n} have {', '.join(map(str, counts))} images"
+    return f"the {split} split's {n} have {counts[0]} to {counts[-1]} images"
 
 
 def allway_kshot(
@@ -114,8 +128,11 @@ def episodes(
     classifier: str = "centroid",
     C: float = 1.0,
     seed: int = 0,
+    split: str = "test",
+    progress: bool = True,
 ) -> dict:
-    """N-way K-shot episodes drawn from one labelled feature set (usually the test split).
+    """N-way K-shot episodes drawn from one labelled feature set (usually the test split, which
+    ``split`` names in errors).
 
     Only classes with at least ``K + queries`` images can be drawn. ``classifier`` is
     ``"centroid"`` (cosine similarity to the mean of the L2-normalized support features) or
@@ -139,12 +156,16 @@ def episodes(
         eligible = [c for c, idx in groups.items() if len(idx) >= k + queries]
         if len(eligible) < n_way:
             raise UserError(
-                f"{n_way}-way {k}-shot episodes with {queries} queries need {n_way} "
-                f"classes with at least {k + queries} images each; only "
-                f"{len(eligible)} have that many (lower --ways or --queries)"
+                f"{n_way}-way {k}-shot episodes with {queries} queries need {n_way} classes "
+                f"with at least {k + queries} images each in the {split} split; "
+                f"{class_counts(groups, split)}, so {len(eligible)} "
+                f"{'has' if len(eligible) == 1 else 'have'} that many (lower --ways, --queries "
+                "or --episode-shots)"
             )
         accs = []
-        for _ in range(num_episodes):
+        beat = Heartbeat(f"{n_way}-way {k}-shot episodes", num_episodes, progress)
+        for e in range(num_episodes):
+            beat.update(e, f"episode {e + 1}/{num_episodes}")
             classes = rng.choice(eligible, size=n_way, replace=False)
             s_idx, q_idx = [], []
             for c in classes:

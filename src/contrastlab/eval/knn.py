@@ -100,6 +100,19 @@ def knn_accuracy(
     return topk_accuracy(scores, test_labels.to(scores.device), topk)
 
 
+def k_covers_bank(k: int, bank: int, name: str = "k", what: str = "the kNN bank") -> str | None:
+    """The warning (one line) for a ``k`` that reaches every image of the bank, None otherwise:
+    every bank image then votes and the vote is the bank's class prior weighted by similarity,
+    not a nearest-neighbour vote. ``name`` spells k as the command takes it."""
+    if bank < 1 or k < bank:
+        return None
+    return (
+        f"{name}={k} is at least the {bank} images of {what}: every one of them votes, so the "
+        f"vote is the bank's class prior weighted by similarity; set {name} below {bank} for a "
+        "nearest-neighbour vote"
+    )
+
+
 def trivial_top5(num_classes: int) -> bool:
     """Whether top-5 accuracy says nothing: with 5 classes or fewer it is 100% by construction.
     Protocols that report top-5 (knn, linear, transfer's linear probe) leave it out then."""

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from contrastlab.errors import UserError
 from contrastlab.eval.knn import check_class_labels, topk_accuracy
+from contrastlab.eval.progress import Heartbeat
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -229,11 +230,16 @@ def linear_sgd(
     optimizer = scheduler = None
     steps = sorted({max(1, math.floor(m * epochs)) for m in milestones if 0 < m < 1})
     history = []
+    beat = Heartbeat("linear probe (SGD)", epochs * len(train_loader), progress)
     for epoch in tqdm(
         range(epochs), desc="linear", disable=None if progress else True, leave=False
     ):
         total, seen = 0.0, 0
-        for images, labels in train_loader:
+        for batch, (images, labels) in enumerate(train_loader, 1):
+            beat.update(
+                epoch * len(train_loader) + batch - 1,
+                f"epoch {epoch + 1}/{epochs}, batch {batch}/{len(train_loader)}",
+            )
             with torch.no_grad():
                 feats = model.features(images.to(device), space=space).float().flatten(1)
             if head is None:  # the feature dimension is known only now

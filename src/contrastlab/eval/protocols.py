@@ -14,7 +14,7 @@ import torch
 
 from contrastlab.errors import UserError, warn
 from contrastlab.eval.context import EvalContext
-from contrastlab.eval.knn import trivial_top5, without_trivial_top5
+from contrastlab.eval.knn import k_covers_bank, trivial_top5, without_trivial_top5
 from contrastlab.eval.results import chance_levels, markdown_table, pm
 
 PROTOCOLS = ("knn", "linear", "fewshot", "rotation", "corruption", "factors", "transfer")
@@ -30,6 +30,18 @@ def _wrap(ctx: EvalContext, protocol: str, summary: dict, details: dict, options
     }
 
 
+def announce(ctx: EvalContext, protocol: str, what: str, hint: str = "") -> None:
+    """The first line of a protocol, on stderr, before its work: what runs, on how many images of
+    which size, on which device (``hint``: a faster way, where there is one)."""
+    from contrastlab.eval.progress import say
+
+    train, test = (len(ctx.indices(split) or ctx.raw(split)) for split in ("train", "test"))
+    say(
+        f"eval {protocol}: {what}; {train:,} training and {test:,} test images at "
+        f"{ctx.image_size} px, on {ctx.device}" + (f"; {hint}" if hint else "")
+    )
+
+
 def knn_settings(ctx: EvalContext, k: int | None, temperature: float | None) -> tuple[int, float]:
     """k and T of a kNN evaluation: the given ones, else the checkpoint's own monitor settings
     (``train.knn_k`` / ``train.knn_temperature``: 200 / 0.1 unless its preset changed them), so
@@ -42,10 +54,12 @@ def run_knn(ctx: EvalContext, k: int | None = None, temperature: float | None = 
     from contrastlab.eval.knn import knn_scores, topk_accuracy
 
     k, temperature = knn_settings(ctx, k, temperature)
+    announce(ctx, "knn", f"weighted kNN, k {k}, T {temperature:g}, space {ctx.space}")
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
-    if k > len(y_tr):
-        warn(f"k={k} is more than the {len(y_tr)} images of the kNN bank: all of them vote")
+    covers = k_covers_bank(k, len(y_tr))
+    if covers:
+        warn(covers)
     dev = torch.device(ctx.device)
     scores = knn_scores(f_tr.to(dev), y_tr, f_te.to(dev), ctx.num_classes(), k, temperature)
     y = y_te.to(scores.device)
@@ -71,6 +85,16 @@ def run_linear(
 ) -> dict:
     from contrastlab.eval.linear import linear_fast, linear_sgd
 
+    if mode in ("fast", "moco"):
+        text = linear_text(mode, epochs if mode == "moco" else None, lr if mode == "moco" else None)
+        hint = (
+            "a linear layer trained on the frozen encoder's features of every image in every "
+            "epoch; --fast (logistic regression on features extracted once) takes a fraction "
+            "of the time"
+            if mode == "moco"
+            else ""
+        )
+        announce(ctx, "linear", text, hint)
     if mode == "fast":
         f_tr, y_tr = ctx.features("train")
         f_te, y_te = ctx.features("test")
@@ -125,23 +149,54 @@ def run_fewshot(
 ) -> dict:
     from contrastlab.eval.fewshot import allway_kshot, episodes
 
+    if which not in ("allway", "episodes", "both"):
+        raise UserError(f"unknown few-shot selection '{which}'; valid: allway, episodes, both")
+    parts = [f"all-way {_shots(shots)}, {trials} draws each"] if which != "episodes" else []
+    if which != "allway":
+        parts.append(f"{n_way}-way {_shots(episode_shots)} episodes, {num_episodes} each")
+    announce(ctx, "fewshot", "; ".join(parts))
     details, summary = {}, {}
     f_te, y_te = ctx.features("test")
+
+    def part(name: str, run):
+        """One part of the protocol; with ``which="both"`` a part the data cannot support is
+        skipped with its reason (as ``eval transfer`` does), the other still runs."""
+        try:
+            details[name] = run()
+        except UserError as e:
+            if which != "both":
+                raise
+            details[name] = {"skipped": str(e)}
+
     if which in ("allway", "both"):
         f_tr, y_tr = ctx.features("train")
-        details["allway"] = allway_kshot(f_tr, y_tr, f_te, y_te, shots, trials, C, ctx.seed)
-        for k, v in details["allway"]["shots"].items():
+        part("allway", lambda: allway_kshot(f_tr, y_tr, f_te, y_te, shots, trials, C, ctx.seed))
+        for k, v in details["allway"].get("shots", {}).items():
             summary[f"{k}-shot"] = v["mean"]
             summary[f"{k}-shot ci95"] = v["ci95"]
     if which in ("episodes", "both"):
-        details["episodes"] = episodes(
-            f_te, y_te, n_way, episode_shots, queries, num_episodes, classifier, C, ctx.seed
+        part(
+            "episodes",
+            lambda: episodes(
+                f_te,
+                y_te,
+                n_way,
+                episode_shots,
+                queries,
+                num_episodes,
+                classifier,
+                C,
+                ctx.seed,
+                progress=ctx.progress,
+            ),
         )
-        for k, v in details["episodes"]["shots"].items():
+        for k, v in details["episodes"].get("shots", {}).items():
             summary[f"{n_way}-way {k}-shot"] = v["mean"]
             summary[f"{n_way}-way {k}-shot ci95"] = v["ci95"]
-    if not details:
-        raise UserError(f"unknown few-shot selection '{which}'; valid: allway, episodes, both")
+    if not summary:  # both parts skipped: nothing was measured
+        raise UserError("; and ".join(f"{name}: {d['skipped']}" for name, d in details.items()))
+    for line in skipped_parts({"details": details}):
+        warn(f"eval fewshot: {line}")
     return _wrap(ctx, "fewshot", summary, details, {"which": which})
 
 
@@ -162,6 +217,7 @@ def _rotation_features(ctx: EvalContext, split: str):
 def run_rotation(ctx: EvalContext) -> dict:
     from contrastlab.eval.rotation import rotation_probe
 
+    announce(ctx, "rotation", "4-way rotation probe on 4 rotated copies of every image")
     f_tr, r_tr = _rotation_features(ctx, "train")
     f_te, r_te = _rotation_features(ctx, "test")
     res = rotation_probe(f_tr, r_tr, f_te, r_te, seed=ctx.seed)
@@ -181,6 +237,14 @@ def run_corruption(
     from contrastlab.eval.linear import LogisticProbe
 
     k, temperature = knn_settings(ctx, k, temperature)
+    names = tuple(corruptions or CORRUPTIONS)
+    announce(
+        ctx,
+        "corruption",
+        f"{classifier} classifier; the test images clean and under {len(names)} corruption"
+        f"{'s' if len(names) != 1 else ''} x {len(severities)} severities: "
+        f"{1 + len(names) * len(severities)} passes of the encoder over them",
+    )
     f_tr, y_tr = ctx.features("train")
     if classifier == "linear":
         probe = LogisticProbe(seed=ctx.seed).fit(f_tr, y_tr, ctx.num_classes())
@@ -188,6 +252,9 @@ def run_corruption(
         def classify(f):
             return probe.scores(f).argmax(1)
     elif classifier == "knn":
+        covers = k_covers_bank(k, len(y_tr))
+        if covers:
+            warn(covers)
 
         def classify(f):
             return knn_predict(f_tr, y_tr, f, ctx.num_classes(), k, temperature)
@@ -211,6 +278,8 @@ def run_corruption(
         geometry=geometry,
     )
     res["resolution"] = ctx.image_size
+    res["num_train"] = len(y_tr)
+    res["num_test"] = len(ctx.indices("test") or raw)
     res["table"] = table_for(ctx.image_size, ctx.image_size)
     summary = {"clean": res["clean"], "mean": res["mean"]}
     options = {"classifier": classifier, "severities": list(severities)}
@@ -233,6 +302,7 @@ def run_factors(
             f"dataset '{ctx.data_cfg.name}' has no generating factors; "
             "eval factors needs --dataset synthetic"
         )
+    announce(ctx, "factors", f"linear probes of {', '.join(names)}")
     static = [n for n in names if n != "rotation"]
     details: dict[str, Any] = {}
     if static:
@@ -267,6 +337,12 @@ def run_transfer(
 ) -> dict:
     from contrastlab.eval.transfer import transfer_eval
 
+    announce(
+        ctx,
+        "transfer",
+        f"logistic regression, all-way {_shots(shots)} ({trials} draws each) and 5-way "
+        f"episodes ({num_episodes} each)",
+    )
     f_tr, y_tr = ctx.features("train")
     f_te, y_te = ctx.features("test")
     res = transfer_eval(
@@ -314,6 +390,41 @@ def linear_text(mode: str, epochs: int | None = None, lr: float | None = None, C
     return text if lr is None else f"{text}, lr {lr:g}"
 
 
+def knn_text(setup: dict, details: dict) -> str:
+    """``k 200, T 0.1, bank of 5,000 training images``: what a kNN vote read."""
+    bank = details.get("num_train")
+    text = f"k {setup['k']}, T {setup.get('temperature', 0.1):g}"
+    return text if bank is None else f"{text}, bank of {bank:,} training images"
+
+
+def ci_note(result: dict) -> str:
+    """What ``±`` means in a result's table: ``± is the 95% confidence interval of the mean
+    (Student t) over 5 trials (all-way) / 600 episodes (5-way)``; ``""`` without intervals."""
+    summary, details = result.get("summary", {}), result.get("details", {})
+    if not any(key.endswith(" ci95") for key in summary):
+        return ""
+    over = []
+    allway, episodes = details.get("allway") or {}, details.get("episodes") or {}
+    if "trials" in allway and "skipped" not in allway:
+        n = allway["trials"]
+        over.append(f"{n} trial{'s' if n != 1 else ''} (all-way)")
+    if "episodes" in episodes and "skipped" not in episodes:
+        n = episodes["episodes"]
+        over.append(f"{n} episode{'s' if n != 1 else ''} ({episodes.get('n_way')}-way)")
+    where = f" over {' / '.join(over)}" if over else " over the trials or episodes"
+    return f"mean ± 95% confidence interval (Student t){where}"
+
+
+def skipped_parts(result: dict) -> list[str]:
+    """``episodes skipped: <reason>`` for each part of a result that its data could not support."""
+    details = result.get("details", {})
+    return [
+        f"{name} skipped: {part['skipped']}"
+        for name, part in (details.items() if isinstance(details, dict) else ())
+        if isinstance(part, dict) and "skipped" in part
+    ]
+
+
 def variant_text(result: dict) -> str:
     """What a result's protocol ran, in the field's words, for its heading: ``all-way 5- and
     10-shot: 5 draws each, logistic regression`` rather than the option that chose it
@@ -321,23 +432,22 @@ def variant_text(result: dict) -> str:
     protocol, setup, details = result["protocol"], result["setup"], result.get("details", {})
     if protocol == "linear" and "mode" in setup:
         return linear_text(setup["mode"], setup.get("epochs"), setup.get("lr"), setup.get("C"))
+    if protocol == "knn" and "k" in setup:
+        return f"{knn_text(setup, details)}, {details.get('num_test', '?')} test queries"
     if protocol == "corruption" and "classifier" in setup:
         if setup["classifier"] != "knn":
             return "linear classifier on clean training features"
-        knn = "".join(
-            f", {n} {setup[key]:g}" for n, key in (("k", "k"), ("T", "temperature")) if key in setup
-        )
-        return f"kNN classifier on clean training features{knn}"
+        return f"kNN classifier on clean training features, {knn_text(setup, details)}"
     if protocol == "fewshot":
         parts = []
         allway = details.get("allway")
-        if allway:
+        if allway and "skipped" not in allway:
             parts.append(
                 f"all-way {_shots(allway['shots'])}: {allway['trials']} "
                 f"draw{'s' if allway['trials'] != 1 else ''} each, logistic regression"
             )
         episodes = details.get("episodes")
-        if episodes:
+        if episodes and "skipped" not in episodes:
             classifier = {"centroid": "nearest centroid", "logistic": "logistic regression"}
             parts.append(
                 f"{episodes['n_way']}-way {_shots(episodes['shots'])} episodes: "
@@ -370,6 +480,10 @@ def summary_table(result: dict) -> str:
     )
     header = ["metric", "accuracy (%)"] + (["chance (%)"] if chance else [])
     text = title + "\n\n" + markdown_table(header, rows)
+    if ci_note(result):
+        text += f"\n\naccuracy: {ci_note(result)}"
+    for line in skipped_parts(result):
+        text += f"\n\n{line}"
     classes = result.get("details", {}).get("num_classes")
     if classes is not None and trivial_top5(classes):
         text += f"\n\ntop-5 left out: with {classes} classes it is 100% by construction"
