@@ -454,9 +454,11 @@ def test_progress_bars_stay_off_a_file(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert b"\r" not in proc.stderr + proc.stdout and b"epoch 1/1" not in proc.stderr
-    assert proc.stdout.splitlines()[0].startswith(b"training ")  # the start line says no bar
-    assert b"; no bar, progress in " in proc.stdout.splitlines()[0]
-    assert proc.stdout.splitlines()[1].startswith(b"trained 1 epoch")
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(b"training ")  # the start line says there is no bar
+    assert b"; a line per epoch, every step's metrics in " in lines[0]
+    assert lines[1].startswith(b"epoch 1 of 1: loss ") and b"kNN top-1 " in lines[1]
+    assert lines[2].startswith(b"trained 1 epoch")
 
 
 @pytest.mark.parametrize(

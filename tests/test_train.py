@@ -317,7 +317,7 @@ def test_the_start_line_and_event_say_which_views_path_ran(
     )
     Trainer(cfg).fit()
     out = capsys.readouterr().out
-    assert f"training {views}: epoch 1 of 1 (1 step each) on cpu; {line} no bar" in out, out
+    assert f"training {views}: epoch 1 of 1 (1 step each) on cpu; {line} a line per epoch" in out, out
     events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["event"] == "start")
     assert event.items() <= start.items(), start
