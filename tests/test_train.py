@@ -271,3 +271,14 @@ def test_a_flat_folder_trains_on_every_image_and_says_the_monitor_is_off(
         "last.pt"
     ]
     assert not read_checkpoint(result.last_checkpoint).get("monitor_pending")
+
+
+def test_train_validates_a_config_built_in_python(tmp_path):
+    from contrastlab.config import Config
+    from contrastlab.train import train
+
+    cfg = Config(out_dir=str(tmp_path / "runs"), name="py")
+    cfg.moco.queue_size = -5
+    with pytest.raises(UserError, match=r"moco.queue_size must be an integer in \[1, 4194304\]"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()  # refused before anything was made

@@ -411,3 +411,13 @@ def test_scores_float32_under_cpu_bf16_autocast(z0_positives):
         torch.testing.assert_close(got.neg_mean.double(), neg.mean(1), rtol=1e-6, atol=0)
         var = neg.var(1, unbiased=False)
         torch.testing.assert_close(got.neg_var.double(), var, rtol=1e-3, atol=0)
+
+
+def test_a_python_config_is_validated_before_the_model_is_built():
+    from contrastlab.config import Config
+
+    cfg = Config(method="looc")
+    cfg.looc.augmentations = ["colour"]  # was: built without a word
+    for build in (build_method, build_looc, LooC):
+        with pytest.raises(UserError, match="looc.augmentations must be a list whose items"):
+            build(cfg)

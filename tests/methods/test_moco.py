@@ -168,3 +168,26 @@ def test_scores_and_logits_are_float32_under_cpu_bf16_autocast(tiny_config, ft):
     torch.testing.assert_close(raw.neg_exp.double(), expected_exp, rtol=1e-5, atol=0)
     if not ft:  # the loss from float32 logits, against the float64 formula
         assert loss.item() == pytest.approx(naive_infonce(q64, k64, n64, t), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# A config built in Python is checked; wrong views are one clear error
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_python_config_is_validated_before_the_model_is_built():
+    from contrastlab.config import Config
+    from contrastlab.errors import UserError
+    from contrastlab.methods import build_method
+
+    cfg = Config()
+    cfg.moco.queue_size = -5  # was: "RuntimeError: Trying to create tensor with negative dimension"
+    for build in (build_method, MoCo):
+        with pytest.raises(
+            UserError, match=r"moco.queue_size must be an integer in \[1, 4194304\]"
+        ):
+            build(cfg)
+    cfg.moco.queue_size = 16
+    cfg.ft.pos = "Extrapolate"
+    with pytest.raises(UserError, match="ft.pos='Extrapolate' is not valid"):
+        build_method(cfg)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastlab import distributed
-from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig
+from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig, validate
 from contrastlab.errors import UserError
 from contrastlab.methods.moco import (
     StepOutput,
@@ -200,6 +200,7 @@ class LooC(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        validate(cfg, need_data_path=False)  # a config built in Python is checked here too
         self.cfg = cfg
         self.augmentations = tuple(cfg.looc.augmentations)
         self.plus_plus = cfg.looc.plus_plus

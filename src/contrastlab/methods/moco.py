@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastlab import distributed
-from contrastlab.config import Config, ModelConfig
+from contrastlab.config import Config, ModelConfig, validate
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
 from contrastlab.scores import ScoreStats, autocast_off, score_stats
@@ -142,6 +142,7 @@ class MoCo(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        validate(cfg, need_data_path=False)  # a config built in Python is checked here too
         self.cfg = cfg
         self.encoder_q = Encoder(cfg.model)
         self.encoder_k = make_momentum_copy(self.encoder_q)
