@@ -19,8 +19,9 @@ def _states_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_config, monkeypatch):
-    common = ["optim.epochs=3", "train.checkpoint_every=1", "train.knn_every=0"]
+@pytest.mark.parametrize("knn_every", [0, 1])  # with the monitor: eval mode between epochs
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_config, monkeypatch, knn_every):
+    common = ["optim.epochs=3", "train.checkpoint_every=1", f"train.knn_every={knn_every}"]
     straight = Trainer(tiny_config(*common, "name=straight")).fit()
 
     cfg = tiny_config(*common, "name=stopped")
@@ -282,3 +283,23 @@ def test_train_validates_a_config_built_in_python(tmp_path):
     with pytest.raises(UserError, match=r"moco.queue_size must be an integer in \[1, 4194304\]"):
         train(cfg)
     assert not (tmp_path / "runs").exists()  # refused before anything was made
+
+
+def test_every_training_step_runs_in_training_mode(tiny_config, monkeypatch):
+    """A method's forward in eval mode changes nothing (no momentum update, no enqueue): the
+    trainer must switch back to training mode after the kNN monitor, which evaluates in eval
+    mode, or the following epochs would not train the key encoder and the queue."""
+    from contrastlab.methods.moco import MoCo
+
+    modes = []
+    original = MoCo.forward
+
+    def recording(self, views, epoch=0):
+        modes.append(self.training)
+        return original(self, views, epoch)
+
+    monkeypatch.setattr(MoCo, "forward", recording)
+    result = Trainer(tiny_config("optim.epochs=3", "train.knn_every=1", "name=modes")).fit()
+    assert len(modes) == result.steps and all(modes)
+    state = read_checkpoint(result.last_checkpoint)["model"]
+    assert int(state["queue_ptr"]) == result.steps * 16 % 40  # every step enqueued its keys
