@@ -105,6 +105,11 @@ def _where(t: Tensor) -> str:
     return f"shape {list(t.shape)}, {t.dtype} on {t.device}"
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Same type, and the same index where both name one (``torch.Generator("cuda")`` may not)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def check_features(
     q: Tensor, k: Tensor, negatives: Tensor, generator: torch.Generator | None = None
 ) -> None:
@@ -128,7 +133,7 @@ def check_features(
             f"negatives have dimension {negatives.shape[1]} but q has {q.shape[1]}; "
             "both must be embeddings of the same size"
         )
-    if generator is not None and torch.device(generator.device) != q.device:
+    if generator is not None and not _same_device(torch.device(generator.device), q.device):
         raise ValueError(
             f"generator is on {generator.device} but the features are on {q.device}; pass a "
             "torch.Generator of the features' device, or none"
