@@ -422,3 +422,75 @@ def test_errors_about_keys_of_yaml_files_name_the_file_and_line(tmp_path):
         load_config(str(top), ["optim.lr=-2"])
     assert str(err.value).startswith("optim.lr must be")
     assert load_config(str(top), ["optim.lr=0.5"]).optim.lr == 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# A config built or changed in Python: config.validate runs the checks of load_config
+# ----------------------------------------------------------------------------------------------
+
+
+def _python_config(key: str, value) -> Config:
+    cfg = Config()
+    section, _, name = key.rpartition(".")
+    setattr(_get(cfg, section) if section else cfg, name, value)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("moco.queue_size", -5, "moco.queue_size must be an integer in [1, 4194304], got -5"),
+        ("ft.pos", "bogus", "ft.pos='bogus' is not valid; valid values: none, extrapolate"),
+        ("method", "simclr", "method='simclr' is not valid"),
+        ("optim.batch_size", 1, "optim.batch_size=1 with model.bn_splits=1 gives"),
+        ("train.knn_space", "z0", "train.knn_space='z0' is not a feature space of this moco"),
+        ("name", "../x", "name must be a relative folder name"),
+    ],
+)
+def test_validate_checks_a_python_config_as_a_loaded_one(key, value, message):
+    from contrastlab.config import config_from_dict, config_to_dict, validate
+
+    cfg = _python_config(key, value)
+    with pytest.raises(UserError) as caught:
+        validate(cfg)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(UserError) as saved:  # the same line as a saved config of these values
+        config_from_dict(config_to_dict(cfg))
+    assert str(saved.value) == str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        # a conversion would make these valid, but the object itself would reach the code
+        ("moco.queue_size", 5.0, "moco.queue_size must be an integer in [1, 4194304], got 5.0"),
+        ("optim.lr", "0.1", "optim.lr must be a number > 0, got '0.1' (str)"),
+        ("name", 5, "name must be a relative folder name"),
+        ("scores.record", 1, "scores.record must be true or false, got 1"),
+        ("optim.milestones", [120.0], "optim.milestones must be a list"),
+    ],
+)
+def test_validate_refuses_a_value_of_the_wrong_type(key, value, message):
+    from contrastlab.config import validate
+
+    with pytest.raises(UserError) as caught:
+        validate(_python_config(key, value))
+    assert message in str(caught.value)
+
+
+def test_validate_accepts_what_a_python_user_writes():
+    from contrastlab.config import validate
+
+    cfg = Config()
+    cfg.optim.lr = 1  # an int for a float
+    cfg.method = "looc"
+    cfg.looc.augmentations = ("color", "rotation")  # a tuple for a list
+    cfg.train.knn_space = "rotation"
+    validate(cfg)
+    cfg.data.name = "imagefolder"
+    with pytest.raises(UserError, match="needs data.path"):
+        validate(cfg)
+    validate(cfg, need_data_path=False)  # a model needs no data
+    cfg.moco = {"queue_size": 10}
+    with pytest.raises(UserError, match="section 'moco' must be a MocoConfig, got dict"):
+        validate(cfg)

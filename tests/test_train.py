@@ -19,8 +19,9 @@ def _states_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_config, monkeypatch):
-    common = ["optim.epochs=3", "train.checkpoint_every=1", "train.knn_every=0"]
+@pytest.mark.parametrize("knn_every", [0, 1])  # with the monitor: eval mode between epochs
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_config, monkeypatch, knn_every):
+    common = ["optim.epochs=3", "train.checkpoint_every=1", f"train.knn_every={knn_every}"]
     straight = Trainer(tiny_config(*common, "name=straight")).fit()
 
     cfg = tiny_config(*common, "name=stopped")
@@ -317,7 +318,9 @@ def test_the_start_line_and_event_say_which_views_path_ran(
     )
     Trainer(cfg).fit()
     out = capsys.readouterr().out
-    assert f"training {views}: epoch 1 of 1 (1 step each) on cpu; {line} a line per epoch" in out, out
+    assert f"training {views}: epoch 1 of 1 (1 step each) on cpu; {line} a line per epoch" in out, (
+        out
+    )
     events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["event"] == "start")
     assert event.items() <= start.items(), start
@@ -330,3 +333,34 @@ def test_images_held_in_memory_are_named_so(tiny_config, capsys):
     events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["event"] == "start")
     assert start["images"] == "in_memory" and start["workers"] == 0
+
+
+def test_train_validates_a_config_built_in_python(tmp_path):
+    from contrastlab.config import Config
+    from contrastlab.train import train
+
+    cfg = Config(out_dir=str(tmp_path / "runs"), name="py")
+    cfg.moco.queue_size = -5
+    with pytest.raises(UserError, match=r"moco.queue_size must be an integer in \[1, 4194304\]"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()  # refused before anything was made
+
+
+def test_every_training_step_runs_in_training_mode(tiny_config, monkeypatch):
+    """A method's forward in eval mode changes nothing (no momentum update, no enqueue): the
+    trainer must switch back to training mode after the kNN monitor, which evaluates in eval
+    mode, or the following epochs would not train the key encoder and the queue."""
+    from contrastlab.methods.moco import MoCo
+
+    modes = []
+    original = MoCo.forward
+
+    def recording(self, views, epoch=0):
+        modes.append(self.training)
+        return original(self, views, epoch)
+
+    monkeypatch.setattr(MoCo, "forward", recording)
+    result = Trainer(tiny_config("optim.epochs=3", "train.knn_every=1", "name=modes")).fit()
+    assert len(modes) == result.steps and all(modes)
+    state = read_checkpoint(result.last_checkpoint)["model"]
+    assert int(state["queue_ptr"]) == result.steps * 16 % 40  # every step enqueued its keys

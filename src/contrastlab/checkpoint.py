@@ -367,7 +367,10 @@ def load_model_state(model: nn.Module, state: dict, path: Path) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the trained method from a checkpoint, in eval mode: returns ``(model, cfg)``."""
+    """Rebuild the trained method from a checkpoint, in eval mode: returns ``(model, cfg)``.
+
+    In eval mode ``model(views)`` scores the views without changing the model (no momentum
+    update, no enqueue); ``model.train()`` makes it a training step again."""
     model, cfg, _ = load_model_and_normalization(path, device)
     return model, cfg
 

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import difflib
 import math
+import numbers
 import os
 import types
 import typing
@@ -1175,6 +1176,61 @@ def _unused_augmentations(cfg: Config, unused) -> None:
             "rotation is one of looc.augmentations, so every view is rotated already",
             "leave augment.rotation out",
         )
+
+
+def _same_value(given: Any, checked: Any) -> bool:
+    """Whether ``given`` (a value set in Python) is ``checked`` (what ``_build`` made of it) as it
+    stands, not only after a conversion: 5.0 is no queue size, "0.1" no learning rate."""
+    if isinstance(checked, list):
+        return (
+            isinstance(given, (list, tuple))
+            and len(given) == len(checked)
+            and all(_same_value(a, b) for a, b in zip(given, checked))
+        )
+    if isinstance(checked, bool) or checked is None:
+        return given is checked
+    if isinstance(given, bool):
+        return False
+    if isinstance(checked, int):
+        return isinstance(given, numbers.Integral) and given == checked
+    if isinstance(checked, float):
+        return isinstance(given, numbers.Real) and given == checked
+    return type(given) is type(checked) and given == checked
+
+
+def validate(cfg: Config, need_data_path: bool = True) -> None:
+    """Check a ``Config`` built or changed in Python as a loaded one is checked.
+
+    The checks of ``load_config`` and ``config_from_dict``: each value of its type (and one of the
+    choices where the key has a closed set of them), in its range, and the keys consistent with
+    each other. Raises ``UserError`` with one line that names the key. ``build_method``, the
+    methods' classes and ``train`` call it, so a bad value fails before any work starts.
+    ``need_data_path=False`` lets an image-folder config without ``data.path`` through (a model
+    needs no data).
+    """
+    if not isinstance(cfg, Config):
+        raise UserError(f"expected a contrastlab.config.Config, got {type(cfg).__name__}")
+    hints = get_type_hints(Config)
+    for name in sorted(_SECTIONS):
+        section = getattr(cfg, name)
+        if not isinstance(section, hints[name]):
+            raise UserError(
+                f"config section '{name}' must be a {hints[name].__name__}, got "
+                f"{type(section).__name__}"
+            )
+    checked = _build(Config, dataclasses.asdict(cfg))
+    for key, hint in key_hints().items():
+        given = get_dotted(cfg, key)
+        if not _same_value(given, get_dotted(checked, key)):
+            kind = {int: "an integer", float: "a number", str: "a string"}.get(hint, "a list")
+            if get_origin(hint) in (typing.Union, types.UnionType):
+                kind = {int: "an integer or None", float: "a number or None"}.get(
+                    next(a for a in get_args(hint) if a is not type(None)), "a string or None"
+                )
+            raise UserError(
+                f"{key} must be {_expected(key, kind)}, got {given!r} ({type(given).__name__})"
+            )
+    _validate(checked, need_data_path)
 
 
 def config_from_dict(data: dict) -> Config:

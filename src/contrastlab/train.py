@@ -38,7 +38,7 @@ from contrastlab.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from contrastlab.config import Config, config_to_dict, save_config
+from contrastlab.config import Config, config_to_dict, save_config, validate
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import (
     WithTransform,
@@ -237,6 +237,7 @@ def plain_bn_warning(cfg: Config, world_size: int) -> str | None:
 
 class Trainer:
     def __init__(self, cfg: Config):
+        validate(cfg)  # a config built or changed in Python, before anything is touched
         # Folders of the run directory that do not exist yet: a run that stops at one of the
         # checks below (before any training) leaves them as it found them, i.e. absent.
         run_dir = cfg.run_dir
@@ -1063,6 +1064,8 @@ def check_resumable(path: Path, state: dict, cfg: Config) -> None:
 
 
 def train(cfg: Config) -> TrainResult:
+    """Train the method ``cfg`` configures (the Python form of ``contrastlab train``). ``cfg`` is
+    checked first (``config.validate``), as ``load_config`` checks one from the command line."""
     try:
         return Trainer(cfg).fit()
     except RuntimeError as e:

@@ -152,19 +152,18 @@ def test_feature_transformation_in_every_space():
 def test_queue_per_space_with_wraparound():
     torch.manual_seed(0)
     cfg = tiny_cfg(("color", "texture"), False, "moco.queue_size=6")
-    model = LooC(cfg).eval()
+    model = LooC(cfg).train()  # only a training step enqueues
     first, second = make_views(2, 1), make_views(2, 2)
     before = model.queue.clone()
     model(first)
-    with torch.no_grad():  # the keys by hand: each key view through the key encoder (eval mode)
-        keys1 = torch.stack([model.encoder_k(v) for v in first[1:]], dim=1)
+    # the keys again, through the key encoder the step used (its momentum update is done)
+    keys1 = model.encode_keys(first[1:])
     for s in range(3):
         assert torch.allclose(model.queue[s, :4], keys1[s, s], atol=1e-6)  # k_s entered queue s
         assert torch.equal(model.queue[s, 4:], before[s, 4:])
     assert model.queue_ptr.tolist() == [4, 4, 4]
     model(second)
-    with torch.no_grad():
-        keys2 = torch.stack([model.encoder_k(v) for v in second[1:]], dim=1)
+    keys2 = model.encode_keys(second[1:])
     for s in range(3):
         assert torch.allclose(model.queue[s, 4:], keys2[s, s, :2], atol=1e-6)
         assert torch.allclose(model.queue[s, :2], keys2[s, s, 2:], atol=1e-6)
@@ -411,3 +410,70 @@ def test_scores_float32_under_cpu_bf16_autocast(z0_positives):
         torch.testing.assert_close(got.neg_mean.double(), neg.mean(1), rtol=1e-6, atol=0)
         var = neg.var(1, unbiased=False)
         torch.testing.assert_close(got.neg_var.double(), var, rtol=1e-3, atol=0)
+
+
+def test_a_python_config_is_validated_before_the_model_is_built():
+    from contrastlab.config import Config
+
+    cfg = Config(method="looc")
+    cfg.looc.augmentations = ["colour"]  # was: built without a word
+    for build in (build_method, build_looc, LooC):
+        with pytest.raises(UserError, match="looc.augmentations must be a list whose items"):
+            build(cfg)
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+def test_eval_mode_scores_with_the_current_state_and_changes_nothing(plus_plus):
+    torch.manual_seed(0)
+    model = LooC(tiny_cfg(("color", "rotation"), plus_plus, "moco.momentum=0.5")).double()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # as after some training: the query encoder differs from the key one
+        for p in model.encoder_q.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    views = [v.double() for v in make_views(2, 5)]
+    model(views)  # one training step: key encoder, queues and BN statistics move away
+    model.eval()  # as checkpoint.load_model returns it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        zq = model.encoder_q(views[0])
+        zk = torch.stack([model.encoder_k(v) for v in views[1:]], dim=1)
+    expected, _ = looc_loss(zq, zk, before["queue"], 0.2)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out = model(views, 0)
+        # was: the momentum update and the enqueue ran (queue_ptr [4, 4, 4] -> [8, 8, 8])
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, before[key]), key
+        assert out.loss.item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-9)
+    model.train()  # training mode: a step as before
+    model(views)
+    assert model.queue_ptr.tolist() == [8, 8, 8]
+
+
+def _bad_looc_views() -> dict:
+    q, k0, k1, k2 = make_views(2)
+    return {
+        "too few views": ([q, k0], r"needs 4 views \[q, k0, k_1..k_n\], got 2"),
+        "batches of two sizes": ([q, k0, k1[:2], k2], "view 0 has 4, view 2 has 2"),
+        "uint8 images": ([v.to(torch.uint8) for v in (q, k0, k1, k2)], "floating-point images"),
+        "an empty batch": ([v[:0] for v in (q, k0, k1, k2)], "the views are empty"),
+        "one batch-norm sample": ([v[:1] for v in (q, k0, k1, k2)], "at least 2 per group"),
+        "keys of two sizes": (
+            [q, k0, k1[..., :8, :8], k2],
+            r"the key views \[k0, k_1..k_n\] must have one shape",
+        ),
+        "another device": ([q, k0, k1, k2.to("meta")], "view 3 is on meta but the model is on cpu"),
+    }
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+@pytest.mark.parametrize("case", list(_bad_looc_views()))
+def test_wrong_views_are_one_clear_error(case, plus_plus):
+    # Before: a RuntimeError of torch.cat or of the loss, "expected scalar type Byte", a NaN loss
+    model = LooC(tiny_cfg(("color", "rotation"), plus_plus))
+    views, message = _bad_looc_views()[case]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        model(views, 0)
+    for key, value in model.state_dict().items():  # refused before the momentum update
+        assert torch.equal(value, before[key]), key

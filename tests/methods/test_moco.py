@@ -168,3 +168,93 @@ def test_scores_and_logits_are_float32_under_cpu_bf16_autocast(tiny_config, ft):
     torch.testing.assert_close(raw.neg_exp.double(), expected_exp, rtol=1e-5, atol=0)
     if not ft:  # the loss from float32 logits, against the float64 formula
         assert loss.item() == pytest.approx(naive_infonce(q64, k64, n64, t), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# A config built in Python is checked; wrong views are one clear error
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_python_config_is_validated_before_the_model_is_built():
+    from contrastlab.config import Config
+    from contrastlab.errors import UserError
+    from contrastlab.methods import build_method
+
+    cfg = Config()
+    cfg.moco.queue_size = -5  # was: "RuntimeError: Trying to create tensor with negative dimension"
+    for build in (build_method, MoCo):
+        with pytest.raises(
+            UserError, match=r"moco.queue_size must be an integer in \[1, 4194304\]"
+        ):
+            build(cfg)
+    cfg.moco.queue_size = 16
+    cfg.ft.pos = "Extrapolate"
+    with pytest.raises(UserError, match="ft.pos='Extrapolate' is not valid"):
+        build_method(cfg)
+
+
+def _bad_views() -> dict:
+    x = torch.randn(4, 3, 16, 16)
+    return {
+        "one view": ([x], r"MoCo needs 2 views \[x_q, x_k\], got 1"),
+        "three views": ([x, x, x], r"MoCo needs 2 views \[x_q, x_k\], got 3"),
+        "a tensor, not a list": (x, "as a list, got Tensor"),
+        "batches of two sizes": ([x, x[:2]], "view 0 has 4, view 1 has 2"),
+        "uint8 images": ([x.to(torch.uint8)] * 2, "view 0 must be floating-point images"),
+        "an empty batch": ([x[:0], x[:0]], "the views are empty"),
+        "one image without a batch": ([x[0], x[0]], r"must be a batch of images \[B, 3, H, W\]"),
+        "one channel": ([x[:, :1]] * 2, r"must be a batch of images \[B, 3, H, W\]"),
+        "another device": ([x.to("meta")] * 2, "view 0 is on meta but the model is on cpu"),
+        "one image per batch-norm group": ([x[:2]] * 2, "at least 2 per group"),
+        "a batch that does not split": ([x[:3]] * 2, "needs a multiple of 2 images"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_views()))
+def test_wrong_views_are_one_clear_error_before_any_change(tiny_config, case):
+    # Before: IndexError (1 view), einsum's "subscript n has size ..." (two batch sizes),
+    # "expected scalar type Byte" (uint8), a NaN loss (empty), or a silent step on 2 of 3 views.
+    model = MoCo(tiny_config("model.bn_splits=2", "optim.batch_size=4"))
+    views, message = _bad_views()[case]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        model(views, 0)
+    for key, value in model.state_dict().items():  # refused before the momentum update
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_eval_mode_scores_with_the_current_state_and_changes_nothing(tiny_config, symmetric):
+    cfg = tiny_config("moco.momentum=0.5", f"moco.symmetric={str(symmetric).lower()}")
+    model = _double_moco(cfg)
+    g = torch.Generator().manual_seed(1)
+    x_q, x_k = (torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():  # as after some training: the query encoder differs from the key one
+        for p in model.encoder_q.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    model([x_q, x_k])  # one training step: key encoder, queue and BN statistics move away
+    model.eval()  # as checkpoint.load_model returns it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        q1, k1 = model.encoder_q(x_q), model.encoder_k(x_k)
+        q2, k2 = model.encoder_q(x_k), model.encoder_k(x_q)
+    for grad in (False, True):  # under no_grad (scoring) or not
+        with torch.set_grad_enabled(grad):
+            out = model([x_q, x_k], 0)
+        # was: the momentum update and the enqueue ran (queue_ptr 6 -> 12, key encoder moved)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, before[key]), key
+        # scored with the key encoder and queue as they are (no momentum update first)
+        expected = naive_infonce(q1, k1, before["queue"], cfg.moco.temperature)
+        if symmetric:
+            expected += naive_infonce(q2, k2, before["queue"], cfg.moco.temperature)
+        assert out.loss.item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    model([x_q[:1], x_k[:1]])  # one image is fine in eval mode (running statistics)
+    model.train()  # training mode: a step as before
+    model([x_q, x_k])
+    keys_per_step = 12 if symmetric else 6
+    assert int(before["queue_ptr"]) == keys_per_step
+    assert int(model.queue_ptr) == 2 * keys_per_step % cfg.moco.queue_size
+    assert not torch.equal(
+        model.state_dict()["encoder_k.head.0.weight"], before["encoder_k.head.0.weight"]
+    )

@@ -15,6 +15,7 @@ from contrastlab.transforms.feature import (
     feature_transform,
     interpolate_negatives,
     interpolate_positive,
+    is_active,
     lambda_shape,
     sample_beta,
     sample_lambda,
@@ -157,6 +158,77 @@ def test_bad_choices_raise():
         sample_lambda((), 1.0, "gauss")
     with pytest.raises(ValueError):
         sample_beta((), 0.0)
+
+
+@pytest.mark.parametrize(
+    "field,value,valid",
+    [
+        ("pos", "bogus", "none, extrapolate, interpolate"),
+        ("pos", "Extrapolate", "none, extrapolate, interpolate"),  # case matters
+        ("neg", "extrapolate", "none, interpolate"),
+        ("distribution", "gauss", "beta, uniform"),
+        ("granularity_pos", "pixel", "null, step, sample, element"),
+    ],
+)
+@pytest.mark.parametrize("start_epoch", [0, 5])  # refused before the start epoch too
+def test_an_unknown_ft_value_is_refused_naming_the_valid_ones(field, value, valid, start_epoch):
+    # An FTConfig built in Python is not checked on construction; a misspelt positive side ran
+    # as interpolation (easier positives, λ in [0, 1]) instead of an error.
+    q, k, queue = features()
+    cfg = FTConfig(**{"pos": "extrapolate", field: value, "start_epoch": start_epoch})
+    message = f"ft.{field}='{value}' is not valid; valid values: {valid}"
+    with pytest.raises(ValueError, match=message):
+        transform_features(q, k, queue, cfg, 0)
+    with pytest.raises(ValueError, match="is not valid"):
+        feature_transform(q, k, queue, cfg, 0, generator=gen(0))
+    with pytest.raises(ValueError, match="is not valid"):
+        is_active(cfg, 0)
+
+
+@pytest.mark.parametrize("pos,low,high", [("extrapolate", 1.0, 2.0), ("interpolate", 0.0, 1.0)])
+def test_each_positive_choice_draws_its_own_range(pos, low, high):
+    q, k, queue = features()
+    cfg = FTConfig(pos=pos, granularity="sample")
+    lam = feature_transform(q, k, queue, cfg, 0, generator=gen(1)).lam_pos
+    assert ((lam >= low) & (lam <= high)).all()
+
+
+def _bad_features():
+    q, k, queue = features(d=16)
+    meta = [t.detach().to("meta") for t in (q, k, queue)]
+    return {
+        "negatives of another size": ((q, k, unit(32, 8)), None, "negatives have dimension 8"),
+        "1-D q": ((q[0], k[0], queue), None, r"q must be a 2-D tensor \[B, d\]"),
+        "k of another shape": ((q, k[:4], queue), None, "k must have the shape of q"),
+        "1-D negatives": ((q, k, queue[0]), None, r"negatives must be a 2-D tensor \[K, d\]"),
+        "integer features": (
+            (q, k, queue.long()),
+            None,
+            "negatives must be floating-point features",
+        ),
+        "k on another device": ((q, meta[1], queue), None, "k is on meta but q is on cpu"),
+        "generator on another device": (meta, gen(0), "generator is on cpu but the features"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_features()))
+@pytest.mark.parametrize("cfg", [FT_ON, FTConfig()], ids=["on", "off"])
+def test_wrong_features_are_refused_with_one_clear_error(case, cfg):
+    # Before: negatives of dimension 8 against q of 16 gave n̂ [32, 8] (or, FT off, the inputs
+    # back), a 1-D q an IndexError, a CPU generator for meta features no error at all.
+    (q, k, queue), generator, message = _bad_features()[case]
+    with pytest.raises(ValueError, match=message):
+        transform_features(q, k, queue, cfg, 0, generator=generator)
+
+
+def test_the_pure_transformations_check_their_shapes():
+    q, k, queue = features()
+    with pytest.raises(ValueError, match="q and k must have the same shape"):
+        extrapolate_positive(q, k[:4], 1.5)
+    with pytest.raises(ValueError, match="q and k must have the same shape"):
+        interpolate_positive(q, k[:, :8], 0.5)
+    with pytest.raises(ValueError, match="perm must be a permutation of the 32 negatives"):
+        interpolate_negatives(queue, 0.5, torch.arange(31))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastlab import distributed
-from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig
+from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig, validate
 from contrastlab.errors import UserError
 from contrastlab.methods.moco import (
     StepOutput,
+    check_views,
     enqueue,
     make_momentum_copy,
     momentum_update,
@@ -191,6 +192,16 @@ def _space_stats(
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_key_shapes(key_views: list[Tensor]) -> None:
+    """The key views go through the key encoder as one batch: they must have one shape."""
+    shapes = sorted({tuple(v.shape) for v in key_views})
+    if len(shapes) > 1:
+        raise ValueError(
+            "the key views [k0, k_1..k_n] must have one shape (they are encoded as one batch), "
+            f"got {', '.join(str(list(s)) for s in shapes)}"
+        )
+
+
 class LooC(nn.Module):
     """LooC / LooC++ with a momentum key encoder and one queue per embedding space.
 
@@ -200,6 +211,7 @@ class LooC(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        validate(cfg, need_data_path=False)  # a config built in Python is checked here too
         self.cfg = cfg
         self.augmentations = tuple(cfg.looc.augmentations)
         self.plus_plus = cfg.looc.plus_plus
@@ -222,12 +234,27 @@ class LooC(nn.Module):
 
     # -- the training step ------------------------------------------------------------------
     def forward(self, views: list[Tensor], epoch: int = 0) -> StepOutput:
-        if len(views) != self.num_views:
-            raise ValueError(
-                f"LooC with {list(self.augmentations)} needs {self.num_views} views "
-                f"[q, k0, k_1..k_n], got {len(views)}"
-            )
-        momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
+        """The loss and score statistics of one batch of views ``[q, k0, k_1..k_n]``.
+
+        In training mode (``model.train()``) this is a training step: the key encoder first
+        follows the query encoder (momentum update), and each space's positive key then enters
+        its queue. In eval mode (``model.eval()``, as ``checkpoint.load_model`` returns it) the
+        loss and scores are computed with the current key encoder, queues and batch-norm running
+        statistics, and the model is left unchanged. The same for LooC++. Raises ``ValueError``
+        for views that are not a list of n + 2 floating-point image batches [B, 3, H, W] of one
+        size on the model's device.
+        """
+        check_views(
+            views,
+            self.num_views,
+            f"LooC with {list(self.augmentations)} needs {self.num_views} views [q, k0, k_1..k_n]",
+            self.queue.device,
+            self.encoder_q.backbone.conv1.in_channels,
+            self.cfg.model.bn_splits if self.training else None,
+        )
+        _check_key_shapes(views[1:])
+        if self.training:
+            momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
         zq = self.encoder_q(views[0])  # [S, B, d]
         zk = self.encode_keys(views[1:]).to(zq.dtype)  # [S spaces, S key views, B, d]
         negatives = self.queue.clone()  # the queues change in place after this step
@@ -242,17 +269,21 @@ class LooC(nn.Module):
             self.cfg.scores,
             self.cfg.looc.z0_positives,
         )
-        self.enqueue_keys(zk)
+        if self.training:
+            self.enqueue_keys(zk)
         return StepOutput(loss=loss, scores=stats)
 
     @torch.no_grad()
     def encode_keys(self, key_views: list[Tensor]) -> Tensor:
         """All keys through the key encoder in one batch: ``[S, S, B, d]``, [space, key view]."""
+        _check_key_shapes(key_views)
         b = key_views[0].shape[0]
         x = torch.cat(key_views)
-        # As in MoCo: shuffle BN across processes under DDP, a local shuffle for split BN.
+        # As in MoCo: shuffle BN across processes under DDP, a local shuffle for split BN;
+        # nothing to shuffle in eval mode (running statistics).
         model = self.cfg.model
-        if model.shuffle_bn and (distributed.is_distributed() or model.bn_splits > 1):
+        shuffle = distributed.is_distributed() or model.bn_splits > 1
+        if self.training and model.shuffle_bn and shuffle:
             x, undo = distributed.shuffle_batch(x)
             z = distributed.unshuffle_batch(self.encoder_k(x).transpose(0, 1), undo).transpose(0, 1)
         else:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastlab import distributed
-from contrastlab.config import Config, ModelConfig
+from contrastlab.config import Config, ModelConfig, validate
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
 from contrastlab.scores import ScoreStats, autocast_off, score_stats
@@ -113,6 +113,54 @@ def pair_scores(
     return l_pos, l_neg
 
 
+def check_views(
+    views, num_views: int, needs: str, device: torch.device, channels: int, bn_groups: int | None
+) -> None:
+    """Raise ``ValueError`` unless ``views`` is a list of ``num_views`` floating-point image
+    batches [B, C, H, W] with the same B >= 1 and C = ``channels``, on ``device``. ``bn_groups``:
+    the batch-norm groups of a training step (``model.bn_splits``), each of which needs at least
+    2 samples; None in eval mode (running statistics). ``needs`` says what the method takes
+    ("MoCo needs 2 views [x_q, x_k]").
+    Reads only shapes, dtypes and devices, so it never waits for the device."""
+    if not isinstance(views, (list, tuple)):
+        raise ValueError(f"{needs} as a list, got {type(views).__name__}")
+    if len(views) != num_views:
+        raise ValueError(f"{needs}, got {len(views)}")
+    batch = None
+    for i, x in enumerate(views):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"view {i} must be a tensor [B, C, H, W], got {type(x).__name__}")
+        where = f"shape {list(x.shape)}, {x.dtype} on {x.device}"
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(
+                f"view {i} must be a batch of images [B, {channels}, H, W], got {where}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"view {i} must be floating-point images (normalized, as the training views), "
+                f"got {where}"
+            )
+        if x.device != device:
+            raise ValueError(
+                f"view {i} is on {x.device} but the model is on {device}; move it there"
+            )
+        if batch is None:
+            batch = x.shape[0]
+        elif x.shape[0] != batch:
+            raise ValueError(
+                f"every view must hold the same images: view 0 has {batch}, view {i} "
+                f"has {x.shape[0]}"
+            )
+    if batch == 0:
+        raise ValueError("the views are empty (batch of 0 images)")
+    if bn_groups is not None and (batch % bn_groups or batch // bn_groups < 2):
+        raise ValueError(
+            f"a training step of {batch} images with model.bn_splits={bn_groups} needs a "
+            f"multiple of {bn_groups} images with at least 2 per group; give at least "
+            f"{2 * bn_groups} images, or call model.eval() to score without training"
+        )
+
+
 def _concat_stats(parts: list[ScoreStats]) -> ScoreStats:
     """Statistics of two loss directions (symmetric loss) as one batch of queries."""
     if len(parts) == 1:
@@ -142,6 +190,7 @@ class MoCo(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        validate(cfg, need_data_path=False)  # a config built in Python is checked here too
         self.cfg = cfg
         self.encoder_q = Encoder(cfg.model)
         self.encoder_k = make_momentum_copy(self.encoder_q)
@@ -154,23 +203,46 @@ class MoCo(nn.Module):
 
     # -- the training step ------------------------------------------------------------------
     def forward(self, views: list[Tensor], epoch: int = 0) -> StepOutput:
+        """The loss and score statistics of one batch of views ``[x_q, x_k]``, each [B, 3, H, W].
+
+        In training mode (``model.train()``) this is a training step: the key encoder first
+        follows the query encoder (momentum update), and the batch's keys then enter the queue.
+        In eval mode (``model.eval()``, as ``checkpoint.load_model`` returns it) the loss and
+        scores are computed with the current key encoder, queue and batch-norm running
+        statistics, and the model is left unchanged: scoring held-out data with a loaded
+        checkpoint does not alter it. Raises ``ValueError`` for views that are not a list of 2
+        floating-point image batches of one size on the model's device.
+        """
+        check_views(
+            views,
+            self.num_views,
+            "MoCo needs 2 views [x_q, x_k]",
+            self.queue.device,
+            self.encoder_q.backbone.conv1.in_channels,
+            self.cfg.model.bn_splits if self.training else None,
+        )
         x_q, x_k = views[0], views[1]
-        momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
+        if self.training:
+            momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
         loss, stats, k = self.contrast(x_q, x_k, epoch)
         if self.cfg.moco.symmetric:  # the same pair with the roles of the views swapped
             loss_21, stats_21, k_21 = self.contrast(x_k, x_q, epoch)
             loss = loss + loss_21
             stats = {key: _concat_stats([stats[key], stats_21[key]]) for key in stats}
             k = torch.cat([k, k_21])
-        enqueue(self.queue, self.queue_ptr, distributed.gather_cat(k))
+        if self.training:
+            enqueue(self.queue, self.queue_ptr, distributed.gather_cat(k))
         return StepOutput(loss=loss, scores=stats)
 
     @torch.no_grad()
     def encode_keys(self, x_k: Tensor) -> Tensor:
         # Shuffle BN across processes under DDP; on one device, split BN needs a local shuffle
         # so that a query and its key land in different sub-batches.
+        # In eval mode batch norm uses running statistics: nothing to shuffle (and no other
+        # process to wait for).
         model = self.cfg.model
-        if model.shuffle_bn and (distributed.is_distributed() or model.bn_splits > 1):
+        shuffle = distributed.is_distributed() or model.bn_splits > 1
+        if self.training and model.shuffle_bn and shuffle:
             x_k, undo = distributed.shuffle_batch(x_k)
             return distributed.unshuffle_batch(self.encoder_k(x_k), undo)
         return self.encoder_k(x_k)

@@ -31,6 +31,8 @@ from contrastlab.config import FTConfig
 
 __all__ = [
     "FTOutput",
+    "check_ft_config",
+    "check_features",
     "extrapolate_positive",
     "feature_transform",
     "interpolate_negatives",
@@ -73,12 +75,80 @@ class FTOutput:
 
 
 # ----------------------------------------------------------------------------------------------
+# Checking the inputs (Python-level: shapes, dtypes, devices and choices; never a value)
+# ----------------------------------------------------------------------------------------------
+
+POS_CHOICES = ("none", "extrapolate", "interpolate")
+NEG_CHOICES = ("none", "interpolate")
+GRANULARITIES = ("step", "sample", "element")
+DISTRIBUTIONS = ("beta", "uniform")
+
+
+def check_ft_config(cfg: FTConfig) -> None:
+    """Raise ``ValueError`` naming the valid values for a choice of ``cfg`` that is none of them
+    (an ``FTConfig`` built in Python is not checked like a loaded config; a misspelt ``pos`` must
+    not run as another transformation)."""
+    for key, value, valid in (
+        ("pos", cfg.pos, POS_CHOICES),
+        ("neg", cfg.neg, NEG_CHOICES),
+        ("distribution", cfg.distribution, DISTRIBUTIONS),
+        ("granularity", cfg.granularity, GRANULARITIES),
+        ("granularity_pos", cfg.granularity_pos, (None, *GRANULARITIES)),
+        ("granularity_neg", cfg.granularity_neg, (None, *GRANULARITIES)),
+    ):
+        if value not in valid:
+            names = ", ".join("null" if v is None else v for v in valid)
+            raise ValueError(f"ft.{key}={value!r} is not valid; valid values: {names}")
+
+
+def _where(t: Tensor) -> str:
+    return f"shape {list(t.shape)}, {t.dtype} on {t.device}"
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Same type, and the same index where both name one (``torch.Generator("cuda")`` may not)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_features(
+    q: Tensor, k: Tensor, negatives: Tensor, generator: torch.Generator | None = None
+) -> None:
+    """Raise ``ValueError`` unless ``q``, ``k`` are [B, d] and ``negatives`` [K, d] floating-point
+    tensors on one device (and ``generator``, if given, on that device too). Reads only shapes,
+    dtypes and devices: no value, so no wait for the device."""
+    for name, t in (("q", q), ("k", k), ("negatives", negatives)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            want = "[K, d]" if name == "negatives" else "[B, d]"
+            raise ValueError(f"{name} must be a 2-D tensor {want}, got {_where(t)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be floating-point features, got {_where(t)}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; move them together")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {list(q.shape)}, got {list(k.shape)}")
+    if negatives.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"negatives have dimension {negatives.shape[1]} but q has {q.shape[1]}; "
+            "both must be embeddings of the same size"
+        )
+    if generator is not None and not _same_device(torch.device(generator.device), q.device):
+        raise ValueError(
+            f"generator is on {generator.device} but the features are on {q.device}; pass a "
+            "torch.Generator of the features' device, or none"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
 # Drawing λ
 # ----------------------------------------------------------------------------------------------
 
 
 def is_active(cfg: FTConfig, epoch: int) -> bool:
-    """Whether the transformation changes anything at this epoch."""
+    """Whether the transformation changes anything at this epoch (``ValueError`` for a value of
+    ``cfg`` that is not a valid choice)."""
+    check_ft_config(cfg)
     return (cfg.pos != "none" or cfg.neg != "none") and epoch >= cfg.start_epoch
 
 
@@ -159,6 +229,10 @@ def sample_lambda(
 
 
 def _mix_pair(q: Tensor, k: Tensor, lam: Tensor | float) -> tuple[Tensor, Tensor]:
+    if q.shape != k.shape:
+        raise ValueError(
+            f"q and k must have the same shape, got {list(q.shape)} and {list(k.shape)}"
+        )
     # Gradient reaches q through q̂ (factor λ) and through k̂ (factor 1 − λ).
     return lam * q + (1 - lam) * k, lam * k + (1 - lam) * q
 
@@ -186,6 +260,13 @@ def interpolate_negatives(negatives: Tensor, lam: Tensor | float, perm: Tensor) 
     The input (the queue) is only read. ``lerp`` makes one pass over K x d after the gather,
     where the written-out formula makes four.
     """
+    if negatives.dim() != 2:
+        raise ValueError(f"negatives must be a 2-D tensor [K, d], got {_where(negatives)}")
+    if perm.shape != negatives.shape[:1]:
+        raise ValueError(
+            f"perm must be a permutation of the {negatives.shape[0]} negatives, got shape "
+            f"{list(perm.shape)}"
+        )
     if isinstance(lam, Tensor):
         lam = lam.to(negatives.dtype)
     return torch.lerp(negatives[perm], negatives, lam)
@@ -220,7 +301,12 @@ def feature_transform(
     granularity (:func:`side_granularity`). ``cfg.renormalize`` puts q̂ and k̂ back on the unit
     sphere, and the mixed negatives too unless ``cfg.renormalize_negatives`` is false (the
     reference code's ``postmix_norm``, which leaves the negatives as they are).
+
+    Raises ``ValueError`` for features that are not [B, d], [B, d], [K, d] floating-point tensors
+    on one device (with the generator), and for a value of ``cfg`` that is not a valid choice,
+    whether or not the transformation is active at this epoch.
     """
+    check_features(q, k, negatives, generator)
     if not is_active(cfg, epoch):
         return FTOutput(q, k, negatives)
 
@@ -245,13 +331,20 @@ def feature_transform(
 
     out = FTOutput(q, k, negatives)
     if cfg.pos != "none":
+        # the choices are checked above (is_active); each one named, none a fall-through
+        if cfg.pos == "extrapolate":
+            mix, low, high = extrapolate_positive, 1.0, 2.0
+        elif cfg.pos == "interpolate":
+            mix, low, high = interpolate_positive, 0.0, 1.0
+        else:  # pragma: no cover - check_ft_config refused it
+            raise ValueError(
+                f"ft.pos={cfg.pos!r} is not valid; valid values: {', '.join(POS_CHOICES)}"
+            )
         if lam_pos is None:
-            low, high = (1.0, 2.0) if cfg.pos == "extrapolate" else (0.0, 1.0)
             lam_pos = draw("pos", q.shape[0], cfg.alpha_pos, low, high)
-        mix = extrapolate_positive if cfg.pos == "extrapolate" else interpolate_positive
         out.q, out.k = mix(q, k, lam_pos)
         out.lam_pos = torch.as_tensor(lam_pos, dtype=dtype, device=device)
-    if cfg.neg != "none":
+    if cfg.neg == "interpolate":
         if lam_neg is None:
             lam_neg = draw("neg", negatives.shape[0], cfg.alpha_neg, 0.0, 1.0)
         if perm is None:
@@ -263,7 +356,7 @@ def feature_transform(
         if cfg.pos != "none":
             out.q = F.normalize(out.q, dim=1)
             out.k = F.normalize(out.k, dim=1)
-        if cfg.neg != "none" and cfg.renormalize_negatives:
+        if cfg.neg == "interpolate" and cfg.renormalize_negatives:
             out.negatives = F.normalize(out.negatives, dim=1)
     return out
 
