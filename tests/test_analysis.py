@@ -369,6 +369,24 @@ def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, caps
     assert labels["a"] == f"a [recipe {_cfg().augment.recipe}]"
 
 
+def test_analyze_says_what_it_runs_and_shows_progress_without_a_bar(tmp_path, capsys, monkeypatch):
+    """Off a terminal (or with --no-progress) tqdm draws nothing, and analyze gave no sign of
+    life until it ended: it now names the work first, then says how far it is."""
+    import contrastlab.eval.progress as progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)  # a line after every batch
+    ckpt = tmp_path / "a.pt"
+    _checkpoint(ckpt)
+    argv = ["analyze", str(ckpt), "--images", "8", "--negatives", "8", "--batch-size", "4"]
+    assert main([*argv, "--no-progress", "--device", "cpu", "--out", str(tmp_path / "an")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "analyze a: 8 images x 5 view pairs against 8 negatives, spaces backbone, on cpu"
+    )
+    assert "analyze a: negatives, batch 1 of 4, " in err[1] and "left" in err[1]
+    assert "analyze a: view pairs, batch 4 of 4, " in err[-1]
+
+
 @pytest.mark.parametrize(
     "images, negatives, said",
     [

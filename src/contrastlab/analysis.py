@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from contrastlab.atomic import is_contrastlab_figure, save_figure, write_atomic, write_text
 from contrastlab.errors import UserError, as_list
 from contrastlab.eval.context import DEVICES
+from contrastlab.eval.progress import Heartbeat, say
 
 CONDITIONS = ("color", "rotation", "crop", "texture")
 RECIPE = "recipe"
@@ -243,6 +244,18 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
         unit="batch",
         disable=None if settings.progress else True,
     )
+    say(
+        f"analyze {label}: {len(queries)} images x {1 + len(CONDITIONS)} view pairs against "
+        f"{len(bank)} negatives, spaces {', '.join(settings.spaces)}, on {ctx.device}"
+    )
+    beat = Heartbeat(f"analyze {label}", n_batches, settings.progress)
+    done = 0
+
+    def advance(where: str) -> None:
+        nonlocal done
+        done += 1
+        bar.update()
+        beat.update(done, f"{where}, batch {done} of {n_batches}")
 
     def images(idx):
         return [dataset[int(i)][0] for i in idx]
@@ -254,7 +267,7 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
         x, _ = make_views(images(idx), recipe_views, "bank", seeds)
         for s, f in _embed(ctx.model, x, settings.spaces, ctx.device).items():
             bank_feats[s].append(f)
-        bar.update()
+        advance("negatives")
     bank_feats = {s: torch.cat(v) for s, v in bank_feats.items()}
 
     scores_cfg = ScoresConfig(record=True, bins=settings.bins, low=-1.0, high=1.0)
@@ -277,7 +290,7 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
                     neg = fa[s] @ bank_feats[s].T
                     stats[(s, "raw")] = score_stats(p, neg, settings.bins, -1.0, 1.0)
         recorder.update(step, 0, stats)
-        bar.update()
+        advance("view pairs")
     recorder.end_epoch(0)
     recorder.close()
     bar.close()
