@@ -414,25 +414,26 @@ def test_eval_all_names_each_rows_dataset_and_warns_when_they_differ(
     assert {(e["dataset"], e["num_test"]) for e in data["entries"]} == {("synthetic", 64)}
 
 
-def test_the_comparison_plot_draws_error_bars_only_where_there_is_a_spread(tmp_path, monkeypatch):
-    """A zero-length error bar (yerr=0) drew black caps on every kNN and linear bar."""
-    from matplotlib.container import BarContainer, ErrorbarContainer
-
+def _bar_chart_of_two(monkeypatch, tmp_path, results: dict, chance: dict | None = None):
+    """The axes of ``eval all``'s bar chart for checkpoints ``a`` and ``b`` with ``results``."""
     import contrastlab.eval.compare as compare
 
     figures = []
     monkeypatch.setattr(compare, "save_figure", lambda fig, path, **kw: figures.append(fig))
-    entries = [
-        {
-            "label": name,
-            "dataset": "synthetic",
-            "num_test": 64,
-            "results": {"knn": {"top1": 50.0}, "fewshot": {"5-shot": 40.0, "5-shot ci95": 2.5}},
-        }
-        for name in ("a", "b")
-    ]
-    compare.bar_chart(entries, tmp_path / "c.png")
+    entry = {"dataset": "synthetic", "num_test": 64, "results": results}
+    if chance is not None:
+        entry["chance"] = chance
+    compare.bar_chart([{**entry, "label": name} for name in ("a", "b")], tmp_path / "c.png")
     (ax,) = figures[0].axes
+    return ax
+
+
+def test_the_comparison_plot_draws_error_bars_only_where_there_is_a_spread(tmp_path, monkeypatch):
+    """A zero-length error bar (yerr=0) drew black caps on every kNN and linear bar."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    results = {"knn": {"top1": 50.0}, "fewshot": {"5-shot": 40.0, "5-shot ci95": 2.5}}
+    ax = _bar_chart_of_two(monkeypatch, tmp_path, results)
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert len(bars) == 2 and all(c.errorbar is None for c in bars)
     spreads = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
@@ -446,22 +447,9 @@ def test_the_comparison_plot_marks_the_chance_level_of_each_bar_that_has_one(tmp
     of a 4-way texture probe looked like learning."""
     from matplotlib.collections import LineCollection
 
-    import contrastlab.eval.compare as compare
-
-    figures = []
-    monkeypatch.setattr(compare, "save_figure", lambda fig, path, **kw: figures.append(fig))
-    entries = [
-        {
-            "label": name,
-            "dataset": "synthetic",
-            "num_test": 64,
-            "results": {"knn": {"top1": 50.0}, "factors": {"shape": 30.0, "texture": 40.0}},
-            "chance": {"factors": {"shape": 10.0, "texture": 25.0}},
-        }
-        for name in ("a", "b")
-    ]
-    compare.bar_chart(entries, tmp_path / "c.png")
-    (ax,) = figures[0].axes
+    results = {"knn": {"top1": 50.0}, "factors": {"shape": 30.0, "texture": 40.0}}
+    chance = {"factors": {"shape": 10.0, "texture": 25.0}}
+    ax = _bar_chart_of_two(monkeypatch, tmp_path, results, chance)
     marks = [c for c in ax.collections if isinstance(c, LineCollection)]
     levels = sorted(seg[0][1] for c in marks for seg in c.get_segments())
     assert levels == [10.0, 10.0, 25.0, 25.0]  # two factors x two checkpoints, none on knn

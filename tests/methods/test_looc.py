@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_refused_before_any_change
 
 from contrastlab.config import load_config
 from contrastlab.errors import UserError
@@ -472,8 +473,4 @@ def test_wrong_views_are_one_clear_error(case, plus_plus):
     # Before: a RuntimeError of torch.cat or of the loss, "expected scalar type Byte", a NaN loss
     model = LooC(tiny_cfg(("color", "rotation"), plus_plus))
     views, message = _bad_looc_views()[case]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=message):
-        model(views, 0)
-    for key, value in model.state_dict().items():  # refused before the momentum update
-        assert torch.equal(value, before[key]), key
+    assert_refused_before_any_change(model, views, message)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_refused_before_any_change
 
 from contrastlab.methods.moco import MoCo, enqueue, momentum_update
 
@@ -216,11 +217,7 @@ def test_wrong_views_are_one_clear_error_before_any_change(tiny_config, case):
     # "expected scalar type Byte" (uint8), a NaN loss (empty), or a silent step on 2 of 3 views.
     model = MoCo(tiny_config("model.bn_splits=2", "optim.batch_size=4"))
     views, message = _bad_views()[case]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=message):
-        model(views, 0)
-    for key, value in model.state_dict().items():  # refused before the momentum update
-        assert torch.equal(value, before[key]), key
+    assert_refused_before_any_change(model, views, message)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
