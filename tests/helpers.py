@@ -180,3 +180,9 @@ def assert_refused_before_any_change(model, views, message: str) -> None:
         model(views, 0)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def problem_lines(err: str) -> list[str]:
+    """stderr without the lines in which ``eval`` protocols and ``analyze`` say what they run
+    (``eval knn: ...``, ``analyze NAME: ...``): what is left are warnings and errors."""
+    return [line for line in err.strip().splitlines() if not line.startswith(("eval ", "analyze "))]

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, problem_lines
 from torch import nn
 
 from contrastlab.analysis import (
@@ -216,8 +216,8 @@ def test_cli_several_encoders_figures_scores_and_report(tmp_path, capsys):
 
 def _error(argv, capsys) -> str:
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: ")
+    (err,) = problem_lines(capsys.readouterr().err)  # one line, after "analyze NAME: ..." lines
+    assert err.startswith("error: ")
     return err
 
 
@@ -467,6 +467,6 @@ def test_a_checkpoint_given_twice_is_analyzed_once_with_one_warning(tmp_path, ca
     again = tmp_path / "sub" / ".." / "a.pt"
     argv = ["analyze", str(a), str(again), "--images", "4", "--negatives", "4"]
     assert main([*argv, "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
+    err = problem_lines(capsys.readouterr().err)
     assert err == [f"warning: the checkpoint {a} is given 2 times (as {a}, {again}); analyzed once"]
     assert [e["label"] for e in load_analysis(out)["encoders"]] == ["a"]

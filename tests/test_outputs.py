@@ -168,18 +168,14 @@ def test_analyze_does_not_replace_a_users_analysis_json(run, tmp_path, capsys):
 
 def _disk_full(argv, capsys, monkeypatch, folder, only=None) -> None:
     """``argv`` on a nearly full disk: one line, exit 2, no traceback, no temporary file."""
-    from helpers import full_disk, temporary_files
+    from helpers import full_disk, problem_lines, temporary_files
 
     capsys.readouterr()
     with monkeypatch.context() as mp:
         full_disk(mp, only=only)
         code = main(argv)
-    # the error is one line, after the line in which an eval protocol says what it runs
-    err = "\n".join(
-        line
-        for line in capsys.readouterr().err.strip().splitlines()
-        if not line.startswith("eval ")
-    )
+    # the error is one line, after the lines in which eval and analyze say what they run
+    err = "\n".join(problem_lines(capsys.readouterr().err))
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "no space left on device" in err and "run the command again" in err, err
     assert temporary_files(folder) == []
