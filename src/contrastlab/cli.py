@@ -304,16 +304,28 @@ def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentP
 
 
 def _unknown(extra: list[str], parser: argparse.ArgumentParser) -> str:
-    """The arguments argparse did not take, each mistyped flag followed by the closest flag of
-    ``parser`` (``--outdir (did you mean '--out-dir'?)``), as config keys are."""
+    """The arguments argparse did not take, each mistyped flag and its values followed by the
+    closest flag of ``parser`` (``--outdir runs (did you mean '--out-dir'?)``), as config keys
+    are."""
     from contrastlab.config import suggest
 
     flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
-    words = []
+
+    def is_flag(word: str) -> bool:
+        return word.startswith("-") and word.lstrip("-")[:1].isalpha()  # not -1, not -
+
+    groups: list[list[str]] = []  # a flag with the values after it (``--kk 3``), or one word
     for word in extra:
-        name = word.split("=", 1)[0].lstrip("-")
-        mistyped = word.startswith("-") and name[:1].isalpha()  # not -1, not -
-        words.append(word + suggest(f"--{name}", flags, "--") if mistyped else word)
+        if groups and is_flag(groups[-1][0]) and not is_flag(word):
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    words = []
+    for group in groups:
+        hint = ""
+        if is_flag(group[0]):  # after the flag's value, not between the two
+            hint = suggest(f"--{group[0].split('=', 1)[0].lstrip('-')}", flags, "--")
+        words.append(" ".join(group) + hint)
     return " ".join(words)
 
 
