@@ -91,22 +91,22 @@ def allway_kshot(
     if min(shots) < 1 or max(shots) > smallest:
         bad = min(shots) if min(shots) < 1 else max(shots)
         short = sum(len(idx) < bad for idx in groups.values())
+        valid = "--shots 1" if smallest == 1 else f"--shots between 1 and {smallest}"
         raise UserError(
             f"{bad}-shot evaluation needs at least {max(bad, 1)} training image(s) of every class; "
             f"{short} of {len(groups)} classes have fewer (the smallest has {smallest}); use "
-            f"--shots between 1 and {smallest}"
+            f"{valid}"
         )
     for k in shots:
         accs = []
-        short = sorted(c for c, idx in groups.items() if len(idx) < k)
         for _ in range(trials):
             pick = np.concatenate(
-                [rng.choice(idx, size=min(k, len(idx)), replace=False) for idx in groups.values()]
+                [rng.choice(idx, size=k, replace=False) for idx in groups.values()]
             )
             probe = LogisticProbe(C=C).fit(train_feats[pick], train_labels[pick], num_classes)
             accs.append(probe.accuracy(test_feats, test_labels))
         mean, ci = mean_ci95(accs)
-        out["shots"][str(k)] = {"mean": mean, "ci95": ci, "trials": accs, "short_classes": short}
+        out["shots"][str(k)] = {"mean": mean, "ci95": ci, "trials": accs}
     return out
 
 
