@@ -42,7 +42,10 @@ class Heartbeat:
         self.active = not bar_shown(progress)
         self.start = time.monotonic()
 
-    def update(self, done: int, where: str) -> None:
+    def update(self, done: int, where: str, left: float | None = None, rough: str = "") -> None:
+        """``left``: the caller's own estimate of the seconds left (default: the elapsed time
+        spread evenly over the units done); ``rough``: why that estimate may be far off, said in
+        brackets after it."""
         if not self.active or done <= 0:
             return
         now = time.monotonic()
@@ -50,5 +53,7 @@ class Heartbeat:
             return
         _last_line[0] = now
         elapsed = now - self.start
-        left = elapsed * max(self.total - done, 0) / done
-        say(f"{self.what}: {where}, {duration(elapsed)} elapsed, about {duration(left)} left")
+        if left is None:
+            left = elapsed * max(self.total - done, 0) / done
+        note = f" ({rough})" if rough else ""
+        say(f"{self.what}: {where}, {duration(elapsed)} elapsed, about {duration(left)} left{note}")
