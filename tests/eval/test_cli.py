@@ -145,7 +145,7 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
         == 0
     )
     # the kNN classifier's result does not replace the linear one's (corruption.json)
-    cor = _json(run_dir / "eval" / "corruption-knn.json")
+    cor = _json(run_dir / "eval" / "corruption-knn-suballx16.json")
     assert set(cor["details"]["corruptions"]) == {"gaussian_noise", "frost"}
     out = capsys.readouterr().out
     assert "| gaussian_noise |" in out
@@ -177,7 +177,7 @@ def test_eval_rotation_and_errors(checkpoint, capsys):
         )
         == 0
     )
-    rot = _json(checkpoint.parent.parent / "eval" / "rotation.json")
+    rot = _json(checkpoint.parent.parent / "eval" / "rotation-sub32x16.json")
     assert rot["details"]["chance"] == 25.0 and rot["setup"]["max_train"] == 32
     assert main(["eval", "knn", str(checkpoint), *COMMON, "--space", "nope"]) == 2
     assert "valid spaces: backbone, z" in capsys.readouterr().err
@@ -474,10 +474,10 @@ def test_linear_modes_keep_their_own_results_and_headings(checkpoint, tmp_path, 
     assert main([*argv, "--epochs", "1"]) == 0
     sgd = "**linear** (MoCo's SGD protocol on randomly cropped and flipped images, 1 epoch,"
     assert sgd in capsys.readouterr().out
-    assert _json(run_dir / "eval" / "linear-fast.json")["setup"]["mode"] == "fast"
-    assert _json(run_dir / "eval" / "linear.json")["setup"]["mode"] == "moco"
+    assert _json(run_dir / "eval" / "linear-fast-sub32x16.json")["setup"]["mode"] == "fast"
+    assert _json(run_dir / "eval" / "linear-sub32x16.json")["setup"]["mode"] == "moco"
     section = _eval_section(load_run(run_dir))
-    assert "<td>linear-fast</td>" in section and "<td>linear</td>" in section
+    assert "<td>linear-fast-sub32x16</td>" in section and "<td>linear-sub32x16</td>" in section
     # eval all saves its fast-mode result under the same name; --fast is --linear-mode fast
     (run_dir / "eval" / "linear-fast.json").unlink()
     argv = ["eval", "all", str(checkpoint), *COMMON, "--protocols", "linear", "--fast"]
@@ -517,8 +517,11 @@ def test_out_help_states_the_default_file_pattern(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "knn", "--help"])
     text = "".join(capsys.readouterr().out.split())  # without the wrapping's spaces
-    pattern = "<protocol>[-<variant>][-<space>][-<dataset>[-<folder>]][-<checkpoint>].json"
-    assert pattern in text and "knn-z.json" in text
+    pattern = (
+        "<protocol>[-<variant>][-<space>][-<dataset>[-<folder>]][-sub<train>x<test>]"
+        "[-<checkpoint>].json"
+    )
+    assert pattern in text and "knn-z.json" in text and "knn-sub200x100.json" in text
 
 
 _READS_A_FOLDER = [

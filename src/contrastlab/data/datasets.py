@@ -449,6 +449,14 @@ def _path_setting() -> str:
     return setting("data.path") or "data.path"
 
 
+def imagefolder_test_dir(root: Path) -> Path | None:
+    """The test folder of an image folder with ``train/`` and ``test/`` (or ``val/``) folders;
+    None where the test split is held out of the training images (``data.holdout_fraction``)."""
+    if not (root / "train").is_dir():
+        return None
+    return next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+
+
 def _imagefolder_split(root: Path, split: str, fraction: float):
     """(files, labels, classes) of ``split`` for the three supported layouts."""
     check_image_folder(root)
@@ -456,7 +464,7 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
     if train_dir.is_dir():
         visited = _Visited()
         files, labels, classes = _scan(train_dir, visited=visited)
-        test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+        test_dir = imagefolder_test_dir(root)
         if test_dir is not None:
             if split == "train":
                 return files, labels, classes

@@ -119,10 +119,12 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         metavar="FILE",
         # eval all writes a folder (--out-dir) and refuses --out with a line that says so
         help="write the JSON result here (default: <run_dir>/eval/<protocol>[-<variant>]"
-        "[-<space>][-<dataset>[-<folder>]][-<checkpoint>].json: -fast for linear --fast, -knn "
-        "for corruption --classifier knn, -allway or -episodes for fewshot --which; -<space> for a space other than backbone, e.g. "
-        "knn-z.json; -<dataset> with --dataset, -<folder> the name of --data-path; "
-        "-<checkpoint> for any checkpoint other than checkpoints/last.pt)"
+        "[-<space>][-<dataset>[-<folder>]][-sub<train>x<test>][-<checkpoint>].json: -fast for "
+        "linear --fast, -knn for corruption --classifier knn, -allway or -episodes for fewshot "
+        "--which; -<space> for a space other than backbone, e.g. knn-z.json; -<dataset> with "
+        "--dataset, -<folder> the name of --data-path; -sub<train>x<test> with --max-train / "
+        "--max-test, e.g. knn-sub200x100.json, all for a split not limited; -<checkpoint> for any "
+        "checkpoint other than checkpoints/last.pt)"
         if checkpoint_nargs is None
         else argparse.SUPPRESS,
     )
@@ -237,7 +239,13 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
         protocol = getattr(args, "protocol", "eval")
         check_output(
             result_path(
-                checkpoint, protocol, args.out, args.space, _dataset_tag(args), _variant(args)
+                checkpoint,
+                protocol,
+                args.out,
+                args.space,
+                _dataset_tag(args),
+                _variant(args),
+                _subset(args),
             ),
             inputs=[checkpoint],
             replaceable=is_eval_result,
@@ -281,6 +289,14 @@ def _dataset_tag(args) -> str | None:
     return f"{dataset}-{Path(path).name}" if path else dataset
 
 
+def _subset(args) -> str | None:
+    """``sub200x100`` for a result on subsets (``--max-train`` / ``--max-test``), so that it
+    replaces neither the full sets' result nor another subset's."""
+    from contrastlab.eval.results import subset_tag
+
+    return subset_tag(getattr(args, "max_train", None), getattr(args, "max_test", None))
+
+
 def _variant(args) -> str | None:
     """The variant of the command's protocol that names its result (``linear-fast.json``),
     from the options that choose it (``--mode``, ``--classifier``)."""
@@ -305,6 +321,7 @@ def _finish(args, result: dict, checkpoint: str) -> int:
             args.space,
             _dataset_tag(args),
             variant_of(protocol, result["setup"]),
+            _subset(args),
         ),
     )
     print(f"\nresult written to {path}")
@@ -530,6 +547,7 @@ def _check_saved_results(args) -> None:
                 space=args.space or "backbone",
                 dataset=_dataset_tag(args),
                 variant=variant_of(protocol, {"mode": args.linear_mode}),
+                subset=_subset(args),
             )
             check_output(
                 path,
@@ -584,6 +602,7 @@ def _all(args) -> int:
         runners,
         save_each=not args.no_save,
         dataset_tag=_dataset_tag(args),
+        subset_tag=_subset(args),
         note=(
             f"linear probe: {linear_text(args.linear_mode, epochs)}"
             if "linear" in args.protocols

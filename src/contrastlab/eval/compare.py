@@ -19,12 +19,41 @@ def dataset_name(name: str, path: str | None) -> str:
     return f"{name} ({Path(path).name})" if path else name
 
 
-def not_comparable(datasets: Sequence[str]) -> str:
-    """The warning of a comparison whose rows were scored on different test sets."""
+# what eval's options can change of a test set (--dataset, --data-path); the rest of
+# ``context.test_set_identity`` comes from each checkpoint's training config
+_CHOSEN_BY_OPTIONS = {"dataset", "data_path"}
+
+
+def test_set_differences(identities: Sequence[dict]) -> dict[str, list]:
+    """The settings of ``context.test_set_identity`` whose values differ between the rows, each
+    with one value per row (None where a row has no such setting)."""
+    keys = list(dict.fromkeys(k for ident in identities for k in ident))
+    values = {k: [ident.get(k) for ident in identities] for k in keys}
+    return {k: v for k, v in values.items() if len({repr(x) for x in v}) > 1}
+
+
+def not_comparable(datasets: Sequence[str], differences: dict[str, list] | None = None) -> str:
+    """The warning of a comparison whose rows were scored on different test sets: which settings
+    differ and, for those eval cannot change, that they are the checkpoints' own."""
+    differences = differences or {}
+    if "dataset" in differences:  # another dataset: its own settings differ as a matter of course
+        differences = {k: v for k, v in differences.items() if k in _CHOSEN_BY_OPTIONS}
+    shown = "; ".join(
+        f"{key} {' / '.join('–' if v is None else str(v) for v in vals)}"
+        for key, vals in differences.items()
+    )
+    fixed = [k for k in differences if k not in _CHOSEN_BY_OPTIONS | {"max_test", "subset_seed"}]
+    advice = (
+        f"{', '.join(fixed)} {'comes' if len(fixed) == 1 else 'come'} from each checkpoint's "
+        "own data config, which eval keeps: compare checkpoints trained on the same data, or "
+        "evaluate them all on one dataset read from disk with --dataset NAME --data-path DIR"
+        if fixed
+        else "evaluate them all on one dataset with --dataset NAME --data-path DIR (no "
+        "--data-path for synthetic)"
+    )
     return (
-        f"the checkpoints were evaluated on different test sets ({' / '.join(datasets)}): their "
-        "figures are not comparable; evaluate them all on one dataset with --dataset NAME "
-        "--data-path DIR (no --data-path for synthetic)"
+        f"the checkpoints were evaluated on different test sets ({' / '.join(datasets)}"
+        f"{f'; differing: {shown}' if shown else ''}): their figures are not comparable; {advice}"
     )
 
 
@@ -133,6 +162,7 @@ def run_all(
     save_each: bool = True,
     note: str = "",
     dataset_tag: str | None = None,
+    subset_tag: str | None = None,
 ) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
 
@@ -140,7 +170,8 @@ def run_all(
     ``p``. The table is headed by the feature space and ``note`` (e.g. the linear probe's mode).
     With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
     next to its checkpoint, where the HTML report finds it (named as ``result_path`` names it:
-    ``dataset_tag`` for a dataset other than the run's own).
+    ``dataset_tag`` for a dataset other than the run's own, ``subset_tag`` for subsets drawn
+    with ``--max-train`` / ``--max-test``).
     """
     from contrastlab.eval.results import result_path, variant_of
 
@@ -165,6 +196,7 @@ def run_all(
             "dataset": dataset_name(ctx.data_cfg.name, ctx.data_cfg.path),
             "data_path": ctx.data_cfg.path,
             "num_test": len(ctx.indices("test") or ctx.raw("test")),
+            "test_set": ctx.test_set(),
             "results": {},
             "files": {},
         }
@@ -178,15 +210,21 @@ def run_all(
             if save_each:
                 variant = variant_of(proto, result["setup"])
                 path = result_path(
-                    ckpt, proto, space=ctx.space, dataset=dataset_tag, variant=variant
+                    ckpt,
+                    proto,
+                    space=ctx.space,
+                    dataset=dataset_tag,
+                    variant=variant,
+                    subset=subset_tag,
                 )
                 entry["files"][proto] = str(write_json(result, path))
         entries.append(entry)
     header, rows = comparison_rows(entries)
     spaces = sorted({e["space"] for e in entries})
     datasets = list(dict.fromkeys(f"{e['dataset']}, {e['num_test']} test images" for e in entries))
-    comparable = len({(e["dataset"], e["data_path"], e["num_test"]) for e in entries}) == 1
-    warning = "" if comparable else not_comparable(datasets)
+    differences = test_set_differences([e["test_set"] for e in entries])
+    comparable = not differences and len({e["num_test"] for e in entries}) == 1
+    warning = "" if comparable else not_comparable(datasets, differences)
     if warning:
         warn(warning)
     table = (
@@ -199,7 +237,7 @@ def run_all(
     title = (
         f"space {', '.join(spaces)}; {'; '.join(datasets)}"
         + (f"\n{note}" if note else "")
-        + ("\nnot comparable: different datasets" if warning else "")
+        + ("\nnot comparable: different test sets" if warning else "")
     )
     data = {
         "protocols": list(protocols),

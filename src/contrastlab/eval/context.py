@@ -107,6 +107,33 @@ def evaluation_data(
     return data_cfg
 
 
+def test_set_identity(data_cfg, subset: tuple[int, int] | None = None) -> dict:
+    """What decides which test images an evaluation scores, and nothing else: the dataset; for
+    ``synthetic`` the settings that generate its test split (``data.synthetic_test``,
+    ``data.synthetic_seed``, ``data.image_size``); for a dataset read from disk its folder
+    (resolved, ``./data`` where none is given) and, for an image folder whose test split is held
+    out of its training images, ``data.holdout_fraction``; with ``subset`` (``--max-test``, the
+    seed) the fixed random subset drawn. Two results scored on the same test images have equal
+    identities (``eval all``'s comparability check, a result's ``setup.test_set``)."""
+    from contrastlab.data.datasets import imagefolder_test_dir
+
+    ident: dict = {"dataset": data_cfg.name}
+    if data_cfg.name == "synthetic":
+        ident.update(
+            synthetic_test=data_cfg.synthetic_test,
+            synthetic_seed=data_cfg.synthetic_seed,
+            image_size=data_cfg.image_size,
+        )
+    else:
+        root = Path(data_cfg.path or "./data").expanduser()
+        ident["data_path"] = str(root.resolve()) if root.exists() else data_cfg.path
+        if data_cfg.name == "imagefolder" and imagefolder_test_dir(root) is None:
+            ident["holdout_fraction"] = data_cfg.holdout_fraction
+    if subset is not None:
+        ident["max_test"], ident["subset_seed"] = subset
+    return ident
+
+
 @dataclasses.dataclass
 class EvalContext:
     """A loaded checkpoint plus the options common to every protocol."""
@@ -269,6 +296,14 @@ class EvalContext:
         limit = self.max_train if split == "train" else self.max_test
         return labelled_subset(self.raw(split).labels, limit, self.seed)
 
+    def test_set(self) -> dict:
+        """The identity of the test images every protocol scores (:func:`test_set_identity`):
+        ``--max-test`` and the seed count only where they draw a subset."""
+        labels = torch.as_tensor(self.raw("test").labels)
+        labelled = int((labels >= 0).sum())
+        drawn = self.max_test is not None and self.max_test < labelled
+        return test_set_identity(self.data_cfg, (self.max_test, self.seed) if drawn else None)
+
     def view(self, split: str, transform: Callable | None) -> Dataset:
         ds = WithTransform(self.raw(split), transform)
         idx = self.indices(split)
@@ -328,6 +363,7 @@ class EvalContext:
             "max_train": self.max_train,
             "max_test": self.max_test,
             "seed": self.seed,
+            "test_set": self.test_set(),
             "epoch": self.checkpoint_epoch,
             "step": self.checkpoint_step,
         }

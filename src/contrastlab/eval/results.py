@@ -24,14 +24,16 @@ def result_path(
     space: str = "backbone",
     dataset: str | None = None,
     variant: str | None = None,
+    subset: str | None = None,
 ) -> Path:
     """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
     ``<protocol>-<variant>`` for a protocol's second variant (``linear-fast``: the fast mode;
     ``corruption-knn``: the kNN classifier; see :func:`variant_of`), ``<protocol>-<space>.json`` for a space other than the backbone, ``...-<dataset>.json``
     for a dataset other than the run's own (``--dataset``), and ``...-<checkpoint stem>.json``
     for any checkpoint other than a run's ``checkpoints/last.pt`` (``best.pt``, a snapshot, or
-    converted encoders side by side in one folder), so that no evaluation overwrites another's
-    result."""
+    converted encoders side by side in one folder), and ``...-sub<train>x<test>`` (``subset``,
+    :func:`subset_tag`) before it for a result on subsets (``--max-train`` / ``--max-test``), so
+    that no evaluation overwrites another's result."""
     if out:
         return Path(out)
     name = f"{protocol}-{variant}" if variant else protocol
@@ -39,6 +41,8 @@ def result_path(
         name += f"-{space}"
     if dataset:
         name += f"-{dataset}"
+    if subset:
+        name += f"-{subset}"
     source = Path(checkpoint).resolve()
     if not (source.name == "last.pt" and source.parent.name == "checkpoints"):
         name += f"-{checkpoint_stem(source.name)}"
@@ -62,6 +66,16 @@ def variant_of(protocol: str, setup: dict) -> str | None:
     option, values = VARIANTS.get(protocol, (None, ()))
     value = setup.get(option) if option is not None else None
     return value if value in values else None
+
+
+def subset_tag(max_train: int | None, max_test: int | None) -> str | None:
+    """``sub200x100`` for ``--max-train 200 --max-test 100`` (``all`` for a split not limited:
+    ``sub200xall``); None without either, the full sets, whose result keeps the plain name."""
+    if max_train is None and max_test is None:
+        return None
+    return (
+        f"sub{'all' if max_train is None else max_train}x{'all' if max_test is None else max_test}"
+    )
 
 
 def checkpoint_stem(file_name: str) -> str:
