@@ -100,11 +100,11 @@ def test_a_result_on_another_dataset_does_not_replace_the_runs_own(run, tmp_path
             )
     ckpt = str(run / "checkpoints" / "last.pt")
     assert main(["eval", "knn", ckpt, *EVAL]) == 0
-    own = run / "eval" / "knn.json"
+    own = run / "eval" / "knn-sub64x32.json"  # EVAL limits both splits
     before = own.read_text()
     argv = ["eval", "knn", ckpt, *EVAL, "--dataset", "imagefolder", "--data-path", str(folder)]
     assert main(argv) == 0
-    other = run / "eval" / "knn-imagefolder-f1.json"
+    other = run / "eval" / "knn-imagefolder-f1-sub64x32.json"
     assert own.read_text() == before
     assert json.loads(other.read_text())["protocol"] == "knn"
     assert str(other) in capsys.readouterr().out
@@ -146,13 +146,15 @@ def test_checkpoints_side_by_side_keep_their_own_results(run, tmp_path, capsys):
         shutil.copy(run / "checkpoints" / "last.pt", tmp_path / name)
         assert main(["eval", "knn", str(tmp_path / name), *EVAL]) == 0
     results = {p.name: json.loads(p.read_text()) for p in (tmp_path / "eval").glob("*.json")}
-    assert set(results) == {"knn-a.json", "knn-b.json"}
-    assert results["knn-b.json"]["setup"]["checkpoint"].endswith("b.pth.tar")
+    assert set(results) == {"knn-sub64x32-a.json", "knn-sub64x32-b.json"}  # EVAL's subsets
+    assert results["knn-sub64x32-b.json"]["setup"]["checkpoint"].endswith("b.pth.tar")
     # in a run, best.pt does not replace the result of last.pt (read by the report)
     shutil.copy(run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")
     assert main(["eval", "knn", str(run / "checkpoints" / "best.pt"), *EVAL]) == 0
     assert main(["eval", "knn", str(run / "checkpoints" / "last.pt"), *EVAL]) == 0
-    assert {"knn.json", "knn-best.json"} <= {p.name for p in (run / "eval").glob("*.json")}
+    assert {"knn-sub64x32.json", "knn-sub64x32-best.json"} <= {
+        p.name for p in (run / "eval").glob("*.json")
+    }
     capsys.readouterr()
 
 
