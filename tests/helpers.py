@@ -169,15 +169,15 @@ def untrained_checkpoint(path, *overrides: str, preset: str | None = None, seed:
     return Path(path)
 
 
-def assert_refused_before_any_change(model, views, message: str) -> None:
-    """``model(views, 0)`` raises one ValueError matching ``message`` and leaves every tensor of
-    the model (weights, key encoder, queues) as it was: refused before the momentum update."""
+def assert_refused_before_any_change(model, views, message: str, epoch=0) -> None:
+    """``model(views, epoch)`` raises one ValueError matching ``message`` and leaves every tensor
+    of the model (weights, key encoder, queues) as it was: refused before the momentum update."""
     import pytest
     import torch
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=message):
-        model(views, 0)
+        model(views, epoch)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
 

@@ -464,6 +464,7 @@ def _bad_looc_views() -> dict:
             r"the key views \[k0, k_1..k_n\] must have one shape",
         ),
         "another device": ([q, k0, k1, k2.to("meta")], "view 3 is on meta but the model is on cpu"),
+        "float64 images": ([q, k0.double(), k1, k2], r"view 1 is torch.float64 .* x.float\(\)"),
     }
 
 
@@ -474,3 +475,38 @@ def test_wrong_views_are_one_clear_error(case, plus_plus):
     model = LooC(tiny_cfg(("color", "rotation"), plus_plus))
     views, message = _bad_looc_views()[case]
     assert_refused_before_any_change(model, views, message)
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+@pytest.mark.parametrize("epoch", ["a", 2.0, -3])
+def test_an_epoch_that_is_not_an_integer_is_refused(epoch, plus_plus):
+    model = LooC(tiny_cfg(("color", "rotation"), plus_plus))
+    assert_refused_before_any_change(model, make_views(2), "epoch must be an integer >= 0", epoch)
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+def test_a_query_view_of_another_size_than_the_keys_is_a_training_step(plus_plus):
+    model = LooC(tiny_cfg(("color", "rotation"), plus_plus))
+    q, *keys = make_views(2)
+    out = model([q[..., :12, :12], *keys], 0)
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.randn(3, SIZE, SIZE), r"x must be a batch of images \[B, 3, H, W\]"),
+        (torch.randn(2, 1, SIZE, SIZE), r"x must be a batch of images \[B, 3, H, W\]"),
+        (torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8), "x must be floating-point images"),
+        (torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64), r"x\.float\(\)"),
+        ([torch.randn(2, 3, SIZE, SIZE)], "x must be a tensor"),
+    ],
+    ids=["3-D", "one channel", "uint8", "float64", "a list"],
+)
+def test_features_of_wrong_images_are_one_clear_error(x, message, plus_plus):
+    # Before: raw unpack, conv2d and "expected scalar type" errors
+    model = LooC(tiny_cfg(("color", "rotation"), plus_plus)).eval()
+    for space in model.feature_spaces:
+        with pytest.raises(ValueError, match=message):
+            model.features(x, space)

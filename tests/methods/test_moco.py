@@ -206,6 +206,11 @@ def _bad_views() -> dict:
         "one image without a batch": ([x[0], x[0]], r"must be a batch of images \[B, 3, H, W\]"),
         "one channel": ([x[:, :1]] * 2, r"must be a batch of images \[B, 3, H, W\]"),
         "another device": ([x.to("meta")] * 2, "view 0 is on meta but the model is on cpu"),
+        "float64 images": (
+            [x, x.double()],
+            r"view 1 is torch.float64 but the model's weights are torch.float32; convert it "
+            r"with x.float\(\)",
+        ),
         "one image per batch-norm group": ([x[:2]] * 2, "at least 2 per group"),
         "a batch that does not split": ([x[:3]] * 2, "needs a multiple of 2 images"),
     }
@@ -218,6 +223,56 @@ def test_wrong_views_are_one_clear_error_before_any_change(tiny_config, case):
     model = MoCo(tiny_config("model.bn_splits=2", "optim.batch_size=4"))
     views, message = _bad_views()[case]
     assert_refused_before_any_change(model, views, message)
+
+
+@pytest.mark.parametrize("epoch", ["a", 1.5, -1, None, True])
+def test_an_epoch_that_is_not_an_integer_is_refused_before_any_change(tiny_config, epoch):
+    # Before: "a", 1.5 and None were taken silently (the FT schedule compared them to its epochs)
+    model = MoCo(tiny_config("model.bn_splits=2", "optim.batch_size=4"))
+    x = torch.randn(4, 3, 16, 16)
+    assert_refused_before_any_change(model, [x, x], "epoch must be an integer >= 0", epoch)
+
+
+def test_views_of_two_image_sizes_are_one_training_step(tiny_config):
+    """Each view goes through its encoder on its own, so x_q and x_k may differ in size (as
+    multi-crop views do); documented in ``forward``."""
+    model = MoCo(tiny_config("model.bn_splits=2", "optim.batch_size=4"))
+    out = model([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 12, 12)], 0)
+    assert torch.isfinite(out.loss)
+    assert int(model.queue_ptr) == 4
+
+
+def _bad_images() -> dict:
+    x = torch.randn(4, 3, 16, 16)
+    return {
+        "one image without a batch": (x[0], r"must be a batch of images \[B, 3, H, W\]"),
+        "one channel": (x[:, :1], r"must be a batch of images \[B, 3, H, W\]"),
+        "uint8 images": (x.to(torch.uint8), "x must be floating-point images"),
+        "float64 images": (x.double(), r"x is torch.float64 .* with x.float\(\)"),
+        "a list": ([x], r"x must be a tensor \[B, 3, H, W\], got list"),
+        "another device": (x.to("meta"), "x is on meta but the model is on cpu"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_images()))
+@pytest.mark.parametrize("space", ["backbone", "z"])
+def test_features_of_wrong_images_are_one_clear_error(tiny_config, case, space):
+    # Before: "not enough values to unpack" (3-D), "expected scalar type Byte/Double but found
+    # Float", conv2d's channel error or TypeError
+    model = MoCo(tiny_config()).eval()
+    x, message = _bad_images()[case]
+    with pytest.raises(ValueError, match=message):
+        model.features(x, space)
+
+
+def test_float64_images_are_taken_by_a_float64_model_and_under_autocast(tiny_config):
+    model = MoCo(tiny_config()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.features(x.bfloat16()).shape == (2, 32)
+    assert model.double().features(x.double()).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"convert it with x.double\(\)"):
+        model.features(x)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

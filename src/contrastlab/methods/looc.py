@@ -29,6 +29,8 @@ from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig, vali
 from contrastlab.errors import UserError
 from contrastlab.methods.moco import (
     StepOutput,
+    check_epoch,
+    check_images,
     check_views,
     enqueue,
     make_momentum_copy,
@@ -242,16 +244,22 @@ class LooC(nn.Module):
         loss and scores are computed with the current key encoder, queues and batch-norm running
         statistics, and the model is left unchanged. The same for LooC++. Raises ``ValueError``
         for views that are not a list of n + 2 floating-point image batches [B, 3, H, W] of one
-        size on the model's device.
+        batch size on the model's device in a dtype it takes (its weights' dtype, or any but
+        float64 under autocast), and for an ``epoch`` that is not an integer >= 0. The key views
+        [k0, k_1..k_n] must have one shape (they are encoded as one batch); the query view may
+        differ from them in height and width.
         """
+        conv1 = self.encoder_q.backbone.conv1
         check_views(
             views,
             self.num_views,
             f"LooC with {list(self.augmentations)} needs {self.num_views} views [q, k0, k_1..k_n]",
             self.queue.device,
-            self.encoder_q.backbone.conv1.in_channels,
+            conv1.in_channels,
             self.cfg.model.bn_splits if self.training else None,
+            conv1.weight.dtype,
         )
+        check_epoch(epoch)
         _check_key_shapes(views[1:])
         if self.training:
             momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
@@ -306,9 +314,12 @@ class LooC(nn.Module):
 
         "backbone": pooled backbone output V (LooC++: the Z_0 branch's pooled layer4); "z0",
         "color", ...: the unit-norm embedding of that space; "concat" (LooC++ only): the n + 1
-        pooled layer4 outputs side by side, the paper's LooC++ feature.
+        pooled layer4 outputs side by side, the paper's LooC++ feature. Raises ``ValueError``
+        for ``x`` that is not a batch of images [B, 3, H, W] as a view of ``forward``.
         """
         enc = self.encoder_q
+        conv1 = enc.backbone.conv1
+        check_images(x, "x", self.queue.device, conv1.in_channels, conv1.weight.dtype)
         if space == "backbone":
             return enc.backbone(x)
         if space == "concat" and self.plus_plus:

@@ -17,6 +17,7 @@ The queue and its pointer are buffers, so they are saved in checkpoints and rest
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -113,11 +114,49 @@ def pair_scores(
     return l_pos, l_neg
 
 
+def check_images(x, what: str, device: torch.device, channels: int, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` unless ``x`` is a batch of floating-point images [B, C, H, W] with
+    C = ``channels`` on ``device`` that a model of ``dtype`` takes: ``dtype`` itself, or under
+    autocast on that device any floating-point dtype but float64. ``what`` names ``x`` in the
+    message ("view 0", "x"). Reads only the shape, dtype and device."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what} must be a tensor [B, {channels}, H, W], got {type(x).__name__}")
+    where = f"shape {list(x.shape)}, {x.dtype} on {x.device}"
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{what} must be a batch of images [B, {channels}, H, W], got {where}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{what} must be floating-point images (normalized, as the training views), got {where}"
+        )
+    if x.device != device:
+        raise ValueError(f"{what} is on {x.device} but the model is on {device}; move it there")
+    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+    if x.dtype != dtype and not autocast:
+        to = {torch.float32: ".float()", torch.float64: ".double()"}.get(dtype, f".to({dtype})")
+        raise ValueError(
+            f"{what} is {x.dtype} but the model's weights are {dtype}; convert it with "
+            f"x{to} (or run under torch.autocast)"
+        )
+
+
+def check_epoch(epoch) -> None:
+    """Raise ``ValueError`` unless ``epoch`` is an integer >= 0 (it sets the FT schedule)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+
+
 def check_views(
-    views, num_views: int, needs: str, device: torch.device, channels: int, bn_groups: int | None
+    views,
+    num_views: int,
+    needs: str,
+    device: torch.device,
+    channels: int,
+    bn_groups: int | None,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
     """Raise ``ValueError`` unless ``views`` is a list of ``num_views`` floating-point image
-    batches [B, C, H, W] with the same B >= 1 and C = ``channels``, on ``device``. ``bn_groups``:
+    batches [B, C, H, W] with the same B >= 1 and C = ``channels``, on ``device``, of a dtype
+    the model takes (``check_images``). Their heights and widths may differ. ``bn_groups``:
     the batch-norm groups of a training step (``model.bn_splits``), each of which needs at least
     2 samples; None in eval mode (running statistics). ``needs`` says what the method takes
     ("MoCo needs 2 views [x_q, x_k]").
@@ -128,22 +167,7 @@ def check_views(
         raise ValueError(f"{needs}, got {len(views)}")
     batch = None
     for i, x in enumerate(views):
-        if not isinstance(x, Tensor):
-            raise ValueError(f"view {i} must be a tensor [B, C, H, W], got {type(x).__name__}")
-        where = f"shape {list(x.shape)}, {x.dtype} on {x.device}"
-        if x.dim() != 4 or x.shape[1] != channels:
-            raise ValueError(
-                f"view {i} must be a batch of images [B, {channels}, H, W], got {where}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"view {i} must be floating-point images (normalized, as the training views), "
-                f"got {where}"
-            )
-        if x.device != device:
-            raise ValueError(
-                f"view {i} is on {x.device} but the model is on {device}; move it there"
-            )
+        check_images(x, f"view {i}", device, channels, dtype)
         if batch is None:
             batch = x.shape[0]
         elif x.shape[0] != batch:
@@ -211,16 +235,22 @@ class MoCo(nn.Module):
         scores are computed with the current key encoder, queue and batch-norm running
         statistics, and the model is left unchanged: scoring held-out data with a loaded
         checkpoint does not alter it. Raises ``ValueError`` for views that are not a list of 2
-        floating-point image batches of one size on the model's device.
+        floating-point image batches of one batch size on the model's device in a dtype it
+        takes (its weights' dtype, or any but float64 under autocast), and for an ``epoch``
+        that is not an integer >= 0. The two views may differ in height and width (as
+        multi-crop views do): each goes through its encoder on its own.
         """
+        conv1 = self.encoder_q.backbone.conv1
         check_views(
             views,
             self.num_views,
             "MoCo needs 2 views [x_q, x_k]",
             self.queue.device,
-            self.encoder_q.backbone.conv1.in_channels,
+            conv1.in_channels,
             self.cfg.model.bn_splits if self.training else None,
+            conv1.weight.dtype,
         )
+        check_epoch(epoch)
         x_q, x_k = views[0], views[1]
         if self.training:
             momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
@@ -279,7 +309,13 @@ class MoCo(nn.Module):
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, x: Tensor, space: str = "backbone") -> Tensor:
-        """Frozen features of the query encoder: the pooled backbone output, or the projection."""
+        """Frozen features of the query encoder: the pooled backbone output, or the projection.
+
+        Raises ``ValueError`` for ``x`` that is not a batch of images [B, 3, H, W] as a view
+        of ``forward`` (floating-point, on the model's device, in a dtype it takes)."""
+        conv1 = self.encoder_q.backbone.conv1
+        device = self.queue.device
+        check_images(x, "x", device, conv1.in_channels, conv1.weight.dtype)
         if space == "backbone":
             return self.encoder_q.backbone(x)
         if space == "z":
