@@ -467,7 +467,7 @@ def test_validate_checks_a_python_config_as_a_loaded_one(key, value, message):
         ("optim.lr", "0.1", "optim.lr must be a number > 0, got '0.1' (str)"),
         ("name", 5, "name must be a relative folder name"),
         ("scores.record", 1, "scores.record must be true or false, got 1"),
-        ("optim.milestones", [120.0], "optim.milestones must be a list"),
+        ("optim.milestones", [120.0], "optim.milestones[0] must be an integer >= 1, got 120.0"),
     ],
 )
 def test_validate_refuses_a_value_of_the_wrong_type(key, value, message):
@@ -494,3 +494,38 @@ def test_validate_accepts_what_a_python_user_writes():
     cfg.moco = {"queue_size": 10}
     with pytest.raises(UserError, match="section 'moco' must be a MocoConfig, got dict"):
         validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # before: "optim.milestones[] must be an integer, got 'x'" (no index, no range)
+        ("optim.milestones=[10,x]", "optim.milestones[1] must be an integer >= 1, got 'x'"),
+        ("optim.milestones=[10,0]", "got [10, 0]: optim.milestones[1] is 0"),
+        (
+            "looc.augmentations=[color,colour]",
+            "got ['color', 'colour']: looc.augmentations[1] is 'colour' (did you mean 'color'?)",
+        ),
+    ],
+)
+def test_an_item_of_a_list_is_named_by_its_index(override, message):
+    with pytest.raises(UserError) as caught:
+        load_config(None, ["method=looc", override])
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optim.milestones", [10, "x"], "optim.milestones[1] must be an integer >= 1, got 'x'"),
+        ("optim.milestones", [10, 20.0], "optim.milestones[1] must be an integer >= 1, got 20.0"),
+        ("optim.milestones", [10, -1], "got [10, -1]: optim.milestones[1] is -1"),
+        ("looc.augmentations", ["color", 5], "looc.augmentations[1] must be one of color, rot"),
+    ],
+)
+def test_validate_names_the_item_of_a_list_that_is_wrong(key, value, message):
+    from contrastlab.config import validate
+
+    with pytest.raises(UserError) as caught:
+        validate(_python_config(key, value))
+    assert message in str(caught.value)

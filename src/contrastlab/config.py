@@ -480,7 +480,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {_show(value)}")
-        return [_coerce(v, item, f"{key}[]") for v in value]
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -512,8 +512,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _expected(key: str, kind: str) -> str:
-    """What ``key`` accepts: its declared range (``VALID``) where it has one, else ``kind``."""
+    """What ``key`` accepts: its declared range (``VALID``) where it has one, else ``kind``; for
+    an item of a list (``optim.milestones[1]``), the range of the list's items."""
     spec = VALID.get(key)
+    if spec is None and key.endswith("]"):
+        spec = getattr(VALID.get(key[: key.rindex("[")]), "item", None)
     return spec.describe() if spec is not None else kind
 
 
@@ -775,17 +778,24 @@ def get_dotted(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def _check_ranges(cfg: Config, origins: dict[str, str] | None = None) -> None:
+def _check_ranges(cfg: Any, origins: dict[str, str] | None = None, section: str = "") -> None:
+    """Every value of ``VALID`` in its range: of a whole ``Config``, or with ``section``
+    ("augment") of that section alone."""
+    prefix = f"{section}." if section else ""
     for key, spec in VALID.items():
-        value = get_dotted(cfg, key)
+        if not key.startswith(prefix):
+            continue
+        value = get_dotted(cfg, key.removeprefix(prefix))
         if value is None:
             continue
         if not spec.ok(value):
-            hint = ""
-            if isinstance(spec, Items) and isinstance(spec.item, Choices):  # e.g. 'colour'
-                wrong = [x for x in value if not spec.item.ok(x)]
-                hint = suggest(str(wrong[0]), spec.item.values) if wrong else ""
-            raise _located(f"{key} must be {spec.describe()}, got {value!r}{hint}", key, origins)
+            where = ""
+            if isinstance(spec, Items):  # which item: optim.milestones[1]=0, 'colour'
+                i, wrong = next((i, x) for i, x in enumerate(value) if not spec.item.ok(x))
+                where = f": {key}[{i}] is {wrong!r}"
+                if isinstance(spec.item, Choices):
+                    where += suggest(str(wrong), spec.item.values)
+            raise _located(f"{key} must be {spec.describe()}, got {value!r}{where}", key, origins)
 
 
 def _validate(
@@ -1220,17 +1230,40 @@ def validate(cfg: Config, need_data_path: bool = True) -> None:
             )
     checked = _build(Config, dataclasses.asdict(cfg))
     for key, hint in key_hints().items():
-        given = get_dotted(cfg, key)
-        if not _same_value(given, get_dotted(checked, key)):
-            kind = {int: "an integer", float: "a number", str: "a string"}.get(hint, "a list")
-            if get_origin(hint) in (typing.Union, types.UnionType):
-                kind = {int: "an integer or None", float: "a number or None"}.get(
-                    next(a for a in get_args(hint) if a is not type(None)), "a string or None"
-                )
-            raise UserError(
-                f"{key} must be {_expected(key, kind)}, got {given!r} ({type(given).__name__})"
-            )
+        _check_given(key, hint, get_dotted(cfg, key), get_dotted(checked, key))
     _validate(checked, need_data_path)
+
+
+def _check_given(key: str, hint: Any, given: Any, checked: Any) -> None:
+    """A ``UserError`` unless the value given in Python is the value it was checked as (an int
+    where an int is due, not a string a conversion would turn into one); a list names the item."""
+    if _same_value(given, checked):
+        return
+    if get_origin(hint) is list and isinstance(given, (list, tuple)):
+        (item,) = get_args(hint)
+        for i, (g, c) in enumerate(zip(given, checked)):
+            _check_given(f"{key}[{i}]", item, g, c)
+    kind = {int: "an integer", float: "a number", str: "a string"}.get(hint, "a list")
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        kind = {int: "an integer or None", float: "a number or None"}.get(
+            next(a for a in get_args(hint) if a is not type(None)), "a string or None"
+        )
+    raise UserError(f"{key} must be {_expected(key, kind)}, got {given!r} ({type(given).__name__})")
+
+
+def check_section(section: Any, name: str) -> None:
+    """``validate`` for one section of a config built in Python (``check_section(aug,
+    "augment")``): the section's type, and each of its values of its type, one of its choices
+    and in its range. Raises the same one-line ``UserError`` as ``validate``, naming the key."""
+    hint = get_type_hints(Config).get(name)
+    if not dataclasses.is_dataclass(hint):
+        raise ValueError(f"no config section named {name!r}")
+    if not isinstance(section, hint):
+        raise UserError(f"{name} must be a {hint.__name__}, got {type(section).__name__}")
+    checked = _build(hint, dataclasses.asdict(section), f"{name}.")
+    for key, key_hint in get_type_hints(hint).items():
+        _check_given(f"{name}.{key}", key_hint, getattr(section, key), getattr(checked, key))
+    _check_ranges(checked, section=name)
 
 
 def config_from_dict(data: dict) -> Config:
