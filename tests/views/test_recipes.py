@@ -375,3 +375,83 @@ def test_batched_views_refuse_images_of_the_wrong_layout():
 def test_calling_batched_views_is_documented():
     doc = BatchedViews.__call__.__doc__ or ""
     assert "[B, 3, S, S]" in doc and "[q, k0, k_1..k_n]" in doc and "empty batch" in doc
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs given in Python: one clear ValueError each
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "aug, size, message",
+    [
+        # before: taken silently, and "v2" ran as a moco_v2-like recipe
+        ({"recipe": "v2"}, 32, r"augment.recipe='v2' is not valid.*valid values: moco_v1"),
+        ({"crop_scale_min": 0.0}, 32, r"augment.crop_scale_min must be a number in \(0, 1\]"),
+        ({"hue": 0.7}, 32, r"augment.hue must be a number in \[0, 0.5\]"),
+        ({"grayscale_p": "0.2"}, 32, r"augment.grayscale_p must be .*got '0.2' \(str\)"),
+        ({"blur": "yes"}, 32, "augment.blur must be true or false"),
+        ({}, 0, r"image_size must be an integer in \[8, 4096\], got 0"),
+        ({}, 32.0, r"image_size must be an integer in \[8, 4096\], got 32.0"),
+    ],
+)
+def test_recipe_from_config_checks_the_augment_config_and_the_size(aug, size, message):
+    with pytest.raises(ValueError, match=message):
+        recipe_from_config(AugmentConfig(**aug), size, MEAN, STD)
+
+
+@pytest.mark.parametrize(
+    "mean, std, atomic, message",
+    [
+        (MEAN, (0.2, 0.0, 0.3), (), r"std must be 3 numbers > 0"),  # before: inf/NaN views
+        (MEAN, (0.2, 0.3), (), r"std must be 3 finite numbers"),
+        ((0.5, math.nan, 0.5), STD, (), r"mean must be 3 finite numbers"),
+        (MEAN, STD, ("colour",), "atomic must list each of color, rotation, texture at most"),
+        (MEAN, STD, ("color", "color"), "at most once"),
+    ],
+)
+def test_a_recipe_that_would_render_non_finite_or_unknown_views_is_refused(
+    mean, std, atomic, message
+):
+    with pytest.raises(ValueError, match=message):
+        recipe_from_config(AugmentConfig(), 32, mean, std, atomic)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"gen": None}, r"gen must be a torch.Generator .*got NoneType"),  # before: AttributeError
+        ({"height": 0}, "height must be an integer >= 1, got 0"),  # before: ZeroDivisionError
+        ({"width": 2.5}, "width must be an integer >= 1, got 2.5"),
+        ({"n": -1}, "n must be an integer >= 0, got -1"),  # before: a RuntimeError of torch.rand
+        ({"recipe": AugmentConfig()}, "recipe must be a ViewRecipe"),
+    ],
+)
+def test_sample_params_refuses_wrong_arguments(args, message):
+    call = {"recipe": _recipe(), "n": 4, "height": 32, "width": 32, "gen": _gen()} | args
+    with pytest.raises(ValueError, match=message):
+        sample_params(**call)
+
+
+def _without(p, group):
+    return {g: v for g, v in p.items() if g != group}
+
+
+@pytest.mark.parametrize("make", [render, lambda recipe, x, p: compiled_render(recipe)(x, p)])
+@pytest.mark.parametrize(
+    "images, params, message",
+    [
+        # before: "got shape (4, 3, 32, 32)", a blank number of views, KeyError: 'crop'
+        (lambda x: x.numpy(), None, r"images must be a torch tensor .*got ndarray"),
+        (None, lambda p: {}, r"p must be the parameters that sample_params returns .*got a dict"),
+        (None, lambda p: _without(p, "crop"), r"'crop' among them\), got a dict of \['blur'"),
+        (None, lambda p: [p], r"p must be the parameters .*got list"),
+        (None, lambda p: _without(p, "color"), r"the parameters hold \['blur', 'crop', 'rot"),
+    ],
+)
+def test_render_refuses_parameters_that_sample_params_did_not_give(make, images, params, message):
+    recipe = recipe_from_config(AugmentConfig(blur=True, rotation=True), 32, MEAN, STD)
+    x, p = _images(4, 3, 32, 32), sample_params(recipe, 4, 32, 32, _gen())
+    x, p = (images or (lambda x: x))(x), (params or (lambda p: p))(p)
+    with pytest.raises(ValueError, match=message):
+        make(recipe, x, p)

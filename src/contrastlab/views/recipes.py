@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -38,14 +39,22 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from contrastlab.config import AugmentConfig
+from contrastlab.config import VALID, AugmentConfig, check_section
 from contrastlab.data.augment import blur_kernel_size, color_strengths
+from contrastlab.errors import UserError
 from contrastlab.views import ops
 
 Params = dict[str, dict[str, Tensor]]
 
 TEXTURE_KERNELS = (3, 5, 7)  # random-convolution filter sizes (Lee et al., ICLR 2020)
 CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its fallback
+
+
+ATOMIC = ("color", "rotation", "texture")  # LooC's atomic augmentations
+
+
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,24 @@ class ViewRecipe:
     rotation: bool = False
     texture: bool = False
     atomic: tuple[str, ...] = field(default=())  # LooC: the augmentations with a space of their own
+
+    def __post_init__(self):
+        # A recipe made in Python: a size or a normalization that would render nothing, or
+        # non-finite views, is one ValueError here rather than a silent NaN in every view.
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"image_size must be an integer >= 1, got {size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(_finite(v) for v in values):
+                raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {values!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be 3 numbers > 0 (views are divided by it), got {self.std}")
+        unknown = [a for a in self.atomic if a not in ATOMIC]
+        if unknown or len(set(self.atomic)) != len(self.atomic):
+            raise ValueError(
+                f"atomic must list each of {', '.join(ATOMIC)} at most once, got {self.atomic}"
+            )
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -100,7 +127,20 @@ def recipe_from_config(
     (or ``augment.rotation``) add those ops to every view. LooC (``atomic`` not empty) always
     crops and flips, and blurs with ``augment.blur=true`` whatever the recipe: ``none`` drops only
     its colour jitter there (``data/looc_views.LoocViews``, the per-image reference).
+
+    ``aug`` is checked as ``validate`` checks a config (a misspelt ``recipe`` must not run as
+    another one), ``image_size`` as ``data.image_size``: a ``ValueError`` that names the value.
     """
+    try:
+        check_section(aug, "augment")
+    except UserError as e:
+        raise ValueError(str(e)) from None
+    size_range = VALID["data.image_size"]
+    integer = isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool)
+    if not integer or not size_range.ok(image_size):
+        raise ValueError(f"image_size must be {size_range.describe()}, got {image_size!r}")
+    if not isinstance(crop, bool):
+        raise ValueError(f"crop must be True or False, got {crop!r}")
     hue, gray = color_strengths(aug)
     base = aug.recipe
     whole_image = base == "none" and not atomic  # MoCo's no-augmentation baseline
@@ -176,10 +216,29 @@ def sample_crop_boxes(
     return torch.stack([top, left, h, w], dim=1).long()
 
 
+def _check_recipe(recipe) -> None:
+    if not isinstance(recipe, ViewRecipe):
+        raise ValueError(
+            f"recipe must be a ViewRecipe (see recipe_from_config), got {type(recipe).__name__}"
+        )
+
+
 def sample_params(
     recipe: ViewRecipe, n: int, height: int, width: int, gen: torch.Generator
 ) -> Params:
-    """Draw the parameters of ``n`` views of images ``height`` x ``width`` from ``gen``."""
+    """Draw the parameters of ``n`` views of images ``height`` x ``width`` from ``gen``.
+
+    A ``recipe`` that is not a ``ViewRecipe``, ``n`` that is not an integer >= 0, a size that is
+    not an integer >= 1 or ``gen`` that is not a ``torch.Generator`` is a ``ValueError``."""
+    _check_recipe(recipe)
+    for name, value, low in (("n", n, 0), ("height", height, 1), ("width", width, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(gen, torch.Generator):
+        raise ValueError(
+            "gen must be a torch.Generator on the images' device (torch.Generator(device)"
+            f".manual_seed(seed)), got {type(gen).__name__}"
+        )
     dev = gen.device
     p: Params = {}
     if recipe.crop and recipe.center_crop:
@@ -248,12 +307,34 @@ def select(params: Params, index) -> Params:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_render_inputs(images: Tensor, p: Params) -> None:
+def check_render_inputs(images: Tensor, p: Params, recipe: ViewRecipe | None = None) -> None:
     """A ``ValueError`` unless ``images`` is ``[N, 3, H, W]`` uint8 or floating point and ``p``
-    holds N views sampled for H x W images. Reads shapes and dtypes only (no device sync)."""
-    shape = tuple(getattr(images, "shape", ()))
-    if not isinstance(images, Tensor) or len(shape) != 4 or shape[1] != 3:
+    holds N views sampled for H x W images (by ``sample_params`` of ``recipe``, where given).
+    Reads shapes and dtypes only (no device sync)."""
+    if not isinstance(images, Tensor):
+        raise ValueError(
+            f"images must be a torch tensor [N, 3, H, W], got {type(images).__name__}; convert "
+            "it with torch.as_tensor(images)"
+        )
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[1] != 3:
         raise ValueError(f"images must be a tensor [N, 3, H, W], got shape {shape}")
+    groups = p.get("crop") if isinstance(p, dict) else None
+    well_formed = isinstance(groups, dict) and all(
+        isinstance(group, dict) and group and all(isinstance(v, Tensor) for v in group.values())
+        for group in p.values()
+    )
+    if not well_formed:
+        got = f"a dict of {sorted(p)}" if isinstance(p, dict) else type(p).__name__
+        raise ValueError(
+            f"p must be the parameters that sample_params returns (a dict of groups of tensors, "
+            f"'crop' among them), got {got}"
+        )
+    if recipe is not None and set(p) != set(recipe.groups):
+        raise ValueError(
+            f"the parameters hold {sorted(p)} but this recipe draws {sorted(recipe.groups)}; "
+            "sample them with sample_params of this recipe"
+        )
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(
             f"images must be uint8 (0-255) or floating point in [0, 1], got {images.dtype}; "
@@ -283,7 +364,8 @@ def render(recipe: ViewRecipe, images: Tensor, p: Params, normalize: bool = True
     not: values outside [0, 1] go through the colour ops as they are and are clamped to [0, 1]
     before normalizing.
     """
-    check_render_inputs(images, p)
+    _check_recipe(recipe)
+    check_render_inputs(images, p, recipe)
     if images.shape[0] == 0:
         return images.new_empty(0, 3, recipe.image_size, recipe.image_size, dtype=torch.float32)
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -319,8 +401,6 @@ def compiled_render(recipe: ViewRecipe):
     a failure there is one ``UserError`` that names ``data.views_compile``. Results equal
     ``render``'s to float rounding (tests/views/test_pipeline.py).
     """
-    from contrastlab.errors import UserError
-
     # The ops' small constants are cached per device; tracing through the cache is what we want.
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*", module="torch._dynamo")
     # Inductor's C++ build logs "No CUDA runtime is found, using CUDA_HOME=..." on CPU-only
@@ -331,7 +411,9 @@ def compiled_render(recipe: ViewRecipe):
 
     def call(images: Tensor, p: Params) -> Tensor:
         nonlocal first
-        check_render_inputs(images, p)  # here, not in the graph: a bad input is not a build failure
+        check_render_inputs(
+            images, p, recipe
+        )  # here, not in the graph: a bad input is not a build failure
         if not first:
             return fast(images, p)
         try:
