@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import pytest
 import torch
@@ -183,6 +185,38 @@ def test_an_unknown_ft_value_is_refused_naming_the_valid_ones(field, value, vali
         feature_transform(q, k, queue, cfg, 0, generator=gen(0))
     with pytest.raises(ValueError, match="is not valid"):
         is_active(cfg, 0)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        # before: "alpha must be positive, got -1" (which alpha?), or NaN draws for nan
+        ("alpha_pos", -1, "ft.alpha_pos must be a number > 0, got -1"),
+        ("alpha_neg", 0.0, "ft.alpha_neg must be a number > 0, got 0.0"),
+        ("alpha_pos", math.nan, "ft.alpha_pos must be a number > 0, got nan"),
+        ("alpha_neg", "2", "ft.alpha_neg must be a number > 0, got '2'"),
+        ("start_epoch", -1, "ft.start_epoch must be an integer >= 0, got -1"),
+        ("start_epoch", 1.5, "ft.start_epoch must be an integer >= 0, got 1.5"),
+        ("renormalize", 1, "ft.renormalize must be True or False, got 1"),
+        ("renormalize_negatives", "no", "ft.renormalize_negatives must be True or False"),
+    ],
+)
+def test_a_number_out_of_range_names_its_ft_key(field, value, message):
+    q, k, queue = features()
+    cfg = FTConfig(**{"pos": "extrapolate", "neg": "interpolate", field: value})
+    for call in (
+        lambda: transform_features(q, k, queue, cfg, 0),
+        lambda: feature_transform(q, k, queue, cfg, 0, generator=gen(0)),
+        lambda: is_active(cfg, 0),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
+def test_sample_beta_refuses_an_alpha_that_is_not_a_positive_number():
+    for alpha in (math.nan, -1, "1"):  # before: NaN draws for nan, a TypeError for "1"
+        with pytest.raises(ValueError, match="alpha must be a number > 0"):
+            sample_beta((), alpha)
 
 
 @pytest.mark.parametrize("pos,low,high", [("extrapolate", 1.0, 2.0), ("interpolate", 0.0, 1.0)])

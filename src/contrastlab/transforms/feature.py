@@ -21,13 +21,14 @@ See docs/feature-transformation.md for the closed forms and the config keys.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastlab.config import FTConfig
+from contrastlab.config import VALID, FTConfig
 
 __all__ = [
     "FTOutput",
@@ -85,9 +86,10 @@ DISTRIBUTIONS = ("beta", "uniform")
 
 
 def check_ft_config(cfg: FTConfig) -> None:
-    """Raise ``ValueError`` naming the valid values for a choice of ``cfg`` that is none of them
-    (an ``FTConfig`` built in Python is not checked like a loaded config; a misspelt ``pos`` must
-    not run as another transformation)."""
+    """Raise ``ValueError`` naming the valid values for a choice of ``cfg`` that is none of them,
+    and the range of a number out of it (an ``FTConfig`` built in Python is not checked like a
+    loaded config; a misspelt ``pos`` must not run as another transformation). Each message
+    names its key (``ft.alpha_pos``). Python values only: nothing waits for the device."""
     for key, value, valid in (
         ("pos", cfg.pos, POS_CHOICES),
         ("neg", cfg.neg, NEG_CHOICES),
@@ -99,6 +101,14 @@ def check_ft_config(cfg: FTConfig) -> None:
         if value not in valid:
             names = ", ".join("null" if v is None else v for v in valid)
             raise ValueError(f"ft.{key}={value!r} is not valid; valid values: {names}")
+    for key in ("alpha_pos", "alpha_neg", "start_epoch"):
+        value, spec = getattr(cfg, key), VALID[f"ft.{key}"]
+        kind = numbers.Integral if spec.integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind) or not spec.ok(value):
+            raise ValueError(f"ft.{key} must be {spec.describe()}, got {value!r}")
+    for key in ("renormalize", "renormalize_negatives"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ValueError(f"ft.{key} must be True or False, got {getattr(cfg, key)!r}")
 
 
 def _where(t: Tensor) -> str:
@@ -188,8 +198,8 @@ def sample_beta(
     The Gamma ratio (rather than ``torch.distributions.Beta``) keeps the draw on the device, takes a
     ``generator`` for reproducible runs, and validates nothing on the host.
     """
-    if alpha <= 0:
-        raise ValueError(f"alpha must be positive, got {alpha}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
     concentration = torch.full((2, *shape), float(alpha), device=device, dtype=dtype)
     x, y = torch._standard_gamma(concentration, generator=generator).unbind(0)
     total = x + y
