@@ -391,3 +391,41 @@ def test_the_format_docs_loading_example_runs_and_says_where_each_array_is(tmp_p
     assert "`interval_counts`" in doc and "no `pos_hist`" in doc
     deps = " ".join(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
     assert "pandas" not in deps and "not a\ndependency" in doc
+
+
+def _public_loaders():
+    from contrastlab import analysis, checkpoint, convert, export
+    from contrastlab.viz import score_plots
+
+    return {
+        "load_scores": (scores.load_scores, "run_dir"),
+        "load_histograms": (scores.load_histograms, "run_dir"),
+        "load_run": (score_plots.load_run, "run_dir"),
+        "read_checkpoint": (checkpoint.read_checkpoint, "checkpoint"),
+        "load_model": (checkpoint.load_model, "checkpoint"),
+        "load_model_and_normalization": (checkpoint.load_model_and_normalization, "checkpoint"),
+        "read_source": (convert.read_source, "source"),
+        "read_encoder": (convert.read_encoder, "source"),
+        "load_analysis": (analysis.load_analysis, "analysis folder"),
+        "export_checkpoint": (
+            lambda p: export.export_checkpoint(p, "safetensors", "x"),
+            "checkpoint",
+        ),
+    }
+
+
+@pytest.mark.parametrize("value", [None, 5, ""])
+@pytest.mark.parametrize("loader", list(_public_loaders()))
+def test_a_loader_given_something_that_is_not_a_path_says_so(loader, value):
+    # before: "TypeError: expected str, bytes or os.PathLike object, not NoneType"; "" read the
+    # current folder as the run
+    load, what = _public_loaders()[loader]
+    with pytest.raises(UserError, match=rf"^{what} must be a path \(str or os.PathLike\), got "):
+        load(value)
+
+
+def test_export_refuses_an_output_that_is_not_a_path(tmp_path):
+    from contrastlab.export import export_checkpoint
+
+    with pytest.raises(UserError, match=r"^out must be a path"):
+        export_checkpoint(tmp_path / "missing.pt", "safetensors", None)

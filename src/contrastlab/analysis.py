@@ -52,7 +52,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure, write_atomic, write_text
-from contrastlab.errors import UserError, as_list
+from contrastlab.errors import UserError, as_list, as_path
 from contrastlab.eval.context import DEVICES
 from contrastlab.eval.progress import Heartbeat, say
 
@@ -513,7 +513,8 @@ def _is_analysis(path: Path) -> bool:
 
 
 def load_analysis(out: str | Path) -> dict:
-    if Path(out).is_file():  # analysis.json itself, or another file given for the folder
+    out = as_path(out, "analysis folder")
+    if out.is_file():  # analysis.json itself, or another file given for the folder
         raise UserError(
             f"{out} is a file; give the folder that contrastlab analyze wrote (it holds "
             f"analysis.json), e.g. {Path(out).parent}"

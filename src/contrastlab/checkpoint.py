@@ -24,7 +24,7 @@ from torch import nn
 
 from contrastlab.atomic import TEMP_MARK, temp_path, write_atomic  # noqa: F401 - re-exported
 from contrastlab.config import Config, config_from_dict, config_to_dict
-from contrastlab.errors import TrainingDiverged, UserError
+from contrastlab.errors import TrainingDiverged, UserError, as_path
 
 FORMAT = "contrastlab-checkpoint-v1"
 
@@ -237,7 +237,7 @@ def read_checkpoint(path: str | Path, verify: bool = True) -> dict:
     holding pickled Python objects (not loaded), tagged as a checkpoint but missing ``config`` or
     ``model``, a checksum that does not match (a flipped byte), or non-finite weights.
     """
-    path = Path(path)
+    path = as_path(path, "checkpoint")
     state = load_torch_file(
         path,
         "checkpoint",
@@ -388,7 +388,7 @@ def load_model_and_normalization(path: str | Path, device: str | torch.device = 
     """``(model, cfg, (mean, std) or None)``: the model in eval mode and the per-channel statistics
     its training images were normalized with (None for checkpoints written before they were
     stored)."""
-    path = Path(path)
+    path = as_path(path, "checkpoint")
     return model_from_state(path, read_checkpoint(path), device)
 
 

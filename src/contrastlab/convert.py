@@ -47,7 +47,7 @@ from torch import Tensor
 
 from contrastlab.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from contrastlab.checkpoint import load_torch_file
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, as_path
 from contrastlab.eval.results import checkpoint_stem
 
 FORMATS = ("moco", "ft", "lightly", "solo-learn", "torchvision")
@@ -96,7 +96,7 @@ class Encoder:
 
 def read_source(path: str | Path) -> object:
     """``torch.load(path, weights_only=True)`` with one-line errors (``load_torch_file``)."""
-    path = Path(path)
+    path = as_path(path, "source")
 
     def pickled(name: str) -> str:
         return (

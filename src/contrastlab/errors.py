@@ -133,3 +133,15 @@ def as_list(value, what: str, kinds=(str,)) -> list:
         names = " or ".join(k.__name__ for k in kinds)
         raise UserError(f"{what} must be a {names} or a list of them, got {value!r}")
     return items
+
+
+def as_path(value, what: str):
+    """``value`` (a ``str`` or ``os.PathLike``) as a ``Path``; anything else, or an empty string
+    (which ``Path`` would read as the current folder), is the user's error, said in one line
+    with ``what`` (``"run_dir"``, ``"checkpoint path"``)."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{what} must be a path (str or os.PathLike), got {value!r}")
+    return Path(value)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastlab.atomic import write_atomic
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, as_path
 
 FORMATS = ("torchvision", "detectron2", "safetensors")
 
@@ -295,6 +295,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.Pat
 
     if fmt not in FORMATS:  # fail before the (slow) model rebuild
         raise UserError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    as_path(out, "out")
     state = read_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"])
     if fmt == "detectron2":

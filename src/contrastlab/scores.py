@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from contrastlab.atomic import write_atomic, write_text
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, as_path
 
 
 @dataclass
@@ -831,7 +831,7 @@ class ScoreHistograms:
 
 def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
     """The scores folder of ``run_dir`` (or ``run_dir`` itself when it is one) and its meta."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir, "run_dir")
     if not run_dir.exists():
         raise UserError(f"run directory {run_dir} does not exist")
     if run_dir.is_file():
@@ -887,7 +887,7 @@ def load_scores(
     ``queries=False`` reads only the small interval table (the per-query table of a long run can
     take gigabytes); ``record.queries`` then has its columns, empty.
     """
-    folder, meta = _scores_dir(Path(run_dir))
+    folder, meta = _scores_dir(run_dir)
     chosen = meta["epochs"] if epochs is None else _chosen_epochs(run_dir, meta, epochs)
     queries = _load_tables(folder, "queries", chosen if queries else [], QUERY_COLUMNS)
     intervals = _load_tables(folder, "intervals", chosen, INTERVAL_COLUMNS)
@@ -919,7 +919,7 @@ def _chosen_epochs(run_dir, meta: dict, epochs) -> list[int]:
 
 def load_histograms(run_dir: Path | str) -> ScoreHistograms:
     """Read the per-epoch and per-interval histograms of ``run_dir/scores``."""
-    folder, meta = _scores_dir(Path(run_dir))
+    folder, meta = _scores_dir(run_dir)
     bins = meta["bins"]
     with np.load(folder / "hist.npz", allow_pickle=False) as f:
         edges, epoch, counts = f["edges"], f["epoch"], f["counts"]

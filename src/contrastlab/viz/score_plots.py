@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
-from contrastlab.errors import UserError, as_list
+from contrastlab.errors import UserError, as_list, as_path
 from contrastlab.runstate import flatten, read_metrics  # noqa: F401 - re-exported
 from contrastlab.scores import (
     STAGES,
@@ -112,7 +112,7 @@ def _run_dir_of(file: Path) -> Path:
 def check_run_dir(run_dir: Path | str) -> Path:
     """``run_dir`` as a Path; a file (a checkpoint, config.yaml) or a missing folder given where a
     run directory belongs is the user's error, said in one line with what to give instead."""
-    path = Path(run_dir)
+    path = as_path(run_dir, "run_dir")
     if path.is_file():
         raise UserError(
             f"{path} is a file; give the run directory (the folder that holds config.yaml, "
