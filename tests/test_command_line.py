@@ -40,7 +40,7 @@ from contrastlab.errors import InterruptedTwice, StopRequested, UserError
         ),
         (
             ["train", "--config", "demo", "looc.augmentations=[colour]", "method=looc"],
-            "got ['colour'] (did you mean 'color'?)",
+            "got ['colour']: looc.augmentations[0] is 'colour' (did you mean 'color'?)",
         ),
         (
             ["train", "--config", "demo", "--out-dir", "a", "out_dir=b"],
