@@ -485,6 +485,22 @@ def test_linear_modes_keep_their_own_results_and_headings(checkpoint, tmp_path, 
     assert (run_dir / "eval" / "linear-fast.json").is_file()
 
 
+def test_eval_all_takes_the_few_shot_sizes_its_errors_advise(checkpoint, tmp_path, capsys):
+    """A few-shot part that the data could not hold told eval all's user to lower --shots,
+    --ways or --queries, which eval all did not take: it takes them now, as eval fewshot does,
+    and refuses them when --protocols leaves few-shot out."""
+    argv = ["eval", "all", str(checkpoint), *COMMON, "--protocols", "fewshot", "--no-save"]
+    sizes = ["--shots", "2", "--ways", "3", "--episode-shots", "1", "--queries", "2"]
+    out = tmp_path / "cmp"
+    assert main([*argv, *sizes, "--episodes", "4", "--trials", "2", "--out-dir", str(out)]) == 0
+    (entry,) = _json(out / "comparison.json")["entries"]
+    assert set(entry["results"]["fewshot"]) >= {"2-shot", "3-way 1-shot"}
+    capsys.readouterr()
+    knn_only = ["eval", "all", str(checkpoint), *COMMON, "--protocols", "knn", "--ways", "3"]
+    assert main([*knn_only, "--out-dir", str(tmp_path / "k")]) == 2
+    assert "--ways" in capsys.readouterr().err
+
+
 def test_variants_and_spaces_name_the_result_file(tmp_path):
     from contrastlab.eval.results import result_path, variant_of
 

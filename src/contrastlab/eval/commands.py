@@ -504,7 +504,7 @@ def _refuse_unused_in_all(args) -> None:
     """``eval all``'s options of protocols that ``--protocols`` leaves out are refused."""
     for protocol, options in {
         "knn": ("k", "temperature"),
-        "fewshot": ("trials", "episodes"),
+        "fewshot": ("shots", "trials", "ways", "episode_shots", "queries", "episodes"),
         "corruption": ("severities",),
         "linear": ("epochs",),
     }.items():
@@ -586,10 +586,13 @@ def _all(args) -> int:
     trials = 5 if args.trials is None else args.trials
     episodes = 600 if args.episodes is None else args.episodes
     severities = [1, 2, 3, 4, 5] if args.severities is None else args.severities
+    # few-shot's sizes as eval fewshot takes them, so that its errors' advice applies here too
+    given = {"shots": args.shots, "n_way": args.ways, "episode_shots": args.episode_shots}
+    shots = {k: v for k, v in {**given, "queries": args.queries}.items() if v is not None}
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
         "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=epochs),
-        "fewshot": lambda ctx: P.run_fewshot(ctx, num_episodes=episodes, trials=trials),
+        "fewshot": lambda ctx: P.run_fewshot(ctx, num_episodes=episodes, trials=trials, **shots),
         "rotation": P.run_rotation,
         "corruption": lambda ctx: P.run_corruption(ctx, severities=severities),
         "factors": P.run_factors,
@@ -867,7 +870,13 @@ def register(subparsers) -> None:
         help="same as --linear-mode fast",
     )
     p.add_argument("--epochs", type=int, help="linear, --linear-mode moco: epochs (default: 100)")
+    p.add_argument("--shots", type=_ints, help="fewshot: all-way K values (default: 5,10)")
     p.add_argument("--trials", type=int, help="fewshot: all-way trials (default: 5)")
+    p.add_argument("--ways", type=int, help="fewshot: classes per episode (default: 5)")
+    p.add_argument("--episode-shots", type=_ints, help="fewshot: episodes' K values (default: 1,5)")
+    p.add_argument(
+        "--queries", type=int, help="fewshot: query images per class of an episode (default: 15)"
+    )
     p.add_argument("--episodes", type=int, help="fewshot: episodes (default: 600)")
     p.add_argument("--severities", type=_ints, help="corruption: severities (default: 1,2,3,4,5)")
     _knn_options(p, "knn: ")
