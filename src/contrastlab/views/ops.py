@@ -325,8 +325,11 @@ def _filter_and_mix(x: Tensor, weight: Tensor, alpha: Tensor) -> Tensor:
     y = y.view(n, c, c, h, w).sum(dim=2)
     # Rescale y to x's range and mix, alpha * (y * scale + shift) + (1 - alpha) * x, as one
     # multiply, one add and one multiply-add per pixel.
-    lo, hi = x.reshape(n, -1).aminmax(dim=1)
-    y_lo, y_hi = y.reshape(n, -1).aminmax(dim=1)
+    # amin and amax, not aminmax: over rows on the CPU, aminmax(dim=1) ran 11x slower than the two
+    # reductions together (80 x 3,072 floats: 286 against 25 us), 12% of LooC's views with texture.
+    x_rows, y_rows = x.reshape(n, -1), y.reshape(n, -1)
+    lo, hi = x_rows.amin(dim=1), x_rows.amax(dim=1)
+    y_lo, y_hi = y_rows.amin(dim=1), y_rows.amax(dim=1)
     scale = (hi - lo) / (y_hi - y_lo).clamp_min(1e-8)
     shift = lo - y_lo * scale
     return (
