@@ -154,6 +154,18 @@ def temporary_files(folder) -> list:
     return [p for p in Path(folder).rglob("*") if ".tmp" in p.name]
 
 
+def trained_checkpoint(root, config: list[str]) -> Path:
+    """``last.pt`` of a run named ``tiny`` trained under ``root`` with the ``demo`` preset and the
+    overrides ``config`` (for tests that evaluate a checkpoint of a real, short training)."""
+    import torch
+
+    from contrastlab.cli import main
+
+    torch.set_num_threads(1)
+    assert main(["train", "--config", "demo", *config, f"out_dir={root}", "name=tiny"]) == 0
+    return Path(root) / "tiny" / "checkpoints" / "last.pt"
+
+
 def untrained_checkpoint(path, *overrides: str, preset: str | None = None, seed: int = 0):
     """A contrastlab checkpoint of a freshly built TINY model at ``path``, without training (for
     commands that only read the encoder: export, analyze)."""

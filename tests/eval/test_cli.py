@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import trained_checkpoint
 from PIL import Image
 
 from contrastlab.cli import main
@@ -36,10 +37,7 @@ COMMON = ["--workers", "0", "--no-progress", "--batch-size", "64"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    torch.set_num_threads(1)
-    assert main(["train", "--config", "demo", *TINY, f"out_dir={root}", "name=tiny"]) == 0
-    return root / "tiny" / "checkpoints" / "last.pt"
+    return trained_checkpoint(tmp_path_factory.mktemp("cli"), TINY)
 
 
 def _json(path):

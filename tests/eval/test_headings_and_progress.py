@@ -4,7 +4,7 @@ few-shot parts the data cannot support, and progress where no bar is shown."""
 import json
 
 import pytest
-import torch
+from helpers import trained_checkpoint
 from test_cli import COMMON, TINY
 
 from contrastlab.cli import main
@@ -12,14 +12,11 @@ from contrastlab.cli import main
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("headings")
-    torch.set_num_threads(1)
     # enough training images for eval all's default 10-shot draws
     tiny = [
         ("data.synthetic_train=300" if o.startswith("data.synthetic_train=") else o) for o in TINY
     ]
-    assert main(["train", "--config", "demo", *tiny, f"out_dir={root}", "name=tiny"]) == 0
-    return root / "tiny" / "checkpoints" / "last.pt"
+    return trained_checkpoint(tmp_path_factory.mktemp("headings"), tiny)
 
 
 def _json(path):

@@ -4,21 +4,17 @@ results on subsets, few-shot's refusal of short classes and the corruption sweep
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_cli import COMMON, TINY
+from helpers import trained_checkpoint
+from test_cli import COMMON, TINY, _folder
 
 from contrastlab.cli import main
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sametest")
-    torch.set_num_threads(1)
-    assert main(["train", "--config", "demo", *TINY, f"out_dir={root}", "name=tiny"]) == 0
-    return root / "tiny" / "checkpoints" / "last.pt"
+    return trained_checkpoint(tmp_path_factory.mktemp("sametest"), TINY)
 
 
 def _json(path):
@@ -67,20 +63,10 @@ def test_eval_all_tells_synthetic_test_sets_of_other_settings_apart(checkpoint, 
     assert _json(tmp_path / "same" / "comparison.json")["comparable"] is True
 
 
-def _folder(root, n):
-    rng = np.random.default_rng(0)
-    for c, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
-        d = root / f"class{c}"
-        d.mkdir(parents=True)
-        for i in range(n):
-            img = np.clip(rng.normal(colour, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{i}.png")
-
-
 def test_eval_all_tells_image_folder_holdouts_apart(checkpoint, tmp_path, capsys):
     """One folder, test splits held out at other fractions (cut to one size) are other images;
     a relative and an absolute path to one folder are the same images."""
-    _folder(tmp_path / "flowers", 20)
+    _folder(tmp_path / "flowers", [(200, 30, 30), (30, 200, 30), (30, 30, 200)], 20, 0)
     a = _with_data(
         checkpoint, tmp_path / "a" / "checkpoints" / "last.pt", name="imagefolder",
         path=str(tmp_path / "flowers"), holdout_fraction=0.1,

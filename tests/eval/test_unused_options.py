@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from helpers import TINY, overriding
+from helpers import TINY, overriding, trained_checkpoint
 
 from contrastlab.cli import main
 
@@ -19,8 +18,6 @@ MISSING = "/nonexistent/dir"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A checkpoint of a tiny run on the synthetic dataset (1 epoch of 2 steps)."""
-    root = tmp_path_factory.mktemp("unused")
-    torch.set_num_threads(1)
     cfg = overriding(
         TINY,
         "data.image_size=16",
@@ -28,8 +25,7 @@ def checkpoint(tmp_path_factory):
         "train.max_steps_per_epoch=2",
         "train.knn_every=0",
     )
-    assert main(["train", "--config", "demo", *cfg, f"out_dir={root}", "name=tiny"]) == 0
-    return root / "tiny" / "checkpoints" / "last.pt"
+    return trained_checkpoint(tmp_path_factory.mktemp("unused"), cfg)
 
 
 @pytest.fixture
