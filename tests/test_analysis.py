@@ -412,7 +412,7 @@ def test_analyze_help_shows_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for shown in (
         "images with two views (default: 256)",
-        "bank images (negatives) (default: 2048)",
+        "bank images (negatives) (default: 2048, or where the split has fewer images the most",
         "(default: train)",
         "seed of the images and their views (default: 0)",
         "(default: 128)",
@@ -470,3 +470,93 @@ def test_a_checkpoint_given_twice_is_analyzed_once_with_one_warning(tmp_path, ca
     err = problem_lines(capsys.readouterr().err)
     assert err == [f"warning: the checkpoint {a} is given 2 times (as {a}, {again}); analyzed once"]
     assert [e["label"] for e in load_analysis(out)["encoders"]] == ["a"]
+
+
+def _negative_scores(monkeypatch) -> list:
+    """Collects the negative scores that analyze bins (every [queries, K] block, per space)."""
+    import contrastlab.scores as scores
+
+    seen, score_stats = [], scores.score_stats
+
+    def collect(pos, neg, *args, **kwargs):
+        seen.append(neg.detach().double().numpy().ravel())
+        return score_stats(pos, neg, *args, **kwargs)
+
+    monkeypatch.setattr(scores, "score_stats", collect)
+    return seen
+
+
+def test_bins_sets_the_histograms_that_negative_quantiles_and_figures_come_from(
+    tmp_path, capsys, monkeypatch
+):
+    """The command line had no --bins: negative quantiles were only accurate to 0.01, the width
+    of 200 bins over [-1, 1], however close together the scores lay."""
+    ckpt = _checkpoint(tmp_path / "a.pt")
+    argv = ["analyze", str(ckpt), "--images", "8", "--negatives", "40", "--batch-size", "4"]
+    argv += ["--no-progress", "--device", "cpu"]
+    errors = {}
+    for bins in (None, 20000):
+        seen = _negative_scores(monkeypatch)
+        out = tmp_path / f"bins{bins}"
+        assert main([*argv, "--out", str(out), *(["--bins", str(bins)] if bins else [])]) == 0
+        result = load_analysis(out)
+        assert result["settings"]["bins"] == (bins or 200)
+        enc_dir = out / "encoders" / "a"
+        h = load_histograms(enc_dir)
+        assert h.meta["bins"] == (bins or 200) and len(h.edges) == (bins or 200) + 1
+        for stem in ("distributions", "overlay"):
+            assert (out / "figures" / f"analysis-backbone-{stem}.png").stat().st_size > 5000
+        exact = np.quantile(np.concatenate(seen), [0.1, 0.5, 0.9])
+        neg = result["encoders"][0]["spaces"]["backbone"]["neg"]
+        errors[bins] = np.abs(np.array([neg["q10"], neg["q50"], neg["q90"]]) - exact)
+        assert (errors[bins] <= 2 / (bins or 200) + 1e-6).all()  # within a bin
+    assert errors[20000].sum() < errors[None].sum()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    assert "--bins N" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bins", ["9", "100001", "0", "-5"])
+def test_bins_out_of_range_is_one_line_before_any_work(tmp_path, capsys, bins):
+    ckpt = tmp_path / "x.pt"
+    ckpt.write_bytes(b"not read: --bins is checked first")
+    out = tmp_path / "an"
+    assert main(["analyze", str(ckpt), "--bins", bins, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: --bins must be a whole number from 10 to 100000 (histogram bins over [-1, 1]; "
+        f"200, the default, are 0.01 wide), got {bins}"
+    )
+    assert not out.exists()
+    with pytest.raises(UserError, match="--bins must be a whole number"):
+        Settings(bins=20.5)
+
+
+def test_negatives_not_given_is_the_most_that_fit_a_small_split(tmp_path, capsys, monkeypatch):
+    """With fewer than 2,048 + 256 images, analyze without --negatives stopped: the user had not
+    asked for 2,048 negatives, the default had."""
+    import contrastlab.analysis as analysis
+
+    ckpt = _checkpoint(tmp_path / "a.pt")  # 64 training images
+    argv = ["analyze", str(ckpt), "--images", "8", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "fit")]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "--negatives" in line]
+    line = (
+        "analyze uses --negatives 56, the most that fit: the default 2048 and --images 8 need "
+        "more than the 64 images of the train split; give --negatives K to choose another"
+    )
+    assert said == [line]
+    settings = load_analysis(tmp_path / "fit")["settings"]
+    assert settings["negatives"] == 56 and settings["negatives_fitted"] == line
+    assert load_scores(tmp_path / "fit" / "encoders" / "a").query("backbone", "raw")["pos"].size
+    # a default that fits is used as it is, without a word
+    monkeypatch.setattr(analysis, "NEGATIVES", 40)
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    assert "--negatives" not in capsys.readouterr().err
+    settings = load_analysis(tmp_path / "default")["settings"]
+    assert settings["negatives"] == 40 and "negatives_fitted" not in settings
+    # a value given that does not fit stays an error, before any work
+    err = _error([*argv, "--negatives", "57", "--out", str(tmp_path / "given")], capsys)
+    assert "give --negatives 56 or less with --images 8" in err
+    assert not (tmp_path / "given" / "analysis.json").exists()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import numbers
 import re
 from pathlib import Path
 from typing import Sequence
@@ -62,6 +63,8 @@ _CONDITION_CODE = {RECIPE: 0, **{c: i + 1 for i, c in enumerate(CONDITIONS)}, "b
 FORMAT = "contrastlab-analysis-v1"
 ENCODER_FILE = "encoder.json"  # in each encoder's folder, written first: the folder is ours
 RECIPES = ("checkpoint", "moco_v1", "moco_v2")
+NEGATIVES = 2048  # K when --negatives is not given (fewer where the split has fewer images)
+BINS = (10, 100_000)  # --bins: at least 10; at most scores.bins' top (bins 2e-5 wide)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,13 +170,15 @@ class Settings:
     data_path: str | None = None
     split: str = "train"
     images: int = 256  # N: images with two views each
-    negatives: int = 2048  # K: bank images, the negatives of every query
+    # K: bank images, the negatives of every query; None: NEGATIVES, or the most the split
+    # leaves beside the N images where it has fewer (run_analysis says so)
+    negatives: int | None = None
     spaces: tuple[str, ...] = ("backbone",)
     recipe: str = "checkpoint"
     seed: int = 0
     device: str = "auto"
     batch_size: int = 128
-    bins: int = 200
+    bins: int = 200  # histogram bins over [-1, 1] of the scores (negative quantiles, figures)
     progress: bool = True
     skip_bad_images: bool = False  # --skip-bad-images (else the checkpoint's own setting)
 
@@ -185,19 +190,37 @@ class Settings:
         if not spaces:
             raise UserError(f"spaces needs at least one space name, got {self.spaces!r}")
         self.spaces = spaces
+        # bins of the scores' histograms over [-1, 1]; checked before any work
+        integral = isinstance(self.bins, numbers.Integral) and not isinstance(self.bins, bool)
+        if not integral or not BINS[0] <= self.bins <= BINS[1]:
+            raise UserError(
+                f"--bins must be a whole number from {BINS[0]} to {BINS[1]} (histogram bins over "
+                f"[-1, 1]; 200, the default, are 0.01 wide), got {self.bins!r}"
+            )
+        self.bins = int(self.bins)
 
 
 def _seed(settings: Settings, image: int, condition: str) -> int:
     return (settings.seed * 1_000_003 + image) * 16 + _CONDITION_CODE[condition]
 
 
+def fitted_negatives(n_available: int, settings: Settings) -> int:
+    """K: ``settings.negatives`` when given, else ``NEGATIVES`` or, where the split has fewer
+    images, the most it leaves beside the N images (``NEGATIVES`` when none is left: refused)."""
+    if settings.negatives is not None:
+        return settings.negatives
+    left = n_available - settings.images
+    return min(NEGATIVES, left) if left >= 1 else NEGATIVES
+
+
 def select_images(n_available: int, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """Fixed, seeded indices of the N query images and the K bank images (disjoint)."""
-    need = settings.images + settings.negatives
-    if settings.images < 1 or settings.negatives < 1:
+    k = fitted_negatives(n_available, settings)
+    need = settings.images + k
+    if settings.images < 1 or k < 1:
         raise UserError("--images and --negatives must be at least 1")
     if need > n_available:
-        n, k = settings.images, settings.negatives
+        n = settings.images
         fits = (
             [f"--negatives {n_available - n} or less with --images {n}"] if n < n_available else []
         )
@@ -459,6 +482,17 @@ def run_analysis(
         if key not in datasets:
             datasets[key] = build_dataset(data_cfg, settings.split, None)
             select_images(len(datasets[key]), settings)
+    fitted = None
+    if settings.negatives is None:  # one K for every encoder: what the smallest split allows
+        smallest = min(len(d) for d in datasets.values())
+        settings = dataclasses.replace(settings, negatives=fitted_negatives(smallest, settings))
+        if settings.negatives < NEGATIVES:
+            fitted = (
+                f"analyze uses --negatives {settings.negatives}, the most that fit: the default "
+                f"{NEGATIVES} and --images {settings.images} need more than the {smallest} "
+                f"images of the {settings.split} split; give --negatives K to choose another"
+            )
+            say(fitted)
     encoders, taken = [], set()
     for checkpoint, label, state in zip(checkpoints, labels, states):
         ctx = EvalContext.from_checkpoint(
@@ -489,6 +523,8 @@ def run_analysis(
             # the dataset analyzed, also when each checkpoint's own was used (no --dataset)
             "dataset": _one_or_all([d.name for d in data_cfgs]),
             "data_path": _one_or_all([d.path for d in data_cfgs]),
+            # why K is below the default when --negatives was not given
+            **({"negatives_fitted": fitted} if fitted else {}),
         },
         "conditions": [RECIPE, *CONDITIONS],
         "encoders": encoders,
@@ -817,7 +853,20 @@ def register(subparsers) -> None:
     )
     p.add_argument("--images", type=int, default=256, metavar="N", help="images with two views")
     p.add_argument(
-        "--negatives", type=int, default=2048, metavar="K", help="bank images (negatives)"
+        "--negatives",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"bank images (negatives) (default: {NEGATIVES}, or where the split has fewer images "
+        "the most it leaves beside --images, said on stderr)",
+    )
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=200,
+        metavar="N",
+        help=f"histogram bins over [-1, 1] of the scores, from {BINS[0]} to {BINS[1]}: the "
+        "negative scores' quantiles are accurate to a bin (2 / N) and the figures draw them",
     )
     p.add_argument(
         "--recipe",
@@ -878,6 +927,7 @@ def _cmd_analyze(args) -> int:
         seed=args.seed,
         device=args.device,
         batch_size=args.batch_size,
+        bins=args.bins,
         progress=not args.no_progress,
         skip_bad_images=args.skip_bad_images,
     )
