@@ -255,3 +255,43 @@ def test_a_knn_k_larger_than_the_bank_is_said(tiny_config, capsys):
     assert "every one of them votes" in capsys.readouterr().err
     Trainer(tiny_config("train.knn_k=95", "optim.epochs=1", "name=smallk"))
     assert "every one of them votes" not in capsys.readouterr().err
+
+
+def test_the_validation_split_holds_an_image_of_every_class_of_two_or_more(tiny_config, capsys):
+    """4 images per class at train.knn_val_fraction=0.1 held out round(0.4) = 0 of each: the
+    validation split was empty, knn_val_top1 never measured, and no best.pt written, silently.
+    It now holds one of each class, as the test split held out of an image folder does."""
+    from contrastlab.checkpoint import load_model
+    from contrastlab.data.datasets import stratified_holdout
+
+    cfg = tiny_config("data.synthetic_train=40", "optim.epochs=1", "train.knn_k=5", "name=few")
+    train, test = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    labels = train.labels.tolist()
+    assert sorted(labels.count(c) for c in set(labels)) == [4] * 10
+    assert stratified_holdout(labels, 0.1)[1] == []  # what the monitor drew before
+    result = Trainer(cfg).fit()
+    assert "validation split" not in capsys.readouterr().err
+    best = read_checkpoint(result.best_checkpoint)
+    model, saved_cfg = load_model(result.best_checkpoint)
+    again = knn_monitor_metrics(model, saved_cfg, train, test)["knn_val_top1"]
+    assert best["metrics"]["knn_val_top1"] == pytest.approx(again)
+
+
+def test_an_empty_validation_split_is_one_warning_line_and_an_event(tiny_config, capsys):
+    """Where every class holds a single image the split cannot hold one out: no best.pt, said."""
+    few = ("data.synthetic_train=10", "optim.batch_size=8", "optim.epochs=1", "train.knn_k=5")
+    cfg = tiny_config(*few, "name=single")
+    result = Trainer(cfg).fit()
+    line = (
+        "warning: the kNN monitor's validation split (train.knn_val_fraction=0.1) is empty: each "
+        "of the 10 classes of the training images holds one labelled image, which stays in the "
+        "kNN bank, so no best.pt is chosen; add a second image to the classes, or set "
+        "train.knn_val_fraction=0 to train without best.pt"
+    )
+    assert capsys.readouterr().err.splitlines().count(line) == 1
+    assert result.best_checkpoint is None and result.last_checkpoint is not None
+    events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in events if e["event"] == "warning"] == [line]
+    # no validation split asked for: nothing to say
+    Trainer(tiny_config(*few, "train.knn_val_fraction=0", "name=noval")).fit()
+    assert "validation split" not in capsys.readouterr().err

@@ -135,7 +135,7 @@ class TrainConfig:
     knn_k: int = 200  # neighbours of the kNN monitor
     knn_temperature: float = 0.1  # weights exp(similarity / T) of the kNN monitor
     knn_space: str = "backbone"  # feature space of the monitor's knn_top1: backbone, z (MoCo); backbone, z0, color, ..., concat (LooC)
-    knn_val_fraction: float = 0.1  # labelled training images whose kNN against the other training images chooses best.pt; 0 = no best.pt
+    knn_val_fraction: float = 0.1  # labelled training images (>= 1 per class of 2+) whose kNN vs the rest picks best.pt; 0 = no best.pt
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke tests, benchmarks)
     resume: str | None = None  # "auto" = latest checkpoint in the run directory, or a path
     overwrite: bool = False  # start afresh even if the run directory already holds checkpoints

@@ -179,7 +179,10 @@ def knn_monitor_metrics(model, cfg: Config, train_images, test_images, device="c
     128-d output of its encoder: ``knn_space=z``). ``knn_top1_<space>`` repeats it for every space
     that came at no extra cost (see :func:`_monitor_features`). ``knn_val_top1``, the metric that
     chooses ``best.pt``, never reads the test split: a stratified ``train.knn_val_fraction`` of the
-    labelled training images are the queries, the remaining training images the bank.
+    labelled training images are the queries (at least one of every class of two or more, as the
+    test split held out of an image folder), the remaining training images the bank; where every
+    class holds one image the split is empty and there is no ``knn_val_top1`` (see
+    :func:`knn_val_warning`).
 
     Images labelled -1 (unlabelled, e.g. STL-10's unlabelled split) never enter a bank or a metric.
     """
@@ -204,10 +207,30 @@ def knn_monitor_metrics(model, cfg: Config, train_images, test_images, device="c
         metrics[f"knn_top1_{space}"] = knn(feats["train"][space], feats["test"][space])
     if t.knn_val_fraction > 0:
         f_bank, y_bank = feats["train"][t.knn_space]
-        rest, val = stratified_holdout(y_bank.tolist(), t.knn_val_fraction)
+        rest, val = stratified_holdout(y_bank.tolist(), t.knn_val_fraction, at_least_one=True)
         if val and rest:
             metrics["knn_val_top1"] = knn((f_bank[rest], y_bank[rest]), (f_bank[val], y_bank[val]))
     return metrics
+
+
+def knn_val_warning(cfg: Config, train_images) -> str | None:
+    """The warning for a kNN validation split that holds no image (every class of the labelled
+    training images holds one, which stays in the bank): no ``best.pt`` is chosen. None when the
+    split holds images, or the monitor does not run or has no labels to measure with."""
+    t = cfg.train
+    if not t.knn_every or t.knn_val_fraction <= 0 or not train_images.num_classes:
+        return None
+    idx = labelled_indices(train_images.labels)
+    labels = torch.as_tensor(train_images.labels)[idx].tolist()
+    if not labels or stratified_holdout(labels, t.knn_val_fraction, at_least_one=True)[1]:
+        return None
+    classes = len(set(labels))
+    return (
+        f"warning: the kNN monitor's validation split (train.knn_val_fraction="
+        f"{t.knn_val_fraction:g}) is empty: each of the {classes} classes of the training images "
+        f"holds one labelled image, which stays in the kNN bank, so no best.pt is chosen; add a "
+        f"second image to the classes, or set train.knn_val_fraction=0 to train without best.pt"
+    )
 
 
 def knn_monitor_accuracy(model, cfg: Config, train_images, test_images, device="cpu") -> float:
@@ -602,10 +625,13 @@ class Trainer:
         cfg = self.cfg
         self.prepare_run_dir()
         self.stop_policy = preemption.StopPolicy(signals, cfg.train.checkpoint_minutes)
-        warning = plain_bn_warning(cfg, distributed.world_size())
-        if warning and self.is_main:
-            print(warning, file=sys.stderr, flush=True)
-            self.log({"event": "warning", "step": self.step, "message": warning})
+        for warning in (
+            plain_bn_warning(cfg, distributed.world_size()),
+            knn_val_warning(cfg, self.train_images) if self.monitor_measures else None,
+        ):
+            if warning and self.is_main:
+                print(warning, file=sys.stderr, flush=True)
+                self.log({"event": "warning", "step": self.step, "message": warning})
         # what this segment of the run (a fresh start or a resume) ran on: the processes, the
         # device and what train.amp=null came to, which config.yaml cannot say
         self.log(

@@ -147,7 +147,7 @@ def test_folders_whose_classes_each_gave_an_image_keep_their_split():
     ]
     few = [0] * 10 + [1] * 2 + [2] * 7  # class 1 now gives one; the draws of 0 and 2 are unchanged
     assert stratified_holdout(few, 0.2, at_least_one=True)[1] == [1, 4, 11, 14]
-    assert stratified_holdout(few, 0.2)[1] == [1, 4, 14]  # the kNN monitor's validation split
+    assert stratified_holdout(few, 0.2)[1] == [1, 4, 14]  # without at_least_one: none of class 1
 
 
 def test_flat_folder_is_unlabelled(tmp_path):
