@@ -1,0 +1,177 @@
+"""The prepared check for a machine with a GPU: one command, about nine minutes on one GPU.
+
+    python benchmarks/gpu_check.py --data ../shared/data --out OUT [--train-minutes 5]
+
+1. **CUDA correctness**: the tests that only run on CUDA (batched views rendered on the GPU equal
+   the CPU's from the same parameters and never wait for the device; Feature Transformation's draws
+   stay on the device), through pytest.
+2. **Views/s on the device**: ``benchmarks/views.py --device cuda --rounds 2 --no-steps``.
+3. **``moco_v2_cifar`` on CIFAR-10** (the archives ``cifar10-train.tar.gz`` and
+   ``cifar10-test.tar.gz`` in ``--data``, extracted once into ``OUT/cifar10``), bf16 autocast,
+   channels_last: a one-epoch run measures set-up plus one epoch; then a fresh run trains for as
+   many epochs as fit in ``--train-minutes`` (its cosine schedule set to that many), with the kNN
+   monitor (z, the official demo's space) at its end. Reports seconds per epoch, images/s, the
+   peak GPU memory (``torch.cuda.max_memory_allocated``) and the kNN top-1 on the 10,000 test
+   images, in ``OUT/gpu_check.json`` and on stdout.
+
+Every number goes to docs/benchmarks.md with the device, date and commit. On a machine without a
+GPU, ``--device cpu`` with ``--per-class`` and ``--train-minutes`` small runs the same steps on a
+subset (what tests/test_benchmarks.py does), so the script is known to work before a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from contrastlab.config import load_config  # noqa: E402
+from contrastlab.train import Trainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA_TESTS = [
+    "tests/views/test_pipeline.py::test_on_cuda_views_never_wait_for_the_device_and_match_the_cpu",
+    "tests/transforms/test_feature.py::test_cuda_draws_stay_on_device",
+]
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def extract_cifar10(archives: Path, dest: Path, per_class: int | None) -> Path:
+    """``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` under ``dest`` (all images, or the first
+    ``per_class`` of each class of each split)."""
+    if (dest / ".complete").exists():
+        return dest
+    for split in ("train", "test"):
+        archive = archives / f"cifar10-{split}.tar.gz"
+        if not archive.is_file():
+            raise SystemExit(f"error: {archive} does not exist; give --data the folder holding it")
+        taken: dict[str, int] = {}
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if member.isfile() and len(parts) == 3:
+                    count = taken.get(parts[1], 0)
+                    if per_class is not None and count >= per_class:
+                        continue
+                    taken[parts[1]] = count + 1
+                tar.extract(member, dest, filter="data")
+    (dest / ".complete").touch()
+    return dest
+
+
+def run_step(label: str, argv: list[str], timeout: float) -> dict:
+    """Run ``argv`` from the repository root; its output goes through; returns exit code and time."""
+    log(f"\n== {label}: {' '.join(argv)}")
+    start = time.perf_counter()
+    try:
+        rc = subprocess.run(argv, cwd=ROOT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    seconds = time.perf_counter() - start
+    log(f"== {label}: exit {rc}, {seconds:.1f} s")
+    return {"command": " ".join(argv), "exit": rc, "seconds": round(seconds, 1)}
+
+
+def train(data: Path, out: Path, name: str, epochs: int, device: str, extra: list[str]) -> dict:
+    """One ``moco_v2_cifar`` run of ``epochs`` epochs in this process: wall time, peak memory, kNN."""
+    overrides = [
+        "dataset=imagefolder",
+        f"data.path={data}",
+        f"out_dir={out}",
+        f"name={name}",
+        f"optim.epochs={epochs}",
+        f"train.knn_every={epochs}",
+        f"train.device={device}",
+        "train.amp=true",
+        "train.progress=false",
+        "train.overwrite=true",
+        *extra,
+    ]
+    cfg = load_config("moco_v2_cifar", overrides)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = Trainer(cfg).fit()
+    common.synchronize(torch.device(device))
+    seconds = time.perf_counter() - start
+    events = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    rates = sorted(e["images_per_s"] for e in events if e.get("images_per_s"))
+    return {
+        "command": "contrastlab train --config moco_v2_cifar " + " ".join(overrides),
+        "epochs": epochs,
+        "steps": result.steps,
+        "seconds": round(seconds, 1),
+        "final_loss": result.final_loss,
+        "knn_top1_z": result.knn_top1,
+        "median_images_per_s": rates[len(rates) // 2] if rates else None,
+        "peak_gpu_memory_gib": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+        ),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_check")))
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--train-minutes", type=float, default=5.0, help="budget of the long run")
+    ap.add_argument("--per-class", type=int, default=None, help="images per class (a subset)")
+    ap.add_argument("--skip", default="", help="comma-separated steps to skip: tests,views,train")
+    ap.add_argument("--train-option", action="append", default=[], help="extra KEY=VALUE")
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device here; give --device cpu to try the script on a CPU")
+    if args.train_minutes <= 0 or (args.per_class is not None and args.per_class < 1):
+        raise SystemExit("error: --train-minutes and --per-class must be positive")
+    skip = {s for s in args.skip.split(",") if s}
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    report: dict = {"machine": common.machine_info(device)}
+    if args.device == "cuda":
+        report["machine"]["gpu"] = torch.cuda.get_device_name()
+    log(json.dumps(report["machine"]))
+    py = [sys.executable]
+    if "tests" not in skip:
+        report["cuda_tests"] = run_step(
+            "CUDA tests", [*py, "-m", "pytest", "-q", "-rs", *CUDA_TESTS], timeout=300
+        )
+    if "views" not in skip:
+        report["views"] = run_step(
+            "views/s",
+            [*py, "benchmarks/views.py", "--device", args.device, "--rounds", "2", "--no-steps"],
+            timeout=240,
+        )
+    if "train" not in skip:
+        data = extract_cifar10(args.data, args.out / "cifar10", args.per_class)
+        runs = args.out / "runs"
+        log("\n== moco_v2_cifar: one epoch (set-up + epoch)")
+        one = train(data, runs, "calibrate", 1, args.device, args.train_option)
+        log(json.dumps(one))
+        epochs = max(2, int(args.train_minutes * 60 / one["seconds"]))
+        log(f"\n== moco_v2_cifar: {epochs} epochs")
+        full = train(data, runs, "moco_v2_cifar", epochs, args.device, args.train_option)
+        full["seconds_per_epoch"] = round((full["seconds"] - one["seconds"]) / (epochs - 1), 2)
+        log(json.dumps(full))
+        report["train"] = {"one_epoch": one, "run": full}
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"\nwrote {args.out / 'gpu_check.json'}")
+
+
+if __name__ == "__main__":
+    main()
