@@ -15,7 +15,7 @@ import torch
 from helpers import TINY, overriding
 
 from contrastlab.checkpoint import read_checkpoint
-from contrastlab.errors import TrainingInterrupted
+from contrastlab.errors import TrainingInterrupted, UserError
 from contrastlab.methods.moco import MoCo
 from contrastlab.train import Trainer
 
@@ -385,3 +385,134 @@ def test_under_torchrun_the_stop_line_says_what_torchrun_prints_after_it(
         assert "exits with 1" in message and "last metrics.jsonl event is `stopped`" in message
     last = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "stopped"
+
+
+# -- a resume inside an epoch continues that very epoch -------------------------------------
+
+
+def _stopped_inside_epoch(tiny_config, monkeypatch, name: str, step: int, *overrides: str):
+    """A run stopped by SIGTERM after ``step`` (global) steps, with ``overrides``; its config."""
+    cfg = tiny_config(*COMMON, f"name={name}", *overrides)
+    _on_step(monkeypatch, step, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+    return cfg
+
+
+def _files(run_dir) -> dict:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ("optim.batch_size=32", "optim.batch_size 16 -> 32"),
+        ("data.synthetic_train=128", "data.synthetic_train 96 -> 128"),
+        ("data.synthetic_seed=1", "data.synthetic_seed 0 -> 1"),
+        ("seed=1", "seed 0 -> 1"),
+        ("data.views=per_image", "data.views 'batched' -> 'per_image'"),
+        ("train.max_steps_per_epoch=2", "train.max_steps_per_epoch=2 ends it before the 3"),
+    ],
+)
+def test_a_resume_inside_an_epoch_with_another_order_is_refused(
+    tiny_config, monkeypatch, quiet_signals, change, key
+):
+    """The position in an epoch is a number of batches of an order drawn from the seed, the data
+    set and the batch size: batch 3 of 32 is not where batch 3 of 16 had reached (the resume
+    was accepted, trained some images twice and skipped others)."""
+    cfg = _stopped_inside_epoch(tiny_config, monkeypatch, "order", 3)
+    before = _files(cfg.run_dir)
+    again = tiny_config(*COMMON, "name=order", change, "train.resume=auto")
+    with pytest.raises(UserError) as info:
+        Trainer(again).fit()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "inside epoch 1, after 3 of its 6 steps" in message and key in message
+    assert "resume with the earlier values" in message and "start a new run" in message
+    assert _files(cfg.run_dir) == before  # nothing written, not even a resume event
+
+
+def test_the_refusal_names_a_kept_end_of_epoch_checkpoint_which_resumes(
+    tiny_config, monkeypatch, quiet_signals, capsys
+):
+    cfg = _stopped_inside_epoch(tiny_config, monkeypatch, "kept", 8, "train.keep_every=1")
+    kept = cfg.run_dir / "checkpoints" / "epoch-0001.pt"
+    again = ["name=kept", "train.keep_every=1", "optim.batch_size=32"]
+    with pytest.raises(UserError, match=f"train.resume={kept}"):
+        Trainer(tiny_config(*COMMON, *again, "train.resume=auto")).fit()
+    # from the end of an epoch another batch size is allowed, with the changed-settings warning
+    capsys.readouterr()
+    result = Trainer(tiny_config(*COMMON, *again, f"train.resume={kept}")).fit()
+    assert result.epochs == 2
+    assert "changed settings: optim.batch_size 16 -> 32" in capsys.readouterr().err
+
+
+def test_a_resume_inside_an_epoch_of_a_changed_image_folder_is_refused(
+    tiny_config, monkeypatch, quiet_signals, tmp_path
+):
+    """Images added to the folder between the stop and the resume: no setting changed."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+    folder = ["dataset=imagefolder", f"data.path={root}", "data.image_size=16"]
+    cfg = _stopped_inside_epoch(tiny_config, monkeypatch, "folder", 1, *folder)
+    before = _files(cfg.run_dir)
+    for i in range(24, 40):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "a" / f"{i}.png")
+    again = tiny_config(*COMMON, "name=folder", *folder, "train.resume=auto")
+    with pytest.raises(
+        UserError, match="the training set holds .* images, .* when the epoch began"
+    ):
+        Trainer(again).fit()
+    assert _files(cfg.run_dir) == before
+
+
+def test_an_epoch_resumed_with_another_step_cap_has_the_mean_loss_of_its_steps(
+    tiny_config, monkeypatch, quiet_signals, capsys
+):
+    """train.max_steps_per_epoch changed on a resume is said (every train.* key was exempt),
+    and the epoch's loss is the mean over the steps it took: the same as a run that never
+    stopped (a constant learning rate, so that the cap changes no step)."""
+    flat = ["optim.schedule=step", "optim.milestones=[100]", "optim.warmup_epochs=0"]
+    straight = Trainer(
+        tiny_config(*COMMON, *flat, "name=capped", "train.max_steps_per_epoch=4")
+    ).fit()
+    cfg = _stopped_inside_epoch(tiny_config, monkeypatch, "cut", 2, *flat)
+    capsys.readouterr()
+    again = tiny_config(
+        *COMMON, *flat, "name=cut", "train.max_steps_per_epoch=4", "train.resume=auto"
+    )
+    resumed = Trainer(again).fit()
+    assert "changed settings: train.max_steps_per_epoch None -> 4" in capsys.readouterr().err
+
+    def epoch_losses(run_dir):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [e["loss"] for e in map(json.loads, lines) if e["event"] == "epoch"]
+
+    assert epoch_losses(cfg.run_dir) == epoch_losses(straight.run_dir)
+    assert resumed.final_loss == straight.final_loss and resumed.steps == straight.steps == 8
+
+
+def test_a_checkpoint_of_an_older_version_is_judged_by_its_settings(
+    tiny_config, monkeypatch, quiet_signals
+):
+    """A checkpoint without the epoch's order (older versions) is compared by the settings that
+    make the order; a change that leaves it alone (optim.lr) still resumes."""
+    from contrastlab.checkpoint import save_checkpoint
+
+    cfg = _stopped_inside_epoch(tiny_config, monkeypatch, "older", 3)
+    last = cfg.run_dir / "checkpoints" / "last.pt"
+    state = read_checkpoint(last)
+    del state["position"]["order"], state["checksum"]
+    save_checkpoint(last, state)
+    again = ["name=older", "train.resume=auto"]
+    with pytest.raises(UserError, match=r"after 3 steps, .*data.synthetic_train 96 -> 128"):
+        Trainer(tiny_config(*COMMON, *again, "data.synthetic_train=128")).fit()
+    assert Trainer(tiny_config(*COMMON, *again, "optim.lr=0.01")).fit().steps == 12

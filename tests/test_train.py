@@ -364,3 +364,32 @@ def test_every_training_step_runs_in_training_mode(tiny_config, monkeypatch):
     assert len(modes) == result.steps and all(modes)
     state = read_checkpoint(result.last_checkpoint)["model"]
     assert int(state["queue_ptr"]) == result.steps * 16 % 40  # every step enqueued its keys
+
+
+def test_a_resume_warns_about_the_train_settings_that_change_what_is_trained(tiny_config, capsys):
+    """Only the train.* settings of monitoring, checkpoints and display go unwarned (every
+    train.* key did, train.max_steps_per_epoch and train.amp included)."""
+    Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=t")).fit()
+    capsys.readouterr()
+    again = tiny_config(
+        "optim.epochs=2",
+        "name=t",
+        "train.max_steps_per_epoch=2",
+        "train.amp=false",
+        "train.channels_last=false",
+        "train.knn_every=1",
+        "train.knn_k=3",
+        "train.log_every=1",
+        "train.checkpoint_minutes=5",
+        "train.keep_freed_memory=false",
+        "train.resume=auto",
+    )
+    Trainer(again).fit()
+    warning = [x for x in capsys.readouterr().err.splitlines() if "changed settings" in x]
+    assert len(warning) == 1
+    for key in ("train.max_steps_per_epoch", "train.amp", "train.channels_last"):
+        assert key in warning[0]
+    for key in ("knn_", "log_every", "checkpoint_minutes", "keep_freed_memory", "optim.epochs"):
+        assert key not in warning[0]
+    # and config.yaml says that its values of these were not the earlier part's
+    assert "train.max_steps_per_epoch" in (again.run_dir / "config.yaml").read_text()

@@ -12,6 +12,7 @@ an interrupted epoch gets other augmentations, because workers keep their random
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -72,6 +73,47 @@ class TrainResult:
 
 # Numbers of metrics.jsonl events that place an event or describe the run, not curves to draw.
 _NOT_SCALARS = ("epoch", "step", "epochs_complete", "in_epoch", "steps_per_epoch", "world_size")
+
+# Settings a resume may change without a warning, since they change neither what is trained nor
+# its numbers: a larger optim.epochs (the way to train longer), the run's name and folder, and the
+# train.* settings of monitoring, checkpoints and display (and how freed memory is kept). Every
+# other change, train.max_steps_per_epoch, train.amp, train.device and train.channels_last
+# included, is warned about and kept in config.yaml's history.
+RESUME_UNWARNED = frozenset(
+    {"optim.epochs", "name", "out_dir"}
+    | {
+        f"train.{key}"
+        for key in (
+            "knn_every",
+            "knn_k",
+            "knn_temperature",
+            "knn_space",
+            "knn_val_fraction",
+            "checkpoint_every",
+            "checkpoint_minutes",
+            "keep_every",
+            "resume",
+            "overwrite",
+            "log_every",
+            "progress",
+            "keep_freed_memory",
+        )
+    }
+)
+
+# Settings that make the data set an epoch's order is drawn from, or the path that draws it
+# (in-memory batches or a DataLoader, data.image_size choosing between them for image folders).
+_DATA_ORDER_KEYS = (
+    "data.name",
+    "data.path",
+    "data.synthetic_train",
+    "data.synthetic_seed",
+    "data.holdout_fraction",
+    "data.skip_bad_images",
+    "data.views",
+    "data.in_memory",
+    "data.image_size",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -544,15 +586,12 @@ class Trainer:
             saved_world = len(self.position["rng"])
         if saved_world is not None and int(saved_world) != world:
             changed["world_size"] = [int(saved_world), world]
+        if self.position is not None:  # inside an epoch: only with the same epoch to continue
+            self._check_same_epoch(path, changed)
         # Continuing with other settings is allowed, but said once, and the resume event keeps
-        # what the first part used, since config.yaml now holds the new values. A larger
-        # optim.epochs (the documented way to train longer) and train.* (how the run is
-        # monitored, checkpointed and shown) are recorded, not warned about.
-        surprising = {
-            k: v
-            for k, v in changed.items()
-            if k not in ("optim.epochs", "name", "out_dir") and not k.startswith("train.")
-        }
+        # what the first part used, since config.yaml now holds the new values. The settings of
+        # RESUME_UNWARNED are recorded, not warned about.
+        surprising = {k: v for k, v in changed.items() if k not in RESUME_UNWARNED}
         if surprising and self.is_main:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in surprising.items())
             warn(f"resuming {path} with changed settings: {listed}")
@@ -568,6 +607,78 @@ class Trainer:
             }
         )
 
+    def epoch_order(self) -> dict:
+        """What an epoch's order of images and its length are made of, beyond ``(seed, epoch,
+        rank)``: the global batch, the training set (its size and a digest of its labels, classes
+        and files), the path that draws the order (in-memory batches or a DataLoader, which draw
+        different permutations from the same seed) and the epoch's steps. Kept in a checkpoint
+        taken inside an epoch, so that a resume continues that very epoch (``_check_same_epoch``).
+        """
+        from contrastlab.views.pipeline import InMemoryViews
+
+        if getattr(self, "_data_digest", None) is None:
+            self._data_digest = training_set_digest(self.train_images)
+        return {
+            "batch_size": self.cfg.optim.batch_size,
+            "seed": self.cfg.seed,
+            "images": len(self.train_images),
+            "data": self._data_digest,
+            "pipeline": "in_memory" if isinstance(self.views, InMemoryViews) else "loader",
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+    def _check_same_epoch(self, path: Path, changed: dict) -> None:
+        """One line if the checkpoint, taken inside an epoch, cannot continue that epoch: its
+        position is a number of batches of an order drawn from the seed, the training set and the
+        batch size, so with any of them changed the rest of the epoch would train some images
+        twice and skip others; and an epoch cut shorter than the steps already done has no rest.
+        """
+        position = self.position
+        done = int(position["batch"])
+        saved = position.get("order")  # absent in checkpoints of older versions
+        now = self.epoch_order()
+        keys = [k for k in ("optim.batch_size", "seed") if k in changed]
+        reasons = []
+        data_keys = [k for k in _DATA_ORDER_KEYS if k in changed]
+        if saved is None:
+            keys += data_keys
+        elif any(saved.get(k) != now[k] for k in ("images", "data", "pipeline")):
+            keys += data_keys
+            if not data_keys and saved.get("images") != now["images"]:
+                reasons.append(
+                    f"the training set holds {now['images']} images, {saved.get('images')} when "
+                    "the epoch began"
+                )
+            elif not data_keys and saved.get("data") != now["data"]:
+                reasons.append("the training images are not those the epoch was drawn from")
+            elif not data_keys:
+                reasons.append("the views path draws the order another way")
+        reasons[:0] = [f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in keys]
+        if reasons:
+            reasons = [
+                f"{', '.join(reasons)} change{'s' if len(reasons) == 1 else ''} the epoch's order "
+                "of images (its rest would train some images twice and skip others)"
+            ]
+        cap = self.cfg.train.max_steps_per_epoch
+        if cap is not None and cap < done:  # an epoch shorter than the part already trained
+            if "train.max_steps_per_epoch" in changed:
+                keys.append("train.max_steps_per_epoch")
+            reasons.append(f"train.max_steps_per_epoch={cap} ends it before the {done} steps done")
+        if not reasons:
+            return
+        length = (saved or {}).get("steps_per_epoch")
+        steps = f"{done} of its {length} steps" if length else f"{done} steps"
+        earlier = " ".join(f"{k}={_setting_text(changed[k][0])}" for k in keys)
+        earlier = f" ({earlier})" if earlier else " (the same training images)"
+        kept = _end_of_epoch_checkpoint(path.parent)
+        instead = f", resume from the end-of-epoch checkpoint {kept} (train.resume={kept})"
+        raise UserError(
+            f"checkpoint {path} was written inside epoch {self.epoch + 1}, after {steps}, which "
+            f"this run cannot continue: {'; '.join(reasons)}; resume with the earlier "
+            f"values{earlier}{instead if kept else ''}, or start a new run (another name, or "
+            "train.overwrite=true)"
+        )
+
     def _config_history(self) -> list[str]:
         """Comment lines for config.yaml when an earlier part of the run used other settings: the
         file holds the values of the part now starting, and would otherwise be read as the whole
@@ -575,9 +686,7 @@ class Trainer:
         from contrastlab import runstate
 
         def misleading(key: str) -> bool:  # config.yaml's value is wrong for an earlier part
-            return key not in ("optim.epochs", "name", "out_dir", "world_size") and not (
-                key.startswith("train.")
-            )
+            return key not in RESUME_UNWARNED and key != "world_size"
 
         resumes = [
             e
@@ -785,9 +894,11 @@ class Trainer:
                 initial=first,
             )
             self.progress_bar = bar  # closed by fit() whatever ends the epoch: errors start a line
+        taken = first  # steps of this epoch trained, the part before a resume included
         for i, views in enumerate(self.views, first):
             if i >= self.steps_per_epoch:
                 break
+            taken = i + 1
             lr = learning_rate(cfg, epoch + i / self.steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -847,7 +958,9 @@ class Trainer:
             bar.close()
         if self.recorder is not None:
             self.recorder.end_epoch(epoch + 1)
-        epoch_loss = (distributed.mean_over_processes(loss_sum) / self.steps_per_epoch).item()
+        # the mean over the steps taken: loss_sum holds those before a resume too, whatever
+        # length the epoch has now
+        epoch_loss = (distributed.mean_over_processes(loss_sum) / max(taken, 1)).item()
         self.check_finite(epoch_loss, epoch)
         self.log({"event": "epoch", "epoch": epoch + 1, "step": self.step, "loss": epoch_loss})
         return epoch_loss
@@ -970,6 +1083,7 @@ class Trainer:
         """
         rng = self.stop_policy.gather(preemption.capture_rng(self.generators(), self.device))
         recorder = self.recorder.state_dict() if self.recorder is not None else None
+        order = self.epoch_order()
 
         def write() -> None:
             if not self.is_main:
@@ -987,6 +1101,7 @@ class Trainer:
             state["position"] = {
                 "epoch": epoch,
                 "batch": batch,
+                "order": order,
                 "rng": rng,
                 "loop": loop,
                 "recorder": recorder,
@@ -1066,6 +1181,35 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def training_set_digest(dataset) -> str:
+    """A digest of what an epoch's order indexes: the number of images, their labels and
+    classes, and the files they come from (lazily loaded or skipped as unreadable)."""
+    digest = hashlib.sha256(str(len(dataset)).encode())
+    digest.update(torch.as_tensor(dataset.labels, dtype=torch.int64).numpy().tobytes())
+    for names in (getattr(dataset, "classes", ()), getattr(dataset, "files", ()), dataset.skipped):
+        digest.update(("\0".join(map(str, names)) + "\n").encode())
+    return digest.hexdigest()
+
+
+def _setting_text(value) -> str:
+    """A setting's value as a command line gives it: ``null``, ``true``, ``0.1``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _end_of_epoch_checkpoint(folder: Path) -> Path | None:
+    """A checkpoint of ``folder`` written at the end of an epoch: the newest kept
+    ``epoch-NNNN.pt``, else ``best.pt`` (both are written only at an epoch's end)."""
+    kept = sorted(folder.glob("epoch-[0-9][0-9][0-9][0-9].pt"))
+    if kept:
+        return kept[-1]
+    best = folder / "best.pt"
+    return best if best.is_file() else None
 
 
 def check_resumable(path: Path, state: dict, cfg: Config) -> None:
