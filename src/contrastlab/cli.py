@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import os
+import functools
 import sys
 import warnings
 
@@ -117,7 +117,7 @@ def _add_config(sub) -> None:
         "--config and key=value overrides, as YAML, with every default filled in.",
     )
     _config_arguments(p)
-    p.set_defaults(func=_cmd_config)
+    p.set_defaults(func=_cmd_config, prints_only=True)
 
 
 def _cmd_config(args) -> int:
@@ -147,7 +147,7 @@ def _cmd_config(args) -> int:
 
 def _add_presets(sub) -> None:
     p = sub.add_parser("presets", help="list the built-in presets")
-    p.set_defaults(func=_cmd_presets)
+    p.set_defaults(func=_cmd_presets, prints_only=True)
 
 
 def _cmd_presets(args) -> int:
@@ -411,6 +411,15 @@ def _raise_on_stop_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from contrastlab.streams import outliving_output
+
+    # a reader of the output that goes away (`| head`, a `tee` or `less` that ends, a closed
+    # terminal) does not stop the command: the rest of that stream is discarded (streams.py)
+    with outliving_output() as (stdout, _):
+        return _main(argv, stdout)
+
+
+def _main(argv: list[str] | None, stdout) -> int:
     _raise_on_stop_signals()
     args = None
     try:
@@ -427,11 +436,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             raise SystemExit(2)  # as argparse's own errors
+        if not getattr(args, "prints_only", False):  # its work goes on: said once on stderr
+            stdout.on_gone = functools.partial(_say_output_discarded, _command_parser(parser, args))
         warnings.formatwarning = _one_line_warning
         flags = getattr(args, "setting_flags", None)  # commands that take flags, not key=value
         with settings_as_flags(flags) if flags is not None else contextlib.nullcontext():
             status = int(args.func(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        sys.stdout.flush()  # a full disk under `> file` shows here, inside the handlers below
         return status
     except DiskFull as e:
         print(f"error: {one_line(e)}; {_after_full_disk(args)}", file=sys.stderr)
@@ -445,10 +456,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     except PeerStopped as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        # the reader went away (``contrastlab presets | head``): stop quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:
         if no_space_error(e) is not None:
@@ -499,6 +506,16 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_STOPPED if isinstance(e, StopRequested) else 130
         print(f"stopped by {signal_name}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, StopRequested) else 130
+
+
+def _say_output_discarded(command: argparse.ArgumentParser) -> None:
+    print(
+        f"warning: the reader of {command.prog}'s output went away (a closed pipe or "
+        "terminal); the command carries on to its end, writes its files as usual and discards "
+        "the rest of its output",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _trains(args, argv: list[str] | None = None) -> bool:
