@@ -565,3 +565,51 @@ def test_out_is_not_taken_for_out_dir(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --out" in err and "did you mean '--out-dir'?" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_under_torchrun_an_error_one_process_meets_is_printed_by_it(monkeypatch, capsys):
+    """Rank 1 prints an error that it may meet alone (here an OSError, or a UserError of the
+    training); one that every process meets (the config's) is left to rank 0, unless rank 0
+    does not end the job within the grace time (it would then be said nowhere)."""
+    import errno
+
+    import contrastlab.cli as cli
+    import contrastlab.train
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(cli, "_RANK_0_GRACE_S", 0.2)
+    said = {}
+
+    class Failing:
+        def __init__(self, cfg):
+            pass
+
+        def fit(self):
+            raise said["error"]
+
+    monkeypatch.setattr(contrastlab.train, "Trainer", Failing)
+    monkeypatch.setattr(contrastlab.train.distributed, "shutdown", lambda: None)
+    for error, status in [
+        (PermissionError(errno.EACCES, "Permission denied", "/data/x.png"), 2),
+        (UserError("an image of this process's share is unreadable"), 2),
+    ]:
+        said["error"] = error
+        assert main(["train", "--config", "demo"]) == status
+        assert capsys.readouterr().err.startswith("error: ")
+
+    # every process meets this one: rank 0 says it, and torchrun then stops rank 1 (SIGTERM),
+    # which ends its wait silently; without that, rank 1 says it after the wait
+    alike = ["train", "--config", "demo", "optim.batch_size=127"]
+    assert main(alike) == 2
+    assert "must be divisible by model.bn_splits" in capsys.readouterr().err
+
+    def sigterm_comes(seconds):
+        raise StopRequested(signal.SIGTERM)
+
+    monkeypatch.setattr("time.sleep", sigterm_comes)
+    assert main(alike) == 2
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--config", "demo", "--bogus"])
+    assert exited.value.code == 2 and capsys.readouterr().err == ""

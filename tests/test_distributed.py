@@ -166,3 +166,42 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     assert proc.stdout.count("run directory:") == 1  # only the main process reports
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 96 // 16  # the global batch of 16 is split over the two processes
+
+
+@pytest.mark.parametrize(
+    "settings,said",
+    [
+        # found in the config, before the processes join
+        (["optim.batch_size=127"], "must be divisible by model.bn_splits (4)"),
+        # found in the checks before training, after they joined
+        (["optim.batch_size=127", "model.bn_splits=1"], "by the number of processes (2)"),
+    ],
+)
+def test_an_input_error_under_torchrun_is_printed_once(tmp_path, settings, said):
+    """Every process meets it alike: rank 0 prints it, the other one exits silently with the
+    same status (it was printed once per process)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun) if torchrun.exists() else shutil.which("torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "contrastlab",
+        "train",
+        "--config",
+        "demo",
+        *settings,
+        f"out_dir={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and said in errors[0], proc.stderr[-3000:]
+    assert "exitcode  : 2 " in proc.stderr  # the root cause torchrun names: status 2
+    assert not (tmp_path / "demo").exists()

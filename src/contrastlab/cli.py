@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import os
 import sys
 import warnings
 
@@ -18,6 +19,7 @@ from contrastlab.errors import (
     StopRequested,
     TrainingInterrupted,
     UserError,
+    met_by_every_process,
     one_line,
     settings_as_flags,
 )
@@ -62,15 +64,16 @@ def _cmd_train(args) -> int:
     from contrastlab.config import load_config, warn_repeated_keys
     from contrastlab.train import train
 
-    if args.out_dir is not None:  # as `demo --out-dir`; out_dir= as well would be ambiguous
-        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "out_dir"]
-        if given:
-            raise UserError(
-                f"--out-dir {args.out_dir} and {given[0]} both name the folder; keep one"
-            )
-        args.overrides = [f"out_dir={args.out_dir}", *args.overrides]
-    warn_repeated_keys(args.overrides)
-    cfg = load_config(args.config, args.overrides, warn_unused=True)
+    with met_by_every_process():  # the same command line on every process of torchrun
+        if args.out_dir is not None:  # as `demo --out-dir`; out_dir= as well would be ambiguous
+            given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "out_dir"]
+            if given:
+                raise UserError(
+                    f"--out-dir {args.out_dir} and {given[0]} both name the folder; keep one"
+                )
+            args.overrides = [f"out_dir={args.out_dir}", *args.overrides]
+        warn_repeated_keys(args.overrides)
+        cfg = load_config(args.config, args.overrides, warn_unused=True)
     result = train(cfg)
     if result.is_main:
         print(_train_summary(result, cfg.optim.epochs, cfg.train.knn_space))
@@ -258,7 +261,8 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        if not _left_to_rank_0():  # the same command line on every process of torchrun
+            print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -430,11 +434,12 @@ def _main(argv: list[str] | None, stdout) -> int:
             args.overrides = [*args.overrides, *extra]
         elif extra:  # one line that points at the help of the subcommand, not the top level
             command = _command_parser(parser, args)
-            print(
-                f"error: {command.prog}: unrecognized arguments: {_unknown(extra, command)}; "
-                f"see {command.prog} --help",
-                file=sys.stderr,
-            )
+            if not _left_to_rank_0():
+                print(
+                    f"error: {command.prog}: unrecognized arguments: {_unknown(extra, command)}; "
+                    f"see {command.prog} --help",
+                    file=sys.stderr,
+                )
             raise SystemExit(2)  # as argparse's own errors
         if not getattr(args, "prints_only", False):  # its work goes on: said once on stderr
             stdout.on_gone = functools.partial(_say_output_discarded, _command_parser(parser, args))
@@ -445,10 +450,12 @@ def _main(argv: list[str] | None, stdout) -> int:
         sys.stdout.flush()  # a full disk under `> file` shows here, inside the handlers below
         return status
     except DiskFull as e:
-        print(f"error: {one_line(e)}; {_after_full_disk(args)}", file=sys.stderr)
+        if not (e.every_process and _left_to_rank_0()):
+            print(f"error: {one_line(e)}; {_after_full_disk(args)}", file=sys.stderr)
         return 2
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        if not (e.every_process and _left_to_rank_0()):
+            print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
         if e.is_main:
@@ -506,6 +513,29 @@ def _main(argv: list[str] | None, stdout) -> int:
             return EXIT_STOPPED if isinstance(e, StopRequested) else 130
         print(f"stopped by {signal_name}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, StopRequested) else 130
+
+
+# How long a process of a torchrun job other than rank 0 waits for rank 0 to print an error that
+# every process meets, and to end the job; then it prints the error itself.
+_RANK_0_GRACE_S = 30.0
+
+
+def _left_to_rank_0() -> bool:
+    """Whether this process leaves an error that every process of a ``torchrun`` job meets alike
+    to rank 0 to print: True on the other ranks, once rank 0 has ended the job.
+
+    They wait for it first (torchrun then stops them: SIGTERM, which ends the wait): exiting at
+    once would make torchrun stop rank 0 before it had printed the error. After
+    ``_RANK_0_GRACE_S`` without that, False: the process prints the error itself."""
+    import time
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return False
+    try:
+        time.sleep(_RANK_0_GRACE_S)
+    except KeyboardInterrupt:  # StopRequested: SIGTERM from torchrun (or Ctrl-C)
+        return True
+    return False
 
 
 def _say_output_discarded(command: argparse.ArgumentParser) -> None:

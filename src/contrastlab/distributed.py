@@ -125,7 +125,8 @@ def raise_together(fn) -> None:
     """Run ``fn()`` on every process; if it raises a ``UserError`` on any, raise on all.
 
     Checks that only the main process makes (the run directory) would otherwise leave the other
-    processes waiting in their first collective until the timeout.
+    processes waiting in their first collective until the timeout. The error that every process
+    raises is the first process's (``every_process``: rank 0 alone prints it).
     """
     from contrastlab.errors import UserError
 
@@ -139,6 +140,8 @@ def raise_together(fn) -> None:
         dist.all_gather_object(messages, None if error is None else str(error))
         first = next((m for m in messages if m), None)
         if error is None and first is not None:
-            raise UserError(first)
+            error = UserError(first)
+        if error is not None:  # every process raises it: rank 0 prints it (where it has it)
+            error.every_process = str(error) == first
     if error is not None:
         raise error

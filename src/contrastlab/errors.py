@@ -9,11 +9,19 @@ class UserError(Exception):
 
     The message must say what is wrong and what to do about it, on one line. The command-line
     interface prints it as ``error: <message>`` and exits with status 2.
+
+    ``every_process``: under ``torchrun``, True for an error that every process meets alike (a
+    config value, a path, a check before training), which rank 0 alone prints; False or None
+    for one that a process may meet alone, which that process prints.
     """
+
+    every_process: bool | None = None
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+    every_process = True  # the loss is the mean over the processes
 
 
 class DiskFull(UserError):
@@ -22,6 +30,18 @@ class DiskFull(UserError):
     The message says which file and what was kept; the command line adds what to do next, which
     depends on the command (resume a training, or run the command again).
     """
+
+
+@contextlib.contextmanager
+def met_by_every_process():
+    """Within this block, a ``UserError`` whose ``every_process`` is undecided is one that every
+    process of a ``torchrun`` job meets alike (reading the same config, paths and checks)."""
+    try:
+        yield
+    except UserError as e:
+        if e.every_process is None:
+            e.every_process = True
+        raise
 
 
 # EX_TEMPFAIL: stopped on request (a checkpoint was written, or no training step was running);

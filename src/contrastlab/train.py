@@ -47,7 +47,14 @@ from contrastlab.data.datasets import (
     check_image_folder,
     stratified_holdout,
 )
-from contrastlab.errors import PeerStopped, TrainingDiverged, TrainingInterrupted, UserError, warn
+from contrastlab.errors import (
+    PeerStopped,
+    TrainingDiverged,
+    TrainingInterrupted,
+    UserError,
+    met_by_every_process,
+    warn,
+)
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import k_covers_bank, knn_accuracy
 from contrastlab.methods import build_method
@@ -1237,7 +1244,9 @@ def train(cfg: Config) -> TrainResult:
     """Train the method ``cfg`` configures (the Python form of ``contrastlab train``). ``cfg`` is
     checked first (``config.validate``), as ``load_config`` checks one from the command line."""
     try:
-        return Trainer(cfg).fit()
+        with met_by_every_process():  # config, paths, checks before training
+            trainer = Trainer(cfg)
+        return trainer.fit()
     except RuntimeError as e:
         said = distributed.lost_a_peer(e) if distributed.is_distributed() else None
         if said is None:
