@@ -205,3 +205,23 @@ def test_an_input_error_under_torchrun_is_printed_once(tmp_path, settings, said)
     assert len(errors) == 1 and said in errors[0], proc.stderr[-3000:]
     assert "exitcode  : 2 " in proc.stderr  # the root cause torchrun names: status 2
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_run_folder_another_process_removed_meanwhile_is_no_error(tmp_path, monkeypatch):
+    """Under torchrun, rank 0 removed the run folder it created (a check failed on every process)
+    between rank 1's look at it and its listing: rank 1 printed "cannot use ...: No such file or
+    directory" besides the check's error."""
+    from pathlib import Path
+
+    from contrastlab.train import Trainer
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    trainer = Trainer.__new__(Trainer)
+    trainer._created_folders = [folder]
+
+    def removed_meanwhile(self):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", removed_meanwhile)
+    trainer._remove_created_folders()

@@ -327,8 +327,11 @@ class Trainer:
 
     def _remove_created_folders(self) -> None:
         for folder in self._created_folders:  # deepest first; only if nothing was written there
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+            try:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            except FileNotFoundError:  # under torchrun, another process removed it meanwhile
+                pass
 
     def _set_up(self, cfg: Config) -> None:
         self.cfg = cfg
