@@ -436,3 +436,30 @@ def test_wide_and_grouped_resnets_are_named_not_misfit(arch, kind):
     with torch.device("meta"):
         plain = torchvision.models.resnet50().state_dict()
     assert infer_model(plain)["backbone"] == "resnet50"
+
+
+@pytest.mark.parametrize(
+    "fmt, epoch, step",
+    [("lightly", 9, 100), ("solo-learn", 399, 5), ("moco", 200, None), ("torchvision", None, None)],
+)
+def test_the_training_state_is_the_sources_or_unknown(tmp_path, capsys, fmt, epoch, step):
+    """A lightly file with global_step 100 was recorded as step 0 (and a torchvision state dict,
+    which records no training, as epoch 0): made-up counts that eval and analyze show as facts."""
+    from contrastlab.eval.context import EvalContext
+
+    net = _source_net("resnet18", cifar_stem=True, seed=17)
+    head = _mlp(512, 64, 16, seed=18) if fmt != "torchvision" else None
+    source_file(fmt, net, head, tmp_path / "src.pth")
+    if fmt == "solo-learn":  # solo-learn's Lightning checkpoint: epoch and global_step
+        obj = torch.load(tmp_path / "src.pth", weights_only=True)
+        torch.save({**obj, "global_step": 5}, tmp_path / "src.pth")
+    out = tmp_path / "c.pt"
+    assert main(["convert", str(tmp_path / "src.pth"), "--from", fmt, "--out", str(out)]) == 0
+    shown = (
+        f"epoch {'unknown' if epoch is None else epoch}, step {'unknown' if step is None else step}"
+    )
+    assert shown in capsys.readouterr().out
+    state = read_checkpoint(out)
+    assert (state["epoch"], state["step"]) == (epoch, step)
+    setup = EvalContext.from_checkpoint(out, dataset="synthetic").describe()
+    assert (setup["epoch"], setup["step"]) == (epoch, step)

@@ -237,9 +237,12 @@ def _cmd_convert(args) -> int:
     m = info["model"]
     head = f"{m['head']} head to {m['dim']}-d" if info["head"] else "no projection head"
     stem = ", CIFAR stem" if m["cifar_stem"] else ""
+    state = ", ".join(
+        f"{key} {'unknown' if info[key] is None else info[key]}" for key in ("epoch", "step")
+    )
     print(
         f"converted {info['format']} checkpoint: {m['backbone']} (width {m['width']:g}{stem}), "
-        f"{head}"
+        f"{head}; {state}"
     )
     print(f"written to {path}")
     return 0
