@@ -463,3 +463,22 @@ def test_the_training_state_is_the_sources_or_unknown(tmp_path, capsys, fmt, epo
     assert (state["epoch"], state["step"]) == (epoch, step)
     setup = EvalContext.from_checkpoint(out, dataset="synthetic").describe()
     assert (setup["epoch"], setup["step"]) == (epoch, step)
+
+
+def test_eval_all_labels_converted_encoders_by_their_source(tmp_path):
+    """eval all's table and bar chart labelled a converted encoder ``<source stem>/<file stem>``
+    (``src/c1``): neither says it is a torchvision ResNet. Two of one source are told apart by
+    their paths."""
+    import json
+
+    net = _source_net("resnet18", cifar_stem=True, seed=19)
+    source_file("torchvision", net, None, tmp_path / "src.pth")
+    for name in ("c1.pt", "c2.pt"):
+        convert_checkpoint(tmp_path / "src.pth", "torchvision", tmp_path / name)
+    argv = ["eval", "all", str(tmp_path / "c1.pt"), str(tmp_path / "c2.pt"), "--protocols", "knn"]
+    argv += ["--dataset", "synthetic", "--max-train", "32", "--max-test", "16", "--k", "3"]
+    argv += ["--workers", "0", "--no-progress", "--no-save", "--out-dir", str(tmp_path / "all")]
+    assert main(argv) == 0
+    entries = json.loads((tmp_path / "all" / "comparison.json").read_text())["entries"]
+    tv = "torchvision (converted)"
+    assert [e["label"] for e in entries] == [tv, f"{tv} ({tmp_path / 'c2.pt'})"]

@@ -57,10 +57,14 @@ def not_comparable(datasets: Sequence[str], differences: dict[str, list] | None 
     )
 
 
-def _label(checkpoint: Path, run: str, taken: set[str]) -> str:
-    label = f"{run}/{checkpoint.stem}"
+def _label(checkpoint: Path, run: str, taken: set[str], converted_from: str | None = None) -> str:
+    """``run/stem``; an encoder converted from another project by its source (``torchvision
+    (converted)``); the checkpoint's path where two would read the same."""
+    from contrastlab.eval.context import converted_label
+
+    label = converted_label(converted_from) if converted_from else f"{run}/{checkpoint.stem}"
     if label in taken:
-        label = str(checkpoint)
+        label = f"{label} ({checkpoint})" if converted_from else str(checkpoint)
     taken.add(label)
     return label
 
@@ -189,7 +193,9 @@ def run_all(
     for ckpt in checkpoints:
         ctx = make_context(ckpt)
         entry = {
-            "label": _label(Path(ckpt), ctx.cfg.name, taken),
+            "label": _label(
+                Path(ckpt), ctx.cfg.name, taken, getattr(ctx.model, "converted_from", None)
+            ),
             "checkpoint": str(ckpt),
             "method": ctx.method,
             "space": ctx.space,
