@@ -482,3 +482,36 @@ def test_eval_all_labels_converted_encoders_by_their_source(tmp_path):
     entries = json.loads((tmp_path / "all" / "comparison.json").read_text())["entries"]
     tv = "torchvision (converted)"
     assert [e["label"] for e in entries] == [tv, f"{tv} ({tmp_path / 'c2.pt'})"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "folder"])
+def test_a_damaged_source_is_advised_as_another_projects_file(tmp_path, capsys, damage):
+    """A truncated source was told to 'use another checkpoint of the run (<run>/checkpoints/)':
+    a contrastlab run's remedy, meaningless for a file another project saved."""
+    src = tmp_path / "moco_v2_800ep.pth.tar"
+    if damage == "folder":
+        src.mkdir()
+    else:
+        source_file("torchvision", _source_net("resnet18", seed=20), None, src)
+        data = src.read_bytes()
+        src.write_bytes(data[: len(data) // 2] if damage == "cut" else b"")
+    err = _error(["convert", str(src), "--out", str(tmp_path / "c.pt")], capsys)
+    assert "<run>/checkpoints" not in err and "of the run" not in err
+    assert (
+        "the other project's checkpoint file" if damage == "folder" else "download it again"
+    ) in err
+
+
+def test_a_damaged_checkpoint_outside_a_run_is_not_sent_to_the_run(tmp_path, capsys):
+    """A damaged converted checkpoint (no run around it) was told to use another checkpoint of
+    the run; a damaged one in a run still is."""
+    torch.save(_source_net("resnet18", seed=21).state_dict(), tmp_path / "tv.pth")
+    for folder in (tmp_path, tmp_path / "run" / "checkpoints"):
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "c.pt"
+        assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(out)]) == 0
+        out.write_bytes(out.read_bytes()[:1000])
+        err = _error(["eval", "knn", str(out), "--dataset", "synthetic"], capsys)
+        in_run = folder.name == "checkpoints"
+        assert ("another checkpoint of the run" in err) == in_run
+        assert ("write it again (contrastlab train, convert or export)" in err) != in_run

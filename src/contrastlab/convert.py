@@ -111,7 +111,7 @@ def read_source(path: str | Path) -> object:
             f"torch.save({{'state_dict': w}}, '{path.stem}-weights.pt')\""
         )
 
-    return load_torch_file(path, "checkpoint", pickled)
+    return load_torch_file(path, "checkpoint", pickled, foreign=True)
 
 
 def _tensors(obj: object, what: str) -> dict[str, Tensor]:
