@@ -165,7 +165,7 @@ def run_all(
     runners: dict[str, Callable],
     save_each: bool = True,
     note: str = "",
-    dataset_tag: str | None = None,
+    dataset_tag: Callable[[str], str | None] | None = None,
     subset_tag: str | None = None,
 ) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
@@ -174,7 +174,7 @@ def run_all(
     ``p``. The table is headed by the feature space and ``note`` (e.g. the linear probe's mode).
     With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
     next to its checkpoint, where the HTML report finds it (named as ``result_path`` names it:
-    ``dataset_tag`` for a dataset other than the run's own, ``subset_tag`` for subsets drawn
+    ``dataset_tag(checkpoint)`` for a dataset other than the checkpoint's own, ``subset_tag`` for subsets drawn
     with ``--max-train`` / ``--max-test``).
     """
     from contrastlab.eval.results import result_path, variant_of
@@ -219,7 +219,7 @@ def run_all(
                     ckpt,
                     proto,
                     space=ctx.space,
-                    dataset=dataset_tag,
+                    dataset=dataset_tag(ckpt) if dataset_tag is not None else None,
                     variant=variant,
                     subset=subset_tag,
                 )
