@@ -575,3 +575,13 @@ def test_out_is_not_taken_for_out_dir(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --out" in err and "did you mean '--out-dir'?" in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "config"])
+def test_help_shows_the_short_config_flag_the_docs_use(command, capsys):
+    """docs/looc.md runs ``contrastlab train -c PRESET``; the help named only ``--config`` in
+    its usage and ``--config PRESET_OR_YAML, -c PRESET_OR_YAML`` below it."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "-c, --config PRESET_OR_YAML" in text and "[-c PRESET_OR_YAML]" in text

@@ -27,8 +27,9 @@ def _config_arguments(p, preset: bool = True) -> None:
     """``--config PRESET_OR_YAML`` (unless ``preset=False``) and the ``key=value`` overrides."""
     if preset:
         p.add_argument(
-            "--config",
             "-c",
+            "--config",
+            dest="config",
             default=None,
             metavar="PRESET_OR_YAML",
             help="a preset name (see `contrastlab presets`) or a YAML file",
@@ -248,6 +249,17 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+class CompactHelpFormatter(argparse.HelpFormatter):
+    """An option with a short and a long flag reads ``-c, --config PRESET_OR_YAML`` in the help,
+    not ``-c PRESET_OR_YAML, --config PRESET_OR_YAML``."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors as one line (``error: contrastlab train: ...``) and status 2,
     instead of the whole usage block; ``--help`` still prints the usage.
@@ -258,6 +270,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", CompactHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
