@@ -365,8 +365,17 @@ def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, caps
     assert main([*argv, "--out", str(out)]) == 0
     result = load_analysis(out)
     labels = {enc["label"]: encoder_label(result, enc) for enc in result["encoders"]}
-    assert labels["r18"] == "r18 [recipe moco_v1, convert's default]"
+    # labelled by its source, as eval labels it (was "r18", the file's name)
+    tv = "torchvision (converted)"
+    assert labels[tv] == f"{tv} [recipe moco_v1, convert's default]"
     assert labels["a"] == f"a [recipe {_cfg().augment.recipe}]"
+    # a torchvision state dict records no training: unknown, not epoch 0, step 0
+    (enc,) = [e for e in result["encoders"] if e["label"] == tv]
+    assert (enc["epoch"], enc["step"]) == (None, None)
+    # the encoder's scores, drawn by contrastlab scores, are labelled as analyze labels them
+    from contrastlab.viz.score_plots import load_run
+
+    assert load_run(out / "encoders" / enc["dir"], scores=False).name == tv
 
 
 def test_analyze_says_what_it_runs_and_shows_progress_without_a_bar(tmp_path, capsys, monkeypatch):

@@ -613,3 +613,28 @@ def test_under_torchrun_an_error_one_process_meets_is_printed_by_it(monkeypatch,
     with pytest.raises(SystemExit) as exited:
         main(["train", "--config", "demo", "--bogus"])
     assert exited.value.code == 2 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", ["train", "config"])
+def test_help_shows_the_short_config_flag_the_docs_use(command, capsys):
+    """docs/looc.md runs ``contrastlab train -c PRESET``; the help named only ``--config`` in
+    its usage and ``--config PRESET_OR_YAML, -c PRESET_OR_YAML`` below it."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "-c, --config PRESET_OR_YAML" in text and "[-c PRESET_OR_YAML]" in text
+
+
+def test_the_demo_takes_as_long_everywhere_as_the_readme_measured(capsys):
+    """presets said the demo takes "a few minutes", README "about a minute and a half" (measured)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "`make demo` takes about a minute and a half on a two-core CPU" in readme
+    assert main(["presets"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "about a minute and a half on two CPU cores" in lines["demo"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "about a minute and a half on two CPU cores" in text and "a few minutes" not in text

@@ -529,3 +529,21 @@ def test_validate_names_the_item_of_a_list_that_is_wrong(key, value, message):
     with pytest.raises(UserError) as caught:
         validate(_python_config(key, value))
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "override, meant",
+    [
+        ("train.out_dir=/tmp/x", "'out_dir'"),  # was 'train.log_every'
+        ("train.seed=1", "'seed'"),  # was 'train.resume'
+        ("optim.name=x", "'name' or 'data.name'"),
+        ("model.method=looc", "'method'"),
+        ("log_every=5", "'train.log_every'"),  # was no suggestion
+        ("train.lr=0.1", "'optim.lr'"),  # was 'train.amp'
+        ("data.nmae=x", "'data.name'"),  # a typo: the closest key of the section, as before
+    ],
+)
+def test_a_key_in_the_wrong_place_is_pointed_to_where_it_is(override, meant):
+    with pytest.raises(UserError) as err:
+        load_config("demo", [override])
+    assert f"(did you mean {meant}?)" in str(err.value)

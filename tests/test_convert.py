@@ -436,3 +436,82 @@ def test_wide_and_grouped_resnets_are_named_not_misfit(arch, kind):
     with torch.device("meta"):
         plain = torchvision.models.resnet50().state_dict()
     assert infer_model(plain)["backbone"] == "resnet50"
+
+
+@pytest.mark.parametrize(
+    "fmt, epoch, step",
+    [("lightly", 9, 100), ("solo-learn", 399, 5), ("moco", 200, None), ("torchvision", None, None)],
+)
+def test_the_training_state_is_the_sources_or_unknown(tmp_path, capsys, fmt, epoch, step):
+    """A lightly file with global_step 100 was recorded as step 0 (and a torchvision state dict,
+    which records no training, as epoch 0): made-up counts that eval and analyze show as facts."""
+    from contrastlab.eval.context import EvalContext
+
+    net = _source_net("resnet18", cifar_stem=True, seed=17)
+    head = _mlp(512, 64, 16, seed=18) if fmt != "torchvision" else None
+    source_file(fmt, net, head, tmp_path / "src.pth")
+    if fmt == "solo-learn":  # solo-learn's Lightning checkpoint: epoch and global_step
+        obj = torch.load(tmp_path / "src.pth", weights_only=True)
+        torch.save({**obj, "global_step": 5}, tmp_path / "src.pth")
+    out = tmp_path / "c.pt"
+    assert main(["convert", str(tmp_path / "src.pth"), "--from", fmt, "--out", str(out)]) == 0
+    shown = (
+        f"epoch {'unknown' if epoch is None else epoch}, step {'unknown' if step is None else step}"
+    )
+    assert shown in capsys.readouterr().out
+    state = read_checkpoint(out)
+    assert (state["epoch"], state["step"]) == (epoch, step)
+    setup = EvalContext.from_checkpoint(out, dataset="synthetic").describe()
+    assert (setup["epoch"], setup["step"]) == (epoch, step)
+
+
+def test_eval_all_labels_converted_encoders_by_their_source(tmp_path):
+    """eval all's table and bar chart labelled a converted encoder ``<source stem>/<file stem>``
+    (``src/c1``): neither says it is a torchvision ResNet. Two of one source are told apart by
+    their paths."""
+    import json
+
+    net = _source_net("resnet18", cifar_stem=True, seed=19)
+    source_file("torchvision", net, None, tmp_path / "src.pth")
+    for name in ("c1.pt", "c2.pt"):
+        convert_checkpoint(tmp_path / "src.pth", "torchvision", tmp_path / name)
+    argv = ["eval", "all", str(tmp_path / "c1.pt"), str(tmp_path / "c2.pt"), "--protocols", "knn"]
+    argv += ["--dataset", "synthetic", "--max-train", "32", "--max-test", "16", "--k", "3"]
+    argv += ["--workers", "0", "--no-progress", "--no-save", "--out-dir", str(tmp_path / "all")]
+    assert main(argv) == 0
+    entries = json.loads((tmp_path / "all" / "comparison.json").read_text())["entries"]
+    tv = "torchvision (converted)"
+    assert [e["label"] for e in entries] == [tv, f"{tv} ({tmp_path / 'c2.pt'})"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "folder"])
+def test_a_damaged_source_is_advised_as_another_projects_file(tmp_path, capsys, damage):
+    """A truncated source was told to 'use another checkpoint of the run (<run>/checkpoints/)':
+    a contrastlab run's remedy, meaningless for a file another project saved."""
+    src = tmp_path / "moco_v2_800ep.pth.tar"
+    if damage == "folder":
+        src.mkdir()
+    else:
+        source_file("torchvision", _source_net("resnet18", seed=20), None, src)
+        data = src.read_bytes()
+        src.write_bytes(data[: len(data) // 2] if damage == "cut" else b"")
+    err = _error(["convert", str(src), "--out", str(tmp_path / "c.pt")], capsys)
+    assert "<run>/checkpoints" not in err and "of the run" not in err
+    assert (
+        "the other project's checkpoint file" if damage == "folder" else "download it again"
+    ) in err
+
+
+def test_a_damaged_checkpoint_outside_a_run_is_not_sent_to_the_run(tmp_path, capsys):
+    """A damaged converted checkpoint (no run around it) was told to use another checkpoint of
+    the run; a damaged one in a run still is."""
+    torch.save(_source_net("resnet18", seed=21).state_dict(), tmp_path / "tv.pth")
+    for folder in (tmp_path, tmp_path / "run" / "checkpoints"):
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "c.pt"
+        assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(out)]) == 0
+        out.write_bytes(out.read_bytes()[:1000])
+        err = _error(["eval", "knn", str(out), "--dataset", "synthetic"], capsys)
+        in_run = folder.name == "checkpoints"
+        assert ("another checkpoint of the run" in err) == in_run
+        assert ("write it again (contrastlab train, convert or export)" in err) != in_run

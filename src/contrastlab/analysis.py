@@ -398,14 +398,22 @@ def _dir_name(label: str, taken: set[str]) -> str:
     return name
 
 
-def default_labels(checkpoints: Sequence[str]) -> list[str]:
-    """The run directory's name (``runs/<name>/checkpoints/x.pt``) or the file's stem."""
+def default_labels(
+    checkpoints: Sequence[str], converted_from: Sequence[str | None] | None = None
+) -> list[str]:
+    """The run directory's name (``runs/<name>/checkpoints/x.pt``) or the file's stem; for an
+    encoder converted from another project (``converted_from[i]``: its source format), the
+    source, as eval labels it (``torchvision (converted)``)."""
+    from contrastlab.eval.context import converted_label
     from contrastlab.eval.results import default_run_dir
 
     labels = []
-    for c in checkpoints:
+    for c, source in zip(checkpoints, converted_from or [None] * len(checkpoints)):
         p = Path(c)
-        labels.append(default_run_dir(p).name if p.parent.name == "checkpoints" else p.stem)
+        if source:
+            labels.append(converted_label(source))
+        else:
+            labels.append(default_run_dir(p).name if p.parent.name == "checkpoints" else p.stem)
     if len(set(labels)) < len(labels):  # same names: add the file name
         labels = [f"{lab} ({Path(c).name})" for lab, c in zip(labels, checkpoints)]
     return labels
@@ -453,15 +461,15 @@ def run_analysis(
             )
         if not Path(c).is_file():
             raise UserError(f"checkpoint {c} does not exist")
-    labels = list(labels) if labels is not None else default_labels(checkpoints)
     out = Path(out)
     # Every checkpoint's spaces and dataset before any encoder is loaded: a space missing from
     # the last checkpoint or a dataset too small for --images + --negatives loses no work.
-    data_cfgs, states = [], []
+    data_cfgs, states, sources = [], [], []
     for checkpoint in checkpoints:
         state = read_checkpoint(checkpoint, verify=False)
-        # the training state analyzed (a converted encoder's epoch is its source's, if known)
+        # the training state analyzed (a converted encoder's: its source's, None if unknown)
         states.append({k: state.get(k) for k in ("epoch", "step")})
+        sources.append((state.get("converted") or {}).get("format"))
         cfg = config_from_dict(state["config"])
         spaces = checkpoint_feature_spaces(cfg, state)
         for space in settings.spaces:
@@ -476,6 +484,7 @@ def run_analysis(
             )
         )
         del state
+    labels = list(labels) if labels is not None else default_labels(checkpoints, sources)
     datasets: dict = {}
     for data_cfg in data_cfgs:
         key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
@@ -879,8 +888,9 @@ def register(subparsers) -> None:
         nargs="+",
         default=None,
         metavar="LABEL",
-        help="one name per checkpoint for tables and figures (default: the run's name, or the "
-        "file name of a checkpoint outside a run)",
+        help="one name per checkpoint for tables and figures (default: the run's name, the "
+        "source of a converted encoder, e.g. 'torchvision (converted)', or the file name of a "
+        "checkpoint outside a run)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the images and their views")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default), cpu or cuda")

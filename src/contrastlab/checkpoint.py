@@ -161,26 +161,36 @@ def make_state(
 REQUIRED = {"config": dict, "model": dict}
 
 
-def load_torch_file(path: Path, what: str, pickled: Callable[[str], str]) -> object:
+def load_torch_file(
+    path: Path, what: str, pickled: Callable[[str], str], foreign: bool = False
+) -> object:
     """``torch.load(path, weights_only=True)`` with one line per kind of file it cannot read.
 
     ``what`` names the file in messages ("checkpoint"); ``pickled(name)`` gives the message for a
     file that pickles Python objects (``name``: the refused global, or ``""``). A folder, a
     missing or empty file, a zip archive cut short (an unfinished copy or write), a zip that is
     not a ``torch.save`` file and bytes that are not a pickle each get their own ``UserError``
-    instead of torch's multi-line internals.
+    instead of torch's multi-line internals. ``foreign``: the file is another project's (read by
+    ``contrastlab convert``): the advice is to download it or save it again from there, not to
+    use another checkpoint of a contrastlab run.
     """
+    in_run = path.parent.name == "checkpoints"
     if path.is_dir():
-        raise UserError(
-            f"{path} is a folder, not a {what} file; give a .pt file (a run keeps its "
-            "checkpoints in <run>/checkpoints/)"
+        where = (
+            "the other project's checkpoint file, e.g. the .pth or .ckpt it saved"
+            if foreign
+            else "a .pt file (a run keeps its checkpoints in <run>/checkpoints/)"
         )
+        raise UserError(f"{path} is a folder, not a {what} file; give {where}")
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
-    damaged = (
-        "a copy, download or write that did not finish, or a disk that filled up; copy it "
-        "again, or use another checkpoint of the run (<run>/checkpoints/)"
-    )
+    if foreign:
+        again = "download it again, or save it again with the project that made it"
+    elif in_run:
+        again = "copy it again, or use another checkpoint of the run (<run>/checkpoints/)"
+    else:
+        again = "copy it again or write it again (contrastlab train, convert or export)"
+    damaged = f"an unfinished copy, download or write, or a full disk; {again}"
     if path.stat().st_size == 0:
         raise UserError(f"{what} {path} is empty (0 bytes): {damaged}")
     try:
@@ -198,9 +208,10 @@ def load_torch_file(path: Path, what: str, pickled: Callable[[str], str]) -> obj
             f"{what} {path} is cut short ({size:,} bytes, its end is missing): {damaged}"
         )
     if (is_zip and not _has_torch_layout(path)) or not (is_zip or is_pickle):
+        written_by = "the other project" if foreign else "contrastlab train or convert"
         raise UserError(
             f"{path} is not a PyTorch checkpoint (its contents are not a torch.save file); "
-            "give a .pt file written by torch.save, e.g. by contrastlab train or convert"
+            f"give a file written by torch.save, e.g. by {written_by}"
         )
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found or "weights only" in low:

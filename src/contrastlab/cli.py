@@ -29,8 +29,9 @@ def _config_arguments(p, preset: bool = True) -> None:
     """``--config PRESET_OR_YAML`` (unless ``preset=False``) and the ``key=value`` overrides."""
     if preset:
         p.add_argument(
-            "--config",
             "-c",
+            "--config",
+            dest="config",
             default=None,
             metavar="PRESET_OR_YAML",
             help="a preset name (see `contrastlab presets`) or a YAML file",
@@ -177,7 +178,10 @@ def _first_sentence(yaml_text: str) -> str:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="a few minutes of MoCo v2 on the built-in synthetic dataset")
+    p = sub.add_parser(
+        "demo",
+        help="MoCo v2 on the built-in synthetic dataset, about a minute and a half on two CPU cores",
+    )
     p.add_argument("--out-dir", default="runs", help="where the run directory goes (default: runs)")
     _config_arguments(p, preset=False)
     p.set_defaults(func=_cmd_demo)
@@ -240,12 +244,26 @@ def _cmd_convert(args) -> int:
     m = info["model"]
     head = f"{m['head']} head to {m['dim']}-d" if info["head"] else "no projection head"
     stem = ", CIFAR stem" if m["cifar_stem"] else ""
+    state = ", ".join(
+        f"{key} {'unknown' if info[key] is None else info[key]}" for key in ("epoch", "step")
+    )
     print(
         f"converted {info['format']} checkpoint: {m['backbone']} (width {m['width']:g}{stem}), "
-        f"{head}"
+        f"{head}; {state}"
     )
     print(f"written to {path}")
     return 0
+
+
+class CompactHelpFormatter(argparse.HelpFormatter):
+    """An option with a short and a long flag reads ``-c, --config PRESET_OR_YAML`` in the help,
+    not ``-c PRESET_OR_YAML, --config PRESET_OR_YAML``."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -258,6 +276,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", CompactHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):

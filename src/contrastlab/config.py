@@ -527,6 +527,23 @@ def _located(message: str, key: str, origins: dict[str, str] | None) -> UserErro
     return UserError(f"{where}: {message}" if where else message)
 
 
+def _placed_elsewhere(key: str, prefix: str) -> list[str]:
+    """Where a key that is not under ``prefix`` is: the top-level key (``train.out_dir`` ->
+    ``out_dir``), or the section's keys of that name (``log_every`` -> ``train.log_every``,
+    ``train.lr`` -> ``optim.lr``)."""
+    hints = get_type_hints(Config)
+    found = []
+    for f in dataclasses.fields(Config):
+        section = hints[f.name]
+        if dataclasses.is_dataclass(section):
+            keys = {g.name for g in dataclasses.fields(section)}
+            if key in keys and f"{f.name}." != prefix:
+                found.append(f"{f.name}.{key}")
+        elif f.name == key and prefix:
+            found.append(key)
+    return found
+
+
 def _build(cls, data: dict, prefix: str = "", origins: dict[str, str] | None = None):
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -534,8 +551,14 @@ def _build(cls, data: dict, prefix: str = "", origins: dict[str, str] | None = N
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
+            elsewhere = _placed_elsewhere(key, prefix)
+            advice = (
+                f" (did you mean {' or '.join(repr(k) for k in elsewhere)}?)"
+                if elsewhere
+                else suggest(full, [prefix + n for n in names])
+            )
             raise _located(
-                f"unknown config key '{full}'{suggest(full, [prefix + n for n in names])}; "
+                f"unknown config key '{full}'{advice}; "
                 "valid keys"
                 f"{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}",
                 full,

@@ -76,7 +76,10 @@ class Encoder:
 
     ``backbone``: torchvision ResNet keys without ``fc``; ``head``: ``{"weight", "bias"}`` (linear)
     or ``{"0.weight", "0.bias", "2.weight", "2.bias"}`` (MLP), or None; the momentum copies in the
-    same names when the file has them; ``queue`` ``[K, dim]`` unit rows, or None.
+    same names when the file has them; ``queue`` ``[K, dim]`` unit rows, or None. ``epoch`` and
+    ``step``: the training state the source records (MoCo's and PyContrast's ``epoch``, the
+    completed epochs; Lightning's ``epoch`` and ``global_step``), None where it records none (a
+    torchvision state dict; MoCo and PyContrast save no step).
     """
 
     fmt: str
@@ -85,7 +88,8 @@ class Encoder:
     momentum_backbone: dict[str, Tensor] | None = None
     momentum_head: dict[str, Tensor] | None = None
     queue: Tensor | None = None
-    epoch: int = 0
+    epoch: int | None = None  # as the source records it; None: the format records none
+    step: int | None = None  # the optimizer steps (Lightning's global_step); None: not recorded
     notes: list[str] = field(default_factory=list)
 
 
@@ -107,7 +111,7 @@ def read_source(path: str | Path) -> object:
             f"torch.save({{'state_dict': w}}, '{path.stem}-weights.pt')\""
         )
 
-    return load_torch_file(path, "checkpoint", pickled)
+    return load_torch_file(path, "checkpoint", pickled, foreign=True)
 
 
 def _tensors(obj: object, what: str) -> dict[str, Tensor]:
@@ -176,7 +180,7 @@ def _moco(obj, heads: bool = True) -> Encoder:
         momentum_backbone=_without_fc(k) or None,
         momentum_head=_moco_head(_take(k, "fc."), "module.encoder_k.fc", heads),
         queue=queue.T.contiguous() if queue is not None and queue.ndim == 2 else None,
-        epoch=int(obj.get("epoch", 0) or 0),
+        epoch=_recorded(obj, "epoch"),
     )
 
 
@@ -196,8 +200,19 @@ def _ft(obj, heads: bool = True) -> Encoder:
         head=_mlp_head(_take(model, "head."), "module.head", True, heads),
         momentum_backbone=_without_fc(_take(ema, "encoder.")) or None,
         momentum_head=_mlp_head(_take(ema, "head."), "model_ema head", True, heads),
-        epoch=int(obj.get("epoch", 0) or 0),
+        epoch=_recorded(obj, "epoch"),
     )
+
+
+def _recorded(obj, key: str) -> int | None:
+    """The source's own ``obj[key]`` (an epoch or step count), None where it has none: a
+    made-up 0 would read as a fact in eval results and analyze's tables."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return int(value)
 
 
 def _lightning_state(obj, fmt: str) -> dict[str, Tensor]:
@@ -233,7 +248,8 @@ def _lightly(obj, heads: bool = True) -> Encoder:
         momentum_head=_mlp_head(
             _take(state, "projection_head_momentum.layers."), "momentum head", False, heads
         ),
-        epoch=int(obj.get("epoch", 0) or 0),
+        epoch=_recorded(obj, "epoch"),
+        step=_recorded(obj, "global_step"),
     )
 
 
@@ -253,7 +269,8 @@ def _solo(obj, heads: bool = True) -> Encoder:
         ),
         # solo-learn keeps one queue per view: [2, dim, K]; the first is as good as the other
         queue=queue[0].T.contiguous() if queue is not None and queue.ndim == 3 else None,
-        epoch=int(obj.get("epoch", 0) or 0),
+        epoch=_recorded(obj, "epoch"),
+        step=_recorded(obj, "global_step"),
     )
 
 
@@ -456,7 +473,7 @@ def build_checkpoint(
         _load(model.encoder_k.head, enc.momentum_head, "momentum projection head")
     if queue is not None:
         model.queue.copy_(torch.nn.functional.normalize(queue.float(), dim=1))
-    state = make_state(cfg, model, None, epoch=enc.epoch, step=0, best_metric=None)
+    state = make_state(cfg, model, None, epoch=enc.epoch, step=enc.step, best_metric=None)
     _share_momentum_copies(state["model"])
     state["converted"] = {"source": str(source), "format": enc.fmt, "head": head is not None}
     return state
@@ -509,7 +526,8 @@ def convert_checkpoint(
 ) -> tuple[Path, dict]:
     """Convert ``src`` (format ``fmt`` or ``"auto"``) to a contrastlab checkpoint at ``out``.
 
-    Returns the path and the ``converted`` record (source, format, whether a head was kept).
+    Returns the path and the ``converted`` record (source, format, whether a head was kept), with
+    the model config and the source's ``epoch`` and ``step`` (None: not recorded).
     """
     from contrastlab.checkpoint import save_checkpoint
 
@@ -518,4 +536,9 @@ def convert_checkpoint(
     state = build_checkpoint(enc, str(src), keep_head, dataset, image_size)
     out = Path(out)
     save_checkpoint(out, state)
-    return out, {**state["converted"], "model": state["config"]["model"]}
+    return out, {
+        **state["converted"],
+        "model": state["config"]["model"],
+        "epoch": state["epoch"],
+        "step": state["step"],
+    }

@@ -1,4 +1,5 @@
-"""``make demo``: MoCo v2 on the built-in synthetic dataset, in a few minutes on two CPU cores.
+"""``make demo``: MoCo v2 on the built-in synthetic dataset, in about a minute and a half on two
+CPU cores.
 
 It trains, then compares the kNN accuracy of the trained encoder with that of the same encoder
 untrained (a random network is a surprisingly strong baseline on simple images, so the comparison

@@ -286,7 +286,7 @@ def choose_checkpoint(run_dir: Path, announce: bool = True) -> tuple[Path, dict]
         except UserError as e:
             problems.append(str(e))
             continue
-        readable.append((int(state.get("epoch", 0)), int(state.get("step", 0)), path, state))
+        readable.append((int(state.get("epoch") or 0), int(state.get("step") or 0), path, state))
     if not readable:
         raise UserError(f"no checkpoint of {run_dir} can be resumed: {' | '.join(problems)}")
     last = run_dir / "checkpoints" / "last.pt"

@@ -520,7 +520,7 @@ class Trainer:
         if self.resume_state is None:
             return None
         path, state = self.resume_state
-        epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+        epoch, step = int(state.get("epoch") or 0), int(state.get("step") or 0)
         if epoch < self.cfg.optim.epochs or state.get("position") is not None:
             return None
         if state.get("monitor_pending") and self.cfg.train.knn_every:

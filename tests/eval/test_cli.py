@@ -613,3 +613,26 @@ def test_top5_is_left_out_with_5_classes_or_fewer_in_every_protocol(checkpoint, 
     assert main(argv) == 0
     assert "top5" in _json(tmp_path / "ten.json")["summary"]
     assert "by construction" not in capsys.readouterr().out
+
+
+def test_results_are_named_by_the_dataset_actually_evaluated(checkpoint, tmp_path, capsys):
+    """eval factors of an image-folder run evaluates on synthetic but wrote factors.json, and
+    factors-synthetic.json for the same result with --dataset synthetic; eval knn of a synthetic
+    run with --dataset synthetic wrote knn-synthetic.json beside the same result's knn.json."""
+    folder_run = tmp_path / "folder" / "checkpoints"
+    folder_run.mkdir(parents=True)
+    on_folder = _on_imagefolder(checkpoint, tmp_path / "flowers", folder_run / "last.pt")
+    factors = ["eval", "factors", str(on_folder), *COMMON, "--factors", "shape"]
+    for extra in ([], ["--dataset", "synthetic"]):
+        assert main([*factors, *extra]) == 0
+        assert sorted(p.name for p in (tmp_path / "folder" / "eval").iterdir()) == [
+            "factors-synthetic.json"
+        ]
+    synthetic_run = tmp_path / "syn" / "checkpoints"
+    synthetic_run.mkdir(parents=True)
+    shutil.copy(checkpoint, synthetic_run / "last.pt")
+    knn = ["eval", "knn", str(synthetic_run / "last.pt"), *COMMON, "--k", "3"]
+    for extra in ([], ["--dataset", "synthetic"]):
+        assert main([*knn, *extra]) == 0
+        assert sorted(p.name for p in (tmp_path / "syn" / "eval").iterdir()) == ["knn.json"]
+    capsys.readouterr()

@@ -197,10 +197,11 @@ def test_eval_all_says_which_space_it_reads(capsys):
 def test_eval_all_saves_beside_each_checkpoint_only_what_it_may_replace(
     checkpoint, tmp_path, capsys
 ):
-    """Each result saved by eval all is named like eval's own (``-<dataset>`` with --dataset,
+    """Each result saved by eval all is named like eval's own (``-<dataset>`` for a dataset other
+    than the checkpoint's own: none for --dataset synthetic of a synthetic run;
     ``-sub<train>x<test>`` with --max-test),
     and a file there that is not an eval result is replaced only with --overwrite."""
-    saved = checkpoint.parent.parent / "eval" / "knn-synthetic-suballx8.json"
+    saved = checkpoint.parent.parent / "eval" / "knn-suballx8.json"
     saved.parent.mkdir(exist_ok=True)
     saved.write_text("my notes\n")
     argv = ["eval", "all", str(checkpoint), *COMMON, "--protocols", "knn", "--k", "3"]

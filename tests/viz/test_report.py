@@ -372,3 +372,16 @@ def test_the_report_shows_the_chance_level_beside_each_probe(tmp_path, run_maker
     assert "<th>chance (%)</th>" in part
     assert '<td>shape</td><td class="num">31</td><td class="num">10</td>' in part
     assert '<td>color</td><td class="num">90</td><td class="num">12.5</td>' in part
+
+
+def test_a_training_state_the_checkpoint_does_not_record_reads_unknown():
+    """A converted encoder's null step was shown as an empty cell, its null epoch as "not
+    recorded", which is what an older analysis.json without the entries gets."""
+    from contrastlab.viz.report import _state_value
+
+    assert [_state_value({"epoch": None, "step": None}, k) for k in ("epoch", "step")] == [
+        "unknown",
+        "unknown",
+    ]
+    assert _state_value({"epoch": 3, "step": 30}, "step") == 30
+    assert _state_value({}, "epoch") == "not recorded"

@@ -243,7 +243,7 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
                 protocol,
                 args.out,
                 args.space,
-                _dataset_tag(args),
+                _dataset_tag(args, checkpoint, dataset),
                 _variant(args),
                 _subset(args),
             ),
@@ -272,20 +272,48 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     )
 
 
-def _dataset_tag(args) -> str | None:
-    """Names a result on a dataset other than the run's own: ``--dataset``, plus the name of
-    ``--data-path`` (``imagefolder-f1``); for ``eval transfer`` its two folders (``A-B``, or
-    ``flowers-train-test`` for two folders of one parent), so that another pair of folders does
-    not replace the result."""
+def _own_data(checkpoint: str) -> tuple[str, str | None]:
+    """The dataset (name, path) a checkpoint was trained on, from its config."""
+    from contrastlab.checkpoint import read_checkpoint
+
+    path = Path(checkpoint).resolve()
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)  # read once per file, again if it changes
+    if key not in _OWN_DATA:
+        data = read_checkpoint(checkpoint, verify=False)["config"].get("data", {})
+        _OWN_DATA[key] = (data.get("name"), data.get("path"))
+    return _OWN_DATA[key]
+
+
+_OWN_DATA: dict[tuple, tuple[str, str | None]] = {}
+
+
+def _dataset_tag(args, checkpoint: str | None = None, dataset: str | None = None) -> str | None:
+    """Names a result on a dataset other than the run's own: the dataset evaluated on (``dataset``
+    where the command chooses it, as ``eval factors`` chooses synthetic, else ``--dataset``, else
+    the checkpoint's own), plus the name of ``--data-path`` (``imagefolder-f1``); None where that
+    is the checkpoint's own dataset and folder, so that one result never gets two names. For
+    ``eval transfer`` its two folders (``A-B``, or ``flowers-train-test`` for two folders of one
+    parent), so that another pair of folders does not replace the result."""
     train_dir, test_dir = getattr(args, "train_dir", None), getattr(args, "test_dir", None)
     if train_dir and test_dir:
         train, test = Path(train_dir).resolve(), Path(test_dir).resolve()
         tag = f"{train.name}-{test.name}"
         return f"{train.parent.name}-{tag}" if train.parent == test.parent else tag
-    dataset = getattr(args, "dataset", None)
+    if getattr(args, "out", None):
+        return None  # --out names the file
+    dataset = dataset or getattr(args, "dataset", None)
+    path = getattr(args, "data_path", None)
+    if checkpoint is not None:
+        own, own_path = _own_data(checkpoint)
+        same_path = path is None or (
+            own_path is not None and Path(path).resolve() == Path(own_path).resolve()
+        )
+        if dataset in (None, own) and same_path:
+            return None
+        dataset = dataset or own  # --data-path alone: the checkpoint's dataset, another folder
     if not dataset:
         return None
-    path = getattr(args, "data_path", None)
     return f"{dataset}-{Path(path).name}" if path else dataset
 
 
@@ -306,7 +334,9 @@ def _variant(args) -> str | None:
     return variant_of(getattr(args, "protocol", "eval"), setup)
 
 
-def _finish(args, result: dict, checkpoint: str) -> int:
+def _finish(args, result: dict, checkpoint: str, dataset: str | None = None) -> int:
+    """Print ``result`` and write it where ``result_path`` says (``dataset``: the dataset the
+    command chose, as for ``_context``)."""
     from contrastlab.eval.protocols import summary_table
     from contrastlab.eval.results import result_path, variant_of, write_json
 
@@ -319,7 +349,7 @@ def _finish(args, result: dict, checkpoint: str) -> int:
             protocol,
             args.out,
             args.space,
-            _dataset_tag(args),
+            _dataset_tag(args, checkpoint, dataset),
             variant_of(protocol, result["setup"]),
             _subset(args),
         ),
@@ -439,8 +469,9 @@ def _corruption(args) -> int:
 def _factors(args) -> int:
     from contrastlab.eval.protocols import run_factors
 
-    ctx = _context(args, args.checkpoint, dataset=args.dataset or "synthetic")
-    return _finish(args, run_factors(ctx, args.factors), args.checkpoint)
+    dataset = args.dataset or "synthetic"
+    ctx = _context(args, args.checkpoint, dataset=dataset)
+    return _finish(args, run_factors(ctx, args.factors), args.checkpoint, dataset)
 
 
 def _transfer(args) -> int:
@@ -545,7 +576,7 @@ def _check_saved_results(args) -> None:
                 checkpoint,
                 protocol,
                 space=args.space or "backbone",
-                dataset=_dataset_tag(args),
+                dataset=_dataset_tag(args, checkpoint),
                 variant=variant_of(protocol, {"mode": args.linear_mode}),
                 subset=_subset(args),
             )
@@ -604,7 +635,7 @@ def _all(args) -> int:
         partial(_context, args),
         runners,
         save_each=not args.no_save,
-        dataset_tag=_dataset_tag(args),
+        dataset_tag=partial(_dataset_tag, args),
         subset_tag=_subset(args),
         note=(
             f"linear probe: {linear_text(args.linear_mode, epochs)}"

@@ -57,10 +57,14 @@ def not_comparable(datasets: Sequence[str], differences: dict[str, list] | None 
     )
 
 
-def _label(checkpoint: Path, run: str, taken: set[str]) -> str:
-    label = f"{run}/{checkpoint.stem}"
+def _label(checkpoint: Path, run: str, taken: set[str], converted_from: str | None = None) -> str:
+    """``run/stem``; an encoder converted from another project by its source (``torchvision
+    (converted)``); the checkpoint's path where two would read the same."""
+    from contrastlab.eval.context import converted_label
+
+    label = converted_label(converted_from) if converted_from else f"{run}/{checkpoint.stem}"
     if label in taken:
-        label = str(checkpoint)
+        label = f"{label} ({checkpoint})" if converted_from else str(checkpoint)
     taken.add(label)
     return label
 
@@ -161,7 +165,7 @@ def run_all(
     runners: dict[str, Callable],
     save_each: bool = True,
     note: str = "",
-    dataset_tag: str | None = None,
+    dataset_tag: Callable[[str], str | None] | None = None,
     subset_tag: str | None = None,
 ) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
@@ -170,7 +174,7 @@ def run_all(
     ``p``. The table is headed by the feature space and ``note`` (e.g. the linear probe's mode).
     With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
     next to its checkpoint, where the HTML report finds it (named as ``result_path`` names it:
-    ``dataset_tag`` for a dataset other than the run's own, ``subset_tag`` for subsets drawn
+    ``dataset_tag(checkpoint)`` for a dataset other than the checkpoint's own, ``subset_tag`` for subsets drawn
     with ``--max-train`` / ``--max-test``).
     """
     from contrastlab.eval.results import result_path, variant_of
@@ -189,7 +193,9 @@ def run_all(
     for ckpt in checkpoints:
         ctx = make_context(ckpt)
         entry = {
-            "label": _label(Path(ckpt), ctx.cfg.name, taken),
+            "label": _label(
+                Path(ckpt), ctx.cfg.name, taken, getattr(ctx.model, "converted_from", None)
+            ),
             "checkpoint": str(ckpt),
             "method": ctx.method,
             "space": ctx.space,
@@ -213,7 +219,7 @@ def run_all(
                     ckpt,
                     proto,
                     space=ctx.space,
-                    dataset=dataset_tag,
+                    dataset=dataset_tag(ckpt) if dataset_tag is not None else None,
                     variant=variant,
                     subset=subset_tag,
                 )

@@ -54,12 +54,18 @@ def labelled_subset(labels: Tensor, limit: int | None, seed: int) -> list[int] |
     return keep[chosen].tolist()
 
 
+def converted_label(source_format: str) -> str:
+    """How results, tables and legends name an encoder converted from another project
+    (``contrastlab convert``): by its source, ``torchvision (converted)``."""
+    return f"{source_format} (converted)"
+
+
 def method_label(cfg, converted_from: str | None = None) -> str:
     """``moco``, ``looc`` or ``looc++`` (LooC with ``looc.plus_plus``), for headers and tables; for
     an encoder converted from another project (``contrastlab convert``), its source format, e.g.
     ``torchvision (converted)``."""
     if converted_from:
-        return f"{converted_from} (converted)"
+        return converted_label(converted_from)
     return "looc++" if cfg.method == "looc" and cfg.looc.plus_plus else cfg.method
 
 

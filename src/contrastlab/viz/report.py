@@ -272,6 +272,15 @@ def _scores_section(run: Run) -> str:
     return "".join(_img(fig, stem) for stem, fig in score_figures([run]))
 
 
+def _state_value(enc: dict, key: str):
+    """An encoder's ``epoch`` or ``step`` in analyze's table: ``unknown`` where its checkpoint
+    records none (an encoder converted from a file without it), ``not recorded`` where an older
+    analysis.json has no such entry."""
+    if key not in enc:
+        return "not recorded"
+    return "unknown" if enc[key] is None else enc[key]
+
+
 def _analysis_section(folder: Path | None, result: dict | None) -> str:
     """``contrastlab analyze`` results (``result``, read from ``folder``): per space the
     sensitivity table and the figures."""
@@ -290,12 +299,11 @@ def _analysis_section(folder: Path | None, result: dict | None) -> str:
     rows = []
     for enc in result["encoders"]:
         recipe = encoder_recipe(result, enc) or "the checkpoint's own (not recorded)"
-        epoch = enc.get("epoch")
         rows.append(
             f"<tr><td>{html.escape(enc['label'])}</td>"
             f"<td>{html.escape(str(enc.get('checkpoint', 'not recorded')))}</td>"
-            + _cell(epoch if epoch is not None else "not recorded")
-            + _cell(enc["step"] if enc.get("step") is not None else "")
+            + _cell(_state_value(enc, "epoch"))
+            + _cell(_state_value(enc, "step"))
             + f"<td>{html.escape(recipe)}</td></tr>"
         )
     head = "".join(

@@ -10,6 +10,7 @@ HTML report can embed the same drawings.
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -135,10 +136,20 @@ def check_run_dir(run_dir: Path | str) -> Path:
     return path
 
 
+def _encoder_label(path: Path) -> str | None:
+    """The label ``contrastlab analyze`` gave the encoder of one of its encoder folders
+    (``encoder.json``; a converted encoder's is its source, ``torchvision (converted)``)."""
+    try:
+        label = json.loads((path / "encoder.json").read_text(encoding="utf-8")).get("label")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return label if isinstance(label, str) and label else None
+
+
 def load_run(run_dir: Path | str, scores: bool = True) -> Run:
     """Read a run directory; a missing directory is the user's error, missing parts are not."""
     path = check_run_dir(run_dir)
-    run = Run(path=path, name=path.resolve().name)
+    run = Run(path=path, name=_encoder_label(path) or path.resolve().name)
     cfg_path = path / "config.yaml"
     if cfg_path.is_file():
         try:
