@@ -13,13 +13,14 @@ The overhead of a run is ``save / (60 * checkpoint_minutes) + poll / step``; the
 argument (default: the preset's median step on this 2-core CPU, docs/benchmarks.md section 1,
 scaled from batch 128 to the preset's 512).
 
-    .venv/bin/python benchmarks/checkpoint_cost.py [--rounds 5] [--step-seconds 12.0]
+    .venv/bin/python benchmarks/checkpoint_cost.py [--rounds 5] [--minutes 30] [--step-seconds 12.0]
+        [--dir FOLDER]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine_info, print_header  # noqa: E402
+import common  # noqa: E402
 
 from contrastlab.checkpoint import make_state, read_checkpoint, save_checkpoint  # noqa: E402
 from contrastlab.config import load_config  # noqa: E402
@@ -38,18 +39,51 @@ from contrastlab.preemption import StopPolicy, StopSignals  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--minutes", type=float, default=30.0, help="train.checkpoint_minutes")
-    ap.add_argument("--step-seconds", type=float, default=4 * 2.99, help="seconds per step")
-    ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
-    args = ap.parse_args()
+    ap = common.OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=common.POSITIVE, default=5)
+    ap.add_argument(
+        "--minutes", type=common.positive_number, default=30.0, help="train.checkpoint_minutes"
+    )
+    ap.add_argument(
+        "--step-seconds", type=common.positive_number, default=4 * 2.99, help="seconds per step"
+    )
+    ap.add_argument(
+        "--dir",
+        default=None,
+        help="an existing folder on the file system to time: the checkpoints go to a temporary "
+        "folder made inside it and removed at the end (default: the system's temporary folder)",
+    )
+    args = common.parse_args(ap)
+    cfg = common.check_config(
+        f"--minutes {args.minutes:g}",
+        load_config,
+        "moco_v2_cifar",
+        [f"train.checkpoint_minutes={args.minutes:g}"],
+    )
+    if args.dir is not None and not Path(args.dir).is_dir():
+        common.fail(f"--dir {args.dir} is not a folder; give an existing folder to write in")
+    try:  # nothing of what --dir holds is touched
+        folder = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir))
+    except OSError as e:
+        common.fail(f"--dir {args.dir}: cannot write there ({e.strerror}); give a writable folder")
+    try:
+        measure(args, cfg, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure(args, cfg, folder: Path) -> None:
     torch.set_num_threads(2)
-    cfg = load_config("moco_v2_cifar")
-    print_header(
+    info = common.machine_info(torch.device("cpu"))
+    common.print_header(
         "checkpoint cost (moco_v2_cifar)",
-        machine_info(torch.device("cpu")),
-        {"rounds": args.rounds, "minutes": args.minutes, "step_seconds": args.step_seconds},
+        info,
+        {
+            "rounds": args.rounds,
+            "minutes": args.minutes,
+            "step_seconds": args.step_seconds,
+            "folder": folder,
+        },
     )
     model = build_method(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -57,7 +91,6 @@ def main() -> None:
         p.grad = torch.zeros_like(p)
     opt.step()
     state = make_state(cfg, model, opt, 3, 1000, 1.0, {"loss": 1.0, "knn_top1": None})
-    folder = Path(args.dir or tempfile.mkdtemp(prefix="ckpt-bench-"))
     last, best = folder / "last.pt", folder / "best.pt"
 
     def plain() -> None:  # what a checkpoint cost before: torch.save and a rename
@@ -102,12 +135,8 @@ def main() -> None:
         f"(a durable save every {args.minutes:g} min + the check each {args.step_seconds:g} s "
         f"step); durability adds {extra:.3f} s per save over a plain one"
     )
-    print(f"load after: {load_average()}")
-    for p in folder.iterdir():
-        p.unlink()
-    if args.dir is None:
-        folder.rmdir()
+    print(f"load average before: {info['load_before']}; after: {common.load_average()}")
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -16,8 +16,10 @@ set-up, i.e. the memory the step itself needs on top of the model, optimizer and
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import resource
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NoReturn
 
 import torch
 
@@ -286,3 +288,126 @@ def configure_allocator(args, device: torch.device) -> str:
     if device.type != "cpu" or args.default_malloc:
         return "default"
     return "keeps freed memory" if keep_freed_memory() else "default (mallopt unavailable)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Options: checked ranges, one-line errors
+# ----------------------------------------------------------------------------------------------
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``error: <script>: <what>; see <script> --help``,
+    with exit status 2 (as the ``contrastlab`` command line); ``--help`` still prints the usage.
+    Flags are not abbreviated."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}; see {self.prog} --help")
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (no upper bound without ``high``)."""
+    where = f"in [{low}, {high}]" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {where}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {where}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+POSITIVE = integer(1)
+NON_NEGATIVE = integer(0)
+
+
+def parse_args(ap: argparse.ArgumentParser, quick: dict | None = None) -> argparse.Namespace:
+    """Parse the command line; with ``--quick``, ``quick`` gives the defaults of the options the
+    command line does not set (an option given explicitly keeps its value)."""
+    args = ap.parse_args()
+    if quick and getattr(args, "quick", False):
+        ap.set_defaults(**quick)
+        args = ap.parse_args()
+    return args
+
+
+def add_device(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
+    ap.add_argument("--device", default=default, choices=["cpu", "cuda"])
+
+
+def device_of(name: str) -> torch.device:
+    """The ``--device``; ``cuda`` without a CUDA device is refused in one line."""
+    if name == "cuda" and not torch.cuda.is_available():
+        fail(
+            "--device cuda: no CUDA device here (torch.cuda.is_available() is false); "
+            "run with --device cpu"
+        )
+    return torch.device(name)
+
+
+def require_lightly(alternative: str | None = "--no-lightly") -> None:
+    """Refuse in one line, before any work, when lightly is not installed."""
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        also = f", or {alternative}" if alternative else ""
+        fail(
+            "lightly is not installed: .venv/bin/python -m pip install -c constraints.txt "
+            f"lightly{also}"
+        )
+
+
+def trainer_format(cfg, device: torch.device) -> tuple[bool, bool]:
+    """``(amp, channels_last)`` as the trainer runs ``cfg`` on ``device``: bf16 autocast by
+    ``train.amp`` (unset: CUDA only), channels_last by ``train.channels_last`` (unset: always)."""
+    amp = cfg.train.amp if cfg.train.amp is not None else device.type == "cuda"
+    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else True
+    return amp, channels_last
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``: a ``UserError`` of the library (a bad size for a config, a
+    path) is one ``error:`` line with exit status 2, as on the ``contrastlab`` command line."""
+    from contrastlab.errors import UserError, one_line
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        main()
+    except UserError as e:
+        fail(one_line(e))
+
+
+def check_config(options: str, build: Callable, *args):
+    """``build(*args)`` (a config from the benchmark's options) before any work; its
+    ``UserError`` is one line that names the benchmark's ``options`` the config came from."""
+    from contrastlab.errors import UserError, one_line
+
+    try:
+        return build(*args)
+    except UserError as e:
+        fail(f"{options}: {one_line(e)}")

@@ -2,6 +2,7 @@
 
     python benchmarks/end_to_end.py [--data DIR | --tar ../shared/data/cifar10-train.tar.gz]
         [--limit N] [--batch 256] [--workers 2] [--bf16 | --as-documented] [--threads N]
+        [--no-lightly]
 
 Both train the same model for one epoch over the same images (the ``train/`` class folders of
 ``--data``, by default the 50,000 CIFAR-10 training images extracted from ``--tar`` into a
@@ -37,9 +38,7 @@ equal-precision ratios, never instead of them.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import sys
 import tarfile
 import tempfile
@@ -60,19 +59,17 @@ def training_folder(args, stack: contextlib.ExitStack) -> Path:
     if args.data:
         root = Path(args.data)
         if not (root / "train").is_dir():
-            sys.exit(
-                f"error: --data {root} has no train/ folder; give a folder with train/<class>/"
-            )
+            common.fail(f"--data {root} has no train/ folder; give a folder with train/<class>/")
         return root
     tar = Path(args.tar)
     if not tar.is_file():
-        sys.exit(f"error: --tar {tar} does not exist; pass --tar FILE or --data DIR")
+        common.fail(f"--tar {tar} does not exist; pass --tar FILE or --data DIR")
     root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrastlab-e2e-")))
     start = time.perf_counter()
     with tarfile.open(tar) as f:
         f.extractall(root, filter="data")
     if not (root / "train").is_dir():
-        sys.exit(f"error: {tar} holds no train/ folder (expected train/<class>/*.jpg)")
+        common.fail(f"{tar} holds no train/ folder (expected train/<class>/*.jpg)")
     print(f"data: extracted {tar} to {root} in {time.perf_counter() - start:.1f} s", flush=True)
     return root
 
@@ -182,16 +179,21 @@ def report(name: str, r: dict, batch: int, what: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="folder with train/<class>/ images")
     ap.add_argument(
         "--tar",
         default="../shared/data/cifar10-train.tar.gz",
         help="without --data: this archive is extracted to a temporary folder",
     )
-    ap.add_argument("--limit", type=int, default=None, help="only the first N steps of each")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
+    ap.add_argument(
+        "--limit", type=common.POSITIVE, default=None, help="only the first N steps of each"
+    )
+    ap.add_argument("--batch", type=common.POSITIVE, default=256)
+    ap.add_argument(
+        "--workers", type=common.NON_NEGATIVE, default=2, help="lightly's DataLoader workers"
+    )
+    ap.add_argument("--no-lightly", action="store_true", help="time contrastlab alone (no ratio)")
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="both under CPU bf16 autocast")
     precision.add_argument(
@@ -199,16 +201,19 @@ def main() -> None:
         action="store_true",
         help="lightly in float32 as its example, contrastlab under bf16 autocast as its CPU preset",
     )
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
-    args = ap.parse_args()
-    if args.limit is not None and args.limit < 1:
-        sys.exit(f"error: --limit must be at least 1 (got {args.limit})")
+    ap.add_argument(
+        "--threads", type=common.POSITIVE, default=None, help="torch threads of the main process"
+    )
+    args = common.parse_args(ap)
+    if not args.no_lightly:
+        common.require_lightly()
+    common.check_config(f"--batch {args.batch}", contrastlab_config, args.batch, QUEUE)
     common.set_threads(args.threads)
     info = common.machine_info(torch.device("cpu"))
     args.lightly_bf16 = args.bf16
     args.contrastlab_bf16 = args.bf16 or args.as_documented
     if args.contrastlab_bf16 and info["cpu_bf16"] == "none":
-        sys.exit("error: this CPU has no native bf16; run without --bf16 / --as-documented")
+        common.fail("this CPU has no native bf16; run without --bf16 / --as-documented")
     with contextlib.ExitStack() as stack:
         root = training_folder(args, stack)
         common.print_header(
@@ -217,9 +222,22 @@ def main() -> None:
             {**vars(args), "data": root, "queue": QUEUE},
         )
         out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="contrastlab-e2e-run-"))
-        lightly = run_lightly(args, root / "train")
-        print(f"lightly done (load average {common.load_average()})", flush=True)
+        lightly = None if args.no_lightly else run_lightly(args, root / "train")
+        if lightly:
+            print(f"lightly done (load average {common.load_average()})", flush=True)
         ours = run_contrastlab(args, root, out_dir)
+    if lightly is None:
+        print(
+            f"images/s over the timed steps ({ours['images']} training images, batch {args.batch}):"
+        )
+        report(
+            "contrastlab", ours, args.batch, "decodes the folder into memory and builds the model"
+        )
+        print(
+            f"cpu: {info['cpu']}; load average before: {info['load_before']}; "
+            f"after: {common.load_average()}"
+        )
+        return
     if lightly["images"] != ours["images"]:
         print(f"WARNING: lightly saw {lightly['images']} images, contrastlab {ours['images']}")
     print(
@@ -246,5 +264,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    main()
+    common.run(main)

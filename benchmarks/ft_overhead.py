@@ -14,7 +14,7 @@ the median of the per-round ``on / off`` time ratios, minus 1.
    SGD step, enqueue. Without a backbone the step is the contrastive part only, so this ratio is
    an upper bound of the overhead in training.
 2. **Full steps**: the training step of ``moco_v2_cifar`` against ``moco_v2_cifar_ft`` (ResNet-18
-   CIFAR stem, split BN), (a) at the issue's K 65536 / batch 256 and (b) at the preset's K 4096
+   CIFAR stem, split BN, channels_last as the trainer runs it), (a) at the issue's K 65536 / batch 256 and (b) at the preset's K 4096
    with batch 128 instead of the preset's 512, to keep the run affordable on a CPU (FT's extra work
    does not grow with the backbone, so the smaller batch gives the larger relative overhead). Each
    runs four variants: FT off/on x score recording on/off, so the same run also gives the cost of
@@ -27,8 +27,6 @@ Targets (from the issues): FT overhead at most 3%; score recording at most 2% of
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import time
@@ -159,29 +157,56 @@ def compare(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--rounds", type=int, default=15, help="rounds of the backbone-free steps")
+    ap = common.OneLineParser(description=__doc__.splitlines()[0])
+    common.add_device(ap)
     ap.add_argument(
-        "--calls", type=int, default=3, help="backbone-free steps per variant per round"
+        "--rounds",
+        type=common.POSITIVE,
+        default=15,
+        help="rounds of the backbone-free steps (--quick: 5)",
     )
-    ap.add_argument("--preset-rounds", type=int, default=4, help="rounds of the full CIFAR step")
-    ap.add_argument("--preset-batch", type=int, default=128)
+    ap.add_argument(
+        "--calls", type=common.POSITIVE, default=3, help="backbone-free steps per variant per round"
+    )
+    ap.add_argument(
+        "--preset-rounds",
+        type=common.POSITIVE,
+        default=4,
+        help="rounds of the full CIFAR step (--quick: 2)",
+    )
+    ap.add_argument("--preset-batch", type=common.POSITIVE, default=128)
     ap.add_argument("--no-preset", action="store_true", help="skip the full CIFAR-preset step")
-    ap.add_argument("--large-rounds", type=int, default=3, help="rounds of the full K 65536 step")
+    ap.add_argument(
+        "--large-rounds",
+        type=common.POSITIVE,
+        default=3,
+        help="rounds of the full K 65536 step (--quick: 1)",
+    )
     ap.add_argument(
         "--no-large", action="store_true", help="skip the full K 65536 / batch 256 step"
     )
     ap.add_argument("--no-scores", action="store_true", help="scores.record=false in every variant")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--quick", action="store_true", help="5 rounds, 2 preset rounds")
+    ap.add_argument("--threads", type=common.POSITIVE, default=None)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 rounds, 2 preset rounds, 1 large round, where those options are not given",
+    )
     common.add_allocator_flag(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.preset_rounds, args.large_rounds = 5, 2, 1
+    args = common.parse_args(ap, quick={"rounds": 5, "preset_rounds": 2, "large_rounds": 1})
+    device = common.device_of(args.device)
+    if not args.no_preset:  # checked before any work
+        cfg = common.check_config(
+            f"--preset-batch {args.preset_batch}",
+            load_config,
+            "moco_v2_cifar",
+            [f"optim.batch_size={args.preset_batch}"],
+        )
+    else:
+        cfg = load_config("moco_v2_cifar")
+    # the full steps as the trainer runs the presets: bf16 autocast on CUDA, channels_last
+    amp, channels_last = common.trainer_format(cfg, device)
     common.set_threads(args.threads)
-    device = torch.device(args.device)
-    amp = device.type == "cuda"
     malloc = common.configure_allocator(args, device)
     info = common.machine_info(device)
     common.print_header(
@@ -191,6 +216,7 @@ def main() -> None:
             "ft": "pos extrapolate Beta(2,2) + neg interpolate Beta(1.6,1.6), one lambda per step",
             "scores_recorded": not args.no_scores,
             "amp_bf16": amp,
+            "channels_last_full_steps": channels_last,
             "malloc": malloc,
         },
     )
@@ -232,7 +258,7 @@ def main() -> None:
                     amp,
                     backbone_free=False,
                     batch=batch,
-                    channels_last=device.type == "cuda",
+                    channels_last=channels_last,
                     recording_times=recording_times.get(ft + suffix),
                 )
         compare(
@@ -249,5 +275,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    main()
+    common.run(main)

@@ -21,7 +21,6 @@ subset (what tests/test_benchmarks.py does), so the script is known to work befo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -125,21 +124,34 @@ def train(data: Path, out: Path, name: str, epochs: int, device: str, extra: lis
     }
 
 
+STEPS = {"tests", "views", "train"}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.OneLineParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_check")))
-    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--train-minutes", type=float, default=5.0, help="budget of the long run")
-    ap.add_argument("--per-class", type=int, default=None, help="images per class (a subset)")
+    common.add_device(ap, default="cuda")
+    ap.add_argument(
+        "--train-minutes",
+        type=common.positive_number,
+        default=5.0,
+        help="budget of the long run",
+    )
+    ap.add_argument(
+        "--per-class", type=common.POSITIVE, default=None, help="images per class (a subset)"
+    )
     ap.add_argument("--skip", default="", help="comma-separated steps to skip: tests,views,train")
     ap.add_argument("--train-option", action="append", default=[], help="extra KEY=VALUE")
-    args = ap.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device here; give --device cpu to try the script on a CPU")
-    if args.train_minutes <= 0 or (args.per_class is not None and args.per_class < 1):
-        raise SystemExit("error: --train-minutes and --per-class must be positive")
+    args = common.parse_args(ap)
+    common.device_of(args.device)
     skip = {s for s in args.skip.split(",") if s}
+    if skip - STEPS:
+        common.fail(
+            f"--skip {args.skip}: unknown step(s) {', '.join(sorted(skip - STEPS))}; "
+            f"steps are {', '.join(sorted(STEPS))}"
+        )
+    common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     report: dict = {"machine": common.machine_info(device)}
@@ -174,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

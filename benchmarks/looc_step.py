@@ -4,7 +4,8 @@
         [--no-plus-plus] [--threads N]
 
 Variants (all: ResNet-18 CIFAR stem, split BN with 8 splits, MLP head 512 -> 512 -> 128, K 4096
-per queue, T 0.2, score statistics recorded, inputs already in memory):
+per queue, T 0.2, score statistics recorded, inputs already in memory; channels_last, and bf16
+autocast on CUDA, as the trainer runs the presets):
 
 * ``moco``: the ``moco_v2_cifar`` preset with the LooC presets' head (``model.head=mlp
   model.head_hidden=512``, T 0.2): one query view (forward + backward), one key view (forward);
@@ -26,7 +27,6 @@ which puts its arithmetic alone above 1 + 0.3 n (see docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -39,18 +39,38 @@ from contrastlab.config import load_config  # noqa: E402
 from contrastlab.methods import build_method  # noqa: E402
 
 AUGMENTATIONS = {1: "[color]", 2: "[color,rotation]", 3: "[color,rotation,texture]"}
+HEAD = ["model.head=mlp", "model.head_hidden=512", "model.dim=128", "moco.temperature=0.2"]
 
 
-def make_step(
-    preset: str,
-    overrides: list[str],
-    batch: int,
-    device: torch.device,
-    amp: bool,
-    channels_last: bool,
-):
+def numbers_of_augmentations(text: str) -> list[int]:
+    """``--n``: comma-separated numbers of atomic augmentations, each 1, 2 or 3."""
+    try:
+        ns = [int(v) for v in text.split(",")]
+    except ValueError:
+        ns = []
+    if not ns or any(n not in AUGMENTATIONS for n in ns):
+        raise argparse.ArgumentTypeError(
+            f"must be numbers of atomic augmentations from 1, 2, 3 separated by commas "
+            f"(e.g. 1,2), got {text!r}"
+        )
+    return list(dict.fromkeys(ns))
+
+
+def variants(args) -> dict[str, tuple[str, list[str]]]:
+    """Each variant's preset and overrides (besides the batch size)."""
+    out = {"moco": ("moco_v2_cifar", HEAD)}
+    for pp in [False] if args.no_plus_plus else [False, True]:
+        for n in args.n:
+            out[f"{'loocpp' if pp else 'looc'}_{n}"] = (
+                "looc_color",
+                [f"looc.augmentations={AUGMENTATIONS[n]}", f"looc.plus_plus={str(pp).lower()}"],
+            )
+    return out
+
+
+def make_step(cfg, device: torch.device, amp: bool, channels_last: bool):
     torch.manual_seed(0)
-    cfg = load_config(preset, [f"optim.batch_size={batch}", *overrides])
+    batch = cfg.optim.batch_size
     model = build_method(cfg).to(device).train()
     g = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -75,21 +95,39 @@ def make_step(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--n", default="1,2,3", help="numbers of atomic augmentations to time")
+    ap = common.OneLineParser(description=__doc__.splitlines()[0])
+    common.add_device(ap)
+    ap.add_argument("--batch", type=common.POSITIVE, default=64, help="(--quick: 32)")
+    ap.add_argument("--rounds", type=common.POSITIVE, default=3, help="(--quick: 2)")
+    ap.add_argument(
+        "--n",
+        type=numbers_of_augmentations,
+        default=[1, 2, 3],
+        help="numbers of atomic augmentations to time, from 1,2,3",
+    )
     ap.add_argument("--no-plus-plus", action="store_true", help="skip LooC++")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--quick", action="store_true", help="batch 32, 2 rounds")
+    ap.add_argument("--threads", type=common.POSITIVE, default=None)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="batch 32, 2 rounds, where --batch / --rounds are not given",
+    )
     common.add_allocator_flag(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.batch, args.rounds = 32, 2
+    args = common.parse_args(ap, quick={"batch": 32, "rounds": 2})
+    device = common.device_of(args.device)
+    configs = {  # every size checked before any work
+        name: common.check_config(
+            f"--batch {args.batch}",
+            load_config,
+            preset,
+            [f"optim.batch_size={args.batch}", *extra],
+        )
+        for name, (preset, extra) in variants(args).items()
+    }
+    # as the trainer runs them: bf16 autocast on CUDA, channels_last everywhere (the presets
+    # leave train.amp and train.channels_last unset)
+    amp, cl = common.trainer_format(configs["moco"], device)
     common.set_threads(args.threads)
-    device = torch.device(args.device)
-    amp = cl = device.type == "cuda"
     malloc = common.configure_allocator(args, device)
     info = common.machine_info(device)
     common.print_header(
@@ -106,20 +144,7 @@ def main() -> None:
         },
     )
 
-    ns = [int(v) for v in args.n.split(",")]
-    head = ["model.head=mlp", "model.head_hidden=512", "model.dim=128", "moco.temperature=0.2"]
-    steps = {"moco": make_step("moco_v2_cifar", head, args.batch, device, amp, cl)}
-    for pp in [False] if args.no_plus_plus else [False, True]:
-        for n in ns:
-            name = f"{'loocpp' if pp else 'looc'}_{n}"
-            steps[name] = make_step(
-                "looc_color",
-                [f"looc.augmentations={AUGMENTATIONS[n]}", f"looc.plus_plus={str(pp).lower()}"],
-                args.batch,
-                device,
-                amp,
-                cl,
-            )
+    steps = {name: make_step(cfg, device, amp, cl) for name, cfg in configs.items()}
     t = common.interleaved(steps, rounds=args.rounds, warmup=1, device=device)
     print(f"  {'variant':10s} {'median':>10s} {'best':>10s} {'ratio':>7s} {'target':>7s}")
     for name in steps:
@@ -141,5 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    main()
+    common.run(main)

@@ -11,7 +11,6 @@ matrix (median of ``--calls`` interleaved calls), and negative interpolation as 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -29,18 +28,26 @@ from contrastlab.transforms.feature import interpolate_negatives  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--queue", type=int, default=65536)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--log-every", type=int, default=20)
-    ap.add_argument("--calls", type=int, default=20, help="calls of each piece (interleaved)")
+    ap = common.OneLineParser(description=__doc__.splitlines()[0])
+    common.add_device(ap, default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=common.POSITIVE, default=20)
+    ap.add_argument("--batch", type=common.POSITIVE, default=256)
+    ap.add_argument("--queue", type=common.POSITIVE, default=65536)
+    ap.add_argument("--dim", type=common.POSITIVE, default=128)
+    ap.add_argument("--log-every", type=common.POSITIVE, default=20)
+    ap.add_argument(
+        "--calls", type=common.POSITIVE, default=20, help="calls of each piece (interleaved)"
+    )
     common.add_allocator_flag(ap)
-    args = ap.parse_args()
-    dev = torch.device(args.device)
+    args = common.parse_args(ap)
+    dev = common.device_of(args.device)
     malloc = common.configure_allocator(args, dev)
+    info = common.machine_info(dev)
+    common.print_header(
+        "score recording on an encoder-free step",
+        info,
+        {**{k: v for k, v in vars(args).items() if k != "default_malloc"}, "malloc": malloc},
+    )
     g = torch.Generator(device="cpu").manual_seed(0)
     feats = torch.randn(args.batch, args.dim, generator=g).to(dev).requires_grad_()
     keys = F.normalize(torch.randn(args.batch, args.dim, generator=g), dim=1).to(dev)
@@ -86,6 +93,7 @@ def main() -> None:
         "of this encoder-free step"
     )
     components(queue, feats.detach(), args.calls)
+    print(f"load average before: {info['load_before']}; after: {common.load_average()}")
 
 
 def components(queue: torch.Tensor, feats: torch.Tensor, calls: int) -> None:
@@ -135,4 +143,4 @@ def components(queue: torch.Tensor, feats: torch.Tensor, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

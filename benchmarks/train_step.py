@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,8 @@ from contrastlab.methods import build_method  # noqa: E402
 HEAD_HIDDEN, DIM = 512, 128
 SGD = dict(lr=0.06, momentum=0.9, weight_decay=5e-4)
 MOMENTUM, TEMPERATURE = 0.99, 0.1
+BASES = ("contrastlab", "contrastlab_nchw", "contrastlab_plainbn", "lightly")
+VARIANTS = (*BASES, *(f"{base}_bf16" for base in BASES))
 
 
 def contrastlab_config(batch: int, queue: int, extra: list[str] = ()):
@@ -258,6 +259,19 @@ def data_pipeline(args) -> dict[int, float]:
     return rates
 
 
+def comparisons(names: list[str]) -> list[tuple[str, str]]:
+    """The ``(contrastlab variant, lightly variant)`` pairs held against the target: only pairs
+    at one precision (bf16 autocast speeds up either framework, so a mixed pair measures the
+    precision, not the library)."""
+    return [
+        (name, ref)
+        for ref in ("lightly", "lightly_bf16")
+        if ref in names
+        for name in names
+        if name.startswith("contrastlab") and name.endswith("_bf16") == ref.endswith("_bf16")
+    ]
+
+
 def count_flops(step) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -268,19 +282,21 @@ def count_flops(step) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--queue", type=int, default=4096)
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one step each)")
-    ap.add_argument("--steps", type=int, default=1, help="steps per variant per round")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap = common.OneLineParser(description=__doc__.splitlines()[0])
+    common.add_device(ap)
+    ap.add_argument("--batch", type=common.POSITIVE, default=128)
+    ap.add_argument("--queue", type=common.POSITIVE, default=4096)
+    ap.add_argument(
+        "--rounds", type=common.POSITIVE, default=5, help="interleaved rounds (--quick: 2)"
+    )
+    ap.add_argument("--steps", type=common.POSITIVE, default=1, help="steps per variant per round")
+    ap.add_argument("--warmup", type=common.NON_NEGATIVE, default=1)
     ap.add_argument(
         "--channels-last",
         default="auto",
         choices=["auto", "on", "off"],
-        help="auto: as each framework's default (contrastlab: CUDA, or CPU with plain BN; "
-        "lightly: CUDA); on/off: every variant",
+        help="auto: as each framework's default (contrastlab: everywhere, as its trainer; "
+        "lightly's example: CUDA only); on/off: every variant",
     )
     ap.add_argument(
         "--bf16", action="store_true", help="CPU: also time every variant under bf16 autocast"
@@ -293,25 +309,44 @@ def main() -> None:
     ap.add_argument(
         "--no-timing", action="store_true", help="skip the step timing (memory/data only)"
     )
-    ap.add_argument("--data-batches", type=int, default=8)
     ap.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+        "--data-batches", type=common.POSITIVE, default=8, help="timed data batches (--quick: 3)"
     )
-    ap.add_argument("--quick", action="store_true", help="2 rounds, 3 data batches")
+    ap.add_argument(
+        "--threads",
+        type=common.POSITIVE,
+        default=None,
+        help="torch.set_num_threads (default: torch's)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds, 3 data batches, where --rounds / --data-batches are not given",
+    )
     ap.add_argument(
         "--profile",
         default=None,
+        choices=VARIANTS,
         metavar="VARIANT",
         help="print torch.profiler's operator table for one step of VARIANT (e.g. "
         "contrastlab_plainbn) and exit",
     )
-    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", default=None, choices=VARIANTS, help=argparse.SUPPRESS)
     common.add_allocator_flag(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.data_batches = 2, 3
+    args = common.parse_args(ap, quick={"rounds": 2, "data_batches": 3})
+    device = common.device_of(args.device)
+    names = ["contrastlab"] + (["contrastlab_nchw", "contrastlab_plainbn"] if args.all else [])
+    names += [] if args.no_lightly else ["lightly"]
+    if args.bf16 and device.type == "cpu":
+        names += [f"{name}_bf16" for name in names]
+    if args.profile or args.memory_child:
+        names = [args.profile or args.memory_child]
+    if any(name.startswith("lightly") for name in names):
+        common.require_lightly()
+    # every size checked before any work: the configs the variants are built from
+    sizes = f"--batch {args.batch} --queue {args.queue}"
+    common.check_config(sizes, contrastlab_config, args.batch, args.queue)
     common.set_threads(args.threads)
-    device = torch.device(args.device)
     malloc = common.configure_allocator(args, device)
     setup = Setup(args, device)
 
@@ -330,10 +365,6 @@ def main() -> None:
         common.report_child_memory(step, steps=2, device=device)
         return
 
-    names = ["contrastlab"] + (["contrastlab_nchw", "contrastlab_plainbn"] if args.all else [])
-    names += [] if args.no_lightly else ["lightly"]
-    if args.bf16 and device.type == "cpu":
-        names += [f"{name}_bf16" for name in names]
     info = common.machine_info(device)
     common.print_header(
         "MoCo v2 training step (ResNet-18 CIFAR stem)",
@@ -367,16 +398,12 @@ def main() -> None:
             f"  {name:20s} {common.fmt_ms(t.median(name)):>10s}  {args.batch / t.median(name):6.1f} img/s"
             f"   best {args.batch / t.best(name):6.1f} img/s   cpu {t.cpu_median(name):.2f} s"
         )
-    for ref in ("lightly", "lightly_bf16"):
-        if ref not in names or t is None:
-            continue
-        for name in names:
-            if not name.startswith("lightly"):
-                r = t.ratios(ref, name)
-                print(
-                    f"  speed-up {name} vs {ref}: {t.ratio(ref, name):.2f}x "
-                    f"(per round: {', '.join(f'{x:.2f}' for x in r)}; target >= 1.3x)"
-                )
+    for name, ref in comparisons(names) if t is not None else []:
+        r = t.ratios(ref, name)
+        print(
+            f"  speed-up {name} vs {ref}: {t.ratio(ref, name):.2f}x "
+            f"(per round: {', '.join(f'{x:.2f}' for x in r)}; target >= 1.3x)"
+        )
 
     if args.flops and t is not None:
         flops = count_flops(steps["contrastlab"])
@@ -424,5 +451,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    main()
+    common.run(main)

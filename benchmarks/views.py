@@ -28,7 +28,6 @@ arithmetic) on tensors the size of one channel of a batch of views: the reason t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -67,8 +66,8 @@ PIPELINES = {
 }
 
 
-def pipeline(recipe: str, views: str, args, data, device):
-    cfg = load_config(
+def pipeline_config(recipe: str, views: str, args):
+    return load_config(
         "moco_v2_cifar",
         [
             *RECIPES[recipe],
@@ -77,6 +76,10 @@ def pipeline(recipe: str, views: str, args, data, device):
             f"data.image_size={args.size}",
         ],
     )
+
+
+def pipeline(recipe: str, views: str, args, data, device):
+    cfg = pipeline_config(recipe, views, args)
     num_views = 2 if cfg.method == "moco" else len(cfg.looc.augmentations) + 2
     return build_training_views(cfg, data, num_views, args.batch, device, False), num_views
 
@@ -214,13 +217,13 @@ def op_costs(args, device) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--batches", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=6)
+    ap = common.OneLineParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=common.POSITIVE, default=256)
+    ap.add_argument("--batches", type=common.POSITIVE, default=8)
+    ap.add_argument("--rounds", type=common.POSITIVE, default=3)
+    ap.add_argument("--workers", type=common.NON_NEGATIVE, default=2)
+    ap.add_argument("--size", type=common.POSITIVE, default=32)
+    ap.add_argument("--steps", type=common.POSITIVE, default=6)
     ap.add_argument("--no-steps", action="store_true")
     ap.add_argument(
         "--no-compiled",
@@ -228,9 +231,14 @@ def main() -> None:
         action="store_false",
         help="leave out data.views_compile=true (torch.compile; needs a C++ compiler on the CPU)",
     )
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    common.add_device(ap, default="cuda" if torch.cuda.is_available() else "cpu")
+    args = common.parse_args(ap)
+    device = common.device_of(args.device)
+    for recipe in RECIPES:  # every size checked before any work
+        for views in PIPELINES:
+            common.check_config(
+                f"--size {args.size} --workers {args.workers}", pipeline_config, recipe, views, args
+            )
     if device.type == "cpu":
         keep_freed_memory()  # as the trainer does
     info = common.machine_info(device)
@@ -239,7 +247,8 @@ def main() -> None:
     if not args.no_steps:
         step_shares(args, device)
     op_costs(args, device)
+    print(f"\nload average before: {info['load_before']}; after: {common.load_average()}")
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -510,3 +510,32 @@ def test_features_of_wrong_images_are_one_clear_error(x, message, plus_plus):
     for space in model.feature_spaces:
         with pytest.raises(ValueError, match=message):
             model.features(x, space)
+
+
+class _OwnLoocEncoder(torch.nn.Module):
+    """An encoder of one's own for LooC: feature vectors in, one unit vector per space out
+    ([S, B, d]), no ``backbone``."""
+
+    def __init__(self, features: int, spaces: int, dim: int):
+        super().__init__()
+        self.spaces, self.dim = spaces, dim
+        self.fc = torch.nn.Linear(features, spaces * dim)
+
+    def forward(self, x):
+        z = self.fc(x).view(x.shape[0], self.spaces, self.dim).transpose(0, 1)
+        return torch.nn.functional.normalize(z, dim=-1)
+
+
+def test_an_encoder_of_ones_own_trains():
+    # Before: AttributeError: '_OwnLoocEncoder' object has no attribute 'backbone'
+    from contrastlab.methods.moco import make_momentum_copy
+
+    model = LooC(tiny_cfg(("color",), False, "model.bn_splits=2", "optim.batch_size=4"))
+    model.encoder_q = _OwnLoocEncoder(12, 2, 8)
+    model.encoder_k = make_momentum_copy(model.encoder_q)
+    views = [torch.randn(3, 12) for _ in range(3)]  # 3 samples: no batch norm to split
+    out = model(views)
+    assert torch.isfinite(out.loss)
+    assert model.queue_ptr.tolist() == [3, 3]
+    with pytest.raises(ValueError, match="view 2 has 2"):
+        model([views[0], views[1], views[2][:2]])

@@ -310,3 +310,36 @@ def test_eval_mode_scores_with_the_current_state_and_changes_nothing(tiny_config
     assert not torch.equal(
         model.state_dict()["encoder_k.head.0.weight"], before["encoder_k.head.0.weight"]
     )
+
+
+class _OwnEncoder(torch.nn.Module):
+    """An encoder of one's own, assigned in Python: feature vectors in, unit vectors out, no
+    ``backbone`` (and no batch norm)."""
+
+    def __init__(self, features: int, dim: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(features, dim)
+
+    def forward(self, x):
+        return torch.nn.functional.normalize(self.fc(x), dim=1)
+
+
+def test_an_encoder_of_ones_own_trains_and_its_views_are_checked(tiny_config):
+    # Before: AttributeError: '_OwnEncoder' object has no attribute 'backbone' in every forward
+    from contrastlab.methods.moco import make_momentum_copy
+
+    model = MoCo(tiny_config("model.bn_splits=2", "optim.batch_size=4", "model.dim=8"))
+    model.encoder_q = _OwnEncoder(12, 8)
+    model.encoder_k = make_momentum_copy(model.encoder_q)
+    x = torch.randn(3, 12)  # not images, and 3 is no multiple of bn_splits: no batch norm here
+    out = model([x, torch.randn(3, 12)])
+    out.loss.backward()
+    assert model.encoder_q.fc.weight.grad is not None
+    assert int(model.queue_ptr) == 3
+    assert model.features(x, "z").shape == (3, 8)
+    with pytest.raises(ValueError, match="this encoder has no backbone; use space='z'"):
+        model.features(x)
+    assert_refused_before_any_change(model, [x, x[:2]], "view 0 has 3, view 1 has 2")
+    assert_refused_before_any_change(model, [x], r"MoCo needs 2 views \[x_q, x_k\], got 1")
+    assert_refused_before_any_change(model, [x[:0], x[:0]], "the views are empty")
+    assert_refused_before_any_change(model, [x, x.to("meta")], "view 1 is on meta")

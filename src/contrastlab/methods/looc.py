@@ -33,6 +33,7 @@ from contrastlab.methods.moco import (
     check_images,
     check_views,
     enqueue,
+    image_input,
     make_momentum_copy,
     momentum_update,
     pair_scores,
@@ -249,15 +250,15 @@ class LooC(nn.Module):
         [k0, k_1..k_n] must have one shape (they are encoded as one batch); the query view may
         differ from them in height and width.
         """
-        conv1 = self.encoder_q.backbone.conv1
+        conv1 = image_input(self.encoder_q)  # None: an encoder of one's own, as in MoCo
         check_views(
             views,
             self.num_views,
             f"LooC with {list(self.augmentations)} needs {self.num_views} views [q, k0, k_1..k_n]",
             self.queue.device,
-            conv1.in_channels,
-            self.cfg.model.bn_splits if self.training else None,
-            conv1.weight.dtype,
+            None if conv1 is None else conv1.in_channels,
+            self.cfg.model.bn_splits if self.training and conv1 is not None else None,
+            torch.float32 if conv1 is None else conv1.weight.dtype,
         )
         check_epoch(epoch)
         _check_key_shapes(views[1:])

@@ -145,12 +145,30 @@ def check_epoch(epoch) -> None:
         raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
 
 
+def image_input(encoder: nn.Module) -> nn.Conv2d | None:
+    """The first convolution of contrastlab's encoders (``backbone.conv1``), which says what
+    images they take; None for an encoder of one's own without it (assigned to ``encoder_q``),
+    whose inputs are its own business."""
+    conv1 = getattr(getattr(encoder, "backbone", None), "conv1", None)
+    return conv1 if isinstance(conv1, nn.Conv2d) else None
+
+
+def check_input(x, what: str, device: torch.device) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor with a batch dimension on ``device`` (what
+    an encoder of one's own is given: no shape or dtype is assumed)."""
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        got = "a 0-d tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{what} must be a tensor with a batch dimension first, got {got}")
+    if x.device != device:
+        raise ValueError(f"{what} is on {x.device} but the model is on {device}; move it there")
+
+
 def check_views(
     views,
     num_views: int,
     needs: str,
     device: torch.device,
-    channels: int,
+    channels: int | None,
     bn_groups: int | None,
     dtype: torch.dtype = torch.float32,
 ) -> None:
@@ -159,7 +177,8 @@ def check_views(
     the model takes (``check_images``). Their heights and widths may differ. ``bn_groups``:
     the batch-norm groups of a training step (``model.bn_splits``), each of which needs at least
     2 samples; None in eval mode (running statistics). ``needs`` says what the method takes
-    ("MoCo needs 2 views [x_q, x_k]").
+    ("MoCo needs 2 views [x_q, x_k]"). ``channels`` None: an encoder of one's own
+    (``image_input``), whose views need only be tensors of one batch size B >= 1 on ``device``.
     Reads only shapes, dtypes and devices, so it never waits for the device."""
     if not isinstance(views, (list, tuple)):
         raise ValueError(f"{needs} as a list, got {type(views).__name__}")
@@ -167,7 +186,10 @@ def check_views(
         raise ValueError(f"{needs}, got {len(views)}")
     batch = None
     for i, x in enumerate(views):
-        check_images(x, f"view {i}", device, channels, dtype)
+        if channels is None:
+            check_input(x, f"view {i}", device)
+        else:
+            check_images(x, f"view {i}", device, channels, dtype)
         if batch is None:
             batch = x.shape[0]
         elif x.shape[0] != batch:
@@ -238,17 +260,20 @@ class MoCo(nn.Module):
         floating-point image batches of one batch size on the model's device in a dtype it
         takes (its weights' dtype, or any but float64 under autocast), and for an ``epoch``
         that is not an integer >= 0. The two views may differ in height and width (as
-        multi-crop views do): each goes through its encoder on its own.
+        multi-crop views do): each goes through its encoder on its own. An encoder of one's
+        own assigned to ``encoder_q``/``encoder_k`` (one without contrastlab's
+        ``backbone.conv1``) takes views of any shape and dtype: they need only be tensors of one
+        batch size on the model's device.
         """
-        conv1 = self.encoder_q.backbone.conv1
+        conv1 = image_input(self.encoder_q)
         check_views(
             views,
             self.num_views,
             "MoCo needs 2 views [x_q, x_k]",
             self.queue.device,
-            conv1.in_channels,
-            self.cfg.model.bn_splits if self.training else None,
-            conv1.weight.dtype,
+            None if conv1 is None else conv1.in_channels,
+            self.cfg.model.bn_splits if self.training and conv1 is not None else None,
+            torch.float32 if conv1 is None else conv1.weight.dtype,
         )
         check_epoch(epoch)
         x_q, x_k = views[0], views[1]
@@ -313,9 +338,14 @@ class MoCo(nn.Module):
 
         Raises ``ValueError`` for ``x`` that is not a batch of images [B, 3, H, W] as a view
         of ``forward`` (floating-point, on the model's device, in a dtype it takes)."""
-        conv1 = self.encoder_q.backbone.conv1
+        conv1 = image_input(self.encoder_q)
         device = self.queue.device
-        check_images(x, "x", device, conv1.in_channels, conv1.weight.dtype)
+        if conv1 is None:  # an encoder of one's own
+            check_input(x, "x", device)
+            if space == "backbone" and not hasattr(self.encoder_q, "backbone"):
+                raise ValueError("this encoder has no backbone; use space='z'")
+        else:
+            check_images(x, "x", device, conv1.in_channels, conv1.weight.dtype)
         if space == "backbone":
             return self.encoder_q.backbone(x)
         if space == "z":
