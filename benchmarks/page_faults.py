@@ -1,6 +1,6 @@
 """Page faults per training step with glibc's default malloc and with freed memory kept.
 
-    python benchmarks/page_faults.py [--steps 3]
+    .venv/bin/python benchmarks/page_faults.py [--steps 3]
 
 Runs each allocator setting in its own process (malloc settings are per process): MoCo v2 at
 batch 64 and 256 and LooC (colour) at batch 64, ResNet-18 CIFAR stem, split BN 8, K 4096, float32.

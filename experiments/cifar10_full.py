@@ -1,7 +1,7 @@
 """MoCo v2 on the full CIFAR-10 on a CPU (docs/results.md §0): train, then the kNN curve in both
 spaces and the final linear probe.
 
-    python experiments/cifar10_full.py [--data data/cifar10] [--out runs] [--seed 0] [key=value ...]
+    .venv/bin/python experiments/cifar10_full.py [--data data/cifar10] [--out runs] [--seed 0] [key=value ...]
 
 The run directory is ``OUT/moco_v2_cifar_cpu-sSEED``; extra ``key=value`` arguments (before or
 after the options) are overrides for the training, e.g. ``optim.epochs=2`` for a short try.

@@ -1,6 +1,6 @@
 """Extract the CIFAR-10 JPEG copy and make a class-balanced subset for CPU-sized experiments.
 
-    python experiments/prepare_cifar10.py --src ../shared/data --dest data/cifar10 --per-class 500
+    .venv/bin/python experiments/prepare_cifar10.py --src ../shared/data --dest data/cifar10 --per-class 500
 
 Writes DEST/train and DEST/test (all 60,000 images) and DEST-<N>/train (N images per class, the
 first N of each class folder in sorted order); DEST-<N>/test is the full test set (a link) or,

@@ -1,14 +1,14 @@
 """Run the experiments of docs/results.md: train every variant and seed, evaluate, tabulate.
 
-    python experiments/run.py ft               # MoCo v2 vs + Feature Transformation (CIFAR-10 subset)
-    python experiments/run.py momentum         # key-encoder momentum study, score curves
-    python experiments/run.py ft_cifar_stem    # both again with the CIFAR stem and 180 steps
-    python experiments/run.py momentum_cifar_stem
-    python experiments/run.py ft_late_start    # FT switched on halfway through the CIFAR-stem runs
-    python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
-    python experiments/run.py looc_synthetic_hue   # MoCo, LooC (colour) with hue jitter 0.5
-    python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
-    python experiments/run.py looc_cifar_stem  # the same with the CIFAR stem and 180 steps
+    .venv/bin/python experiments/run.py ft               # MoCo v2 vs + Feature Transformation (CIFAR-10 subset)
+    .venv/bin/python experiments/run.py momentum         # key-encoder momentum study, score curves
+    .venv/bin/python experiments/run.py ft_cifar_stem    # both again with the CIFAR stem and 180 steps
+    .venv/bin/python experiments/run.py momentum_cifar_stem
+    .venv/bin/python experiments/run.py ft_late_start    # FT switched on halfway through the CIFAR-stem runs
+    .venv/bin/python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
+    .venv/bin/python experiments/run.py looc_synthetic_hue   # MoCo, LooC (colour) with hue jitter 0.5
+    .venv/bin/python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
+    .venv/bin/python experiments/run.py looc_cifar_stem  # the same with the CIFAR stem and 180 steps
 
 Every step goes through the ``contrastlab`` command, exactly as a user would run it. A training
 that has run all its epochs and an evaluation whose result exists are skipped, and a training that

@@ -10,7 +10,7 @@ This is the ceiling a self-supervised run of that preset could approach on the l
 same time: if the supervised encoder learns the labels and the contrastive one does not, the
 budget and the architecture are not what stops it.
 
-    python experiments/supervised_reference.py --config demo train.amp=true   # docs/results.md §6
+    .venv/bin/python experiments/supervised_reference.py --config demo train.amp=true   # docs/results.md §6
 
 Extra ``key=value`` arguments are config overrides, as for ``contrastlab train``.
 """
