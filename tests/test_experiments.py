@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -158,3 +159,74 @@ def test_cifar10_full_takes_overrides_and_the_epochs_of_its_resolved_config(
     full.main()  # the run has its 1 epoch: only the linear probe is left
     assert [c[:2] for c in calls] == [["eval", "linear"]]
     assert "| 1 | 20.0 | 21.0 |" in (run_dir / "summary.md").read_text()
+
+
+def fake_cifar_archives(folder: Path, train: int = 3, test: int = 2) -> Path:
+    """cifar10-train.tar.gz and cifar10-test.tar.gz with two classes of tiny 'images'."""
+    import tarfile
+
+    folder.mkdir()
+    for split, n in (("train", train), ("test", test)):
+        tree = folder / "tree"
+        for cls in ("cat", "dog"):
+            (tree / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (tree / split / cls / f"{i:04d}.jpg").write_bytes(b"jpg")
+        with tarfile.open(folder / f"cifar10-{split}.tar.gz", "w:gz") as tar:
+            tar.add(tree / split, arcname=split)
+        shutil.rmtree(tree)
+    return folder
+
+
+def prepare(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["prepare_cifar10.py", *args])
+    runpy.run_path(str(EXPERIMENTS / "prepare_cifar10.py"), run_name="__main__")
+
+
+def test_prepare_cifar10_checks_its_arguments_and_never_reuses_another_subset(
+    tmp_path, monkeypatch, capsys
+):
+    """--per-class -1 took all but one image of each class, 0 none; a missing --src was a
+    traceback; a subset made with another --test-per-class was reused as it was."""
+    src = fake_cifar_archives(tmp_path / "src")
+    dest = tmp_path / "data" / "cifar10"
+    for bad, said in (  # the missing archives first: nothing is extracted yet
+        (["--src", str(tmp_path / "nothing")], f"{tmp_path / 'nothing' / 'cifar10-train.tar.gz'}"),
+        (["--per-class", "-1"], "--per-class must be a number of images >= 1, got -1"),
+        (["--per-class", "0"], "--per-class must be a number of images >= 1, got 0"),
+        (["--test-per-class", "0"], "--test-per-class must be a number of images >= 1, got 0"),
+        (["--per-class", "4"], "--per-class 4 is more than the 3 train images of the smallest"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            prepare(monkeypatch, "--src", str(src), "--dest", str(dest), *bad)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("prepare_cifar10.py: error: ") and said in err[0]
+    subset = tmp_path / "data" / "cifar10-2"
+    prepare(
+        monkeypatch,
+        "--src",
+        str(src),
+        "--dest",
+        str(dest),
+        "--per-class",
+        "2",
+        "--test-per-class",
+        "1",
+    )
+    assert capsys.readouterr().out.endswith(f"{subset}: 4 training and 2 test images\n")
+    prepare(
+        monkeypatch,
+        "--src",
+        str(src),
+        "--dest",
+        str(dest),
+        "--per-class",
+        "2",
+        "--test-per-class",
+        "2",
+    )
+    assert capsys.readouterr().out.endswith(f"{subset}: 4 training and 4 test images\n")
+    prepare(monkeypatch, "--src", str(src), "--dest", str(dest), "--per-class", "2")  # all tests
+    assert capsys.readouterr().out.endswith(f"{subset}: 4 training and 4 test images\n")
+    assert (subset / "test").is_symlink()
