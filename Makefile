@@ -5,7 +5,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench lint clean
+LINTED := src tests experiments benchmarks
+
+.PHONY: help demo test venv bench lint clean
+
+help:  ## this list (the first target: plain `make` shows it)
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 14
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,17 +18,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP)  ## make .venv and install the package with its test dependencies
 
-demo: $(STAMP)
+demo: $(STAMP)  ## train and report the synthetic demo
 	$(VENV)/bin/contrastlab demo
 
-test: $(STAMP)
+test: $(STAMP)  ## the test suite
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP)  ## the training-step benchmark (installs lightly, the bench extra)
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/train_step.py
 
-clean:
+lint: $(STAMP)  ## ruff format --check and ruff check on the Python sources (installs the lint extra)
+	$(PIP) install -q -c constraints.txt -e '.[lint]'
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
+
+clean:  ## remove .venv and runs/demo
 	rm -rf $(VENV) runs/demo

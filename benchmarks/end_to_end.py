@@ -1,6 +1,6 @@
 """One epoch end to end on CIFAR-10: lightly's documented MoCo example against `contrastlab train`.
 
-    python benchmarks/end_to_end.py [--data DIR | --tar ../shared/data/cifar10-train.tar.gz]
+    .venv/bin/python benchmarks/end_to_end.py [--data DIR | --tar ../shared/data/cifar10-train.tar.gz]
         [--limit N] [--batch 256] [--workers 2] [--bf16 | --as-documented] [--threads N]
         [--no-lightly]
 

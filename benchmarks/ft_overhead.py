@@ -1,6 +1,6 @@
 """Cost of Feature Transformation (positive extrapolation + negative interpolation) in a MoCo step.
 
-    python benchmarks/ft_overhead.py [--quick] [--device cpu|cuda] [--rounds 15] [--preset-rounds 4]
+    .venv/bin/python benchmarks/ft_overhead.py [--quick] [--device cpu|cuda] [--rounds 15] [--preset-rounds 4]
         [--large-rounds 3] [--no-preset] [--no-large] [--no-scores] [--threads N]
 
 Two measurements, each with FT off and on in interleaved rounds of one process; the overhead is

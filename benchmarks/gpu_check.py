@@ -1,6 +1,6 @@
 """The prepared check for a machine with a GPU: one command, about nine minutes on one GPU.
 
-    python benchmarks/gpu_check.py --data ../shared/data --out OUT [--train-minutes 5]
+    .venv/bin/python benchmarks/gpu_check.py --data ../shared/data --out OUT [--train-minutes 5]
 
 1. **CUDA correctness**: the tests that only run on CUDA (batched views rendered on the GPU equal
    the CPU's from the same parameters and never wait for the device; Feature Transformation's draws

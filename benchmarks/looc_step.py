@@ -1,6 +1,6 @@
 """LooC / LooC++ training step against the MoCo step with the same backbone and batch.
 
-    python benchmarks/looc_step.py [--quick] [--device cpu|cuda] [--batch 64] [--rounds 3]
+    .venv/bin/python benchmarks/looc_step.py [--quick] [--device cpu|cuda] [--batch 64] [--rounds 3]
         [--no-plus-plus] [--threads N]
 
 Variants (all: ResNet-18 CIFAR stem, split BN with 8 splits, MLP head 512 -> 512 -> 128, K 4096

@@ -1,6 +1,7 @@
 """Page faults per training step with glibc's default malloc and with freed memory kept.
 
-    python benchmarks/page_faults.py [--steps 3] [--variants moco_64,looc_64,moco_256] [--batch N]
+    .venv/bin/python benchmarks/page_faults.py [--steps 3] [--variants moco_64,looc_64,moco_256]
+        [--batch N]
 
 Runs each allocator setting in its own process (malloc settings are per process): MoCo v2 at
 batch 64 and 256 and LooC (colour) at batch 64 (``--variants`` picks some; ``--batch`` runs each

@@ -1,6 +1,6 @@
 """Cost of score recording: a MoCo-like logits step with and without ``score_stats`` + recorder.
 
-    python benchmarks/score_recording.py [--device cpu|cuda] [--steps 20] [--batch 256]
+    .venv/bin/python benchmarks/score_recording.py [--device cpu|cuda] [--steps 20] [--batch 256]
         [--queue 65536] [--dim 128] [--calls 20] [--default-malloc]
 
 The step is the contrastive part only (logits against the queue, InfoNCE, backward to the query

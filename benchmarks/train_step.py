@@ -1,6 +1,6 @@
 """One MoCo v2 training step: contrastlab against lightly's MoCo building blocks, and the data pipeline.
 
-    python benchmarks/train_step.py [--quick] [--device cpu|cuda] [--rounds 5] [--batch 128]
+    .venv/bin/python benchmarks/train_step.py [--quick] [--device cpu|cuda] [--rounds 5] [--batch 128]
         [--queue 4096] [--channels-last auto|on|off] [--all] [--flops] [--no-memory] [--no-data]
         [--no-lightly] [--bf16] [--threads N] [--profile VARIANT]
 

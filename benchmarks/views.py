@@ -1,6 +1,6 @@
 """Views per second: torchvision transforms per image in DataLoader workers against batched views.
 
-    python benchmarks/views.py [--batch 256] [--batches 8] [--rounds 3] [--workers 2] [--size 32]
+    .venv/bin/python benchmarks/views.py [--batch 256] [--batches 8] [--rounds 3] [--workers 2] [--size 32]
         [--device cpu|cuda] [--steps 6] [--no-steps] [--no-compiled]
 
 Part 1, the pipeline alone. Both paths make training batches of views from the same in-memory

@@ -1,7 +1,10 @@
 """MoCo v2 on the full CIFAR-10 on a CPU (docs/results.md §0): train, then the kNN curve in both
 spaces and the final linear probe.
 
-    python experiments/cifar10_full.py [--data data/cifar10] [--out runs/cifar10_full] [--seed 0]
+    .venv/bin/python experiments/cifar10_full.py [--data data/cifar10] [--out runs] [--seed 0] [key=value ...]
+
+The run directory is ``OUT/moco_v2_cifar_cpu-sSEED``; extra ``key=value`` arguments (before or
+after the options) are overrides for the training, e.g. ``optim.epochs=2`` for a short try.
 
 1. ``contrastlab train --config moco_v2_cifar_cpu data.path=DATA train.keep_every=10`` (the run's
    own kNN monitor measures both spaces every 10 epochs; ``keep_every`` keeps those weights);
@@ -11,26 +14,30 @@ spaces and the final linear probe.
 3. ``contrastlab eval linear last.pt --fast`` (logistic regression on frozen backbone features);
 4. the table and the figure ``curve.png`` of both kNN curves, in the output folder.
 
-Every step goes through the ``contrastlab`` command and is skipped when its result exists, so an
-interrupted run continues where it stopped (the training itself resumes with train.resume=auto).
+Every step goes through the ``contrastlab`` command and is skipped when its result exists (the
+training when it has run all its ``optim.epochs``), so an interrupted run continues where it
+stopped: run the same command again (the training resumes with train.resume=auto). A failing step
+ends the script with the command's own error line and one line of the script's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "contrastlab"]
-EPOCHS = 60  # the preset's optim.epochs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import CLI, sh, train_epochs  # noqa: E402  (experiments/run.py)
+
+from contrastlab.errors import UserError  # noqa: E402
+
+PRESET = "moco_v2_cifar_cpu"
 SPACES = ("backbone", "z")
 
 
 def run(argv: list[str]) -> None:
-    print("+ contrastlab " + " ".join(argv), flush=True)
-    subprocess.run(CLI + argv, check=True)
+    sh([*CLI, *argv], prog="cifar10_full.py")
 
 
 def main() -> None:
@@ -38,28 +45,35 @@ def main() -> None:
     ap.add_argument("--data", default="data/cifar10")
     ap.add_argument("--out", default="runs")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    name = f"moco_v2_cifar_cpu-s{args.seed}"
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for the training")
+    args = ap.parse_intermixed_args()
+    try:
+        full(args)
+    except UserError as e:  # a setting the config refuses, before any training
+        print(f"cifar10_full.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def full(args: argparse.Namespace) -> None:
+    from contrastlab.rundir import existing_checkpoints
+    from contrastlab.runstate import finished, read_metrics
+
+    name = f"{PRESET}-s{args.seed}"
     run_dir = Path(args.out) / name
     last = run_dir / "checkpoints" / "last.pt"
-    train = [
-        "train",
-        "--config",
-        "moco_v2_cifar_cpu",
+    settings = [
         f"data.path={args.data}",
         f"seed={args.seed}",
         "train.keep_every=10",
         "train.progress=false",
+        *args.overrides,
         f"out_dir={args.out}",
         f"name={name}",
     ]
     metrics = run_dir / "metrics.jsonl"
-    events = (
-        [json.loads(line) for line in metrics.read_text().splitlines()] if last.exists() else []
-    )
-    finished = any(e["event"] == "epoch" and e["epoch"] == EPOCHS for e in events)
-    if not finished:
-        run(train + (["train.resume=auto"] if last.exists() else []))
+    if not last.exists() or not finished(read_metrics(metrics), train_epochs(PRESET, settings)):
+        again = ["train.resume=auto"] if existing_checkpoints(run_dir) else []
+        run(["train", "--config", PRESET, *settings, *again])
 
     curve = {}  # epoch -> {space: kNN top-1}: the monitor's figures, then the snapshots'
     for event in map(json.loads, metrics.read_text().splitlines()):
@@ -127,7 +141,7 @@ def main() -> None:
             ax.plot(*zip(*points), marker="o", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN top-1 on the 10,000 test images (%)")
-    ax.set_title("moco_v2_cifar_cpu on CIFAR-10, seed %d" % args.seed)
+    ax.set_title(f"{PRESET} on CIFAR-10, seed {args.seed}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,29 +1,37 @@
 """Run the experiments of docs/results.md: train every variant and seed, evaluate, tabulate.
 
-    python experiments/run.py ft               # MoCo v2 vs + Feature Transformation (CIFAR-10 subset)
-    python experiments/run.py momentum         # key-encoder momentum study, score curves
-    python experiments/run.py ft_cifar_stem    # both again with the CIFAR stem and 180 steps
-    python experiments/run.py momentum_cifar_stem
-    python experiments/run.py ft_late_start    # FT switched on halfway through the CIFAR-stem runs
-    python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
-    python experiments/run.py looc_synthetic_hue   # MoCo, LooC (colour) with hue jitter 0.5
-    python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
-    python experiments/run.py looc_cifar_stem  # the same with the CIFAR stem and 180 steps
+    .venv/bin/python experiments/run.py ft               # MoCo v2 vs + Feature Transformation (CIFAR-10 subset)
+    .venv/bin/python experiments/run.py momentum         # key-encoder momentum study, score curves
+    .venv/bin/python experiments/run.py ft_cifar_stem    # both again with the CIFAR stem and 180 steps
+    .venv/bin/python experiments/run.py momentum_cifar_stem
+    .venv/bin/python experiments/run.py ft_late_start    # FT switched on halfway through the CIFAR-stem runs
+    .venv/bin/python experiments/run.py looc_synthetic   # MoCo vs LooC on the synthetic factors
+    .venv/bin/python experiments/run.py looc_synthetic_hue   # MoCo, LooC (colour) with hue jitter 0.5
+    .venv/bin/python experiments/run.py looc_cifar       # MoCo, MoCo + rotation, LooC(rotation) on CIFAR-10
+    .venv/bin/python experiments/run.py looc_cifar_stem  # the same with the CIFAR stem and 180 steps
 
-Every step goes through the ``contrastlab`` command, exactly as a user would run it. A run whose
-results already exist is skipped, so an interrupted experiment continues where it stopped. Results go
-to ``runs/experiments/<experiment>/`` with a ``summary.md`` (mean ± sample std over seeds).
+Every step goes through the ``contrastlab`` command, exactly as a user would run it. A training
+that has run all its epochs and an evaluation whose result exists are skipped, and a training that
+stopped part-way resumes (``train.resume=auto``), so an interrupted experiment continues where it
+stopped: run the same command again. Extra ``key=value`` arguments (before or after the options)
+are overrides for every training run. Results go to ``runs/experiments/<experiment>/`` with a
+``summary.md`` (mean ± sample std over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import signal
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from contrastlab.errors import EXIT_STOPPED, UserError
 
 CLI = [sys.executable, "-m", "contrastlab"]
 CIFAR = "experiments/cifar_cpu.yaml"
@@ -122,9 +130,69 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_").replace("__", "_")
 
 
-def sh(args: list[str]) -> None:
-    print("$", " ".join(args[2:] if args[:2] == CLI[:2] else args), flush=True)
-    subprocess.run(args, check=True)
+STOP_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n)]
+
+
+def sh(args: list[str], prog: str = "run.py") -> None:
+    """Run one command. When it fails, its own error line is above: one more line names the step
+    and how to go on, and ``prog`` exits with the command's status. A stop signal (Ctrl-C,
+    SIGTERM, SIGUSR1) is left to the running command (a training writes its checkpoint, exit 75;
+    the signal reaches it with the process group, as Ctrl-C, timeout and SLURM send it); ``prog``
+    stops after it with one line, and its next run resumes there."""
+    shown = " ".join(args[2:] if args[:2] == CLI[:2] else args)
+    print("$", shown, flush=True)
+    received = []
+    previous = {sig: signal.signal(sig, lambda n, f: received.append(n)) for sig in STOP_SIGNALS}
+    try:
+        code = subprocess.run(args).returncode
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == EXIT_STOPPED or received:
+        print(
+            f"{prog}: stopped in `{shown}`; to continue, run the same {prog} command again "
+            "(a training resumes from its checkpoint, finished steps are skipped)",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_STOPPED)
+    if code:
+        print(
+            f"{prog}: `{shown}` failed (exit status {code}, its error is above); fix that and run "
+            f"the same {prog} command again (finished steps are skipped)",
+            file=sys.stderr,
+        )
+        raise SystemExit(code if code > 0 else 1)
+
+
+@functools.cache
+def _cli_parser() -> argparse.ArgumentParser:
+    from contrastlab.cli import build_parser
+
+    return build_parser()
+
+
+def result_file(argv: list[str]) -> Path:
+    """Where ``contrastlab eval ...`` (``argv``) writes its result: the command's own naming
+    (``linear-fast.json`` for ``eval linear --fast``)."""
+    from contrastlab.eval.commands import result_file
+
+    return result_file(_cli_parser().parse_args(argv))
+
+
+def eval_argv(protocol: str, checkpoint: Path, space: str) -> list[str]:
+    argv = ["eval", protocol, str(checkpoint), "--space", space, "--no-progress"]
+    if protocol == "linear":
+        argv.append("--fast")
+    return argv  # eval factors reads the synthetic set without --dataset: factors.json
+
+
+def train_epochs(config: str, overrides: list[str]) -> int:
+    """``optim.epochs`` of the training that ``--config config overrides`` runs."""
+    from contrastlab.config import load_config
+
+    with warnings.catch_warnings():  # the train command itself warns
+        warnings.simplefilter("ignore")
+        return load_config(config, overrides).optim.epochs
 
 
 def spaces_of(overrides: list[str]) -> list[str]:
@@ -140,36 +208,28 @@ def spaces_of(overrides: list[str]) -> list[str]:
 def run_variant(
     spec: dict, label: str, overrides: list[str], seed: int, root: Path, extra: list[str]
 ) -> Path:
+    from contrastlab.rundir import existing_checkpoints
+    from contrastlab.runstate import finished, read_metrics
+
     name = f"{slug(label)}-s{seed}"
     run_dir = root / name
     ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.exists():
-        sh(
-            [
-                *CLI,
-                "train",
-                "--config",
-                spec["config"],
-                *overrides,
-                *extra,
-                f"seed={seed}",
-                f"out_dir={root}",
-                f"name={name}",
-                "train.overwrite=true",
-            ]
-        )
+    settings = [*overrides, *extra, f"seed={seed}", f"out_dir={root}", f"name={name}"]
+    epochs = train_epochs(spec["config"], settings)
+    if not ckpt.exists() or not finished(read_metrics(run_dir / "metrics.jsonl"), epochs):
+        # continue a training that stopped part-way; clear a folder without a checkpoint
+        again = "train.resume=auto" if existing_checkpoints(run_dir) else "train.overwrite=true"
+        sh([*CLI, "train", "--config", spec["config"], *settings, again])
     for protocol in spec["evals"]:
         for space in spaces_of(overrides):
-            suffix = "" if space == "backbone" else f"-{space}"
-            if (run_dir / "eval" / f"{protocol}{suffix}.json").exists():
-                continue
-            args = [*CLI, "eval", protocol, str(ckpt), "--space", space, "--no-progress"]
-            if protocol == "linear":
-                args.append("--fast")
-            if protocol == "factors":
-                args += ["--dataset", "synthetic"]
-            sh(args)
+            argv = eval_argv(protocol, ckpt, space)
+            if not result_file(argv).exists():
+                sh([*CLI, *argv])
     return run_dir
+
+
+def last(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.pt"
 
 
 def final_knn(run_dir: Path) -> float | None:
@@ -200,9 +260,10 @@ def summarize(spec: dict, runs: dict[str, list[Path]]) -> str:
         ]
         for label, dirs in runs.items():
             for space in spaces_of(spec["variants"].get(label, [])):
-                suffix = "" if space == "backbone" else f"-{space}"
                 rows = [
-                    json.loads((d / "eval" / f"factors{suffix}.json").read_text())["summary"]
+                    json.loads(result_file(eval_argv("factors", last(d), space)).read_text())[
+                        "summary"
+                    ]
                     for d in dirs
                 ]
                 cells = [
@@ -222,7 +283,9 @@ def summarize(spec: dict, runs: dict[str, list[Path]]) -> str:
                 cells.append(
                     mean_std(
                         [
-                            json.loads((d / "eval" / f"{p}.json").read_text())["summary"]["top1"]
+                            json.loads(result_file(eval_argv(p, last(d), "backbone")).read_text())[
+                                "summary"
+                            ]["top1"]
                             for d in dirs
                         ]
                     )
@@ -235,18 +298,38 @@ def summarize(spec: dict, runs: dict[str, list[Path]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers (e.g. 0,1,2)"
+        ) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--root", default="runs/experiments")
     parser.add_argument(
-        "--seeds", default=None, help="comma-separated seeds (default: the experiment's)"
+        "--seeds",
+        type=seed_list,
+        default=None,
+        help="comma-separated seeds (default: the experiment's)",
     )
     parser.add_argument("overrides", nargs="*", help="extra key=value for every training run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value before and after the options
+    try:
+        run(args)
+    except UserError as e:  # a setting the config refuses, before any training
+        print(f"run.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
     spec = dict(EXPERIMENTS[args.experiment])
     if args.seeds:
-        spec["seeds"] = [int(s) for s in args.seeds.split(",")]
+        spec["seeds"] = args.seeds
     root = Path(args.root) / args.experiment
     start = time.time()
     runs: dict[str, list[Path]] = {}

@@ -10,7 +10,7 @@ This is the ceiling a self-supervised run of that preset could approach on the l
 same time: if the supervised encoder learns the labels and the contrastive one does not, the
 budget and the architecture are not what stops it.
 
-    python experiments/supervised_reference.py --config demo train.amp=true   # docs/results.md §6
+    .venv/bin/python experiments/supervised_reference.py --config demo train.amp=true   # docs/results.md §6
 
 Extra ``key=value`` arguments are config overrides, as for ``contrastlab train``.
 """
@@ -54,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="preset name or YAML file")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value before and after --config
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(cfg.seed)
     train, test = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
@@ -92,7 +92,10 @@ def main() -> None:
             optimizer.step()
             total += loss.item()
         line = f"epoch {epoch + 1}: loss {total / steps_per_epoch:.3f}"
-        if cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
+        # every knn_every epochs and after the last, as the trainer's monitor measures
+        if cfg.train.knn_every and (
+            (epoch + 1) % cfg.train.knn_every == 0 or epoch + 1 == o.epochs
+        ):
             knn = knn_monitor_metrics(model, cfg, train, test)["knn_top1"]
             line += f", kNN top-1 {knn:.2f}%"
         print(f"{line} ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -160,6 +160,29 @@ def test_a_relative_base_is_read_next_to_the_file_that_names_it(tmp_path, monkey
     assert load_config("sub/old.yaml").optim.epochs == 3
 
 
+def test_a_missing_relative_base_names_both_places_it_looked(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: parent.yaml\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        load_config("sub/child.yaml")
+    message = str(info.value)
+    assert "base: parent.yaml not found" in message
+    assert f"({Path('sub') / 'parent.yaml'})" in message  # next to the including file
+    assert f"({tmp_path / 'parent.yaml'})" in message  # the working directory
+
+
+def test_the_shipped_experiment_yamls_load_from_any_folder(tmp_path, monkeypatch):
+    """experiments/cifar_stem_cpu.yaml names its base relative to itself, not to the repository
+    root (``base: experiments/cifar_cpu.yaml`` loaded only from there)."""
+    monkeypatch.chdir(tmp_path)
+    experiments = Path(__file__).parents[1] / "experiments"
+    for path in sorted(experiments.glob("*.yaml")):
+        cfg = load_config(str(path))
+        assert cfg.name == path.stem, path
+    assert load_config(str(experiments / "cifar_stem_cpu.yaml")).optim.batch_size == 128
+
+
 @pytest.mark.parametrize("base", ["5", "[demo]", "{name: demo}", "''"])
 def test_a_base_that_is_not_a_name_is_one_clear_error(tmp_path, base):
     path = tmp_path / "b.yaml"

@@ -373,7 +373,6 @@ def test_the_format_docs_loading_example_runs_and_says_where_each_array_is(tmp_p
     where it says (file: pos_hist / neg_hist; loaded: interval_counts, not the intervals table),
     and pandas is named as optional (it is not a dependency)."""
     import re
-
     import tomllib
 
     root = Path(__file__).resolve().parents[1]

@@ -406,7 +406,11 @@ def _resolve_base(base: str, including: Path) -> str:
         return str(beside)
     if Path(base).is_file() or not base.endswith((".yaml", ".yml")):
         return base  # a file in the working directory, or an unknown preset (reported as such)
-    return str(beside)  # missing: reported with the path next to the including file
+    raise UserError(
+        f"config file {including}: base: {base} not found; looked next to it ({beside}) and in "
+        f"the working directory ({Path.cwd() / base}); a relative base: path is read from the "
+        "folder of the file that names it"
+    )
 
 
 def _deep_update(target: dict, source: dict) -> None:

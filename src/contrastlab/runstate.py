@@ -135,6 +135,12 @@ def epochs_done(metrics: list[dict]) -> int:
     return max((d for d in done if d is not None), default=0)
 
 
+def finished(metrics: list[dict], epochs: int) -> bool:
+    """Whether the run has completed ``epochs`` epochs and did not stop after its last one (a stop
+    in the final kNN monitor leaves it to a resume): a script's test before it trains again."""
+    return epochs_done(metrics) >= epochs and last_stop(metrics) is None
+
+
 def status(metrics: list[dict], epochs: int | None = None) -> str | None:
     """The run's state now, where it is not plain: stopped (and how to continue), else None."""
     stop = last_stop(metrics)

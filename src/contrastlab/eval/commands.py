@@ -227,7 +227,6 @@ def _monitor_space(checkpoint: str) -> str:
 
 def _context(args, checkpoint: str, data_path: str | None = None, dataset: str | None = None):
     from contrastlab.eval.context import EvalContext, refuse_path_of_generated
-    from contrastlab.eval.results import result_path
 
     check_options(args)
     refuse_path_of_generated(dataset or args.dataset, data_path or args.data_path)
@@ -236,17 +235,8 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
     if args.space is None and args.out is None:  # the default file name holds the space
         args.space = _monitor_space(checkpoint)
     if getattr(args, "func", None) is not _all:
-        protocol = getattr(args, "protocol", "eval")
         check_output(
-            result_path(
-                checkpoint,
-                protocol,
-                args.out,
-                args.space,
-                _dataset_tag(args, checkpoint, dataset),
-                _variant(args),
-                _subset(args),
-            ),
+            result_file(args, checkpoint, dataset),
             inputs=[checkpoint],
             replaceable=is_eval_result,
             what="an eval result",
@@ -332,6 +322,34 @@ def _variant(args) -> str | None:
 
     setup = {k: getattr(args, k, None) for k in ("mode", "classifier", "which")}
     return variant_of(getattr(args, "protocol", "eval"), setup)
+
+
+def command_dataset(args) -> str | None:
+    """The dataset an eval command evaluates on where it chooses one itself: ``eval factors``
+    reads the synthetic set unless ``--dataset`` names another; None for the others (their
+    ``--dataset``, else the checkpoint's own)."""
+    if getattr(args, "protocol", None) == "factors":
+        return args.dataset or "synthetic"
+    return None
+
+
+def result_file(args, checkpoint: str | None = None, dataset: str | None = None) -> Path:
+    """The file an ``eval`` command writes its result to: ``--out``, else the name its options
+    give (:func:`~contrastlab.eval.results.result_path`). Scripts that run the command read the
+    result from here: ``result_file(build_parser().parse_args(["eval", "linear", CKPT, ...]))``
+    (with ``--space`` given: without it, ``eval knn`` takes the checkpoint's monitor space)."""
+    from contrastlab.eval.results import result_path
+
+    checkpoint = checkpoint or args.checkpoint
+    return result_path(
+        checkpoint,
+        getattr(args, "protocol", "eval"),
+        args.out,
+        args.space or "backbone",
+        _dataset_tag(args, checkpoint, dataset or command_dataset(args)),
+        _variant(args),
+        _subset(args),
+    )
 
 
 def _finish(args, result: dict, checkpoint: str, dataset: str | None = None) -> int:
@@ -469,7 +487,7 @@ def _corruption(args) -> int:
 def _factors(args) -> int:
     from contrastlab.eval.protocols import run_factors
 
-    dataset = args.dataset or "synthetic"
+    dataset = command_dataset(args)
     ctx = _context(args, args.checkpoint, dataset=dataset)
     return _finish(args, run_factors(ctx, args.factors), args.checkpoint, dataset)
 
