@@ -75,7 +75,7 @@ BAD_OPTIONS = {
     ),  # ZeroDivisionError
     "train_step --batch 8": (
         "train_step.py",
-        ["--batch", "8"],
+        ["--batch", "8", "--no-lightly"],
         "error: --batch 8 --queue 4096: optim.batch_size=8 with model.bn_splits=8",
     ),  # UserError traceback
     "train_step --profile": (
