@@ -442,6 +442,35 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv, stdout)
 
 
+# Options and positionals that name files or folders. The shell expands a leading ``~`` only in
+# a word of its own (``--out ~/x``), not after ``=`` (``--out=~/x``): both must mean the same.
+PATH_ARGUMENTS = (
+    "config",
+    "checkpoint",
+    "checkpoints",
+    "src",
+    "out",
+    "out_dir",
+    "data_path",
+    "run",
+    "runs",
+    "analysis",
+    "cache",
+    "train_dir",
+    "test_dir",
+)
+
+
+def _expand_home(args) -> None:
+    """``~`` and ``~user`` at the start of every path argument, as the shell would have."""
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def _main(argv: list[str] | None, stdout) -> int:
     _raise_on_stop_signals()
     args = None
@@ -460,6 +489,7 @@ def _main(argv: list[str] | None, stdout) -> int:
                     file=sys.stderr,
                 )
             raise SystemExit(2)  # as argparse's own errors
+        _expand_home(args)
         if not getattr(args, "prints_only", False):  # its work goes on: said once on stderr
             stdout.on_gone = functools.partial(_say_output_discarded, _command_parser(parser, args))
         warnings.formatwarning = _one_line_warning

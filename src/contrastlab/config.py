@@ -168,7 +168,7 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir).expanduser() / self.name  # ~ as the shell would expand it
 
 
 # Short names accepted on the command line, and what they stand for.

@@ -348,7 +348,7 @@ class Trainer:
         weakref.finalize(self, self.lock.release)
         self.resume_state = None  # (path, state) to resume from, chosen before building anything
         if cfg.data.name == "imagefolder" and cfg.data.path:  # a typo is said before a clash
-            check_image_folder(Path(cfg.data.path))
+            check_image_folder(Path(cfg.data.path).expanduser())  # as the dataset reads it
         distributed.raise_together(self._claim_run_dir)
         self.resumed_from: Path | None = None
         self.complete = self._already_complete()
@@ -502,6 +502,7 @@ class Trainer:
         if resume == "auto":
             self.resume_state = rundir.choose_checkpoint(self.run_dir, announce=self.is_main)
         elif resume is not None:
+            resume = str(Path(resume).expanduser())
             if not Path(resume).exists():  # a mistyped "auto" is no file either
                 raise UserError(
                     f"train.resume={resume}: no such checkpoint; give the path of a .pt file, "

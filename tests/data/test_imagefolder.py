@@ -326,3 +326,30 @@ def test_a_few_hundred_real_cifar_jpegs(tmp_path):
     assert train.image_size == 32 and train.mean[0] == pytest.approx(0.4914)
     mean = train.images.float().mean((0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor(train.mean), atol=0.08)
+
+
+def test_the_python_example_of_docs_datasets_gives_the_whole_train_and_test_folders(
+    tmp_path, monkeypatch
+):
+    """The snippet of docs/datasets.md, run as written on a folder with train/ and test/: the
+    training split is all of train/ and the test split is test/ (not a part held out of train/)."""
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    docs = Path(__file__).parents[2] / "docs" / "datasets.md"
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.S)
+    snippet = next(b for b in blocks if "build_dataset" in b)
+    for split, count in (("train", 6), ("test", 3)):
+        for c in ("cat", "dog"):
+            (tmp_path / "cifar10" / split / c).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(
+                    tmp_path / "cifar10" / split / c / f"{i}.png"
+                )
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet, scope)
+    assert len(scope["train"]) == 12
+    assert len(scope["test"]) == 6

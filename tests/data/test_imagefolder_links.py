@@ -65,3 +65,29 @@ def test_a_test_folder_linking_into_train_gets_no_training_image(tmp_path):
     with pytest.warns(UserWarning, match="read once"):
         test = build_dataset(_cfg(root), "test")
     assert len(test) == 1
+
+
+def test_a_class_folder_linking_to_another_is_called_a_copy_not_empty(tmp_path):
+    """``cat_again -> cat``: one warning, which says the folder repeats other images; before, a
+    second warning also called it a folder that holds no images (pointing the user the wrong way)."""
+    root = _tree(tmp_path / "images")
+    os.symlink(root / "cat", root / "cat_again")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = build_dataset(_cfg(root, holdout_fraction=0.0), "train")
+    messages = [str(w.message) for w in caught]
+    assert len(train) == 20 and train.classes == ["cat", "dog"]
+    assert not any("hold no images" in m for m in messages), messages
+    assert len(messages) == 1 and "left out as classes (first: cat_again)" in messages[0]
+
+
+def test_an_empty_class_folder_beside_a_linked_copy_is_still_named_empty(tmp_path):
+    root = _tree(tmp_path / "images")
+    os.symlink(root / "cat", root / "cat_again")
+    (root / "empty").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_dataset(_cfg(root, holdout_fraction=0.0), "train")
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "1 class folder(s) of" in messages and "(first: empty)" in messages
+    assert "(first: cat_again)" in messages

@@ -361,8 +361,13 @@ def _scan(folder: Path, classes: Sequence[str] | None = None, visited: _Visited 
     already = len(visited.repeated)
     visited.enter(str(folder), None)
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = {p.name: _images_under(p, visited) for p in subdirs}
-    empty = sorted(k for k, v in per_class.items() if not v)
+    per_class, copies = {}, []
+    for p in subdirs:
+        before = len(visited.repeated)
+        per_class[p.name] = _images_under(p, visited)
+        if not per_class[p.name] and len(visited.repeated) > before:
+            copies.append(p.name)  # not empty: everything in it was read under another name
+    empty = sorted(k for k, v in per_class.items() if not v and k not in copies)
     per_class = {k: v for k, v in per_class.items() if v}
     if empty and per_class:
         warnings.warn(
@@ -379,7 +384,13 @@ def _scan(folder: Path, classes: Sequence[str] | None = None, visited: _Visited 
     if repeated:
         warnings.warn(
             f"{len(repeated)} folder(s) or image(s) under {folder} are reached a second time "
-            f"through symbolic links and are read once only (first: {repeated[0]})",
+            f"through symbolic links and are read once only (first: {repeated[0]})"
+            + (
+                f"; {len(copies)} class folder(s) hold nothing else and are left out as "
+                f"classes (first: {copies[0]})"
+                if copies
+                else ""
+            ),
             stacklevel=3,
         )
     if per_class:
