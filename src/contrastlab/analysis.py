@@ -434,7 +434,7 @@ def run_analysis(
     labels: Sequence[str] | None = None,
 ) -> dict:
     """Analyze every checkpoint on the same images; write ``out`` (see the module docstring)."""
-    from contrastlab.checkpoint import checkpoint_feature_spaces, read_checkpoint
+    from contrastlab.checkpoint import read_checkpoint, refuse_missing_space
     from contrastlab.config import config_from_dict
     from contrastlab.data.datasets import build_dataset
     from contrastlab.eval.context import EvalContext, evaluation_data
@@ -471,13 +471,8 @@ def run_analysis(
         states.append({k: state.get(k) for k in ("epoch", "step")})
         sources.append((state.get("converted") or {}).get("format"))
         cfg = config_from_dict(state["config"])
-        spaces = checkpoint_feature_spaces(cfg, state)
         for space in settings.spaces:
-            if space not in spaces:
-                raise UserError(
-                    f"{checkpoint}: feature space '{space}' does not exist for this model; "
-                    f"valid spaces: {', '.join(spaces)}"
-                )
+            refuse_missing_space(checkpoint, cfg, state, space)
         data_cfgs.append(
             evaluation_data(
                 checkpoint, cfg, settings.dataset, settings.data_path, settings.skip_bad_images

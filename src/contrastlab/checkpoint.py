@@ -395,6 +395,21 @@ def checkpoint_feature_spaces(cfg, state: dict) -> tuple[str, ...]:
     return ("backbone",) if converted.get("head") is False else feature_spaces(cfg)
 
 
+def refuse_missing_space(checkpoint, cfg, state: dict, space: str) -> None:
+    """One line naming the checkpoint and its valid spaces when ``space`` is not one of its
+    feature spaces (``checkpoint_feature_spaces``); commands that read several checkpoints call
+    it for every one before any work, so that the last one's lack loses nothing.
+
+    Raises:
+        UserError: ``space`` is not a feature space of the checkpoint's model."""
+    spaces = checkpoint_feature_spaces(cfg, state)
+    if space not in spaces:
+        raise UserError(
+            f"{checkpoint}: feature space '{space}' does not exist for this model; "
+            f"valid spaces: {', '.join(spaces)}"
+        )
+
+
 def load_model_and_normalization(path: str | Path, device: str | torch.device = "cpu"):
     """``(model, cfg, (mean, std) or None)``: the model in eval mode and the per-channel statistics
     its training images were normalized with (None for checkpoints written before they were

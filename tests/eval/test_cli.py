@@ -636,3 +636,42 @@ def test_results_are_named_by_the_dataset_actually_evaluated(checkpoint, tmp_pat
         assert main([*knn, *extra]) == 0
         assert sorted(p.name for p in (tmp_path / "syn" / "eval").iterdir()) == ["knn.json"]
     capsys.readouterr()
+
+
+def test_eval_all_checks_every_checkpoints_space_before_the_first_protocol(
+    checkpoint, tmp_path, capsys
+):
+    """A ``--space`` the last checkpoint lacks was found only on reaching it, after the earlier
+    checkpoints' protocols had run; now it is refused before any work, naming that checkpoint."""
+    from contrastlab.checkpoint import CHECKSUM_KEY, payload_checksum
+
+    state = torch.load(checkpoint, weights_only=False)
+    state["converted"] = {"format": "torchvision", "head": False}  # an encoder without a head
+    state[CHECKSUM_KEY] = payload_checksum(state)
+    headless = tmp_path / "headless.pt"
+    torch.save(state, headless)
+    first = tmp_path / "first.pt"
+    shutil.copy(checkpoint, first)
+    argv = ["eval", "all", str(first), str(headless), *COMMON, "--protocols", "knn,linear"]
+    capsys.readouterr()
+    assert main([*argv, "--space", "z", "--out-dir", str(tmp_path / "cmp")]) == 2
+    out, err = capsys.readouterr()
+    assert f"{headless}: feature space 'z' does not exist" in err
+    assert "valid spaces: backbone" in err
+    assert not (tmp_path / "cmp").exists()  # no protocol ran, nothing was written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.pt", "headless.pt"]
+
+
+def test_eval_all_refuses_factor_probes_of_a_later_checkpoint_before_any_work(
+    checkpoint, tmp_path, capsys
+):
+    """``--protocols factors`` with a later checkpoint trained on an image folder (no generating
+    factors) was refused only on reaching it; now before the first checkpoint's protocols."""
+    _folder(tmp_path / "flowers", [(200, 30, 30), (30, 200, 30)], 8, 0)
+    other = _on_imagefolder(checkpoint, tmp_path / "flowers", tmp_path / "folder.pt")
+    argv = ["eval", "all", str(checkpoint), str(other), *COMMON, "--protocols", "knn,factors"]
+    capsys.readouterr()
+    assert main([*argv, "--no-save", "--out-dir", str(tmp_path / "cmp")]) == 2
+    out, err = capsys.readouterr()
+    assert f"{other}: dataset 'imagefolder' has no generating factors" in err
+    assert "knn" not in out.lower() and not (tmp_path / "cmp").exists()

@@ -564,16 +564,22 @@ def _refuse_unused_in_all(args) -> None:
 
 
 def _check_data(args) -> None:
-    """Every checkpoint's evaluation dataset (``--dataset``, ``--data-path``) before any work, so
-    that a problem with the last checkpoint loses no evaluation of the first."""
-    from contrastlab.checkpoint import read_checkpoint
+    """Every checkpoint's feature space (``--space``) and evaluation dataset (``--dataset``,
+    ``--data-path``) before any work, so that a problem with the last checkpoint loses no
+    evaluation of the first."""
+    from contrastlab.checkpoint import read_checkpoint, refuse_missing_space
     from contrastlab.config import config_from_dict
     from contrastlab.eval.context import evaluation_data, refuse_path_of_generated
+    from contrastlab.eval.protocols import no_factors
 
     refuse_path_of_generated(args.dataset, args.data_path)
     for checkpoint in args.checkpoints:
-        cfg = config_from_dict(read_checkpoint(checkpoint, verify=False)["config"])
-        evaluation_data(checkpoint, cfg, args.dataset, args.data_path, args.skip_bad_images)
+        state = read_checkpoint(checkpoint, verify=False)
+        cfg = config_from_dict(state["config"])
+        refuse_missing_space(checkpoint, cfg, state, args.space or "backbone")
+        data = evaluation_data(checkpoint, cfg, args.dataset, args.data_path, args.skip_bad_images)
+        if "factors" in args.protocols and data.name != "synthetic":
+            raise UserError(f"{checkpoint}: {no_factors(data.name)}")
 
 
 def _check_saved_results(args) -> None:

@@ -288,6 +288,12 @@ def run_corruption(
     return _wrap(ctx, "corruption", summary, res, options)
 
 
+def no_factors(dataset: str) -> str:
+    """The line refusing the factor probes on ``dataset``: only the synthetic set records the
+    factors (shape, colour, texture, rotation) that generated each image."""
+    return f"dataset '{dataset}' has no generating factors; eval factors needs --dataset synthetic"
+
+
 def run_factors(
     ctx: EvalContext, names: Sequence[str] = ("shape", "color", "texture", "rotation")
 ) -> dict:
@@ -298,10 +304,7 @@ def run_factors(
     if bad:
         raise UserError(f"unknown factor '{bad[0]}'; valid: {', '.join(FACTORS)}")
     if not getattr(ctx.raw("train"), "factors", None):
-        raise UserError(
-            f"dataset '{ctx.data_cfg.name}' has no generating factors; "
-            "eval factors needs --dataset synthetic"
-        )
+        raise UserError(no_factors(ctx.data_cfg.name))
     announce(ctx, "factors", f"linear probes of {', '.join(names)}")
     static = [n for n in names if n != "rotation"]
     details: dict[str, Any] = {}
