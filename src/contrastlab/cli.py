@@ -26,12 +26,28 @@ from contrastlab.errors import (
 )
 
 
+class _OneConfig(argparse.Action):
+    """``--config`` given once: a second, other file is refused, not silently put in the first's
+    place (argparse keeps the last), which would drop every setting of the first."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        first = getattr(namespace, self.dest)
+        if first is not None and first != value:
+            parser.error(
+                f"--config is given twice ({first}, then {value}) and only one is read; make "
+                f"one YAML file start from the other with a base: line (e.g. 'base: {first}' in "
+                f"{value}) and give that one alone"
+            )
+        setattr(namespace, self.dest, value)
+
+
 def _config_arguments(p, preset: bool = True) -> None:
     """``--config PRESET_OR_YAML`` (unless ``preset=False``) and the ``key=value`` overrides."""
     if preset:
         p.add_argument(
             "-c",
             "--config",
+            action=_OneConfig,
             dest="config",
             default=None,
             metavar="PRESET_OR_YAML",

@@ -39,7 +39,7 @@ from contrastlab.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from contrastlab.config import Config, config_to_dict, save_config, validate
+from contrastlab.config import Config, check_milestones, config_to_dict, save_config, validate
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import (
     WithTransform,
@@ -514,6 +514,9 @@ class Trainer:
             self.resume_state = (Path(resume), read_checkpoint(resume))
         elif not cfg.train.overwrite:
             rundir.refuse_existing(self.run_dir)
+        stored = self.resume_state[1].get("config", {}) if self.resume_state else {}
+        if stored.get("optim", {}).get("milestones") != cfg.optim.milestones:  # a run keeps its own
+            check_milestones(cfg)
 
     def _already_complete(self) -> TrainResult | None:
         """The result of a resumed run that already holds ``optim.epochs`` epochs, else None.
