@@ -234,7 +234,7 @@ def test_errors_are_one_line_and_early(tmp_path, capsys):
     err = _error(["analyze", str(a), "--space", "color", "--out", out], capsys)
     assert "'color' does not exist" in err and "backbone, z" in err
     err = _error(["analyze", str(a), "--labels", "x", "y", "--out", out], capsys)
-    assert "2 labels for 1 checkpoints" in err
+    assert "2 labels for 1 checkpoint" in err and "1 checkpoints" not in err
 
 
 def test_a_negative_seed_is_one_line_before_work(tmp_path, capsys):

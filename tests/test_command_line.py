@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contrastlab.cli import main
-from contrastlab.errors import InterruptedTwice, StopRequested, UserError
+from contrastlab.errors import InterruptedTwice, StopRequested, UserError, plural
 
 
 @pytest.mark.parametrize(
@@ -638,3 +638,9 @@ def test_the_demo_takes_as_long_everywhere_as_the_readme_measured(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "about a minute and a half on two CPU cores" in text and "a few minutes" not in text
+
+
+def test_a_count_of_one_takes_the_singular():
+    assert [plural(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
+    assert (plural(1, "image"), plural(1200, "image")) == ("1 image", "1,200 images")
+    assert (plural(1, "epoch"), plural(2, "epoch")) == ("1 epoch", "2 epochs")

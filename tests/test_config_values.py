@@ -206,7 +206,7 @@ def test_a_date_in_a_yaml_file_is_shown_as_written_not_as_python(tmp_path):
     path.write_text("name: 2024-01-01\n")
     with pytest.raises(UserError) as info:
         load_config(str(path))
-    assert "got 2024-01-01 (YAML reads it as a date" in str(info.value)
+    assert "YAML reads 2024-01-01 as a date; quote it: '2024-01-01'" in str(info.value)
     assert "datetime" not in str(info.value)
 
 

@@ -285,7 +285,7 @@ def test_an_empty_validation_split_is_one_warning_line_and_an_event(tiny_config,
     line = (
         "warning: the kNN monitor's validation split (train.knn_val_fraction=0.1) is empty: each "
         "of the 10 classes of the training images holds one labelled image, which stays in the "
-        "kNN bank, so no best.pt is chosen; add a second image to the classes, or set "
+        "kNN bank, so no best.pt is chosen; add a second image to each class, or set "
         "train.knn_val_fraction=0 to train without best.pt"
     )
     assert capsys.readouterr().err.splitlines().count(line) == 1

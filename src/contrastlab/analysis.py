@@ -53,7 +53,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure, write_atomic, write_text
-from contrastlab.errors import UserError, as_list, as_path
+from contrastlab.errors import UserError, as_list, as_path, plural
 from contrastlab.eval.context import DEVICES
 from contrastlab.eval.progress import Heartbeat, say
 
@@ -268,8 +268,9 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
         disable=None if settings.progress else True,
     )
     say(
-        f"analyze {label}: {len(queries)} images x {1 + len(CONDITIONS)} view pairs against "
-        f"{len(bank)} negatives, spaces {', '.join(settings.spaces)}, on {ctx.device}"
+        f"analyze {label}: {plural(len(queries), 'image')} x {1 + len(CONDITIONS)} view pairs "
+        f"against {plural(len(bank), 'negative')}, spaces {', '.join(settings.spaces)}, "
+        f"on {ctx.device}"
     )
     beat = Heartbeat(f"analyze {label}", n_batches, settings.progress)
     done = 0
@@ -445,7 +446,9 @@ def run_analysis(
     if not checkpoints:
         raise UserError("give at least one checkpoint")
     if labels is not None and len(labels) != len(checkpoints):
-        raise UserError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints")
+        raise UserError(
+            f"got {plural(len(labels), 'label')} for {plural(len(checkpoints), 'checkpoint')}"
+        )
     checkpoints, labels = _distinct(checkpoints, labels)
     if settings.recipe not in RECIPES:
         raise UserError(f"unknown --recipe '{settings.recipe}'; valid: {', '.join(RECIPES)}")
@@ -683,8 +686,8 @@ def overlay_figure(runs, labels, result: dict, space: str) -> Figure:
     ax_q.grid(axis="x", alpha=0.3)
     st = result["settings"]
     fig.suptitle(
-        f"frozen encoders in space '{space}': {st['images']} images x 2 views "
-        f"({_views(result)}), {st['negatives']} negatives ({_named(st.get('dataset'))}"
+        f"frozen encoders in space '{space}': {plural(st['images'], 'image')} x 2 views "
+        f"({_views(result)}), {plural(st['negatives'], 'negative')} ({_named(st.get('dataset'))}"
         f"{st['split']} split, seed {st['seed']})",
         fontsize=10,
     )
@@ -953,7 +956,9 @@ def _cmd_analyze(args) -> int:
     )
     checkpoints, labels = args.checkpoints, args.labels
     if labels is not None and len(labels) != len(checkpoints):
-        raise UserError(f"got {len(labels)} labels for {len(checkpoints)} checkpoints")
+        raise UserError(
+            f"got {plural(len(labels), 'label')} for {plural(len(checkpoints), 'checkpoint')}"
+        )
     checkpoints, labels = _distinct(checkpoints, labels)
     _check_outputs(Path(out), checkpoints, labels, spaces, args.overwrite)
     result = run_analysis(checkpoints, settings, out, labels)

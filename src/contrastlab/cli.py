@@ -21,8 +21,24 @@ from contrastlab.errors import (
     UserError,
     met_by_every_process,
     one_line,
+    plural,
     settings_as_flags,
 )
+
+
+class _OneConfig(argparse.Action):
+    """``--config`` given once: a second, other file is refused, not silently put in the first's
+    place (argparse keeps the last), which would drop every setting of the first."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        first = getattr(namespace, self.dest)
+        if first is not None and first != value:
+            parser.error(
+                f"--config is given twice ({first}, then {value}) and only one is read; make "
+                f"one YAML file start from the other with a base: line (e.g. 'base: {first}' in "
+                f"{value}) and give that one alone"
+            )
+        setattr(namespace, self.dest, value)
 
 
 def _config_arguments(p, preset: bool = True) -> None:
@@ -31,6 +47,7 @@ def _config_arguments(p, preset: bool = True) -> None:
         p.add_argument(
             "-c",
             "--config",
+            action=_OneConfig,
             dest="config",
             default=None,
             metavar="PRESET_OR_YAML",
@@ -82,10 +99,6 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'s' if n != 1 else ''}"
-
-
 def _train_summary(result, epochs_wanted: int, space: str) -> str:
     """The one line that ``contrastlab train`` ends with; says when a run was resumed and in
     which feature space the kNN monitor measured."""
@@ -95,7 +108,7 @@ def _train_summary(result, epochs_wanted: int, space: str) -> str:
         more = "more than" if result.epochs > epochs_wanted else "all of"
         return (
             f"nothing to train: {result.resumed_from} already holds "
-            f"{_plural(result.epochs, 'epoch')} ({more} optim.epochs={epochs_wanted}){knn}; to "
+            f"{plural(result.epochs, 'epoch')} ({more} optim.epochs={epochs_wanted}){knn}; to "
             "train longer, resume with a larger optim.epochs"
         )
     if result.resumed_from is not None:
@@ -104,11 +117,11 @@ def _train_summary(result, epochs_wanted: int, space: str) -> str:
             # counted as the stop line counts: the epoch that training continued inside
             f"resumed from {result.resumed_from} at step {result.start_step:,} (in epoch "
             f"{result.start_epoch + 1}); trained to epoch {result.epochs} ({done} more, "
-            f"{_plural(result.steps - result.start_step, 'step')}) in {result.seconds:.0f} s: "
+            f"{plural(result.steps - result.start_step, 'step')}) in {result.seconds:.0f} s: "
             f"final loss {result.final_loss:.4f}{knn}"
         )
     return (
-        f"trained {_plural(result.epochs, 'epoch')} ({_plural(result.steps, 'step')}) in "
+        f"trained {plural(result.epochs, 'epoch')} ({plural(result.steps, 'step')}) in "
         f"{result.seconds:.0f} s: final loss {result.final_loss:.4f}{knn}"
     )
 

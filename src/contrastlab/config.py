@@ -196,6 +196,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor``: the base class merges it; keys given here win
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise _DuplicateKey(
@@ -242,7 +244,93 @@ def _read_yaml(text: str, origin: str) -> dict:
         )
     if not isinstance(data, dict):
         raise UserError(f"{origin} must hold a mapping of config keys, not {type(data).__name__}")
+    misread = next(_misread(yaml.compose(text, Loader=yaml.SafeLoader)), None)
+    if misread is not None:
+        node, problem = misread
+        raise UserError(f"{origin}, line {node.start_mark.line + 1}: {problem}")
     return data
+
+
+_TAG = "tag:yaml.org,2002:"
+
+
+def _pairs(node: yaml.MappingNode) -> dict[str, yaml.Node]:
+    """{key: value node} of a YAML mapping as it is read: ``<<: *anchor`` merged in, the
+    mapping's own keys winning."""
+    own = {str(k.value): v for k, v in node.value if k.tag != _TAG + "merge"}
+    for k, v in node.value:
+        if k.tag == _TAG + "merge":
+            for merged in v.value if isinstance(v, yaml.SequenceNode) else [v]:
+                if isinstance(merged, yaml.MappingNode):
+                    for name, sub in _pairs(merged).items():
+                        own.setdefault(name, sub)
+    return own
+
+
+def _misread(node: yaml.Node, key: str = ""):
+    """(node, one-line problem) for each plain YAML value under ``node`` (the value of the dotted
+    ``key``; "" for a whole file) whose YAML 1.1 reading is not what the key takes as written."""
+    if isinstance(node, yaml.MappingNode) and (not key or key in _SECTIONS):
+        for name, value in _pairs(node).items():
+            yield from _misread(value, f"{key}.{name}" if key else name)
+        return
+    hint = key_hints().get(key)
+    if get_origin(hint) is list and isinstance(node, yaml.SequenceNode):
+        (item,) = get_args(hint)
+        for i, value in enumerate(node.value):
+            problem = _misread_scalar(value, f"{key}[{i}]", item)
+            if problem:
+                yield value, problem
+        return
+    problem = _misread_scalar(node, key, hint)
+    if problem:
+        yield node, problem
+
+
+def _misread_scalar(node: yaml.Node, key: str, hint: Any) -> str | None:
+    """What is wrong with a plain (unquoted) YAML scalar for a key of type ``hint``, or None.
+
+    A text key written as something YAML 1.1 reads as a number, boolean, date or null: ``name:
+    2024``, ``name: yes`` (yes/no/on/off are booleans), ``out_dir: ~`` (null, not the home folder).
+    A number in a form that Python's int()/float() reads otherwise or not at all: ``010`` (octal 8
+    to YAML 1.1, 10 to Python), ``0x10``, ``0b11``, ``1:30`` (base 60: 90)."""
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return None  # quoted (or a block scalar): text as written
+    raw, tag = node.value, node.tag.removeprefix(_TAG)
+    if _text_kind(key) is not None:
+        what = {"int": "a number", "float": "a number", "timestamp": "a date"}.get(tag)
+        if tag == "bool":
+            boolean = str(yaml.safe_load(raw)).lower()
+            what = f"the boolean {boolean} (YAML 1.1 takes yes, no, on and off as booleans)"
+        if tag == "null" and raw == "~":
+            return (
+                f"{key} is text, but YAML reads ~ alone as null; quote it for the home folder: '~'"
+            )
+        if what:
+            return f"{key} is text, but YAML reads {raw} as {what}; quote it: '{raw}'"
+        return None
+    if hint not in (int, float) and not (
+        get_origin(hint) in (typing.Union, types.UnionType) and set(get_args(hint)) & {int, float}
+    ):
+        return None
+    if tag not in ("int", "float"):
+        return None
+    value = yaml.safe_load(raw)
+    if not math.isfinite(value):
+        return None  # .inf, .nan: the range check refuses them as not finite
+    try:
+        python = int(raw) if tag == "int" else float(raw)
+    except ValueError:
+        return (
+            f"{key}: YAML 1.1 reads {raw} as {value}, a form Python's int() and float() do not "
+            f"read; write {value}"
+        )
+    if python != value:
+        return (
+            f"{key}: YAML 1.1 reads {raw} as the octal number {value} (a leading 0), Python as "
+            f"{python}; write the number you mean without the leading 0"
+        )
+    return None
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -279,6 +367,7 @@ def _load_source(
             "the config name is empty (--config ''); give a preset name (contrastlab presets) "
             "or the path of a YAML file, or leave --config out to use the defaults"
         )
+    name_or_path = os.path.expanduser(name_or_path)  # load_config("~/x.yaml") from Python
     path = Path(name_or_path)
     # A preset name wins over a folder of the same name in the working directory (runs/demo,
     # ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file.
@@ -398,7 +487,8 @@ def _show(value: Any) -> str:
 def _resolve_base(base: str, including: Path) -> str:
     """A relative ``base:`` path in a YAML file names a file next to that file; a path relative
     to the working directory (how earlier files were written) is still accepted, and preset names
-    are left alone."""
+    are left alone. ``~`` and ``~user`` start the home folder, as in every other path."""
+    base = os.path.expanduser(base)
     if base in preset_names() or Path(base).is_absolute():
         return base
     beside = including.parent / base
@@ -534,14 +624,15 @@ def _located(message: str, key: str, origins: dict[str, str] | None) -> UserErro
 def _placed_elsewhere(key: str, prefix: str) -> list[str]:
     """Where a key that is not under ``prefix`` is: the top-level key (``train.out_dir`` ->
     ``out_dir``), or the section's keys of that name (``log_every`` -> ``train.log_every``,
-    ``train.lr`` -> ``optim.lr``)."""
+    ``train.lr`` -> ``optim.lr``), or what a command-line shortcut stands for (``dataset`` ->
+    ``data.name``)."""
     hints = get_type_hints(Config)
-    found = []
+    found = [ALIASES[key]] if key in ALIASES else []
     for f in dataclasses.fields(Config):
         section = hints[f.name]
         if dataclasses.is_dataclass(section):
             keys = {g.name for g in dataclasses.fields(section)}
-            if key in keys and f"{f.name}." != prefix:
+            if key in keys and f"{f.name}." != prefix and f"{f.name}.{key}" not in found:
                 found.append(f"{f.name}.{key}")
         elif f.name == key and prefix:
             found.append(key)
@@ -571,7 +662,10 @@ def _build(cls, data: dict, prefix: str = "", origins: dict[str, str] | None = N
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise UserError(f"'{full}' is a section; set its keys as {full}.KEY=VALUE")
+                raise UserError(
+                    f"'{full}' is a section; set its keys as {full}.KEY=VALUE or "
+                    f"'{full}={{KEY: VALUE, ...}}'"
+                )
             kwargs[key] = _build(hint, value, f"{full}.", origins)
         else:
             try:
@@ -885,6 +979,24 @@ def _validate(
         )
 
 
+def check_milestones(cfg: Config, origins: dict[str, str] | None = None) -> None:
+    """``optim.milestones`` in increasing order, each epoch once; else a one-line ``UserError``.
+
+    The step schedule counts the milestones passed, so [160, 120] is [120, 160] and [120, 120]
+    divides the learning rate by 100 at epoch 120: a typo either way. Only a new training is
+    checked (``load_config``, and ``train`` where the run does not continue a checkpoint with
+    the same milestones): a run trained with such milestones is still read, evaluated and resumed
+    as it was trained."""
+    given = cfg.optim.milestones
+    if given != sorted(set(given)):
+        raise _located(
+            f"optim.milestones={given} must list each epoch once, in increasing order; write "
+            f"{sorted(set(given))}",
+            "optim.milestones",
+            origins,
+        )
+
+
 # data.synthetic.make_synthetic draws its glyphs at 16 px and up (the documented range of
 # data.image_size, >= 8, is that of the other datasets); it checks against this same constant
 SYNTHETIC_MIN_SIZE = 16
@@ -906,21 +1018,47 @@ def _text_kind(key: str) -> str | None:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value``: the value read as YAML, except for text keys (run name, paths ...), which
     keep the text as typed: name=2024-01-01 is not a date, name=010 not the octal 8, name=0.10
-    not 0.1. A text key that may be null takes null or nothing for null (~ stays the home folder)."""
+    not 0.1; in YAML quotes (name="'x'") the text inside them. A text key that may be null takes
+    null or nothing for null (~ stays the home folder). A number that YAML 1.1 reads otherwise
+    than Python (optim.epochs=010, 0x10) is a ``UserError``, as in a YAML file."""
     if "=" not in text:
         raise UserError(f"override '{text}' must look like key=value (e.g. optim.lr=0.1)")
     key, raw = text.split("=", 1)
     key = ALIASES.get(key.strip(), key.strip())
     kind = _text_kind(key)
+    if kind is not None and len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return key, _unquoted(raw)  # name="'2024'": quoted as in a YAML file, the text inside
     if kind == "str":
         return key, raw if raw != "" else None
     if kind == "optional":
         return key, None if raw in ("", "null", "Null", "NULL") else raw
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        node = yaml.compose(raw, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, raw
+    misread = next(_misread(node, key), None) if node is not None else None
+    if misread is not None:
+        raise UserError(misread[1])
+    return key, yaml.safe_load(raw) if raw != "" else None
+
+
+def _unquoted(raw: str) -> str:
+    """The text inside YAML quotes (``'it''s'`` -> ``it's``); ``raw`` as typed if it is not one
+    quoted YAML string."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def _dotted_items(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The (dotted key, value) pairs one override sets: a mapping for a whole section
+    (``optim={lr: 0.1}``) sets each of its keys and leaves the section's others as they were, as
+    that section of a YAML file does over its ``base:``."""
+    if key in _SECTIONS and isinstance(value, dict):
+        return [(f"{key}.{k}", v) for k, v in value.items()]
+    return [(key, value)]
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -942,10 +1080,10 @@ def warn_repeated_keys(overrides: list[str] | tuple[str, ...]) -> None:
     for text in overrides:
         if "=" not in text:
             continue
-        key, value = parse_override(text)
-        if key in seen and seen[key] != value:
-            warn(f"{key} is given twice ({seen[key]!r}, then {value!r}); the last one is used")
-        seen[key] = value
+        for key, value in _dotted_items(*parse_override(text)):
+            if key in seen and seen[key] != value:
+                warn(f"{key} is given twice ({seen[key]!r}, then {value!r}); the last one is used")
+            seen[key] = value
 
 
 def load_config(
@@ -967,12 +1105,14 @@ def load_config(
     data = _load_source(source, file_keys=file_keys, origins=origins) if source is not None else {}
     given: dict[str, Any] = {}
     for text in overrides:
-        key, value = parse_override(text)
-        given[key] = value
-        _set_dotted(data, key, value)
-        origins.pop(key, None)  # the override's value is the one in effect
+        for key, value in _dotted_items(*parse_override(text)):
+            given[key] = value
+            _set_dotted(data, key, value)
+            origins.pop(key, None)  # the override's value is the one in effect
     cfg = _build(Config, data, origins=origins)
     _validate(cfg, need_data_path, origins)
+    if cfg.train.resume is None:  # a resume is checked by train, against its checkpoint's
+        check_milestones(cfg, origins)
     # A saved config.yaml used as a file names every key, most at its default: keys of files
     # count as the user's where they differ from the default; typed overrides always count.
     default, hints = Config(), key_hints()

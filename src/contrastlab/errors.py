@@ -132,6 +132,14 @@ def one_line(error: BaseException) -> str:
     return last[len(prefix) :] if last.startswith(prefix) else last
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """A count and its noun for a message: ``1 class``, ``3 classes``, ``1,200 images``;
+    ``many`` spells a plural other than word + s (or + es after s, x, sh: "class")."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n:,} {many or word + ('es' if word.endswith(('s', 'x', 'sh')) else 's')}"
+
+
 def warn(message: str) -> None:
     """One line of warning on stderr (``warning: <message>``)."""
     import sys

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from contrastlab.errors import plural
+
 RESUME_HINT = "to continue, run the same train command with train.resume=auto"
 # events whose lines are training curves (report) or show that an epoch ended
 _CURVE_EVENTS = ("train", "epoch", "knn")
@@ -71,9 +73,9 @@ def stop_text(event: dict, epochs: int | None = None) -> str:
     counts = []
     if done is not None:
         counts.append(
-            f"{done} of {epochs} epochs complete"
+            f"{done} of {plural(epochs, 'epoch')} complete"
             if epochs
-            else f"{done} epoch{'' if done == 1 else 's'} complete"
+            else f"{plural(done, 'epoch')} complete"
         )
     if step is not None:
         counts.append(f"step {step}")

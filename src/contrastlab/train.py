@@ -39,7 +39,7 @@ from contrastlab.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from contrastlab.config import Config, config_to_dict, save_config, validate
+from contrastlab.config import Config, check_milestones, config_to_dict, save_config, validate
 from contrastlab.data.augment import build_eval_transform
 from contrastlab.data.datasets import (
     WithTransform,
@@ -53,6 +53,7 @@ from contrastlab.errors import (
     TrainingInterrupted,
     UserError,
     met_by_every_process,
+    plural,
     warn,
 )
 from contrastlab.eval.features import extract_features
@@ -276,9 +277,11 @@ def knn_val_warning(cfg: Config, train_images) -> str | None:
     classes = len(set(labels))
     return (
         f"warning: the kNN monitor's validation split (train.knn_val_fraction="
-        f"{t.knn_val_fraction:g}) is empty: each of the {classes} classes of the training images "
-        f"holds one labelled image, which stays in the kNN bank, so no best.pt is chosen; add a "
-        f"second image to the classes, or set train.knn_val_fraction=0 to train without best.pt"
+        f"{t.knn_val_fraction:g}) is empty: "
+        f"{'the one class' if classes == 1 else f'each of the {classes} classes'} of the training "
+        f"images holds one labelled image, which stays in the kNN bank, so no best.pt is chosen; "
+        f"add a second image to each class, or set train.knn_val_fraction=0 to train without "
+        "best.pt"
     )
 
 
@@ -418,7 +421,7 @@ class Trainer:
         self.train_images = build_dataset(cfg.data, "train")
         if len(self.train_images) < cfg.optim.batch_size:
             raise UserError(
-                f"the training set has {len(self.train_images)} images, fewer than one "
+                f"the training set has {plural(len(self.train_images), 'image')}, fewer than one "
                 f"batch (optim.batch_size={cfg.optim.batch_size}); lower the batch size"
             )
         # dataset -> views: batched on the device for images in memory (views/pipeline.py)
@@ -511,6 +514,9 @@ class Trainer:
             self.resume_state = (Path(resume), read_checkpoint(resume))
         elif not cfg.train.overwrite:
             rundir.refuse_existing(self.run_dir)
+        stored = self.resume_state[1].get("config", {}) if self.resume_state else {}
+        if stored.get("optim", {}).get("milestones") != cfg.optim.milestones:  # a run keeps its own
+            check_milestones(cfg)
 
     def _already_complete(self) -> TrainResult | None:
         """The result of a resumed run that already holds ``optim.epochs`` epochs, else None.
@@ -657,8 +663,8 @@ class Trainer:
             keys += data_keys
             if not data_keys and saved.get("images") != now["images"]:
                 reasons.append(
-                    f"the training set holds {now['images']} images, {saved.get('images')} when "
-                    "the epoch began"
+                    f"the training set holds {plural(now['images'], 'image')}, "
+                    f"{saved.get('images')} when the epoch began"
                 )
             elif not data_keys and saved.get("data") != now["data"]:
                 reasons.append("the training images are not those the epoch was drawn from")
@@ -678,7 +684,7 @@ class Trainer:
         if not reasons:
             return
         length = (saved or {}).get("steps_per_epoch")
-        steps = f"{done} of its {length} steps" if length else f"{done} steps"
+        steps = f"{done} of its {plural(length, 'step')}" if length else plural(done, "step")
         earlier = " ".join(f"{k}={_setting_text(changed[k][0])}" for k in keys)
         earlier = f" ({earlier})" if earlier else " (the same training images)"
         kept = _end_of_epoch_checkpoint(path.parent)
@@ -962,7 +968,8 @@ class Trainer:
                     if bar is not None:
                         bar.close()
                     raise self.interrupted(
-                        f"in epoch {epoch + 1} after {i + 1} of its {self.steps_per_epoch} steps",
+                        f"in epoch {epoch + 1} after {i + 1} of its "
+                        f"{plural(self.steps_per_epoch, 'step')}",
                         batch_in_epoch=i + 1,
                     )
         if bar is not None:
@@ -1160,7 +1167,7 @@ class Trainer:
         else:
             left = "to continue"
         # the epoch it stopped in and the finished ones, which the event's ``epoch`` counts
-        done = f"{self.epoch} of {self.cfg.optim.epochs} epochs complete"
+        done = f"{self.epoch} of {plural(self.cfg.optim.epochs, 'epoch')} complete"
         return TrainingInterrupted(
             f"stopped by {signal_name} {where} ({done}, step {self.step}); checkpoint "
             f"{self.ckpt_dir / 'last.pt'}; {left}, run the same command with "

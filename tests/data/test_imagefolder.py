@@ -131,6 +131,16 @@ def test_classes_of_one_image_stay_in_training_and_an_empty_test_split_is_said(t
         assert len(build_dataset(_cfg(tmp_path, holdout_fraction=0.0), "test")) == 0  # asked for
 
 
+def test_one_class_is_counted_in_the_singular(tmp_path):
+    _tree(tmp_path, classes=("cat",), per_class=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.warns(UserWarning) as caught:
+        build_dataset(_cfg(tmp_path, holdout_fraction=0.1), "test")
+    said = " | ".join(str(w.message) for w in caught)
+    assert "; 1 class remains" in said and "is empty: its class holds 1 image" in said
+    assert "1 classes" not in said
+
+
 def test_folders_whose_classes_each_gave_an_image_keep_their_split():
     # the split before classes of few images held out one each (hard-coded from that version)
     labels = [0] * 10 + [1] * 7 + [2] * 23 + [3] * 5

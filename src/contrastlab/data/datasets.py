@@ -31,7 +31,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from contrastlab.config import DataConfig
 from contrastlab.data import augment
 from contrastlab.data.synthetic import FACTOR_CLASSES, SHAPE_NAMES, make_synthetic
-from contrastlab.errors import UserError, setting
+from contrastlab.errors import UserError, plural, setting
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class TensorImageDataset(_Described):
             labels, num_classes, mean, std, image_size, classes, factors, skipped, transform
         )
         if len(self.labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(self.labels)} labels")
+            raise ValueError(
+                f"{plural(len(images), 'image')} but {plural(len(self.labels), 'label')}"
+            )
 
     def __getitem__(self, i: int):
         img = self.images[i]
@@ -372,7 +374,8 @@ def _scan(folder: Path, classes: Sequence[str] | None = None, visited: _Visited 
     if empty and per_class:
         warnings.warn(
             f"{len(empty)} class folder(s) of {folder} hold no images and are left out "
-            f"(first: {empty[0]}); {len(per_class)} classes remain",
+            f"(first: {empty[0]}); {plural(len(per_class), 'class')} "
+            f"{'remains' if len(per_class) == 1 else 'remain'}",
             stacklevel=3,
         )
     top = sorted(
@@ -488,9 +491,10 @@ def _imagefolder_split(root: Path, split: str, fraction: float):
     train_idx, test_idx = stratified_holdout(labels, fraction, at_least_one=True)
     if split == "test" and fraction > 0 and not test_idx:  # every class holds a single image
         warnings.warn(
-            f"the test split held out of {train_dir} is empty: each of its {len(classes)} "
-            f"classes holds 1 image, which stays in training (hold-out fraction {fraction}); "
-            f"add a second image to the classes, or give test images of their own "
+            f"the test split held out of {train_dir} is empty: "
+            f"{'its class' if len(classes) == 1 else f'each of its {len(classes)} classes'} "
+            f"holds 1 image, which stays in training (hold-out fraction {fraction}); "
+            f"add a second image to each class, or give test images of their own "
             f"(docs/datasets.md)",
             stacklevel=4,
         )
@@ -744,7 +748,7 @@ def _imagefolder(cfg: DataConfig, split: str, transform):
     keep = [i for i in range(len(files)) if i not in bad]
     if not keep:
         raise UserError(
-            f"none of the {len(files)} images of the {split} split in {root} is readable"
+            f"none of the {plural(len(files), 'image')} of the {split} split in {root} is readable"
         )
     kept_labels = [labels[i] for i in keep]
     distinct = {sizes[i] for i in keep}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, plural
 from contrastlab.eval.linear import LogisticProbe
 from contrastlab.eval.progress import Heartbeat
 
@@ -47,14 +47,16 @@ def _by_class(labels: np.ndarray) -> dict[int, np.ndarray]:
 def class_counts(groups: dict[int, np.ndarray], split: str) -> str:
     """``the test split's 5 classes have 15 images each`` (or their counts, or their range)."""
     counts = sorted(len(idx) for idx in groups.values())
-    n = f"{len(counts)} class{'es' if len(counts) != 1 else ''}"
+    n = f"{plural(len(counts), 'class')} {'has' if len(counts) == 1 else 'have'}"
     if not counts:
         return f"the {split} split has no labelled images"
     if counts[0] == counts[-1]:
-        return f"the {split} split's {n} have {counts[0]} images each"
+        return f"the {split} split's {n} {plural(counts[0], 'image')}" + (
+            " each" if len(counts) > 1 else ""
+        )
     if len(counts) <= 10:
-        return f"the {split} split's {n} have {', '.join(map(str, counts))} images"
-    return f"the {split} split's {n} have {counts[0]} to {counts[-1]} images"
+        return f"the {split} split's {n} {', '.join(map(str, counts))} images"
+    return f"the {split} split's {n} {counts[0]} to {counts[-1]} images"
 
 
 def allway_kshot(
@@ -93,8 +95,9 @@ def allway_kshot(
         short = sum(len(idx) < bad for idx in groups.values())
         valid = "--shots 1" if smallest == 1 else f"--shots between 1 and {smallest}"
         raise UserError(
-            f"{bad}-shot evaluation needs at least {max(bad, 1)} training image(s) of every class; "
-            f"{short} of {len(groups)} classes have fewer (the smallest has {smallest}); use "
+            f"{bad}-shot evaluation needs at least {plural(max(bad, 1), 'training image')} of "
+            f"every class; {short} of {len(groups)} classes {'has' if short == 1 else 'have'} "
+            f"fewer (the smallest has {smallest}); use "
             f"{valid}"
         )
     for k in shots:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastlab.errors import plural
+
 
 def check_class_labels(labels, num_classes: int | None, what: str) -> None:
     """Raise ``ValueError`` unless every label is a class index in ``[0, num_classes)``.
@@ -107,9 +109,9 @@ def k_covers_bank(k: int, bank: int, name: str = "k", what: str = "the kNN bank"
     if bank < 1 or k < bank:
         return None
     return (
-        f"{name}={k} is at least the {bank} images of {what}: every one of them votes, so the "
-        f"vote is the bank's class prior weighted by similarity; set {name} below {bank} for a "
-        "nearest-neighbour vote"
+        f"{name}={k} is at least the {plural(bank, 'image')} of {what}: every one of them "
+        f"votes, so the vote is the bank's class prior weighted by similarity; set {name} "
+        f"below {bank} for a nearest-neighbour vote"
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from contrastlab.errors import UserError, warn
+from contrastlab.errors import UserError, plural, warn
 from contrastlab.eval.context import EvalContext
 from contrastlab.eval.knn import k_covers_bank, trivial_top5, without_trivial_top5
 from contrastlab.eval.results import chance_levels, markdown_table, pm
@@ -489,7 +489,7 @@ def summary_table(result: dict) -> str:
         text += f"\n\n{line}"
     classes = result.get("details", {}).get("num_classes")
     if classes is not None and trivial_top5(classes):
-        text += f"\n\ntop-5 left out: with {classes} classes it is 100% by construction"
+        text += f"\n\ntop-5 left out: with {plural(classes, 'class')} it is 100% by construction"
     if result["protocol"] == "corruption":
         det = result["details"]
         sevs = (

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from contrastlab import distributed
 from contrastlab.config import Config, ModelConfig, validate
+from contrastlab.errors import plural
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
 from contrastlab.scores import ScoreStats, autocast_off, score_stats
@@ -201,7 +202,7 @@ def check_views(
         raise ValueError("the views are empty (batch of 0 images)")
     if bn_groups is not None and (batch % bn_groups or batch // bn_groups < 2):
         raise ValueError(
-            f"a training step of {batch} images with model.bn_splits={bn_groups} needs a "
+            f"a training step of {plural(batch, 'image')} with model.bn_splits={bn_groups} needs a "
             f"multiple of {bn_groups} images with at least 2 per group; give at least "
             f"{2 * bn_groups} images, or call model.eval() to score without training"
         )

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from contrastlab.config import VALID, AugmentConfig, check_section
 from contrastlab.data.augment import blur_kernel_size, color_strengths
-from contrastlab.errors import UserError
+from contrastlab.errors import UserError, plural
 from contrastlab.views import ops
 
 Params = dict[str, dict[str, Tensor]]
@@ -343,8 +343,9 @@ def check_render_inputs(images: Tensor, p: Params, recipe: ViewRecipe | None = N
     rows = sorted({v.shape[0] for group in p.values() for v in group.values()})
     if rows != [shape[0]]:
         raise ValueError(
-            f"the parameters hold {' or '.join(map(str, rows))} views but {shape[0]} images "
-            f"were given; sample them with n={shape[0]}"
+            f"the parameters hold {' or '.join(map(str, rows))} views but "
+            f"{plural(shape[0], 'image')} {'was' if shape[0] == 1 else 'were'} given; "
+            f"sample them with n={shape[0]}"
         )
     source = p["crop"].get("source")
     if source is None or tuple(source.shape[1:3]) != shape[2:]:

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
-from contrastlab.errors import UserError, as_list, as_path
+from contrastlab.errors import UserError, as_list, as_path, plural
 from contrastlab.runstate import flatten, read_metrics  # noqa: F401 - re-exported
 from contrastlab.scores import (
     STAGES,
@@ -304,7 +304,10 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     if labels:
         labels = as_list(labels, "labels")
         if len(labels) != len(runs):
-            raise UserError(f"got {len(labels)} labels for {len(runs)} runs; give one per run")
+            raise UserError(
+                f"got {plural(len(labels), 'label')} for {plural(len(runs), 'run')}; give one "
+                "per run"
+            )
         return list(labels)
     shown = [label_settings(r) for r in runs]
     keys = sorted({k for c in shown for k in c} - _IGNORED_KEYS, key=_label_order)
@@ -755,7 +758,10 @@ def plot_scores(
     if not run_dirs:
         raise UserError("give at least one run directory")
     if labels and len(labels) != len(run_dirs):
-        raise UserError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one per run")
+        raise UserError(
+            f"got {plural(len(labels), 'label')} for {plural(len(run_dirs), 'run')}; give one "
+            "per run"
+        )
     run_dirs, labels = distinct_runs(run_dirs, labels)
     runs = [load_run(d) for d in run_dirs]
     runs, labels = _with_scores(runs, labels)
