@@ -70,7 +70,10 @@ def test_keys_of_a_section_mapping_override_count_as_typed_one_by_one(capsys):
         ),
         ("out_dir: off\n", "out_dir is text, but YAML reads off as the boolean false"),
         ("data:\n  path: 1.0e+3\n", "data.path is text, but YAML reads 1.0e+3 as a number"),
-        ("data:\n  path: ~\n", "YAML reads ~ alone as null; quote it for the home folder: '~'"),
+        (
+            "data:\n  path: ~\n",
+            "YAML reads ~ alone as null; write null for no value, or quote it for the home folder: '~'",
+        ),
         ("train: {resume: on}\n", "train.resume is text, but YAML reads on as the boolean true"),
     ],
 )

@@ -304,7 +304,8 @@ def _misread_scalar(node: yaml.Node, key: str, hint: Any) -> str | None:
             what = f"the boolean {boolean} (YAML 1.1 takes yes, no, on and off as booleans)"
         if tag == "null" and raw == "~":
             return (
-                f"{key} is text, but YAML reads ~ alone as null; quote it for the home folder: '~'"
+                f"{key} is text, but YAML reads ~ alone as null; write null for no value, or "
+                "quote it for the home folder: '~'"
             )
         if what:
             return f"{key} is text, but YAML reads {raw} as {what}; quote it: '{raw}'"
