@@ -130,8 +130,10 @@ def test_a_key_given_twice_with_different_values_warns(overrides, message, capsy
 
 
 def test_looc_settings_on_a_moco_run_are_refused_not_ignored():
-    with pytest.raises(UserError, match="looc.plus_plus only apply to method=looc"):
+    with pytest.raises(UserError, match="looc.plus_plus only applies to method=looc"):
         load_config("moco_v2_cifar", ["looc.plus_plus=true"])
+    with pytest.raises(UserError, match=r"looc.plus_plus, looc.z0_positives=?.* only apply to"):
+        load_config("moco_v2_cifar", ["looc.plus_plus=true", "looc.z0_positives=k0"])
     assert load_config(
         "moco_v2_cifar", ["method=looc", "looc.plus_plus=true", "train.knn_space=z0"]
     )
@@ -304,7 +306,11 @@ def _warnings(capsys, *args) -> list[str]:
         (["optim.milestones=[5]"], "optim.milestones=[5] has no effect: the cosine schedule"),
         (["optim.schedule=step", "optim.milestones=[]"], "optim.milestones is empty"),
         (["optim.schedule=step", "optim.epochs=5", "optim.milestones=[5,9]"], ">= optim.epochs=5"),
-        (["ft.pos=extrapolate", "ft.start_epoch=3", "optim.epochs=3"], "ft.start_epoch=3 has no"),
+        (
+            ["ft.pos=extrapolate", "ft.start_epoch=3", "optim.epochs=3"],
+            "ft.start_epoch=3 has no effect: ft.start_epoch counts from 0, so Feature "
+            "Transformation would start in epoch 4, and the run ends with epoch 3",
+        ),
         (["optim.warmup_epochs=2", "optim.epochs=2"], "optim.warmup_epochs=2 >= optim.epochs=2"),
         (["model.head=linear", "model.head_hidden=64"], "model.head_hidden=64 has no effect"),
         (["data.path=/data"], "data.path=/data has no effect: data.name=synthetic"),

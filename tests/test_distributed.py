@@ -164,6 +164,8 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("run directory:") == 1  # only the main process reports
+    # the start line names the processes and what each step takes
+    assert "on cpu, 2 processes × batch 8 = 16 per step;" in proc.stdout, proc.stdout
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 96 // 16  # the global batch of 16 is split over the two processes
 

@@ -411,7 +411,7 @@ def _files(run_dir) -> dict:
         ("data.synthetic_train=128", "data.synthetic_train 96 -> 128"),
         ("data.synthetic_seed=1", "data.synthetic_seed 0 -> 1"),
         ("seed=1", "seed 0 -> 1"),
-        ("data.views=per_image", "data.views 'batched' -> 'per_image'"),
+        ("data.views=per_image", "data.views batched -> per_image"),  # as YAML spells it
         ("train.max_steps_per_epoch=2", "train.max_steps_per_epoch=2 ends it before the 3"),
     ],
 )
@@ -490,7 +490,7 @@ def test_an_epoch_resumed_with_another_step_cap_has_the_mean_loss_of_its_steps(
         *COMMON, *flat, "name=cut", "train.max_steps_per_epoch=4", "train.resume=auto"
     )
     resumed = Trainer(again).fit()
-    assert "changed settings: train.max_steps_per_epoch None -> 4" in capsys.readouterr().err
+    assert "changed settings: train.max_steps_per_epoch null -> 4" in capsys.readouterr().err
 
     def epoch_losses(run_dir):
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()

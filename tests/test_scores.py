@@ -428,3 +428,24 @@ def test_export_refuses_an_output_that_is_not_a_path(tmp_path):
 
     with pytest.raises(UserError, match=r"^out must be a path"):
         export_checkpoint(tmp_path / "missing.pt", "safetensors", None)
+
+
+def test_the_record_says_when_the_queue_filled(tmp_path):
+    """The first K/B steps score against the queue's random initial vectors: the record says
+    after which step every negative is a key, and a resumed run keeps its first part's value."""
+    from contrastlab.scores import queue_filled_step
+
+    assert queue_filled_step(4096, 256) == 16  # K/B steps exactly
+    assert queue_filled_step(40, 16) == 3  # a last step that fills it partly
+    assert queue_filled_step(40, 16, symmetric=True) == 2  # two keys per image
+    assert queue_filled_step(8, 16) == 1
+    _feed(ScoreRecorder(tmp_path, _cfg(), log_every=2, queue_filled_step=3), epochs=1)
+    assert load_scores(tmp_path, queries=False).meta["queue_filled_step"] == 3
+    # resumed with another batch size: the queue was filled at the first part's
+    rec = ScoreRecorder(tmp_path, _cfg(), log_every=2, queue_filled_step=9)
+    rec.update(5, 2, {("z", "raw"): _stats(99)[0]})
+    rec.close()
+    assert load_scores(tmp_path, queries=False).meta["queue_filled_step"] == 3
+    # not a queue (the bank of contrastlab analyze): null
+    _feed(ScoreRecorder(tmp_path / "bank", _cfg(), log_every=2), epochs=1)
+    assert load_scores(tmp_path / "bank", queries=False).meta["queue_filled_step"] is None

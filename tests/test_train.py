@@ -102,6 +102,7 @@ def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_co
         "name=c",
         "optim.lr=0.5",
         "seed=3",
+        "train.channels_last=false",
         "train.resume=auto",
     )
     Trainer(again).fit()
@@ -109,6 +110,8 @@ def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_co
     warning = [line for line in err.splitlines() if "changed settings" in line]
     assert len(warning) == 1, err
     assert "optim.lr" in warning[0] and "-> 0.5" in warning[0] and "seed 0 -> 3" in warning[0]
+    # as YAML spells them, not Python's None -> False
+    assert "train.channels_last null -> false" in warning[0]
     assert "train.resume" not in warning[0] and "optim.epochs" not in warning[0]
     events = [json.loads(x) for x in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
     resume = next(e for e in events if e["event"] == "resume")
@@ -318,9 +321,8 @@ def test_the_start_line_and_event_say_which_views_path_ran(
     )
     Trainer(cfg).fit()
     out = capsys.readouterr().out
-    assert f"training {views}: epoch 1 of 1 (1 step each) on cpu; {line} a line per epoch" in out, (
-        out
-    )
+    start = f"training {views}: epoch 1 of 1 (1 step each) on cpu, 1 process, batch 16 per step;"
+    assert f"{start} {line} a line per epoch" in out, out
     events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["event"] == "start")
     assert event.items() <= start.items(), start
@@ -393,3 +395,50 @@ def test_a_resume_warns_about_the_train_settings_that_change_what_is_trained(tin
         assert key not in warning[0]
     # and config.yaml says that its values of these were not the earlier part's
     assert "train.max_steps_per_epoch" in (again.run_dir / "config.yaml").read_text()
+
+
+def test_feature_transformation_lambdas_are_logged_per_epoch(tiny_config, capsys, monkeypatch):
+    """The λ drawn each step (FTOutput.log_values, which the docs point to) reached neither
+    metrics.jsonl nor TensorBoard; and the start line said neither how many processes trained
+    nor that ft.start_epoch=1 means the second of the epochs it prints."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from contrastlab.methods.moco import MoCo
+
+    drawn, tags = [], []
+    forward, add_scalar = MoCo.forward, SummaryWriter.add_scalar
+
+    def recording(self, views, epoch=0):
+        out = forward(self, views, epoch)
+        drawn.append((epoch, {k: v.item() for k, v in out.ft.items()}))
+        return out
+
+    monkeypatch.setattr(MoCo, "forward", recording)
+    monkeypatch.setattr(
+        SummaryWriter,
+        "add_scalar",
+        lambda w, tag, *a, **k: tags.append(tag) or add_scalar(w, tag, *a, **k),
+    )
+    ft = ["ft.pos=extrapolate", "ft.neg=interpolate", "ft.start_epoch=1"]
+    cfg = tiny_config(*ft, "optim.epochs=2", "train.max_steps_per_epoch=3", "train.knn_every=0")
+    Trainer(cfg).fit()
+    out = capsys.readouterr().out
+    assert "on cpu, 1 process, batch 16 per step;" in out
+    assert "Feature Transformation from epoch 2 (ft.start_epoch=1 counts from 0);" in out
+    events = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [e for e in events if e["event"] == "ft"]
+    assert [e["epoch"] for e in logged] == [2]  # off in the first epoch: nothing to log
+    assert all(not d for e, d in drawn if e == 0) and len(drawn) == 6
+    second = [d for e, d in drawn if e == 1]
+    for side, (low, high) in (("lam_pos", (1, 2)), ("lam_neg", (0, 1))):
+        mean = sum(d[f"ft/{side}"] for d in second) / len(second)
+        assert logged[0][side] == pytest.approx(mean) and low <= logged[0][side] <= high
+    assert {"ft/lam_pos", "ft/lam_neg"} <= set(tags)
+    # Feature Transformation off: no λ, no ft event, and the start line says nothing of it
+    capsys.readouterr()
+    off = tiny_config(
+        "optim.epochs=1", "train.max_steps_per_epoch=1", "train.knn_every=0", "name=off"
+    )
+    Trainer(off).fit()
+    assert "Feature Transformation" not in capsys.readouterr().out
+    assert '"event": "ft"' not in (off.run_dir / "metrics.jsonl").read_text()

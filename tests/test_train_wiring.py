@@ -137,17 +137,17 @@ def test_best_checkpoint_holds_the_weights_of_the_best_measured_epoch(tiny_confi
 def test_scores_file_raw_stage_holds_cosine_scores_of_the_untransformed_features(
     tiny_config, monkeypatch
 ):
-    from contrastlab.transforms.feature import transform_features
+    from contrastlab.transforms.feature import feature_transform
 
     captured = []
 
     def recording(q, k, negatives, ft, epoch, **kwargs):
         captured.append((q.detach().double(), k.double(), negatives.double()))
-        out = transform_features(q, k, negatives, ft, epoch, **kwargs)
-        captured[-1] += tuple(t.detach().double() for t in out)
+        out = feature_transform(q, k, negatives, ft, epoch, **kwargs)
+        captured[-1] += tuple(t.detach().double() for t in out.as_tuple())
         return out
 
-    monkeypatch.setattr(moco_module, "transform_features", recording)
+    monkeypatch.setattr(moco_module, "feature_transform", recording)
     cfg = tiny_config(
         "optim.epochs=1",
         "train.max_steps_per_epoch=3",

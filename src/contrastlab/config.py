@@ -94,7 +94,7 @@ class FTConfig:
     distribution: Literal["beta", "uniform"] = "beta"  # distribution of λ
     granularity: Literal["step", "sample", "element"] = "step"  # one λ per step, sample or element
     renormalize: bool = False  # L2-normalize the transformed features
-    start_epoch: int = 0  # first epoch (0-based) with transformations
+    start_epoch: int = 0  # first epoch with transformations, from 0: N = the printed epoch N+1
     granularity_pos: Granularity | None = None  # λ of positives; None = ft.granularity
     granularity_neg: Granularity | None = None  # λ of negatives; None = ft.granularity
     renormalize_negatives: bool = True  # with renormalize: also negatives (postmix_norm: no)
@@ -1122,8 +1122,9 @@ def load_config(
     }
     unused = [k for k in given if k.startswith("looc.")] if cfg.method != "looc" else []
     if unused:  # a LooC setting on a MoCo run would be silently ignored
+        verb = "apply" if len(unused) > 1 else "applies"
         raise UserError(
-            f"{', '.join(unused)} only apply to method=looc, and this run is "
+            f"{', '.join(unused)} only {verb} to method=looc, and this run is "
             f"method={cfg.method}; start from a LooC preset (contrastlab presets) or add method=looc"
         )
     if warn_unused:
@@ -1215,8 +1216,8 @@ def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = Tr
     elif cfg.ft.start_epoch >= cfg.optim.epochs:
         unused(
             "ft.start_epoch",
-            f"the run ends after optim.epochs={cfg.optim.epochs}, before Feature Transformation "
-            "starts (epochs count from 0)",
+            f"ft.start_epoch counts from 0, so Feature Transformation would start in epoch "
+            f"{cfg.ft.start_epoch + 1}, and the run ends with epoch {cfg.optim.epochs}",
             "lower ft.start_epoch or raise optim.epochs",
         )
     if ft_on:

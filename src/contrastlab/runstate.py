@@ -84,10 +84,43 @@ def stop_text(event: dict, epochs: int | None = None) -> str:
     return said + (f" ({', '.join(counts)})" if counts else "")
 
 
+def setting_text(value, sep: str = ",") -> str:
+    """A setting's value as a YAML file or the command line spells it, for every message, label
+    and table: ``null``, ``true``, ``false``, ``0.1`` (floats in at most 6 significant digits),
+    ``step``; a list as its items joined by ``sep`` (``color,rotation``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return sep.join(setting_text(v, sep) for v in value)
+    return str(value)
+
+
+def processes_text(worlds: list[int], batch: int | None) -> str:
+    """How many processes trained and what batch each step took: ``1 process, batch 256 per
+    step``, ``2 processes × batch 128 = 256 per step`` (``optim.batch_size`` is the batch of all
+    processes together), or ``2→1 processes, batch 256 per step`` where a resume changed their
+    number. ``batch`` None: the processes only."""
+    if not worlds:
+        return "number of processes not recorded"
+    if len(set(worlds)) > 1:
+        said = "→".join(map(str, worlds)) + " processes"
+        return said + (f", batch {batch} per step" if batch else "")
+    world = worlds[0]
+    if not batch:
+        return f"{world} process{'es' if world != 1 else ''}"
+    if world == 1:
+        return f"1 process, batch {batch} per step"
+    return f"{world} processes × batch {batch // world} = {batch} per step"
+
+
 def _change(key: str, values) -> str:
     old, new = values if isinstance(values, list) and len(values) == 2 else (None, values)
     name = "processes" if key == "world_size" else key
-    return f"{name} {old} -> {new}"
+    return f"{name} {setting_text(old)} -> {setting_text(new)}"
 
 
 def resume_text(event: dict) -> str:

@@ -210,6 +210,19 @@ def _to_numpy(tables: list[dict[str, Tensor]]) -> list[dict[str, np.ndarray]]:
     return [{k: v.numpy() for k, v in t.items()} for t in tables]
 
 
+def queue_filled_step(queue_size: int, batch_size: int, symmetric: bool = False) -> int:
+    """The step (counted from 1, as the record's ``step``) at whose end a MoCo or LooC queue of
+    ``queue_size`` K holds only keys of training images.
+
+    The queue starts as K random unit vectors, and every step replaces the oldest entries with
+    the keys of all processes' batches (B = ``batch_size``, the global ``optim.batch_size``; 2B
+    with a symmetric loss), so ceil(K / B) steps fill it. The negatives of those first steps
+    include random vectors: their neg scores say nothing about the encoder yet.
+    """
+    keys = int(batch_size) * (2 if symmetric else 1)
+    return -(-int(queue_size) // max(keys, 1))
+
+
 class ScoreRecorder:
     """Buffers the per-step score statistics on the device and writes them to ``run_dir/scores``.
 
@@ -218,9 +231,19 @@ class ScoreRecorder:
     *interval*) the buffered per-query rows are gathered from all processes and copied to the host
     in one go, and the interval's histograms are summed across processes. ``end_epoch`` writes the
     epoch's files. Every rank must call every method (they run collectives); only rank 0 writes.
+
+    ``queue_filled_step`` (``queue_filled_step()``; None where the negatives are no queue) is
+    written to ``meta.json``; a resumed run keeps the value its first part wrote.
     """
 
-    def __init__(self, run_dir: Path, cfg, log_every: int, tb_writer=None):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg,
+        log_every: int,
+        tb_writer=None,
+        queue_filled_step: int | None = None,
+    ):
         self.enabled = bool(cfg.record)
         self.dir = Path(run_dir) / "scores"
         self.bins, self.low, self.high = int(cfg.bins), float(cfg.low), float(cfg.high)
@@ -239,6 +262,7 @@ class ScoreRecorder:
         self._epochs_written: list[int] = []
         # {epoch: processes that trained it}: a resumed run may run on another number of them
         self._epoch_worlds: dict[int, int | None] = {}
+        self.queue_filled_step = queue_filled_step
         if self.enabled and self.rank == 0:
             self._resume()
 
@@ -288,6 +312,9 @@ class ScoreRecorder:
             return
         self.spaces = list(meta.get("spaces", []))
         self._epochs_written = [int(e) for e in meta.get("epochs", [])]
+        if isinstance(meta.get("queue_filled_step"), int):
+            # the queue (a checkpoint buffer) was filled in the first part, at its batch size
+            self.queue_filled_step = meta["queue_filled_step"]
         worlds = meta.get("world_sizes")
         if isinstance(worlds, list) and len(worlds) == len(self._epochs_written):
             self._epoch_worlds = dict(zip(self._epochs_written, worlds))
@@ -623,6 +650,8 @@ class ScoreRecorder:
                 "epochs": self._epochs_written,
                 # the processes behind each of ``epochs`` (null: not recorded, an older record)
                 "world_sizes": [self._epoch_worlds.get(e) for e in self._epochs_written],
+                # the step after which every negative is a real key (null: not a queue)
+                "queue_filled_step": self.queue_filled_step,
             },
         )
         if self.tb is not None:

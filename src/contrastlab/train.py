@@ -59,6 +59,7 @@ from contrastlab.errors import (
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import k_covers_bank, knn_accuracy
 from contrastlab.methods import build_method
+from contrastlab.runstate import processes_text, setting_text
 from contrastlab.views.pipeline import build_training_views
 
 
@@ -565,10 +566,16 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
         if cfg.scores.record:
-            from contrastlab.scores import ScoreRecorder
+            from contrastlab.scores import ScoreRecorder, queue_filled_step
 
             self.recorder = ScoreRecorder(
-                self.run_dir, cfg.scores, cfg.train.log_every, self.writer
+                self.run_dir,
+                cfg.scores,
+                cfg.train.log_every,
+                self.writer,
+                queue_filled_step=queue_filled_step(
+                    cfg.moco.queue_size, cfg.optim.batch_size, cfg.moco.symmetric
+                ),
             )
             if self.position is not None and self.position.get("recorder"):
                 self.recorder.load_state_dict(self.position["recorder"], self.device)
@@ -610,7 +617,10 @@ class Trainer:
         # RESUME_UNWARNED are recorded, not warned about.
         surprising = {k: v for k, v in changed.items() if k not in RESUME_UNWARNED}
         if surprising and self.is_main:
-            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in surprising.items())
+            listed = ", ".join(
+                f"{k} {setting_text(old)} -> {setting_text(new)}"
+                for k, (old, new) in surprising.items()
+            )
             warn(f"resuming {path} with changed settings: {listed}")
         self.log(
             {
@@ -670,7 +680,9 @@ class Trainer:
                 reasons.append("the training images are not those the epoch was drawn from")
             elif not data_keys:
                 reasons.append("the views path draws the order another way")
-        reasons[:0] = [f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in keys]
+        reasons[:0] = [
+            f"{k} {setting_text(changed[k][0])} -> {setting_text(changed[k][1])}" for k in keys
+        ]
         if reasons:
             reasons = [
                 f"{', '.join(reasons)} change{'s' if len(reasons) == 1 else ''} the epoch's order "
@@ -685,7 +697,7 @@ class Trainer:
             return
         length = (saved or {}).get("steps_per_epoch")
         steps = f"{done} of its {plural(length, 'step')}" if length else plural(done, "step")
-        earlier = " ".join(f"{k}={_setting_text(changed[k][0])}" for k in keys)
+        earlier = " ".join(f"{k}={setting_text(changed[k][0])}" for k in keys)
         earlier = f" ({earlier})" if earlier else " (the same training images)"
         kept = _end_of_epoch_checkpoint(path.parent)
         instead = f", resume from the end-of-epoch checkpoint {kept} (train.resume={kept})"
@@ -780,10 +792,13 @@ class Trainer:
             )
             first, last = self.epoch + 1, cfg.optim.epochs
             epochs = f"epoch {last}" if first == last else f"epochs {first}-{last}"
+            steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
+            processes = processes_text([distributed.world_size()], cfg.optim.batch_size)
+            ft = ft_start_text(cfg)
             print(
-                f"training {cfg.name}: {epochs} of {last} ({self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''} each) "
-                f"on {self.device.type}; {views_text(self.views_info)}; {bar}, every step's metrics in "
-                f"{self.run_dir / 'metrics.jsonl'}",
+                f"training {cfg.name}: {epochs} of {last} ({steps} each) on {self.device.type}, "
+                f"{processes}; {views_text(self.views_info)}; {f'{ft}; ' if ft else ''}{bar}, "
+                f"every step's metrics in {self.run_dir / 'metrics.jsonl'}",
                 flush=True,
             )
         start = time.time()
@@ -885,6 +900,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         interval_loss = torch.zeros((), device=self.device)
         interval_images, interval_start = 0, time.time()
+        # the epoch's sums of each step's mean Feature Transformation λ (on the device: no wait)
+        lam_sums: dict[str, torch.Tensor] = {}
+        lam_steps = 0
         first = 0  # batches of this epoch already trained (a run resumed inside the epoch)
         position, self.position = self.position, None
         if position is not None and int(position["epoch"]) == epoch:
@@ -897,6 +915,9 @@ class Trainer:
             loss_sum.copy_(loop["loss_sum"])
             interval_loss.copy_(loop["interval_loss"])
             interval_images = int(loop["interval_images"])
+            # absent in checkpoints of older versions: the epoch's mean λ of the steps after it
+            lam_sums = {k: v.to(self.device) for k, v in loop.get("lam_sums", {}).items()}
+            lam_steps = int(loop.get("lam_steps", 0))
         bar = None
         # a bar on a terminal only: written to a file or pipe, its carriage returns pile up and
         # the next printed line would start behind the last one
@@ -929,6 +950,10 @@ class Trainer:
             self.step += 1
             if self.recorder is not None:
                 self.recorder.update(self.step, epoch + 1, out.scores)
+            if out.ft:
+                for name, value in out.ft.items():
+                    lam_sums[name] = lam_sums.get(name, 0) + value
+                lam_steps += 1
             loss = out.loss.detach()
             loss_sum += loss
             interval_loss += loss
@@ -962,6 +987,8 @@ class Trainer:
                         "loss_sum": loss_sum.detach().cpu(),
                         "interval_loss": interval_loss.detach().cpu(),
                         "interval_images": interval_images,
+                        "lam_sums": {k: v.detach().cpu() for k, v in lam_sums.items()},
+                        "lam_steps": lam_steps,
                     }
                     self.save_inside_epoch(epoch, i + 1, loop)
                 if stop:
@@ -981,7 +1008,21 @@ class Trainer:
         epoch_loss = (distributed.mean_over_processes(loss_sum) / max(taken, 1)).item()
         self.check_finite(epoch_loss, epoch)
         self.log({"event": "epoch", "epoch": epoch + 1, "step": self.step, "loss": epoch_loss})
+        self.log_lambdas(epoch, lam_sums, lam_steps)
         return epoch_loss
+
+    def log_lambdas(self, epoch: int, sums: dict[str, torch.Tensor], steps: int) -> None:
+        """The epoch's mean Feature Transformation λ of each side (``FTOutput.log_values``,
+        averaged over the epoch's steps with the transformation on and over the processes): an
+        ``ft`` event of metrics.jsonl, ``lam_pos`` / ``lam_neg``, which TensorBoard shows as
+        ``ft/lam_pos`` / ``ft/lam_neg``. Nothing where it was off all epoch."""
+        if not steps:
+            return
+        means = {
+            name.removeprefix("ft/"): (distributed.mean_over_processes(total) / steps).item()
+            for name, total in sums.items()
+        }
+        self.log({"event": "ft", "epoch": epoch + 1, "step": self.step, **means})
 
     def check_finite(self, value: float, epoch: int) -> None:
         if math.isfinite(value):
@@ -1211,13 +1252,17 @@ def training_set_digest(dataset) -> str:
     return digest.hexdigest()
 
 
-def _setting_text(value) -> str:
-    """A setting's value as a command line gives it: ``null``, ``true``, ``0.1``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+def ft_start_text(cfg: Config) -> str | None:
+    """Where Feature Transformation turns on, in the epochs that training prints (from 1):
+    ``Feature Transformation from epoch 4 (ft.start_epoch=3 counts from 0)``; None where it is
+    off or on from the first epoch."""
+    ft = cfg.ft
+    if (ft.pos == "none" and ft.neg == "none") or ft.start_epoch == 0:
+        return None
+    return (
+        f"Feature Transformation from epoch {ft.start_epoch + 1} "
+        f"(ft.start_epoch={ft.start_epoch} counts from 0)"
+    )
 
 
 def _end_of_epoch_checkpoint(folder: Path) -> Path | None:

@@ -539,3 +539,22 @@ def test_an_encoder_of_ones_own_trains():
     assert model.queue_ptr.tolist() == [3, 3]
     with pytest.raises(ValueError, match="view 2 has 2"):
         model([views[0], views[1], views[2][:2]])
+
+
+def test_a_step_returns_the_mean_feature_transformation_lambda_of_its_spaces():
+    """The trainer logs each epoch's mean λ (ft/lam_pos, ft/lam_neg) from the step's output: a
+    LooC step gives the mean over its spaces' draws, and nothing with the transformation off."""
+    ft = ["ft.pos=extrapolate", "ft.neg=interpolate", "ft.start_epoch=1"]
+    model = LooC(tiny_cfg(("color",), False, *ft))
+    assert model(make_views(1), epoch=0).ft == {}  # before ft.start_epoch
+    torch.manual_seed(0)
+    out = model(make_views(1), epoch=1)
+    assert set(out.ft) == {"ft/lam_pos", "ft/lam_neg"}
+    assert 1 <= out.ft["ft/lam_pos"].item() <= 2 and 0 <= out.ft["ft/lam_neg"].item() <= 1
+    # the same draws through looc_loss directly: one λ per space, their mean is the step's
+    lam = []
+    zq = torch.nn.functional.normalize(torch.randn(2, B, 8), dim=-1)
+    zk = torch.nn.functional.normalize(torch.randn(2, 2, B, 8), dim=-1)
+    queues = torch.nn.functional.normalize(torch.randn(2, 10, 8), dim=-1)
+    looc_loss(zq, zk, queues, 0.2, model.cfg.ft, 1, lam=lam)
+    assert len(lam) == 2 and all(set(d) == {"ft/lam_pos", "ft/lam_neg"} for d in lam)

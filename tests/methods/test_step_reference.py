@@ -130,9 +130,9 @@ def test_moco_step_with_feature_transformation_is_the_closed_form(tiny_config, m
     def recording(q, k, negatives, ft, epoch, **kwargs):
         res = feature_transform(q, k, negatives, ft, epoch, **kwargs)
         draws.append(res)
-        return res.as_tuple()
+        return res
 
-    monkeypatch.setattr(moco_module, "transform_features", recording)
+    monkeypatch.setattr(moco_module, "feature_transform", recording)
     queue_before = model.queue.clone()
     with torch.no_grad():
         q, k = model.encoder_q(x_q), model.encoder_k(x_k)

@@ -564,3 +564,18 @@ def test_postmix_norm_renormalizes_q_and_k_only(renormalize_negatives):
         mixed = [m * x + (1 - m) * y for m, x, y in zip(lam, a, c)]
         expected = normalized(mixed) if renormalize_negatives else mixed
         assert out.negatives[j].tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_mean_log_values_averages_each_side_over_the_parts_that_have_it():
+    from contrastlab.transforms.feature import mean_log_values
+
+    parts = [
+        {"ft/lam_pos": torch.tensor(1.2), "ft/lam_neg": torch.tensor(0.5)},
+        {"ft/lam_pos": torch.tensor(1.6)},
+        {},
+    ]
+    means = mean_log_values(parts)
+    assert means.keys() == {"ft/lam_pos", "ft/lam_neg"}
+    assert means["ft/lam_pos"].item() == pytest.approx(1.4)
+    assert means["ft/lam_neg"].item() == pytest.approx(0.5)
+    assert mean_log_values([{}, {}]) == {} and mean_log_values([]) == {}

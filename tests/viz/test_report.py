@@ -335,20 +335,34 @@ def test_config_table_greys_out_settings_without_effect(tmp_path, run_maker):
 
 
 def test_null_settings_show_what_they_came_to(tmp_path):
-    """`hue: null` said nothing about the hue jitter the run used (`config` comments it)."""
+    """`hue: null` said nothing about the hue jitter the run used (`config` comments it), and
+    `amp null (= ...)`, `device auto` stayed unresolved while the figures' labels named what
+    they came to: the table shows the value first, and the same one as the labels."""
     import yaml
 
     from contrastlab.config import config_to_dict, load_config
+    from contrastlab.viz.score_plots import label_settings, load_run
 
     run = tmp_path / "run"
     run.mkdir()
     cfg = config_to_dict(load_config("moco_v2", ["data.path=x", "data.image_size=96"]))
+    assert cfg["train"]["amp"] is None and cfg["train"]["device"] == "auto"
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    start = {"event": "start", "epoch": 0, "step": 0, "world_size": 1, "device": "cuda"}
+    (run / "metrics.jsonl").write_text(json.dumps({**start, "amp": True}) + "\n")
     text = write_report(run).read_text()
+    config = text.split("<h2>Configuration</h2>")[1].split("<h2>")[0]
     assert (
-        '<td>blur</td><td>null <span class="sub">(= true: moco_v2 blurs only above 64 px)' in text
+        '<td>blur</td><td>true <span class="sub">(null: moco_v2 blurs only above 64 px)' in config
     )
-    assert '<td>hue</td><td>null <span class="sub">(= 0.1: the recipe&#x27;s hue jitter)' in text
+    assert '<td>hue</td><td>0.1 <span class="sub">(null: the recipe&#x27;s hue jitter)' in config
+    assert '<td>amp</td><td>true <span class="sub">(null: true on CUDA, false on the CPU)' in config
+    assert '<td>device</td><td>cuda <span class="sub">(auto)' in config
+    # YAML spellings, as the user writes them in a config, never Python's
+    assert not re.search(r">(None|True|False)\b", config)
+    assert "<td>shuffle_bn</td><td>true</td>" in config
+    shown = label_settings(load_run(run))
+    assert (shown["train.amp"], shown["augment.hue"], shown["train.device"]) == (True, 0.1, "cuda")
 
 
 def test_the_report_shows_the_chance_level_beside_each_probe(tmp_path, run_maker):
@@ -370,8 +384,27 @@ def test_the_report_shows_the_chance_level_beside_each_probe(tmp_path, run_maker
     text = write_report(run).read_text()
     part = text.split("<h3>factors</h3>")[1].split("<h3>")[0]
     assert "<th>chance (%)</th>" in part
-    assert '<td>shape</td><td class="num">31</td><td class="num">10</td>' in part
-    assert '<td>color</td><td class="num">90</td><td class="num">12.5</td>' in part
+    assert '<td>shape</td><td class="num">31.00</td><td class="num">10.00</td>' in part
+    assert '<td>color</td><td class="num">90.00</td><td class="num">12.50</td>' in part
+
+
+def test_the_report_rounds_accuracies_as_eval_all_does(tmp_path, run_maker):
+    """The report showed 35.2251 (6 significant digits) where `eval all`'s table showed 35.23:
+    both print a result's headline metrics with one function, to 2 decimals."""
+    from contrastlab.eval.compare import comparison_rows
+
+    run = run_maker(tmp_path, "r", 0.99, 50.0, evals=True)
+    summary = {"top1": 35.2251, "top5": 80.0}
+    result = {"protocol": "knn", "summary": summary, "settings": {"lr": 0.0125}, "setup": {}}
+    (run / "eval" / "knn.json").write_text(json.dumps(result))
+    text = write_report(run).read_text()
+    part = text.split("<h3>knn</h3>")[1].split("<h3>")[0]
+    entry = {"label": "r", "dataset": "d", "num_test": 1, "results": {"knn": summary}}
+    _, rows = comparison_rows([entry])
+    assert rows[0][3:] == ["35.23", "80.00"]
+    for key, shown in zip(summary, rows[0][3:]):
+        assert f'<td>summary.{key}</td><td class="num">{shown}</td>' in part
+    assert '<td>settings.lr</td><td class="num">0.0125</td>' in part  # not an accuracy
 
 
 def test_a_training_state_the_checkpoint_does_not_record_reads_unknown():
@@ -385,3 +418,26 @@ def test_a_training_state_the_checkpoint_does_not_record_reads_unknown():
     ]
     assert _state_value({"epoch": 3, "step": 30}, "step") == 30
     assert _state_value({}, "epoch") == "not recorded"
+
+
+def test_the_report_says_how_many_processes_trained_the_run(tmp_path, run_maker):
+    """A torchrun run's report said nothing of its processes, and its history spelt a changed
+    setting as Python does (`ft.renormalize False -> True`)."""
+    run = run_maker(tmp_path, "ddp", 0.99, None)  # optim.batch_size=16
+    events = [
+        {"event": "start", "epoch": 0, "step": 0, "world_size": 2, "device": "cuda", "amp": True}
+    ]
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(e) + "\n" for e in events) + metrics.read_text())
+    training = write_report(run).read_text().split("<h2>Training</h2>")[1].split("<h2>")[0]
+    assert "Trained on cuda by 2 processes × batch 8 = 16 per step." in training
+    resume = {"event": "resume", "epoch": 1, "step": 6, "world_size": 1}
+    resume["changed"] = {"world_size": [2, 1], "ft.renormalize": [False, True]}
+    start = {**events[0], "epoch": 1, "step": 6, "world_size": 1}
+    metrics.write_text(metrics.read_text() + json.dumps(resume) + "\n" + json.dumps(start) + "\n")
+    training = write_report(run).read_text().split("<h2>Training</h2>")[1].split("<h2>")[0]
+    assert "Trained on cuda by 2→1 processes, batch 16 per step." in training
+    assert "processes 2 -&gt; 1, ft.renormalize false -&gt; true" in training
+    # a run without start events (an older one): its score record says it
+    plain = run_maker(tmp_path, "plain", 0.99, None)
+    assert "Trained by 1 process, batch 16 per step." in write_report(plain).read_text()

@@ -107,8 +107,8 @@ def test_labels_name_the_method_settings_first():
         return SimpleNamespace(name=name, config=config, knn=None)
 
     labels = run_labels([run("a", False, 0), run("b", True, 1)])
-    assert labels[0].startswith("a (looc.plus_plus=False, data.k0=0")
-    assert labels[1].startswith("b (looc.plus_plus=True, ")
+    assert labels[0].startswith("a (looc.plus_plus=false, data.k0=0")
+    assert labels[1].startswith("b (looc.plus_plus=true, ")
 
 
 def test_a_run_with_one_logged_interval_gets_visible_markers(short_run):
@@ -356,7 +356,7 @@ def test_labels_name_what_sets_the_curves_apart_and_the_panels_say_what_they_sho
     a = run_maker(tmp_path, "a", 0.99, None, config={"train.amp": None, "train.device": "cpu"})
     b = run_maker(tmp_path, "b", 0.99, None, config={"train.amp": True, **bookkeeping})
     labels = run_labels([load_run(a), load_run(b)])
-    assert labels == ["a (train.amp=False)", "b (train.amp=True)"]
+    assert labels == ["a (train.amp=false)", "b (train.amp=true)"]
     # on train.device=auto: what the run's start event recorded
     lines = [json.dumps({"event": "start", "epoch": 0, "step": 0, "world_size": 1, "amp": True})]
     (a / "metrics.jsonl").write_text("\n".join(lines) + "\n" + (a / "metrics.jsonl").read_text())
@@ -497,3 +497,103 @@ def test_a_string_is_one_run_or_one_label(fake_runs, tmp_path):
     assert run_labels([load_run(fake_runs[0])], "the run") == ["the run"]
     with pytest.raises(UserError, match="labels must be a str or a list of them"):
         plot_scores([fake_runs[0]], tmp_path / "two", labels=[1])
+
+
+def _full_config(**changes) -> dict:
+    """Every key of a saved config.yaml (as training writes it), with ``changes`` (dotted keys
+    spelt with "__" for ".")."""
+    from contrastlab.config import Config, config_to_dict
+    from contrastlab.runstate import flatten
+
+    config = flatten(config_to_dict(Config()))
+    for key in ("name", "out_dir", "data.path"):
+        config.pop(key, None)
+    config |= {"optim.epochs": 3, "optim.batch_size": 16, "moco.queue_size": 256}
+    config |= {"ft.pos": "extrapolate", "ft.neg": "interpolate"}
+    return config | {k.replace("__", "."): v for k, v in changes.items()}
+
+
+def test_labels_name_each_chosen_setting_once_and_the_users_first(tmp_path, run_maker):
+    """Runs of another ft.granularity, ft.renormalize and ft.start_epoch were labelled
+    `ft.granularity=…, ft.granularity_neg=…, ft.granularity_pos=…, ft.renormalize=…, …`: the null
+    keys that follow ft.granularity took two of the four places, and ft.start_epoch, the
+    setting that set one run apart, was cut."""
+    runs = {
+        name: load_run(run_maker(tmp_path, name, 0.99, None, ft=True, config=_full_config(**c)))
+        for name, c in (
+            ("A", {}),
+            ("B", {"ft__granularity": "sample"}),
+            ("C", {"ft__renormalize": True}),
+            ("D", {"ft__start_epoch": 1}),
+            ("E", {"ft__granularity_pos": "element"}),
+        )
+    }
+    assert run_labels([runs[n] for n in "ABCD"]) == [
+        "A (ft.granularity=step, ft.renormalize=false, ft.start_epoch=0)",
+        "B (ft.granularity=sample, ft.renormalize=false, ft.start_epoch=0)",
+        "C (ft.renormalize=true, ft.granularity=step, ft.start_epoch=0)",
+        "D (ft.start_epoch=1, ft.granularity=step, ft.renormalize=false)",
+    ]
+    # a granularity set on its own is the user's choice; the other run's follows ft.granularity
+    assert run_labels([runs["A"], runs["E"]]) == ["A", "E (ft.granularity_pos=element)"]
+    # a null key equal to what the same key was set to in another run is no difference
+    same = load_run(
+        run_maker(
+            tmp_path, "F", 0.99, None, ft=True, config=_full_config(ft__granularity_pos="step")
+        )
+    )
+    assert run_labels([runs["A"], same]) == ["A", "F"]
+
+
+def _shaded(ax) -> list[tuple[float, float]]:
+    """The x-spans shaded in a panel (``axvspan``: the only patches the curves draw)."""
+    return [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches]
+
+
+def test_the_steps_before_the_queue_filled_are_marked(tmp_path, run_maker):
+    """The neg scores of the first K/B steps are those of the queue's random initial vectors,
+    and nothing on the figure said so."""
+    queue = {"moco.queue_size": 64, "optim.batch_size": 16}  # full after step 4
+    run = load_run(run_maker(tmp_path, "q", 0.99, None, config=queue))
+    fig = _curves([run])["scores-z-curves"]
+    assert all(_shaded(ax) == [(0, 4)] for ax in fig.axes)
+    legend = [t.get_text().replace("\n", " ") for t in fig.legends[1].get_texts()]
+    assert legend == [
+        "until the queue filled (step 4): the negatives include its random initial vectors"
+    ]
+    # as the record says it (a run trained since it does), whatever config.yaml says
+    meta_path = run.path / "scores" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "queue_filled_step": 6}))
+    fig = _curves([load_run(run.path)])["scores-z-curves"]
+    assert _shaded(fig.axes[0]) == [(0, 6)]
+    # in epochs (runs of 6 and 3 steps per epoch): a step of 4 is at 4 / 6 of an epoch
+    other = load_run(run_maker(tmp_path, "o", 0.9, None, steps=3, config=queue))
+    fig = _curves([load_run(run.path), other])["scores-z-curves"]
+    assert _shaded(fig.axes[0]) == [(0, 1.0), (0, pytest.approx(4 / 3))]
+    # a record of contrastlab analyze: its negatives are no queue
+    fig = _curves([load_run(_record(tmp_path / "enc", steps=[0, 1, 2, 3]))])["scores-z-curves"]
+    assert _shaded(fig.axes[0]) == [] and len(fig.legends) == 1
+
+
+def test_one_interval_draws_raw_and_effective_apart_and_the_legend_says_how(tmp_path, run_maker):
+    """With one logged interval the raw and effective scores were the same round marker, while
+    the figure said "dashed: effective" of a point that has no line."""
+    run = load_run(run_maker(tmp_path, "one", 0.99, None, ft=True, epochs=1, steps=2))
+    fig = _curves([run])["scores-z-curves"]
+    for ax in fig.axes:
+        drawn = [(line.get_marker(), line.get_linestyle()) for line in ax.get_lines()]
+        assert drawn == [("o", "-"), ("^", "--")]
+        assert len(ax.get_lines()[0].get_xdata()) == 1
+    style = fig.legends[1]
+    assert [t.get_text().replace("\n", " ") for t in style.get_texts()][:2] == [
+        "raw cosine scores",
+        "effective (after feature transformation)",
+    ]
+    assert [h.get_marker() for h in style.legend_handles[:2]] == ["o", "^"]
+    assert "dashed" not in fig.get_suptitle()
+    assert "point" in fig.get_suptitle() and "bar for a single interval" in fig.get_suptitle()
+    # many intervals: lines, and the legend draws no markers
+    many = load_run(run_maker(tmp_path, "many", 0.99, None, ft=True))
+    style = _curves([many])["scores-z-curves"].legends[1]
+    assert [h.get_marker() for h in style.legend_handles[:2]] == ["None", "None"]

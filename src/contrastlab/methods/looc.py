@@ -42,7 +42,7 @@ from contrastlab.methods.moco import (
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
 from contrastlab.scores import ScoreStats, score_stats
-from contrastlab.transforms.feature import transform_features
+from contrastlab.transforms.feature import feature_transform, mean_log_values
 
 Z0 = "z0"
 
@@ -107,6 +107,7 @@ def looc_loss(
     spaces: tuple[str, ...] | None = None,
     scores: ScoresConfig | None = None,
     z0_positives: str = "all",
+    lam: list | None = None,
 ) -> tuple[Tensor, dict[tuple[str, str], ScoreStats]]:
     """Eq. 2 of the paper, averaged over the batch.
 
@@ -121,7 +122,9 @@ def looc_loss(
     Transformation, when on, acts in every space on (q, k_i, queue_i); the same image's other keys
     are scored against the transformed query as they are. Scores are float32 (float64 for float64
     inputs) with autocast off. The recorded statistics of Z_0 use k0 as the positive and queue 0
-    as the negatives in both forms. Raises ``ValueError`` for an unknown ``z0_positives``.
+    as the negatives in both forms. ``lam``, a list, receives the Feature Transformation's mean
+    λ of each space (``FTOutput.log_values``). Raises ``ValueError`` for an unknown
+    ``z0_positives``.
     """
     if z0_positives not in ("all", "k0"):
         raise ValueError(f"unknown z0_positives {z0_positives!r}; valid: all, k0")
@@ -140,7 +143,10 @@ def looc_loss(
         multi = i == 0 and z0_positives == "all" and num_spaces > 1
         if i == 0 and not multi:
             others = None
-        q_hat, k_hat, n_hat = transform_features(q, k, negatives, ft, epoch)
+        out = feature_transform(q, k, negatives, ft, epoch)
+        if lam is not None:
+            lam.append(out.log_values())
+        q_hat, k_hat, n_hat = out.as_tuple()
         l_pos, l_neg = pair_scores(q_hat, k_hat, n_hat, others)
         if multi:
             n_extra = num_spaces - 1
@@ -267,6 +273,7 @@ class LooC(nn.Module):
         zq = self.encoder_q(views[0])  # [S, B, d]
         zk = self.encode_keys(views[1:]).to(zq.dtype)  # [S spaces, S key views, B, d]
         negatives = self.queue.clone()  # the queues change in place after this step
+        lam: list[dict[str, Tensor]] = []  # the draws of each space
         loss, stats = looc_loss(
             zq,
             zk,
@@ -277,10 +284,11 @@ class LooC(nn.Module):
             self.spaces,
             self.cfg.scores,
             self.cfg.looc.z0_positives,
+            lam,
         )
         if self.training:
             self.enqueue_keys(zk)
-        return StepOutput(loss=loss, scores=stats)
+        return StepOutput(loss=loss, scores=stats, ft=mean_log_values(lam))
 
     @torch.no_grad()
     def encode_keys(self, key_views: list[Tensor]) -> Tensor:

@@ -30,7 +30,7 @@ from contrastlab.errors import plural
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
 from contrastlab.scores import ScoreStats, autocast_off, score_stats
-from contrastlab.transforms.feature import transform_features
+from contrastlab.transforms.feature import feature_transform, mean_log_values
 
 
 @dataclass
@@ -40,6 +40,9 @@ class StepOutput:
     loss: Tensor
     # (space, stage) -> statistics; stage is "raw" (cosine scores) or "effective" (after FT)
     scores: dict[tuple[str, str], ScoreStats] = field(default_factory=dict)
+    # the step's mean Feature Transformation λ per side, {"ft/lam_pos": 0-dim tensor, ...}
+    # (FTOutput.log_values); empty where the transformation is off at this epoch
+    ft: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Encoder(nn.Module):
@@ -280,15 +283,16 @@ class MoCo(nn.Module):
         x_q, x_k = views[0], views[1]
         if self.training:
             momentum_update(self.encoder_q, self.encoder_k, self.cfg.moco.momentum)
-        loss, stats, k = self.contrast(x_q, x_k, epoch)
+        lam: list[dict[str, Tensor]] = []  # the draws of each direction
+        loss, stats, k = self.contrast(x_q, x_k, epoch, lam)
         if self.cfg.moco.symmetric:  # the same pair with the roles of the views swapped
-            loss_21, stats_21, k_21 = self.contrast(x_k, x_q, epoch)
+            loss_21, stats_21, k_21 = self.contrast(x_k, x_q, epoch, lam)
             loss = loss + loss_21
             stats = {key: _concat_stats([stats[key], stats_21[key]]) for key in stats}
             k = torch.cat([k, k_21])
         if self.training:
             enqueue(self.queue, self.queue_ptr, distributed.gather_cat(k))
-        return StepOutput(loss=loss, scores=stats)
+        return StepOutput(loss=loss, scores=stats, ft=mean_log_values(lam))
 
     @torch.no_grad()
     def encode_keys(self, x_k: Tensor) -> Tensor:
@@ -303,14 +307,20 @@ class MoCo(nn.Module):
             return distributed.unshuffle_batch(self.encoder_k(x_k), undo)
         return self.encoder_k(x_k)
 
-    def contrast(self, x_q: Tensor, x_k: Tensor, epoch: int):
-        """InfoNCE of queries x_q against keys x_k and the queue; returns (loss, stats, keys)."""
+    def contrast(self, x_q: Tensor, x_k: Tensor, epoch: int, lam: list | None = None):
+        """InfoNCE of queries x_q against keys x_k and the queue; returns (loss, stats, keys).
+
+        ``lam``, a list, receives the Feature Transformation's mean λ of this call
+        (``FTOutput.log_values``)."""
         q = self.encoder_q(x_q)
         k = self.encode_keys(x_k).to(q.dtype)
         # The queue changes in place after this step. It stays float32 (not rounded to a bf16
         # query's dtype): the negatives' spread is what the score statistics measure.
         negatives = self.queue.clone()
-        q_hat, k_hat, n_hat = transform_features(q, k, negatives, self.cfg.ft, epoch)
+        ft = feature_transform(q, k, negatives, self.cfg.ft, epoch)
+        if lam is not None:
+            lam.append(ft.log_values())
+        q_hat, k_hat, n_hat = ft.as_tuple()
         l_pos, l_neg = pair_scores(q_hat, k_hat, n_hat)  # float32 even under autocast
         logits = torch.cat([l_pos[:, None], l_neg], dim=1) / self.cfg.moco.temperature
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

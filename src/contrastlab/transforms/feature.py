@@ -40,6 +40,7 @@ __all__ = [
     "interpolate_positive",
     "is_active",
     "lambda_shape",
+    "mean_log_values",
     "side_granularity",
     "sample_beta",
     "sample_lambda",
@@ -66,13 +67,25 @@ class FTOutput:
         return self.q, self.k, self.negatives
 
     def log_values(self) -> dict[str, Tensor]:
-        """Mean λ of each active side, as 0-dim device tensors (``.item()`` them when logging)."""
+        """Mean λ of each active side, ``{"ft/lam_pos": ..., "ft/lam_neg": ...}`` (a side that
+        is off, or the whole step before ``ft.start_epoch``, has no entry), as 0-dim float32
+        device tensors: nothing waits for the device (``.item()`` them when logging). The
+        trainer logs their epoch means under these names (``mean_log_values``)."""
         out = {}
         if self.lam_pos is not None:
-            out["ft/lam_pos"] = self.lam_pos.detach().mean()
+            out["ft/lam_pos"] = self.lam_pos.detach().float().mean()
         if self.lam_neg is not None:
-            out["ft/lam_neg"] = self.lam_neg.detach().mean()
+            out["ft/lam_neg"] = self.lam_neg.detach().float().mean()
         return out
+
+
+def mean_log_values(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The mean of each entry of several ``FTOutput.log_values()`` (the two directions of a
+    symmetric loss, the spaces of LooC), over the parts that have it; empty when none has any."""
+    names = dict.fromkeys(name for part in parts for name in part)
+    return {
+        name: torch.stack([part[name] for part in parts if name in part]).mean() for name in names
+    }
 
 
 # ----------------------------------------------------------------------------------------------

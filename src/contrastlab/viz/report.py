@@ -19,13 +19,21 @@ from matplotlib.ticker import MaxNLocator
 from contrastlab import runstate
 from contrastlab.atomic import write_text
 from contrastlab.errors import UserError
+from contrastlab.eval.results import fmt as accuracy_text
+from contrastlab.runstate import processes_text, setting_text
 from contrastlab.viz.score_plots import (
     Run,
+    default_config,
     flatten,
     inapplicable_keys,
+    joined_values,
     load_run,
     no_scores_reason,
+    null_rules,
+    recorded_values,
+    resolved_settings,
     score_figures,
+    world_sizes,
 )
 
 _CSS = """
@@ -55,52 +63,36 @@ def _img(fig: Figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
 
 
-def _value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_value(v) for v in value)
-    return "null" if value is None else str(value)
-
-
-def _cell(value) -> str:
+def _cell(value, accuracy: bool = False) -> str:
+    """A table cell: a number right-aligned; an accuracy (an eval result's headline metric, in
+    %) with 2 decimals as ``eval all`` prints it; settings spelt as in YAML (``null``, ``true``)."""
     num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return (
-        f'<td class="num">{html.escape(_value(value))}</td>'
-        if num
-        else f"<td>{html.escape(_value(value))}</td>"
-    )
+    text = accuracy_text(value) if accuracy and num else setting_text(value, ", ")
+    return f'<td class="num">{html.escape(text)}</td>' if num else f"<td>{html.escape(text)}</td>"
 
 
-def _defaults() -> dict:
-    """Flattened default config, to mark what a run changed; empty if it cannot be built."""
-    try:
-        from contrastlab.config import Config, config_to_dict
-
-        return flatten(config_to_dict(Config()))
-    except Exception:  # the report must still render for an older or foreign config
-        return {}
-
-
-def _resolved_nulls(config: dict) -> dict[str, str]:
-    """What the run's null keys came to (``config.effective_defaults``: ``augment.blur`` ->
-    "= true: moco_v2 blurs only above 64 px"); empty for a config that cannot be rebuilt."""
-    from contrastlab.config import config_from_dict, effective_defaults
-    from contrastlab.viz.score_plots import _unflatten
-
-    try:
-        return effective_defaults(config_from_dict(_unflatten(config)))
-    except Exception:  # an older or foreign config.yaml: shown as written
-        return {}
+def _setting_cell(key: str, value, resolved: dict, rules: dict) -> str:
+    """A setting's cell: what it came to for this run where the config left it to contrastlab
+    (``true (null: true on CUDA, false on the CPU)``, ``cuda (auto)``), else as written."""
+    if key in resolved:
+        shown, note = resolved[key]
+        return (
+            f"<td>{html.escape(setting_text(shown, ', '))} "
+            f'<span class="sub">({html.escape(note)})</span></td>'
+        )
+    if value is None and key in rules:  # no single value: the rule says why
+        return f'<td>null <span class="sub">({html.escape(rules[key])})</span></td>'
+    return _cell(value)
 
 
 def _config_section(run: Run) -> str:
     if not run.config:
         return '<p class="missing">no config.yaml</p>'
-    defaults = _defaults()
+    defaults = default_config()
     # the rules that keep a setting out of the runs' labels: no effect on this run
     unused = inapplicable_keys(run.config)
-    resolved = _resolved_nulls(run.config)
+    # what the figures' labels name too: the same values in both
+    resolved, rules = resolved_settings(run), null_rules(run.config)
     sections: dict[str, list[tuple[str, object]]] = {}
     for key, value in run.config.items():
         head, _, rest = key.partition(".")
@@ -112,9 +104,7 @@ def _config_section(run: Run) -> str:
             full = key if name == "general" else f"{name}.{key}"
             changed = full in defaults and defaults[full] != value
             cls = ' class="unused"' if full in unused else ' class="changed"' if changed else ""
-            cell = _cell(value)
-            if value is None and full in resolved:  # what "null" came to for this run
-                cell = f'<td>null <span class="sub">({html.escape(resolved[full])})</span></td>'
+            cell = _setting_cell(full, value, resolved, rules)
             rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{cell}</tr>")
         parts.append(
             f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>'
@@ -209,7 +199,8 @@ def _chance_table(result) -> str:
         return ""
     head = "<tr><th>metric</th><th>accuracy (%)</th><th>chance (%)</th></tr>"
     rows = "".join(
-        f"<tr><td>{html.escape(key)}</td>{_cell(result['summary'][key])}{_cell(level)}</tr>"
+        f"<tr><td>{html.escape(key)}</td>{_cell(result['summary'][key], accuracy=True)}"
+        f"{_cell(level, accuracy=True)}</tr>"
         for key, level in chance.items()
     )
     return f"<table>{head}{rows}</table>"
@@ -240,7 +231,10 @@ def _eval_section(run: Run) -> str:
             f"<td>{html.escape(Path(checkpoint).name if checkpoint else 'not recorded')}</td>"
             f"<td>{html.escape(state)}</td>{_cell(step if step is not None else '')}</tr>"
         )
-        rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in flat.items())
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td>{_cell(v, accuracy=k.startswith('summary.'))}</tr>"
+            for k, v in flat.items()
+        )
         parts.append(
             f'<h3>{html.escape(path.stem)}</h3><p class="sub">checkpoint: '
             f"{html.escape(state)}</p>{_chance_table(data)}<table>{rows}</table>"
@@ -336,7 +330,7 @@ def _training_section(run: Run) -> str:
     """The run's state where it is not plain (stopped: where, and how to continue), its history
     of stops and resumes, then the curves or the true reason there are none yet."""
     epochs = run.config.get("optim.epochs")
-    parts = []
+    parts = [f'<p class="sub">{html.escape(_trained_by(run))}</p>']
     state = runstate.status(run.metrics, epochs)
     if state is not None:
         parts.append(f'<p class="stopped">{html.escape(state[0].upper() + state[1:])}</p>')
@@ -355,13 +349,27 @@ def _training_section(run: Run) -> str:
     return "".join(parts)
 
 
+def _trained_by(run: Run) -> str:
+    """``Trained on cuda by 2 processes × batch 128 = 256 per step``, as the training's start
+    line says it; from the start events of metrics.jsonl (else the score record)."""
+    worlds, last_part = world_sizes(run)
+    batch = run.config.get("optim.batch_size")
+    text = processes_text(worlds, batch if isinstance(batch, int) else None)
+    if last_part:
+        text += " (its last part; the earlier parts' are not recorded)"
+    devices = recorded_values(run, "device") or [run.config.get("train.device")]
+    device = setting_text(joined_values(devices))
+    where = f" on {device}" if devices[0] not in (None, "auto") else ""
+    return f"Trained{where} by {text}." if worlds else f"Trained{where}; {text}."
+
+
 def _knn_summary(run) -> str:
     """The header's figure, with what it is: "kNN top-1 30.70% at epoch 16 of 16 (backbone
     space, 1000 test images)"."""
     event = run.knn_event
     if event is None:
         return "no kNN result"
-    said = f"kNN top-1 {event['knn_top1']:.2f}%"
+    said = f"kNN top-1 {accuracy_text(float(event['knn_top1']))}%"
     if isinstance(event.get("epoch"), int):
         epochs = run.config.get("optim.epochs")
         said += f" at epoch {event['epoch']}" + (f" of {epochs}" if epochs else "")

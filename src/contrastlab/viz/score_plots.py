@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
 from contrastlab.errors import UserError, as_list, as_path, plural
-from contrastlab.runstate import flatten, read_metrics  # noqa: F401 - re-exported
+from contrastlab.runstate import flatten, read_metrics, setting_text  # noqa: F401 - re-exported
 from contrastlab.scores import (
     STAGES,
     ScoreHistograms,
@@ -164,14 +164,6 @@ def load_run(run_dir: Path | str, scores: bool = True) -> Run:
     return run
 
 
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return ",".join(_short(v) for v in value)
-    return str(value)
-
-
 # The settings that define the method come first in a label, so that a label cut after four
 # settings still tells LooC++ from LooC and FT from plain MoCo.
 _METHOD_KEYS = ("method", "looc.", "ft.", "moco.")
@@ -226,7 +218,7 @@ def inapplicable_keys(config: dict) -> set[str]:
     return out
 
 
-def _recorded(run: Run, key: str) -> list:
+def recorded_values(run: Run, key: str) -> list:
     """The values of ``key`` in the run's ``start`` events (one per part of a resumed run), in
     order and without repeats."""
     metrics = getattr(run, "metrics", [])  # a Run, or any object with its config
@@ -234,11 +226,12 @@ def _recorded(run: Run, key: str) -> list:
     return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
 
 
-def processes(run: Run) -> str | None:
-    """The number of processes that trained the run: ``"2"``, or ``"2→1"`` when a resume changed
-    it; from the start and resume events of metrics.jsonl, else the score record; None when
-    nothing says (an older run without scores)."""
-    seen = _recorded(run, "world_size")
+def world_sizes(run: Run) -> tuple[list[int], bool]:
+    """The numbers of processes that trained the run, in order without repeats (``[2, 1]``: a
+    resume changed it), from the start and resume events of metrics.jsonl, else the score
+    record; and whether they are the last part's only (an older record keeps no more). Empty
+    when nothing says (an older run without scores)."""
+    seen = recorded_values(run, "world_size")
     metrics = getattr(run, "metrics", [])
     for e in metrics:  # a resume names the change even where no start event says it
         changed = e.get("changed") if e.get("event") == "resume" else None
@@ -253,54 +246,132 @@ def processes(run: Run) -> str | None:
         if not seen and meta.get("world_size"):
             # an older record keeps the world size of the run's last part only
             resumed = any(e.get("event") == "resume" for e in metrics)
-            return f"{meta['world_size']}{' (last part)' if resumed else ''}"
-    return "→".join(str(w) for w in seen) if seen else None
+            return [meta["world_size"]], resumed
+    return seen, False
 
 
-def label_settings(run: Run) -> dict:
-    """The run's settings as its label names them: null keys as what they came to for this run
-    (``train.amp`` as recorded at its start, else from ``train.device``; the others as
-    ``config.effective_defaults`` resolves them), and ``processes`` (world size, "2→1" when a
-    resume changed it)."""
-    config = dict(run.config)
-    amp = _recorded(run, "amp")
-    if "train.amp" in config and config["train.amp"] is None:
-        device = config.get("train.device")
-        if amp:
-            config["train.amp"] = amp[0] if len(amp) == 1 else "→".join(map(str, amp))
-        elif device in ("cpu", "cuda"):
-            config["train.amp"] = device == "cuda"
-        else:
-            config["train.amp"] = "auto"  # an older run on train.device=auto: not recorded
+def processes(run: Run) -> str | None:
+    """The number of processes that trained the run: ``"2"``, or ``"2→1"`` when a resume changed
+    it, ``"2 (last part)"`` where only the last part's is known (``world_sizes``); None when
+    nothing says."""
+    seen, last_part = world_sizes(run)
+    if not seen:
+        return None
+    return "→".join(str(w) for w in seen) + (" (last part)" if last_part else "")
+
+
+def default_config() -> dict:
+    """The flattened default config (``Config()``): what a run changed from it is the user's
+    choice; empty if it cannot be built."""
+    try:
+        from contrastlab.config import Config, config_to_dict
+
+        return flatten(config_to_dict(Config()))
+    except Exception:  # an older or foreign installation: nothing is known as a default
+        return {}
+
+
+def null_rules(config: dict) -> dict[str, str]:
+    """``config.effective_defaults`` of a flattened config: what its null keys come to and why
+    (``augment.hue`` -> "= 0.1: the recipe's hue jitter"); empty for a config that cannot be
+    rebuilt (an older or foreign one)."""
     try:
         from contrastlab.config import config_from_dict, effective_defaults
 
-        resolved = effective_defaults(config_from_dict(_unflatten(run.config)))
+        return effective_defaults(config_from_dict(_unflatten(config)))
     except Exception:  # an older or foreign config: as written
-        resolved = {}
-    for key, said in resolved.items():
-        value = re.match(r"= ([^:; ]+)(?::|$)", said)
-        if key != "train.amp" and config.get(key, "") is None and value:
-            config[key] = value.group(1)
+        return {}
+
+
+def _resolved_by_rule(config: dict) -> dict[str, tuple[object, str]]:
+    """The null keys of a flattened config that ``null_rules`` gives one value, ``{key: (value,
+    why)}`` (``augment.hue`` -> ``(0.1, "the recipe's hue jitter")``, ``ft.granularity_pos`` ->
+    ``("step", "ft.granularity")``); a rule without a single value (``augment.hue`` without
+    colour jitter: "no colour jitter in these views") is left out."""
+    out = {}
+    for key, text in null_rules(config).items():
+        found = re.match(r"= ([^:; ]+)(?:: (.*)|$)", text)
+        if found and config.get(key, "") is None:
+            out[key] = (yaml.safe_load(found.group(1)), found.group(2) or "")
+    return out
+
+
+def joined_values(values: list) -> object:
+    """One recorded value, or the values of a run's parts joined by arrows ("true→false")."""
+    return values[0] if len(values) == 1 else "→".join(setting_text(v) for v in values)
+
+
+def resolved_settings(run: Run) -> dict[str, tuple[object, str]]:
+    """The run's settings whose written value left the choice to contrastlab, with what they came
+    to for this run and a note on how: ``{key: (value, note)}``. ``train.device=auto`` ->
+    ``("cuda", "auto")`` and ``train.amp=null`` -> ``(True, "null: true on CUDA, false on the
+    CPU")``, as the run's ``start`` events in metrics.jsonl recorded them (else ``train.amp``
+    from a ``train.device`` of cpu or cuda); every other null key as
+    ``config.effective_defaults`` resolves it (``augment.hue`` -> ``(0.1, "null: the recipe's
+    hue jitter")``). The report's configuration table and the figures' labels show these
+    values, so that the two agree."""
+    config = run.config
+    out = {
+        k: (v, f"null: {why}" if why else "null")
+        for k, (v, why) in _resolved_by_rule(config).items()
+    }
+    devices = recorded_values(run, "device")
+    if config.get("train.device") == "auto" and devices:
+        out["train.device"] = (joined_values(devices), "auto")
+    if "train.amp" in config and config["train.amp"] is None:
+        amp, device = recorded_values(run, "amp"), config.get("train.device")
+        if not amp and device in ("cpu", "cuda"):
+            amp = [device == "cuda"]
+        if amp:
+            out["train.amp"] = (joined_values(amp), "null: true on CUDA, false on the CPU")
+    return out
+
+
+def label_settings(run: Run) -> dict:
+    """The run's settings as its label names them: the flattened config with each key that left
+    the choice to contrastlab as what it came to for this run (``resolved_settings``), and
+    ``processes`` (world size, "2→1" when a resume changed it)."""
+    config = dict(run.config)
+    config.update({k: value for k, (value, _) in resolved_settings(run).items()})
     procs = processes(run)
     if procs is not None:
         config["processes"] = procs
     return config
 
 
-def knn_text(event: dict | None) -> str | None:
-    """``kNN (z) 11.0%``: the last kNN top-1 of a run with the space it was measured in."""
-    if event is None:
-        return None
-    space = f" ({event['knn_space']})" if event.get("knn_space") else ""
-    return f"kNN{space} {float(event['knn_top1']):.1f}%"
+def _derived_keys(run: Run) -> set[str]:
+    """Keys whose value in this run follows from other settings (null, resolved by a rule:
+    ``ft.granularity_pos`` follows ``ft.granularity``): not a choice of the user's, so never an
+    entry of the run's label. ``train.amp`` is not among them: it stands for the device, which
+    labels do not name."""
+    return {k for k in _resolved_by_rule(run.config) if k != "train.amp"}
+
+
+_LABEL_ENTRIES = 4  # settings named in a label at most; "…" says there are more
+
+
+def _differing_keys(shown: list[dict], skip: list[set[str]]) -> list[str]:
+    """The keys whose value (as a label spells it) differs between the runs, among those where
+    it has an effect (``skip``: a run's keys without one)."""
+    keys = sorted({k for c in shown for k in c} - _IGNORED_KEYS, key=_label_order)
+    if len(shown) < 2:
+        return []
+    return [
+        k
+        for k in keys
+        if len({setting_text(c.get(k)) for c, no in zip(shown, skip) if k not in no}) > 1
+    ]
 
 
 def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     """Given labels, or: run name, the config values that differ between runs, final kNN top-1.
 
-    A setting counts, and is named in a run's label, only where it has an effect on the run
-    (``inapplicable_keys``): ``looc.augmentations`` never sets a MoCo run apart."""
+    Values are compared as they came to for each run (``label_settings``: a null
+    ``ft.granularity_pos`` is the run's ``ft.granularity``). A setting is named in a run's label
+    only where it has an effect on the run (``inapplicable_keys``: ``looc.augmentations`` never
+    sets a MoCo run apart) and is not derived from another one there (``_derived_keys``), so each
+    entry is a setting the user chose; those the user changed from the default come first, then
+    the method's (``_label_order``), at most ``_LABEL_ENTRIES``."""
     if labels:
         labels = as_list(labels, "labels")
         if len(labels) != len(runs):
@@ -310,19 +381,17 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
             )
         return list(labels)
     shown = [label_settings(r) for r in runs]
-    keys = sorted({k for c in shown for k in c} - _IGNORED_KEYS, key=_label_order)
     skip = [inapplicable_keys(r.config) for r in runs]
-    differing = []
-    if len(runs) > 1:
-        for k in keys:
-            values = {repr(c.get(k)) for c, no in zip(shown, skip) if k not in no}
-            if len(values) > 1:
-                differing.append(k)
+    differing = _differing_keys(shown, skip)
+    defaults = default_config()
     out = []
     for run, config, no in zip(runs, shown, skip):
-        mine = [k for k in differing if k not in no]
-        parts = [f"{k}={_short(config.get(k))}" for k in mine[:4]]
-        if len(mine) > 4:
+        derived = _derived_keys(run)
+        mine = [k for k in differing if k not in no and k not in derived]
+        # the user's own choices first: a cut label keeps them
+        mine.sort(key=lambda k: k not in defaults or run.config.get(k) == defaults[k])
+        parts = [f"{k}={setting_text(config.get(k))}" for k in mine[:_LABEL_ENTRIES]]
+        if len(mine) > _LABEL_ENTRIES:
             parts.append("…")
         label = run.name + (f" ({', '.join(parts)})" if parts else "")
         knn = knn_text(getattr(run, "knn_event", None))
@@ -330,6 +399,14 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
             label += f", {knn}"
         out.append(label)
     return out
+
+
+def knn_text(event: dict | None) -> str | None:
+    """``kNN (z) 11.0%``: the last kNN top-1 of a run with the space it was measured in."""
+    if event is None:
+        return None
+    space = f" ({event['knn_space']})" if event.get("knn_space") else ""
+    return f"kNN{space} {float(event['knn_top1']):.1f}%"
 
 
 def steps_per_epoch(run: Run) -> float | None:
@@ -383,14 +460,114 @@ def _differs(run: Run, space: str) -> bool:
     return bool(len(eff["same_as_raw"]) and not eff["same_as_raw"].all())
 
 
+# How the two stages are drawn: a line style, and a marker where a run has too few intervals for
+# a line to show (one point has no line, so raw and effective would look alike without them).
+_STAGE_STYLE = {
+    "raw": {"ls": "-", "marker": "o", "mfc": None, "name": "raw cosine scores"},
+    "effective": {
+        "ls": "--",
+        "marker": "^",
+        "mfc": "white",
+        "name": "effective (after feature transformation)",
+    },
+}
+_FEW_POINTS = 3  # fewer intervals than this: markers on the points
+
+
+def queue_filled(run: Run) -> int | None:
+    """The step after which the run's queue held only real keys (``scores.queue_filled_step``):
+    from the score record, else, for a training run whose record does not say it (one written
+    before the record kept it), from its config (``moco.queue_size``, ``optim.batch_size``,
+    ``moco.symmetric``); None where the negatives were no queue (the bank of ``contrastlab
+    analyze``) or nothing says."""
+    from contrastlab.scores import queue_filled_step
+
+    meta = run.record.meta if run.record is not None else {}
+    value = meta.get("queue_filled_step")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    trained = any(m.get("event") in ("train", "epoch") for m in run.metrics)
+    size, batch = run.config.get("moco.queue_size"), run.config.get("optim.batch_size")
+    if not trained or not all(isinstance(v, int) and v > 0 for v in (size, batch)):
+        return None
+    return queue_filled_step(size, batch, bool(run.config.get("moco.symmetric")))
+
+
+def _draw_stage(ax, x, t, q: str, color: str, stage: str) -> bool:
+    """One run's mean and 10-90 % spread of quantity ``q`` at one stage: a line and a band, or,
+    for fewer than ``_FEW_POINTS`` intervals, markers (and for a single one a bar, as a band
+    needs two points). Returns whether markers were drawn."""
+    style = _STAGE_STYLE[stage]
+    few = len(x) < _FEW_POINTS
+    mean, low, high = t[f"{q}_mean"], t[f"{q}_q10"], t[f"{q}_q90"]
+    ax.plot(
+        x,
+        mean,
+        color=color,
+        lw=1.6,
+        ls=style["ls"],
+        marker=style["marker"] if few else None,
+        mfc=style["mfc"] or color,
+        ms=7,
+    )
+    alpha = 0.18 if stage == "raw" else 0.08
+    if len(x) == 1:
+        ax.vlines(x, low, high, color=color, alpha=0.5, lw=3 if stage == "raw" else 1.2)
+    else:
+        ax.fill_between(x, low, high, color=color, alpha=alpha, lw=0)
+    return few
+
+
+def _shade_unfilled_queue(axes, x_fill: float, x_last: float, color: str) -> None:
+    """Shade the steps whose negatives still included the queue's random initial vectors (up to
+    ``x_fill``, at most the run's last drawn point ``x_last``)."""
+    for ax in axes:
+        ax.axvspan(0, min(x_fill, x_last), color=color, alpha=0.07, lw=0)
+
+
+def _style_legend(fig, stages: set[str], markers: bool, fills: list[int]) -> None:
+    """The legend of what the line styles, markers and shading mean, as they are drawn."""
+    handles = []
+    if "effective" in stages:
+        for stage in ("raw", "effective"):
+            style = _STAGE_STYLE[stage]
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    ls=style["ls"],
+                    marker=style["marker"] if markers else None,
+                    mfc=style["mfc"] or "0.3",
+                    label=style["name"],
+                )
+            )
+    if fills:
+        steps = ", ".join(str(f) for f in sorted(set(fills)))
+        handles.append(
+            Patch(
+                color="0.5",
+                alpha=0.25,
+                label=f"until the queue filled (step {steps}): the negatives include its "
+                "random initial vectors",
+            )
+        )
+    if handles:  # beside the panels: below them is the runs' legend
+        for h in handles:
+            h.set_label(textwrap.fill(h.get_label(), 26))
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+
+
 def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
     """(a)+(c): pos, neg mean and neg variance over training, one colour per run.
 
     The x-axis (steps or epochs) is decided over all ``runs``, those without ``space`` too, so
-    that the figures of every space of one call share it."""
-    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    that the figures of every space of one call share it. Raw and effective scores differ in line
+    style and marker; the steps before a run's queue filled are shaded (``queue_filled``)."""
+    fig = Figure(figsize=(15, 4.9), layout="constrained")
     axes = fig.subplots(1, 3)
-    any_effective = False
+    stages_drawn: set[str] = set()
+    markers, single, fills = False, False, []
     handles = []
     divisors, xlabel = _x_axis(runs)
     per_step = dict(zip(map(id, runs), divisors))
@@ -398,32 +575,23 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         if space not in run.spaces:
             continue
         stages = ["raw"] + (["effective"] if _differs(run, space) else [])
-        any_effective |= len(stages) > 1
+        stages_drawn |= set(stages)
         for stage in stages:
             t = run.record.interval(space, stage)
             keep = t["n"] > 0
             x = t["last_step"][keep] / per_step[id(run)]
+            kept = {k: v[keep] for k, v in t.items()}
             for ax, (q, _, _) in zip(axes, _QUANTITIES):
-                dashed = stage == "effective"
-                (line,) = ax.plot(
-                    x,
-                    t[f"{q}_mean"][keep],
-                    color=_color(i),
-                    lw=1.6,
-                    ls="--" if dashed else "-",
-                    marker="o" if len(x) < 3 else None,  # one or two intervals: no line to see
-                    label=label if not dashed else None,
-                )
-                ax.fill_between(
-                    x,
-                    t[f"{q}_q10"][keep],
-                    t[f"{q}_q90"][keep],
-                    color=_color(i),
-                    alpha=0.08 if dashed else 0.18,
-                    lw=0,
-                )
-                if ax is axes[0] and not dashed:
-                    handles.append(line)
+                markers |= _draw_stage(ax, x, kept, q, _color(i), stage)
+            single |= len(x) == 1
+        fill = queue_filled(run)
+        if fill is not None and len(x):
+            _shade_unfilled_queue(axes, fill / per_step[id(run)], float(x.max()), _color(i))
+            fills.append(fill)
+        few = len(x) < _FEW_POINTS
+        handles.append(
+            Line2D([], [], color=_color(i), lw=1.6, marker="o" if few else None, label=label)
+        )
     for ax, (_, title, ylabel) in zip(axes, _QUANTITIES):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
@@ -437,15 +605,15 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         ax.grid(alpha=0.3)
     if _positive_var(runs, space):
         axes[2].set_yscale("log")
-    note = "line: mean over queries; band: 10-90 % of queries per log interval"
-    if any_effective:
-        note += "; solid: raw cosine scores, dashed: effective (after feature transformation)"
+    mean = "line or point" if markers else "line"
+    spread = "band, or bar for a single interval" if single else "band"
+    note = f"{mean}: mean over queries; {spread}: 10-90 % of queries per log interval"
     fig.suptitle(
         f"pos and neg scores: cosine similarities of L2-normalized embeddings in space "
         f"'{space}'\n{note}",
         fontsize=10,
     )
-    if handles:
+    if handles:  # the runs first: fig.legends[0]
         fig.legend(
             handles=handles,
             loc="outside lower center",
@@ -454,6 +622,7 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
             fontsize=9,
             frameon=False,
         )
+    _style_legend(fig, stages_drawn, markers, fills)
     return fig
 
 
