@@ -48,7 +48,7 @@ def test_a_section_mapping_override_keeps_earlier_overrides_of_that_section():
 
 
 def test_keys_of_a_section_mapping_override_count_as_typed_one_by_one(capsys):
-    with pytest.raises(UserError, match="looc.plus_plus only apply to method=looc"):
+    with pytest.raises(UserError, match="looc.plus_plus only applies to method=looc"):
         load_config("demo", ["looc={plus_plus: true}"])
     load_config("demo", ["optim={milestones: [1]}"], warn_unused=True)
     assert "optim.milestones=[1] has no effect: the cosine schedule" in capsys.readouterr().err
