@@ -72,6 +72,12 @@ def _cell(value) -> str:
     )
 
 
+def _is_unknown(value) -> bool:
+    from contrastlab.checkpoint import is_unknown
+
+    return is_unknown(value)
+
+
 def _defaults() -> dict:
     """Flattened default config, to mark what a run changed; empty if it cannot be built."""
     try:
@@ -110,7 +116,8 @@ def _config_section(run: Run) -> str:
         rows = []
         for key, value in items:
             full = key if name == "general" else f"{name}.{key}"
-            changed = full in defaults and defaults[full] != value
+            # an unknown setting (a converted encoder's, shown as such) is not a change
+            changed = full in defaults and defaults[full] != value and not _is_unknown(value)
             cls = ' class="unused"' if full in unused else ' class="changed"' if changed else ""
             cell = _cell(value)
             if value is None and full in resolved:  # what "null" came to for this run
@@ -120,6 +127,11 @@ def _config_section(run: Run) -> str:
             f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>'
         )
     notes = ["Bold: changed from the default."] if defaults else []
+    if any(_is_unknown(v) for v in run.config.values()):
+        notes.append(
+            "unknown (converted from FILE): an encoder converted from another project, whose "
+            "file does not record the setting (contrastlab convert)."
+        )
     if unused:
         notes.append(
             "Grey: no effect on this run (e.g. looc.* on a MoCo run, ft.* with Feature "
@@ -233,6 +245,9 @@ def _eval_section(run: Run) -> str:
         flat = flatten(data) if isinstance(data, dict) else {"value": data}
         # the checkpoint's epoch and step, written with the result (setup.epoch / setup.step)
         state = checkpoint_state(flat.get("setup.epoch"), last)
+        unknown = [v for k, v in flat.items() if k.startswith("setup.trained_with.")]
+        if flat.get("setup.epoch") is None and any(_is_unknown(v) for v in unknown):
+            state = "epoch " + next(v for v in unknown if _is_unknown(v))  # a converted encoder
         checkpoint = flat.get("setup.checkpoint")
         step = flat.get("setup.step")
         summary.append(

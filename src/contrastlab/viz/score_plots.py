@@ -309,15 +309,21 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     shown = [label_settings(r) for r in runs]
     keys = sorted({k for c in shown for k in c} - _IGNORED_KEYS, key=_label_order)
     skip = [inapplicable_keys(r.config) for r in runs]
+    from contrastlab.checkpoint import is_unknown  # a converted encoder's: sets no run apart
+
     differing = []
     if len(runs) > 1:
         for k in keys:
-            values = {repr(c.get(k)) for c, no in zip(shown, skip) if k not in no}
+            values = {
+                repr(c.get(k))
+                for c, no in zip(shown, skip)
+                if k not in no and not is_unknown(c.get(k))
+            }
             if len(values) > 1:
                 differing.append(k)
     out = []
     for run, config, no in zip(runs, shown, skip):
-        mine = [k for k in differing if k not in no]
+        mine = [k for k in differing if k not in no and not is_unknown(config.get(k))]
         parts = [f"{k}={_short(config.get(k))}" for k in mine[:4]]
         if len(mine) > 4:
             parts.append("…")
