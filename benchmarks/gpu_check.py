@@ -7,7 +7,8 @@
    stay on the device), through pytest.
 2. **Views/s on the device**: ``benchmarks/views.py --device cuda --rounds 2 --no-steps``.
 3. **``moco_v2_cifar`` on CIFAR-10** (the archives ``cifar10-train.tar.gz`` and
-   ``cifar10-test.tar.gz`` in ``--data``, extracted once into ``OUT/cifar10``), bf16 autocast,
+   ``cifar10-test.tar.gz`` in ``--data``, extracted once into ``OUT/cifar10``, whole or not at
+   all: an interrupted extraction is made again by the next run), bf16 autocast,
    channels_last: a one-epoch run measures set-up plus one epoch; then a fresh run trains for as
    many epochs as fit in ``--train-minutes`` (its cosine schedule set to that many), with the kNN
    monitor (z, the official demo's space) at its end. Reports seconds per epoch, images/s, the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -34,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from contrastlab.atomic import build_folder  # noqa: E402
 from contrastlab.config import load_config  # noqa: E402
 from contrastlab.train import Trainer  # noqa: E402
 
@@ -48,26 +51,50 @@ def log(line: str) -> None:
     print(line, flush=True)
 
 
+PREPARED = "prepared.json"  # in the extracted folder, with the --per-class it was made with
+
+
+def archives_of(folder: Path) -> list[Path]:
+    """The two CIFAR-10 archives in ``folder``; a missing one is the user's error, said before
+    any step runs."""
+    archives = [folder / f"cifar10-{split}.tar.gz" for split in ("train", "test")]
+    for archive in archives:
+        if not archive.is_file():
+            common.fail(f"{archive} does not exist; give --data the folder holding it")
+    return archives
+
+
 def extract_cifar10(archives: Path, dest: Path, per_class: int | None) -> Path:
     """``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` under ``dest`` (all images, or the first
-    ``per_class`` of each class of each split)."""
-    if (dest / ".complete").exists():
+    ``per_class`` of each class of each split), made whole or not at all
+    (``contrastlab.atomic.build_folder``): ``dest`` with its ``prepared.json`` saying the same
+    ``per_class`` is complete and reused; one made with another ``per_class``, or a half
+    extraction of an earlier version (no ``prepared.json``), is made again."""
+    wanted = {"per_class": per_class}
+    try:
+        made = json.loads((dest / PREPARED).read_text())
+    except (OSError, ValueError):
+        made = None
+    if made == wanted:
         return dest
-    for split in ("train", "test"):
-        archive = archives / f"cifar10-{split}.tar.gz"
-        if not archive.is_file():
-            raise SystemExit(f"error: {archive} does not exist; give --data the folder holding it")
-        taken: dict[str, int] = {}
-        with tarfile.open(archive) as tar:
-            for member in tar:
-                parts = Path(member.name).parts
-                if member.isfile() and len(parts) == 3:
-                    count = taken.get(parts[1], 0)
-                    if per_class is not None and count >= per_class:
-                        continue
-                    taken[parts[1]] = count + 1
-                tar.extract(member, dest, filter="data")
-    (dest / ".complete").touch()
+    if dest.exists():
+        ours = {"train", "test", PREPARED, ".complete"}  # .complete: the marker before
+        if made is None and any(p.name not in ours for p in dest.iterdir()):
+            common.fail(f"{dest} holds files gpu_check.py did not make; move it away")
+        shutil.rmtree(dest)
+    with build_folder(dest) as temp:
+        for archive in archives_of(archives):
+            taken: dict[str, int] = {}
+            with tarfile.open(archive) as tar:
+                for member in tar:
+                    parts = Path(member.name).parts
+                    if member.isfile() and len(parts) == 3:
+                        count = taken.get(parts[1], 0)
+                        if per_class is not None and count >= per_class:
+                            continue
+                        taken[parts[1]] = count + 1
+                    tar.extract(member, temp, filter="data")
+        (temp / PREPARED).write_text(json.dumps(wanted) + "\n")  # last
     return dest
 
 
@@ -152,6 +179,8 @@ def main() -> None:
             f"steps are {', '.join(sorted(STEPS))}"
         )
     common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
+    if "train" not in skip:
+        archives_of(args.data)  # before the steps that come first: a wrong --data costs nothing
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     report: dict = {"machine": common.machine_info(device)}

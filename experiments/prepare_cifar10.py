@@ -6,6 +6,11 @@ Writes DEST/train and DEST/test (all 60,000 images) and DEST-<N>/train (N images
 first N of each class folder in sorted order); DEST-<N>/test is the full test set (a link) or,
 with --test-per-class M, the first M test images of each class. DEST-<N>/subset.json records N and
 M: a subset made with other numbers is made again, never reused.
+
+Every folder is made whole or not at all (``contrastlab.atomic.build_folder``): filled under a
+temporary name beside it (``.train.partial``) and renamed once complete, the subset's
+``subset.json`` written last. An interrupted run (Ctrl-C, a full disk) leaves no half folder that
+the next run would take as complete: that run makes it again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import os
 import shutil
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from contrastlab.atomic import build_folder
+from contrastlab.errors import DiskFull
 
 SPLITS = ("train", "test")
 
@@ -24,6 +32,40 @@ SPLITS = ("train", "test")
 def fail(message: str) -> None:
     print(f"prepare_cifar10.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _under(split: str):
+    """A tarfile extraction filter that keeps the members under ``split/``, without that part
+    of their names (the folder they go into stands for it), and checks them as ``"data"``."""
+
+    def take(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        parts = PurePosixPath(member.name).parts
+        if len(parts) < 2 or parts[0] != split:
+            return None  # the split's own folder entry, or another split's member
+        return tarfile.data_filter(member.replace(name="/".join(parts[1:]), deep=False), dest)
+
+    return take
+
+
+def extract(archive: Path, split: str, out: Path) -> None:
+    """The images under ``split/`` in ``archive`` into ``out`` (``out/<class>/<image>``), whole or
+    not at all; an archive without them is the user's error."""
+    with build_folder(out) as temp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(temp, filter=_under(split))
+        if not any(p.is_file() for p in temp.rglob("*")):
+            fail(f"{archive} holds no images under {split}/; give the CIFAR-10 JPEG archives")
+
+
+def make_subset(dest: Path, subset: Path, made: dict) -> None:
+    """The subset folder ``made`` describes, whole or not at all: ``subset.json`` comes last."""
+    with build_folder(subset) as temp:
+        copy_first(dest / "train", temp / "train", made["per_class"])
+        if made["test_per_class"] is None:
+            os.symlink((dest / "test").resolve(), temp / "test")
+        else:
+            copy_first(dest / "test", temp / "test", made["test_per_class"])
+        (temp / "subset.json").write_text(json.dumps(made) + "\n")
 
 
 def class_sizes(folder: Path) -> dict[str, int]:
@@ -69,10 +111,8 @@ def main() -> None:
             "cifar10-train.tar.gz and cifar10-test.tar.gz"
         )
     for split in SPLITS:
-        if not (dest / split).is_dir():
-            dest.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(Path(args.src) / f"cifar10-{split}.tar.gz") as tar:
-                tar.extractall(dest, filter="data")
+        if not (dest / split).is_dir():  # there only once complete (build_folder)
+            extract(Path(args.src) / f"cifar10-{split}.tar.gz", split, dest / split)
     wanted = {"train": args.per_class, "test": args.test_per_class}
     for split, n in wanted.items():
         have = class_sizes(dest / split)
@@ -84,9 +124,9 @@ def main() -> None:
     subset = dest.with_name(f"{dest.name}-{args.per_class}")
     record = subset / "subset.json"
     made = {"per_class": args.per_class, "test_per_class": args.test_per_class}
-    if subset.exists():
-        before = json.loads(record.read_text()) if record.is_file() else None
-        if before != made:
+    before = json.loads(record.read_text()) if record.is_file() else None
+    if before != made:
+        if subset.exists():
             if before is None and any(
                 p.name not in (*SPLITS, "subset.json") for p in subset.iterdir()
             ):
@@ -94,24 +134,15 @@ def main() -> None:
                     f"{subset} holds files this script did not make; move it away or pick another --dest"
                 )
             print(f"{subset}: made with {before or 'unknown numbers'}; making it again with {made}")
-            for split in SPLITS:
-                part = subset / split
-                if part.is_symlink() or part.is_file():
-                    part.unlink()
-                elif part.is_dir():
-                    shutil.rmtree(part)
-            record.unlink(missing_ok=True)
-    if not record.is_file():
-        copy_first(dest / "train", subset / "train", args.per_class)
-        if args.test_per_class is None:
-            os.symlink((dest / "test").resolve(), subset / "test")
-        else:
-            copy_first(dest / "test", subset / "test", args.test_per_class)
-        record.write_text(json.dumps(made) + "\n")
+            shutil.rmtree(subset)  # the test split's link is removed, not followed
+        make_subset(dest, subset, made)
     n_train = sum(1 for _ in (subset / "train").rglob("*.jpg"))
     n_test = sum(1 for _ in (subset / "test").rglob("*.jpg"))
     print(f"{subset}: {n_train} training and {n_test} test images")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DiskFull as e:
+        fail(str(e))

@@ -376,6 +376,25 @@ def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, caps
     from contrastlab.viz.score_plots import load_run
 
     assert load_run(out / "encoders" / enc["dir"], scores=False).name == tv
+    # its config.yaml, read by contrastlab scores and report, showed contrastlab's defaults as
+    # the encoder's settings (optim.lr 0.03, ...): they are unknown; the recipe of the views,
+    # the architecture read from its weights are known
+    import yaml
+
+    shown = yaml.safe_load((out / "encoders" / enc["dir"] / "config.yaml").read_text())
+    unknown = "unknown (converted from r18.pth)"
+    assert shown["optim"]["lr"] == shown["moco"]["temperature"] == shown["method"] == unknown
+    assert (shown["augment"]["recipe"], shown["model"]["backbone"]) == ("moco_v1", "resnet18")
+    trained = yaml.safe_load((out / "encoders" / "a" / "config.yaml").read_text())
+    assert "unknown" not in yaml.safe_dump(trained)
+    from contrastlab.viz.score_plots import run_labels
+
+    folders = [out / "encoders" / e["dir"] for e in result["encoders"]]
+    labels = run_labels([load_run(f, scores=False) for f in folders])
+    assert not any("unknown" in label for label in labels), labels  # sets no encoder apart
+    assert main(["report", str(out / "encoders" / enc["dir"])]) == 0
+    page = (out / "encoders" / enc["dir"] / "report.html").read_text()
+    assert f"<tr><td>lr</td><td>{unknown}</td></tr>" in page  # not bold: no change
 
 
 def test_analyze_says_what_it_runs_and_shows_progress_without_a_bar(tmp_path, capsys, monkeypatch):

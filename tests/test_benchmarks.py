@@ -5,6 +5,7 @@ import io
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -54,6 +55,45 @@ def test_gpu_check_trains_the_epochs_that_fit_and_reports_them(tmp_path, monkeyp
     assert "optim.epochs=%d" % run["epochs"] in run["command"]
     assert "cuda_tests" not in report and "views" not in report
     assert capsys.readouterr().out.rstrip().endswith("gpu_check.json")
+
+
+def test_gpu_check_makes_an_interrupted_or_other_extraction_again(tmp_path, monkeypatch):
+    """An extraction stopped half-way (Ctrl-C, a full disk) left OUT/cifar10 without its marker
+    and was extracted over; one made with another --per-class was reused as it was."""
+    gpu_check = runpy.run_path(str(BENCHMARKS / "gpu_check.py"))
+    data = tmp_path / "data"
+    data.mkdir()
+    _archive(data / "cifar10-train.tar.gz", "train", 3)
+    _archive(data / "cifar10-test.tar.gz", "test", 2)
+    dest = tmp_path / "out" / "cifar10"
+
+    def images(split: str) -> int:
+        return len(list((dest / split).glob("*/*.jpg")))
+
+    real, seen = tarfile.TarFile.makefile, []
+
+    def ctrl_c_at_the_fifth(self, member, path):
+        seen.append(path)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+        real(self, member, path)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", ctrl_c_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check["extract_cifar10"](data, dest, None)
+    assert not dest.exists() and not any(dest.parent.iterdir())  # nothing half-made is left
+    monkeypatch.setattr(tarfile.TarFile, "makefile", real)
+    gpu_check["extract_cifar10"](data, dest, 2)
+    assert (images("train"), images("test")) == (20, 20)
+    gpu_check["extract_cifar10"](data, dest, None)  # another --per-class: made again
+    assert (images("train"), images("test")) == (30, 20)
+    # a half extraction of the version before (its marker was .complete, written last)
+    (dest / "prepared.json").unlink()
+    for extra in (dest / "train").iterdir():
+        if extra.name != "class0":
+            shutil.rmtree(extra)
+    gpu_check["extract_cifar10"](data, dest, None)
+    assert (images("train"), images("test")) == (30, 20)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -596,7 +596,7 @@ def test_under_torchrun_an_error_one_process_meets_is_printed_by_it(monkeypatch,
     ]:
         said["error"] = error
         assert main(["train", "--config", "demo"]) == status
-        assert capsys.readouterr().err.startswith("error: ")
+        assert capsys.readouterr().err.startswith("error: rank 1: ")  # which process met it
 
     # every process meets this one: rank 0 says it, and torchrun then stops rank 1 (SIGTERM),
     # which ends its wait silently; without that, rank 1 says it after the wait
@@ -613,6 +613,38 @@ def test_under_torchrun_an_error_one_process_meets_is_printed_by_it(monkeypatch,
     with pytest.raises(SystemExit) as exited:
         main(["train", "--config", "demo", "--bogus"])
     assert exited.value.code == 2 and capsys.readouterr().err == ""
+
+
+def test_under_torchrun_a_warning_is_left_to_rank_0(monkeypatch, capsys):
+    """Every process of a torchrun job printed the warnings of the config and of the dataset
+    they all read: each was said once per process. Rank 0 says them."""
+    import contrastlab.cli as cli
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    overrides = ["method=moco", "method=looc", "ft.alpha_pos=3"]  # a repeat, an unused setting
+    assert main(["config", "--config", "demo", *overrides]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # the dataset's Python warnings (an empty class folder, skipped images) as well
+    dataset = "/site-packages/contrastlab/data/datasets.py"
+    assert cli._one_line_warning("1 class folder(s)", UserWarning, dataset, 1) == ""
+    monkeypatch.setenv("RANK", "0")
+    assert cli._one_line_warning("1 class folder(s)", UserWarning, dataset, 1) == (
+        "warning: 1 class folder(s)\n"
+    )
+    assert main(["config", "--config", "demo", *overrides]) == 0
+    warned = capsys.readouterr().err
+    assert "warning: method is given twice" in warned and "warning: ft.alpha_pos" in warned
+
+    # a stop: torchrun passes the signal to every process, and rank 0 alone says it
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("contrastlab.config.load_config", ctrl_c)
+    for rank, said in (("1", ""), ("0", "stopped by Ctrl-C\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["config", "--config", "demo"]) == 130
+        assert capsys.readouterr().err == said
 
 
 @pytest.mark.parametrize("command", ["train", "config"])

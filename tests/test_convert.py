@@ -515,3 +515,100 @@ def test_a_damaged_checkpoint_outside_a_run_is_not_sent_to_the_run(tmp_path, cap
         in_run = folder.name == "checkpoints"
         assert ("another checkpoint of the run" in err) == in_run
         assert ("write it again (contrastlab train, convert or export)" in err) != in_run
+
+
+def _unknown(source: str) -> str:
+    return f"unknown (converted from {source})"
+
+
+@pytest.mark.parametrize("options", [[], ["--dataset", "cifar10", "--image-size", "32"]])
+def test_a_converted_checkpoint_knows_only_what_its_source_records(tmp_path, options):
+    """A converted checkpoint held a whole config, the settings its source does not record at
+    contrastlab's defaults (moco.temperature 0.2, optim.lr 0.03), which every command showed as
+    the encoder's own. It records which settings it knows."""
+    from contrastlab.checkpoint import known_settings, shown_config, unknown_settings
+
+    net = _source_net("resnet18", cifar_stem=True, seed=20)
+    source_file("moco", net, _mlp(512, 64, 16, seed=21), tmp_path / "moco_r18.pth.tar")
+    out = tmp_path / "c.pt"
+    assert main(["convert", str(tmp_path / "moco_r18.pth.tar"), "--out", str(out), *options]) == 0
+    state = read_checkpoint(out)
+    known = ["name", "method", "model.backbone", "model.width", "model.cifar_stem", "model.head"]
+    known += ["model.head_hidden", "model.dim", "moco.queue_size"]  # the head's, the queue's
+    given = ["data.name", "data.image_size"] if options else []
+    assert sorted(known_settings(state)) == sorted(known + given)
+    unknown = unknown_settings(state)
+    assert {"moco.temperature", "optim.lr", "augment.recipe", "seed"} <= set(unknown)
+    assert ("data.image_size" in unknown) is not bool(options)
+    shown = shown_config(state)
+    assert shown["moco"]["temperature"] == shown["optim"]["lr"] == _unknown("moco_r18.pth.tar")
+    assert (shown["model"]["dim"], shown["moco"]["queue_size"]) == (16, 64)
+    assert shown["data"]["image_size"] == (32 if options else _unknown("moco_r18.pth.tar"))
+
+
+def test_a_checkpoint_converted_before_the_record_knows_what_its_weights_show(tmp_path):
+    """A file converted by an older version has no list of what it knows: only what its tensors
+    show is taken as known (a kept head's sizes), not the queue length or the method."""
+    from contrastlab.checkpoint import known_settings, save_checkpoint, unknown_settings
+
+    net = _source_net("resnet18", cifar_stem=True, seed=22)
+    source_file("moco", net, _mlp(512, 64, 16, seed=23), tmp_path / "src.pth")
+    out = tmp_path / "c.pt"
+    convert_checkpoint(tmp_path / "src.pth", "moco", out)
+    state = read_checkpoint(out)
+    del state["converted"]["known"]
+    save_checkpoint(out, state)
+    state = read_checkpoint(out)
+    assert sorted(known_settings(state)) == sorted(
+        ["name", "model.backbone", "model.width", "model.cifar_stem"]
+        + ["model.head", "model.head_hidden", "model.dim"]
+    )
+    assert {"method", "moco.queue_size", "data.image_size"} <= set(unknown_settings(state))
+    # a checkpoint trained here knows every setting
+    from contrastlab.checkpoint import make_state
+    from contrastlab.config import load_config
+    from contrastlab.methods import build_method
+
+    cfg = load_config("demo", ["data.synthetic_train=64"])
+    assert unknown_settings(make_state(cfg, build_method(cfg), None, 0, 0, None)) == []
+
+
+def test_eval_and_export_say_a_converted_encoders_unknown_settings(tmp_path):
+    """An eval result of a torchvision ResNet said nothing of its image size being convert's
+    default, and its safetensors export named its method "moco" (the container's)."""
+    from safetensors import safe_open
+
+    from contrastlab.eval.context import EvalContext
+    from contrastlab.export import export_checkpoint
+
+    torch.save(_source_net("resnet18", cifar_stem=True, seed=24).state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "tv.pt"
+    assert main(["convert", str(tmp_path / "tv.pth"), "--out", str(out)]) == 0
+    setup = EvalContext.from_checkpoint(out, dataset="synthetic").describe()
+    unknown = _unknown("tv.pth")
+    assert setup["trained_with"] == {
+        "method": unknown,
+        "data.name": unknown,
+        "data.image_size": unknown,
+    }
+    assert setup["image_size"] == 32  # the size it was evaluated at: a fact of the evaluation
+    # the report's table of results: its epoch is unknown, not "not recorded (an older result)"
+    from contrastlab.eval.results import write_json
+
+    (tmp_path / "config.yaml").write_text("method: moco\n")
+    write_json(
+        {"protocol": "knn", "summary": {"top1": 10.0}, "setup": setup},
+        tmp_path / "eval" / "knn.json",
+    )
+    assert main(["report", str(tmp_path)]) == 0
+    assert f"<td>epoch {unknown}</td>" in (tmp_path / "report.html").read_text()
+    export_checkpoint(out, "safetensors", tmp_path / "tv.safetensors")
+    with safe_open(tmp_path / "tv.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert (meta["method"], meta["image_size"], meta["backbone"]) == (unknown, unknown, "resnet18")
+    # given when converting: known
+    given = tmp_path / "given.pt"
+    argv = ["convert", str(tmp_path / "tv.pth"), "--out", str(given), "--image-size", "32"]
+    assert main(argv) == 0
+    setup = EvalContext.from_checkpoint(given, dataset="synthetic").describe()
+    assert setup["trained_with"]["data.image_size"] == 32

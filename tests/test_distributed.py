@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -29,10 +30,38 @@ def _worker(rank: int, port: int, configs: dict, steps: int, out_dir: str) -> No
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
+        _say_warnings_and_errors(rank, out_dir)
         for name, cfg in configs.items():
             _train_steps(rank, cfg, steps, os.path.join(out_dir, f"{name}-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def _say_warnings_and_errors(rank: int, out_dir: str) -> None:
+    """What each process prints of the warnings and errors of every kind, in rank<r>.json."""
+    import contextlib
+    import io
+    import json
+
+    from contrastlab.errors import UserError, warn
+
+    def fails_on_rank_1():
+        if rank == 1:
+            raise UserError("an image of this process's share is unreadable")
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        warn("the same for every process")
+        warn("this process's own", per_process=True)
+        distributed.warn_where(rank == 1, "met by rank 1 alone")
+        distributed.warn_where(True, "met by every process")
+    try:
+        distributed.raise_together(fails_on_rank_1)
+        raised = None
+    except UserError as e:
+        raised = {"message": str(e), "every_process": e.every_process}
+    with open(os.path.join(out_dir, f"said-rank{rank}.json"), "w") as f:
+        json.dump({"stderr": err.getvalue(), "raised": raised}, f)
 
 
 def _train_steps(rank: int, cfg, steps: int, out_file: str) -> None:
@@ -88,10 +117,29 @@ def ddp_runs(tmp_path_factory):
         ),
     }
     mp.spawn(_worker, args=(free_port(), configs, STEPS, str(out)), nprocs=WORLD, join=True)
-    return {
+    runs = {
         name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(WORLD)]
         for name in configs
     }
+    runs["said"] = [json.loads((out / f"said-rank{r}.json").read_text()) for r in range(WORLD)]
+    return runs
+
+
+def test_a_warning_is_said_once_and_one_of_a_process_names_its_rank(ddp_runs):
+    """Every process printed every warning: a user of 8 GPUs read each one 8 times, and could
+    not tell which process had met a condition of its own."""
+    said = ddp_runs["said"]
+    assert said[0]["stderr"].splitlines() == [
+        "warning: the same for every process",
+        "warning: rank 0: this process's own",
+        "warning: rank 1: met by rank 1 alone",
+        "warning: met by every process",
+    ]
+    assert said[1]["stderr"].splitlines() == ["warning: rank 1: this process's own"]
+    # an error met by rank 1 alone is raised on both, said by rank 0 alone, naming rank 1
+    message = "rank 1: an image of this process's share is unreadable"
+    assert said[0]["raised"] == {"message": message, "every_process": True}
+    assert said[1]["raised"]["every_process"] is True  # left to rank 0
 
 
 @pytest.mark.parametrize("name", ["shuffle", "plain"])
@@ -157,7 +205,8 @@ def test_torchrun_trains_with_two_processes(tmp_path):
         "moco_v2_cifar",
         *TINY,
         "model.bn_splits=1",
-        "optim.epochs=1",
+        "optim.epochs=2",
+        "optim.epochs=1",  # given twice: a warning, said once for both processes
         f"out_dir={tmp_path}",
         "name=ddp",
     ]
@@ -166,6 +215,7 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     assert proc.stdout.count("run directory:") == 1  # only the main process reports
     # the start line names the processes and what each step takes
     assert "on cpu, 2 processes × batch 8 = 16 per step;" in proc.stdout, proc.stdout
+    assert proc.stderr.count("warning: optim.epochs is given twice") == 1, proc.stderr[-2000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 96 // 16  # the global batch of 16 is split over the two processes
 

@@ -232,3 +232,45 @@ def test_prepare_cifar10_checks_its_arguments_and_never_reuses_another_subset(
     prepare(monkeypatch, "--src", str(src), "--dest", str(dest), "--per-class", "2")  # all tests
     assert capsys.readouterr().out.endswith(f"{subset}: 4 training and 4 test images\n")
     assert (subset / "test").is_symlink()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "full disk"])
+def test_prepare_cifar10_makes_an_interrupted_extraction_again(tmp_path, monkeypatch, capsys, stop):
+    """Ctrl-C or a full disk during the extraction left a half train/ folder, which the next run
+    took as complete: its subset was short of images, and nothing said so."""
+    import errno
+    import tarfile
+
+    src = fake_cifar_archives(tmp_path / "src")
+    dest = tmp_path / "data" / "cifar10"
+    real, written = tarfile.TarFile.makefile, []
+
+    def stops_after_two_images(self, member, path):
+        if len(written) == 2:
+            if stop == "full disk":
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            raise stop
+        written.append(path)
+        real(self, member, path)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", stops_after_two_images)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        prepare(monkeypatch, "--src", str(src), "--dest", str(dest), "--per-class", "3")
+    if stop == "full disk":  # one line, as every error of the script
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "no space left on device while making" in err[0], err
+    assert sorted(p.name for p in dest.iterdir()) == []  # no half folder, no temporary one
+    # a run killed outright leaves its temporary folder: the next run replaces it
+    leftover = dest / ".train.partial" / "cat"
+    leftover.mkdir(parents=True)
+    (leftover / "9999.jpg").write_bytes(b"jpg")
+    monkeypatch.setattr(tarfile.TarFile, "makefile", real)
+    prepare(monkeypatch, "--src", str(src), "--dest", str(dest), "--per-class", "3")
+    subset = tmp_path / "data" / "cifar10-3"
+    assert capsys.readouterr().out.endswith(f"{subset}: 6 training and 4 test images\n")
+    assert sorted(p.name for p in dest.iterdir()) == ["test", "train"]
+    assert sorted(p.name for p in (dest / "train" / "cat").iterdir()) == [
+        "0000.jpg",
+        "0001.jpg",
+        "0002.jpg",
+    ]

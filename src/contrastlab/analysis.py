@@ -29,7 +29,9 @@ Layout of ``--out DIR``::
     encoders/<name>/sensitivity.npz    per-image positive scores: one float32 [N] array per
                                        "<space>/<condition>" (condition: recipe, color, ...)
     encoders/<name>/config.yaml        the checkpoint's configuration, with augment.recipe the
-                                       recipe of the views analyzed (``--recipe``)
+                                       recipe of the views analyzed (``--recipe``); an encoder
+                                       converted from another project has each setting its file
+                                       does not record as "unknown (converted from <file>)"
     encoders/<name>/encoder.json       the encoder's label; written first, so that a rerun after
                                        a failure may replace what the failed run left
     figures/analysis-<space>-*.png     distributions, overlay with quantile bands, sensitivity
@@ -326,10 +328,12 @@ def analyze_encoder(ctx, dataset, settings: Settings, label: str, out_dir: Path)
     from contrastlab.config import config_to_dict
 
     # the views analyzed, as `contrastlab scores` on this folder reads them: the checkpoint's
-    # config with the recipe that made the views
+    # config with the recipe that made the views; a converted encoder's unknown settings marked
+    # as such (checkpoint.shown_config), not shown as the defaults it holds
     recipe = views_recipe(ctx.cfg, settings.recipe)
-    cfg = dataclasses.replace(ctx.cfg, augment=dataclasses.replace(ctx.cfg.augment, recipe=recipe))
-    write_text(out_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    shown = copy.deepcopy(ctx.shown_config) if ctx.shown_config else config_to_dict(ctx.cfg)
+    shown["augment"]["recipe"] = recipe
+    write_text(out_dir / "config.yaml", yaml.safe_dump(shown, sort_keys=False))
     summary = {"label": label, "dir": out_dir.name, "recipe": recipe}
     if settings.recipe == "checkpoint" and getattr(ctx.model, "converted_from", None):
         # not a recipe the encoder was trained with: convert's choice for encoders of other projects

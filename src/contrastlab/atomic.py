@@ -8,14 +8,17 @@ as it was; an error that comes from a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG
 library wrapped it in its own exception (``torch.save`` raises a ``RuntimeError`` from the
 ``OSError``), becomes one ``DiskFull`` line. ``append_text`` does the same for a line appended
 to a log (an append cannot be atomic: on an error the file is cut back to its previous size).
+``build_folder`` does it for a whole folder (an extracted archive): filled under another name,
+renamed into place once complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -168,5 +171,43 @@ def append_text(path: str | os.PathLike, text: str) -> None:
             raise DiskFull(
                 f"no space left on device while appending to {path}; the lines written before "
                 "are intact"
+            ) from None
+        raise
+
+
+def partial_folder(folder: str | os.PathLike) -> Path:
+    """The temporary sibling that ``build_folder`` fills for ``folder``: ``.<name>.partial``."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.partial")
+
+
+@contextlib.contextmanager
+def build_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Make ``folder`` whole or not at all: yields a temporary sibling to fill
+    (``partial_folder``), renamed to ``folder`` when the block ends without an error.
+
+    So ``folder`` exists only once complete, and a later run can take its existence as proof:
+    an interruption (Ctrl-C, a full disk, a killed process) leaves at most the temporary folder,
+    which is removed on an error and, when a killed process could not, by the next
+    ``build_folder`` of the same folder. ``folder`` must not exist (or be an empty folder); a
+    full disk raises ``DiskFull``. One build of a folder at a time: a second would remove the
+    first one's temporary folder.
+    """
+    folder = Path(folder)
+    temp = partial_folder(folder)
+    if temp.is_symlink() or temp.is_file():
+        temp.unlink()
+    elif temp.exists():
+        shutil.rmtree(temp)  # left by an earlier build that was stopped before it could clean up
+    try:
+        temp.mkdir(parents=True)
+        yield temp
+        os.replace(temp, folder)
+        fsync_dir(folder.parent)
+    except BaseException as e:
+        shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(e, Exception) and no_space_error(e) is not None:
+            raise DiskFull(
+                f"no space left on device while making {folder}; nothing of it was kept"
             ) from None
         raise

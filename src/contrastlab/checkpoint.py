@@ -296,7 +296,9 @@ def _first(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _get(d: dict, dotted: str):
+def dotted_value(d: dict, dotted: str):
+    """``d["model"]["width"]`` for ``"model.width"`` in a config as a checkpoint holds it (nested
+    dicts); ``{}`` where a part is missing."""
     for part in dotted.split("."):
         d = d.get(part, {}) if isinstance(d, dict) else {}
     return d
@@ -304,9 +306,9 @@ def _get(d: dict, dotted: str):
 
 def config_differences(saved: dict, current: dict, keys=ARCHITECTURE_KEYS) -> list[str]:
     return [
-        f"{k}: checkpoint {_get(saved, k)!r}, now {_get(current, k)!r}"
+        f"{k}: checkpoint {dotted_value(saved, k)!r}, now {dotted_value(current, k)!r}"
         for k in keys
-        if _get(saved, k) != _get(current, k)
+        if dotted_value(saved, k) != dotted_value(current, k)
     ]
 
 
@@ -384,6 +386,80 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     update, no enqueue); ``model.train()`` makes it a training step again."""
     model, cfg, _ = load_model_and_normalization(path, device)
     return model, cfg
+
+
+# A converted checkpoint (contrastlab convert) holds a full config, but only part of it is known:
+# the rest are contrastlab's defaults, which no command may show as the encoder's settings.
+UNKNOWN = "unknown (converted from {source})"
+
+
+def converted_source(state: dict) -> str | None:
+    """The file a converted checkpoint was converted from (its name), ``"another project"``
+    where the record does not say; None for a checkpoint trained here."""
+    converted = state.get("converted")
+    if not isinstance(converted, dict):
+        return None
+    source = converted.get("source")
+    return Path(source).name if isinstance(source, str) and source else "another project"
+
+
+def inferred_settings(state: dict) -> list[str]:
+    """The config keys of a converted checkpoint that its weights show: the architecture (read
+    from the tensor shapes) and, where a projection head was kept, its kind and sizes; and the
+    name, which convert takes from the source file."""
+    keys = ["name", "model.backbone", "model.width", "model.cifar_stem"]
+    if (state.get("converted") or {}).get("head"):
+        mlp = dotted_value(state["config"], "model.head") == "mlp"
+        keys += ["model.head", "model.dim", *(["model.head_hidden"] if mlp else [])]
+    return keys
+
+
+def known_settings(state: dict) -> list[str]:
+    """The dotted config keys (``model.width``) whose values a checkpoint really knows: all of
+    them for one trained here; for one converted from another project those its ``converted``
+    record lists (``"known"``), or, converted by a version that recorded none, those its weights
+    show (``inferred_settings``)."""
+    keys = list(_leaves(state["config"]))
+    if converted_source(state) is None:
+        return keys
+    known = state["converted"].get("known")
+    if not isinstance(known, list):
+        known = inferred_settings(state)
+    return [k for k in keys if k in known]
+
+
+def unknown_settings(state: dict) -> list[str]:
+    """The dotted config keys of a checkpoint whose values are not known (a converted one's
+    defaults); empty for a checkpoint trained here."""
+    known = set(known_settings(state))
+    return [k for k in _leaves(state["config"]) if k not in known]
+
+
+def is_unknown(value) -> bool:
+    """Whether ``value`` is the mark ``shown_config`` puts for an unknown setting."""
+    head = UNKNOWN.split("{", 1)[0]
+    return isinstance(value, str) and value.startswith(head) and value.endswith(")")
+
+
+def shown_config(state: dict, known: tuple[str, ...] = ()) -> dict:
+    """The checkpoint's config as commands show it: every unknown setting's value (of an encoder
+    converted from another project) replaced by ``unknown (converted from <source file>)``.
+    ``known``: keys to keep as they are all the same (analyze's ``augment.recipe``, the recipe
+    of the views it made). Nested as ``state["config"]``; not a config to load."""
+    source = converted_source(state)
+    unknown = set(unknown_settings(state)) - set(known)
+
+    def walk(node: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                out[key] = walk(value, f"{dotted}.")
+            else:
+                out[key] = UNKNOWN.format(source=source) if dotted in unknown else value
+        return out
+
+    return walk(state["config"], "")
 
 
 def checkpoint_feature_spaces(cfg, state: dict) -> tuple[str, ...]:

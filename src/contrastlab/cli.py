@@ -20,9 +20,12 @@ from contrastlab.errors import (
     TrainingInterrupted,
     UserError,
     met_by_every_process,
+    on_this_process,
     one_line,
     plural,
+    process_rank,
     settings_as_flags,
+    warning_line,
 )
 
 
@@ -370,10 +373,11 @@ def _is_override(arg: str) -> bool:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """contrastlab's own warnings as one ``warning: ...`` line (no file, line or source);
+    """contrastlab's own warnings as one ``warning: ...`` line (no file, line or source), which
+    under torchrun rank 0 alone prints (they are about the data every process reads alike);
     other libraries' warnings keep Python's format, which says where they come from."""
     if category is UserWarning and "contrastlab" in str(filename):
-        return f"warning: {message}\n"
+        return warning_line(str(message))
     return _python_format(message, category, filename, lineno, line)
 
 
@@ -424,7 +428,8 @@ def _failed_allocation(e: Exception) -> str | None:
 
 def _report_no_space(e: OSError, args) -> int:
     where = f" ({e.filename})" if e.filename else ""
-    print(f"error: no space left on device{where}; {_after_full_disk(args)}", file=sys.stderr)
+    said = on_this_process(f"no space left on device{where}; {_after_full_disk(args)}")
+    print(f"error: {said}", file=sys.stderr)
     return 2
 
 
@@ -513,11 +518,11 @@ def _main(argv: list[str] | None, stdout) -> int:
         return status
     except DiskFull as e:
         if not (e.every_process and _left_to_rank_0()):
-            print(f"error: {one_line(e)}; {_after_full_disk(args)}", file=sys.stderr)
+            print(f"error: {_error_text(e)}; {_after_full_disk(args)}", file=sys.stderr)
         return 2
     except UserError as e:
         if not (e.every_process and _left_to_rank_0()):
-            print(f"error: {one_line(e)}", file=sys.stderr)
+            print(f"error: {_error_text(e)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
         if e.is_main:
@@ -533,13 +538,11 @@ def _main(argv: list[str] | None, stdout) -> int:
             raise
         # the file system refused: a permission, a read-only disk, a path that vanished
         where = f" {e.filename}" if e.filename else ""
-        print(
-            f"error: cannot use{where}: {e.strerror or e}; check the path and its permissions",
-            file=sys.stderr,
-        )
+        said = f"cannot use{where}: {e.strerror or e}; check the path and its permissions"
+        print(f"error: {on_this_process(said)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"error: out of memory; {_LESS_MEMORY}", file=sys.stderr)
+        print(f"error: {on_this_process(f'out of memory; {_LESS_MEMORY}')}", file=sys.stderr)
         return 2
     except Exception as e:
         # a writer that is not routed through contrastlab.atomic, whose library wrapped the
@@ -549,16 +552,16 @@ def _main(argv: list[str] | None, stdout) -> int:
         wanted = _failed_allocation(e)
         if wanted is None:
             raise
-        print(f"error: out of memory ({wanted}); {_LESS_MEMORY}", file=sys.stderr)
+        said = on_this_process(f"out of memory ({wanted}); {_LESS_MEMORY}")
+        print(f"error: {said}", file=sys.stderr)
         return 2
     except InterruptedTwice:
         # a second Ctrl-C while the run stops after the first one: checkpoints are written to a
         # temporary file and renamed, so last.pt is whole, either the new one or the one before
-        print(
+        _say_stop(
             "interrupted again while stopping; the newest complete checkpoint is in the run's "
             "checkpoints/ folder (each is written whole or not at all): resume with "
-            "train.resume=auto",
-            file=sys.stderr,
+            "train.resume=auto"
         )
         return 130
     except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
@@ -566,15 +569,27 @@ def _main(argv: list[str] | None, stdout) -> int:
         if _trains(args, argv):
             # not inside a training step (those stop at the step's end and save): start-up, set-up
             # or the summary; no file of the run was being written
-            print(
+            _say_stop(
                 f"stopped by {signal_name} outside the training loop (no training step was "
                 "running, no file of the run was being written); to start or continue the run, "
-                "use the same command with train.resume=auto",
-                file=sys.stderr,
+                "use the same command with train.resume=auto"
             )
             return EXIT_STOPPED if isinstance(e, StopRequested) else 130
-        print(f"stopped by {signal_name}", file=sys.stderr)
+        _say_stop(f"stopped by {signal_name}")
         return 128 + e.signum if isinstance(e, StopRequested) else 130
+
+
+def _say_stop(line: str) -> None:
+    """A stop's one line, which under torchrun rank 0 alone prints: torchrun passes a signal on
+    to every process, and Ctrl-C in a terminal reaches them all."""
+    if process_rank()[0] == 0:
+        print(line, file=sys.stderr)
+
+
+def _error_text(e: UserError) -> str:
+    """The one line of ``e``; under torchrun, one that a process may meet alone names its rank
+    (``rank 1: ...``), as it is printed by that process (rank 0 prints one met by all)."""
+    return one_line(e) if e.every_process else on_this_process(one_line(e))
 
 
 # How long a process of a torchrun job other than rank 0 waits for rank 0 to print an error that
@@ -591,7 +606,7 @@ def _left_to_rank_0() -> bool:
     ``_RANK_0_GRACE_S`` without that, False: the process prints the error itself."""
     import time
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+    if process_rank()[0] == 0:
         return False
     try:
         time.sleep(_RANK_0_GRACE_S)
@@ -601,12 +616,13 @@ def _left_to_rank_0() -> bool:
 
 
 def _say_output_discarded(command: argparse.ArgumentParser) -> None:
-    print(
-        f"warning: the reader of {command.prog}'s output went away (a closed pipe or "
-        "terminal); the command carries on to its end, writes its files as usual and discards "
-        "the rest of its output",
-        file=sys.stderr,
-        flush=True,
+    from contrastlab.errors import warn
+
+    warn(  # this process's own stream: under torchrun, each says so for its own
+        f"the reader of {command.prog}'s output went away (a closed pipe or terminal); the "
+        "command carries on to its end, writes its files as usual and discards the rest of its "
+        "output",
+        per_process=True,
     )
 
 

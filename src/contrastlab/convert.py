@@ -475,8 +475,33 @@ def build_checkpoint(
         model.queue.copy_(torch.nn.functional.normalize(queue.float(), dim=1))
     state = make_state(cfg, model, None, epoch=enc.epoch, step=enc.step, best_metric=None)
     _share_momentum_copies(state["model"])
-    state["converted"] = {"source": str(source), "format": enc.fmt, "head": head is not None}
+    state["converted"] = {
+        "source": str(source),
+        "format": enc.fmt,
+        "head": head is not None,
+        # the settings the source shows or the user gave; the others are defaults, not facts
+        "known": _known_settings(enc, head, queue, dataset, image_size),
+    }
     return state
+
+
+def _known_settings(enc: Encoder, head, queue, dataset, image_size) -> list[str]:
+    """The dotted config keys a converted checkpoint knows (``checkpoint.known_settings``): the
+    architecture from the tensor shapes, the head's when one is kept, the queue's length when
+    its queue is, the method where the format is MoCo's own, and ``--dataset`` /
+    ``--image-size`` when given; the name comes from the source file."""
+    known = ["name", "model.backbone", "model.width", "model.cifar_stem"]
+    if head is not None:
+        known += [f"model.{key}" for key in _head_config(head)]
+    if queue is not None:
+        known.append("moco.queue_size")
+    if enc.fmt == "moco":  # facebookresearch/moco: MoCo, whatever its other settings were
+        known.append("method")
+    if dataset is not None:
+        known.append("data.name")
+    if image_size is not None:
+        known.append("data.image_size")
+    return known
 
 
 def _share_momentum_copies(weights: dict[str, Tensor]) -> None:

@@ -121,12 +121,33 @@ def unshuffle_batch(x: Tensor, undo: Tensor) -> Tensor:
     return everything[local]
 
 
+def warn_where(met: bool, message: str) -> None:
+    """Warn once about a condition that each process checks for itself (its CPU, its device):
+    rank 0 prints ``message``, after the ranks that meet it where not all of them do
+    (``warning: rank 1: ...``, ``warning: ranks 1, 3: ...``). A collective under ``torchrun``:
+    every process must call it."""
+    from contrastlab.errors import warn
+
+    if not is_distributed():
+        if met:
+            warn(message)
+        return
+    flags = [None] * world_size()
+    dist.all_gather_object(flags, bool(met))
+    ranks = [r for r, flag in enumerate(flags) if flag]
+    if ranks and len(ranks) < len(flags):
+        message = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {message}"
+    if ranks:
+        warn(message)  # by rank 0
+
+
 def raise_together(fn) -> None:
     """Run ``fn()`` on every process; if it raises a ``UserError`` on any, raise on all.
 
     Checks that only the main process makes (the run directory) would otherwise leave the other
     processes waiting in their first collective until the timeout. The error that every process
-    raises is the first process's (``every_process``: rank 0 alone prints it).
+    raises is the first process's (``every_process``: rank 0 alone prints it), after its rank
+    where another process than rank 0 met it alone (``rank 1: ...``).
     """
     from contrastlab.errors import UserError
 
@@ -138,10 +159,13 @@ def raise_together(fn) -> None:
     if is_distributed():
         messages = [None] * world_size()
         dist.all_gather_object(messages, None if error is None else str(error))
-        first = next((m for m in messages if m), None)
-        if error is None and first is not None:
-            error = UserError(first)
-        if error is not None:  # every process raises it: rank 0 prints it (where it has it)
-            error.every_process = str(error) == first
+        first = next((r for r, m in enumerate(messages) if m), None)
+        if first is not None:
+            said = messages[first]
+            if first != 0 and any(m != said for m in messages):  # not met by rank 0: named
+                said = f"rank {first}: {said}"
+            if error is None or str(error) == messages[first] != said:
+                error = UserError(said)
+            error.every_process = str(error) == said  # rank 0 prints it (where it has it)
     if error is not None:
         raise error

@@ -140,11 +140,55 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {many or word + ('es' if word.endswith(('s', 'x', 'sh')) else 's')}"
 
 
-def warn(message: str) -> None:
-    """One line of warning on stderr (``warning: <message>``)."""
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in a ``torchrun`` job: torch.distributed's once the
+    process group is joined, else those torchrun puts in the environment (``RANK``,
+    ``WORLD_SIZE``), which hold from the start; ``(0, 1)`` for a process on its own.
+
+    Reads torch.distributed only where it is already imported: this module imports no torch."""
+    import os
     import sys
 
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:  # not torchrun's: a process on its own
+        return 0, 1
+    return (rank, world) if world > 1 else (0, 1)  # a RANK of another tool's, alone: rank 0
+
+
+def on_this_process(message: str) -> str:
+    """``message`` about this process alone: ``rank 1: <message>`` in a ``torchrun`` job of more
+    than one process (each may print its own), ``message`` as it is otherwise."""
+    rank, world = process_rank()
+    return f"rank {rank}: {message}" if world > 1 else message
+
+
+def warning_line(message: str, per_process: bool = False) -> str:
+    """The line ``warn`` prints (``warning: <message>``, newline included), or ``""`` where this
+    process leaves it to rank 0 (``warn``)."""
+    if per_process:
+        return f"warning: {on_this_process(message)}\n"
+    return f"warning: {message}\n" if process_rank()[0] == 0 else ""
+
+
+def warn(message: str, per_process: bool = False) -> None:
+    """One line of warning on stderr (``warning: <message>``).
+
+    Under ``torchrun`` every process runs the same code, so a warning about what they share (the
+    config, the run directory, the dataset) would be printed once per process: it is printed by
+    rank 0 alone. ``per_process=True`` is for a condition of this process alone (its CPU, its
+    device, its output stream): each process that meets it prints it, naming its rank when there
+    is more than one (``warning: rank 1: <message>``).
+    """
+    import sys
+
+    line = warning_line(message, per_process)
+    if line:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 def as_list(value, what: str, kinds=(str,)) -> list:

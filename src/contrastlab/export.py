@@ -27,7 +27,9 @@ feature, are not in it. Projection heads, the momentum encoder and the queues ar
   stem; another width of a ResNet-18/34; stages that do not double) is refused with a
   ``UserError`` before anything is written (``detectron2_problem``).
 * ``safetensors``: the same tensors and names as ``torchvision``, plus string metadata (backbone,
-  width, CIFAR stem); needs the optional extra ``pip install safetensors``.
+  width, CIFAR stem, method, image size; for an encoder converted from another project, a setting
+  its file does not record reads ``unknown (converted from <file>)``); needs the optional extra
+  ``pip install safetensors``.
 """
 
 from __future__ import annotations
@@ -290,7 +292,12 @@ def contents_note(
 def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
     """Load a contrastlab checkpoint and export its query backbone. A format whose consumer
     cannot load it (``detectron2_problem``) is refused before the model is rebuilt."""
-    from contrastlab.checkpoint import model_from_state, read_checkpoint
+    from contrastlab.checkpoint import (
+        dotted_value,
+        model_from_state,
+        read_checkpoint,
+        shown_config,
+    )
     from contrastlab.config import config_from_dict
 
     if fmt not in FORMATS:  # fail before the (slow) model rebuild
@@ -304,12 +311,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.Pat
         if problem is not None:
             raise _refuse_detectron2(problem)
     model, cfg, _ = model_from_state(Path(checkpoint), state, "cpu")
+    shown = shown_config(state)  # a converted encoder's unknown settings said as such
     meta = {
         "format": "contrastlab-backbone",
         "backbone": cfg.model.backbone,
         "width": str(cfg.model.width),
         "cifar_stem": json.dumps(cfg.model.cifar_stem),
-        "method": cfg.method,
-        "image_size": str(cfg.data.image_size),
+        "method": str(shown["method"]),
+        "image_size": str(dotted_value(shown, "data.image_size")),
     }
     return export_backbone(model.backbone, fmt, out, meta)

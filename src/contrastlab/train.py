@@ -362,10 +362,11 @@ class Trainer:
         if not cuda and cfg.train.keep_freed_memory:
             keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
-        if self.amp and self.device.type == "cpu" and self.is_main and not cpu_has_native_bf16():
-            warn(
+        if self.amp and self.device.type == "cpu":  # each process's own CPU (nodes may differ)
+            distributed.warn_where(
+                not cpu_has_native_bf16(),
                 "train.amp=true on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 "
-                "is emulated there and slower than float32; leave train.amp out on this machine"
+                "is emulated there and slower than float32; leave train.amp out on this machine",
             )
         # channels-last: faster convolutions on CUDA and in oneDNN on the CPU; split BN then
         # normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).

@@ -161,6 +161,9 @@ class EvalContext:
     seed: int = 0
     checkpoint_epoch: int | None = None  # the checkpoint's completed epochs (None: not stored)
     checkpoint_step: int | None = None  # and its optimizer steps
+    # the checkpoint's config as commands show it (checkpoint.shown_config): an encoder converted
+    # from another project has its unknown settings marked; None: every setting is known
+    shown_config: dict | None = None
 
     def __post_init__(self):
         self._raw: dict[str, Dataset] = {}
@@ -181,7 +184,12 @@ class EvalContext:
         skip_bad_images: bool = False,
         **kwargs,
     ) -> "EvalContext":
-        from contrastlab.checkpoint import model_from_state, read_checkpoint
+        from contrastlab.checkpoint import (
+            model_from_state,
+            read_checkpoint,
+            shown_config,
+            unknown_settings,
+        )
         from contrastlab.config import config_from_dict
 
         device = resolve_device(device)
@@ -195,6 +203,8 @@ class EvalContext:
         # which state of the training was evaluated: an older last.pt is told apart
         kwargs.setdefault("checkpoint_epoch", state.get("epoch"))
         kwargs.setdefault("checkpoint_step", state.get("step"))
+        if unknown_settings(state):
+            kwargs.setdefault("shown_config", shown_config(state))
         del state
         if kwargs.get("num_workers") is None:
             kwargs["num_workers"] = data_cfg.num_workers
@@ -372,4 +382,21 @@ class EvalContext:
             "test_set": self.test_set(),
             "epoch": self.checkpoint_epoch,
             "step": self.checkpoint_step,
+            **self.trained_with(),
         }
+
+    # The training settings that an evaluation takes from the checkpoint as its own: the
+    # network's input size, and the dataset (and so the normalization) when none is given.
+    TAKEN_FROM_TRAINING = ("method", "data.name", "data.image_size")
+
+    def trained_with(self) -> dict:
+        """For an encoder converted from another project (``shown_config``), ``{"trained_with":
+        {key: value}}`` for the keys of ``TAKEN_FROM_TRAINING``, each its value or ``unknown
+        (converted from <source>)``: the image size an evaluation ran at may be convert's
+        default, not the encoder's training resolution. Empty for a checkpoint trained here."""
+        if self.shown_config is None:
+            return {}
+        from contrastlab.checkpoint import dotted_value
+
+        shown = {k: dotted_value(self.shown_config, k) for k in self.TAKEN_FROM_TRAINING}
+        return {"trained_with": shown}

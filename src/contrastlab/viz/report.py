@@ -85,6 +85,12 @@ def _setting_cell(key: str, value, resolved: dict, rules: dict) -> str:
     return _cell(value)
 
 
+def _is_unknown(value) -> bool:
+    from contrastlab.checkpoint import is_unknown
+
+    return is_unknown(value)
+
+
 def _config_section(run: Run) -> str:
     if not run.config:
         return '<p class="missing">no config.yaml</p>'
@@ -102,7 +108,8 @@ def _config_section(run: Run) -> str:
         rows = []
         for key, value in items:
             full = key if name == "general" else f"{name}.{key}"
-            changed = full in defaults and defaults[full] != value
+            # an unknown setting (a converted encoder's, shown as such) is not a change
+            changed = full in defaults and defaults[full] != value and not _is_unknown(value)
             cls = ' class="unused"' if full in unused else ' class="changed"' if changed else ""
             cell = _setting_cell(full, value, resolved, rules)
             rows.append(f"<tr{cls}><td>{html.escape(key)}</td>{cell}</tr>")
@@ -110,6 +117,11 @@ def _config_section(run: Run) -> str:
             f'<table><tr><th colspan="2">{html.escape(name)}</th></tr>{"".join(rows)}</table>'
         )
     notes = ["Bold: changed from the default."] if defaults else []
+    if any(_is_unknown(v) for v in run.config.values()):
+        notes.append(
+            "unknown (converted from FILE): an encoder converted from another project, whose "
+            "file does not record the setting (contrastlab convert)."
+        )
     if unused:
         notes.append(
             "Grey: no effect on this run (e.g. looc.* on a MoCo run, ft.* with Feature "
@@ -224,6 +236,9 @@ def _eval_section(run: Run) -> str:
         flat = flatten(data) if isinstance(data, dict) else {"value": data}
         # the checkpoint's epoch and step, written with the result (setup.epoch / setup.step)
         state = checkpoint_state(flat.get("setup.epoch"), last)
+        unknown = [v for k, v in flat.items() if k.startswith("setup.trained_with.")]
+        if flat.get("setup.epoch") is None and any(_is_unknown(v) for v in unknown):
+            state = "epoch " + next(v for v in unknown if _is_unknown(v))  # a converted encoder
         checkpoint = flat.get("setup.checkpoint")
         step = flat.get("setup.step")
         summary.append(

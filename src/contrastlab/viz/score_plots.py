@@ -353,13 +353,22 @@ _LABEL_ENTRIES = 4  # settings named in a label at most; "…" says there are mo
 def _differing_keys(shown: list[dict], skip: list[set[str]]) -> list[str]:
     """The keys whose value (as a label spells it) differs between the runs, among those where
     it has an effect (``skip``: a run's keys without one)."""
+    from contrastlab.checkpoint import is_unknown  # a converted encoder's: sets no run apart
+
     keys = sorted({k for c in shown for k in c} - _IGNORED_KEYS, key=_label_order)
     if len(shown) < 2:
         return []
     return [
         k
         for k in keys
-        if len({setting_text(c.get(k)) for c, no in zip(shown, skip) if k not in no}) > 1
+        if len(
+            {
+                setting_text(c.get(k))
+                for c, no in zip(shown, skip)
+                if k not in no and not is_unknown(c.get(k))
+            }
+        )
+        > 1
     ]
 
 
@@ -380,6 +389,8 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
                 "per run"
             )
         return list(labels)
+    from contrastlab.checkpoint import is_unknown
+
     shown = [label_settings(r) for r in runs]
     skip = [inapplicable_keys(r.config) for r in runs]
     differing = _differing_keys(shown, skip)
@@ -387,7 +398,11 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     out = []
     for run, config, no in zip(runs, shown, skip):
         derived = _derived_keys(run)
-        mine = [k for k in differing if k not in no and k not in derived]
+        mine = [
+            k
+            for k in differing
+            if k not in no and k not in derived and not is_unknown(config.get(k))
+        ]
         # the user's own choices first: a cut label keeps them
         mine.sort(key=lambda k: k not in defaults or run.config.get(k) == defaults[k])
         parts = [f"{k}={setting_text(config.get(k))}" for k in mine[:_LABEL_ENTRIES]]
