@@ -688,14 +688,27 @@ def _load_folder(files: list[str], cfg: DataConfig):
     return False, None, sizes, bad
 
 
+def split_place(root: Path, split: str, cfg) -> str:
+    """Where the images of ``split`` come from, for messages: ``the test split of R`` where R
+    holds train/ and test/ or a held-out part; the folder alone where it is read whole, as the
+    command names it (``--test-dir R`` in eval transfer, which reads each folder as a dataset
+    of its own: its internal split is no part of what the user gave)."""
+    whole = not (root / "train").is_dir() and (split == "train" and cfg.holdout_fraction == 0)
+    if not whole:
+        return f"the {split} split of {root}"
+    flag = setting("data.path", str(root))
+    return flag if flag and flag.startswith("--") else str(root)
+
+
 def _unreadable_message(root: Path, split: str, first: str, why: str, count: int, cfg) -> str:
     """The one-line error for unreadable images, counting those of the test split as well when
     the training split fails: the test split is built after it, and its bad files would otherwise
     surface one run later."""
+    place = split_place(root, split, cfg)
     where = (
-        f"{count} unreadable images in the {split} split of {root}, the first"
+        f"{count} unreadable images in {place}, the first"
         if count > 1
-        else f"unreadable image in the {split} split of {root}"
+        else f"unreadable image in {place}"
     )
     more = ""
     if split == "train":
@@ -705,7 +718,7 @@ def _unreadable_message(root: Path, split: str, first: str, why: str, count: int
             more = f" (and {test_bad} in the test split)"
     skip = setting("data.skip_bad_images", "true")
     skip = f", or pass {skip} to skip unreadable images" if skip else ""
-    return f"{where}: {first} ({why}){more}; fix or delete them{skip}"
+    return f"{where}: {first} ({why}){more}; fix or delete {'it' if count == 1 else 'them'}{skip}"
 
 
 def _imagefolder(cfg: DataConfig, split: str, transform):
@@ -741,14 +754,15 @@ def _imagefolder(cfg: DataConfig, split: str, transform):
                 _unreadable_message(root, split, files[first], bad[first], len(bad), cfg)
             )
         warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) of {len(files)} in the {split} split of "
-            f"{root} (first: {files[first]}: {bad[first]})",
+            f"skipped {plural(len(bad), 'unreadable image')} of {len(files)} in "
+            f"{split_place(root, split, cfg)} (first: {files[first]}: {bad[first]})",
             stacklevel=3,
         )
     keep = [i for i in range(len(files)) if i not in bad]
     if not keep:
         raise UserError(
-            f"none of the {plural(len(files), 'image')} of the {split} split in {root} is readable"
+            f"none of the {plural(len(files), 'image')} in {split_place(root, split, cfg)} is "
+            "readable"
         )
     kept_labels = [labels[i] for i in keep]
     distinct = {sizes[i] for i in keep}
