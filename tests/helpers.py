@@ -198,3 +198,27 @@ def problem_lines(err: str) -> list[str]:
     """stderr without the lines in which ``eval`` protocols and ``analyze`` say what they run
     (``eval knn: ...``, ``analyze NAME: ...``): what is left are warnings and errors."""
     return [line for line in err.strip().splitlines() if not line.startswith(("eval ", "analyze "))]
+
+
+# a training of seconds whose checkpoint the eval tests evaluate (trained_checkpoint), and the
+# eval options that keep those evaluations quiet and small
+TINY_EVAL = [
+    "dataset=synthetic",
+    "data.synthetic_train=96",
+    "data.synthetic_test=64",
+    "data.num_workers=0",
+    "data.image_size=16",
+    "model.width=0.0625",
+    "model.cifar_stem=true",
+    "model.head_hidden=16",
+    "model.dim=8",
+    "model.bn_splits=2",
+    "moco.queue_size=32",
+    "optim.batch_size=16",
+    "optim.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "train.knn_every=0",
+    "train.progress=false",
+    "scores.bins=10",
+]
+EVAL_COMMON = ["--workers", "0", "--no-progress", "--batch-size", "64"]

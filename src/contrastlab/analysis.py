@@ -55,6 +55,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from contrastlab.atomic import is_contrastlab_figure, save_figure, write_atomic, write_text
+from contrastlab.checkpoint import require_file
 from contrastlab.errors import UserError, as_list, as_path, plural
 from contrastlab.eval.context import DEVICES
 from contrastlab.eval.progress import Heartbeat, say
@@ -461,13 +462,7 @@ def run_analysis(
     if not 0 <= settings.seed < 2**32:  # as train's seed and eval --seed
         raise UserError(f"--seed must be in [0, 4294967295], got {settings.seed}")
     for c in checkpoints:  # every file first: no work is lost to a typo in the last one
-        if Path(c).is_dir():  # the same line as the other commands (checkpoint.load_torch_file)
-            raise UserError(
-                f"{c} is a folder, not a checkpoint file; give a .pt file (a run keeps its "
-                "checkpoints in <run>/checkpoints/)"
-            )
-        if not Path(c).is_file():
-            raise UserError(f"checkpoint {c} does not exist")
+        require_file(c)  # the same line as the other commands
     out = Path(out)
     # Every checkpoint's spaces and dataset before any encoder is loaded: a space missing from
     # the last checkpoint or a dataset too small for --images + --negatives loses no work.
@@ -823,7 +818,7 @@ def write_figures(out: str | Path, dpi: int = 110) -> list[Path]:
 
 
 def register(subparsers) -> None:
-    from contrastlab.eval.commands import _HelpFormatter
+    from contrastlab.eval.commands import _HelpFormatter, comma_list
 
     p = subparsers.add_parser(
         "analyze",
@@ -858,6 +853,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--space",
+        type=comma_list(str, "space names"),
         default="backbone",
         help="feature space(s), comma-separated: backbone (default), z (MoCo's projection), "
         "LooC's z0, color, rotation, texture",
@@ -925,9 +921,7 @@ ANALYZE_FLAGS = {
 def _cmd_analyze(args) -> int:
     from contrastlab.eval.results import default_run_dir
 
-    spaces = tuple(s.strip() for s in args.space.split(",") if s.strip())
-    if not spaces:
-        raise UserError("--space needs at least one space name")
+    spaces = tuple(args.space)  # one or more, none empty or repeated (comma_list)
     settings = Settings(
         dataset=args.dataset,
         data_path=args.data_path,

@@ -161,6 +161,23 @@ def make_state(
 REQUIRED = {"config": dict, "model": dict}
 
 
+def require_file(path: str | Path, what: str = "checkpoint", foreign: bool = False) -> None:
+    """A ``UserError`` unless ``path`` is a file: ``checkpoint X does not exist`` (the path as
+    given), or ``X is a folder, not a checkpoint file; ...``. The one check of every command
+    that reads a checkpoint, made before any other work (``foreign``: another project's file,
+    as in :func:`load_torch_file`)."""
+    path = Path(path)
+    if path.is_dir():
+        where = (
+            "the other project's checkpoint file, e.g. the .pth or .ckpt it saved"
+            if foreign
+            else "a .pt file (a run keeps its checkpoints in <run>/checkpoints/)"
+        )
+        raise UserError(f"{path} is a folder, not a {what} file; give {where}")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+
+
 def load_torch_file(
     path: Path, what: str, pickled: Callable[[str], str], foreign: bool = False
 ) -> object:
@@ -175,15 +192,7 @@ def load_torch_file(
     use another checkpoint of a contrastlab run.
     """
     in_run = path.parent.name == "checkpoints"
-    if path.is_dir():
-        where = (
-            "the other project's checkpoint file, e.g. the .pth or .ckpt it saved"
-            if foreign
-            else "a .pt file (a run keeps its checkpoints in <run>/checkpoints/)"
-        )
-        raise UserError(f"{path} is a folder, not a {what} file; give {where}")
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist")
+    require_file(path, what, foreign)
     if foreign:
         again = "download it again, or save it again with the project that made it"
     elif in_run:

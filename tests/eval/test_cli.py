@@ -6,33 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import EVAL_COMMON as COMMON
+from helpers import TINY_EVAL as TINY
 from helpers import trained_checkpoint
 from PIL import Image
 
 from contrastlab.cli import main
 from contrastlab.eval.context import EvalContext
 from contrastlab.eval.knn import knn_accuracy
-
-TINY = [
-    "dataset=synthetic",
-    "data.synthetic_train=96",
-    "data.synthetic_test=64",
-    "data.num_workers=0",
-    "data.image_size=16",
-    "model.width=0.0625",
-    "model.cifar_stem=true",
-    "model.head_hidden=16",
-    "model.dim=8",
-    "model.bn_splits=2",
-    "moco.queue_size=32",
-    "optim.batch_size=16",
-    "optim.epochs=1",
-    "train.max_steps_per_epoch=2",
-    "train.knn_every=0",
-    "train.progress=false",
-    "scores.bins=10",
-]
-COMMON = ["--workers", "0", "--no-progress", "--batch-size", "64"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +84,8 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
         )
         == 0
     )
-    few = _json(run_dir / "eval" / "fewshot.json")["summary"]
+    # a selection of K values and N ways: named so, beside a full fewshot.json
+    few = _json(run_dir / "eval" / "fewshot-shots2-ways3-episode-shots1.json")["summary"]
     assert {"2-shot", "2-shot ci95", "3-way 1-shot"} <= set(few)
     assert (
         main(
@@ -120,7 +102,10 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
         )
         == 0
     )
-    assert set(_json(run_dir / "eval" / "factors-z.json")["summary"]) == {"color", "rotation"}
+    assert set(_json(run_dir / "eval" / "factors-color+rotation-z.json")["summary"]) == {
+        "color",
+        "rotation",
+    }
     assert (
         main(
             [
@@ -143,7 +128,9 @@ def test_eval_commands_write_json_and_tables(checkpoint, tmp_path, capsys):
         == 0
     )
     # the kNN classifier's result does not replace the linear one's (corruption.json)
-    cor = _json(run_dir / "eval" / "corruption-knn-suballx16.json")
+    cor = _json(
+        run_dir / "eval" / "corruption-knn-gaussian_noise+frost-severities1+5-suballx16.json"
+    )
     assert set(cor["details"]["corruptions"]) == {"gaussian_noise", "frost"}
     out = capsys.readouterr().out
     assert "| gaussian_noise |" in out
@@ -218,7 +205,7 @@ def test_eval_transfer(checkpoint, tmp_path, capsys):
         == 0
     )
     # named after the two folders: another pair does not replace it (it was transfer.json)
-    out = checkpoint.parent.parent / "eval" / f"transfer-{tmp_path.name}-A-B.json"
+    out = checkpoint.parent.parent / "eval" / f"transfer-shots2-{tmp_path.name}-A-B.json"
     res = _json(out)
     assert res["summary"]["linear top1"] > 60.0  # colour classes: trivially separable
     assert "linear top5" not in res["summary"]  # 3 classes: 100% by construction
@@ -532,10 +519,11 @@ def test_out_help_states_the_default_file_pattern(capsys):
         main(["eval", "knn", "--help"])
     text = "".join(capsys.readouterr().out.split())  # without the wrapping's spaces
     pattern = (
-        "<protocol>[-<variant>][-<space>][-<dataset>[-<folder>]][-sub<train>x<test>]"
+        "<protocol>[-<variant>][-<selection>][-<space>][-<dataset>[-<folder>]][-sub<train>x<test>]"
         "[-<checkpoint>].json"
     )
     assert pattern in text and "knn-z.json" in text and "knn-sub200x100.json" in text
+    assert "factors-texture.json" in text
 
 
 _READS_A_FOLDER = [
@@ -626,7 +614,7 @@ def test_results_are_named_by_the_dataset_actually_evaluated(checkpoint, tmp_pat
     for extra in ([], ["--dataset", "synthetic"]):
         assert main([*factors, *extra]) == 0
         assert sorted(p.name for p in (tmp_path / "folder" / "eval").iterdir()) == [
-            "factors-synthetic.json"
+            "factors-shape-synthetic.json"  # one factor of four: -shape
         ]
     synthetic_run = tmp_path / "syn" / "checkpoints"
     synthetic_run.mkdir(parents=True)

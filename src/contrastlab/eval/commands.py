@@ -17,17 +17,37 @@ from contrastlab.eval.context import DEVICES
 from contrastlab.outputs import check_output, is_eval_result, is_export
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got '{text}'"
-        ) from None
+def comma_list(kind: type = str, what: str = "names"):
+    """An argparse ``type`` for a comma-separated list (``--corruptions a,b``, ``--shots 1,5``):
+    ``kind`` converts each item. An empty list (``''``, an unset shell variable), an empty item
+    (``a,,b``) or an item given twice is refused in one line, never read as "all" or ignored."""
+
+    def parse(text: str) -> list:
+        items = [v.strip() for v in text.split(",")]
+        if not text.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected one or more comma-separated {what}, got an empty list"
+            )
+        if not all(items):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got an empty item in '{text}'"
+            )
+        try:
+            values = [kind(v) for v in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got '{text}'"
+            ) from None
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:
+            raise argparse.ArgumentTypeError(f"'{twice}' is given twice in '{text}'; give it once")
+        return values
+
+    return parse
 
 
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+_ints = comma_list(int, "integers")
+_names = comma_list(str, "names")
 
 
 def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
@@ -119,9 +139,10 @@ def _common(checkpoint_nargs: str | None = None) -> argparse.ArgumentParser:
         metavar="FILE",
         # eval all writes a folder (--out-dir) and refuses --out with a line that says so
         help="write the JSON result here (default: <run_dir>/eval/<protocol>[-<variant>]"
-        "[-<space>][-<dataset>[-<folder>]][-sub<train>x<test>][-<checkpoint>].json: -fast for "
-        "linear --fast, -knn for corruption --classifier knn, -allway or -episodes for fewshot "
-        "--which; -<space> for a space other than backbone, e.g. knn-z.json; -<dataset> with "
+        "[-<selection>][-<space>][-<dataset>[-<folder>]][-sub<train>x<test>][-<checkpoint>].json: "
+        "-fast for linear --fast, -knn for corruption --classifier knn, -allway or -episodes for "
+        "fewshot --which; -<selection> for sub-results chosen other than by default, e.g. "
+        "factors-texture.json, corruption-severities1+5.json, fewshot-ways10.json; -<space> for a space other than backbone, e.g. knn-z.json; -<dataset> with "
         "--dataset, -<folder> the name of --data-path; -sub<train>x<test> with --max-train / "
         "--max-test, e.g. knn-sub200x100.json, all for a split not limited; -<checkpoint> for any "
         "checkpoint other than checkpoints/last.pt)"
@@ -264,8 +285,9 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
 
 def _own_data(checkpoint: str) -> tuple[str, str | None]:
     """The dataset (name, path) a checkpoint was trained on, from its config."""
-    from contrastlab.checkpoint import read_checkpoint
+    from contrastlab.checkpoint import read_checkpoint, require_file
 
+    require_file(checkpoint)  # the line every command gives, not the file system's own
     path = Path(checkpoint).resolve()
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)  # read once per file, again if it changes
@@ -315,6 +337,17 @@ def _subset(args) -> str | None:
     return subset_tag(getattr(args, "max_train", None), getattr(args, "max_test", None))
 
 
+def _selection(args, protocol: str | None = None) -> str | None:
+    """The sub-results the command's ``protocol`` was asked for, where they name its result
+    (``factors-texture.json`` for ``--factors texture``; see
+    :func:`~contrastlab.eval.results.selection_tag`), so that it does not replace the full one."""
+    from contrastlab.eval.results import selection_tag
+
+    protocol = protocol or getattr(args, "protocol", "eval")
+    options = ("factors", "corruptions", "severities", "shots", "ways", "episode_shots")
+    return selection_tag(protocol, {name: getattr(args, name, None) for name in options})
+
+
 def _variant(args) -> str | None:
     """The variant of the command's protocol that names its result (``linear-fast.json``),
     from the options that choose it (``--mode``, ``--classifier``)."""
@@ -349,6 +382,7 @@ def result_file(args, checkpoint: str | None = None, dataset: str | None = None)
         _dataset_tag(args, checkpoint, dataset or command_dataset(args)),
         _variant(args),
         _subset(args),
+        _selection(args),
     )
 
 
@@ -370,6 +404,7 @@ def _finish(args, result: dict, checkpoint: str, dataset: str | None = None) -> 
             _dataset_tag(args, checkpoint, dataset),
             variant_of(protocol, result["setup"]),
             _subset(args),
+            _selection(args, protocol),
         ),
     )
     print(f"\nresult written to {path}")
@@ -437,7 +472,21 @@ def _fewshot_opts(args) -> dict:
         value = getattr(args, name)
         opts[name] = default if value is None else value
     opts["n_way"], opts["num_episodes"] = opts.pop("ways"), opts.pop("episodes")
+    opts["required"] = fewshot_required(args)
     return opts
+
+
+def fewshot_required(args) -> tuple[str, ...]:
+    """The few-shot parts whose sizes were given (``--shots``; ``--ways``, ``--episode-shots``,
+    ``--queries``): the user asked for them, so data that cannot support them is an error
+    before any work, not a part skipped with a warning as the defaults' are."""
+    given = {
+        "allway": ("shots",),
+        "episodes": ("ways", "episode_shots", "queries"),
+    }
+    return tuple(
+        p for p, names in given.items() if any(getattr(args, n) is not None for n in names)
+    )
 
 
 def _fewshot(args) -> int:
@@ -513,19 +562,23 @@ def _transfer(args) -> int:
         holdout_fraction=0.0,
         skip_bad_images=ctx.data_cfg.skip_bad_images,  # the checkpoint's or --skip-bad-images
     )
-    train = _folder(ctx.data_cfg, args.train_dir)
-    ctx._raw = {"train": train, "test": _folder(ctx.data_cfg, args.test_dir, ref=train.classes)}
+    train = _folder(ctx.data_cfg, args.train_dir, "--train-dir")
+    test = _folder(ctx.data_cfg, args.test_dir, "--test-dir", ref=train.classes)
+    ctx._raw = {"train": train, "test": test}
     ctx.data_cfg = dataclasses.replace(ctx.data_cfg, path=f"{args.train_dir} -> {args.test_dir}")
     result = run_transfer(ctx, args.shots, args.trials, args.episodes)
     return _finish(args, result, args.checkpoint)
 
 
-def _folder(data_cfg, folder: str, ref: list[str] | None = None):
+def _folder(data_cfg, folder: str, flag: str, ref: list[str] | None = None):
     """Every image of a folder with class subfolders; test classes are matched to the training
-    folder's classes (``ref``, as its dataset found them: class folders holding images)."""
+    folder's classes (``ref``, as its dataset found them: class folders holding images).
+    Messages about its images name it by ``flag`` (``--test-dir``), the role the user gave it,
+    not by the split it is read as (each folder is read whole, as a training split)."""
     import dataclasses
 
     from contrastlab.data.datasets import build_dataset
+    from contrastlab.errors import settings_as_flags
 
     root = Path(folder)
     if not root.is_dir():
@@ -536,7 +589,8 @@ def _folder(data_cfg, folder: str, ref: list[str] | None = None):
             f"(e.g. {root / 'train'}) to --train-dir / --test-dir"
         )
     cfg = dataclasses.replace(data_cfg, path=str(root), holdout_fraction=0.0)
-    ds = build_dataset(cfg, "train", None)
+    with settings_as_flags({**EVAL_FLAGS, "data.path": flag}):
+        ds = build_dataset(cfg, "train", None)
     if not ds.num_classes:
         raise UserError(f"{folder} has no class subfolders; transfer evaluation needs labels")
     if ref is not None:
@@ -603,6 +657,7 @@ def _check_saved_results(args) -> None:
                 dataset=_dataset_tag(args, checkpoint),
                 variant=variant_of(protocol, {"mode": args.linear_mode}),
                 subset=_subset(args),
+                selection=_selection(args, protocol),
             )
             check_output(
                 path,
@@ -626,12 +681,7 @@ def _all(args) -> int:
         )
     if args.out_dir is None:
         args.out_dir = "eval_all"
-    check_options(args)
-    if not args.protocols:
-        raise UserError(
-            "--protocols names no protocol; give one or more of knn, linear, fewshot, rotation, "
-            "corruption, factors (comma-separated)"
-        )
+    check_options(args)  # --protocols names one or more (comma_list)
     args.linear_mode = args.linear_mode or "fast"  # None in the parser: --fast conflicts with it
     _refuse_unused_in_all(args)
     check_output(args.out_dir, folder=True, what="the comparison", flag="--out-dir")
@@ -644,6 +694,7 @@ def _all(args) -> int:
     # few-shot's sizes as eval fewshot takes them, so that its errors' advice applies here too
     given = {"shots": args.shots, "n_way": args.ways, "episode_shots": args.episode_shots}
     shots = {k: v for k, v in {**given, "queries": args.queries}.items() if v is not None}
+    shots["required"] = fewshot_required(args)
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
         "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=epochs),
@@ -661,6 +712,7 @@ def _all(args) -> int:
         save_each=not args.no_save,
         dataset_tag=partial(_dataset_tag, args),
         subset_tag=_subset(args),
+        selection_tag=partial(_selection, args),
         note=(
             f"linear probe: {linear_text(args.linear_mode, epochs)}"
             if "linear" in args.protocols

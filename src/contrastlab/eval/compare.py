@@ -167,6 +167,7 @@ def run_all(
     note: str = "",
     dataset_tag: Callable[[str], str | None] | None = None,
     subset_tag: str | None = None,
+    selection_tag: Callable[[str], str | None] | None = None,
 ) -> dict:
     """Evaluate every checkpoint with every protocol; write ``comparison.{json,md,png}``.
 
@@ -175,7 +176,8 @@ def run_all(
     With ``save_each``, every result is also written to ``<run_dir>/eval/<protocol>.json``
     next to its checkpoint, where the HTML report finds it (named as ``result_path`` names it:
     ``dataset_tag(checkpoint)`` for a dataset other than the checkpoint's own, ``subset_tag`` for subsets drawn
-    with ``--max-train`` / ``--max-test``).
+    with ``--max-train`` / ``--max-test``, ``selection_tag(protocol)`` for a protocol asked for
+    some of its sub-results only, e.g. ``--severities 1,5``).
     """
     from contrastlab.eval.results import result_path, variant_of
 
@@ -222,6 +224,7 @@ def run_all(
                     dataset=dataset_tag(ckpt) if dataset_tag is not None else None,
                     variant=variant,
                     subset=subset_tag,
+                    selection=selection_tag(proto) if selection_tag is not None else None,
                 )
                 entry["files"][proto] = str(write_json(result, path))
         entries.append(entry)

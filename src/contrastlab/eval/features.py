@@ -72,6 +72,16 @@ class FeatureCache:
         write_atomic(self.path(parts), lambda f: torch.save(data, f))
 
 
+# a dataset built without the evaluation transform (build_dataset(cfg.data, split)) gives the
+# raw uint8 images; the model reads them normalized as its training views were
+_NOT_NORMALIZED = (
+    "the dataset gives {dtype} images, not the normalized float ones the model reads: build it "
+    "with the checkpoint's evaluation transform, build_dataset(cfg.data, split, "
+    "transform=EvalContext.from_checkpoint(CKPT).eval_transform()) "
+    "(contrastlab.eval.context), or take EvalContext.from_checkpoint(CKPT).features(split)"
+)
+
+
 def _to_tensor_batch(images: Any) -> Tensor:
     if not isinstance(images, Tensor):
         raise UserError(
@@ -97,8 +107,10 @@ def extract_features(
 ) -> tuple[Tensor, Tensor]:
     """Features ``float32 [N, D]`` (on the CPU) and labels ``int64 [N]`` of a whole dataset.
 
-    ``batch_fn(images, labels) -> (images, labels)`` changes each normalized batch before the
-    encoder (the rotation probe uses it to make four rotated copies). With ``cache`` set, the
+    ``dataset`` must give normalized float images [3, H, W] (its evaluation transform: see
+    :meth:`~contrastlab.eval.context.EvalContext.eval_transform`); raw uint8 images are a
+    ``UserError`` that says which transform to pass. ``batch_fn(images, labels) -> (images,
+    labels)`` changes each batch before the encoder (the rotation probe uses it to make four rotated copies). With ``cache`` set, the
     result is stored under a key made of ``cache_parts``; callers must put everything that
     changes the features into ``cache_parts`` (see :func:`feature_cache_parts`).
     """
@@ -133,6 +145,8 @@ def extract_features(
         target = torch.as_tensor(target).long()
         if batch_fn is not None:
             images, target = batch_fn(images, target)
+        if not images.is_floating_point():
+            raise UserError(_NOT_NORMALIZED.format(dtype=str(images.dtype).removeprefix("torch.")))
         out = model.features(images.to(device, non_blocking=True), space=space)
         feats.append(out.float().flatten(1).cpu())
         labels.append(target.cpu())

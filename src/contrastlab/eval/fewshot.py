@@ -59,6 +59,45 @@ def class_counts(groups: dict[int, np.ndarray], split: str) -> str:
     return f"the {split} split's {n} {counts[0]} to {counts[-1]} images"
 
 
+def check_allway_shots(labels: Tensor | dict, shots: Sequence[int]) -> None:
+    """A ``UserError`` naming the smallest class unless every class of the training ``labels``
+    (int64 [N], or their ``_by_class`` groups) has at least ``max(shots)`` images: a K-shot
+    result needs K of every class. Cheap: checked before any features are extracted."""
+    groups = labels if isinstance(labels, dict) else _by_class(labels.cpu().numpy())
+    if len(groups) < 2:
+        raise UserError("few-shot evaluation needs at least two labelled classes")
+    smallest = min(len(idx) for idx in groups.values())
+    if min(shots) < 1 or max(shots) > smallest:
+        bad = min(shots) if min(shots) < 1 else max(shots)
+        short = sum(len(idx) < bad for idx in groups.values())
+        valid = "--shots 1" if smallest == 1 else f"--shots between 1 and {smallest}"
+        raise UserError(
+            f"{bad}-shot evaluation needs at least {plural(max(bad, 1), 'training image')} of "
+            f"every class; {short} of {len(groups)} classes {'has' if short == 1 else 'have'} "
+            f"fewer (the smallest has {smallest}); use "
+            f"{valid}"
+        )
+
+
+def check_episode_sizes(
+    labels: Tensor | dict, n_way: int, shots: Sequence[int], queries: int, split: str = "test"
+) -> None:
+    """A ``UserError`` unless ``labels`` (int64 [N], or their groups) hold ``n_way`` classes
+    with at least K + ``queries`` images each, for every K of ``shots``: the classes an N-way
+    K-shot episode is drawn from. Cheap: checked before any features are extracted."""
+    groups = labels if isinstance(labels, dict) else _by_class(labels.cpu().numpy())
+    for k in shots:
+        eligible = [c for c, idx in groups.items() if len(idx) >= k + queries]
+        if len(eligible) < n_way:
+            raise UserError(
+                f"{n_way}-way {k}-shot episodes with {queries} queries need {n_way} classes "
+                f"with at least {k + queries} images each in the {split} split; "
+                f"{class_counts(groups, split)}, so {len(eligible)} "
+                f"{'has' if len(eligible) == 1 else 'have'} that many (lower --ways, --queries "
+                "or --episode-shots)"
+            )
+
+
 def allway_kshot(
     train_feats: Tensor,
     train_labels: Tensor,
@@ -77,8 +116,6 @@ def allway_kshot(
     """
     y = train_labels.cpu().numpy()
     groups = _by_class(y)
-    if len(groups) < 2:
-        raise UserError("few-shot evaluation needs at least two labelled classes")
     num_classes = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     rng = np.random.default_rng(seed)
     out: dict = {
@@ -89,17 +126,7 @@ def allway_kshot(
         "num_classes": len(groups),
         "shots": {},
     }
-    smallest = min(len(idx) for idx in groups.values())
-    if min(shots) < 1 or max(shots) > smallest:
-        bad = min(shots) if min(shots) < 1 else max(shots)
-        short = sum(len(idx) < bad for idx in groups.values())
-        valid = "--shots 1" if smallest == 1 else f"--shots between 1 and {smallest}"
-        raise UserError(
-            f"{bad}-shot evaluation needs at least {plural(max(bad, 1), 'training image')} of "
-            f"every class; {short} of {len(groups)} classes {'has' if short == 1 else 'have'} "
-            f"fewer (the smallest has {smallest}); use "
-            f"{valid}"
-        )
+    check_allway_shots(groups, shots)
     for k in shots:
         accs = []
         for _ in range(trials):
@@ -155,16 +182,9 @@ def episodes(
         **({"C": C} if classifier == "logistic" else {}),  # the centroid has no C
         "shots": {},
     }
+    check_episode_sizes(groups, n_way, shots, queries, split)
     for k in shots:
         eligible = [c for c, idx in groups.items() if len(idx) >= k + queries]
-        if len(eligible) < n_way:
-            raise UserError(
-                f"{n_way}-way {k}-shot episodes with {queries} queries need {n_way} classes "
-                f"with at least {k + queries} images each in the {split} split; "
-                f"{class_counts(groups, split)}, so {len(eligible)} "
-                f"{'has' if len(eligible) == 1 else 'have'} that many (lower --ways, --queries "
-                "or --episode-shots)"
-            )
         accs = []
         beat = Heartbeat(f"{n_way}-way {k}-shot episodes", num_episodes, progress)
         for e in range(num_episodes):

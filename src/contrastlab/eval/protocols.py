@@ -135,6 +135,13 @@ def run_linear(
     return _wrap(ctx, "linear", without_trivial_top5(summary, ctx.num_classes()), res, options)
 
 
+def _split_labels(ctx: EvalContext, split: str) -> torch.Tensor:
+    """The labels int64 [N] of the images of ``split`` that are evaluated (the subset drawn)."""
+    labels = torch.as_tensor(ctx.raw(split).labels)
+    chosen = ctx.indices(split)
+    return labels[chosen] if chosen is not None else labels
+
+
 def run_fewshot(
     ctx: EvalContext,
     shots: Sequence[int] = (5, 10),
@@ -146,11 +153,25 @@ def run_fewshot(
     num_episodes: int = 600,
     classifier: str = "centroid",
     which: str = "both",
+    required: Sequence[str] = (),
 ) -> dict:
-    from contrastlab.eval.fewshot import allway_kshot, episodes
+    """All-way K-shot and N-way K-shot episodes (``which``). With ``which="both"`` a part the
+    data cannot support is skipped with a warning, unless it is in ``required`` (the parts
+    whose sizes the user chose: ``--ways 50`` on 10 classes is an error, before any work)."""
+    from contrastlab.eval.fewshot import (
+        allway_kshot,
+        check_allway_shots,
+        check_episode_sizes,
+        episodes,
+    )
 
     if which not in ("allway", "episodes", "both"):
         raise UserError(f"unknown few-shot selection '{which}'; valid: allway, episodes, both")
+    required = {which} if which != "both" else set(required)
+    if "allway" in required:  # from the labels alone: no features are extracted in vain
+        check_allway_shots(_split_labels(ctx, "train"), shots)
+    if "episodes" in required:
+        check_episode_sizes(_split_labels(ctx, "test"), n_way, episode_shots, queries)
     parts = [f"all-way {_shots(shots)}, {trials} draws each"] if which != "episodes" else []
     if which != "allway":
         parts.append(f"{n_way}-way {_shots(episode_shots)} episodes, {num_episodes} each")
@@ -164,7 +185,7 @@ def run_fewshot(
         try:
             details[name] = run()
         except UserError as e:
-            if which != "both":
+            if name in required:
                 raise
             details[name] = {"skipped": str(e)}
 

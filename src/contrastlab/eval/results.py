@@ -25,6 +25,7 @@ def result_path(
     dataset: str | None = None,
     variant: str | None = None,
     subset: str | None = None,
+    selection: str | None = None,
 ) -> Path:
     """``--out FILE`` if given, else ``<run_dir>/eval/<protocol>.json`` (read by the HTML report);
     ``<protocol>-<variant>`` for a protocol's second variant (``linear-fast``: the fast mode;
@@ -32,11 +33,15 @@ def result_path(
     for a dataset other than the run's own (``--dataset``), and ``...-<checkpoint stem>.json``
     for any checkpoint other than a run's ``checkpoints/last.pt`` (``best.pt``, a snapshot, or
     converted encoders side by side in one folder), and ``...-sub<train>x<test>`` (``subset``,
-    :func:`subset_tag`) before it for a result on subsets (``--max-train`` / ``--max-test``), so
-    that no evaluation overwrites another's result."""
+    :func:`subset_tag`) before it for a result on subsets (``--max-train`` / ``--max-test``);
+    ``<protocol>[-<variant>]-<selection>`` (:func:`selection_tag`) for a result that holds only
+    some of its protocol's sub-results (``factors-texture.json``), so that no evaluation
+    overwrites another's result."""
     if out:
         return Path(out)
     name = f"{protocol}-{variant}" if variant else protocol
+    if selection:
+        name += f"-{selection}"
     if space != "backbone":
         name += f"-{space}"
     if dataset:
@@ -66,6 +71,54 @@ def variant_of(protocol: str, setup: dict) -> str | None:
     option, values = VARIANTS.get(protocol, (None, ()))
     value = setup.get(option) if option is not None else None
     return value if value in values else None
+
+
+def _selections(protocol: str) -> dict[str, tuple]:
+    """The options of ``protocol`` that choose which sub-results (or which task) its result
+    holds, each with its default: factors, corruptions and severities, the K values of few-shot
+    and the N of N-way episodes. Options that only tune how a figure is measured (k, T, epochs,
+    C, trials, episodes, queries) are recorded in the result's ``setup`` and name no file."""
+    if protocol == "factors":
+        from contrastlab.eval.factors import FACTORS
+
+        return {"factors": FACTORS}
+    if protocol == "corruption":
+        from contrastlab.eval.corruption import CORRUPTIONS
+
+        return {"corruptions": CORRUPTIONS, "severities": (1, 2, 3, 4, 5)}
+    if protocol == "fewshot":
+        return {"shots": (5, 10), "ways": (5,), "episode_shots": (1, 5)}
+    if protocol == "transfer":
+        return {"shots": (5, 10)}
+    return {}
+
+
+# how an option's values read in a file name: the names themselves (factors-texture), or the
+# option's name then its numbers (corruption-severities1+5, fewshot-ways10, fewshot-shots1+20)
+_NAMED_BY_VALUES = ("factors", "corruptions")
+
+
+def selection_tag(protocol: str, chosen: dict) -> str | None:
+    """The part of a result's file name that says which of its protocol's sub-results it holds,
+    from the options ``chosen`` (``{"factors": ["texture"]}`` -> ``texture``; ``{"corruptions":
+    ["frost", "gaussian_noise"], "severities": [1, 5]}`` -> ``gaussian_noise+frost-severities1+5``;
+    ``{"ways": 10}`` -> ``ways10``), values in their canonical order; None where every option is
+    absent (None) or holds its default, the full result, which keeps the plain name. A partial
+    evaluation thus never replaces the full one, nor another selection's."""
+    parts = []
+    for option, default in _selections(protocol).items():
+        value = chosen.get(option)
+        if value is None:
+            continue
+        values = set(value) if isinstance(value, (list, tuple)) else {value}
+        if values == set(default):
+            continue
+        if option in _NAMED_BY_VALUES:  # in the protocol's own order; an unknown name last
+            rank = {name: i for i, name in enumerate(default)}
+            parts.append("+".join(sorted(values, key=lambda v: (rank.get(v, len(rank)), v))))
+        else:
+            parts.append(option.replace("_", "-") + "+".join(str(v) for v in sorted(values)))
+    return "-".join(parts) or None
 
 
 def subset_tag(max_train: int | None, max_test: int | None) -> str | None:
