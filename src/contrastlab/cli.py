@@ -9,6 +9,7 @@ import functools
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from contrastlab.atomic import no_space_error
 from contrastlab.errors import (

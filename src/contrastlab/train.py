@@ -11,6 +11,7 @@ an interrupted epoch gets other augmentations, because workers keep their random
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -21,7 +22,6 @@ import random
 import sys
 import time
 import weakref
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
