@@ -576,3 +576,38 @@ def test_a_key_in_the_wrong_place_is_pointed_to_where_it_is(override, meant):
     with pytest.raises(UserError) as err:
         load_config("demo", [override])
     assert f"(did you mean {meant}?)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["method=looc", "moco.symmetric=true"],
+            "moco.symmetric=true is not defined for LooC (the keys k_i are tied to the query "
+            "view); set moco.symmetric=false",
+        ),
+        (
+            ["train.resume=auto", "train.overwrite=true"],
+            "train.resume=auto and train.overwrite=true contradict each other",
+        ),
+    ],
+)
+def test_keys_that_contradict_each_other_are_refused_by_config_and_validate_alike(
+    overrides, message, capsys
+):
+    """These were refused only when ``train`` built the model or claimed the run directory:
+    ``contrastlab config`` printed the config and ``validate`` returned None."""
+    from contrastlab.cli import main
+    from contrastlab.config import validate
+
+    assert main(["config", "--config", "demo", *overrides]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("error: ") and message in said and len(said.splitlines()) == 1
+    cfg = Config()
+    for key, value in (o.split("=") for o in overrides):
+        section, name = key.split(".") if "." in key else ("", key)
+        value = {"true": True, "false": False}.get(value, value)
+        setattr(getattr(cfg, section) if section else cfg, name, value)
+    with pytest.raises(UserError) as caught:
+        validate(cfg)
+    assert said == f"error: {caught.value}"

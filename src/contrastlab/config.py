@@ -953,6 +953,20 @@ def _validate(
             "looc.augmentations",
             origins,
         )
+    if cfg.method == "looc" and cfg.moco.symmetric:
+        raise _located(
+            "moco.symmetric=true is not defined for LooC (the keys k_i are tied to the "
+            "query view); set moco.symmetric=false",
+            "moco.symmetric",
+            origins,
+        )
+    if cfg.train.resume is not None and cfg.train.overwrite:
+        # resume would win in silence: a run meant to start afresh would continue the old one
+        raise UserError(
+            f"train.resume={cfg.train.resume} and train.overwrite=true contradict each other: "
+            "resume continues the run's training, overwrite clears the run directory and "
+            "starts again; keep one of them"
+        )
     if len(set(cfg.looc.augmentations)) != len(cfg.looc.augmentations):
         raise _located(
             f"looc.augmentations lists an augmentation twice: {cfg.looc.augmentations}",

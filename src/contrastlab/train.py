@@ -573,14 +573,7 @@ class Trainer:
     # -- set-up of the run directory --------------------------------------------------------
     def _claim_run_dir(self) -> None:
         """Before any data or model: writable, locked, no stale files, what to resume from."""
-        cfg = self.cfg
-        if cfg.train.resume is not None and cfg.train.overwrite:
-            # resume won in silence: a run meant to start afresh continued the old one
-            raise UserError(
-                f"train.resume={cfg.train.resume} and train.overwrite=true contradict each other: "
-                "resume continues the run's training, overwrite clears the run directory and "
-                "starts again; keep one of them"
-            )
+        cfg = self.cfg  # validated: train.resume and train.overwrite do not both hold
         if self.is_main:
             rundir.check_writable(self.run_dir)
             rundir.refuse_foreign(self.run_dir)
