@@ -611,3 +611,38 @@ def test_keys_that_contradict_each_other_are_refused_by_config_and_validate_alik
     with pytest.raises(UserError) as caught:
         validate(cfg)
     assert said == f"error: {caught.value}"
+
+
+def test_validate_accepts_numpy_scalars_and_stores_python_numbers():
+    """Sizes and rates often come from arrays: numpy.int64(32) was refused with "must be an
+    integer in [8, 4096], got 32". They are accepted, and stored as Python's numbers so that
+    config.yaml and checkpoints can hold them."""
+    import numpy as np
+    import yaml
+
+    from contrastlab.config import config_to_dict, validate
+
+    cfg = Config()
+    cfg.data.image_size = np.int64(32)
+    cfg.seed = np.int32(3)
+    cfg.optim.lr = np.float32(0.05)
+    cfg.optim.milestones = [np.int64(5), 7]
+    cfg.scores.record = np.bool_(False)
+    validate(cfg)
+    assert (cfg.data.image_size, cfg.seed, cfg.optim.lr) == (32, 3, 0.05)
+    assert type(cfg.data.image_size) is int and type(cfg.optim.lr) is float
+    assert cfg.optim.milestones == [5, 7] and cfg.scores.record is False
+    assert yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))["optim"]["lr"] == 0.05
+    # a value of the wrong kind says its type, rather than reading as a valid one
+    cfg.data.image_size = np.float64(32.5)
+    with pytest.raises(UserError, match=r"got 32\.5 \(numpy\.float64\)$"):
+        validate(cfg)
+
+
+def test_a_view_recipe_takes_a_numpy_image_size():
+    import numpy as np
+
+    from contrastlab.views.recipes import ViewRecipe
+
+    recipe = ViewRecipe(image_size=np.int64(32), mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert recipe.image_size == 32

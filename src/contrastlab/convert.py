@@ -38,6 +38,7 @@ The architecture (resnet18/34/50, width, CIFAR stem) is read from the tensor sha
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,8 @@ def _recorded(obj, key: str) -> int | None:
     value = obj.get(key) if isinstance(obj, dict) else None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    # numpy's integers too (numpy.int64 epochs are common in other projects' checkpoints)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
         return None
     return int(value)
 
