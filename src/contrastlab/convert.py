@@ -38,7 +38,6 @@ The architecture (resnet18/34/50, width, CIFAR stem) is read from the tensor sha
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,14 +105,16 @@ def read_source(path: str | Path) -> object:
     def pickled(name: str) -> str:
         # The command keeps the whole state dict. A pickled MoCo v2 encoder_q (a ResNet whose fc
         # is the MLP head, fc.0 / fc.2) gets MoCo's key names, or its head would be read as a
-        # torchvision classifier and dropped; a whole MoCo model has them already.
+        # torchvision classifier and dropped; a whole MoCo model has them already. The epoch
+        # becomes a Python int: a numpy one would be refused by weights_only=True again.
         return (
             f"{path} pickles a Python object{f' ({name})' if name else ''} that weights_only=True "
             "refuses to load; if you trust the file, save its tensors alone first: "
             f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
             "m = isinstance(c, torch.nn.Module); w = c.state_dict() if m else c['state_dict']; "
             "w = {'encoder_q.' + k: v for k, v in w.items()} if 'fc.0.weight' in w else w; "
-            "torch.save({'state_dict': w, 'epoch': None if m else c.get('epoch')}, "
+            "e = None if m else c.get('epoch'); "
+            "torch.save({'state_dict': w, 'epoch': None if e is None else int(e)}, "
             f"'{path.stem}-weights.pt')\""
         )
 
@@ -216,8 +217,7 @@ def _recorded(obj, key: str) -> int | None:
     value = obj.get(key) if isinstance(obj, dict) else None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    # numpy's integers too (numpy.int64 epochs are common in other projects' checkpoints)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         return None
     return int(value)
 
