@@ -243,6 +243,12 @@ def test_a_resumed_run_says_so_and_a_finished_one_trains_nothing(tmp_path, capsy
     assert "comes from a different model" in capsys.readouterr().err
     assert main([*base[:-2], f"out_dir={tmp_path}", "name=copy", f"train.resume={last}"]) == 0
     assert not (tmp_path / "copy").exists() and not (tmp_path / "wider").exists()
+    # the printed run directory is the one holding the results, not the folder never created
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == (
+        f"run directory: {tmp_path / 'r'} (the checkpoint's run; nothing was written to "
+        f"{tmp_path / 'copy'})"
+    )
 
 
 def _resnet18_source(tmp_path):

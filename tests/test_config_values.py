@@ -576,3 +576,73 @@ def test_a_key_in_the_wrong_place_is_pointed_to_where_it_is(override, meant):
     with pytest.raises(UserError) as err:
         load_config("demo", [override])
     assert f"(did you mean {meant}?)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["method=looc", "moco.symmetric=true"],
+            "moco.symmetric=true is not defined for LooC (the keys k_i are tied to the query "
+            "view); set moco.symmetric=false",
+        ),
+        (
+            ["train.resume=auto", "train.overwrite=true"],
+            "train.resume=auto and train.overwrite=true contradict each other",
+        ),
+    ],
+)
+def test_keys_that_contradict_each_other_are_refused_by_config_and_validate_alike(
+    overrides, message, capsys
+):
+    """These were refused only when ``train`` built the model or claimed the run directory:
+    ``contrastlab config`` printed the config and ``validate`` returned None."""
+    from contrastlab.cli import main
+    from contrastlab.config import validate
+
+    assert main(["config", "--config", "demo", *overrides]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("error: ") and message in said and len(said.splitlines()) == 1
+    cfg = Config()
+    for key, value in (o.split("=") for o in overrides):
+        section, name = key.split(".") if "." in key else ("", key)
+        value = {"true": True, "false": False}.get(value, value)
+        setattr(getattr(cfg, section) if section else cfg, name, value)
+    with pytest.raises(UserError) as caught:
+        validate(cfg)
+    assert said == f"error: {caught.value}"
+
+
+def test_validate_accepts_numpy_scalars_and_stores_python_numbers():
+    """Sizes and rates often come from arrays: numpy.int64(32) was refused with "must be an
+    integer in [8, 4096], got 32". They are accepted, and stored as Python's numbers so that
+    config.yaml and checkpoints can hold them."""
+    import numpy as np
+    import yaml
+
+    from contrastlab.config import config_to_dict, validate
+
+    cfg = Config()
+    cfg.data.image_size = np.int64(32)
+    cfg.seed = np.int32(3)
+    cfg.optim.lr = np.float32(0.05)
+    cfg.optim.milestones = [np.int64(5), 7]
+    cfg.scores.record = np.bool_(False)
+    validate(cfg)
+    assert (cfg.data.image_size, cfg.seed, cfg.optim.lr) == (32, 3, 0.05)
+    assert type(cfg.data.image_size) is int and type(cfg.optim.lr) is float
+    assert cfg.optim.milestones == [5, 7] and cfg.scores.record is False
+    assert yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))["optim"]["lr"] == 0.05
+    # a value of the wrong kind says its type, rather than reading as a valid one
+    cfg.data.image_size = np.float64(32.5)
+    with pytest.raises(UserError, match=r"got 32\.5 \(numpy\.float64\)$"):
+        validate(cfg)
+
+
+def test_a_view_recipe_takes_a_numpy_image_size():
+    import numpy as np
+
+    from contrastlab.views.recipes import ViewRecipe
+
+    recipe = ViewRecipe(image_size=np.int64(32), mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert recipe.image_size == 32

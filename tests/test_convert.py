@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -380,22 +381,36 @@ def test_a_contrastlab_checkpoint_is_named_as_such(tmp_path, capsys):
     assert "already a contrastlab checkpoint" in err
 
 
-@pytest.mark.parametrize("kind", ["module", "dict_with_objects"])
+@pytest.mark.parametrize("kind", ["module", "dict_with_objects", "moco_v2_encoder_q"])
 def test_the_advice_for_pickled_objects_works(tmp_path, capsys, kind):
     """The command the error suggests must itself work, for a whole pickled model as well as a
-    dict holding other objects, and its output must convert."""
+    dict holding other objects, and its output must convert. A pickled MoCo v2 encoder_q (a
+    ResNet whose fc is the MLP head) lost its head: the command saved it as a torchvision
+    ResNet, whose fc is a classifier."""
     import re
     import subprocess
     import sys
 
     net = _source_net("resnet18", seed=13)
-    obj = net if kind == "module" else {"state_dict": net.state_dict(), "a": argparse.Namespace()}
+    if kind == "moco_v2_encoder_q":
+        net.fc = _mlp(512, 64, 16, seed=3)
+    # numpy's epoch, which weights_only=True refuses as it refuses the Namespace
+    obj = {"state_dict": net.state_dict(), "a": argparse.Namespace(), "epoch": np.int64(7)}
+    obj = obj if kind == "dict_with_objects" else net
     src = tmp_path / "obj.pth"
     torch.save(obj, src)
     err = _error(["convert", str(src), "--out", str(tmp_path / "c.pt")], capsys)
     command = re.search(r'python -c "(.*)"$', err).group(1)
     subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True)
     assert main(["convert", str(tmp_path / "obj-weights.pt"), "--out", str(tmp_path / "c.pt")]) == 0
+    model, cfg = load_model(tmp_path / "c.pt")
+    if kind == "dict_with_objects":  # the epoch came along, as a number weights_only reads
+        assert torch.load(tmp_path / "obj-weights.pt", weights_only=True)["epoch"] == 7
+    for name, tensor in _backbone(net).items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+    if kind == "moco_v2_encoder_q":  # the head came along
+        assert cfg.model.head == "mlp" and cfg.model.dim == 16 and cfg.model.head_hidden == 64
+        assert torch.equal(model.encoder_q.head[2].weight, net.fc[2].weight)
 
 
 def test_the_converted_encoder_is_named_after_its_source_without_suffixes(tmp_path):

@@ -19,7 +19,10 @@ from contrastlab.cli import main
 from contrastlab.errors import TrainingDiverged, UserError
 from contrastlab.train import Trainer
 
-ONE = ["optim.epochs=1", "train.knn_every=1"]  # the monitor decides best.pt
+# the monitor decides best.pt; a step schedule, so that resuming with a larger optim.epochs
+# changes no trained step's learning rate and is not warned about (a cosine one is)
+STEP = ("optim.schedule=step", "optim.milestones=[1]")
+ONE = ["optim.epochs=1", "train.knn_every=1", *STEP]
 
 
 @pytest.fixture
@@ -285,7 +288,11 @@ def test_save_checkpoint_on_a_full_disk_raises_disk_full(trained, monkeypatch):
 def _tiny(result) -> list[str]:
     from helpers import TINY, overriding
 
-    return [*overriding(TINY, "train.knn_every=0"), f"out_dir={result.run_dir.parent}", "name=done"]
+    return [
+        *overriding(TINY, "train.knn_every=0", *STEP),
+        f"out_dir={result.run_dir.parent}",
+        "name=done",
+    ]
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_best(tiny_config, capsys):
@@ -293,7 +300,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_best(tiny_config, capsys):
     data = run.last_checkpoint.read_bytes()
     os.unlink(run.last_checkpoint)  # best.pt is a hard link to the same file: keep it intact
     run.last_checkpoint.write_bytes(data[: len(data) // 2])
-    cfg = tiny_config("optim.epochs=2", "train.knn_every=0", "name=fb", "train.resume=auto")
+    cfg = tiny_config("optim.epochs=2", "train.knn_every=0", "name=fb", *STEP, "train.resume=auto")
     result = Trainer(cfg).fit()
     err = capsys.readouterr().err.strip().splitlines()
     assert len([x for x in err if x.startswith("warning:")]) == 1
@@ -380,7 +387,7 @@ def test_best_without_last_is_not_silently_overwritten(trained, tiny_config):
 
 
 def test_damaged_appended_files_give_one_warning_and_resume(tiny_config, capsys):
-    common = ["train.checkpoint_every=1", "train.knn_every=1", "name=dmg"]
+    common = ["train.checkpoint_every=1", "train.knn_every=1", "name=dmg", *STEP]
     run = Trainer(tiny_config("optim.epochs=1", *common)).fit().run_dir
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"event": "train", "st')  # cut short by a crash

@@ -112,7 +112,9 @@ def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_co
     assert "optim.lr" in warning[0] and "-> 0.5" in warning[0] and "seed 0 -> 3" in warning[0]
     # as YAML spells them, not Python's None -> False
     assert "train.channels_last null -> false" in warning[0]
-    assert "train.resume" not in warning[0] and "optim.epochs" not in warning[0]
+    assert "train.resume" not in warning[0]
+    # the cosine schedule of the new length and lr: said with the learning rate it resumes at
+    assert "optim.epochs 1 -> 2" in warning[0] and "recomputed for 2 epochs" in warning[0]
     events = [json.loads(x) for x in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
     resume = next(e for e in events if e["event"] == "resume")
     assert resume["changed"]["seed"] == [0, 3] and resume["changed"]["optim.epochs"] == [1, 2]
@@ -125,13 +127,75 @@ def test_resuming_with_changed_settings_says_so_and_keeps_the_old_values(tiny_co
     assert header[2].startswith("# resumed after epoch 1") and "seed 0 -> 3" in header[2]
 
 
-def test_a_resume_that_only_trains_longer_leaves_config_yaml_without_a_history(tiny_config):
-    """Raising optim.epochs is the documented way to train longer: no earlier part used another
-    value that matters, so config.yaml stays plain YAML."""
-    Trainer(tiny_config("optim.epochs=1", "train.knn_every=0", "name=d")).fit()
-    again = tiny_config("optim.epochs=2", "train.knn_every=0", "name=d", "train.resume=auto")
+def test_a_resume_that_only_trains_longer_leaves_config_yaml_without_a_history(tiny_config, capsys):
+    """Raising optim.epochs of a step schedule is the documented way to train longer: the steps
+    already trained had the new schedule's learning rates, so nothing is warned about and
+    config.yaml stays plain YAML."""
+    step = ["optim.schedule=step", "optim.milestones=[1]", "train.knn_every=0", "name=d"]
+    Trainer(tiny_config("optim.epochs=1", *step)).fit()
+    capsys.readouterr()
+    again = tiny_config("optim.epochs=2", *step, "train.resume=auto")
     Trainer(again).fit()
+    assert "changed settings" not in capsys.readouterr().err
     assert "#" not in (again.run_dir / "config.yaml").read_text()
+
+
+def test_a_longer_cosine_schedule_on_resume_says_the_learning_rate_jumps(tiny_config, capsys):
+    """optim.epochs 1 -> 2 recomputes the cosine: the learning rate goes from the end of the
+    1-epoch cosine (0) back up to the middle of the 2-epoch one (lr / 2), which used to go
+    unsaid; the resume says so, and config.yaml's history keeps the earlier length."""
+    common = ["train.knn_every=0", "name=cos", "optim.lr=0.1", "optim.warmup_epochs=0"]
+    Trainer(tiny_config("optim.epochs=1", *common)).fit()
+    capsys.readouterr()
+    again = tiny_config("optim.epochs=2", *common, "train.resume=auto")
+    Trainer(again).fit()
+    warning = [x for x in capsys.readouterr().err.splitlines() if "changed settings" in x]
+    assert len(warning) == 1
+    assert "optim.epochs 1 -> 2: the cosine schedule is recomputed for 2 epochs" in warning[0]
+    assert "from 0 back up to 0.05 at this resume (epoch 1)" in warning[0]
+    events = [json.loads(x) for x in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
+    at = next(i for i, e in enumerate(events) if e["event"] == "resume")
+    before = [e["lr"] for e in events[:at] if e["event"] == "train"]
+    after = [e["lr"] for e in events[at:] if e["event"] == "train"]
+    assert after[0] > before[-1]  # the jump the warning announces
+    assert "optim.epochs 1 -> 2" in (again.run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("changed", "progress", "warmup", "said"),
+    [
+        ({"optim.epochs": [3, 5]}, 3.0, 0, "from 0 back up to 0.01036 at this resume (epoch 3)"),
+        ({"optim.epochs": [5, 3]}, 2.0, 0, "from 0.01964 down to 0.0075"),
+        ({"optim.warmup_epochs": [0, 2]}, 3.0, 2, "the learning-rate schedule changes"),
+        ({"optim.epochs": [3, 5]}, 0.5, 1, None),  # inside the warm-up: a fresh run's rates
+    ],
+)
+def test_a_schedule_change_on_resume_says_the_learning_rate_it_resumes_at(
+    changed, progress, warmup, said
+):
+    from contrastlab.config import Config
+    from contrastlab.train import schedule_change
+
+    cfg = Config()
+    cfg.optim.lr, cfg.optim.epochs, cfg.optim.warmup_epochs = 0.03, 5, warmup
+    if "optim.epochs" in changed:
+        cfg.optim.epochs = changed["optim.epochs"][1]
+    text = schedule_change(cfg, changed, progress)
+    assert text is None if said is None else said in text
+
+
+def test_a_changed_knn_monitor_on_resume_says_best_pt_compares_with_the_old_best(
+    tiny_config, capsys
+):
+    """train.knn_k and the other monitor keys change what knn_val_top1 measures, against which
+    best.pt's earlier best is kept: once there is a best, the resume says so."""
+    common = ["optim.schedule=step", "train.knn_every=1", "name=mon"]
+    Trainer(tiny_config("optim.epochs=1", *common)).fit()
+    capsys.readouterr()
+    Trainer(tiny_config("optim.epochs=2", *common, "train.knn_k=3", "train.resume=auto")).fit()
+    warning = [x for x in capsys.readouterr().err.splitlines() if "changed settings" in x]
+    assert len(warning) == 1 and "train.knn_k " in warning[0] and "-> 3:" in warning[0]
+    assert "best.pt is replaced only by an epoch reaching the earlier best" in warning[0]
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tiny_config):
@@ -391,7 +455,7 @@ def test_a_resume_warns_about_the_train_settings_that_change_what_is_trained(tin
     assert len(warning) == 1
     for key in ("train.max_steps_per_epoch", "train.amp", "train.channels_last"):
         assert key in warning[0]
-    for key in ("knn_", "log_every", "checkpoint_minutes", "keep_freed_memory", "optim.epochs"):
+    for key in ("knn_", "log_every", "checkpoint_minutes", "keep_freed_memory"):
         assert key not in warning[0]
     # and config.yaml says that its values of these were not the earlier part's
     assert "train.max_steps_per_epoch" in (again.run_dir / "config.yaml").read_text()

@@ -9,6 +9,7 @@ import functools
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from contrastlab.atomic import no_space_error
 from contrastlab.errors import (
@@ -98,8 +99,16 @@ def _cmd_train(args) -> int:
     result = train(cfg)
     if result.is_main:
         print(_train_summary(result, cfg.optim.epochs, cfg.train.knn_space))
-        print(f"run directory: {result.run_dir}")
+        print(f"run directory: {_run_dir_text(result.run_dir, cfg.run_dir)}")
     return 0
+
+
+def _run_dir_text(holding: Path, named: Path) -> str:
+    """The run directory that holds the results; when that is not the one the config names (a
+    finished checkpoint of another run, nothing trained), says that the named one was not written."""
+    if os.path.abspath(holding) == os.path.abspath(named):
+        return str(holding)
+    return f"{holding} (the checkpoint's run; nothing was written to {named})"
 
 
 def _train_summary(result, epochs_wanted: int, space: str) -> str:

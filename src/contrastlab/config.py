@@ -469,6 +469,8 @@ def _kind(value: Any) -> str:
 def _show(value: Any) -> str:
     """A value as the user wrote it, for errors: text quoted, everything else as YAML writes it
     (a date read from a YAML file shows as 2024-01-01, not datetime.date(2024, 1, 1))."""
+    if _is_numpy(value):  # numpy.float64(32.5) would read as 32.5: say its type
+        return f"{value} ({type(value).__module__}.{type(value).__name__})"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -534,7 +536,9 @@ def _number(value: Any) -> float | None:
     """
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if _is_numpy(value) and isinstance(value, numbers.Real):
+        return float(str(value))  # numpy.float32(0.1) means 0.1, not 0.10000000149011612
+    if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, str):
         try:
@@ -577,8 +581,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise UserError(f"{key} must be a list, got {_show(value)}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, bool) or _is_numpy_bool(value):
+            return bool(value)
         raise UserError(f"{key} must be true or false, got {_show(value)}")
     if hint is int:
         if isinstance(value, str):
@@ -589,7 +593,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         number = _number(value)
         if number is None or not math.isfinite(number) or int(number) != number:
             raise UserError(f"{key} must be {_expected(key, 'an integer')}, got {_show(value)}")
-        return int(value) if isinstance(value, int) else int(number)
+        return int(value) if isinstance(value, numbers.Integral) else int(number)
     if hint is float:
         number = _number(value)
         if number is None:
@@ -952,6 +956,20 @@ def _validate(
             "looc.augmentations is empty; name at least one of color, rotation, texture",
             "looc.augmentations",
             origins,
+        )
+    if cfg.method == "looc" and cfg.moco.symmetric:
+        raise _located(
+            "moco.symmetric=true is not defined for LooC (the keys k_i are tied to the "
+            "query view); set moco.symmetric=false",
+            "moco.symmetric",
+            origins,
+        )
+    if cfg.train.resume is not None and cfg.train.overwrite:
+        # resume would win in silence: a run meant to start afresh would continue the old one
+        raise UserError(
+            f"train.resume={cfg.train.resume} and train.overwrite=true contradict each other: "
+            "resume continues the run's training, overwrite clears the run directory and "
+            "starts again; keep one of them"
         )
     if len(set(cfg.looc.augmentations)) != len(cfg.looc.augmentations):
         raise _located(
@@ -1366,7 +1384,9 @@ def _same_value(given: Any, checked: Any) -> bool:
             and len(given) == len(checked)
             and all(_same_value(a, b) for a, b in zip(given, checked))
         )
-    if isinstance(checked, bool) or checked is None:
+    if isinstance(checked, bool):
+        return given is checked or (_is_numpy_bool(given) and bool(given) is checked)
+    if checked is None:
         return given is checked
     if isinstance(given, bool):
         return False
@@ -1385,7 +1405,8 @@ def validate(cfg: Config, need_data_path: bool = True) -> None:
     each other. Raises ``UserError`` with one line that names the key. ``build_method``, the
     methods' classes and ``train`` call it, so a bad value fails before any work starts.
     ``need_data_path=False`` lets an image-folder config without ``data.path`` through (a model
-    needs no data).
+    needs no data). Numbers of other types than Python's (numpy's ``int64``, ``float32``) are
+    accepted where they hold a valid value, and replaced in ``cfg`` by Python's int or float.
     """
     if not isinstance(cfg, Config):
         raise UserError(f"expected a contrastlab.config.Config, got {type(cfg).__name__}")
@@ -1399,8 +1420,31 @@ def validate(cfg: Config, need_data_path: bool = True) -> None:
             )
     checked = _build(Config, dataclasses.asdict(cfg))
     for key, hint in key_hints().items():
-        _check_given(key, hint, get_dotted(cfg, key), get_dotted(checked, key))
+        given = get_dotted(cfg, key)
+        _check_given(key, hint, given, get_dotted(checked, key))
+        if _foreign_number(given):  # config.yaml and checkpoints hold Python's numbers
+            section, _, name = key.rpartition(".")
+            setattr(get_dotted(cfg, section) if section else cfg, name, get_dotted(checked, key))
     _validate(checked, need_data_path)
+
+
+def _foreign_number(value: Any) -> bool:
+    """A number or truth value that is not Python's own (``numpy.int64(32)``), or a list
+    holding one."""
+    if isinstance(value, (list, tuple)):
+        return any(map(_foreign_number, value))
+    return _is_numpy_bool(value) or (
+        isinstance(value, numbers.Number) and type(value) not in (int, float, bool)
+    )
+
+
+def _is_numpy(value: Any) -> bool:
+    return type(value).__module__ == "numpy"
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    """numpy's truth value (``numpy.bool_``, e.g. from ``array.any()``), which is no ``bool``."""
+    return _is_numpy(value) and type(value).__name__ in ("bool", "bool_")
 
 
 def _check_given(key: str, hint: Any, given: Any, checked: Any) -> None:

@@ -103,12 +103,19 @@ def read_source(path: str | Path) -> object:
     path = as_path(path, "source")
 
     def pickled(name: str) -> str:
+        # The command keeps the whole state dict. A pickled MoCo v2 encoder_q (a ResNet whose fc
+        # is the MLP head, fc.0 / fc.2) gets MoCo's key names, or its head would be read as a
+        # torchvision classifier and dropped; a whole MoCo model has them already. The epoch
+        # becomes a Python int: a numpy one would be refused by weights_only=True again.
         return (
             f"{path} pickles a Python object{f' ({name})' if name else ''} that weights_only=True "
             "refuses to load; if you trust the file, save its tensors alone first: "
             f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            "w = c.state_dict() if isinstance(c, torch.nn.Module) else c['state_dict']; "
-            f"torch.save({{'state_dict': w}}, '{path.stem}-weights.pt')\""
+            "m = isinstance(c, torch.nn.Module); w = c.state_dict() if m else c['state_dict']; "
+            "w = {'encoder_q.' + k: v for k, v in w.items()} if 'fc.0.weight' in w else w; "
+            "e = None if m else c.get('epoch'); "
+            "torch.save({'state_dict': w, 'epoch': None if e is None else int(e)}, "
+            f"'{path.stem}-weights.pt')\""
         )
 
     return load_torch_file(path, "checkpoint", pickled, foreign=True)

@@ -11,6 +11,7 @@ an interrupted epoch gets other augmentations, because workers keep their random
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -84,20 +85,17 @@ class TrainResult:
 _NOT_SCALARS = ("epoch", "step", "epochs_complete", "in_epoch", "steps_per_epoch", "world_size")
 
 # Settings a resume may change without a warning, since they change neither what is trained nor
-# its numbers: a larger optim.epochs (the way to train longer), the run's name and folder, and the
-# train.* settings of monitoring, checkpoints and display (and how freed memory is kept). Every
-# other change, train.max_steps_per_epoch, train.amp, train.device and train.channels_last
-# included, is warned about and kept in config.yaml's history.
+# its numbers: the run's name and folder, and the train.* settings of the monitor's timing,
+# checkpoints and display (and how freed memory is kept). optim.epochs and the other schedule keys
+# (_SCHEDULE_KEYS) and the kNN monitor's measure (_MONITOR_KEYS) are warned about where they do
+# change numbers; every other change, train.max_steps_per_epoch, train.amp, train.device and
+# train.channels_last included, is warned about and kept in config.yaml's history.
 RESUME_UNWARNED = frozenset(
-    {"optim.epochs", "name", "out_dir"}
+    {"name", "out_dir"}
     | {
         f"train.{key}"
         for key in (
             "knn_every",
-            "knn_k",
-            "knn_temperature",
-            "knn_space",
-            "knn_val_fraction",
             "checkpoint_every",
             "checkpoint_minutes",
             "keep_every",
@@ -109,6 +107,78 @@ RESUME_UNWARNED = frozenset(
         )
     }
 )
+
+# Settings the learning-rate schedule is computed from. A change is said on resume unless the
+# steps already trained had the very learning rates the new settings give them (a larger
+# optim.epochs with a step schedule, or still inside the warm-up): only then is the continued run
+# the one a fresh run with the new settings would have been.
+_SCHEDULE_KEYS = (
+    "optim.epochs",
+    "optim.lr",
+    "optim.schedule",
+    "optim.milestones",
+    "optim.warmup_epochs",
+)
+
+# Settings of what the kNN monitor measures: best.pt compares the new knn_val_top1 with the best
+# of the earlier part, measured the earlier way.
+_MONITOR_KEYS = (
+    "train.knn_k",
+    "train.knn_temperature",
+    "train.knn_space",
+    "train.knn_val_fraction",
+)
+
+
+def _listed(changed: dict, keys) -> str:
+    return ", ".join(
+        f"{k} {setting_text(changed[k][0])} -> {setting_text(changed[k][1])}" for k in keys
+    )
+
+
+def schedule_change(cfg: Config, changed: dict, progress: float) -> str | None:
+    """What a resume at ``progress`` (epochs, fractional inside an epoch) with the settings
+    ``changed`` (``{key: [before, now]}``) does to the learning rate, or None when the steps
+    already trained followed the new schedule too (the continued run is a fresh run's)."""
+    keys = [k for k in _SCHEDULE_KEYS if k in changed]
+    if not keys:
+        return None
+    before = dataclasses.replace(cfg.optim, **{k.split(".", 1)[1]: changed[k][0] for k in keys})
+    # the trained part, densely enough to meet every milestone and the end of warm-up
+    points = {i / 64 for i in range(int(progress * 64) + 1)}
+    points |= {float(m) for m in (*before.milestones, *cfg.optim.milestones)}
+    points |= {float(before.warmup_epochs), float(cfg.optim.warmup_epochs)}
+    if all(
+        math.isclose(_schedule_lr(before, q), _schedule_lr(cfg.optim, q), abs_tol=1e-12)
+        for q in points
+        if q < progress
+    ):
+        return None
+    if "optim.epochs" in keys and cfg.optim.schedule == "cosine":
+        how = f"the cosine schedule is recomputed for {cfg.optim.epochs} epochs"
+    else:
+        how = "the learning-rate schedule changes"
+    was, now = _schedule_lr(before, progress), _schedule_lr(cfg.optim, progress)
+    goes = "back up to" if now > was else "down to" if now < was else "stays at"
+    return (
+        f"{_listed(changed, keys)}: {how}; the learning rate goes from {was:.4g} {goes} "
+        f"{now:.4g} at this resume (epoch {progress:g}), and the steps already trained followed "
+        "the earlier schedule, so the run is neither the earlier one continued nor a fresh run "
+        "with the new settings"
+    )
+
+
+def monitor_change(changed: dict, best_metric: float | None) -> str | None:
+    """What a changed kNN monitor does to best.pt's choice (None: no best yet to compare with)."""
+    keys = [k for k in _MONITOR_KEYS if k in changed]
+    if not keys or best_metric is None:
+        return None
+    return (
+        f"{_listed(changed, keys)}: the kNN monitor now measures knn_val_top1 another way, and "
+        f"best.pt is replaced only by an epoch reaching the earlier best ({best_metric:.2f}%), "
+        "measured the earlier way"
+    )
+
 
 # Settings that make the data set an epoch's order is drawn from, or the path that draws it
 # (in-memory batches or a DataLoader, data.image_size choosing between them for image folders).
@@ -125,6 +195,16 @@ _DATA_ORDER_KEYS = (
 )
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+def checkpoint_run_dir(path: Path) -> Path:
+    """The run directory a checkpoint belongs to: RUN for RUN/checkpoints/X.pt, else its folder."""
+    folder = Path(path).parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -137,7 +217,10 @@ def epoch_seed(cfg: Config, epoch: int) -> int:
 
 def learning_rate(cfg: Config, epoch_progress: float) -> float:
     """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay."""
-    o = cfg.optim
+    return _schedule_lr(cfg.optim, epoch_progress)
+
+
+def _schedule_lr(o, epoch_progress: float) -> float:
     if epoch_progress < o.warmup_epochs:
         return o.lr * epoch_progress / o.warmup_epochs
     if o.schedule == "cosine":
@@ -481,6 +564,7 @@ class Trainer:
         self.progress_bar = None
         self.last_knn: float | None = None
         self.position: dict | None = None  # where inside an epoch a resumed run continues
+        self.schedule_changed = False  # a resume changed the trained steps' learning rates
         self.knn_metrics: dict = {}  # the monitor's metrics of the current weights, or {}
         self.writer = None
         self.recorder = None
@@ -489,14 +573,7 @@ class Trainer:
     # -- set-up of the run directory --------------------------------------------------------
     def _claim_run_dir(self) -> None:
         """Before any data or model: writable, locked, no stale files, what to resume from."""
-        cfg = self.cfg
-        if cfg.train.resume is not None and cfg.train.overwrite:
-            # resume won in silence: a run meant to start afresh continued the old one
-            raise UserError(
-                f"train.resume={cfg.train.resume} and train.overwrite=true contradict each other: "
-                "resume continues the run's training, overwrite clears the run directory and "
-                "starts again; keep one of them"
-            )
+        cfg = self.cfg  # validated: train.resume and train.overwrite do not both hold
         if self.is_main:
             rundir.check_writable(self.run_dir)
             rundir.refuse_foreign(self.run_dir)
@@ -537,14 +614,17 @@ class Trainer:
         check_resumable(path, state, self.cfg)
         metrics = state.get("metrics") or {}
         loss = metrics.get("loss")
+        # nothing is written to this run's folder: the results are those of the checkpoint's run
+        home = self.run_dir if _inside(path, self.run_dir) else checkpoint_run_dir(path)
+        best = home / "checkpoints" / "best.pt"
         return TrainResult(
-            run_dir=self.run_dir,
+            run_dir=home,
             epochs=epoch,
             steps=step,
             final_loss=float(loss) if loss is not None else float("nan"),
             knn_top1=metrics.get("knn_top1"),
             last_checkpoint=path,
-            best_checkpoint=best if (best := self.ckpt_dir / "best.pt").exists() else None,
+            best_checkpoint=best if best.exists() else None,
             seconds=0.0,
             is_main=self.is_main,
             start_epoch=epoch,
@@ -616,13 +696,9 @@ class Trainer:
         # Continuing with other settings is allowed, but said once, and the resume event keeps
         # what the first part used, since config.yaml now holds the new values. The settings of
         # RESUME_UNWARNED are recorded, not warned about.
-        surprising = {k: v for k, v in changed.items() if k not in RESUME_UNWARNED}
-        if surprising and self.is_main:
-            listed = ", ".join(
-                f"{k} {setting_text(old)} -> {setting_text(new)}"
-                for k, (old, new) in surprising.items()
-            )
-            warn(f"resuming {path} with changed settings: {listed}")
+        said = self._resume_changes(changed)
+        if said and self.is_main:
+            warn(f"resuming {path} with changed settings: {said}")
         self.log(
             {
                 "event": "resume",
@@ -632,8 +708,25 @@ class Trainer:
                 **where,
                 "world_size": world,
                 **({"changed": changed} if changed else {}),
+                **({"schedule_changed": True} if self.schedule_changed else {}),
             }
         )
+
+    def _resume_changes(self, changed: dict) -> str:
+        """The changed settings a resume warns about, with what the schedule and monitor keys do
+        where they change numbers ('' when nothing is worth a warning)."""
+        batch = 0 if self.position is None else int(self.position["batch"])
+        progress = self.epoch + batch / max(self.steps_per_epoch, 1)
+        parts = [
+            schedule_change(self.cfg, changed, progress),
+            monitor_change(changed, self.best_metric),
+        ]
+        explained = {k for k in (*_SCHEDULE_KEYS, *_MONITOR_KEYS) if k in changed}
+        if parts[0] is None:  # the trained steps had the new schedule's rates: only a new length
+            explained -= {k for k in _SCHEDULE_KEYS if k != "optim.epochs"}
+        self.schedule_changed = parts[0] is not None
+        rest = [k for k in changed if k not in RESUME_UNWARNED and k not in explained]
+        return "; ".join(p for p in (_listed(changed, rest), *parts) if p)
 
     def epoch_order(self) -> dict:
         """What an epoch's order of images and its length are made of, beyond ``(seed, epoch,
@@ -715,13 +808,17 @@ class Trainer:
         run's. One line per resume that changed a setting (``runstate.resume_text``)."""
         from contrastlab import runstate
 
-        def misleading(key: str) -> bool:  # config.yaml's value is wrong for an earlier part
-            return key not in RESUME_UNWARNED and key != "world_size"
+        def misleading(
+            key: str, event: dict
+        ) -> bool:  # config.yaml's value is wrong for an earlier part
+            if key == "optim.epochs":  # only where the earlier part had another schedule
+                return bool(event.get("schedule_changed"))
+            return key not in RESUME_UNWARNED and key not in _MONITOR_KEYS and key != "world_size"
 
         resumes = [
             e
             for e in runstate.read_metrics(self.run_dir / "metrics.jsonl")
-            if e.get("event") == "resume" and any(map(misleading, e.get("changed") or {}))
+            if e.get("event") == "resume" and any(misleading(k, e) for k in e.get("changed") or {})
         ]
         if not resumes:
             return []

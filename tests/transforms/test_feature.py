@@ -579,3 +579,23 @@ def test_mean_log_values_averages_each_side_over_the_parts_that_have_it():
     assert means["ft/lam_pos"].item() == pytest.approx(1.4)
     assert means["ft/lam_neg"].item() == pytest.approx(0.5)
     assert mean_log_values([{}, {}]) == {} and mean_log_values([]) == {}
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, True, "2"])
+@pytest.mark.parametrize("pos", ["extrapolate", "none"])  # whether or not FT is on
+def test_an_epoch_that_is_no_integer_from_0_is_refused_naming_it(epoch, pos):
+    """transform_features ran with epoch=-1 (as before the start epoch) and epoch=1.5, while
+    MoCo.forward refuses them: the same line now, from every FT entry point."""
+    import numpy as np
+
+    q, k, queue = features()
+    cfg = FTConfig(pos=pos)
+    message = f"epoch must be an integer >= 0, got {epoch!r}"
+    for call in (
+        lambda: transform_features(q, k, queue, cfg, epoch),
+        lambda: feature_transform(q, k, queue, cfg, epoch, generator=gen(0)),
+        lambda: is_active(cfg, epoch),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+    assert transform_features(q, k, queue, cfg, np.int64(2))[0].shape == q.shape

@@ -339,6 +339,17 @@ def test_score_curves_have_whole_step_and_epoch_ticks(tmp_path, run_maker):
             assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
 
 
+def test_score_curves_start_at_step_or_epoch_zero_not_before(tmp_path, run_maker):
+    """Runs of 3 and 4 steps per epoch over 2 epochs, drawn in epochs (points from 1/4 to 2),
+    had an axis from epoch -1: no score is recorded before the start of training."""
+    runs = [load_run(run_maker(tmp_path, "few", 0.9, None, epochs=2, steps=3))]
+    runs.append(load_run(run_maker(tmp_path, "more", 0.99, None, epochs=2, steps=4)))
+    for chosen in (runs[:1], runs):
+        for ax in _curves(chosen)["scores-z-curves"].axes:
+            low, high = ax.get_xlim()
+            assert low == 0 and high >= ax.dataLim.intervalx[1], (ax.get_xlabel(), low, high)
+
+
 def test_labels_name_what_sets_the_curves_apart_and_the_panels_say_what_they_show(
     tmp_path, run_maker
 ):

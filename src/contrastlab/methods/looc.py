@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from contrastlab import distributed
 from contrastlab.config import Config, FTConfig, ModelConfig, ScoresConfig, validate
-from contrastlab.errors import UserError
 from contrastlab.methods.moco import (
     StepOutput,
     check_epoch,
@@ -355,13 +354,6 @@ class LooC(nn.Module):
 
 
 def build_looc(cfg: Config) -> LooC:
-    if not cfg.looc.augmentations:
-        raise UserError(
-            "looc.augmentations is empty; name at least one of color, rotation, texture"
-        )
-    if cfg.moco.symmetric:
-        raise UserError(
-            "moco.symmetric=true is not defined for LooC (the keys k_i are tied to the "
-            "query view); set moco.symmetric=false"
-        )
+    """The LooC model of ``cfg`` (checked by ``validate`` in ``LooC``: the keys against each
+    other, e.g. ``moco.symmetric``, as ``contrastlab config`` checks them)."""
     return LooC(cfg)

@@ -17,7 +17,6 @@ The queue and its pointer are buffers, so they are saved in checkpoints and rest
 from __future__ import annotations
 
 import copy
-import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +29,7 @@ from contrastlab.errors import plural
 from contrastlab.models import build_backbone, build_head
 from contrastlab.models.split_bn import split_bn_layer
 from contrastlab.scores import ScoreStats, autocast_off, score_stats
-from contrastlab.transforms.feature import feature_transform, mean_log_values
+from contrastlab.transforms.feature import check_epoch, feature_transform, mean_log_values
 
 
 @dataclass
@@ -141,12 +140,6 @@ def check_images(x, what: str, device: torch.device, channels: int, dtype: torch
             f"{what} is {x.dtype} but the model's weights are {dtype}; convert it with "
             f"x{to} (or run under torch.autocast)"
         )
-
-
-def check_epoch(epoch) -> None:
-    """Raise ``ValueError`` unless ``epoch`` is an integer >= 0 (it sets the FT schedule)."""
-    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-        raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
 
 
 def image_input(encoder: nn.Module) -> nn.Conv2d | None:

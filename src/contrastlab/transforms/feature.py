@@ -168,10 +168,17 @@ def check_features(
 # ----------------------------------------------------------------------------------------------
 
 
+def check_epoch(epoch) -> None:
+    """Raise ``ValueError`` unless ``epoch`` is an integer >= 0 (it sets the FT schedule)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+
+
 def is_active(cfg: FTConfig, epoch: int) -> bool:
     """Whether the transformation changes anything at this epoch (``ValueError`` for a value of
-    ``cfg`` that is not a valid choice)."""
+    ``cfg`` that is not a valid choice, and for an ``epoch`` that is no integer >= 0)."""
     check_ft_config(cfg)
+    check_epoch(epoch)
     return (cfg.pos != "none" or cfg.neg != "none") and epoch >= cfg.start_epoch
 
 
@@ -326,8 +333,9 @@ def feature_transform(
     reference code's ``postmix_norm``, which leaves the negatives as they are).
 
     Raises ``ValueError`` for features that are not [B, d], [B, d], [K, d] floating-point tensors
-    on one device (with the generator), and for a value of ``cfg`` that is not a valid choice,
-    whether or not the transformation is active at this epoch.
+    on one device (with the generator), for a value of ``cfg`` that is not a valid choice, and for
+    an ``epoch`` that is not an integer >= 0 (as ``MoCo.forward``), whether or not the
+    transformation is active at this epoch.
     """
     check_features(q, k, negatives, generator)
     if not is_active(cfg, epoch):

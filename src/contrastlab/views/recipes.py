@@ -83,7 +83,7 @@ class ViewRecipe:
         # A recipe made in Python: a size or a normalization that would render nothing, or
         # non-finite views, is one ValueError here rather than a silent NaN in every view.
         size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ValueError(f"image_size must be an integer >= 1, got {size!r}")
         for name in ("mean", "std"):
             values = getattr(self, name)

@@ -573,6 +573,20 @@ def _style_legend(fig, stages: set[str], markers: bool, fills: list[int]) -> Non
         fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
 
 
+def _set_x_span(ax) -> None:
+    """The x span of a curves axis: never before step (or epoch) 0, where no score can be."""
+    low, high = ax.dataLim.intervalx
+    if not np.isfinite([low, high]).all():
+        return
+    if high - low < 2:
+        # a point or two within one step: a span of whole steps (or epochs) around them, as
+        # the locator falls back to fractional ticks in a span shorter than one
+        ax.set_xlim(np.floor(low) - 1, np.ceil(high) + 1)
+    # (the queue's shading starts at 0, which the data limits hold as -1e-16 or so)
+    if low > -1e-9 and ax.get_xlim()[0] < 0:  # the margin, or the span above, reached below 0
+        ax.set_xlim(left=0)
+
+
 def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
     """(a)+(c): pos, neg mean and neg variance over training, one colour per run.
 
@@ -612,11 +626,7 @@ def curves_figure(runs: list[Run], space: str, labels: list[str]) -> Figure:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{ylabel} in space '{space}'")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 4.5 steps or 1.5 epochs
-        low, high = ax.dataLim.intervalx
-        if np.isfinite([low, high]).all() and high - low < 2:
-            # a point or two within one step: a span of whole steps (or epochs) around them, as
-            # the locator falls back to fractional ticks in a span shorter than one
-            ax.set_xlim(np.floor(low) - 1, np.ceil(high) + 1)
+        _set_x_span(ax)
         ax.grid(alpha=0.3)
     if _positive_var(runs, space):
         axes[2].set_yscale("log")
