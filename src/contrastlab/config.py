@@ -1183,7 +1183,7 @@ def effective_defaults(cfg: Config) -> dict[str, str]:
     if cfg.train.amp is None:
         out["train.amp"] = "= true on CUDA, false on the CPU"
     if cfg.train.channels_last is None:
-        out["train.channels_last"] = "= true"
+        out["train.channels_last"] = "= true: NHWC on every device"
     if cfg.data.in_memory is None and cfg.data.name == "imagefolder":
         out["data.in_memory"] = "= true for images of at most 96 px, else loaded lazily"
     return out
