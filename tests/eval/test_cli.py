@@ -663,3 +663,20 @@ def test_eval_all_refuses_factor_probes_of_a_later_checkpoint_before_any_work(
     out, err = capsys.readouterr()
     assert f"{other}: dataset 'imagefolder' has no generating factors" in err
     assert "knn" not in out.lower() and not (tmp_path / "cmp").exists()
+
+
+def test_eval_all_refuses_a_few_shot_size_the_data_lacks_before_the_first_protocol(
+    checkpoint, tmp_path, capsys
+):
+    """``--shots 50`` on classes of about 10 training images was refused only when few-shot's
+    turn came, after kNN had run and rewritten its saved result; now before any protocol."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    shutil.copy(checkpoint, ckpt)
+    argv = ["eval", "all", str(ckpt), *COMMON, "--protocols", "knn,fewshot", "--shots", "50"]
+    capsys.readouterr()
+    assert main([*argv, "--out-dir", str(tmp_path / "cmp")]) == 2
+    out, err = capsys.readouterr()
+    assert f"{ckpt}: 50-shot evaluation needs at least 50 training images" in err
+    assert not (run_dir / "eval").exists() and not (tmp_path / "cmp").exists()

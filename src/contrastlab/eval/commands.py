@@ -695,6 +695,13 @@ def _all(args) -> int:
     given = {"shots": args.shots, "n_way": args.ways, "episode_shots": args.episode_shots}
     shots = {k: v for k, v in {**given, "queries": args.queries}.items() if v is not None}
     shots["required"] = fewshot_required(args)
+    if "fewshot" in args.protocols and shots["required"]:  # every checkpoint's, before any work
+        sizes = {k: v for k, v in shots.items() if k != "trials"}
+        for checkpoint in args.checkpoints:
+            try:
+                P.check_fewshot_sizes(_context(args, checkpoint), **sizes)
+            except UserError as e:
+                raise UserError(f"{checkpoint}: {e}") from None
     runners = {
         "knn": lambda ctx: P.run_knn(ctx, args.k, args.temperature),
         "linear": lambda ctx: P.run_linear(ctx, mode=args.linear_mode, epochs=epochs),

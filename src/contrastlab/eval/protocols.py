@@ -142,6 +142,29 @@ def _split_labels(ctx: EvalContext, split: str) -> torch.Tensor:
     return labels[chosen] if chosen is not None else labels
 
 
+def check_fewshot_sizes(
+    ctx: EvalContext,
+    shots: Sequence[int] = (5, 10),
+    n_way: int = 5,
+    episode_shots: Sequence[int] = (1, 5),
+    queries: int = 15,
+    required: Sequence[str] = (),
+) -> None:
+    """The few-shot sizes of the ``required`` parts ("allway", "episodes") against the data's
+    labels alone, so that no features are extracted in vain (``eval all`` calls it for every
+    checkpoint before its first protocol).
+
+    Raises:
+        UserError: a class has fewer training images than a K of ``shots``, or the test split
+            cannot fill ``n_way``-way episodes of ``episode_shots`` + ``queries`` images."""
+    from contrastlab.eval.fewshot import check_allway_shots, check_episode_sizes
+
+    if "allway" in required:
+        check_allway_shots(_split_labels(ctx, "train"), shots)
+    if "episodes" in required:
+        check_episode_sizes(_split_labels(ctx, "test"), n_way, episode_shots, queries)
+
+
 def run_fewshot(
     ctx: EvalContext,
     shots: Sequence[int] = (5, 10),
@@ -158,20 +181,12 @@ def run_fewshot(
     """All-way K-shot and N-way K-shot episodes (``which``). With ``which="both"`` a part the
     data cannot support is skipped with a warning, unless it is in ``required`` (the parts
     whose sizes the user chose: ``--ways 50`` on 10 classes is an error, before any work)."""
-    from contrastlab.eval.fewshot import (
-        allway_kshot,
-        check_allway_shots,
-        check_episode_sizes,
-        episodes,
-    )
+    from contrastlab.eval.fewshot import allway_kshot, episodes
 
     if which not in ("allway", "episodes", "both"):
         raise UserError(f"unknown few-shot selection '{which}'; valid: allway, episodes, both")
     required = {which} if which != "both" else set(required)
-    if "allway" in required:  # from the labels alone: no features are extracted in vain
-        check_allway_shots(_split_labels(ctx, "train"), shots)
-    if "episodes" in required:
-        check_episode_sizes(_split_labels(ctx, "test"), n_way, episode_shots, queries)
+    check_fewshot_sizes(ctx, shots, n_way, episode_shots, queries, required)
     parts = [f"all-way {_shots(shots)}, {trials} draws each"] if which != "episodes" else []
     if which != "allway":
         parts.append(f"{n_way}-way {_shots(episode_shots)} episodes, {num_episodes} each")
