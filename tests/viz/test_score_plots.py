@@ -545,8 +545,12 @@ def test_labels_name_each_chosen_setting_once_and_the_users_first(tmp_path, run_
         "C (ft.renormalize=true, ft.granularity=step, ft.start_epoch=0)",
         "D (ft.start_epoch=1, ft.granularity=step, ft.renormalize=false)",
     ]
-    # a granularity set on its own is the user's choice; the other run's follows ft.granularity
-    assert run_labels([runs["A"], runs["E"]]) == ["A", "E (ft.granularity_pos=element)"]
+    # a granularity set on its own is the user's choice; the other run's null one is named by
+    # what it came to, since ft.granularity, which it follows, sets neither run apart
+    assert run_labels([runs["A"], runs["E"]]) == [
+        "A (ft.granularity_pos=step)",
+        "E (ft.granularity_pos=element)",
+    ]
     # a null key equal to what the same key was set to in another run is no difference
     same = load_run(
         run_maker(
@@ -554,6 +558,13 @@ def test_labels_name_each_chosen_setting_once_and_the_users_first(tmp_path, run_
         )
     )
     assert run_labels([runs["A"], same]) == ["A", "F"]
+    # ... and the two stay alike beside a third run that differs: A was left bare while F
+    # was labelled with the same value, as if A differed from F
+    assert run_labels([runs["A"], same, runs["E"]]) == [
+        "A (ft.granularity_pos=step)",
+        "F (ft.granularity_pos=step)",
+        "E (ft.granularity_pos=element)",
+    ]
 
 
 def _shaded(ax) -> list[tuple[float, float]]:

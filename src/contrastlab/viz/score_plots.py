@@ -339,12 +339,30 @@ def label_settings(run: Run) -> dict:
     return config
 
 
-def _derived_keys(run: Run) -> set[str]:
+# The settings a null key's value follows (``config.effective_defaults``' rules)
+_FOLLOWS = {
+    "augment.blur": ("augment.recipe", "data.image_size"),
+    "augment.hue": ("augment.recipe", "method", "looc.augmentations"),
+    "augment.grayscale_p": ("augment.recipe", "method", "looc.augmentations"),
+    "ft.granularity_pos": ("ft.granularity",),
+    "ft.granularity_neg": ("ft.granularity",),
+    "data.in_memory": ("data.image_size",),
+}
+
+
+def _derived_keys(run: Run, differing: list[str] | tuple[str, ...] = ()) -> set[str]:
     """Keys whose value in this run follows from other settings (null, resolved by a rule:
-    ``ft.granularity_pos`` follows ``ft.granularity``): not a choice of the user's, so never an
-    entry of the run's label. ``train.amp`` is not among them: it stands for the device, which
-    labels do not name."""
-    return {k for k in _resolved_by_rule(run.config) if k != "train.amp"}
+    ``ft.granularity_pos`` follows ``ft.granularity``) that differ between the runs
+    (``differing``): the label names those settings instead, so these are no entry of it. A
+    null key whose sources are the same in every run stays, as its resolved value: it sets the
+    run apart from one where the user chose another value, and matches one where the user
+    wrote the same. ``train.amp`` is never among them: it stands for the device, which labels
+    do not name."""
+    return {
+        k
+        for k in _resolved_by_rule(run.config)
+        if k != "train.amp" and any(s in differing for s in _FOLLOWS.get(k, ()))
+    }
 
 
 _LABEL_ENTRIES = 4  # settings named in a label at most; "…" says there are more
@@ -397,7 +415,7 @@ def run_labels(runs: list[Run], labels: list[str] | None = None) -> list[str]:
     defaults = default_config()
     out = []
     for run, config, no in zip(runs, shown, skip):
-        derived = _derived_keys(run)
+        derived = _derived_keys(run, differing)
         mine = [
             k
             for k in differing
