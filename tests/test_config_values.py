@@ -637,6 +637,13 @@ def test_validate_accepts_numpy_scalars_and_stores_python_numbers():
     cfg.data.image_size = np.float64(32.5)
     with pytest.raises(UserError, match=r"got 32\.5 \(numpy\.float64\)$"):
         validate(cfg)
+    cfg.data.image_size = np.float64(32.0)  # a float, however whole: shown as one
+    with pytest.raises(UserError, match=r"got 32\.0 \(numpy\.float64\)$"):
+        validate(cfg)
+    # numpy's text is a str: a name taken from an array is a name
+    cfg.data.image_size, cfg.name = 32, np.str_("run-a")
+    validate(cfg)
+    assert cfg.name == "run-a" and type(cfg.name) is str
 
 
 def test_a_view_recipe_takes_a_numpy_image_size():

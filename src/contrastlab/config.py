@@ -470,7 +470,7 @@ def _show(value: Any) -> str:
     """A value as the user wrote it, for errors: text quoted, everything else as YAML writes it
     (a date read from a YAML file shows as 2024-01-01, not datetime.date(2024, 1, 1))."""
     if _is_numpy(value):  # numpy.float64(32.5) would read as 32.5: say its type
-        return f"{value} ({type(value).__module__}.{type(value).__name__})"
+        return f"{value.item()!r} (numpy.{type(value).__name__})"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -1394,6 +1394,8 @@ def _same_value(given: Any, checked: Any) -> bool:
         return isinstance(given, numbers.Integral) and given == checked
     if isinstance(checked, float):
         return isinstance(given, numbers.Real) and given == checked
+    if isinstance(checked, str):  # numpy.str_ is a str
+        return isinstance(given, str) and given == checked
     return type(given) is type(checked) and given == checked
 
 
@@ -1433,8 +1435,10 @@ def _foreign_number(value: Any) -> bool:
     holding one."""
     if isinstance(value, (list, tuple)):
         return any(map(_foreign_number, value))
-    return _is_numpy_bool(value) or (
-        isinstance(value, numbers.Number) and type(value) not in (int, float, bool)
+    return (
+        _is_numpy_bool(value)
+        or (isinstance(value, numbers.Number) and type(value) not in (int, float, bool))
+        or (isinstance(value, str) and type(value) is not str)  # numpy.str_
     )
 
 
@@ -1461,7 +1465,8 @@ def _check_given(key: str, hint: Any, given: Any, checked: Any) -> None:
         kind = {int: "an integer or None", float: "a number or None"}.get(
             next(a for a in get_args(hint) if a is not type(None)), "a string or None"
         )
-    raise UserError(f"{key} must be {_expected(key, kind)}, got {given!r} ({type(given).__name__})")
+    shown = _show(given) if _is_numpy(given) else f"{given!r} ({type(given).__name__})"
+    raise UserError(f"{key} must be {_expected(key, kind)}, got {shown}")
 
 
 def check_section(section: Any, name: str) -> None:
