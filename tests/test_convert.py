@@ -627,3 +627,30 @@ def test_eval_and_export_say_a_converted_encoders_unknown_settings(tmp_path):
     assert main(argv) == 0
     setup = EvalContext.from_checkpoint(given, dataset="synthetic").describe()
     assert setup["trained_with"]["data.image_size"] == 32
+
+
+def test_eval_all_evaluates_a_converted_encoder_on_the_test_images_of_the_runs_beside_it(
+    tmp_path, capsys
+):
+    """A converted encoder's synthetic settings are unknown; eval all built its test set from
+    contrastlab's defaults (1,000 images) beside a run of 64, and called the rows not comparable,
+    with no way to make them so. Now the unknown settings are the trained run's, said in one line."""
+    import json
+
+    from helpers import EVAL_COMMON, TINY_EVAL, trained_checkpoint
+
+    run = trained_checkpoint(tmp_path / "runs", TINY_EVAL)
+    torch.save(_source_net("resnet18", cifar_stem=True, seed=25).state_dict(), tmp_path / "tv.pth")
+    conv = tmp_path / "tv.pt"
+    assert (
+        main(["convert", str(tmp_path / "tv.pth"), "--out", str(conv), "--dataset", "synthetic"])
+        == 0
+    )
+    argv = ["eval", "all", str(run), str(conv), *EVAL_COMMON, "--protocols", "knn", "--k", "3"]
+    capsys.readouterr()
+    assert main([*argv, "--no-save", "--out-dir", str(tmp_path / "all")]) == 0
+    out, err = capsys.readouterr()
+    assert f"{conv}: its data settings are unknown" in out and "not comparable" not in err
+    data = json.loads((tmp_path / "all" / "comparison.json").read_text())
+    assert data["comparable"] is True
+    assert [e["num_test"] for e in data["entries"]] == [64, 64]

@@ -246,7 +246,13 @@ def _monitor_space(checkpoint: str) -> str:
     return train.get("knn_space") or "backbone"
 
 
-def _context(args, checkpoint: str, data_path: str | None = None, dataset: str | None = None):
+def _context(
+    args,
+    checkpoint: str,
+    data_path: str | None = None,
+    dataset: str | None = None,
+    data_like=None,
+):
     from contrastlab.eval.context import EvalContext, refuse_path_of_generated
 
     check_options(args)
@@ -280,6 +286,7 @@ def _context(args, checkpoint: str, data_path: str | None = None, dataset: str |
         max_test=args.max_test,
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
+        data_like=data_like,
     )
 
 
@@ -617,16 +624,25 @@ def _refuse_unused_in_all(args) -> None:
         refuse_unused(args, ("epochs",), "--linear-mode moco (this is --linear-mode fast)")
 
 
-def _check_data(args) -> None:
+def _check_data(args):
     """Every checkpoint's feature space (``--space``) and evaluation dataset (``--dataset``,
     ``--data-path``) before any work, so that a problem with the last checkpoint loses no
-    evaluation of the first."""
+    evaluation of the first. Returns the data settings of the first checkpoint that knows all
+    of its own (one trained here), or None: an encoder converted from another project, whose
+    data settings are unknown, is evaluated with these where it names the same dataset (one
+    line says so), so that it reads the same test images as the runs beside it."""
     from contrastlab.checkpoint import read_checkpoint, refuse_missing_space
     from contrastlab.config import config_from_dict
-    from contrastlab.eval.context import evaluation_data, refuse_path_of_generated
+    from contrastlab.eval.context import (
+        evaluation_data,
+        refuse_path_of_generated,
+        unknown_data_keys,
+        with_known_data,
+    )
     from contrastlab.eval.protocols import no_factors
 
     refuse_path_of_generated(args.dataset, args.data_path)
+    reference, converted = None, []
     for checkpoint in args.checkpoints:
         state = read_checkpoint(checkpoint, verify=False)
         cfg = config_from_dict(state["config"])
@@ -634,6 +650,19 @@ def _check_data(args) -> None:
         data = evaluation_data(checkpoint, cfg, args.dataset, args.data_path, args.skip_bad_images)
         if "factors" in args.protocols and data.name != "synthetic":
             raise UserError(f"{checkpoint}: {no_factors(data.name)}")
+        if unknown_data_keys(state):
+            converted.append((checkpoint, data, state))
+        elif reference is None:
+            reference = (checkpoint, data)
+    if reference is None:
+        return None
+    for checkpoint, data, state in converted:
+        if with_known_data(data, state, reference[1]) is not data:
+            print(
+                f"{checkpoint}: its data settings are unknown (converted from another project); "
+                f"evaluated on the {data.name} images of {reference[0]}'s settings"
+            )
+    return reference[1]
 
 
 def _check_saved_results(args) -> None:
@@ -685,7 +714,7 @@ def _all(args) -> int:
     args.linear_mode = args.linear_mode or "fast"  # None in the parser: --fast conflicts with it
     _refuse_unused_in_all(args)
     check_output(args.out_dir, folder=True, what="the comparison", flag="--out-dir")
-    _check_data(args)
+    data_like = _check_data(args)
     _check_saved_results(args)
     epochs = LINEAR_MOCO_DEFAULTS["epochs"] if args.epochs is None else args.epochs
     trials = 5 if args.trials is None else args.trials
@@ -699,7 +728,7 @@ def _all(args) -> int:
         sizes = {k: v for k, v in shots.items() if k != "trials"}
         for checkpoint in args.checkpoints:
             try:
-                P.check_fewshot_sizes(_context(args, checkpoint), **sizes)
+                P.check_fewshot_sizes(_context(args, checkpoint, data_like=data_like), **sizes)
             except UserError as e:
                 raise UserError(f"{checkpoint}: {e}") from None
     runners = {
@@ -714,7 +743,7 @@ def _all(args) -> int:
         args.checkpoints,
         args.protocols,
         args.out_dir,
-        partial(_context, args),
+        partial(_context, args, data_like=data_like),
         runners,
         save_each=not args.no_save,
         dataset_tag=partial(_dataset_tag, args),

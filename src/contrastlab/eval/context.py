@@ -80,6 +80,24 @@ def refuse_path_of_generated(dataset: str | None, data_path: str | None, own: bo
         )
 
 
+def unknown_data_keys(state: dict) -> list[str]:
+    """The ``data.*`` settings (without ``data.``) a checkpoint does not know, other than the
+    dataset's name and path: those of an encoder converted from another project."""
+    from contrastlab.checkpoint import unknown_settings
+
+    keys = [k.partition(".")[2] for k in unknown_settings(state) if k.startswith("data.")]
+    return [k for k in keys if k not in ("name", "path")]
+
+
+def with_known_data(data_cfg, state: dict, data_like=None):
+    """``data_cfg`` with the settings the checkpoint does not know (``unknown_data_keys``) taken
+    from ``data_like`` where both name the same dataset; ``data_cfg`` itself otherwise."""
+    unknown = unknown_data_keys(state)
+    if data_like is None or data_like.name != data_cfg.name or not unknown:
+        return data_cfg
+    return dataclasses.replace(data_cfg, **{k: getattr(data_like, k) for k in unknown})
+
+
 def evaluation_data(
     path, cfg, dataset: str | None, data_path: str | None, skip_bad_images: bool = False
 ):
@@ -182,8 +200,16 @@ class EvalContext:
         data_path: str | None = None,
         device: str = "auto",
         skip_bad_images: bool = False,
+        data_like=None,
         **kwargs,
     ) -> "EvalContext":
+        """The context of the checkpoint at ``path`` (see the class for ``kwargs``).
+
+        ``data_like`` (a ``DataConfig``): for an encoder converted from another project, whose
+        data settings are unknown (``checkpoint.unknown_settings``), the settings to take
+        instead of contrastlab's defaults where it names the same dataset, so that it is
+        evaluated on the same images as the runs beside it (``eval all``); the dataset's
+        ``name`` and ``path`` stay those ``dataset`` / ``data_path`` or the checkpoint give."""
         from contrastlab.checkpoint import (
             model_from_state,
             read_checkpoint,
@@ -198,6 +224,7 @@ class EvalContext:
         data_cfg = evaluation_data(
             path, config_from_dict(state["config"]), dataset, data_path, skip_bad_images
         )
+        data_cfg = with_known_data(data_cfg, state, data_like)
         model, cfg, train_stats = model_from_state(Path(path), state, device)
         kwargs.setdefault("train_stats", train_stats)
         # which state of the training was evaluated: an older last.pt is told apart
