@@ -117,10 +117,22 @@ def processes_text(worlds: list[int], batch: int | None) -> str:
     return f"{world} processes × batch {batch // world} = {batch} per step"
 
 
+def flow_text(value) -> str:
+    """A setting's value as a YAML file spells it, a list in flow form (``[1, 2]``), for the
+    messages and tables that show one value (``setting_text`` joins a list's items, for labels)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(flow_text(v) for v in value) + "]"
+    return setting_text(value)
+
+
+def change_text(key: str, old, new) -> str:
+    """``optim.milestones [1] -> [2]``: a changed setting, as resume warnings and history say it."""
+    return f"{key} {flow_text(old)} -> {flow_text(new)}"
+
+
 def _change(key: str, values) -> str:
     old, new = values if isinstance(values, list) and len(values) == 2 else (None, values)
-    name = "processes" if key == "world_size" else key
-    return f"{name} {setting_text(old)} -> {setting_text(new)}"
+    return change_text("processes" if key == "world_size" else key, old, new)
 
 
 def resume_text(event: dict) -> str:
