@@ -180,6 +180,35 @@ def test_two_config_files_are_refused_naming_both(tmp_path, capsys):
     assert main(["config", "-c", "demo", "--config", "demo"]) == 0  # the same one twice
 
 
+def test_one_config_file_spelt_two_ways_is_read_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _file(tmp_path, "seed: 3\n")
+    assert (
+        main(
+            [
+                "config",
+                "--config",
+                "c.yaml",
+                "-c",
+                "./c.yaml",
+                "--config",
+                f"../{tmp_path.name}/c.yaml",
+            ]
+        )
+        == 0
+    )
+    assert "seed: 3" in capsys.readouterr().out
+
+
+def test_two_presets_are_refused_without_asking_to_edit_a_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["config", "--config", "moco_v2_cifar", "--config", "moco_v1"])
+    err = capsys.readouterr().err
+    assert "--config is given twice (moco_v2_cifar, then moco_v1)" in err
+    assert "in moco_v1" not in err and "give one --config" in err
+    assert "write a YAML file with 'base: moco_v2_cifar'" in err
+
+
 # -- optim.milestones: sorted and distinct on a new run --------------------------------------------
 
 

@@ -349,6 +349,20 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def config_source(name_or_path: str) -> tuple[bool, str, str]:
+    """What ``--config NAME_OR_PATH`` names: (is a YAML file, identity, name to show). A file's
+    identity is its resolved path (``a.yaml`` and ``./a.yaml`` are one file), a preset's
+    ``preset NAME``. A preset name wins over a folder of the same name in the working directory
+    (runs/demo, ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file."""
+    name_or_path = os.path.expanduser(name_or_path)
+    path = Path(name_or_path)
+    is_file = name_or_path.endswith((".yaml", ".yml")) or path.is_file()
+    is_file = is_file or (path.exists() and name_or_path not in preset_names())
+    if is_file:
+        return True, str(path.resolve()), os.path.normpath(name_or_path)
+    return False, f"preset {name_or_path}", name_or_path
+
+
 def _load_source(
     name_or_path: str,
     chain: tuple[tuple[str, str], ...] = (),
@@ -370,14 +384,7 @@ def _load_source(
         )
     name_or_path = os.path.expanduser(name_or_path)  # load_config("~/x.yaml") from Python
     path = Path(name_or_path)
-    # A preset name wins over a folder of the same name in the working directory (runs/demo,
-    # ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file.
-    is_file = name_or_path.endswith((".yaml", ".yml")) or path.is_file()
-    is_file = is_file or (path.exists() and name_or_path not in preset_names())
-    if is_file:
-        identity, shown = str(path.resolve()), os.path.normpath(name_or_path)
-    else:
-        identity, shown = f"preset {name_or_path}", name_or_path
+    is_file, identity, shown = config_source(name_or_path)
     if identity in (i for i, _ in chain):
         names = [s for _, s in chain] + [shown]
         raise UserError(
