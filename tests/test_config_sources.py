@@ -75,6 +75,11 @@ def test_keys_of_a_section_mapping_override_count_as_typed_one_by_one(capsys):
             "YAML reads ~ alone as null; write null for no value, or quote it for the home folder: '~'",
         ),
         ("train: {resume: on}\n", "train.resume is text, but YAML reads on as the boolean true"),
+        (
+            "name: ~\n",
+            "name is text, but YAML reads ~ alone as null, which name cannot be; quote it: '~'",
+        ),
+        ("out_dir: ~\n", "null, which out_dir cannot be; quote it for the home folder: '~'"),
     ],
 )
 def test_a_text_key_written_as_a_number_or_boolean_is_refused_with_quotes_to_use(
@@ -82,6 +87,8 @@ def test_a_text_key_written_as_a_number_or_boolean_is_refused_with_quotes_to_use
 ):
     message = _refused(_file(tmp_path, text))
     assert said in message and "c.yaml, line " in message
+    if not text.startswith(("data", "out_dir")):  # the home folder is a path's only
+        assert "home folder" not in message
 
 
 def test_a_quoted_text_value_is_kept_as_written(tmp_path):

@@ -287,6 +287,10 @@ def _misread(node: yaml.Node, key: str = ""):
         yield node, problem
 
 
+# Text keys that are paths, where ~ starts the home folder.
+PATH_KEYS = ("out_dir", "data.path", "train.resume")
+
+
 def _misread_scalar(node: yaml.Node, key: str, hint: Any) -> str | None:
     """What is wrong with a plain (unquoted) YAML scalar for a key of type ``hint``, or None.
 
@@ -303,10 +307,11 @@ def _misread_scalar(node: yaml.Node, key: str, hint: Any) -> str | None:
             boolean = str(yaml.safe_load(raw)).lower()
             what = f"the boolean {boolean} (YAML 1.1 takes yes, no, on and off as booleans)"
         if tag == "null" and raw == "~":
-            return (
-                f"{key} is text, but YAML reads ~ alone as null; write null for no value, or "
-                "quote it for the home folder: '~'"
-            )
+            # ~ is the home folder only to a path; null is a choice only where the key takes it
+            quote = "quote it for the home folder: '~'" if key in PATH_KEYS else "quote it: '~'"
+            if _text_kind(key) == "optional":
+                return f"{key} is text, but YAML reads ~ alone as null; write null for no value, or {quote}"
+            return f"{key} is text, but YAML reads ~ alone as null, which {key} cannot be; {quote}"
         if what:
             return f"{key} is text, but YAML reads {raw} as {what}; quote it: '{raw}'"
         return None

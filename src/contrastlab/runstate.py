@@ -245,6 +245,21 @@ def no_scores_reason(config: dict, metrics: list[dict], epochs: int | None = Non
     )
 
 
+def file_as_run_dir(path: Path) -> str | None:
+    """The one-line error for a file given where a run directory belongs (a checkpoint, also
+    one that does not exist, by its .pt suffix), naming the run directory to give; else None."""
+    if not (path.is_file() or path.suffix == ".pt"):
+        return None
+    parent = path.parent
+    run = parent.parent if parent.name in ("checkpoints", "scores") else parent
+    what = "a checkpoint file" if path.suffix == ".pt" else "a file"
+    what += "" if path.exists() else " (which does not exist)"
+    return (
+        f"{path} names {what}, not a run directory; give its run directory (the folder that "
+        f"holds config.yaml, metrics.jsonl and checkpoints/), e.g. {run}"
+    )
+
+
 def run_dir_reason(run_dir: Path) -> str:
     """``no_scores_reason`` for a run directory on disk (its config.yaml and metrics.jsonl)."""
     import yaml
