@@ -75,6 +75,11 @@ def test_keys_of_a_section_mapping_override_count_as_typed_one_by_one(capsys):
             "YAML reads ~ alone as null; write null for no value, or quote it for the home folder: '~'",
         ),
         ("train: {resume: on}\n", "train.resume is text, but YAML reads on as the boolean true"),
+        (
+            "name: ~\n",
+            "name is text, but YAML reads ~ alone as null, which name cannot be; quote it: '~'",
+        ),
+        ("out_dir: ~\n", "null, which out_dir cannot be; quote it for the home folder: '~'"),
     ],
 )
 def test_a_text_key_written_as_a_number_or_boolean_is_refused_with_quotes_to_use(
@@ -82,6 +87,8 @@ def test_a_text_key_written_as_a_number_or_boolean_is_refused_with_quotes_to_use
 ):
     message = _refused(_file(tmp_path, text))
     assert said in message and "c.yaml, line " in message
+    if not text.startswith(("data", "out_dir")):  # the home folder is a path's only
+        assert "home folder" not in message
 
 
 def test_a_quoted_text_value_is_kept_as_written(tmp_path):
@@ -178,6 +185,35 @@ def test_two_config_files_are_refused_naming_both(tmp_path, capsys):
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert f"--config is given twice (demo, then {mine})" in err and "'base: demo'" in err
     assert main(["config", "-c", "demo", "--config", "demo"]) == 0  # the same one twice
+
+
+def test_one_config_file_spelt_two_ways_is_read_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _file(tmp_path, "seed: 3\n")
+    assert (
+        main(
+            [
+                "config",
+                "--config",
+                "c.yaml",
+                "-c",
+                "./c.yaml",
+                "--config",
+                f"../{tmp_path.name}/c.yaml",
+            ]
+        )
+        == 0
+    )
+    assert "seed: 3" in capsys.readouterr().out
+
+
+def test_two_presets_are_refused_without_asking_to_edit_a_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["config", "--config", "moco_v2_cifar", "--config", "moco_v1"])
+    err = capsys.readouterr().err
+    assert "--config is given twice (moco_v2_cifar, then moco_v1)" in err
+    assert "in moco_v1" not in err and "give one --config" in err
+    assert "write a YAML file with 'base: moco_v2_cifar'" in err
 
 
 # -- optim.milestones: sorted and distinct on a new run --------------------------------------------

@@ -111,3 +111,16 @@ def test_a_resume_on_another_number_of_processes_is_recorded_and_shown(tiny_conf
     Trainer(other).fit()
     labels = run_labels([load_run(run), load_run(other.run_dir)])
     assert "processes=2→1" in labels[0] and "processes=1" in labels[1]
+
+
+def test_a_changed_list_setting_is_shown_as_a_list_in_history_and_table(tiny_config, tmp_path):
+    """optim.milestones [1] -> [2]: config.yaml's history, the report's history line and its
+    configuration table write the lists as YAML does, not as bare numbers (``1 -> 2``)."""
+    step = [*COMMON, "optim.schedule=step", "name=ms"]
+    Trainer(tiny_config(*step, "optim.milestones=[1]")).fit()
+    again = tiny_config(*step, "optim.epochs=3", "optim.milestones=[2]", "train.resume=auto")
+    Trainer(again).fit()
+    assert "optim.milestones [1] -> [2]" in (again.run_dir / "config.yaml").read_text()
+    page = _text(write_report(again.run_dir, tmp_path / "r.html"))
+    assert "optim.milestones [1] -> [2]" in page
+    assert "<td>milestones</td><td>[2]</td>" in page

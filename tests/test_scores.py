@@ -357,7 +357,9 @@ def test_a_missing_path_a_file_and_the_scores_folder_itself(tmp_path):
     for load in (load_scores, load_histograms):
         with pytest.raises(UserError, match=r"run directory .*nonexist does not exist$"):
             load(tmp_path / "nonexist")
-        with pytest.raises(UserError, match=r"meta.json is a file; give the run directory .*run$"):
+        with pytest.raises(
+            UserError, match=r"meta.json names a file, not a run directory; .* e.g. .*run$"
+        ):
             load(run / "scores" / "meta.json")
     # the scores folder is read as its run
     np.testing.assert_array_equal(

@@ -152,7 +152,7 @@ def test_a_longer_cosine_schedule_on_resume_says_the_learning_rate_jumps(tiny_co
     warning = [x for x in capsys.readouterr().err.splitlines() if "changed settings" in x]
     assert len(warning) == 1
     assert "optim.epochs 1 -> 2: the cosine schedule is recomputed for 2 epochs" in warning[0]
-    assert "from 0 back up to 0.05 at this resume (epoch 1)" in warning[0]
+    assert "goes up from 0 to 0.05 at this resume, the start of epoch 2" in warning[0]
     events = [json.loads(x) for x in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
     at = next(i for i, e in enumerate(events) if e["event"] == "resume")
     before = [e["lr"] for e in events[:at] if e["event"] == "train"]
@@ -164,10 +164,16 @@ def test_a_longer_cosine_schedule_on_resume_says_the_learning_rate_jumps(tiny_co
 @pytest.mark.parametrize(
     ("changed", "progress", "warmup", "said"),
     [
-        ({"optim.epochs": [3, 5]}, 3.0, 0, "from 0 back up to 0.01036 at this resume (epoch 3)"),
-        ({"optim.epochs": [5, 3]}, 2.0, 0, "from 0.01964 down to 0.0075"),
+        (
+            {"optim.epochs": [3, 5]},
+            3.0,
+            0,
+            "goes up from 0 to 0.01036 at this resume, the start of epoch 4",
+        ),
+        ({"optim.epochs": [5, 3]}, 2.0, 0, "goes down from 0.01964 to 0.0075"),
         ({"optim.warmup_epochs": [0, 2]}, 3.0, 2, "the learning-rate schedule changes"),
         ({"optim.epochs": [3, 5]}, 0.5, 1, None),  # inside the warm-up: a fresh run's rates
+        ({"optim.epochs": [5, 3]}, 2.5, 0, "partway through epoch 3"),
     ],
 )
 def test_a_schedule_change_on_resume_says_the_learning_rate_it_resumes_at(
@@ -182,6 +188,21 @@ def test_a_schedule_change_on_resume_says_the_learning_rate_it_resumes_at(
         cfg.optim.epochs = changed["optim.epochs"][1]
     text = schedule_change(cfg, changed, progress)
     assert text is None if said is None else said in text
+
+
+def test_a_schedule_change_keeping_the_rate_says_it_stays_with_lists_in_brackets():
+    """Step milestones [1] -> [2] resumed at epoch 2 (printed 3 of 3): 0.003 under both
+    schedules, said in one phrase, with the lists as YAML writes them."""
+    from contrastlab.config import Config
+    from contrastlab.train import schedule_change
+
+    cfg = Config()
+    cfg.optim.lr, cfg.optim.epochs, cfg.optim.schedule, cfg.optim.warmup_epochs = 0.03, 3, "step", 0
+    cfg.optim.milestones = [2]
+    text = schedule_change(cfg, {"optim.milestones": [[1], [2]]}, 2.0)
+    assert text.startswith("optim.milestones [1] -> [2]: the learning-rate schedule changes; ")
+    assert "the learning rate stays at 0.003 at this resume, the start of epoch 3, and" in text
+    assert "goes" not in text
 
 
 def test_a_changed_knn_monitor_on_resume_says_best_pt_compares_with_the_old_best(

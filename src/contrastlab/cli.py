@@ -35,14 +35,27 @@ class _OneConfig(argparse.Action):
     place (argparse keeps the last), which would drop every setting of the first."""
 
     def __call__(self, parser, namespace, value, option_string=None):
+        from contrastlab.config import config_source
+
         first = getattr(namespace, self.dest)
-        if first is not None and first != value:
-            parser.error(
-                f"--config is given twice ({first}, then {value}) and only one is read; make "
-                f"one YAML file start from the other with a base: line (e.g. 'base: {first}' in "
-                f"{value}) and give that one alone"
+        if first is None or config_source(first)[1] == config_source(value)[1]:
+            setattr(namespace, self.dest, value)  # the same file, however spelt, is one
+            return
+        files = [v for v in (value, first) if config_source(v)[0]]
+        if files:  # a base: line goes in a file of the user's own, not in a built-in preset
+            other = first if files[0] == value else value
+            hint = (
+                "make one YAML file start from the other with a base: line (e.g. "
+                f"'base: {other}' in {files[0]}) and give that one alone"
             )
-        setattr(namespace, self.dest, value)
+        else:
+            hint = (
+                f"both are built-in presets: give one --config, or write a YAML file with "
+                f"'base: {first}' and the keys of {value} that differ, and give that file alone"
+            )
+        parser.error(
+            f"--config is given twice ({first}, then {value}) and only one is read; {hint}"
+        )
 
 
 def _config_arguments(p, preset: bool = True) -> None:

@@ -287,6 +287,10 @@ def _misread(node: yaml.Node, key: str = ""):
         yield node, problem
 
 
+# Text keys that are paths, where ~ starts the home folder.
+PATH_KEYS = ("out_dir", "data.path", "train.resume")
+
+
 def _misread_scalar(node: yaml.Node, key: str, hint: Any) -> str | None:
     """What is wrong with a plain (unquoted) YAML scalar for a key of type ``hint``, or None.
 
@@ -303,10 +307,11 @@ def _misread_scalar(node: yaml.Node, key: str, hint: Any) -> str | None:
             boolean = str(yaml.safe_load(raw)).lower()
             what = f"the boolean {boolean} (YAML 1.1 takes yes, no, on and off as booleans)"
         if tag == "null" and raw == "~":
-            return (
-                f"{key} is text, but YAML reads ~ alone as null; write null for no value, or "
-                "quote it for the home folder: '~'"
-            )
+            # ~ is the home folder only to a path; null is a choice only where the key takes it
+            quote = "quote it for the home folder: '~'" if key in PATH_KEYS else "quote it: '~'"
+            if _text_kind(key) == "optional":
+                return f"{key} is text, but YAML reads ~ alone as null; write null for no value, or {quote}"
+            return f"{key} is text, but YAML reads ~ alone as null, which {key} cannot be; {quote}"
         if what:
             return f"{key} is text, but YAML reads {raw} as {what}; quote it: '{raw}'"
         return None
@@ -349,6 +354,20 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def config_source(name_or_path: str) -> tuple[bool, str, str]:
+    """What ``--config NAME_OR_PATH`` names: (is a YAML file, identity, name to show). A file's
+    identity is its resolved path (``a.yaml`` and ``./a.yaml`` are one file), a preset's
+    ``preset NAME``. A preset name wins over a folder of the same name in the working directory
+    (runs/demo, ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file."""
+    name_or_path = os.path.expanduser(name_or_path)
+    path = Path(name_or_path)
+    is_file = name_or_path.endswith((".yaml", ".yml")) or path.is_file()
+    is_file = is_file or (path.exists() and name_or_path not in preset_names())
+    if is_file:
+        return True, str(path.resolve()), os.path.normpath(name_or_path)
+    return False, f"preset {name_or_path}", name_or_path
+
+
 def _load_source(
     name_or_path: str,
     chain: tuple[tuple[str, str], ...] = (),
@@ -370,14 +389,7 @@ def _load_source(
         )
     name_or_path = os.path.expanduser(name_or_path)  # load_config("~/x.yaml") from Python
     path = Path(name_or_path)
-    # A preset name wins over a folder of the same name in the working directory (runs/demo,
-    # ./moco_v2 ...); a YAML file is recognized by its suffix or by being a file.
-    is_file = name_or_path.endswith((".yaml", ".yml")) or path.is_file()
-    is_file = is_file or (path.exists() and name_or_path not in preset_names())
-    if is_file:
-        identity, shown = str(path.resolve()), os.path.normpath(name_or_path)
-    else:
-        identity, shown = f"preset {name_or_path}", name_or_path
+    is_file, identity, shown = config_source(name_or_path)
     if identity in (i for i, _ in chain):
         names = [s for _, s in chain] + [shown]
         raise UserError(

@@ -117,10 +117,22 @@ def processes_text(worlds: list[int], batch: int | None) -> str:
     return f"{world} processes × batch {batch // world} = {batch} per step"
 
 
+def flow_text(value) -> str:
+    """A setting's value as a YAML file spells it, a list in flow form (``[1, 2]``), for the
+    messages and tables that show one value (``setting_text`` joins a list's items, for labels)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(flow_text(v) for v in value) + "]"
+    return setting_text(value)
+
+
+def change_text(key: str, old, new) -> str:
+    """``optim.milestones [1] -> [2]``: a changed setting, as resume warnings and history say it."""
+    return f"{key} {flow_text(old)} -> {flow_text(new)}"
+
+
 def _change(key: str, values) -> str:
     old, new = values if isinstance(values, list) and len(values) == 2 else (None, values)
-    name = "processes" if key == "world_size" else key
-    return f"{name} {setting_text(old)} -> {setting_text(new)}"
+    return change_text("processes" if key == "world_size" else key, old, new)
 
 
 def resume_text(event: dict) -> str:
@@ -230,6 +242,21 @@ def no_scores_reason(config: dict, metrics: list[dict], epochs: int | None = Non
     return (
         "it has not finished its first epoch (scores are written at the end of each epoch); "
         "it is still running, or ended without a stop line (killed)"
+    )
+
+
+def file_as_run_dir(path: Path) -> str | None:
+    """The one-line error for a file given where a run directory belongs (a checkpoint, also
+    one that does not exist, by its .pt suffix), naming the run directory to give; else None."""
+    if not (path.is_file() or path.suffix == ".pt"):
+        return None
+    parent = path.parent
+    run = parent.parent if parent.name in ("checkpoints", "scores") else parent
+    what = "a checkpoint file" if path.suffix == ".pt" else "a file"
+    what += "" if path.exists() else " (which does not exist)"
+    return (
+        f"{path} names {what}, not a run directory; give its run directory (the folder that "
+        f"holds config.yaml, metrics.jsonl and checkpoints/), e.g. {run}"
     )
 
 

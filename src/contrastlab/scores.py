@@ -860,16 +860,13 @@ class ScoreHistograms:
 
 def _scores_dir(run_dir: Path) -> tuple[Path, dict]:
     """The scores folder of ``run_dir`` (or ``run_dir`` itself when it is one) and its meta."""
+    from contrastlab.runstate import file_as_run_dir
+
     run_dir = as_path(run_dir, "run_dir")
+    if message := file_as_run_dir(run_dir):
+        raise UserError(message)
     if not run_dir.exists():
         raise UserError(f"run directory {run_dir} does not exist")
-    if run_dir.is_file():
-        parent = run_dir.parent
-        run = parent.parent if parent.name in ("scores", "checkpoints") else parent
-        raise UserError(
-            f"{run_dir} is a file; give the run directory (the folder that holds scores/), "
-            f"e.g. {run}"
-        )
     folder = run_dir / "scores"
     if not (folder / "meta.json").is_file() and (run_dir / "meta.json").is_file():
         folder = run_dir  # the scores folder itself

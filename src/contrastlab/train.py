@@ -60,7 +60,7 @@ from contrastlab.errors import (
 from contrastlab.eval.features import extract_features
 from contrastlab.eval.knn import k_covers_bank, knn_accuracy
 from contrastlab.methods import build_method
-from contrastlab.runstate import processes_text, setting_text
+from contrastlab.runstate import change_text, flow_text, processes_text
 from contrastlab.views.pipeline import build_training_views
 
 
@@ -131,9 +131,7 @@ _MONITOR_KEYS = (
 
 
 def _listed(changed: dict, keys) -> str:
-    return ", ".join(
-        f"{k} {setting_text(changed[k][0])} -> {setting_text(changed[k][1])}" for k in keys
-    )
+    return ", ".join(change_text(k, *changed[k]) for k in keys)
 
 
 def schedule_change(cfg: Config, changed: dict, progress: float) -> str | None:
@@ -159,12 +157,29 @@ def schedule_change(cfg: Config, changed: dict, progress: float) -> str | None:
     else:
         how = "the learning-rate schedule changes"
     was, now = _schedule_lr(before, progress), _schedule_lr(cfg.optim, progress)
-    goes = "back up to" if now > was else "down to" if now < was else "stays at"
     return (
-        f"{_listed(changed, keys)}: {how}; the learning rate goes from {was:.4g} {goes} "
-        f"{now:.4g} at this resume (epoch {progress:g}), and the steps already trained followed "
-        "the earlier schedule, so the run is neither the earlier one continued nor a fresh run "
-        "with the new settings"
+        f"{_listed(changed, keys)}: {how}; {_lr_step(was, now)} at this resume, "
+        f"{_printed_epoch(progress)}, and the steps already trained followed the earlier "
+        "schedule, so the run is neither the earlier one continued nor a fresh run with the new "
+        "settings"
+    )
+
+
+def _lr_step(was: float, now: float) -> str:
+    """``the learning rate goes up from 0 to 0.05`` (or ``goes down from``, ``stays at``)."""
+    if math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
+        return f"the learning rate stays at {now:.4g}"
+    return f"the learning rate goes {'up' if now > was else 'down'} from {was:.4g} to {now:.4g}"
+
+
+def _printed_epoch(progress: float) -> str:
+    """Where ``progress`` (0-based epochs, fractional inside one) is, in the epochs the progress
+    prints from 1: ``the start of epoch 3`` or ``partway through epoch 3``."""
+    epoch = math.floor(progress) + 1
+    return (
+        f"the start of epoch {epoch}"
+        if progress == math.floor(progress)
+        else (f"partway through epoch {epoch}")
     )
 
 
@@ -774,9 +789,7 @@ class Trainer:
                 reasons.append("the training images are not those the epoch was drawn from")
             elif not data_keys:
                 reasons.append("the views path draws the order another way")
-        reasons[:0] = [
-            f"{k} {setting_text(changed[k][0])} -> {setting_text(changed[k][1])}" for k in keys
-        ]
+        reasons[:0] = [change_text(k, *changed[k]) for k in keys]
         if reasons:
             reasons = [
                 f"{', '.join(reasons)} change{'s' if len(reasons) == 1 else ''} the epoch's order "
@@ -791,7 +804,7 @@ class Trainer:
             return
         length = (saved or {}).get("steps_per_epoch")
         steps = f"{done} of its {plural(length, 'step')}" if length else plural(done, "step")
-        earlier = " ".join(f"{k}={setting_text(changed[k][0])}" for k in keys)
+        earlier = " ".join(f"{k}={flow_text(changed[k][0])}" for k in keys)
         earlier = f" ({earlier})" if earlier else " (the same training images)"
         kept = _end_of_epoch_checkpoint(path.parent)
         instead = f", resume from the end-of-epoch checkpoint {kept} (train.resume={kept})"

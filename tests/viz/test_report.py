@@ -290,12 +290,21 @@ def test_report_of_a_file_asks_for_the_run_directory(tmp_path, capsys, run_maker
     run = run_maker(tmp_path, "x", 0.99, None, evals=True)  # with checkpoints/last.pt
     assert main(["report", str(run / "checkpoints" / "last.pt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "last.pt is a file; give the run directory" in err and err.endswith(f"e.g. {run}")
+    assert "last.pt names a checkpoint file, not a run directory; give its run directory" in err
+    assert err.endswith(f"e.g. {run}")
     assert "cannot write" not in err and "\n" not in err
     # the scores command, also with an --out folder to check
     out = str(tmp_path / "figs")
     assert main(["scores", str(run / "config.yaml"), "--out", out]) == 2
-    assert "config.yaml is a file; give the run directory" in capsys.readouterr().err
+    assert "config.yaml names a file, not a run directory" in capsys.readouterr().err
+    # a checkpoint that does not exist is not called a run directory either
+    for command in ("report", "scores"):
+        assert main([command, str(tmp_path / "nope" / "checkpoints" / "last.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "last.pt names a checkpoint file (which does not exist), not a run directory" in err
+        assert err.endswith(
+            f"the folder that holds config.yaml, metrics.jsonl and checkpoints/), e.g. {tmp_path / 'nope'}"
+        )
     # --analysis given its analysis.json: the folder, before any figure is drawn
     (run / "analysis").mkdir()
     (run / "analysis" / "analysis.json").write_text("{}")

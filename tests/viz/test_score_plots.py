@@ -68,7 +68,9 @@ def test_bad_run_dirs(tmp_path):
     # a checkpoint given where the run directory belongs: it exists, so say what to give
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"x")
-    with pytest.raises(UserError, match=r"last.pt is a file; give the run directory .* e.g. .*r$"):
+    with pytest.raises(
+        UserError, match=r"last.pt names a checkpoint file, not a run directory; .* e.g. .*r$"
+    ):
         plot_scores([tmp_path / "r" / "checkpoints" / "last.pt"], tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="recorded scores"):

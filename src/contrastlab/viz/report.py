@@ -20,7 +20,7 @@ from contrastlab import runstate
 from contrastlab.atomic import write_text
 from contrastlab.errors import UserError
 from contrastlab.eval.results import fmt as accuracy_text
-from contrastlab.runstate import processes_text, setting_text
+from contrastlab.runstate import flow_text, processes_text, setting_text
 from contrastlab.viz.score_plots import (
     Run,
     default_config,
@@ -67,7 +67,7 @@ def _cell(value, accuracy: bool = False) -> str:
     """A table cell: a number right-aligned; an accuracy (an eval result's headline metric, in
     %) with 2 decimals as ``eval all`` prints it; settings spelt as in YAML (``null``, ``true``)."""
     num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    text = accuracy_text(value) if accuracy and num else setting_text(value, ", ")
+    text = accuracy_text(value) if accuracy and num else flow_text(value)
     return f'<td class="num">{html.escape(text)}</td>' if num else f"<td>{html.escape(text)}</td>"
 
 
@@ -77,7 +77,7 @@ def _setting_cell(key: str, value, resolved: dict, rules: dict) -> str:
     if key in resolved:
         shown, note = resolved[key]
         return (
-            f"<td>{html.escape(setting_text(shown, ', '))} "
+            f"<td>{html.escape(flow_text(shown))} "
             f'<span class="sub">({html.escape(note)})</span></td>'
         )
     if value is None and key in rules:  # no single value: the rule says why

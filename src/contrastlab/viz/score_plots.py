@@ -26,7 +26,12 @@ from matplotlib.ticker import MaxNLocator
 from contrastlab.atomic import is_contrastlab_figure, save_figure
 from contrastlab.config import yaml_problem
 from contrastlab.errors import UserError, as_list, as_path, plural
-from contrastlab.runstate import flatten, read_metrics, setting_text  # noqa: F401 - re-exported
+from contrastlab.runstate import (  # noqa: F401 - re-exported
+    file_as_run_dir,
+    flatten,
+    read_metrics,
+    setting_text,
+)
 from contrastlab.scores import (
     STAGES,
     ScoreHistograms,
@@ -105,20 +110,12 @@ class Run:
         return self.record.spaces if self.record is not None else []
 
 
-def _run_dir_of(file: Path) -> Path:
-    parent = file.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
 def check_run_dir(run_dir: Path | str) -> Path:
     """``run_dir`` as a Path; a file (a checkpoint, config.yaml) or a missing folder given where a
     run directory belongs is the user's error, said in one line with what to give instead."""
     path = as_path(run_dir, "run_dir")
-    if path.is_file():
-        raise UserError(
-            f"{path} is a file; give the run directory (the folder that holds config.yaml, "
-            f"metrics.jsonl and checkpoints/), e.g. {_run_dir_of(path)}"
-        )
+    if message := file_as_run_dir(path):
+        raise UserError(message)
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist")
     if (path / "meta.json").is_file() and not (path / "scores" / "meta.json").is_file():
