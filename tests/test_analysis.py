@@ -345,13 +345,26 @@ def test_the_recipe_and_checkpoint_analyzed_are_named_everywhere(tmp_path, capsy
     assert "pos (recipe moco_v1)" in page
 
 
-def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, capsys):
+def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, capsys, monkeypatch):
     """A torchvision ResNet analyzed beside a trained checkpoint was labelled ``[recipe
     moco_v1]``, as if it had been trained with MoCo v1's views: that recipe is only what
-    ``contrastlab convert`` sets for an encoder without a projection head."""
+    ``contrastlab convert`` sets for an encoder without a projection head. Its data settings
+    are unknown: it reads the trained run's images (it read contrastlab's defaults, the
+    synthetic set's 1,000 test images at 224 px, which took 100 s to draw, beside the run's
+    own)."""
     import torchvision
 
+    import contrastlab.data.datasets as datasets
     from contrastlab.analysis import encoder_label
+
+    built = []
+    build_dataset = datasets.build_dataset
+
+    def spy(cfg, split, transform):
+        built.append((cfg.synthetic_test, cfg.image_size))
+        return build_dataset(cfg, split, transform)
+
+    monkeypatch.setattr(datasets, "build_dataset", spy)
 
     source = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), source)
@@ -363,6 +376,11 @@ def test_a_converted_encoders_recipe_is_named_as_converts_default(tmp_path, caps
     argv = ["analyze", str(converted), str(trained), "--images", "8", "--negatives", "8"]
     argv += ["--dataset", "synthetic", "--space", "backbone", "--no-progress", "--device", "cpu"]
     assert main([*argv, "--out", str(out)]) == 0
+    own = _cfg().data
+    assert set(built) == {(own.synthetic_test, own.image_size)}, built
+    said = capsys.readouterr().out
+    assert f"{converted}: its data settings are unknown (converted from another project); " in said
+    assert f"evaluated on the synthetic images of {trained}'s settings" in said
     result = load_analysis(out)
     labels = {enc["label"]: encoder_label(result, enc) for enc in result["encoders"]}
     # labelled by its source, as eval labels it (was "r18", the file's name)

@@ -443,7 +443,13 @@ def run_analysis(
     from contrastlab.checkpoint import read_checkpoint, refuse_missing_space
     from contrastlab.config import config_from_dict
     from contrastlab.data.datasets import build_dataset
-    from contrastlab.eval.context import EvalContext, evaluation_data
+    from contrastlab.eval.context import (
+        EvalContext,
+        evaluation_data,
+        fill_unknown_data,
+        shared_data_settings,
+        unknown_data_keys,
+    )
 
     checkpoints = as_list(checkpoints, "checkpoints", (str, Path))
     if labels is not None:
@@ -466,7 +472,7 @@ def run_analysis(
     out = Path(out)
     # Every checkpoint's spaces and dataset before any encoder is loaded: a space missing from
     # the last checkpoint or a dataset too small for --images + --negatives loses no work.
-    data_cfgs, states, sources = [], [], []
+    data_cfgs, states, sources, unknown = [], [], [], []
     for checkpoint in checkpoints:
         state = read_checkpoint(checkpoint, verify=False)
         # the training state analyzed (a converted encoder's: its source's, None if unknown)
@@ -480,7 +486,11 @@ def run_analysis(
                 checkpoint, cfg, settings.dataset, settings.data_path, settings.skip_bad_images
             )
         )
+        unknown.append(unknown_data_keys(state))
         del state
+    # an encoder converted from another project reads the images of the runs beside it
+    data_like = shared_data_settings(zip(checkpoints, data_cfgs, unknown))
+    data_cfgs = [fill_unknown_data(d, u, data_like) for d, u in zip(data_cfgs, unknown)]
     labels = list(labels) if labels is not None else default_labels(checkpoints, sources)
     datasets: dict = {}
     for data_cfg in data_cfgs:
@@ -508,6 +518,7 @@ def run_analysis(
             device=settings.device,
             progress=settings.progress,
             skip_bad_images=settings.skip_bad_images,
+            data_like=data_like,
         )
         key = json.dumps(dataclasses.asdict(ctx.data_cfg), sort_keys=True)
         enc_dir = out / "encoders" / _dir_name(label, taken)

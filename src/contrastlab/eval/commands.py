@@ -636,13 +636,13 @@ def _check_data(args):
     from contrastlab.eval.context import (
         evaluation_data,
         refuse_path_of_generated,
+        shared_data_settings,
         unknown_data_keys,
-        with_known_data,
     )
     from contrastlab.eval.protocols import no_factors
 
     refuse_path_of_generated(args.dataset, args.data_path)
-    reference, converted = None, []
+    entries = []
     for checkpoint in args.checkpoints:
         state = read_checkpoint(checkpoint, verify=False)
         cfg = config_from_dict(state["config"])
@@ -650,19 +650,9 @@ def _check_data(args):
         data = evaluation_data(checkpoint, cfg, args.dataset, args.data_path, args.skip_bad_images)
         if "factors" in args.protocols and data.name != "synthetic":
             raise UserError(f"{checkpoint}: {no_factors(data.name)}")
-        if unknown_data_keys(state):
-            converted.append((checkpoint, data, state))
-        elif reference is None:
-            reference = (checkpoint, data)
-    if reference is None:
-        return None
-    for checkpoint, data, state in converted:
-        if with_known_data(data, state, reference[1]) is not data:
-            print(
-                f"{checkpoint}: its data settings are unknown (converted from another project); "
-                f"evaluated on the {data.name} images of {reference[0]}'s settings"
-            )
-    return reference[1]
+        entries.append((checkpoint, data, unknown_data_keys(state)))
+        del state
+    return shared_data_settings(entries)
 
 
 def _check_saved_results(args) -> None:

@@ -92,10 +92,36 @@ def unknown_data_keys(state: dict) -> list[str]:
 def with_known_data(data_cfg, state: dict, data_like=None):
     """``data_cfg`` with the settings the checkpoint does not know (``unknown_data_keys``) taken
     from ``data_like`` where both name the same dataset; ``data_cfg`` itself otherwise."""
-    unknown = unknown_data_keys(state)
+    return fill_unknown_data(data_cfg, unknown_data_keys(state), data_like)
+
+
+def fill_unknown_data(data_cfg, unknown: list[str], data_like):
+    """``data_cfg`` with its keys ``unknown`` taken from ``data_like`` where both name the same
+    dataset; ``data_cfg`` itself otherwise."""
     if data_like is None or data_like.name != data_cfg.name or not unknown:
         return data_cfg
     return dataclasses.replace(data_cfg, **{k: getattr(data_like, k) for k in unknown})
+
+
+def shared_data_settings(entries) -> object | None:
+    """The data settings an encoder converted from another project is evaluated with beside
+    runs trained here. ``entries``: ``(checkpoint, data_cfg, unknown)`` for every checkpoint of
+    one command, ``unknown`` its ``unknown_data_keys``. Returns the ``DataConfig`` of the first
+    checkpoint that knows all of its own, or None; for each converted one that names the same
+    dataset, one line says that it reads the same images under these settings (what
+    ``with_known_data`` then gives) instead of contrastlab's defaults, which are not its own
+    either (on the synthetic set: 1,000 test images at 224 px beside a run's 64 at 32 px)."""
+    entries = list(entries)
+    reference = next(((c, d) for c, d, unknown in entries if not unknown), None)
+    if reference is None:
+        return None
+    for checkpoint, data, unknown in entries:
+        if fill_unknown_data(data, unknown, reference[1]) is not data:
+            print(
+                f"{checkpoint}: its data settings are unknown (converted from another project); "
+                f"evaluated on the {data.name} images of {reference[0]}'s settings"
+            )
+    return reference[1]
 
 
 def evaluation_data(
