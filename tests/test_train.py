@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from contrastlab.checkpoint import load_model, read_checkpoint
 from contrastlab.errors import TrainingDiverged, UserError
@@ -527,3 +528,76 @@ def test_feature_transformation_lambdas_are_logged_per_epoch(tiny_config, capsys
     Trainer(off).fit()
     assert "Feature Transformation" not in capsys.readouterr().out
     assert '"event": "ft"' not in (off.run_dir / "metrics.jsonl").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# No host synchronisation inside an epoch
+# ----------------------------------------------------------------------------------------------
+
+_ATEN = torch.ops.aten
+# Ops that read a device tensor's values on the host (on CUDA the host waits for the device):
+# .item() / float() / bool(), data-dependent output sizes, value comparisons.
+_HOST_READS = {
+    _ATEN._local_scalar_dense.default,
+    _ATEN.nonzero.default,
+    _ATEN.masked_select.default,
+    _ATEN.is_nonzero.default,
+    _ATEN.equal.default,
+    _ATEN._unique2.default,
+    _ATEN.unique_dim.default,
+    _ATEN.unique_consecutive.default,
+    _ATEN.repeat_interleave.Tensor,
+}
+
+
+class _HostReads(TorchDispatchMode):
+    """Records every op that reads values back to the host, and each optimizer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func in (_ATEN.index.Tensor, _ATEN.index_put_.default) and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in args[1]
+        )
+        if func in _HOST_READS or boolean_index:
+            self.events.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["augment.blur=true", "moco.symmetric=true"],
+        ["ft.pos=extrapolate", "ft.neg=interpolate", "ft.granularity=sample"],
+        [
+            "method=looc",
+            "looc.augmentations=[color,rotation,texture]",
+            "looc.plus_plus=true",
+            "train.knn_space=z0",
+        ],
+    ],
+    ids=["moco_v2-blur-symmetric", "ft", "looc++"],
+)
+def test_training_steps_never_read_values_back_to_the_host(tiny_config, settings):
+    """On CUDA a read of a device value (``.item()``, ``nonzero``, a boolean mask) makes the host
+    wait for the device at every step. The steps of an epoch (batched views, the model, loss,
+    score recording, optimizer) read nothing back: only the epoch's end does (the logged mean
+    loss, the epoch's loss, FT's mean λ). Checked on the CPU by recording the ops dispatched."""
+    trainer = Trainer(tiny_config("train.log_every=1000", *settings))
+    recorder = _HostReads()
+    step = trainer.optimizer.step
+
+    def marked_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        recorder.events.append("optimizer step")
+        return out
+
+    trainer.optimizer.step = marked_step
+    with recorder:
+        trainer.train_epoch(0)
+    *steps, end = "|".join(recorder.events).split("optimizer step")
+    assert len(steps) == trainer.steps_per_epoch
+    assert all(s.strip("|") == "" for s in steps), steps
+    assert end.strip("|")  # the epoch's end reads its mean loss: the recorder sees host reads
