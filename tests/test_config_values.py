@@ -653,3 +653,32 @@ def test_a_view_recipe_takes_a_numpy_image_size():
 
     recipe = ViewRecipe(image_size=np.int64(32), mean=(0.5,) * 3, std=(0.25,) * 3)
     assert recipe.image_size == 32
+
+
+@pytest.mark.parametrize(
+    "override, takes",
+    [
+        ("data.views=", "one of batched, per_image"),
+        ("data.views_compile=", "true or false"),
+        ("data.image_size=", "an integer in [8, 4096]"),
+        ("optim.lr= ", "a number > 0"),
+        ("looc.augmentations=", "a list, e.g. [a, b] or a,b"),
+        ("method=", "one of moco, looc"),
+        ("name=", "a relative folder name inside out_dir"),
+        ("out_dir=", "a non-empty folder path"),
+    ],
+)
+def test_an_empty_value_on_the_command_line_says_so_and_what_the_key_takes(override, takes):
+    # Before: "data.views=null is not valid", "got null": a null the user never typed
+    key = override.split("=")[0]
+    with pytest.raises(UserError) as err:
+        load_config("demo", [override])
+    assert str(err.value).startswith(f"{key}= has no value; give {takes}")
+    assert "null" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["train.amp=", "data.path=", "ft.granularity_pos="])
+def test_an_empty_value_is_null_where_the_key_takes_null(override):
+    cfg = load_config("demo", [override])
+    section, key = override.rstrip("=").split(".")
+    assert getattr(getattr(cfg, section), key) is None

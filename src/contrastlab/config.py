@@ -1060,9 +1060,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if kind is not None and len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         return key, _unquoted(raw)  # name="'2024'": quoted as in a YAML file, the text inside
     if kind == "str":
-        return key, raw if raw != "" else None
+        if raw == "":
+            _refuse_empty(key)
+        return key, raw
     if kind == "optional":
         return key, None if raw in ("", "null", "Null", "NULL") else raw
+    if not raw.strip():
+        _refuse_empty(key)
     try:
         node = yaml.compose(raw, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -1071,6 +1075,27 @@ def parse_override(text: str) -> tuple[str, Any]:
     if misread is not None:
         raise UserError(misread[1])
     return key, yaml.safe_load(raw) if raw != "" else None
+
+
+def _refuse_empty(key: str) -> None:
+    """``key=`` with nothing after it, for a key that does not take null: one line with what the
+    key takes (YAML would read the empty text as null, and the error said "got null", which was
+    not typed). Keys that take null read ``key=`` as null; unknown keys are left to the check
+    that names them."""
+    hint = key_hints().get(key)
+    if hint is None or (
+        get_origin(hint) in (typing.Union, types.UnionType) and type(None) in get_args(hint)
+    ):
+        return
+    if get_origin(hint) is Literal:
+        takes = "one of " + ", ".join(str(c) for c in get_args(hint))
+    elif hint is bool:
+        takes = "true or false"
+    elif get_origin(hint) is list:
+        takes = "a list, e.g. [a, b] or a,b"
+    else:
+        takes = _expected(key, "a value")
+    raise UserError(f"{key}= has no value; give {takes}")
 
 
 def _unquoted(raw: str) -> str:
