@@ -516,3 +516,31 @@ def test_a_checkpoint_of_an_older_version_is_judged_by_its_settings(
     with pytest.raises(UserError, match=r"after 3 steps, .*data.synthetic_train 96 -> 128"):
         Trainer(tiny_config(*COMMON, *again, "data.synthetic_train=128")).fit()
     assert Trainer(tiny_config(*COMMON, *again, "optim.lr=0.01")).fit().steps == 12
+
+
+def test_a_resume_inside_an_epoch_says_so_at_the_start_and_counts_the_rest_of_it(
+    tmp_path, monkeypatch, capsys
+):
+    """Stopped in step 4 of epoch 1 (6 steps each) and resumed: the start line said nothing of
+    the resume, and the last line counted the rest of epoch 1 as a whole epoch ("2 more")."""
+    from contrastlab.cli import main
+
+    argv = ["train", "--config", "moco_v2_cifar", *TINY, *COMMON, f"out_dir={tmp_path}"]
+    argv += ["name=r", "train.checkpoint_minutes=0.000001"]
+
+    def crash():
+        raise RuntimeError("killed")
+
+    _on_step(monkeypatch, 4, crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(argv)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*argv, "train.resume=auto"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    assert lines[0].startswith(
+        f"training r, resumed from {last} at step 3 (3 of epoch 1's steps done): epochs 1-2 of 2"
+    )
+
+    assert "trained to epoch 2 (the rest of epoch 1 and 1 more, 9 steps)" in lines[-2]

@@ -138,10 +138,14 @@ def _train_summary(result, epochs_wanted: int, space: str) -> str:
         )
     if result.resumed_from is not None:
         done = result.epochs - result.start_epoch
+        if result.start_in_epoch:  # the rest of the epoch it continued inside, then whole ones
+            more = f"the rest of epoch {result.start_epoch + 1}"
+            more += f" and {done - 1} more" if done > 1 else ""
+        else:
+            more = f"{done} more"
         return (
-            # counted as the stop line counts: the epoch that training continued inside
             f"resumed from {result.resumed_from} at step {result.start_step:,} (in epoch "
-            f"{result.start_epoch + 1}); trained to epoch {result.epochs} ({done} more, "
+            f"{result.start_epoch + 1}); trained to epoch {result.epochs} ({more}, "
             f"{plural(result.steps - result.start_step, 'step')}) in {result.seconds:.0f} s: "
             f"final loss {result.final_loss:.4f}{knn}"
         )

@@ -79,6 +79,7 @@ class TrainResult:
     start_epoch: int = 0  # completed epochs when this call began (> 0: resumed)
     start_step: int = 0
     resumed_from: Path | None = None  # the checkpoint training continued from
+    start_in_epoch: int = 0  # steps of epoch start_epoch + 1 done before a resume inside it
 
 
 # Numbers of metrics.jsonl events that place an event or describe the run, not curves to draw.
@@ -906,14 +907,20 @@ class Trainer:
             steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
             processes = processes_text([distributed.world_size()], cfg.optim.batch_size)
             ft = ft_start_text(cfg)
+            resumed = ""
+            if self.resumed_from is not None:  # said before the first epoch, not only at the end
+                resumed = f", resumed from {self.resumed_from} at step {self.step:,}"
+                if self._batch_in_epoch():
+                    resumed += f" ({self._batch_in_epoch():,} of epoch {first}'s steps done)"
             print(
-                f"training {cfg.name}: {epochs} of {last} ({steps} each) on {self.device.type}, "
+                f"training {cfg.name}{resumed}: {epochs} of {last} ({steps} each) on "
+                f"{self.device.type}, "
                 f"{processes}; {views_text(self.views_info)}; {f'{ft}; ' if ft else ''}{bar}, "
                 f"every step's metrics in {self.run_dir / 'metrics.jsonl'}",
                 flush=True,
             )
         start = time.time()
-        start_epoch, start_step = self.epoch, self.step
+        start_epoch, start_step, start_in_epoch = self.epoch, self.step, self._batch_in_epoch()
         final_loss = float("nan")
         if self.pending_monitor_loss is not None:  # stopped after the save, before the monitor
             final_loss = self.pending_monitor_loss
@@ -965,6 +972,7 @@ class Trainer:
             is_main=self.is_main,
             start_epoch=start_epoch,
             start_step=start_step,
+            start_in_epoch=start_in_epoch,
             resumed_from=self.resumed_from,
             last_checkpoint=self.ckpt_dir / "last.pt"
             if (self.ckpt_dir / "last.pt").exists()
@@ -1292,6 +1300,13 @@ class Trainer:
 
         distributed.raise_together(write)
         self.stop_policy.saved()
+
+    def _batch_in_epoch(self) -> int:
+        """Steps of the current epoch trained before a resume inside it; 0 at an epoch's start."""
+        position = self.position
+        if position is None or int(position["epoch"]) != self.epoch:
+            return 0
+        return int(position["batch"])
 
     def _place(self, batch_in_epoch: int | None) -> dict:
         """Where a resume or stop sits: the complete epochs and, inside an epoch, the one running
