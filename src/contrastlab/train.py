@@ -83,7 +83,15 @@ class TrainResult:
 
 
 # Numbers of metrics.jsonl events that place an event or describe the run, not curves to draw.
-_NOT_SCALARS = ("epoch", "step", "epochs_complete", "in_epoch", "steps_per_epoch", "world_size")
+_NOT_SCALARS = (
+    "epoch",
+    "step",
+    "epochs_complete",
+    "in_epoch",
+    "steps_per_epoch",
+    "world_size",
+    "threads",
+)
 
 # Settings a resume may change without a warning, since they change neither what is trained nor
 # its numbers: the run's name and folder, and the train.* settings of the monitor's timing,
@@ -460,6 +468,11 @@ class Trainer:
         cuda = self.device.type == "cuda"
         if not cuda and cfg.train.keep_freed_memory:
             keep_freed_memory()  # up to 25% of a CPU step was page faults (docs/benchmarks.md)
+        if cfg.train.threads is not None:
+            # On a CPU other processes also use, torch's threads (one per core) wait for each
+            # other at every op whenever one is descheduled: 1 can be many times faster there
+            # (docs/benchmarks.md, threads).
+            torch.set_num_threads(cfg.train.threads)
         self.amp = cfg.train.amp if cfg.train.amp is not None else cuda
         if self.amp and self.device.type == "cpu":  # each process's own CPU (nodes may differ)
             distributed.warn_where(
@@ -893,6 +906,7 @@ class Trainer:
                 "world_size": distributed.world_size(),
                 "device": self.device.type,
                 "amp": bool(self.amp),
+                "threads": torch.get_num_threads(),
                 **self.views_info,
             }
         )
