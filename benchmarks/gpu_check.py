@@ -23,6 +23,7 @@ subset (what tests/test_benchmarks.py does), so the script is known to work befo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from contrastlab.atomic import build_folder  # noqa: E402
+from contrastlab.atomic import build_folder, new_folders  # noqa: E402
 from contrastlab.config import load_config  # noqa: E402
 from contrastlab.train import Trainer  # noqa: E402
 
@@ -154,16 +155,34 @@ def train(data: Path, out: Path, name: str, epochs: int, device: str, extra: lis
 STEPS = {"tests", "views", "train"}
 
 
+def epochs_in_budget(minutes: float, one_epoch_seconds: float) -> int:
+    """The epochs of the long run: as many as the one-epoch run (set-up included) says fit in
+    ``minutes``; fewer than 2 (no seconds per epoch to tell from set-up) is 0, no long run."""
+    epochs = int(minutes * 60 / one_epoch_seconds)
+    return epochs if epochs >= 2 else 0
+
+
 def main() -> None:
     ap = common.OneLineParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_check")))
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="folder with cifar10-train.tar.gz and cifar10-test.tar.gz",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT", "/tmp/gpu_check")),
+        help="folder for the extracted images, the runs and gpu_check.json (default: $OUT, "
+        "else /tmp/gpu_check)",
+    )
     common.add_device(ap, default="cuda")
     ap.add_argument(
         "--train-minutes",
         type=common.positive_number,
         default=5.0,
-        help="budget of the long run",
+        help="budget of the long run; one that fits fewer than 2 epochs skips it",
     )
     ap.add_argument(
         "--per-class", type=common.POSITIVE, default=None, help="images per class (a subset)"
@@ -181,7 +200,14 @@ def main() -> None:
     common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
     if "train" not in skip:
         archives_of(args.data)  # before the steps that come first: a wrong --data costs nothing
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        common.fail(f"--out {args.out} is a file, not a folder; give a folder to write in")
+    with new_folders(args.out):  # one made here and left empty by a stop or an error is removed
+        args.out.mkdir(parents=True, exist_ok=True)
+        checks(args, skip)
+
+
+def checks(args, skip: set[str]) -> None:
     device = torch.device(args.device)
     report: dict = {"machine": common.machine_info(device)}
     if args.device == "cuda":
@@ -204,11 +230,20 @@ def main() -> None:
         log("\n== moco_v2_cifar: one epoch (set-up + epoch)")
         one = train(data, runs, "calibrate", 1, args.device, args.train_option)
         log(json.dumps(one))
-        epochs = max(2, int(args.train_minutes * 60 / one["seconds"]))
-        log(f"\n== moco_v2_cifar: {epochs} epochs")
-        full = train(data, runs, "moco_v2_cifar", epochs, args.device, args.train_option)
-        full["seconds_per_epoch"] = round((full["seconds"] - one["seconds"]) / (epochs - 1), 2)
-        log(json.dumps(full))
+        epochs = epochs_in_budget(args.train_minutes, one["seconds"])
+        if epochs:
+            log(f"\n== moco_v2_cifar: {epochs} epochs")
+            full = train(data, runs, "moco_v2_cifar", epochs, args.device, args.train_option)
+            full["seconds_per_epoch"] = round((full["seconds"] - one["seconds"]) / (epochs - 1), 2)
+            log(json.dumps(full))
+        else:
+            full = None
+            log(
+                f"\n== moco_v2_cifar: --train-minutes {args.train_minutes:g} fits fewer than 2 "
+                f"epochs (the one-epoch run took {one['seconds']} s); the long run is skipped, "
+                f"the one-epoch run is the report (--train-minutes "
+                f"{math.ceil(2 * one['seconds'] / 6) / 10:g} or more fits 2)"
+            )
         report["train"] = {"one_epoch": one, "run": full}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"\nwrote {args.out / 'gpu_check.json'}")
