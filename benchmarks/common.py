@@ -476,6 +476,18 @@ def check_memory(need_bytes: int, options: str, sizes: str) -> None:
         )
 
 
+def open_archive(path, option: str):
+    """``tarfile.open(path)``; a file that is not a (compressed) tar archive is one line."""
+    import tarfile
+
+    try:
+        return tarfile.open(path)
+    except tarfile.TarError:
+        fail(f"{option} {path} is not a tar archive (plain or compressed); give a .tar.gz file")
+    except IsADirectoryError:
+        fail(f"{option} {path} is a folder, not a tar archive; give a .tar.gz file")
+
+
 def check_config(options: str, build: Callable, *args):
     """``build(*args)`` (a config from the benchmark's options) before any work; its
     ``UserError`` is one line that names the benchmark's ``options`` the config came from."""

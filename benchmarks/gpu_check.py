@@ -28,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def extract_cifar10(archives: Path, dest: Path, per_class: int | None) -> Path:
     with build_folder(dest) as temp:
         for archive in archives_of(archives):
             taken: dict[str, int] = {}
-            with tarfile.open(archive) as tar:
+            with common.open_archive(archive, "--data: the archive") as tar:
                 for member in tar:
                     parts = Path(member.name).parts
                     if member.isfile() and len(parts) == 3:

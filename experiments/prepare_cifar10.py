@@ -52,7 +52,11 @@ def extract(archive: Path, split: str, out: Path) -> None:
     """The images under ``split/`` in ``archive`` into ``out`` (``out/<class>/<image>``), whole or
     not at all; an archive without them is the user's error."""
     with build_folder(out) as temp:
-        with tarfile.open(archive) as tar:
+        try:
+            tar = tarfile.open(archive)
+        except tarfile.TarError:
+            fail(f"{archive} is not a tar archive; give --src the CIFAR-10 JPEG archives' folder")
+        with tar:
             tar.extractall(temp, filter=_under(split))
         if not any(p.is_file() for p in temp.rglob("*")):
             fail(f"{archive} holds no images under {split}/; give the CIFAR-10 JPEG archives")

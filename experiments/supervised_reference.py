@@ -69,6 +69,11 @@ def main() -> None:
     )
     labels = torch.as_tensor(train.labels)
     steps_per_epoch = len(train) // o.batch_size
+    if not steps_per_epoch:  # no full batch to train on
+        raise UserError(
+            f"optim.batch_size={o.batch_size} is larger than the {len(train)} training images; "
+            f"give optim.batch_size={len(train)} or less"
+        )
     order_gen, view_gen = torch.Generator(), torch.Generator()
     start = time.perf_counter()
     for epoch in range(o.epochs):
