@@ -142,6 +142,10 @@ class Timings:
         """Median over rounds of wall(num) / wall(den), each round's pair measured side by side."""
         return statistics.median(a / b for a, b in zip(self.wall[num], self.wall[den]))
 
+    def difference(self, num: str, den: str) -> float:
+        """Median over rounds of wall(num) - wall(den), paired within a round as ``ratio``."""
+        return statistics.median(a - b for a, b in zip(self.wall[num], self.wall[den]))
+
     def ratios(self, num: str, den: str) -> list[float]:
         return [a / b for a, b in zip(self.wall[num], self.wall[den])]
 

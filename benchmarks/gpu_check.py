@@ -11,7 +11,8 @@
    all: an interrupted extraction is made again by the next run), bf16 autocast,
    channels_last: a one-epoch run measures set-up plus one epoch; then a fresh run trains for as
    many epochs as fit in ``--train-minutes`` (its cosine schedule set to that many), with the kNN
-   monitor (z, the official demo's space) at its end. Reports seconds per epoch, images/s, the
+   monitor (z, the official demo's space) at its end; a budget that fits fewer than 2 epochs skips
+   that run (one line says so) and reports the one-epoch run alone. Reports seconds per epoch, images/s, the
    peak GPU memory (``torch.cuda.max_memory_allocated``) and the kNN top-1 on the 10,000 test
    images, in ``OUT/gpu_check.json`` and on stdout.
 
