@@ -197,7 +197,14 @@ def main() -> None:
             f"--skip {args.skip}: unknown step(s) {', '.join(sorted(skip - STEPS))}; "
             f"steps are {', '.join(sorted(STEPS))}"
         )
-    common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
+    cfg = common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
+    batch = cfg.optim.batch_size
+    if "train" not in skip and args.per_class is not None and 10 * args.per_class < batch:
+        common.fail(  # CIFAR-10: 10 classes
+            f"--per-class {args.per_class}: {10 * args.per_class} training images, fewer than "
+            f"one batch (optim.batch_size={batch}); give --per-class {-(-batch // 10)} or more, "
+            "or a smaller --train-option optim.batch_size"
+        )
     if "train" not in skip:
         archives_of(args.data)  # before the steps that come first: a wrong --data costs nothing
     if args.out.exists() and not args.out.is_dir():

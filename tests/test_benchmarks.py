@@ -469,6 +469,17 @@ def test_gpu_check_out_a_file_is_one_line_and_a_folder_it_made_goes_on_a_stop(
     assert code == 130 and not (tmp_path / "new").exists()
 
 
+def test_gpu_check_refuses_a_subset_smaller_than_a_batch(monkeypatch, capsys):
+    # Before: the training said so, after the extraction
+    argv = ["--device", "cpu", "--per-class", "3", "--data", "/nonexistent"]
+    code, lines = _stopped(_script("gpu_check.py", argv, monkeypatch)["main"], capsys)
+    assert code == 2 and lines == [
+        "error: --per-class 3: 30 training images, fewer than one batch "
+        "(optim.batch_size=512); give --per-class 52 or more, or a smaller --train-option "
+        "optim.batch_size"
+    ]
+
+
 def test_views_runs_its_trainings_in_a_temporary_folder(monkeypatch):
     # Before: /tmp/contrastlab-bench, never removed
     import contrastlab.train
