@@ -142,6 +142,10 @@ class Timings:
         """Median over rounds of wall(num) / wall(den), each round's pair measured side by side."""
         return statistics.median(a / b for a, b in zip(self.wall[num], self.wall[den]))
 
+    def difference(self, num: str, den: str) -> float:
+        """Median over rounds of wall(num) - wall(den), paired within a round as ``ratio``."""
+        return statistics.median(a - b for a, b in zip(self.wall[num], self.wall[den]))
+
     def ratios(self, num: str, den: str) -> list[float]:
         return [a / b for a, b in zip(self.wall[num], self.wall[den])]
 
@@ -357,7 +361,7 @@ def parse_args(ap: argparse.ArgumentParser, quick: dict | None = None) -> argpar
 
 
 def add_device(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
-    ap.add_argument("--device", default=default, choices=["cpu", "cuda"])
+    ap.add_argument("--device", default=default, choices=["cpu", "cuda"], help="where to run")
 
 
 def device_of(name: str) -> torch.device:
@@ -390,16 +394,102 @@ def trainer_format(cfg, device: torch.device) -> tuple[bool, bool]:
     return amp, channels_last
 
 
-def run(main: Callable[[], None]) -> None:
+def stop_status(signal_name: str) -> int:
+    """The exit status after a stop signal, as the ``contrastlab`` command line outside a
+    training: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+    import signal
+
+    return 128 + getattr(signal, signal_name, signal.SIGINT)
+
+
+def raise_on_stop_signals() -> None:
+    """SIGTERM (and SIGUSR1) raise ``StopRequested`` where the program is, as Ctrl-C raises
+    ``KeyboardInterrupt``: the ``with`` blocks on the way clean up (temporary folders)."""
+    import signal
+
+    from contrastlab.errors import StopRequested
+
+    def stop(signum, frame):
+        raise StopRequested(signum)
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
+def run(main: Callable[[], None], sizes: str = "the size options") -> None:
     """Run a benchmark's ``main``: a ``UserError`` of the library (a bad size for a config, a
-    path) is one ``error:`` line with exit status 2, as on the ``contrastlab`` command line."""
-    from contrastlab.errors import UserError, one_line
+    path) is one ``error:`` line with exit status 2, as on the ``contrastlab`` command line; a
+    stop (Ctrl-C, SIGTERM) is one line, ``stopped by SIGINT``, with exit status 128 + the
+    signal's number. A benchmark that trains in a temporary folder cannot resume there: a stop
+    inside its training says that the measurement must be run again. An allocation that fails
+    (sizes larger than the memory) is one line that names the options to lower, ``sizes``."""
+    from contrastlab.errors import StopRequested, TrainingInterrupted, UserError, one_line
 
     os.environ.setdefault("TQDM_DISABLE", "1")
+    raise_on_stop_signals()
+    prog = os.path.basename(sys.argv[0]) or "benchmark"
     try:
         main()
     except UserError as e:
         fail(one_line(e))
+    except TrainingInterrupted as e:
+        # "stopped by SIGTERM in epoch 1 ...; to continue, run the same command with ...": the
+        # training's folder is the benchmark's own, gone or rewritten by the next run
+        words = str(e).split()
+        name = words[2] if words[:2] == ["stopped", "by"] and len(words) > 2 else "SIGINT"
+        print(
+            f"{prog}: stopped by {name} during its training; the measurement is incomplete: "
+            "run the same command again",
+            file=sys.stderr,
+        )
+        raise SystemExit(stop_status(name)) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
+        name = e.signal_name if isinstance(e, StopRequested) else "SIGINT"
+        print(f"{prog}: stopped by {name}; the measurement was not finished", file=sys.stderr)
+        raise SystemExit(stop_status(name)) from None
+    except MemoryError:
+        fail(f"{prog}: out of memory; {_lower(sizes)}")
+    except Exception as e:
+        from contrastlab.cli import _failed_allocation
+
+        wanted = _failed_allocation(e)
+        if wanted is None:
+            raise
+        fail(f"{prog}: out of memory ({wanted}); {_lower(sizes)}")
+
+
+def _lower(sizes: str) -> str:
+    return f"the sizes given need more memory than this machine has: lower {sizes}"
+
+
+def check_memory(need_bytes: int, options: str, sizes: str) -> None:
+    """Refuse before any work, in one line, sizes whose tensors alone take more than the memory
+    this machine has available (``MemAvailable``; no check where it is not known)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(
+                int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")
+            )
+    except (OSError, StopIteration):
+        return
+    if need_bytes > available:
+        fail(
+            f"{options}: needs {need_bytes / 2**30:.1f} GiB for its images alone, more than the "
+            f"{available / 2**30:.1f} GiB of memory available; lower {sizes}"
+        )
+
+
+def open_archive(path, option: str):
+    """``tarfile.open(path)``; a file that is not a (compressed) tar archive is one line."""
+    import tarfile
+
+    try:
+        return tarfile.open(path)
+    except tarfile.TarError:
+        fail(f"{option} {path} is not a tar archive (plain or compressed); give a .tar.gz file")
+    except IsADirectoryError:
+        fail(f"{option} {path} is a folder, not a tar archive; give a .tar.gz file")
 
 
 def check_config(options: str, build: Callable, *args):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ def training_folder(args, stack: contextlib.ExitStack) -> Path:
         common.fail(f"--tar {tar} does not exist; pass --tar FILE or --data DIR")
     root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrastlab-e2e-")))
     start = time.perf_counter()
-    with tarfile.open(tar) as f:
+    with common.open_archive(tar, "--tar") as f:
         f.extractall(root, filter="data")
     if not (root / "train").is_dir():
         common.fail(f"{tar} holds no train/ folder (expected train/<class>/*.jpg)")
@@ -216,10 +215,17 @@ def main() -> None:
         common.fail("this CPU has no native bf16; run without --bf16 / --as-documented")
     with contextlib.ExitStack() as stack:
         root = training_folder(args, stack)
+        images = sum(1 for p in (root / "train").glob("*/*") if p.is_file())
+        if args.batch > images:  # no full batch: nothing to time
+            common.fail(
+                f"--batch {args.batch} is larger than the {images} training images of "
+                f"{args.data or args.tar}; give --batch {images} or less"
+            )
+        settings = {**vars(args), "data": root, "queue": QUEUE}
+        if args.data:
+            del settings["tar"]  # not used
         common.print_header(
-            "one epoch end to end: lightly's MoCo example vs contrastlab train",
-            info,
-            {**vars(args), "data": root, "queue": QUEUE},
+            "one epoch end to end: lightly's MoCo example vs contrastlab train", info, settings
         )
         out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="contrastlab-e2e-run-"))
         lightly = None if args.no_lightly else run_lightly(args, root / "train")
@@ -264,4 +270,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, sizes="--batch")

@@ -110,14 +110,16 @@ def make_step(
 
 
 def overhead(t: common.Timings, num: str, den: str) -> str:
-    """``num`` over ``den`` as a percentage: median of per-round ratios, quartiles, best-vs-best."""
+    """``num`` over ``den`` as a percentage: median of per-round ratios, quartiles, best-vs-best;
+    and the time per step it adds, paired as the ratios (not a difference of two medians, which
+    can disagree with them in sign)."""
     rs = sorted(t.ratios(num, den))
     q1, q3 = rs[len(rs) // 4], rs[(3 * len(rs)) // 4]
     return (
         f"{100 * (t.ratio(num, den) - 1):+.1f}% (median of {len(rs)} per-round ratios; quartiles "
         f"{100 * (q1 - 1):+.1f}% .. {100 * (q3 - 1):+.1f}%; best-vs-best "
         f"{100 * (t.best(num) / t.best(den) - 1):+.1f}%); "
-        f"{common.fmt_ms(t.median(num) - t.median(den))} per step"
+        f"{1e3 * t.difference(num, den):+.1f} ms per step (median of the per-round differences)"
     )
 
 

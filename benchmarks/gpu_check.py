@@ -11,7 +11,8 @@
    all: an interrupted extraction is made again by the next run), bf16 autocast,
    channels_last: a one-epoch run measures set-up plus one epoch; then a fresh run trains for as
    many epochs as fit in ``--train-minutes`` (its cosine schedule set to that many), with the kNN
-   monitor (z, the official demo's space) at its end. Reports seconds per epoch, images/s, the
+   monitor (z, the official demo's space) at its end; a budget that fits fewer than 2 epochs skips
+   that run (one line says so) and reports the one-epoch run alone. Reports seconds per epoch, images/s, the
    peak GPU memory (``torch.cuda.max_memory_allocated``) and the kNN top-1 on the 10,000 test
    images, in ``OUT/gpu_check.json`` and on stdout.
 
@@ -23,11 +24,11 @@ subset (what tests/test_benchmarks.py does), so the script is known to work befo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from contrastlab.atomic import build_folder  # noqa: E402
+from contrastlab.atomic import build_folder, new_folders  # noqa: E402
 from contrastlab.config import load_config  # noqa: E402
 from contrastlab.train import Trainer  # noqa: E402
 
@@ -85,7 +86,7 @@ def extract_cifar10(archives: Path, dest: Path, per_class: int | None) -> Path:
     with build_folder(dest) as temp:
         for archive in archives_of(archives):
             taken: dict[str, int] = {}
-            with tarfile.open(archive) as tar:
+            with common.open_archive(archive, "--data: the archive") as tar:
                 for member in tar:
                     parts = Path(member.name).parts
                     if member.isfile() and len(parts) == 3:
@@ -154,16 +155,34 @@ def train(data: Path, out: Path, name: str, epochs: int, device: str, extra: lis
 STEPS = {"tests", "views", "train"}
 
 
+def epochs_in_budget(minutes: float, one_epoch_seconds: float) -> int:
+    """The epochs of the long run: as many as the one-epoch run (set-up included) says fit in
+    ``minutes``; fewer than 2 (no seconds per epoch to tell from set-up) is 0, no long run."""
+    epochs = int(minutes * 60 / one_epoch_seconds)
+    return epochs if epochs >= 2 else 0
+
+
 def main() -> None:
     ap = common.OneLineParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_check")))
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="folder with cifar10-train.tar.gz and cifar10-test.tar.gz",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT", "/tmp/gpu_check")),
+        help="folder for the extracted images, the runs and gpu_check.json (default: $OUT, "
+        "else /tmp/gpu_check)",
+    )
     common.add_device(ap, default="cuda")
     ap.add_argument(
         "--train-minutes",
         type=common.positive_number,
         default=5.0,
-        help="budget of the long run",
+        help="budget of the long run; one that fits fewer than 2 epochs skips it",
     )
     ap.add_argument(
         "--per-class", type=common.POSITIVE, default=None, help="images per class (a subset)"
@@ -178,10 +197,24 @@ def main() -> None:
             f"--skip {args.skip}: unknown step(s) {', '.join(sorted(skip - STEPS))}; "
             f"steps are {', '.join(sorted(STEPS))}"
         )
-    common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
+    cfg = common.check_config("--train-option", load_config, "moco_v2_cifar", args.train_option)
+    batch = cfg.optim.batch_size
+    if "train" not in skip and args.per_class is not None and 10 * args.per_class < batch:
+        common.fail(  # CIFAR-10: 10 classes
+            f"--per-class {args.per_class}: {10 * args.per_class} training images, fewer than "
+            f"one batch (optim.batch_size={batch}); give --per-class {-(-batch // 10)} or more, "
+            "or a smaller --train-option optim.batch_size"
+        )
     if "train" not in skip:
         archives_of(args.data)  # before the steps that come first: a wrong --data costs nothing
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        common.fail(f"--out {args.out} is a file, not a folder; give a folder to write in")
+    with new_folders(args.out):  # one made here and left empty by a stop or an error is removed
+        args.out.mkdir(parents=True, exist_ok=True)
+        checks(args, skip)
+
+
+def checks(args, skip: set[str]) -> None:
     device = torch.device(args.device)
     report: dict = {"machine": common.machine_info(device)}
     if args.device == "cuda":
@@ -204,11 +237,20 @@ def main() -> None:
         log("\n== moco_v2_cifar: one epoch (set-up + epoch)")
         one = train(data, runs, "calibrate", 1, args.device, args.train_option)
         log(json.dumps(one))
-        epochs = max(2, int(args.train_minutes * 60 / one["seconds"]))
-        log(f"\n== moco_v2_cifar: {epochs} epochs")
-        full = train(data, runs, "moco_v2_cifar", epochs, args.device, args.train_option)
-        full["seconds_per_epoch"] = round((full["seconds"] - one["seconds"]) / (epochs - 1), 2)
-        log(json.dumps(full))
+        epochs = epochs_in_budget(args.train_minutes, one["seconds"])
+        if epochs:
+            log(f"\n== moco_v2_cifar: {epochs} epochs")
+            full = train(data, runs, "moco_v2_cifar", epochs, args.device, args.train_option)
+            full["seconds_per_epoch"] = round((full["seconds"] - one["seconds"]) / (epochs - 1), 2)
+            log(json.dumps(full))
+        else:
+            full = None
+            log(
+                f"\n== moco_v2_cifar: --train-minutes {args.train_minutes:g} fits fewer than 2 "
+                f"epochs (the one-epoch run took {one['seconds']} s); the long run is skipped, "
+                f"the one-epoch run is the report (--train-minutes "
+                f"{math.ceil(2 * one['seconds'] / 6) / 10:g} or more fits 2)"
+            )
         report["train"] = {"one_epoch": one, "run": full}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"\nwrote {args.out / 'gpu_check.json'}")

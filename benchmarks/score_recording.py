@@ -143,4 +143,4 @@ def components(queue: torch.Tensor, feats: torch.Tensor, calls: int) -> None:
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, sizes="--batch, --queue or --dim")

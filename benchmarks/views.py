@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from contrastlab.allocator import keep_freed_memory  # noqa: E402
 from contrastlab.config import load_config  # noqa: E402
 from contrastlab.data.augment import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from contrastlab.data.datasets import TensorImageDataset  # noqa: E402
+from contrastlab.errors import plural  # noqa: E402
 from contrastlab.views.pipeline import build_training_views  # noqa: E402
 
 RECIPES = {
@@ -100,7 +102,8 @@ def time_epoch(pipe, epoch: int, device) -> tuple[float, int]:
 def pipeline_rates(args, device) -> None:
     data = images(args.batch * (args.batches + 1), args.size)
     print(
-        f"\n1. views/s, batch {args.batch}, {args.batches} timed batches per round, {args.size} px"
+        f"\n1. views/s, batch {args.batch}, {plural(args.batches, 'timed batch', 'timed batches')} "
+        f"per round, {args.size} px"
     )
     for recipe in RECIPES:
         rates = {v: [] for v in PIPELINES if v != "compiled" or args.compiled}
@@ -146,6 +149,12 @@ def time_views_and_steps(trainer, device) -> tuple[list[float], list[float]]:
 
 
 def step_shares(args, device) -> None:
+    """The runs go to a temporary folder, removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="contrastlab-views-") as out_dir:
+        _step_shares(args, device, out_dir)
+
+
+def _step_shares(args, device, out_dir: str) -> None:
     from contrastlab.train import Trainer
 
     print(f"\n2. share of a training step spent making views ({args.steps} steps after 2)")
@@ -162,7 +171,7 @@ def step_shares(args, device) -> None:
                 *extra,
                 "train.progress=false",
                 f"train.device={device.type}",
-                "out_dir=/tmp/contrastlab-bench",
+                f"out_dir={out_dir}",
                 "train.overwrite=true",
             ],
         )
@@ -218,13 +227,22 @@ def op_costs(args, device) -> None:
 
 def main() -> None:
     ap = common.OneLineParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=common.POSITIVE, default=256)
-    ap.add_argument("--batches", type=common.POSITIVE, default=8)
-    ap.add_argument("--rounds", type=common.POSITIVE, default=3)
-    ap.add_argument("--workers", type=common.NON_NEGATIVE, default=2)
-    ap.add_argument("--size", type=common.POSITIVE, default=32)
-    ap.add_argument("--steps", type=common.POSITIVE, default=6)
-    ap.add_argument("--no-steps", action="store_true")
+    ap.add_argument("--batch", type=common.POSITIVE, default=256, help="images per batch")
+    ap.add_argument(
+        "--batches", type=common.POSITIVE, default=8, help="timed batches per round (part 1)"
+    )
+    ap.add_argument("--rounds", type=common.POSITIVE, default=3, help="interleaved rounds (part 1)")
+    ap.add_argument(
+        "--workers",
+        type=common.NON_NEGATIVE,
+        default=2,
+        help="DataLoader workers of the per_image pipeline",
+    )
+    ap.add_argument("--size", type=common.POSITIVE, default=32, help="image side in pixels")
+    ap.add_argument(
+        "--steps", type=common.POSITIVE, default=6, help="timed training steps per preset (part 2)"
+    )
+    ap.add_argument("--no-steps", action="store_true", help="skip part 2 (the training steps)")
     ap.add_argument(
         "--no-compiled",
         dest="compiled",
@@ -236,9 +254,14 @@ def main() -> None:
     device = common.device_of(args.device)
     for recipe in RECIPES:  # every size checked before any work
         for views in PIPELINES:
-            common.check_config(
-                f"--size {args.size} --workers {args.workers}", pipeline_config, recipe, views, args
-            )
+            common.check_config(f"--size {args.size}", pipeline_config, recipe, views, args)
+    # the in-memory images of part 1 (uint8), before any work
+    need = args.batch * (args.batches + 1) * 3 * args.size**2
+    common.check_memory(
+        need,
+        f"--batch {args.batch} --batches {args.batches} --size {args.size}",
+        "--batch, --batches or --size",
+    )
     if device.type == "cpu":
         keep_freed_memory()  # as the trainer does
     info = common.machine_info(device)
@@ -251,4 +274,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, sizes="--batch, --batches or --size")

@@ -41,7 +41,7 @@ def run(argv: list[str]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="data/cifar10")
     ap.add_argument("--out", default="runs")
     ap.add_argument("--seed", type=int, default=0)

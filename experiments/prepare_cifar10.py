@@ -19,12 +19,13 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from contrastlab.atomic import build_folder
-from contrastlab.errors import DiskFull
+from contrastlab.atomic import build_folder, new_folders
+from contrastlab.errors import DiskFull, StopRequested
 
 SPLITS = ("train", "test")
 
@@ -51,7 +52,11 @@ def extract(archive: Path, split: str, out: Path) -> None:
     """The images under ``split/`` in ``archive`` into ``out`` (``out/<class>/<image>``), whole or
     not at all; an archive without them is the user's error."""
     with build_folder(out) as temp:
-        with tarfile.open(archive) as tar:
+        try:
+            tar = tarfile.open(archive)
+        except tarfile.TarError:
+            fail(f"{archive} is not a tar archive; give --src the CIFAR-10 JPEG archives' folder")
+        with tar:
             tar.extractall(temp, filter=_under(split))
         if not any(p.is_file() for p in temp.rglob("*")):
             fail(f"{archive} holds no images under {split}/; give the CIFAR-10 JPEG archives")
@@ -99,6 +104,16 @@ def main() -> None:
         if value is not None and value < 1:
             fail(f"{option} must be a number of images >= 1, got {value}")
     dest = Path(args.dest)
+    for path in (dest, *dest.parents):  # the first that exists must be a folder
+        if path.exists():
+            if not path.is_dir():
+                fail(f"--dest {dest}: {path} is a file, not a folder; give a folder path")
+            break
+    with new_folders(dest):  # one made here and left empty by a stop or an error is removed
+        prepare(args, dest)
+
+
+def prepare(args, dest: Path) -> None:
     missing = [
         Path(args.src) / f"cifar10-{split}.tar.gz"
         for split in SPLITS
@@ -141,8 +156,21 @@ def main() -> None:
     print(f"{subset}: {n_train} training and {n_test} test images")
 
 
+def stop(signum, frame):
+    raise StopRequested(signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)  # as Ctrl-C: the folders being made are removed
     try:
         main()
     except DiskFull as e:
         fail(str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM
+        name = e.signal_name if isinstance(e, StopRequested) else "SIGINT"
+        print(
+            f"prepare_cifar10.py: stopped by {name}; the folders it completed are kept, "
+            "run the same command again to make the rest",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + getattr(signal, name)) from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 from contrastlab.config import load_config
 from contrastlab.data import build_dataset
 from contrastlab.data.datasets import WithTransform
+from contrastlab.errors import UserError, one_line
 from contrastlab.models.backbones import build_backbone
 from contrastlab.train import eval_transform, knn_monitor_metrics, learning_rate
 from contrastlab.views.recipes import BatchedViews, recipe_from_config
@@ -67,6 +69,11 @@ def main() -> None:
     )
     labels = torch.as_tensor(train.labels)
     steps_per_epoch = len(train) // o.batch_size
+    if not steps_per_epoch:  # no full batch to train on
+        raise UserError(
+            f"optim.batch_size={o.batch_size} is larger than the {len(train)} training images; "
+            f"give optim.batch_size={len(train)} or less"
+        )
     order_gen, view_gen = torch.Generator(), torch.Generator()
     start = time.perf_counter()
     for epoch in range(o.epochs):
@@ -109,4 +116,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # a config that does not load: one line, as `contrastlab train`
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -43,18 +43,32 @@ def test_gpu_check_trains_the_epochs_that_fit_and_reports_them(tmp_path, monkeyp
     argv += ["--per-class", "6", "--train-minutes", "0.01", "--skip", "tests,views"]
     argv += ["--train-option", "model.width=0.125", "--train-option", "optim.batch_size=16"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(BENCHMARKS / "gpu_check.py"), run_name="__main__")
+    gpu_check = runpy.run_path(str(BENCHMARKS / "gpu_check.py"))
+    budgets = []
+    gpu_check["main"].__globals__["epochs_in_budget"] = lambda minutes, seconds: (
+        budgets.append(minutes) or 2
+    )
+    gpu_check["main"]()
+    assert budgets == [0.01]
     # --per-class takes the first 6 of each class of the training split, all 3 of the test split
     assert len(list((out / "cifar10" / "train").glob("*/*.jpg"))) == 60
     assert len(list((out / "cifar10" / "test").glob("*/*.jpg"))) == 30
     report = json.loads((out / "gpu_check.json").read_text())
     one, run = report["train"]["one_epoch"], report["train"]["run"]
-    assert one["epochs"] == 1 and run["epochs"] >= 2  # at least two, whatever the budget
+    assert one["epochs"] == 1 and run["epochs"] == 2
     assert run["steps"] == run["epochs"] * 3  # 60 training images at batch 16: 3 full batches
     assert 0 <= run["knn_top1_z"] <= 100 and run["seconds_per_epoch"] is not None
     assert "optim.epochs=%d" % run["epochs"] in run["command"]
     assert "cuda_tests" not in report and "views" not in report
     assert capsys.readouterr().out.rstrip().endswith("gpu_check.json")
+
+
+def test_gpu_check_keeps_to_a_budget_that_fits_fewer_than_two_epochs(capsys):
+    # Before: max(2, ...): a 30 s budget with a 74 s epoch trained 2 epochs all the same
+    gpu_check = runpy.run_path(str(BENCHMARKS / "gpu_check.py"))
+    assert gpu_check["epochs_in_budget"](0.5, 74.0) == 0
+    assert gpu_check["epochs_in_budget"](1.0, 30.0) == 2
+    assert gpu_check["epochs_in_budget"](5.0, 30.0) == 10
 
 
 def test_gpu_check_makes_an_interrupted_or_other_extraction_again(tmp_path, monkeypatch):
@@ -166,8 +180,8 @@ BAD_OPTIONS = {
     "views --size 4": (
         "views.py",
         ["--size", "4"],
-        "error: --size 4 --workers 2: data.image_size must be an integer in [8, 4096]",
-    ),  # UserError traceback
+        "error: --size 4: data.image_size must be an integer in [8, 4096]",
+    ),  # UserError traceback; then the line named --workers 2 too
     "checkpoint_cost --dir": (
         "checkpoint_cost.py",
         ["--dir", "/proc/nope"],
@@ -303,3 +317,221 @@ def test_score_recording_prints_the_machine_and_the_load_before_and_after():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\nmachine: " in proc.stdout and "load_before=" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("load average before: ")
+
+
+# ----------------------------------------------------------------------------------------------
+# Every script: a stop, a failed allocation, a wrong path are one line
+# ----------------------------------------------------------------------------------------------
+
+
+def _common():
+    sys.path.insert(0, str(BENCHMARKS))
+    import common
+
+    return common
+
+
+def _stopped(main, capsys) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as stop:
+        _common().run(main)
+    return stop.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_every_benchmark_runs_its_main_through_common_run():
+    # where a stop, a UserError and a failed allocation are made one line
+    for script in sorted(BENCHMARKS.glob("*.py")):
+        if script.name != "common.py":
+            assert "\n    common.run(main" in script.read_text(), script.name
+
+
+@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_is_one_line_and_128_plus_the_signal(signal_name, status, capsys):
+    # Before: a KeyboardInterrupt traceback (SIGINT), or killed without a word (SIGTERM)
+    from contrastlab.errors import StopRequested
+
+    def main():
+        if signal_name == "SIGINT":
+            raise KeyboardInterrupt
+        raise StopRequested(15)
+
+    code, lines = _stopped(main, capsys)
+    assert code == status and len(lines) == 1
+    assert lines[0].endswith(f": stopped by {signal_name}; the measurement was not finished")
+
+
+def test_a_stop_inside_a_benchmarks_training_says_to_measure_again(capsys):
+    # Before: contrastlab's "to continue, run the same command with train.resume=auto", wrong for
+    # a training in a temporary folder that is gone
+    from contrastlab.errors import TrainingInterrupted
+
+    def main():
+        raise TrainingInterrupted(
+            "stopped by SIGTERM in epoch 1 (0 of 1 epoch complete, step 3); checkpoint "
+            "/tmp/x/last.pt; to continue, run the same command with train.resume=auto"
+        )
+
+    code, lines = _stopped(main, capsys)
+    assert code == 143 and len(lines) == 1
+    assert "stopped by SIGTERM during its training" in lines[0]
+    assert "run the same command again" in lines[0] and "resume" not in lines[0]
+
+
+def test_a_failed_allocation_is_one_line_that_names_the_sizes(capsys):
+    # Before: RuntimeError: DefaultCPUAllocator: can't allocate memory, a traceback
+    def main():
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 800000000000 bytes. Error code 12"
+        )
+
+    with pytest.raises(SystemExit) as stop:
+        _common().run(main, sizes="--batch or --queue")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1
+    assert "out of memory (tried to allocate 745.1 GiB)" in lines[0]
+    assert lines[0].endswith("lower --batch or --queue")
+
+
+def test_a_real_sigterm_stops_a_benchmark_with_one_line():
+    # the handler common.run installs: SIGTERM as Ctrl-C, cleaned up, one line, 143
+    path = str(BENCHMARKS / "views.py")
+    code = (
+        f"import sys, os, signal, time; sys.path.insert(0, {str(BENCHMARKS)!r}); import common; "
+        "common.machine_info = lambda d: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30)); "
+        f"sys.argv = [{path!r}, '--device', 'cpu']; import runpy; "
+        f"runpy.run_path({path!r}, run_name='__main__')"
+    )
+    proc = _run(["-c", code])
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "views.py: stopped by SIGTERM; the measurement was not finished"
+
+
+def _script(name: str, argv: list[str], monkeypatch) -> dict:
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    return runpy.run_path(str(BENCHMARKS / name))
+
+
+def test_views_refuses_sizes_whose_images_exceed_the_memory(monkeypatch, capsys):
+    # Before: RuntimeError: can't allocate memory, a traceback after the header
+    views = _script("views.py", ["--batch", "1000000000", "--device", "cpu"], monkeypatch)
+    code, lines = _stopped(views["main"], capsys)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: --batch 1000000000 --batches 8 --size 32: needs 25749.2 GiB")
+    assert lines[0].endswith("lower --batch, --batches or --size")
+    assert "== " not in capsys.readouterr().out
+
+
+def test_end_to_end_refuses_a_batch_larger_than_the_data(tmp_path, monkeypatch, capsys):
+    # Before: ZeroDivisionError after the set-up, from a 60-image folder at the default batch 256
+    for i in range(60):
+        (tmp_path / "train" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / f"c{i % 3}" / f"{i}.jpg").write_bytes(b"")
+    e2e = _script(
+        "end_to_end.py", ["--data", str(tmp_path), "--no-lightly", "--limit", "2"], monkeypatch
+    )
+    code, lines = _stopped(e2e["main"], capsys)
+    assert code == 2 and lines == [
+        f"error: --batch 256 is larger than the 60 training images of {tmp_path}; "
+        "give --batch 60 or less"
+    ]
+    assert "== " not in capsys.readouterr().out
+
+
+def test_end_to_end_says_a_tar_that_is_not_one(tmp_path, monkeypatch, capsys):
+    # Before: tarfile.ReadError traceback
+    (tmp_path / "x.tar.gz").write_text("not an archive")
+    e2e = _script(
+        "end_to_end.py", ["--tar", str(tmp_path / "x.tar.gz"), "--no-lightly"], monkeypatch
+    )
+    code, lines = _stopped(e2e["main"], capsys)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: --tar {tmp_path / 'x.tar.gz'} is not a tar archive")
+
+
+def test_gpu_check_out_a_file_is_one_line_and_a_folder_it_made_goes_on_a_stop(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: FileExistsError traceback; a stop left the empty --out it had made
+    (tmp_path / "file").write_text("")
+    base = ["--device", "cpu", "--skip", "tests,views,train", "--out"]
+    gpu_check = _script("gpu_check.py", [*base, str(tmp_path / "file")], monkeypatch)
+    code, lines = _stopped(gpu_check["main"], capsys)
+    assert code == 2 and lines == [
+        f"error: --out {tmp_path / 'file'} is a file, not a folder; give a folder to write in"
+    ]
+    gpu_check = _script("gpu_check.py", [*base, str(tmp_path / "new" / "out")], monkeypatch)
+
+    def stop(args, skip):
+        raise KeyboardInterrupt
+
+    gpu_check["main"].__globals__["checks"] = stop  # run_path returns a copy of the globals
+    code, lines = _stopped(gpu_check["main"], capsys)
+    assert code == 130 and not (tmp_path / "new").exists()
+
+
+def test_gpu_check_refuses_a_subset_smaller_than_a_batch(monkeypatch, capsys):
+    # Before: the training said so, after the extraction
+    argv = ["--device", "cpu", "--per-class", "3", "--data", "/nonexistent"]
+    code, lines = _stopped(_script("gpu_check.py", argv, monkeypatch)["main"], capsys)
+    assert code == 2 and lines == [
+        "error: --per-class 3: 30 training images, fewer than one batch "
+        "(optim.batch_size=512); give --per-class 52 or more, or a smaller --train-option "
+        "optim.batch_size"
+    ]
+
+
+def test_views_runs_its_trainings_in_a_temporary_folder(monkeypatch):
+    # Before: /tmp/contrastlab-bench, never removed
+    import contrastlab.train
+
+    views = _script("views.py", [], monkeypatch)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def trainer(cfg):
+        seen.append(Path(cfg.out_dir))
+        assert seen[0].is_dir()
+        raise Stop
+
+    monkeypatch.setattr(contrastlab.train, "Trainer", trainer)
+    with pytest.raises(Stop):
+        views["step_shares"](type("Args", (), {"steps": 1})(), torch.device("cpu"))
+    assert seen and "contrastlab-bench" not in str(seen[0]) and not seen[0].exists()
+
+
+def test_views_counts_one_timed_batch_in_the_singular(monkeypatch, capsys):
+    views = _script("views.py", [], monkeypatch)
+    views["RECIPES"].clear()
+    args = type("Args", (), {"batch": 2, "batches": 1, "size": 8})()
+    views["pipeline_rates"](args, torch.device("cpu"))
+    assert "batch 2, 1 timed batch per round, 8 px" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "script, option",
+    [("views.py", "--batches"), ("views.py", "--size"), ("gpu_check.py", "--data")],
+)
+def test_options_have_help(script, option, monkeypatch, capsys):
+    main = _script(script, ["--help"], monkeypatch)["main"]
+    with pytest.raises(SystemExit):
+        main()
+    help_text = " ".join(capsys.readouterr().out.split())
+    upper = option.lstrip("-").upper()
+    assert f"{option} {upper} " in help_text
+    after = help_text.split(f"{option} {upper} ", 1)[1]
+    assert not after.startswith("--"), after[:80]
+
+
+def test_ft_overhead_labels_the_time_per_step_as_paired(monkeypatch):
+    # Before: "-16.5% (median of 5 per-round ratios ...); 32.4 ms per step", a difference of the
+    # two medians that disagreed in sign with the median ratio
+    common = _common()
+    ft = _script("ft_overhead.py", [], monkeypatch)
+    t = common.Timings(
+        wall={"on": [0.08, 0.09, 0.20, 0.21, 0.22], "off": [0.10, 0.11, 0.12, 0.25, 0.26]}
+    )
+    line = ft["overhead"](t, "on", "off")
+    assert line.startswith("-16.0%")
+    assert line.endswith("-20.0 ms per step (median of the per-round differences)")

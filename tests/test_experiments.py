@@ -4,7 +4,9 @@ import importlib.util
 import json
 import runpy
 import shutil
+import signal
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,86 @@ def test_the_supervised_reference_learns_the_synthetic_shapes(monkeypatch, capsy
     knn = float(lines[3].split("kNN top-1 ")[1].split("%")[0])
     assert knn > 50.0
     assert lines[-1].startswith("classifier test accuracy") and lines[-1].endswith("on 200 images")
+
+
+@pytest.mark.parametrize(
+    "argv, start",
+    [
+        (["--config", "nosuch"], "error: unknown preset 'nosuch'"),
+        (["--config", "{tmp}/some.jpg"], "error: {tmp}/some.jpg holds no settings"),
+        (["optim.epochs=-1"], "error: optim.epochs must be an integer >= 1, got -1"),
+        (
+            ["data.synthetic_train=20", "optim.batch_size=32"],
+            "error: optim.batch_size=32 is larger than the 20 training images",
+        ),
+    ],
+)
+def test_the_supervised_reference_says_a_config_error_in_one_line(
+    argv, start, tmp_path, monkeypatch, capsys
+):
+    # Before: a UserError traceback; a batch larger than the data: ZeroDivisionError
+    (tmp_path / "some.jpg").write_bytes(b"")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    monkeypatch.setattr(sys, "argv", ["supervised_reference.py", *argv])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(EXPERIMENTS / "supervised_reference.py"), run_name="__main__")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith(start.format(tmp=tmp_path)), lines
+
+
+def _prepare(argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["prepare_cifar10.py", *argv])
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # pytest keeps its own handlers
+    runpy.run_path(str(EXPERIMENTS / "prepare_cifar10.py"), run_name="__main__")
+
+
+@pytest.mark.parametrize("stop, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_prepare_cifar10_stopped_is_one_line_and_leaves_no_folder_it_made(
+    stop, status, tmp_path, monkeypatch, capsys
+):
+    # Before: a KeyboardInterrupt traceback, and the empty --dest folder it had made
+    from contrastlab.errors import StopRequested
+
+    for split in ("train", "test"):
+        (tmp_path / f"cifar10-{split}.tar.gz").write_bytes(b"")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt if stop == "SIGINT" else StopRequested(15)
+
+    monkeypatch.setattr(tarfile, "open", stopped)
+    dest = tmp_path / "new" / "cifar10"
+    with pytest.raises(SystemExit) as end:
+        _prepare(["--src", str(tmp_path), "--dest", str(dest)], monkeypatch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert end.value.code == status and len(lines) == 1
+    assert lines[0].startswith(f"prepare_cifar10.py: stopped by {stop}; ")
+    assert not (tmp_path / "new").exists()
+
+
+def test_prepare_cifar10_says_a_file_for_a_folder_or_an_archive(tmp_path, monkeypatch, capsys):
+    # Before: NotADirectoryError and tarfile.ReadError tracebacks
+    for split in ("train", "test"):
+        (tmp_path / f"cifar10-{split}.tar.gz").write_text("not an archive")
+    (tmp_path / "file").write_text("")
+    for dest, said in (
+        (tmp_path / "file", f"--dest {tmp_path / 'file'}: {tmp_path / 'file'} is a file"),
+        (tmp_path / "out", f"{tmp_path / 'cifar10-train.tar.gz'} is not a tar archive"),
+    ):
+        with pytest.raises(SystemExit) as end:
+            _prepare(["--src", str(tmp_path), "--dest", str(dest)], monkeypatch)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert end.value.code == 2 and len(lines) == 1
+        assert lines[0].startswith(f"prepare_cifar10.py: error: {said}"), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_cifar10_full_help_describes_it_in_whole_sentences(monkeypatch, capsys):
+    # Before: "... then the kNN curve in both" and no more
+    monkeypatch.setattr(sys, "argv", ["cifar10_full.py", "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(EXPERIMENTS / "cifar10_full.py"), run_name="__main__")
+    assert "in both spaces and the final linear probe." in " ".join(capsys.readouterr().out.split())
 
 
 def load_script(name: str):
@@ -259,7 +341,7 @@ def test_prepare_cifar10_makes_an_interrupted_extraction_again(tmp_path, monkeyp
     if stop == "full disk":  # one line, as every error of the script
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and "no space left on device while making" in err[0], err
-    assert sorted(p.name for p in dest.iterdir()) == []  # no half folder, no temporary one
+    assert not (tmp_path / "data").exists()  # no half folder, no temporary one, no folder it made
     # a run killed outright leaves its temporary folder: the next run replaces it
     leftover = dest / ".train.partial" / "cat"
     leftover.mkdir(parents=True)

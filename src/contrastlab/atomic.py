@@ -182,6 +182,24 @@ def partial_folder(folder: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
+def new_folders(folder: str | os.PathLike) -> Iterator[Path]:
+    """Around work that fills ``folder``: the folders of its path that do not exist yet (``folder``
+    itself among them) are removed again, deepest first, when the block ends with an error or a
+    stop (Ctrl-C) and left them empty. A folder that existed before, or holds anything, is kept."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield folder
+    except BaseException:
+        for path in missing:  # deepest first
+            try:
+                path.rmdir()  # only an empty folder
+            except OSError:
+                break
+        raise
+
+
+@contextlib.contextmanager
 def build_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Make ``folder`` whole or not at all: yields a temporary sibling to fill
     (``partial_folder``), renamed to ``folder`` when the block ends without an error.
