@@ -23,8 +23,8 @@ venv: $(STAMP)  ## make .venv and install the package with its test dependencies
 demo: $(STAMP)  ## train and report the synthetic demo
 	$(VENV)/bin/contrastlab demo
 
-test: $(STAMP)  ## the test suite
-	$(PY) -m pytest
+test: $(STAMP)  ## the test suite (two processes: pytest-xdist)
+	$(PY) -m pytest -n 2
 
 bench: $(STAMP)  ## the training-step benchmark (installs lightly, the bench extra)
 	$(PIP) install -q -c constraints.txt -e '.[bench]'

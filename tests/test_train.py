@@ -601,3 +601,33 @@ def test_training_steps_never_read_values_back_to_the_host(tiny_config, settings
     assert len(steps) == trainer.steps_per_epoch
     assert all(s.strip("|") == "" for s in steps), steps
     assert end.strip("|")  # the epoch's end reads its mean loss: the recorder sees host reads
+
+
+def test_train_threads_sets_the_cpu_threads_and_the_start_event_records_them(tiny_config):
+    """On a CPU shared with other processes, torch's threads (one per core) wait for each other
+    at every op: train.threads=1 runs the same training several times faster there
+    (docs/benchmarks.md, threads). Without it, torch's own number stays."""
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        cfg = tiny_config("optim.epochs=1", "train.knn_every=0", "train.threads=1", "name=one")
+        trainer = Trainer(cfg)
+        original = trainer.train_epoch
+
+        def epoch(e):
+            seen.append(torch.get_num_threads())
+            return original(e)
+
+        trainer.train_epoch = epoch
+        trainer.fit()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+    events = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").open()]
+    (start,) = [e for e in events if e["event"] == "start"]
+    assert start["threads"] == 1
+    cfg = tiny_config("optim.epochs=1", "train.knn_every=0", "name=default")
+    Trainer(cfg).fit()
+    assert torch.get_num_threads() == before
+    events = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").open()]
+    assert [e["threads"] for e in events if e["event"] == "start"] == [before]
