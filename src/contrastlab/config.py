@@ -127,9 +127,7 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; None = CUDA only (true on CPU: ~2x with AVX512-BF16)
     channels_last: bool | None = None  # None = on (NHWC: faster convolutions on CUDA and CPU)
     keep_freed_memory: bool = True  # CPU: malloc reuses freed memory (no page faults per step)
-    threads: int | None = (
-        None  # CPU threads of each process (torch.set_num_threads); None = torch's default (one per core, or OMP_NUM_THREADS; torchrun sets 1)
-    )
+    threads: int | None = None  # CPU threads per process; None = torch's default (1 per core)
     log_every: int = 20  # steps between metric lines
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch always saves)
     keep_every: int = 0  # also keep checkpoints/epoch-NNNN.pt every N epochs (0 = never), e.g. to evaluate or analyze the encoder along training
