@@ -553,6 +553,7 @@ def test_postmix_norm_renormalizes_q_and_k_only(renormalize_negatives):
         norm = sum(x * x for x in v) ** 0.5
         return [x / norm for x in v]
 
+    q, k = q.detach(), k.detach()  # values only: no autograd warning
     for i in range(b):
         lam = [float(v) for v in lam_pos[i]]
         qi, ki = [float(v) for v in q[i]], [float(v) for v in k[i]]
