@@ -682,3 +682,15 @@ def test_an_empty_value_is_null_where_the_key_takes_null(override):
     cfg = load_config("demo", [override])
     section, key = override.rstrip("=").split(".")
     assert getattr(getattr(cfg, section), key) is None
+
+
+@pytest.mark.parametrize("override", ["data.path=", "data.path=null", "ft.granularity_pos="])
+def test_null_where_null_is_the_default_is_no_setting_to_warn_about(override, capsys):
+    """``data.path=`` on the synthetic set warned that the path "has no effect ... to train on
+    the folder", naming a folder nobody gave; a real path there is still warned about."""
+    from contrastlab.cli import main
+
+    assert main(["config", "--config", "demo", override]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["config", "--config", "demo", "data.path=/x"]) == 0
+    assert "warning: data.path=/x has no effect" in capsys.readouterr().err

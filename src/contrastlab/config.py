@@ -1223,6 +1223,8 @@ def effective_defaults(cfg: Config) -> dict[str, str]:
         out["train.amp"] = "= true on CUDA, false on the CPU"
     if cfg.train.channels_last is None:
         out["train.channels_last"] = "= true: NHWC on every device"
+    if cfg.train.threads is None:
+        out["train.threads"] = "= torch's default: one per core (OMP_NUM_THREADS where set)"
     if cfg.data.in_memory is None and cfg.data.name == "imagefolder":
         out["data.in_memory"] = "= true for images of at most 96 px, else loaded lazily"
     return out
@@ -1236,8 +1238,11 @@ def unused_settings(cfg: Config, explicit: set[str], file_sets_method: bool = Tr
     LooC ones (experiments/cifar_cpu.yaml), so they are not warned about."""
     out = []
 
+    default = Config()
+
     def unused(key: str, why: str, fix: str) -> None:
-        if key in explicit:
+        # key=null (or key=) where null is the default sets nothing: nothing to warn about
+        if key in explicit and not (get_dotted(cfg, key) is None is get_dotted(default, key)):
             value = get_dotted(cfg, key)
             shown = value if isinstance(value, str) else _show(value)
             out.append(f"{key}={shown} has no effect: {why}; {fix}")
