@@ -151,3 +151,46 @@ def test_compiled_views_equal_the_eager_ones():
 def test_compiled_views_need_batched_views():
     with pytest.raises(UserError, match="data.views_compile=true .* data.views=batched"):
         load_config("demo", ["data.views=per_image", "data.views_compile=true"])
+
+
+def _no_compiler(monkeypatch):
+    """torch.compile as inductor without a C++ compiler fails: a wrapper whose own first line
+    says nothing, with the compiler's reason inside."""
+
+    class InvalidCxxCompiler(RuntimeError):
+        pass
+
+    def fails(*args, **kwargs):
+        try:
+            raise InvalidCxxCompiler("No working C++ compiler found in cpp.cxx: (None, 'g++')")
+        except InvalidCxxCompiler as inner:
+            raise RuntimeError("backend='inductor' raised:\n") from inner
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fails)
+
+
+def test_a_compile_failure_names_the_compilers_reason(monkeypatch):
+    # Before: "torch.compile could not build the views (backend='inductor' raised:)"
+    _no_compiler(monkeypatch)
+    recipe = recipe_from_config(AugmentConfig(), 32, (0.5,) * 3, (0.25,) * 3)
+    views = BatchedViews(recipe, 2, compile=True)
+    with pytest.raises(UserError) as e:
+        views(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert str(e.value) == (
+        "data.views_compile=true: torch.compile could not build the views (InvalidCxxCompiler: "
+        "No working C++ compiler found in cpp.cxx: (None, 'g++')); install a C++ compiler (CPU) "
+        "or set data.views_compile=false"
+    )
+
+
+def test_a_compile_failure_stops_the_run_before_its_directory_holds_anything(
+    tiny_config, monkeypatch
+):
+    # Before: the run had printed its start line and left config.yaml, metrics.jsonl, an empty
+    # checkpoints/ and a tensorboard file behind
+
+    _no_compiler(monkeypatch)
+    cfg = tiny_config("optim.epochs=1", "train.knn_every=0", "data.views_compile=true")
+    with pytest.raises(UserError, match="No working C\\+\\+ compiler"):
+        Trainer(cfg)
+    assert not cfg.run_dir.exists()

@@ -183,6 +183,8 @@ def build_training_views(cfg, dataset, num_views: int, batch_size: int, device, 
     if images is not None:
         recipe = recipe_from_config(cfg.augment, size, dataset.mean, dataset.std, atomic)
         batched = BatchedViews(recipe, num_views, cfg.data.views_compile)
+        if cfg.data.views_compile:
+            batched.warm_up((batch_size, *images.shape[1:]), device)
         return InMemoryViews(images, batched, **common)
     # large images: crop (and flip) per image in the workers, the rest batched
     recipe = recipe_from_config(cfg.augment, size, dataset.mean, dataset.std, atomic, crop=False)
@@ -195,10 +197,13 @@ def build_training_views(cfg, dataset, num_views: int, batch_size: int, device, 
             v2.RandomHorizontalFlip(),
         ]
     transform = StackedViews(v2.Compose([v2.ToImage(), *geometry, v2.ToPureTensor()]), num_views)
+    batched = BatchedViews(recipe, num_views, cfg.data.views_compile)
+    if cfg.data.views_compile:
+        batched.warm_up((batch_size, num_views, 3, size, size), device)
     return LoaderViews(
         dataset,
         transform,
-        BatchedViews(recipe, num_views, cfg.data.views_compile),
+        batched,
         num_workers=cfg.data.num_workers,
         **common,
     )

@@ -394,12 +394,31 @@ def render(recipe: ViewRecipe, images: Tensor, p: Params, normalize: bool = True
     return x
 
 
+def root_reason(error: BaseException) -> str:
+    """``Type: first line`` of the innermost exception behind ``error`` (its ``__cause__`` or
+    ``__context__`` chain): a compiler's own words, not the wrapper's ("backend='inductor'
+    raised:")."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or error.__context__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        error = inner
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    name = type(error).__name__
+    if not lines:
+        return name
+    return lines[0] if lines[0].startswith(f"{name}:") else f"{name}: {lines[0]}"
+
+
 def compiled_render(recipe: ViewRecipe):
     """``render`` for one recipe through ``torch.compile`` (static shapes: every training batch has
     the same size), which fuses the chain of element-wise colour ops into a few loops.
 
-    The first call compiles (about 10-20 s on a CPU, which needs a C++ compiler; Triton on CUDA);
-    a failure there is one ``UserError`` that names ``data.views_compile``. Results equal
+    The first call compiles (about 10-20 s on a CPU, which needs a C++ compiler; Triton on CUDA;
+    the trainer makes it on a blank batch while setting up, ``BatchedViews.warm_up``); a failure
+    there is one ``UserError`` that names ``data.views_compile`` and the innermost reason. Results equal
     ``render``'s to float rounding (tests/views/test_pipeline.py).
     """
     # The ops' small constants are cached per device; tracing through the cache is what we want.
@@ -420,7 +439,7 @@ def compiled_render(recipe: ViewRecipe):
         try:
             out = fast(images, p)
         except Exception as e:  # no compiler, or a backend that cannot build this graph
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = root_reason(e)
             raise UserError(
                 f"data.views_compile=true: torch.compile could not build the views ({reason}); "
                 f"install a C++ compiler (CPU) or set data.views_compile=false"
@@ -459,6 +478,14 @@ class BatchedViews:
         self.render = functools.partial(render, recipe)
         if compile:
             self.render = compiled_render(recipe)
+
+    def warm_up(self, shape: tuple[int, ...], device) -> None:
+        """Render one batch of blank uint8 images of ``shape`` (as ``__call__`` takes them) with
+        a throwaway generator. With ``compile``, the graph is built here, before training: a
+        failure is a ``UserError`` before the run writes anything, and the first batch, of the
+        same shape, runs the built code."""
+        blank = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self(blank, torch.Generator(device=device).manual_seed(0))
 
     def params(self, batch: int, height: int, width: int, gen: torch.Generator) -> Params:
         """Parameters of all views, view-major: rows ``[v * batch, (v + 1) * batch)`` are view v."""
