@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, NoReturn
 
 import torch
@@ -265,8 +266,13 @@ def child_peak_memory(argv: list[str], timeout: float = 600) -> dict | None:
     for line in proc.stdout.splitlines():
         if line.startswith(MEMORY_TAG):
             return json.loads(line[len(MEMORY_TAG) :])
-    sys.stderr.write(
-        f"memory child {argv} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n"
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    why = lines[-1] if lines else "no message"  # the exception's own line comes last
+    print(
+        f"warning: the peak memory of {Path(argv[0]).name} {' '.join(argv[1:])} was not "
+        f"measured: its child process failed (exit {proc.returncode}): {why}",
+        file=sys.stderr,
+        flush=True,
     )
     return None
 

@@ -53,22 +53,37 @@ from train_step import SGD, contrastlab_config, lightly_moco, lightly_step  # no
 QUEUE = 4096
 
 
+def require_full_batch(args, images: int) -> None:
+    """One line and exit 2 where ``--batch`` is larger than the training images: no full batch,
+    nothing to time."""
+    if args.batch > images:
+        common.fail(
+            f"--batch {args.batch} is larger than the {images} training images of "
+            f"{args.data or args.tar}; give --batch {images} or less"
+        )
+
+
 def training_folder(args, stack: contextlib.ExitStack) -> Path:
     """A folder with ``train/`` class folders: ``--data``, or ``--tar`` extracted to a temp dir."""
     if args.data:
         root = Path(args.data)
         if not (root / "train").is_dir():
             common.fail(f"--data {root} has no train/ folder; give a folder with train/<class>/")
+        require_full_batch(args, sum(1 for p in (root / "train").glob("*/*") if p.is_file()))
         return root
     tar = Path(args.tar)
     if not tar.is_file():
         common.fail(f"--tar {tar} does not exist; pass --tar FILE or --data DIR")
-    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrastlab-e2e-")))
     start = time.perf_counter()
     with common.open_archive(tar, "--tar") as f:
-        f.extractall(root, filter="data")
-    if not (root / "train").is_dir():
-        common.fail(f"{tar} holds no train/ folder (expected train/<class>/*.jpg)")
+        members = f.getmembers()  # listed first: a batch larger than the data costs no extraction
+        train = [m for m in members if m.isfile() and m.name.count("/") == 2]
+        train = [m for m in train if m.name.startswith("train/")]
+        if not train:
+            common.fail(f"{tar} holds no train/ folder (expected train/<class>/*.jpg)")
+        require_full_batch(args, len(train))
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrastlab-e2e-")))
+        f.extractall(root, members=members, filter="data")
     print(f"data: extracted {tar} to {root} in {time.perf_counter() - start:.1f} s", flush=True)
     return root
 
@@ -215,12 +230,6 @@ def main() -> None:
         common.fail("this CPU has no native bf16; run without --bf16 / --as-documented")
     with contextlib.ExitStack() as stack:
         root = training_folder(args, stack)
-        images = sum(1 for p in (root / "train").glob("*/*") if p.is_file())
-        if args.batch > images:  # no full batch: nothing to time
-            common.fail(
-                f"--batch {args.batch} is larger than the {images} training images of "
-                f"{args.data or args.tar}; give --batch {images} or less"
-            )
         settings = {**vars(args), "data": root, "queue": QUEUE}
         if args.data:
             del settings["tar"]  # not used

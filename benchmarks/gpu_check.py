@@ -58,6 +58,8 @@ PREPARED = "prepared.json"  # in the extracted folder, with the --per-class it w
 def archives_of(folder: Path) -> list[Path]:
     """The two CIFAR-10 archives in ``folder``; a missing one is the user's error, said before
     any step runs."""
+    if folder.exists() and not folder.is_dir():
+        common.fail(f"--data {folder} is a file; give the folder holding cifar10-train.tar.gz")
     archives = [folder / f"cifar10-{split}.tar.gz" for split in ("train", "test")]
     for archive in archives:
         if not archive.is_file():

@@ -207,6 +207,11 @@ BAD_OPTIONS = {
         ["--device", "cpu", "--skip", "foo"],
         "error: --skip foo: unknown step(s) foo",
     ),  # ignored silently
+    "gpu_check --data FILE": (
+        "gpu_check.py",
+        ["--device", "cpu", "--data", "README.md"],
+        "error: --data README.md is a file; give the folder holding cifar10-train.tar.gz",
+    ),  # said README.md/cifar10-train.tar.gz does not exist
 }
 
 
@@ -437,6 +442,29 @@ def test_end_to_end_refuses_a_batch_larger_than_the_data(tmp_path, monkeypatch, 
     assert "== " not in capsys.readouterr().out
 
 
+def test_end_to_end_refuses_a_batch_larger_than_an_archive_before_extracting(
+    tmp_path, monkeypatch, capsys
+):
+    # Before: the whole archive was extracted first (minutes for CIFAR-10), then refused
+    import tarfile
+
+    archive = tmp_path / "small.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"train/c{i % 2}/{i}.jpg")
+            tar.addfile(info)
+        tar.addfile(tarfile.TarInfo("test/c0/0.jpg"))  # not counted: test images
+    extracted = []
+    monkeypatch.setattr(tarfile.TarFile, "extractall", lambda *a, **k: extracted.append(a))
+    e2e = _script("end_to_end.py", ["--tar", str(archive), "--no-lightly"], monkeypatch)
+    code, lines = _stopped(e2e["main"], capsys)
+    assert code == 2 and lines == [
+        f"error: --batch 256 is larger than the 40 training images of {archive}; "
+        "give --batch 40 or less"
+    ]
+    assert extracted == []
+
+
 def test_end_to_end_says_a_tar_that_is_not_one(tmp_path, monkeypatch, capsys):
     # Before: tarfile.ReadError traceback
     (tmp_path / "x.tar.gz").write_text("not an archive")
@@ -535,3 +563,19 @@ def test_ft_overhead_labels_the_time_per_step_as_paired(monkeypatch):
     line = ft["overhead"](t, "on", "off")
     assert line.startswith("-16.0%")
     assert line.endswith("-20.0 ms per step (median of the per-round differences)")
+
+
+def test_a_failed_memory_child_is_one_warning_line(capsys):
+    # Before: "memory child [...] failed (exit 1):" and then the child's whole traceback
+    sys.path.insert(0, str(BENCHMARKS))
+    import common
+
+    script = "import sys; sys.stderr.write('Traceback...\\n  File x\\nRuntimeError: out of memory\\n'); sys.exit(1)"
+    assert common.child_peak_memory(["-c", script, "--batch", "8"]) is None
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "warning: the peak memory of -c "
+        + script
+        + " --batch 8 was not measured: its child process failed (exit 1): "
+        "RuntimeError: out of memory"
+    ]
