@@ -394,9 +394,14 @@ def require_lightly(alternative: str | None = "--no-lightly") -> None:
 
 def trainer_format(cfg, device: torch.device) -> tuple[bool, bool]:
     """``(amp, channels_last)`` as the trainer runs ``cfg`` on ``device``: bf16 autocast by
-    ``train.amp`` (unset: CUDA only), channels_last by ``train.channels_last`` (unset: always)."""
+    ``train.amp`` (unset: CUDA only), channels_last by ``train.channels_last`` (unset:
+    ``default_channels_last``: CUDA and CPUs with AVX-512)."""
+    from contrastlab.train import default_channels_last
+
     amp = cfg.train.amp if cfg.train.amp is not None else device.type == "cuda"
-    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else True
+    channels_last = cfg.train.channels_last
+    if channels_last is None:
+        channels_last = default_channels_last(device)
     return amp, channels_last
 
 

@@ -139,7 +139,9 @@ class Setup:
         """Precision and memory format of the variant about to be built."""
         self.amp = amp or self.device.type == "cuda"
         if self.args.channels_last == "auto":  # as the trainer decides (train.channels_last=null)
-            self.channels_last = True
+            from contrastlab.train import default_channels_last
+
+            self.channels_last = default_channels_last(self.device)
         else:
             self.channels_last = self.args.channels_last == "on"
 

@@ -631,3 +631,30 @@ def test_train_threads_sets_the_cpu_threads_and_the_start_event_records_them(tin
     assert torch.get_num_threads() == before
     events = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").open()]
     assert [e["threads"] for e in events if e["event"] == "start"] == [before]
+
+
+@pytest.mark.parametrize(
+    "capability, expected",
+    [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False), ("DEFAULT", False)],
+)
+def test_channels_last_by_default_only_on_cpus_with_avx512(
+    tiny_config, monkeypatch, capsys, capability, expected
+):
+    """On an AVX2-only CPU oneDNN's channels-last convolution backward hung or crashed the tiny
+    model's step (docs/benchmarks.md): there train.channels_last=null trains in NCHW, and an
+    explicit true is warned about."""
+    from contrastlab.train import default_channels_last
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert default_channels_last(torch.device("cpu")) is expected
+    assert default_channels_last(torch.device("cuda")) is True
+    cfg = tiny_config("optim.epochs=1", "train.knn_every=0", "train.max_steps_per_epoch=1")
+    trainer = Trainer(cfg)
+    assert trainer.channels_last is expected
+    conv = trainer.method.encoder_q.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) is expected
+    assert "train.channels_last=true on a CPU without AVX-512" not in capsys.readouterr().err
+    trainer.lock.release()
+    Trainer(tiny_config("train.channels_last=true", "name=explicit")).lock.release()
+    warned = "train.channels_last=true on a CPU without AVX-512" in capsys.readouterr().err
+    assert warned is not expected

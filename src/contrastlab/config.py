@@ -125,7 +125,7 @@ class OptimConfig:
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when available
     amp: bool | None = None  # bf16 autocast; None = CUDA only (true on CPU: ~2x with AVX512-BF16)
-    channels_last: bool | None = None  # None = on (NHWC: faster convolutions on CUDA and CPU)
+    channels_last: bool | None = None  # None = NHWC on CUDA and AVX-512 CPUs, NCHW elsewhere
     keep_freed_memory: bool = True  # CPU: malloc reuses freed memory (no page faults per step)
     threads: int | None = None  # CPU threads per process; None = torch's default (1 per core)
     log_every: int = 20  # steps between metric lines
@@ -1222,7 +1222,10 @@ def effective_defaults(cfg: Config) -> dict[str, str]:
     if cfg.train.amp is None:
         out["train.amp"] = "= true on CUDA, false on the CPU"
     if cfg.train.channels_last is None:
-        out["train.channels_last"] = "= true: NHWC on every device"
+        out["train.channels_last"] = (
+            "= true on CUDA and on CPUs with AVX-512, false on other CPUs (oneDNN's AVX2 "
+            "channels-last convolution backward hung there)"
+        )
     if cfg.train.threads is None:
         out["train.threads"] = "= torch's default: one per core (OMP_NUM_THREADS where set)"
     if cfg.data.in_memory is None and cfg.data.name == "imagefolder":

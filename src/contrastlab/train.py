@@ -480,11 +480,20 @@ class Trainer:
                 "train.amp=true on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 "
                 "is emulated there and slower than float32; leave train.amp out on this machine",
             )
-        # channels-last: faster convolutions on CUDA and in oneDNN on the CPU; split BN then
-        # normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).
+        # channels-last: faster convolutions on CUDA and in oneDNN on CPUs with AVX-512; split BN
+        # then normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).
         self.channels_last = (
-            cfg.train.channels_last if cfg.train.channels_last is not None else True
+            cfg.train.channels_last
+            if cfg.train.channels_last is not None
+            else default_channels_last(self.device)
         )
+        if self.channels_last and not default_channels_last(self.device):
+            distributed.warn_where(
+                True,
+                "train.channels_last=true on a CPU without AVX-512: oneDNN's AVX2 kernels for "
+                "channels-last convolutions hung or crashed the backward pass of small models "
+                "(torch 2.14.1); set train.channels_last=false on this machine",
+            )
 
         world = distributed.world_size()
         if cfg.optim.batch_size % world:
@@ -907,6 +916,7 @@ class Trainer:
                 "device": self.device.type,
                 "amp": bool(self.amp),
                 "threads": torch.get_num_threads(),
+                "channels_last": self.channels_last,
                 **self.views_info,
             }
         )
@@ -1365,6 +1375,17 @@ _UNDER_TORCHRUN = (
     "this line and exits with 1), but this stop is clean: the run's last metrics.jsonl event is "
     "`stopped` (docs/preemption.md, torchrun)"
 )
+
+
+def default_channels_last(device: torch.device) -> bool:
+    """What ``train.channels_last=null`` comes to on ``device``: NHWC on CUDA and on CPUs whose
+    kernels torch picks for AVX-512 (there oneDNN's convolutions ran 17-22% faster in NHWC,
+    docs/benchmarks.md); NCHW on other CPUs. On an AMD EPYC with AVX2 only, oneDNN's channels-last
+    1x1 convolution backward (``jit_avx2_1x1_convolution_bwd_weights``) hung, or corrupted the
+    heap, in the training step of small models with torch 2.14.1."""
+    if torch.device(device).type != "cpu":
+        return True
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def cpu_has_native_bf16() -> bool:
