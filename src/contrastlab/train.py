@@ -1045,6 +1045,8 @@ class Trainer:
                 first, lambda: preemption.restore_rng(rng, self.generators(), self.device)
             )
             loop = position["loop"]
+            if isinstance(loop, list):  # one per process (older checkpoints: rank 0's only)
+                loop = loop[distributed.rank()]
             loss_sum.copy_(loop["loss_sum"])
             interval_loss.copy_(loop["interval_loss"])
             interval_images = int(loop["interval_images"])
@@ -1274,6 +1276,8 @@ class Trainer:
         Every process takes part (random states and score buffers are gathered); rank 0 writes.
         """
         rng = self.stop_policy.gather(preemption.capture_rng(self.generators(), self.device))
+        # the running sums (loss, λ) are each process's own: every one is kept, as its rng
+        loops = self.stop_policy.gather(loop)
         recorder = self.recorder.state_dict() if self.recorder is not None else None
         order = self.epoch_order()
 
@@ -1295,7 +1299,7 @@ class Trainer:
                 "batch": batch,
                 "order": order,
                 "rng": rng,
-                "loop": loop,
+                "loop": loops,
                 "recorder": recorder,
             }
             save_checkpoint(self.ckpt_dir / "last.pt", state)
