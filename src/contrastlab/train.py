@@ -668,13 +668,18 @@ class Trainer:
             self.resume_state = None
         elif self.is_main and cfg.train.overwrite:
             rundir.clear_run(self.run_dir)
+        elif self.is_main:  # a fresh start: no records of an earlier start without checkpoint
+            rundir.clear_earlier_attempt(self.run_dir)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             rundir.repair_metrics(self.run_dir / "metrics.jsonl")
             save_config(cfg, self.run_dir / "config.yaml", self._config_history())
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+            # hides the earlier files' events after the checkpoint resumed from (those of its
+            # own step stay: purge_step hides the steps from it on)
+            purge = self.step + 1 if self.resumed_from is not None else self.step
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         if cfg.scores.record:
             from contrastlab.scores import ScoreRecorder, queue_filled_step
 
@@ -728,6 +733,9 @@ class Trainer:
         said = self._resume_changes(changed)
         if said and self.is_main:
             warn(f"resuming {path} with changed settings: {said}")
+        if self.is_main:  # the steps trained after the checkpoint are trained again: their
+            # records go (TensorBoard's, by prepare_run_dir's purge_step)
+            rundir.cut_metrics(self.run_dir / "metrics.jsonl", self.step, self.epoch)
         self.log(
             {
                 "event": "resume",
