@@ -1459,11 +1459,16 @@ def train(cfg: Config) -> TrainResult:
         said = distributed.lost_a_peer(e) if distributed.is_distributed() else None
         if said is None:
             raise
+        kept = (
+            "the checkpoints written before are intact; to continue, run the torchrun command "
+            "again with train.resume=auto"
+            if rundir.existing_checkpoints(cfg.run_dir)
+            else "no checkpoint of the run was written yet; run the torchrun command again to "
+            "start it"
+        )
         raise PeerStopped(
             f"process {distributed.rank()} lost another process of this torchrun job, which "
-            f"ended without a word (killed or crashed; the connection said: {said}); the "
-            "checkpoints written before are intact; to continue, run the torchrun command "
-            "again with train.resume=auto"
+            f"ended without a word (killed or crashed; the connection said: {said}); {kept}"
         ) from None
     finally:
         try:
