@@ -149,15 +149,17 @@ def test_config_reference_in_docs_is_current():
     ],
 )
 def test_a_stop_outside_the_training_steps_says_how_to_resume(
-    raised, status, said, monkeypatch, capsys
+    raised, status, said, monkeypatch, capsys, tmp_path
 ):
     import contrastlab.train
 
     def interrupted(cfg):
         raise raised()
 
+    (tmp_path / "x" / "checkpoints").mkdir(parents=True)  # a run with a checkpoint to resume
+    (tmp_path / "x" / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
     monkeypatch.setattr(contrastlab.train, "train", interrupted)
-    assert main(["train", "--config", "demo"]) == status
+    assert main(["train", "--config", "demo", f"out_dir={tmp_path}", "name=x"]) == status
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and said in err and "train.resume=auto" in err
 
@@ -352,7 +354,8 @@ def test_a_lost_torchrun_process_is_one_line_and_status_1(monkeypatch, capsys):
     assert main(["train", "--config", "demo"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "lost another process of this torchrun job" in err and "train.resume=auto" in err
+    # what it says to do: test_a_stop_says_a_checkpoint_to_resume_only_where_one_was_written
+    assert "lost another process of this torchrun job" in err and "torchrun command again" in err
 
     # any other error is left as it is
     class Failing(Broken):
@@ -682,3 +685,46 @@ def test_a_count_of_one_takes_the_singular():
     assert [plural(n, "class") for n in (0, 1, 2)] == ["0 classes", "1 class", "2 classes"]
     assert (plural(1, "image"), plural(1200, "image")) == ("1 image", "1,200 images")
     assert (plural(1, "epoch"), plural(2, "epoch")) == ("1 epoch", "2 epochs")
+
+
+@pytest.mark.parametrize("has_checkpoint", [False, True])
+@pytest.mark.parametrize("stop", ["Ctrl-C twice", "a lost process", "a full disk"])
+def test_a_stop_says_a_checkpoint_to_resume_only_where_one_was_written(
+    stop, has_checkpoint, monkeypatch, capsys, tmp_path
+):
+    """A second Ctrl-C, a lost torchrun process and a full disk before the run's first
+    checkpoint named the newest checkpoint and train.resume=auto, with checkpoints/ empty."""
+    import errno
+
+    import contrastlab.train
+    from contrastlab import distributed
+
+    if has_checkpoint:
+        (tmp_path / "x" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "x" / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+
+    class Stopping:
+        def __init__(self, cfg):
+            pass
+
+        def fit(self):
+            if stop == "Ctrl-C twice":
+                raise InterruptedTwice
+            if stop == "a full disk":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("[../gloo/transport/tcp/pair.cc:545] Connection reset by peer")
+
+    monkeypatch.setattr(contrastlab.train, "Trainer", Stopping)
+    if stop == "a lost process":
+        monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+        monkeypatch.setattr(distributed, "rank", lambda: 0)
+        monkeypatch.setattr(distributed, "shutdown", lambda: None)
+    status = main(["train", "--config", "demo", f"out_dir={tmp_path}", "name=x"])
+    assert status == {"Ctrl-C twice": 130, "a lost process": 1, "a full disk": 2}[stop]
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    if has_checkpoint:
+        assert "train.resume=auto" in err and "intact" in err or "newest complete" in err
+    else:
+        assert "train.resume=auto" not in err and "intact" not in err, err
+        assert "checkpoint" in err and ("no checkpoint" in err or "any checkpoint" in err)

@@ -158,9 +158,8 @@ def test_the_command_exits_with_its_own_status_on_sigterm(tmp_path):
     assert logged <= state["step"] <= logged + 3
 
 
-def _ddp_worker(rank: int, port: int, overrides: list, out: str) -> None:
-    from contrastlab.config import load_config
-
+def _as_process_of_two(rank: int, port: int) -> None:
+    """This spawned process as ``rank`` of a torchrun job of two on the CPU, SIGUSR1 ignored."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -170,6 +169,12 @@ def _ddp_worker(rank: int, port: int, overrides: list, out: str) -> None:
     )
     torch.set_num_threads(1)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _ddp_worker(rank: int, port: int, overrides: list, out: str) -> None:
+    from contrastlab.config import load_config
+
+    _as_process_of_two(rank, port)
     original = MoCo.forward
     calls = {"n": 0}
 
@@ -544,3 +549,66 @@ def test_a_resume_inside_an_epoch_says_so_at_the_start_and_counts_the_rest_of_it
     )
 
     assert "trained to epoch 2 (the rest of epoch 1 and 1 more, 9 steps)" in lines[-2]
+
+
+def _ddp_resume_worker(rank: int, port: int, overrides: list, out: str) -> None:
+    """A straight run ``a``; run ``b`` stopped inside epoch 2 (SIGUSR1 to rank 1), then resumed."""
+    from contrastlab.config import load_config
+    from contrastlab.train import train
+
+    _as_process_of_two(rank, port)
+
+    losses = {"a": train(load_config("moco_v2_cifar", [*overrides, "name=a"])).final_loss}
+    original = MoCo.forward
+    calls = {"n": 0}
+
+    def forward(self, views, epoch=0):
+        result = original(self, views, epoch)
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 9:  # step 3 of the 6 of epoch 2
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    MoCo.forward = forward
+    try:
+        train(load_config("moco_v2_cifar", [*overrides, "name=b"]))
+    except TrainingInterrupted:
+        pass
+    MoCo.forward = original
+    resumed = train(load_config("moco_v2_cifar", [*overrides, "name=b", "train.resume=auto"]))
+    losses["b"] = resumed.final_loss
+    with open(os.path.join(out, f"losses{rank}.json"), "w") as f:
+        json.dump(losses, f)
+
+
+def test_under_ddp_a_resume_inside_an_epoch_keeps_each_process_s_running_sums(tmp_path):
+    """The epoch's loss, its logged intervals and the FT λ means sum each process's own running
+    sums: a checkpoint inside the epoch keeps every process's (it kept rank 0's, which every
+    process then took on resume, so the mean over processes counted it twice)."""
+    import torch.multiprocessing as mp
+    from helpers import free_port
+
+    overrides = [
+        *TINY,
+        *COMMON,
+        "model.bn_splits=1",
+        "ft.pos=extrapolate",
+        "ft.neg=interpolate",
+        "train.channels_last=false",  # crashes two gloo processes on some CPUs (heap corruption)
+        f"out_dir={tmp_path}",
+    ]
+    mp.spawn(_ddp_resume_worker, args=(free_port(), overrides, str(tmp_path)), nprocs=2, join=True)
+    losses = json.loads((tmp_path / "losses0.json").read_text())
+    assert losses["a"] == losses["b"]
+    state = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert state["step"] == 12
+
+    def curves(name):
+        events = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        return [
+            (e["event"], e["step"], e.get("loss"), e.get("lam_pos"), e.get("lam_neg"))
+            for e in events
+            if e["event"] in ("train", "epoch", "ft") and e["step"] > 8
+        ]
+
+    assert curves("b") == curves("a") and curves("a")

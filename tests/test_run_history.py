@@ -124,3 +124,73 @@ def test_a_changed_list_setting_is_shown_as_a_list_in_history_and_table(tiny_con
     page = _text(write_report(again.run_dir, tmp_path / "r.html"))
     assert "optim.milestones [1] -> [2]" in page
     assert "<td>milestones</td><td>[2]</td>" in page
+
+
+# channels-last steps crashed (a segmentation fault in backward) on a loaded two-core CPU
+_NO_CRASH = ["train.channels_last=false"]
+
+
+def _crash_at(monkeypatch, step: int) -> None:
+    """A kill in the given (1-based) step: no stop event, no checkpoint of its own."""
+
+    def crash():
+        raise RuntimeError("killed")
+
+    _on_step(monkeypatch, step, crash)
+
+
+def _tensorboard_steps(run_dir, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [s.step for s in events.Scalars(tag)]
+
+
+def test_a_resume_after_a_kill_cuts_the_records_made_after_its_checkpoint(tiny_config, monkeypatch):
+    """Steps 7-9, trained and logged after the checkpoint of epoch 1 (step 6), are trained again
+    on resume: metrics.jsonl and TensorBoard keep each step once, as the run that never stopped."""
+    every_step = [*COMMON, "train.log_every=1", "train.checkpoint_every=1", *_NO_CRASH]
+    straight = Trainer(tiny_config(*every_step, "name=straight")).fit()
+    _crash_at(monkeypatch, 10)
+    with pytest.raises(RuntimeError, match="killed"):
+        Trainer(tiny_config(*every_step, "name=killed")).fit()
+    monkeypatch.undo()
+    resumed = Trainer(tiny_config(*every_step, "name=killed", "train.resume=auto")).fit()
+    assert resumed.final_loss == straight.final_loss
+
+    def curves(run_dir):
+        return [(e["step"], e["loss"]) for e in _events(run_dir) if e["event"] == "train"]
+
+    assert curves(resumed.run_dir) == curves(straight.run_dir)
+    assert [s for s, _ in curves(straight.run_dir)] == list(range(1, 13))
+    # the history stays: both starts, and the resume after the first
+    kinds = [e["event"] for e in _events(resumed.run_dir)]
+    assert kinds.count("start") == 2 and kinds.index("resume") > kinds.index("start")
+    # TensorBoard hides the first file's steps 7-9, and shows its step 6 (the checkpoint's)
+    assert _tensorboard_steps(resumed.run_dir, "train/loss") == list(range(1, 13))
+    assert _tensorboard_steps(resumed.run_dir, "epoch/loss") == [6, 12]
+
+
+@pytest.mark.parametrize("again", [[], ["train.resume=auto"], ["optim.lr=0.01"]])
+def test_a_fresh_start_removes_the_records_of_a_start_without_checkpoint(
+    tiny_config, monkeypatch, capsys, again
+):
+    """A run killed before its first checkpoint left metrics.jsonl and tensorboard/; the next
+    start of the run (nothing to resume) appended to them, mixing two runs' curves."""
+    _crash_at(monkeypatch, 2)
+    cfg = tiny_config(*COMMON, "train.log_every=1", *_NO_CRASH, "name=again")
+    with pytest.raises(RuntimeError, match="killed"):
+        Trainer(cfg).fit()
+    monkeypatch.undo()
+    assert (cfg.run_dir / "metrics.jsonl").exists()
+    assert not list((cfg.run_dir / "checkpoints").glob("*.pt"))
+    capsys.readouterr()
+    Trainer(tiny_config(*COMMON, "train.log_every=1", *_NO_CRASH, "name=again", *again)).fit()
+    said = capsys.readouterr().err
+    assert said.count("warning: ") == 1, said
+    assert "(metrics.jsonl, tensorboard/) of an earlier start of this run" in said
+    kinds = [e["event"] for e in _events(cfg.run_dir)]
+    assert kinds.count("start") == 1 and kinds.count("epoch") == 2
+    assert len(list((cfg.run_dir / "tensorboard").iterdir())) == 1
+    assert _tensorboard_steps(cfg.run_dir, "train/loss") == list(range(1, 13))

@@ -109,6 +109,7 @@ def _cmd_train(args) -> int:
             args.overrides = [f"out_dir={args.out_dir}", *args.overrides]
         warn_repeated_keys(args.overrides)
         cfg = load_config(args.config, args.overrides, warn_unused=True)
+    args.run_dir = cfg.run_dir  # what a stop or a full disk leaves there is said from it
     result = train(cfg)
     if result.is_main:
         print(_train_summary(result, cfg.optim.epochs, cfg.train.knn_space))
@@ -424,12 +425,23 @@ _ENVIRONMENT_ERRORS = {
 
 def _after_full_disk(args) -> str:
     """What to do after a full disk: files are written through temporary files and renamed."""
+    if _trains(args) and not _has_checkpoint(args):
+        return "no checkpoint of the run was written yet; free some space and run it again"
     if _trains(args):
         return (
             "the checkpoints written before are intact (writes go through temporary files); "
             "free some space and resume with train.resume=auto"
         )
     return "files written before are intact; free some space and run the command again"
+
+
+def _has_checkpoint(args) -> bool:
+    """Whether the run that ``train`` writes holds a checkpoint to resume (True where the run
+    directory is not known yet: its config was not read)."""
+    from contrastlab.rundir import existing_checkpoints
+
+    run_dir = getattr(args, "run_dir", None)
+    return run_dir is None or bool(existing_checkpoints(run_dir))
 
 
 _LESS_MEMORY = (
@@ -584,6 +596,13 @@ def _main(argv: list[str] | None, stdout) -> int:
     except InterruptedTwice:
         # a second Ctrl-C while the run stops after the first one: checkpoints are written to a
         # temporary file and renamed, so last.pt is whole, either the new one or the one before
+        if not _has_checkpoint(args):
+            _say_stop(
+                "interrupted again while stopping, before the run wrote any checkpoint (its "
+                "checkpoints/ folder holds none): nothing can be resumed; run the same command "
+                "again to start it"
+            )
+            return 130
         _say_stop(
             "interrupted again while stopping; the newest complete checkpoint is in the run's "
             "checkpoints/ folder (each is written whole or not at all): resume with "

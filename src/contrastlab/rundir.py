@@ -9,6 +9,8 @@
 * ``choose_checkpoint`` picks what ``train.resume=auto`` continues from: the newest readable of
   ``last.pt`` and ``best.pt``, with a one-line warning when ``last.pt`` is damaged or missing.
 * ``repair_metrics`` checks ``metrics.jsonl`` before a run appends to it.
+* ``cut_metrics`` (a resume) and ``clear_earlier_attempt`` (a fresh start without checkpoint)
+  keep a run's records those of this one run: no step recorded twice, no two runs mixed.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from pathlib import Path
 
 import yaml
 
-from contrastlab.atomic import append_text
+from contrastlab.atomic import append_text, write_text
 from contrastlab.checkpoint import TEMP_MARK, read_checkpoint, remove_stale_temps
 from contrastlab.errors import UserError, warn
 
 LOCK_NAME = ".contrastlab.lock"
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
+# metrics.jsonl events that tell the run's history (what ran, on what, what was said, where it
+# stopped and resumed), not its curves: kept when a resume cuts the records made after its
+# checkpoint (``cut_metrics``)
+HISTORY_EVENTS = ("start", "resume", "warning", "stopped", "diverged")
 # What contrastlab writes in a run directory (glob patterns, relative to it): all that
 # ``train.overwrite=true`` may delete.
 OWN_FILES = (
@@ -234,19 +240,94 @@ def clear_run(run_dir: Path) -> list[Path]:
     Files with the names a run writes but another content (a torchvision export saved as
     ``checkpoints/epoch-0001.pt``, an event file of another program) are kept, with a warning.
     """
+    return _delete_written(run_dir, OWN_FILES)
+
+
+def _delete_written(run_dir: Path, patterns) -> list[Path]:
+    """Delete the files of ``patterns`` (of ``OWN_FILES``) that contrastlab wrote, and the
+    folders ``scores/`` and ``tensorboard/`` left empty; a warning names each file kept."""
     removed = []
-    for p in own_files(run_dir):
-        if not _written_by_contrastlab(p):
-            warn(f"kept {p}: contrastlab did not write it")
-            continue
-        p.unlink()
-        removed.append(p)
+    for pattern in patterns:
+        for p in sorted(run_dir.glob(pattern)):
+            if not (p.is_file() or p.is_symlink()):
+                continue
+            if not _written_by_contrastlab(p):
+                warn(f"kept {p}: contrastlab did not write it")
+                continue
+            p.unlink()
+            removed.append(p)
     for sub in ("scores", "tensorboard"):
         try:
             (run_dir / sub).rmdir()  # only when empty: the user's own files stay
         except OSError:
             pass
     return removed
+
+
+# Files of a run's records (``OWN_FILES`` less its checkpoints): what a fresh start removes when
+# an earlier attempt of the run left them without a checkpoint.
+RECORD_FILES = tuple(p for p in OWN_FILES if not p.startswith("checkpoints/"))
+
+
+def clear_earlier_attempt(run_dir: Path) -> list[Path]:
+    """A fresh start in a run directory without checkpoints: delete the records that an earlier
+    attempt left (killed, or Ctrl-C twice, before its first checkpoint), as
+    ``train.overwrite=true`` does, so that metrics.jsonl, tensorboard/ and scores/ hold this run
+    alone; one warning line names them. Nothing is touched where any checkpoint is left (a kept
+    ``epoch-NNNN.pt``, whose records they are)."""
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        return []
+    removed = _delete_written(run_dir, RECORD_FILES)
+    records = sorted({str(p.relative_to(run_dir)).split("/")[0] for p in removed} - {"config.yaml"})
+    if records:
+        listed = ", ".join(r if "." in r else f"{r}/" for r in records)
+        warn(
+            f"{run_dir} held the records ({listed}) of an earlier start of this run that wrote no "
+            "checkpoint; they are deleted, as train.overwrite=true would, so that they hold this "
+            "run alone"
+        )
+    return removed
+
+
+def cut_metrics(path: Path, step: int, epoch: int) -> int:
+    """On resume from the checkpoint at ``step`` (``epoch`` complete): delete the records that
+    ``metrics.jsonl`` holds from after it (steps a killed run trained past its last checkpoint,
+    which the resumed run trains again), rewriting the file whole. The events that tell the run's
+    history (``HISTORY_EVENTS``) are kept, as are damaged lines. The cut is after the last
+    ``checkpoint`` event of that checkpoint, or, where there is none (a checkpoint of another run,
+    a damaged line), after the step. Returns the number of records deleted."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(errors="replace").splitlines()
+    events = []
+    for text in lines:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            event = None
+        events.append(event if isinstance(event, dict) else None)
+    saved = [
+        i
+        for i, e in enumerate(events)
+        if e is not None
+        and e.get("event") == "checkpoint"
+        and e.get("step") == step
+        and e.get("epoch") == epoch
+    ]
+
+    def after(i: int, event: dict | None) -> bool:
+        if event is None or event.get("event") in HISTORY_EVENTS:
+            return False
+        if saved:
+            return i > saved[-1]
+        event_step = event.get("step")
+        return isinstance(event_step, (int, float)) and event_step > step
+
+    kept = [text for i, (text, e) in enumerate(zip(lines, events)) if not after(i, e)]
+    if len(kept) == len(lines):
+        return 0
+    write_text(path, "".join(f"{text}\n" for text in kept))
+    return len(lines) - len(kept)
 
 
 def existing_checkpoints(run_dir: Path) -> list[Path]:

@@ -677,13 +677,18 @@ class Trainer:
             self.resume_state = None
         elif self.is_main and cfg.train.overwrite:
             rundir.clear_run(self.run_dir)
+        elif self.is_main:  # a fresh start: no records of an earlier start without checkpoint
+            rundir.clear_earlier_attempt(self.run_dir)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             rundir.repair_metrics(self.run_dir / "metrics.jsonl")
             save_config(cfg, self.run_dir / "config.yaml", self._config_history())
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+            # hides the earlier files' events after the checkpoint resumed from (those of its
+            # own step stay: purge_step hides the steps from it on)
+            purge = self.step + 1 if self.resumed_from is not None else self.step
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         if cfg.scores.record:
             from contrastlab.scores import ScoreRecorder, queue_filled_step
 
@@ -737,6 +742,9 @@ class Trainer:
         said = self._resume_changes(changed)
         if said and self.is_main:
             warn(f"resuming {path} with changed settings: {said}")
+        if self.is_main:  # the steps trained after the checkpoint are trained again: their
+            # records go (TensorBoard's, by prepare_run_dir's purge_step)
+            rundir.cut_metrics(self.run_dir / "metrics.jsonl", self.step, self.epoch)
         self.log(
             {
                 "event": "resume",
@@ -1055,6 +1063,8 @@ class Trainer:
                 first, lambda: preemption.restore_rng(rng, self.generators(), self.device)
             )
             loop = position["loop"]
+            if isinstance(loop, list):  # one per process (older checkpoints: rank 0's only)
+                loop = loop[distributed.rank()]
             loss_sum.copy_(loop["loss_sum"])
             interval_loss.copy_(loop["interval_loss"])
             interval_images = int(loop["interval_images"])
@@ -1284,6 +1294,8 @@ class Trainer:
         Every process takes part (random states and score buffers are gathered); rank 0 writes.
         """
         rng = self.stop_policy.gather(preemption.capture_rng(self.generators(), self.device))
+        # the running sums (loss, λ) are each process's own: every one is kept, as its rng
+        loops = self.stop_policy.gather(loop)
         recorder = self.recorder.state_dict() if self.recorder is not None else None
         order = self.epoch_order()
 
@@ -1305,7 +1317,7 @@ class Trainer:
                 "batch": batch,
                 "order": order,
                 "rng": rng,
-                "loop": loop,
+                "loop": loops,
                 "recorder": recorder,
             }
             save_checkpoint(self.ckpt_dir / "last.pt", state)
@@ -1468,11 +1480,16 @@ def train(cfg: Config) -> TrainResult:
         said = distributed.lost_a_peer(e) if distributed.is_distributed() else None
         if said is None:
             raise
+        kept = (
+            "the checkpoints written before are intact; to continue, run the torchrun command "
+            "again with train.resume=auto"
+            if rundir.existing_checkpoints(cfg.run_dir)
+            else "no checkpoint of the run was written yet; run the torchrun command again to "
+            "start it"
+        )
         raise PeerStopped(
             f"process {distributed.rank()} lost another process of this torchrun job, which "
-            f"ended without a word (killed or crashed; the connection said: {said}); the "
-            "checkpoints written before are intact; to continue, run the torchrun command "
-            "again with train.resume=auto"
+            f"ended without a word (killed or crashed; the connection said: {said}); {kept}"
         ) from None
     finally:
         try:
