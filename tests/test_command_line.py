@@ -405,6 +405,17 @@ def test_an_error_raised_in_a_data_loading_worker_is_one_line(monkeypatch, capsy
     assert capsys.readouterr().err == "error: image 5 is damaged; fix or delete it\n"
 
 
+def test_config_takes_the_out_dir_option_of_train(capsys, tmp_path):
+    """`config --config demo --out-dir DIR` was refused (unrecognized arguments), though the
+    command shows what `train` would use with the same options."""
+    import yaml
+
+    assert main(["config", "--config", "demo", "--out-dir", str(tmp_path / "o1")]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["out_dir"] == str(tmp_path / "o1")
+    assert main(["config", "--config", "demo", "--out-dir", "a", "out_dir=b"]) == 2
+    assert "--out-dir a and out_dir=b both name the folder" in capsys.readouterr().err
+
+
 def test_config_shows_a_folder_preset_and_what_its_null_keys_come_to(capsys):
     """`config --config moco_v2` was refused for want of data.path; `blur: null` did not say
     that the blur is on at 224 px."""
