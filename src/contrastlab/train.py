@@ -478,7 +478,7 @@ class Trainer:
             distributed.warn_where(
                 not cpu_has_native_bf16(),
                 "train.amp=true on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 "
-                "is emulated there and slower than float32; leave train.amp out on this machine",
+                "is emulated there and slower than float32; set train.amp=false on this machine",
             )
         # channels-last: faster convolutions on CUDA and in oneDNN on the CPU; split BN then
         # normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).
@@ -912,7 +912,7 @@ class Trainer:
         )
         if self.is_main:
             bar = (
-                "a bar per epoch"
+                "a bar and a line per epoch"
                 if cfg.train.progress and sys.stderr.isatty()
                 else "a line per epoch"
             )
@@ -964,15 +964,20 @@ class Trainer:
                 self.stop_policy.saved()
             finished = self.epoch == cfg.optim.epochs
             if stop and not (finished and not knn_due):  # after the last epoch: nothing is lost
+                # the epoch is complete: its line comes before the stop's (without the kNN
+                # figure, which the resumed run measures)
+                self.say_epoch(final_loss, False, time.time() - start)
                 raise self.interrupted(f"after epoch {self.epoch}", monitor_pending=bool(knn_due))
             if knn_due:
                 self.run_monitor(final_loss, rewrite_last=bool(save_due))
                 _, stop = self.stop_policy.poll()  # a signal during the monitor: stop here
-                if stop and not finished:
-                    if not save_due:
-                        distributed.raise_together(functools.partial(self.save, final_loss))
-                    raise self.interrupted(f"after epoch {self.epoch}")
+            # said before a stop that arrived during the monitor, which finished: nothing of it
+            # is lost
             self.say_epoch(final_loss, bool(knn_due), time.time() - start)
+            if knn_due and stop and not finished:
+                if not save_due:
+                    distributed.raise_together(functools.partial(self.save, final_loss))
+                raise self.interrupted(f"after epoch {self.epoch}")
         if self.recorder is not None:
             self.recorder.close()
         return TrainResult(
@@ -997,10 +1002,11 @@ class Trainer:
         )
 
     def say_epoch(self, loss: float, measured: bool, seconds: float) -> None:
-        """Where no progress bar shows (``train.progress=false``, or stderr not a terminal), one
-        line on stdout per epoch: ``epoch 3 of 16: loss 7.0612, kNN top-1 30.70% (backbone),
-        42 s``, so that a run whose output goes to a file shows it is alive and how it goes."""
-        if not self.is_main or (self.cfg.train.progress and sys.stderr.isatty()):
+        """One line on stdout per epoch: ``epoch 3 of 16: loss 7.0612, kNN top-1 30.70%
+        (backbone), 42 s``, so that a run whose output goes to a file shows it is alive and how it
+        goes, and on a terminal the epochs' results stay on screen (the bar of the epoch, closed
+        before, leaves nothing: ``leave=False``)."""
+        if not self.is_main:
             return
         from contrastlab.eval.progress import duration
 
@@ -1253,20 +1259,23 @@ class Trainer:
         keep = self.cfg.train.keep_every
         if rewrite_last and keep and self.epoch % keep == 0:
             kept = self.ckpt_dir / f"epoch-{self.epoch:04d}.pt"
+            # rewritten after the epoch's kNN monitor (with its figures), but logged once
+            first = not kept.exists()
             save_checkpoint(kept, state)
             # its own event, so that the snapshots to evaluate along training are found in
             # metrics.jsonl like last.pt and best.pt
-            self.log(
-                {
-                    "event": "checkpoint",
-                    "epoch": self.epoch,
-                    "epochs_complete": self.epoch,
-                    "step": self.step,
-                    "path": str(kept),
-                    "best": False,
-                    "kept": True,
-                }
-            )
+            if first:
+                self.log(
+                    {
+                        "event": "checkpoint",
+                        "epoch": self.epoch,
+                        "epochs_complete": self.epoch,
+                        "step": self.step,
+                        "path": str(kept),
+                        "best": False,
+                        "kept": True,
+                    }
+                )
 
     def save_inside_epoch(self, epoch: int, batch: int, loop: dict) -> None:
         """A checkpoint after ``batch`` steps of (0-based) ``epoch``: what an exact resume needs.
