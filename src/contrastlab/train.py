@@ -309,7 +309,8 @@ def views_description(cfg: Config, views, dataset) -> dict:
         "views_device": device.type if batched else "cpu",
         "views_compiled": bool(batched and cfg.data.views_compile),
         "images": "in_memory" if in_memory else "lazy",
-        "workers": 0 if isinstance(views, InMemoryViews) else int(cfg.data.num_workers),
+        # the loader's own: data.num_workers capped at the CPUs there are (contrastlab.workers)
+        "workers": 0 if isinstance(views, InMemoryViews) else views.loader.num_workers,
     }
 
 
