@@ -144,7 +144,7 @@ def test_config_reference_in_docs_is_current():
     "raised, status, said",
     [
         (InterruptedTwice, 130, "interrupted again while stopping"),
-        (KeyboardInterrupt, 130, "stopped by Ctrl-C outside the training loop"),
+        (KeyboardInterrupt, 130, "stopped by Ctrl-C (SIGINT) outside the training loop"),
         (lambda: StopRequested(signal.SIGTERM), 75, "stopped by SIGTERM outside the training loop"),
     ],
 )
@@ -185,9 +185,14 @@ sys.exit(status)
     "command, sig, status, said",
     [
         ("eval knn none.pt", "SIGTERM", 143, "stopped by SIGTERM"),
-        ("eval knn none.pt", "SIGINT", 130, "stopped by Ctrl-C"),
+        ("eval knn none.pt", "SIGINT", 130, "stopped by Ctrl-C (SIGINT)"),
         ("train --config demo", "SIGTERM", 75, "stopped by SIGTERM outside the training loop"),
-        ("train --config demo", "SIGINT", 130, "stopped by Ctrl-C outside the training loop"),
+        (
+            "train --config demo",
+            "SIGINT",
+            130,
+            "stopped by Ctrl-C (SIGINT) outside the training loop",
+        ),
     ],
 )
 def test_a_stop_signal_while_the_command_starts_is_one_line(command, sig, status, said):
@@ -658,7 +663,7 @@ def test_under_torchrun_a_warning_is_left_to_rank_0(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("contrastlab.config.load_config", ctrl_c)
-    for rank, said in (("1", ""), ("0", "stopped by Ctrl-C\n")):
+    for rank, said in (("1", ""), ("0", "stopped by Ctrl-C (SIGINT)\n")):
         monkeypatch.setenv("RANK", rank)
         assert main(["config", "--config", "demo"]) == 130
         assert capsys.readouterr().err == said

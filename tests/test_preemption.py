@@ -97,6 +97,9 @@ def test_a_stop_signal_finishes_the_step_saves_and_stops(
     message = str(info.value)
     assert len(message.splitlines()) == 1
     assert sig in message and "train.resume=auto" in message and "last.pt" in message
+    # Ctrl-C named as every other stop line names it (it said "stopped by SIGINT" here only)
+    said = "Ctrl-C (SIGINT)" if sig == "SIGINT" else sig
+    assert message.startswith(f"stopped by {said} in epoch ")
     # the epoch it stopped in and the finished ones, which the stopped event's epoch counts (the
     # line named only the running epoch, one more than the event's)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()

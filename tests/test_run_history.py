@@ -124,3 +124,13 @@ def test_a_changed_list_setting_is_shown_as_a_list_in_history_and_table(tiny_con
     page = _text(write_report(again.run_dir, tmp_path / "r.html"))
     assert "optim.milestones [1] -> [2]" in page
     assert "<td>milestones</td><td>[2]</td>" in page
+
+
+def test_a_stop_by_ctrl_c_is_named_as_the_stop_lines_name_it():
+    from contrastlab.runstate import stop_text
+
+    event = {"event": "stopped", "signal": "SIGINT", "epoch": 1, "step": 12}
+    assert (
+        stop_text(event, 4)
+        == "stopped by Ctrl-C (SIGINT) after epoch 1 (1 of 4 epochs complete, step 12)"
+    )

@@ -26,6 +26,7 @@ from contrastlab.errors import (
     plural,
     process_rank,
     settings_as_flags,
+    signal_text,
     warning_line,
 )
 
@@ -603,7 +604,7 @@ def _main(argv: list[str] | None, stdout) -> int:
         )
         return 130
     except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
-        signal_name = e.signal_name if isinstance(e, StopRequested) else "Ctrl-C"
+        signal_name = signal_text(e.signal_name if isinstance(e, StopRequested) else "SIGINT")
         if _trains(args, argv):
             # not inside a training step (those stop at the step's end and save): start-up, set-up
             # or the summary; no file of the run was being written

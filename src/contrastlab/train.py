@@ -55,6 +55,7 @@ from contrastlab.errors import (
     UserError,
     met_by_every_process,
     plural,
+    signal_text,
     warn,
 )
 from contrastlab.eval.features import extract_features
@@ -1350,7 +1351,8 @@ class Trainer:
         """The one-line stop of a run that has work left: more epochs, or (``monitor_pending``)
         the kNN monitor of the epoch just saved. Inside an epoch (``batch_in_epoch`` steps of it
         done) the event says so as the checkpoint event does: ``epoch`` counts finished epochs."""
-        signal_name = self.stop_policy.signals.received or "a stop signal to another process"
+        received = self.stop_policy.signals.received
+        signal_name = signal_text(received) if received else "a stop signal to another process"
         event = {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
         self.log({**event, **self._place(batch_in_epoch)})
         if monitor_pending and self.epoch == self.cfg.optim.epochs:
@@ -1364,6 +1366,7 @@ class Trainer:
             f"{self.ckpt_dir / 'last.pt'}; {left}, run the same command with "
             f"train.resume=auto{_UNDER_TORCHRUN if 'TORCHELASTIC_RUN_ID' in os.environ else ''}",
             is_main=self.is_main,
+            signal_name=received,
         )
 
 
