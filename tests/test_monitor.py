@@ -85,6 +85,30 @@ def test_monitor_reads_the_configured_space_and_logs_the_other(tiny_config, spac
     assert metrics["knn_top1_z"] == pytest.approx(expected["z"], abs=1e-4)
 
 
+def test_a_loocpp_monitor_logs_backbone_and_z0_beside_concat(tiny_config):
+    """docs/looc.md: "The kNN monitor reads ... (LooC++: concat); z0 is logged beside it". LooC++
+    logged knn_top1_concat alone."""
+    cfg = tiny_config("train.knn_k=7", preset="loocpp_color")
+    assert cfg.looc.plus_plus and cfg.train.knn_space == "concat"
+    torch.manual_seed(0)
+    model = build_method(cfg)
+    train, test = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    metrics = knn_monitor_metrics(model, cfg, train, test)
+    t = eval_transform(cfg, train)
+    for s in ("concat", "backbone", "z0"):
+        expected = naive_knn_accuracy(
+            _features(model, train, t, s),
+            train.labels.numpy(),
+            _features(model, test, t, s),
+            test.labels.numpy(),
+            train.num_classes,
+            7,
+            cfg.train.knn_temperature,
+        )
+        assert metrics[f"knn_top1_{s}"] == pytest.approx(expected, abs=1e-4), s
+    assert metrics["knn_top1"] == metrics["knn_top1_concat"]
+
+
 def test_knn_space_is_checked_against_the_model():
     with pytest.raises(UserError, match="valid: backbone, z"):
         load_config("moco_v2_cifar", ["train.knn_space=z0"])

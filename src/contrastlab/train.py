@@ -268,7 +268,8 @@ def _monitor_features(model, dataset, space: str, device, num_workers: int) -> d
 
     A projection space (MoCo's ``z``, LooC's ``z0``, ...) is computed from the pooled backbone
     output, so one pass with a forward hook on ``model.backbone`` yields both. LooC++ computes its
-    heads without calling ``model.backbone`` as a module: there only ``space`` is extracted.
+    heads without calling ``model.backbone`` as a module: its ``concat`` holds ``backbone``, from
+    which ``z0`` is computed (``spaces_from_concat``); its other spaces are extracted alone.
     """
     spaces = getattr(model, "feature_spaces", ("backbone",))
     run = space
@@ -290,6 +291,9 @@ def _monitor_features(model, dataset, space: str, device, num_workers: int) -> d
     out = {run: (feats, labels)}
     if captured and sum(len(c) for c in captured) == len(feats):
         out["backbone"] = (torch.cat(captured), labels)
+    if run == "concat" and hasattr(model, "spaces_from_concat"):  # LooC++: backbone and z0 too
+        for name, derived in model.spaces_from_concat(feats).items():
+            out.setdefault(name, (derived, labels))
     return out
 
 
