@@ -431,11 +431,17 @@ def raise_on_stop_signals() -> None:
 def run(main: Callable[[], None], sizes: str = "the size options") -> None:
     """Run a benchmark's ``main``: a ``UserError`` of the library (a bad size for a config, a
     path) is one ``error:`` line with exit status 2, as on the ``contrastlab`` command line; a
-    stop (Ctrl-C, SIGTERM) is one line, ``stopped by SIGINT``, with exit status 128 + the
+    stop (Ctrl-C, SIGTERM) is one line, ``stopped by Ctrl-C (SIGINT)``, with exit status 128 + the
     signal's number. A benchmark that trains in a temporary folder cannot resume there: a stop
     inside its training says that the measurement must be run again. An allocation that fails
     (sizes larger than the memory) is one line that names the options to lower, ``sizes``."""
-    from contrastlab.errors import StopRequested, TrainingInterrupted, UserError, one_line
+    from contrastlab.errors import (
+        StopRequested,
+        TrainingInterrupted,
+        UserError,
+        one_line,
+        signal_text,
+    )
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     raise_on_stop_signals()
@@ -447,17 +453,19 @@ def run(main: Callable[[], None], sizes: str = "the size options") -> None:
     except TrainingInterrupted as e:
         # "stopped by SIGTERM in epoch 1 ...; to continue, run the same command with ...": the
         # training's folder is the benchmark's own, gone or rewritten by the next run
-        words = str(e).split()
-        name = words[2] if words[:2] == ["stopped", "by"] and len(words) > 2 else "SIGINT"
+        name = e.signal_name or "SIGINT"
         print(
-            f"{prog}: stopped by {name} during its training; the measurement is incomplete: "
+            f"{prog}: stopped by {signal_text(name)} during its training; the measurement is incomplete: "
             "run the same command again",
             file=sys.stderr,
         )
         raise SystemExit(stop_status(name)) from None
     except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
         name = e.signal_name if isinstance(e, StopRequested) else "SIGINT"
-        print(f"{prog}: stopped by {name}; the measurement was not finished", file=sys.stderr)
+        print(
+            f"{prog}: stopped by {signal_text(name)}; the measurement was not finished",
+            file=sys.stderr,
+        )
         raise SystemExit(stop_status(name)) from None
     except MemoryError:
         fail(f"{prog}: out of memory; {_lower(sizes)}")

@@ -25,7 +25,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from contrastlab.atomic import build_folder, new_folders
-from contrastlab.errors import DiskFull, StopRequested
+from contrastlab.errors import DiskFull, StopRequested, signal_text
 
 SPLITS = ("train", "test")
 
@@ -169,7 +169,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM
         name = e.signal_name if isinstance(e, StopRequested) else "SIGINT"
         print(
-            f"prepare_cifar10.py: stopped by {name}; the folders it completed are kept, "
+            f"prepare_cifar10.py: stopped by {signal_text(name)}; the folders it completed are kept, "
             "run the same command again to make the rest",
             file=sys.stderr,
         )

@@ -144,7 +144,7 @@ def test_config_reference_in_docs_is_current():
     "raised, status, said",
     [
         (InterruptedTwice, 130, "interrupted again while stopping"),
-        (KeyboardInterrupt, 130, "stopped by Ctrl-C outside the training loop"),
+        (KeyboardInterrupt, 130, "stopped by Ctrl-C (SIGINT) outside the training loop"),
         (lambda: StopRequested(signal.SIGTERM), 75, "stopped by SIGTERM outside the training loop"),
     ],
 )
@@ -187,9 +187,14 @@ sys.exit(status)
     "command, sig, status, said",
     [
         ("eval knn none.pt", "SIGTERM", 143, "stopped by SIGTERM"),
-        ("eval knn none.pt", "SIGINT", 130, "stopped by Ctrl-C"),
+        ("eval knn none.pt", "SIGINT", 130, "stopped by Ctrl-C (SIGINT)"),
         ("train --config demo", "SIGTERM", 75, "stopped by SIGTERM outside the training loop"),
-        ("train --config demo", "SIGINT", 130, "stopped by Ctrl-C outside the training loop"),
+        (
+            "train --config demo",
+            "SIGINT",
+            130,
+            "stopped by Ctrl-C (SIGINT) outside the training loop",
+        ),
     ],
 )
 def test_a_stop_signal_while_the_command_starts_is_one_line(command, sig, status, said):
@@ -406,6 +411,17 @@ def test_an_error_raised_in_a_data_loading_worker_is_one_line(monkeypatch, capsy
     monkeypatch.setattr(cli, "_cmd_presets", load_all)
     assert main(["presets"]) == 2
     assert capsys.readouterr().err == "error: image 5 is damaged; fix or delete it\n"
+
+
+def test_config_takes_the_out_dir_option_of_train(capsys, tmp_path):
+    """`config --config demo --out-dir DIR` was refused (unrecognized arguments), though the
+    command shows what `train` would use with the same options."""
+    import yaml
+
+    assert main(["config", "--config", "demo", "--out-dir", str(tmp_path / "o1")]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["out_dir"] == str(tmp_path / "o1")
+    assert main(["config", "--config", "demo", "--out-dir", "a", "out_dir=b"]) == 2
+    assert "--out-dir a and out_dir=b both name the folder" in capsys.readouterr().err
 
 
 def test_config_shows_a_folder_preset_and_what_its_null_keys_come_to(capsys):
@@ -650,7 +666,7 @@ def test_under_torchrun_a_warning_is_left_to_rank_0(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("contrastlab.config.load_config", ctrl_c)
-    for rank, said in (("1", ""), ("0", "stopped by Ctrl-C\n")):
+    for rank, said in (("1", ""), ("0", "stopped by Ctrl-C (SIGINT)\n")):
         monkeypatch.setenv("RANK", rank)
         assert main(["config", "--config", "demo"]) == 130
         assert capsys.readouterr().err == said

@@ -44,6 +44,20 @@ def _features(model, dataset, transform, space):
     return torch.stack(rows).numpy()
 
 
+def _naive_monitor(model, cfg, train, test, space) -> float:
+    """The monitor's kNN top-1 in ``space``, one image and one query at a time."""
+    t = eval_transform(cfg, train)
+    return naive_knn_accuracy(
+        _features(model, train, t, space),
+        train.labels.numpy(),
+        _features(model, test, t, space),
+        test.labels.numpy(),
+        train.num_classes,
+        cfg.train.knn_k,
+        cfg.train.knn_temperature,
+    )
+
+
 def _with_unlabelled(ds: TensorImageDataset, every: int = 3) -> TensorImageDataset:
     """The same images with every ``every``-th one unlabelled (label -1), as STL-10's train split."""
     labels = ds.labels.clone()
@@ -68,21 +82,25 @@ def test_monitor_reads_the_configured_space_and_logs_the_other(tiny_config, spac
     model = build_method(cfg)
     train, test = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     metrics = knn_monitor_metrics(model, cfg, train, test)
-    t = eval_transform(cfg, train)
-    expected = {}
-    for s in ("backbone", "z"):
-        expected[s] = naive_knn_accuracy(
-            _features(model, train, t, s),
-            train.labels.numpy(),
-            _features(model, test, t, s),
-            test.labels.numpy(),
-            train.num_classes,
-            7,
-            cfg.train.knn_temperature,
-        )
+    expected = {s: _naive_monitor(model, cfg, train, test, s) for s in ("backbone", "z")}
     assert metrics["knn_top1"] == pytest.approx(expected[space], abs=1e-4)
     assert metrics["knn_top1_backbone"] == pytest.approx(expected["backbone"], abs=1e-4)
     assert metrics["knn_top1_z"] == pytest.approx(expected["z"], abs=1e-4)
+
+
+def test_a_loocpp_monitor_logs_backbone_and_z0_beside_concat(tiny_config):
+    """docs/looc.md: "The kNN monitor reads ... (LooC++: concat); z0 is logged beside it". LooC++
+    logged knn_top1_concat alone."""
+    cfg = tiny_config("train.knn_k=7", preset="loocpp_color")
+    assert cfg.looc.plus_plus and cfg.train.knn_space == "concat"
+    torch.manual_seed(0)
+    model = build_method(cfg)
+    train, test = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    metrics = knn_monitor_metrics(model, cfg, train, test)
+    for s in ("concat", "backbone", "z0"):
+        expected = _naive_monitor(model, cfg, train, test, s)
+        assert metrics[f"knn_top1_{s}"] == pytest.approx(expected, abs=1e-4), s
+    assert metrics["knn_top1"] == metrics["knn_top1_concat"]
 
 
 def test_knn_space_is_checked_against_the_model():

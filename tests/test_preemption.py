@@ -97,6 +97,9 @@ def test_a_stop_signal_finishes_the_step_saves_and_stops(
     message = str(info.value)
     assert len(message.splitlines()) == 1
     assert sig in message and "train.resume=auto" in message and "last.pt" in message
+    # Ctrl-C named as every other stop line names it (it said "stopped by SIGINT" here only)
+    said = "Ctrl-C (SIGINT)" if sig == "SIGINT" else sig
+    assert message.startswith(f"stopped by {said} in epoch ")
     # the epoch it stopped in and the finished ones, which the stopped event's epoch counts (the
     # line named only the running epoch, one more than the event's)
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
@@ -285,9 +288,10 @@ def test_a_stop_between_the_epoch_checkpoint_and_the_monitor_is_caught_up_on_res
 
 
 def test_a_stop_signal_during_the_monitor_stops_at_the_epoch_boundary(
-    tiny_config, monkeypatch, quiet_signals
+    tiny_config, monkeypatch, quiet_signals, capsys
 ):
-    """It used to train one more step of the next epoch first."""
+    """It used to train one more step of the next epoch first, and to drop the line of the epoch
+    whose monitor had finished."""
     settings = ["optim.epochs=2", "train.checkpoint_every=2", "train.knn_every=1"]
     straight = Trainer(tiny_config(*settings, "name=straight")).fit()
     monitor = Trainer.knn_monitor
@@ -298,9 +302,11 @@ def test_a_stop_signal_during_the_monitor_stops_at_the_epoch_boundary(
 
     monkeypatch.setattr(Trainer, "knn_monitor", signalled)
     cfg = tiny_config(*settings, "name=cut")
+    capsys.readouterr()
     with pytest.raises(TrainingInterrupted, match=r"after epoch 1 \(1 of 2 epochs complete, "):
         Trainer(cfg).fit()
     monkeypatch.undo()
+    assert "epoch 1 of 2: loss " in capsys.readouterr().out.split("kNN top-1 ")[0]
     state = read_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and state.get("position") is None  # saved at the boundary
     resumed = Trainer(tiny_config(*settings, "name=cut", "train.resume=auto")).fit()
@@ -331,7 +337,7 @@ def test_a_stop_signal_during_the_last_monitor_leaves_a_finished_run(
 
 
 def test_a_stop_signal_before_the_last_monitor_says_the_monitor_is_left(
-    tiny_config, monkeypatch, quiet_signals
+    tiny_config, monkeypatch, quiet_signals, capsys
 ):
     settings = ["optim.epochs=2", "train.knn_every=1"]
     epoch = Trainer.train_epoch
@@ -346,6 +352,9 @@ def test_a_stop_signal_before_the_last_monitor_says_the_monitor_is_left(
     with pytest.raises(TrainingInterrupted, match="before its kNN monitor.*to run the monitor"):
         Trainer(tiny_config(*settings, "name=cut")).fit()
     monkeypatch.undo()
+    # the epoch's training is complete: its line (without a kNN figure) before the stop's
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch 2 of 2")]
+    assert line.startswith("epoch 2 of 2: loss ") and "kNN" not in line
     resumed = Trainer(tiny_config(*settings, "name=cut", "train.resume=auto")).fit()
     assert resumed.knn_top1 is not None and resumed.epochs == 2
 

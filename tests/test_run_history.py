@@ -194,3 +194,13 @@ def test_a_fresh_start_removes_the_records_of_a_start_without_checkpoint(
     assert kinds.count("start") == 1 and kinds.count("epoch") == 2
     assert len(list((cfg.run_dir / "tensorboard").iterdir())) == 1
     assert _tensorboard_steps(cfg.run_dir, "train/loss") == list(range(1, 13))
+
+
+def test_a_stop_by_ctrl_c_is_named_as_the_stop_lines_name_it():
+    from contrastlab.runstate import stop_text
+
+    event = {"event": "stopped", "signal": "SIGINT", "epoch": 1, "step": 12}
+    assert (
+        stop_text(event, 4)
+        == "stopped by Ctrl-C (SIGINT) after epoch 1 (1 of 4 epochs complete, step 12)"
+    )

@@ -271,6 +271,34 @@ def test_keep_every_keeps_snapshots_of_those_epochs(tiny_config):
     assert (kept["epoch"], kept["step"], kept["best"]) == (2, 12, False)
 
 
+def test_on_a_terminal_each_epoch_still_prints_its_line(tiny_config, monkeypatch, capsys):
+    """The bar (leave=False) is erased each epoch: the results used to vanish from the screen."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    Trainer(tiny_config("optim.epochs=2", "train.knn_every=1", "train.progress=true")).fit()
+    captured = capsys.readouterr()
+    assert "epoch 1/2" in captured.err  # the bar was shown
+    assert "a bar and a line per epoch" in captured.out
+    for number in (1, 2):
+        (line,) = [x for x in captured.out.splitlines() if x.startswith(f"epoch {number} of 2:")]
+        assert "kNN top-1 " in line
+
+
+def test_a_kept_snapshot_rewritten_after_the_monitor_is_logged_once(tiny_config):
+    """The snapshot is written before the kNN monitor and again with its figures: one event."""
+    cfg = tiny_config(
+        "optim.epochs=4", "train.checkpoint_every=3", "train.knn_every=2", "train.keep_every=2"
+    )
+    result = Trainer(cfg).fit()
+    events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    kept = [e["path"] for e in events if e["event"] == "checkpoint" and e.get("kept")]
+    folder = result.run_dir / "checkpoints"
+    assert kept == [str(folder / "epoch-0002.pt"), str(folder / "epoch-0004.pt")]
+    snapshot = read_checkpoint(folder / "epoch-0002.pt")
+    assert "knn_top1" in snapshot["metrics"] and not snapshot.get("monitor_pending")
+
+
 def test_a_best_checkpoint_written_alone_is_logged_with_its_path(tiny_config):
     """The monitor of an epoch without a save writes best.pt only: its event names that file."""
     result = Trainer(
@@ -337,6 +365,8 @@ def test_bf16_autocast_on_a_cpu_without_bf16_instructions_warns(
     Trainer(tiny_config("train.amp=true"))
     err = capsys.readouterr().err
     assert ("train.amp=true on a CPU without bf16 instructions" in err) == (not native)
+    if not native:  # presets set train.amp=true (moco_v2_cifar_cpu): leaving it out keeps it
+        assert "set train.amp=false on this machine" in err
 
 
 def test_a_flat_folder_trains_on_every_image_and_says_the_monitor_is_off(

@@ -26,6 +26,7 @@ from contrastlab.errors import (
     plural,
     process_rank,
     settings_as_flags,
+    signal_text,
     warning_line,
 )
 
@@ -85,14 +86,30 @@ def _add_train(sub) -> None:
         description="Pretrain an encoder. Settings come from a preset or YAML file, "
         "then from key=value overrides (e.g. optim.lr=0.1 dataset=cifar10).",
     )
+    _out_dir_argument(p)
+    _config_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _out_dir_argument(p) -> None:
+    """``--out-dir DIR`` of ``train``, and of ``config``, which shows what train would use."""
     p.add_argument(
         "--out-dir",
         default=None,
         metavar="DIR",
         help="where the run directory goes (the same as out_dir=DIR; default: runs)",
     )
-    _config_arguments(p)
-    p.set_defaults(func=_cmd_train)
+
+
+def _out_dir_as_override(args) -> None:
+    """``--out-dir DIR`` as the override ``out_dir=DIR``; both at once are refused."""
+    if args.out_dir is not None:  # as `demo --out-dir`; out_dir= as well would be ambiguous
+        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "out_dir"]
+        if given:
+            raise UserError(
+                f"--out-dir {args.out_dir} and {given[0]} both name the folder; keep one"
+            )
+        args.overrides = [f"out_dir={args.out_dir}", *args.overrides]
 
 
 def _cmd_train(args) -> int:
@@ -100,13 +117,7 @@ def _cmd_train(args) -> int:
     from contrastlab.train import train
 
     with met_by_every_process():  # the same command line on every process of torchrun
-        if args.out_dir is not None:  # as `demo --out-dir`; out_dir= as well would be ambiguous
-            given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "out_dir"]
-            if given:
-                raise UserError(
-                    f"--out-dir {args.out_dir} and {given[0]} both name the folder; keep one"
-                )
-            args.overrides = [f"out_dir={args.out_dir}", *args.overrides]
+        _out_dir_as_override(args)
         warn_repeated_keys(args.overrides)
         cfg = load_config(args.config, args.overrides, warn_unused=True)
     args.run_dir = cfg.run_dir  # what a stop or a full disk leaves there is said from it
@@ -161,8 +172,9 @@ def _add_config(sub) -> None:
         "config",
         help="print the resolved configuration of a preset + overrides",
         description="Print the configuration that `contrastlab train` would use with the same "
-        "--config and key=value overrides, as YAML, with every default filled in.",
+        "--config, --out-dir and key=value overrides, as YAML, with every default filled in.",
     )
+    _out_dir_argument(p)
     _config_arguments(p)
     p.set_defaults(func=_cmd_config, prints_only=True)
 
@@ -178,6 +190,7 @@ def _cmd_config(args) -> int:
     )
     from contrastlab.errors import warn
 
+    _out_dir_as_override(args)
     warn_repeated_keys(args.overrides)
     cfg = load_config(args.config, args.overrides, warn_unused=True, need_data_path=False)
     if cfg.data.name == "imagefolder" and not cfg.data.path:
@@ -610,7 +623,7 @@ def _main(argv: list[str] | None, stdout) -> int:
         )
         return 130
     except KeyboardInterrupt as e:  # Ctrl-C, or StopRequested (SIGTERM, SIGUSR1)
-        signal_name = e.signal_name if isinstance(e, StopRequested) else "Ctrl-C"
+        signal_name = signal_text(e.signal_name if isinstance(e, StopRequested) else "SIGINT")
         if _trains(args, argv):
             # not inside a training step (those stop at the step's end and save): start-up, set-up
             # or the summary; no file of the run was being written

@@ -50,17 +50,25 @@ def met_by_every_process():
 EXIT_STOPPED = 75
 
 
+def signal_text(name: str) -> str:
+    """A stop signal as every stop line names it: ``Ctrl-C (SIGINT)`` (a terminal's Ctrl-C, or
+    ``kill -INT``), ``SIGTERM``, ``SIGUSR1``."""
+    return "Ctrl-C (SIGINT)" if name == "SIGINT" else name
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on request (SIGTERM, SIGUSR1, Ctrl-C) after writing a checkpoint.
 
     Not a ``UserError``: nothing is wrong. The command line prints the message (one line: where
     the checkpoint is and how to resume) and exits with ``EXIT_STOPPED``.
     ``is_main`` is False on the other processes under torchrun, which stay silent.
+    ``signal_name``: the signal received (``SIGTERM``, ...), None where another process got it.
     """
 
-    def __init__(self, message: str, is_main: bool = True):
+    def __init__(self, message: str, is_main: bool = True, signal_name: str | None = None):
         super().__init__(message)
         self.is_main = is_main
+        self.signal_name = signal_name
 
 
 class StopRequested(KeyboardInterrupt):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from contrastlab.errors import plural
+from contrastlab.errors import plural, signal_text
 
 RESUME_HINT = "to continue, run the same train command with train.resume=auto"
 # events whose lines are training curves (report) or show that an epoch ended
@@ -80,7 +80,9 @@ def stop_text(event: dict, epochs: int | None = None) -> str:
     if step is not None:
         counts.append(f"step {step}")
     where = _where(event)
-    said = f"stopped by {event.get('signal') or 'a stop signal'}" + (f" {where}" if where else "")
+    name = event.get("signal")
+    said = f"stopped by {signal_text(name) if name else 'a stop signal'}"
+    said += f" {where}" if where else ""
     return said + (f" ({', '.join(counts)})" if counts else "")
 
 

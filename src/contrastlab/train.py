@@ -55,6 +55,7 @@ from contrastlab.errors import (
     UserError,
     met_by_every_process,
     plural,
+    signal_text,
     warn,
 )
 from contrastlab.eval.features import extract_features
@@ -267,7 +268,8 @@ def _monitor_features(model, dataset, space: str, device, num_workers: int) -> d
 
     A projection space (MoCo's ``z``, LooC's ``z0``, ...) is computed from the pooled backbone
     output, so one pass with a forward hook on ``model.backbone`` yields both. LooC++ computes its
-    heads without calling ``model.backbone`` as a module: there only ``space`` is extracted.
+    heads without calling ``model.backbone`` as a module: its ``concat`` holds ``backbone``, from
+    which ``z0`` is computed (``spaces_from_concat``); its other spaces are extracted alone.
     """
     spaces = getattr(model, "feature_spaces", ("backbone",))
     run = space
@@ -289,6 +291,9 @@ def _monitor_features(model, dataset, space: str, device, num_workers: int) -> d
     out = {run: (feats, labels)}
     if captured and sum(len(c) for c in captured) == len(feats):
         out["backbone"] = (torch.cat(captured), labels)
+    if run == "concat" and hasattr(model, "spaces_from_concat"):  # LooC++: backbone and z0 too
+        for name, derived in model.spaces_from_concat(feats).items():
+            out.setdefault(name, (derived, labels))
     return out
 
 
@@ -309,7 +314,8 @@ def views_description(cfg: Config, views, dataset) -> dict:
         "views_device": device.type if batched else "cpu",
         "views_compiled": bool(batched and cfg.data.views_compile),
         "images": "in_memory" if in_memory else "lazy",
-        "workers": 0 if isinstance(views, InMemoryViews) else int(cfg.data.num_workers),
+        # the loader's own: data.num_workers capped at the CPUs there are (contrastlab.workers)
+        "workers": 0 if isinstance(views, InMemoryViews) else views.loader.num_workers,
     }
 
 
@@ -478,7 +484,7 @@ class Trainer:
             distributed.warn_where(
                 not cpu_has_native_bf16(),
                 "train.amp=true on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 "
-                "is emulated there and slower than float32; leave train.amp out on this machine",
+                "is emulated there and slower than float32; set train.amp=false on this machine",
             )
         # channels-last: faster convolutions on CUDA and in oneDNN on CPUs with AVX-512; split BN
         # then normalizes contiguous blocks of the batch (models/split_bn.py, docs/benchmarks.md).
@@ -930,7 +936,7 @@ class Trainer:
         )
         if self.is_main:
             bar = (
-                "a bar per epoch"
+                "a bar and a line per epoch"
                 if cfg.train.progress and sys.stderr.isatty()
                 else "a line per epoch"
             )
@@ -982,15 +988,20 @@ class Trainer:
                 self.stop_policy.saved()
             finished = self.epoch == cfg.optim.epochs
             if stop and not (finished and not knn_due):  # after the last epoch: nothing is lost
+                # the epoch is complete: its line comes before the stop's (without the kNN
+                # figure, which the resumed run measures)
+                self.say_epoch(final_loss, False, time.time() - start)
                 raise self.interrupted(f"after epoch {self.epoch}", monitor_pending=bool(knn_due))
             if knn_due:
                 self.run_monitor(final_loss, rewrite_last=bool(save_due))
                 _, stop = self.stop_policy.poll()  # a signal during the monitor: stop here
-                if stop and not finished:
-                    if not save_due:
-                        distributed.raise_together(functools.partial(self.save, final_loss))
-                    raise self.interrupted(f"after epoch {self.epoch}")
+            # said before a stop that arrived during the monitor, which finished: nothing of it
+            # is lost
             self.say_epoch(final_loss, bool(knn_due), time.time() - start)
+            if knn_due and stop and not finished:
+                if not save_due:
+                    distributed.raise_together(functools.partial(self.save, final_loss))
+                raise self.interrupted(f"after epoch {self.epoch}")
         if self.recorder is not None:
             self.recorder.close()
         return TrainResult(
@@ -1015,10 +1026,11 @@ class Trainer:
         )
 
     def say_epoch(self, loss: float, measured: bool, seconds: float) -> None:
-        """Where no progress bar shows (``train.progress=false``, or stderr not a terminal), one
-        line on stdout per epoch: ``epoch 3 of 16: loss 7.0612, kNN top-1 30.70% (backbone),
-        42 s``, so that a run whose output goes to a file shows it is alive and how it goes."""
-        if not self.is_main or (self.cfg.train.progress and sys.stderr.isatty()):
+        """One line on stdout per epoch: ``epoch 3 of 16: loss 7.0612, kNN top-1 30.70%
+        (backbone), 42 s``, so that a run whose output goes to a file shows it is alive and how it
+        goes, and on a terminal the epochs' results stay on screen (the bar of the epoch, closed
+        before, leaves nothing: ``leave=False``)."""
+        if not self.is_main:
             return
         from contrastlab.eval.progress import duration
 
@@ -1273,20 +1285,23 @@ class Trainer:
         keep = self.cfg.train.keep_every
         if rewrite_last and keep and self.epoch % keep == 0:
             kept = self.ckpt_dir / f"epoch-{self.epoch:04d}.pt"
+            # rewritten after the epoch's kNN monitor (with its figures), but logged once
+            first = not kept.exists()
             save_checkpoint(kept, state)
             # its own event, so that the snapshots to evaluate along training are found in
             # metrics.jsonl like last.pt and best.pt
-            self.log(
-                {
-                    "event": "checkpoint",
-                    "epoch": self.epoch,
-                    "epochs_complete": self.epoch,
-                    "step": self.step,
-                    "path": str(kept),
-                    "best": False,
-                    "kept": True,
-                }
-            )
+            if first:
+                self.log(
+                    {
+                        "event": "checkpoint",
+                        "epoch": self.epoch,
+                        "epochs_complete": self.epoch,
+                        "step": self.step,
+                        "path": str(kept),
+                        "best": False,
+                        "kept": True,
+                    }
+                )
 
     def save_inside_epoch(self, epoch: int, batch: int, loop: dict) -> None:
         """A checkpoint after ``batch`` steps of (0-based) ``epoch``: what an exact resume needs.
@@ -1362,7 +1377,8 @@ class Trainer:
         """The one-line stop of a run that has work left: more epochs, or (``monitor_pending``)
         the kNN monitor of the epoch just saved. Inside an epoch (``batch_in_epoch`` steps of it
         done) the event says so as the checkpoint event does: ``epoch`` counts finished epochs."""
-        signal_name = self.stop_policy.signals.received or "a stop signal to another process"
+        received = self.stop_policy.signals.received
+        signal_name = signal_text(received) if received else "a stop signal to another process"
         event = {"event": "stopped", "signal": signal_name, "epoch": self.epoch, "step": self.step}
         self.log({**event, **self._place(batch_in_epoch)})
         if monitor_pending and self.epoch == self.cfg.optim.epochs:
@@ -1376,6 +1392,7 @@ class Trainer:
             f"{self.ckpt_dir / 'last.pt'}; {left}, run the same command with "
             f"train.resume=auto{_UNDER_TORCHRUN if 'TORCHELASTIC_RUN_ID' in os.environ else ''}",
             is_main=self.is_main,
+            signal_name=received,
         )
 
 

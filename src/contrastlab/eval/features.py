@@ -24,6 +24,7 @@ from contrastlab.atomic import write_atomic
 from contrastlab.errors import UserError
 from contrastlab.eval.progress import Heartbeat
 from contrastlab.preemption import ignore_stop_signals
+from contrastlab.workers import usable_workers
 
 BatchFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -132,7 +133,7 @@ def extract_features(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=usable_workers(num_workers),
         pin_memory=torch.device(device).type == "cuda",
         worker_init_fn=ignore_stop_signals,  # in training's kNN monitor: the stop is the trainer's
     )

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from contrastlab.errors import UserError
 from contrastlab.eval.knn import check_class_labels, topk_accuracy
 from contrastlab.eval.progress import Heartbeat
+from contrastlab.workers import usable_workers
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -214,6 +215,7 @@ def linear_sgd(
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     gen = torch.Generator().manual_seed(seed)
     model.eval().to(device)
+    num_workers = usable_workers(num_workers)
     train_loader = DataLoader(
         train_set,
         batch_size=batch_size,

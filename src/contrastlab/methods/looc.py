@@ -341,6 +341,22 @@ class LooC(nn.Module):
             f"unknown feature space '{space}'; valid: {', '.join(self.feature_spaces)}"
         )
 
+    @torch.no_grad()
+    def spaces_from_concat(self, concat: Tensor) -> dict[str, Tensor]:
+        """LooC++: ``backbone`` and ``z0`` of images whose ``concat`` features are given, without
+        another pass over the images: the first block of ``concat`` is the Z_0 branch's pooled
+        layer4, which is ``backbone``, and ``z0`` is its head's output (the kNN monitor logs both
+        beside ``concat``). On the CPU, float32, as ``concat``; the heads' mode is the caller's."""
+        enc = self.encoder_q
+        v = concat[:, : enc.feature_dim].float()
+        head = enc.heads[0]
+        param = next(head.parameters())
+        z0 = [
+            F.normalize(head(part.to(param.device, param.dtype)), dim=1).float().cpu()
+            for part in v.split(4096)
+        ]
+        return {"backbone": v, self.spaces[0]: torch.cat(z0) if z0 else v[:, :0]}
+
     def feature_dim(self, space: str) -> int:
         if space == "backbone":
             return self.encoder_q.feature_dim

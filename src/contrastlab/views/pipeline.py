@@ -29,6 +29,7 @@ from contrastlab.data.augment import MultiView
 from contrastlab.data.datasets import WithTransform
 from contrastlab.preemption import ResumableOrder, ignore_stop_signals
 from contrastlab.views.recipes import BatchedViews, recipe_from_config
+from contrastlab.workers import usable_workers
 
 
 class _Reseeded:
@@ -135,7 +136,7 @@ class LoaderViews(_Reseeded):
             batch_size=batch_size,
             sampler=self.order,
             drop_last=True,
-            num_workers=num_workers,
+            num_workers=usable_workers(num_workers),
             pin_memory=self.device.type == "cuda",
             generator=self.order_generator,
             persistent_workers=False,  # workers are reseeded every epoch (exact resume)
