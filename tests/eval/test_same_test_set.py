@@ -21,12 +21,13 @@ def _json(path):
     return json.loads(path.read_text())
 
 
-def _with_data(checkpoint, target, **data):
-    """A copy of ``checkpoint`` at ``target`` whose training config says ``data``."""
+def _with_data(checkpoint, target, section="data", **data):
+    """A copy of ``checkpoint`` at ``target`` whose training config says ``data`` (in its
+    ``section``)."""
     from contrastlab.checkpoint import CHECKSUM_KEY, payload_checksum
 
     state = torch.load(checkpoint, weights_only=False)
-    state["config"]["data"].update(data)
+    state["config"][section].update(data)
     state[CHECKSUM_KEY] = payload_checksum(state)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)
@@ -189,14 +190,7 @@ def test_corruption_estimate_weighs_each_corruption_by_its_own_cost(monkeypatch,
 
 def _with_train(checkpoint, target, **train):
     """A copy of ``checkpoint`` at ``target`` whose training config says ``train``."""
-    from contrastlab.checkpoint import CHECKSUM_KEY, payload_checksum
-
-    state = torch.load(checkpoint, weights_only=False)
-    state["config"]["train"].update(train)
-    state[CHECKSUM_KEY] = payload_checksum(state)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
-    return target
+    return _with_data(checkpoint, target, section="train", **train)
 
 
 def test_eval_all_records_each_rows_settings_and_warns_where_they_differ(tmp_path, capsys):
