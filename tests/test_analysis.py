@@ -606,3 +606,30 @@ def test_negatives_not_given_is_the_most_that_fit_a_small_split(tmp_path, capsys
     err = _error([*argv, "--negatives", "57", "--out", str(tmp_path / "given")], capsys)
     assert "give --negatives 56 or less with --images 8" in err
     assert not (tmp_path / "given" / "analysis.json").exists()
+
+
+def test_a_reused_folder_holds_only_this_analysis(tmp_path, capsys):
+    """An analysis into the folder of an earlier one removes the earlier encoders' folders and
+    figures that it does not write again, with one line saying so; the user's own files stay."""
+    a = _checkpoint(tmp_path / "a.pt", seed=0)
+    b = _checkpoint(tmp_path / "b.pt", seed=1)
+    out = tmp_path / "an"
+    small = ["--images", "4", "--negatives", "4", "--no-progress", "--device", "cpu"]
+    argv = ["analyze", str(a), str(b), "--labels", "A", "B", "--space", "backbone,z"]
+    assert main([*argv, *small, "--out", str(out)]) == 0
+    (out / "encoders" / "A" / "mine.txt").write_text("mine")
+    (out / "figures" / "mine.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["analyze", str(b), "--labels", "B", *small, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert [enc["label"] for enc in load_analysis(out)["encoders"]] == ["B"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "analysis-backbone-distributions.png",
+        "analysis-backbone-overlay.png",
+        "analysis-backbone-sensitivity.png",
+        "mine.txt",
+    ]
+    # A's folder keeps the user's file only
+    assert [p.name for p in (out / "encoders" / "A").rglob("*")] == ["mine.txt"]
+    removed = [line for line in err.splitlines() if line.startswith("removed ")]
+    assert len(removed) == 1 and "analysis-z-overlay.png" in removed[0], err

@@ -948,7 +948,7 @@ def _cmd_analyze(args) -> int:
         progress=not args.no_progress,
         skip_bad_images=args.skip_bad_images,
     )
-    from contrastlab.outputs import check_output
+    from contrastlab.outputs import check_output, remove_earlier
 
     out = args.out
     if out is None:
@@ -976,7 +976,42 @@ def _cmd_analyze(args) -> int:
         print(f"\nspace '{space}' (mean cosine scores; views: {views})\n")
         print(sensitivity_table(result, space))
     print()
-    for path in write_figures(out):
+    written = write_figures(out)
+    for path in written:
         print(path)
+    stale = earlier_outputs(Path(out), written, [enc["dir"] for enc in result["encoders"]])
+    remove_earlier(Path(out), stale, "contrastlab analyze")
     print(f"analysis written to {Path(out) / 'analysis.json'}")
     return 0
+
+
+_ANALYSIS_FIGURE = re.compile(r"analysis-.+-(distributions|overlay|sensitivity)\.png")
+# what analyze writes in an encoder's folder (besides its scores/ folder)
+_ENCODER_FILES = (ENCODER_FILE, "config.yaml", "sensitivity.npz")
+
+
+def earlier_outputs(out: Path, figures: list[Path], dirs: list[str]) -> list[Path]:
+    """The files in ``out`` that an earlier analysis wrote and this one (its ``figures``, its
+    encoders' folders ``dirs``) did not: figures named as analyze names them and marked as
+    contrastlab's, and in an encoder's folder that an analysis marked as its own
+    (``ENCODER_FILE``) the files analyze writes there and the figures ``contrastlab scores``
+    drew of it. Nothing else (a user's own file) is ever listed."""
+    keep = {p.name for p in figures}
+    stale = []
+    if (out / "figures").is_dir():
+        stale += [
+            p
+            for p in (out / "figures").iterdir()
+            if p.name not in keep
+            and _ANALYSIS_FIGURE.fullmatch(p.name)
+            and p.is_file()
+            and is_contrastlab_figure(p)
+        ]
+    if (out / "encoders").is_dir():
+        for folder in (out / "encoders").iterdir():
+            if folder.name in dirs or not _is_analysis(folder / ENCODER_FILE):
+                continue
+            stale += [folder / name for name in _ENCODER_FILES if (folder / name).is_file()]
+            stale += [p for p in (folder / "scores").rglob("*") if p.is_file()]
+            stale += [p for p in (folder / "figures").glob("*.png") if is_contrastlab_figure(p)]
+    return stale

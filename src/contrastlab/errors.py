@@ -225,3 +225,10 @@ def as_path(value, what: str):
     if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value.strip()):
         raise UserError(f"{what} must be a path (str or os.PathLike), got {value!r}")
     return Path(value)
+
+
+def listed(names, limit: int = 5) -> str:
+    """``a, b, c`` for a message; past ``limit`` names, ``a, b, c, d, e and 3 more``."""
+    names = [str(n) for n in names]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

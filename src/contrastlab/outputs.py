@@ -155,3 +155,46 @@ def _probe_writable(folder: Path) -> None:
                 made.rmdir()
         except OSError:
             pass
+
+
+def remove_earlier(folder: Path, stale: Iterable[Path], what: str) -> list[Path]:
+    """Remove ``stale``: the files in ``folder`` that an earlier run of this command wrote (each
+    recognized by the caller, never the user's other files) and this run did not write again,
+    so that the folder shows this run's output only; then the folders this left empty. One line
+    on stderr names what was removed. Returns the removed files."""
+    import sys
+
+    from contrastlab.errors import listed, plural
+
+    folder = Path(folder)
+    removed = []
+    for path in sorted(set(stale)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise UserError(
+                f"cannot remove {path} of an earlier {what}: {e.strerror or e}"
+            ) from None
+        removed.append(path)
+    for parent in sorted({p for path in removed for p in path.parents}, reverse=True):
+        if parent != folder and folder in parent.parents:
+            try:
+                parent.rmdir()  # only an empty folder
+            except OSError:
+                pass
+    if removed:
+        groups: dict[str, int] = {}  # a file, or a folder of several (encoders/A/)
+        for path in removed:
+            parts = path.relative_to(folder).parts
+            key = "/".join(parts[:2]) + "/" if len(parts) > 2 else "/".join(parts)
+            groups[key] = groups.get(key, 0) + 1
+        names = [k if k[-1] != "/" else f"{k} ({plural(n, 'file')})" for k, n in groups.items()]
+        print(
+            f"removed {plural(len(removed), 'file')} of an earlier {what} from {folder} that "
+            f"this run does not write again: {listed(names)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return removed

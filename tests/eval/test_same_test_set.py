@@ -21,12 +21,13 @@ def _json(path):
     return json.loads(path.read_text())
 
 
-def _with_data(checkpoint, target, **data):
-    """A copy of ``checkpoint`` at ``target`` whose training config says ``data``."""
+def _with_data(checkpoint, target, section="data", **data):
+    """A copy of ``checkpoint`` at ``target`` whose training config says ``data`` (in its
+    ``section``)."""
     from contrastlab.checkpoint import CHECKSUM_KEY, payload_checksum
 
     state = torch.load(checkpoint, weights_only=False)
-    state["config"]["data"].update(data)
+    state["config"][section].update(data)
     state[CHECKSUM_KEY] = payload_checksum(state)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)
@@ -185,3 +186,34 @@ def test_corruption_estimate_weighs_each_corruption_by_its_own_cost(monkeypatch,
     # contrast 2, every corruption timed: the rest at contrast's own pace, nothing rough (the
     # elapsed time spread evenly said 12 s)
     assert lines["contrast 2"].endswith("1 min 08 s elapsed, about 2 s left"), lines
+
+
+def _with_train(checkpoint, target, **train):
+    """A copy of ``checkpoint`` at ``target`` whose training config says ``train``."""
+    return _with_data(checkpoint, target, section="train", **train)
+
+
+def test_eval_all_records_each_rows_settings_and_warns_where_they_differ(tmp_path, capsys):
+    """kNN of two runs with their own train.knn_k (no --k) was shown side by side as one
+    measure; comparison.json did not record k."""
+    from helpers import untrained_checkpoint
+
+    checkpoint = untrained_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    other = _with_train(checkpoint, tmp_path / "o" / "checkpoints" / "last.pt", knn_k=7)
+    argv = ["eval", "all", str(checkpoint), str(other), *COMMON, "--no-save"]
+    argv += ["--protocols", "knn,fewshot", "--episodes", "20", "--trials", "2"]
+    capsys.readouterr()
+    assert main([*argv, "--out-dir", str(tmp_path / "cmp")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    data = _json(tmp_path / "cmp" / "comparison.json")
+    ks = [e["settings"]["knn"]["k"] for e in data["entries"]]
+    assert ks == [5, 7]
+    assert data["entries"][0]["settings"]["fewshot"]["episodes episodes"] == 20
+    assert list(data["settings_differ"]) == ["knn"]
+    assert data["settings_differ"]["knn"]["k"] == ks
+    assert len(warnings) == 1 and "k 5 / 7" in warnings[0] and "knn" in warnings[0]
+    assert "k 5 / 7" in (tmp_path / "cmp" / "comparison.md").read_text()
+    # one k given for all: the same settings, no warning
+    assert main([*argv, "--k", "3", "--out-dir", str(tmp_path / "one")]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert _json(tmp_path / "one" / "comparison.json")["settings_differ"] == {}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from contrastlab.cli import main
 from contrastlab.errors import UserError
 from contrastlab.viz.commands import plot_scores, register
 from contrastlab.viz.score_plots import distributions_figure, load_run, run_labels
@@ -621,3 +622,26 @@ def test_one_interval_draws_raw_and_effective_apart_and_the_legend_says_how(tmp_
     many = load_run(run_maker(tmp_path, "many", 0.99, None, ft=True))
     style = _curves([many])["scores-z-curves"].legends[1]
     assert [h.get_marker() for h in style.legend_handles[:2]] == ["None", "None"]
+
+
+def test_a_reused_folder_holds_only_this_runs_figures(fake_runs, looc_run, tmp_path, capsys):
+    """Figures of an earlier run into the same folder that this run does not draw (another
+    space) are removed, with one line saying so; a user's own file and a PNG that contrastlab
+    did not write stay."""
+    out = tmp_path / "plots"
+    assert main(["scores", str(looc_run), str(fake_runs[0]), "--out", str(out)]) == 0
+    assert (out / "scores-color-curves.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "scores-mine-curves.png").write_bytes(b"\x89PNG not ours")
+    capsys.readouterr()
+    assert main(["scores", str(fake_runs[0]), str(fake_runs[1]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [
+        "notes.txt",
+        "scores-mine-curves.png",
+        "scores-z-curves.png",
+        "scores-z-distributions.png",
+    ]
+    removed = [line for line in err.splitlines() if line.startswith("removed ")]
+    assert len(removed) == 1 and "scores-color-curves.png" in removed[0], err

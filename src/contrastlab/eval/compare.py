@@ -25,11 +25,20 @@ _CHOSEN_BY_OPTIONS = {"dataset", "data_path"}
 
 
 def test_set_differences(identities: Sequence[dict]) -> dict[str, list]:
-    """The settings of ``context.test_set_identity`` whose values differ between the rows, each
-    with one value per row (None where a row has no such setting)."""
+    """The settings whose values differ between the rows (one dict per row: a test set's
+    ``context.test_set_identity``, a protocol's ``measured_with``), each with one value per row
+    (None where a row has no such setting)."""
     keys = list(dict.fromkeys(k for ident in identities for k in ident))
     values = {k: [ident.get(k) for ident in identities] for k in keys}
     return {k: v for k, v in values.items() if len({repr(x) for x in v}) > 1}
+
+
+def differences_text(differences: dict[str, list]) -> str:
+    """``k 200 / 50; temperature 0.1 / 0.2``: each setting's value per row (– for none)."""
+    return "; ".join(
+        f"{key} {' / '.join('–' if v is None else str(v) for v in vals)}"
+        for key, vals in differences.items()
+    )
 
 
 def not_comparable(datasets: Sequence[str], differences: dict[str, list] | None = None) -> str:
@@ -38,10 +47,7 @@ def not_comparable(datasets: Sequence[str], differences: dict[str, list] | None 
     differences = differences or {}
     if "dataset" in differences:  # another dataset: its own settings differ as a matter of course
         differences = {k: v for k, v in differences.items() if k in _CHOSEN_BY_OPTIONS}
-    shown = "; ".join(
-        f"{key} {' / '.join('–' if v is None else str(v) for v in vals)}"
-        for key, vals in differences.items()
-    )
+    shown = differences_text(differences)
     fixed = [k for k in differences if k not in _CHOSEN_BY_OPTIONS | {"max_test", "subset_seed"}]
     advice = (
         f"{', '.join(fixed)} {'comes' if len(fixed) == 1 else 'come'} from each checkpoint's "
@@ -54,6 +60,32 @@ def not_comparable(datasets: Sequence[str], differences: dict[str, list] | None 
     return (
         f"the checkpoints were evaluated on different test sets ({' / '.join(datasets)}"
         f"{f'; differing: {shown}' if shown else ''}): their figures are not comparable; {advice}"
+    )
+
+
+# the settings of a few-shot part (``details[part]``) that its figures depend on
+_PART_SETTINGS = ("classifier", "C", "trials", "n_way", "queries", "episodes")
+
+
+def measured_with(result: dict, described: dict) -> dict:
+    """The settings a protocol's figures were measured with, besides the test set: the
+    protocol's options (its ``setup`` less the evaluation context's ``described`` keys: kNN's
+    k and T, the linear probe's mode, epochs, lr or C, corruption's severities...) and, for
+    few-shot, each part's own (``allway trials``, ``episodes queries``...), for the parts run."""
+    out = {k: v for k, v in result["setup"].items() if k not in described}
+    for part, details in (result.get("details") or {}).items():
+        if isinstance(details, dict) and "shots" in details and "skipped" not in details:
+            out[f"{part} shots"] = list(details["shots"])
+            out.update({f"{part} {k}": details[k] for k in _PART_SETTINGS if k in details})
+    return out
+
+
+def settings_note(protocol: str, differences: dict[str, list], labels: Sequence[str]) -> str:
+    """The line of a comparison whose rows measured ``protocol`` with different settings."""
+    shown = differences_text(differences)
+    return (
+        f"{protocol} was measured with different settings in the rows ({' / '.join(labels)}): "
+        f"{shown}; its figures are not comparable between them"
     )
 
 
@@ -206,11 +238,13 @@ def run_all(
             "num_test": len(ctx.indices("test") or ctx.raw("test")),
             "test_set": ctx.test_set(),
             "results": {},
+            "settings": {},  # per protocol: what its figures were measured with
             "files": {},
         }
         for proto in protocols:
             result = runners[proto](ctx)
             entry["results"][proto] = result["summary"]
+            entry["settings"][proto] = measured_with(result, ctx.describe())
             if ci_note(result):  # what its ± means, once per protocol
                 ci_notes.setdefault(proto, ci_note(result))
             if chance_levels(result):
@@ -236,10 +270,20 @@ def run_all(
     warning = "" if comparable else not_comparable(datasets, differences)
     if warning:
         warn(warning)
+    labels = [e["label"] for e in entries]
+    settings_differ = {}
+    for proto in protocols:
+        differ = test_set_differences([e["settings"].get(proto, {}) for e in entries])
+        if differ:
+            settings_differ[proto] = differ
+    notes = [settings_note(p, d, labels) for p, d in settings_differ.items()]
+    for line in notes:
+        warn(line)
     table = (
         f"Feature space `{'`, `'.join(spaces)}`{f'; {note}' if note else ''}; "
         f"dataset{'s' if len(datasets) > 1 else ''}: {'; '.join(datasets)}\n\n"
         + (f"**Warning:** {warning}\n\n" if warning else "")
+        + "".join(f"**Warning:** {line}\n\n" for line in notes)
         + markdown_table(header, rows)
         + "".join(f"\n\n{proto}: {text}" for proto, text in ci_notes.items())
     )
@@ -247,12 +291,16 @@ def run_all(
         f"space {', '.join(spaces)}; {'; '.join(datasets)}"
         + (f"\n{note}" if note else "")
         + ("\nnot comparable: different test sets" if warning else "")
+        + "".join(f"\nnot comparable: {p} settings differ" for p in settings_differ)
     )
     data = {
         "protocols": list(protocols),
         "note": note,
         "datasets": datasets,
         "comparable": comparable,
+        # per protocol whose rows were measured with different settings: each such setting,
+        # one value per row
+        "settings_differ": settings_differ,
         "entries": entries,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

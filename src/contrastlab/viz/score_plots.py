@@ -959,7 +959,7 @@ def plot_scores(
     figure is drawn) unless ``overwrite``.
     """
     from contrastlab.errors import warn
-    from contrastlab.outputs import check_output
+    from contrastlab.outputs import check_output, remove_earlier
 
     run_dirs = as_list(run_dirs, "run directories", (str, Path))
     if labels is not None:
@@ -992,4 +992,24 @@ def plot_scores(
         path = out_dir / f"{stem}.png"
         save_figure(fig, path, dpi=110)
         paths.append(path)
+    remove_earlier(out_dir, earlier_score_figures(out_dir, paths), "contrastlab scores")
     return paths
+
+
+_SCORE_FIGURE = re.compile(r"scores-.+-(curves|distributions)\.png")
+
+
+def earlier_score_figures(out_dir: Path, written: list[Path]) -> list[Path]:
+    """The score figures in ``out_dir`` that an earlier ``contrastlab scores`` wrote (named as
+    ``score_figures`` names them and marked as contrastlab's) and ``written`` does not hold."""
+    keep = {p.name for p in written}
+    if not out_dir.is_dir():
+        return []
+    return [
+        p
+        for p in out_dir.iterdir()
+        if p.name not in keep
+        and _SCORE_FIGURE.fullmatch(p.name)
+        and p.is_file()
+        and is_contrastlab_figure(p)
+    ]
