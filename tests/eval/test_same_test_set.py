@@ -201,7 +201,8 @@ def test_eval_all_records_each_rows_settings_and_warns_where_they_differ(tmp_pat
     checkpoint = untrained_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
     other = _with_train(checkpoint, tmp_path / "o" / "checkpoints" / "last.pt", knn_k=7)
     argv = ["eval", "all", str(checkpoint), str(other), *COMMON, "--no-save"]
-    argv += ["--protocols", "knn,fewshot", "--episodes", "20", "--trials", "2"]
+    argv += ["--protocols", "knn,fewshot", "--episodes", "20", "--trials", "2", "--shots", "2"]
+    argv += ["--queries", "3", "--episode-shots", "1"]  # the 48 test images: 4-5 per class
     capsys.readouterr()
     assert main([*argv, "--out-dir", str(tmp_path / "cmp")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
